@@ -1,0 +1,4 @@
+"""hybridiso: isolated environments for parallel coding agents."""
+from __future__ import annotations
+
+__version__ = "0.1.0"

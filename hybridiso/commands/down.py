@@ -1,0 +1,68 @@
+"""``hybridiso down [AGENT...]``: remove environments without losing work."""
+from __future__ import annotations
+
+import argparse
+
+from hybridiso import lifecycle, output
+from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
+from hybridiso.errors import UserError
+from hybridiso.reconcile import adopt_from_reality
+
+HELP = "remove agents' environments (refuses when work would be lost)"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "down",
+        help=HELP,
+        description=(
+            HELP + ". Uncommitted, untracked or precious ignored files (like .env) and "
+            "commits not in base make it refuse, naming them; --force first saves all "
+            "of it to a ref under refs/hybridiso/backup/ and says which."
+        ),
+    )
+    p.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents (default: all)")
+    p.add_argument("--force", action="store_true", help="save the work to a backup ref, then remove")
+    p.add_argument("--keep-branch", action="store_true", help="remove the environment but keep its branch")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    project = project_from_args(args)
+    results = []
+    with project.store.locked("down"):
+        state = project.store.load()
+        if state.rebuilt_from:
+            output.warn(state.rebuilt_from)
+        adopt_from_reality(project, state)
+        names = check_names(project, args.agents, state) or sorted(state.agents)
+        refused: list[str] = []
+        for name in names:
+            if name not in state.agents:
+                output.message(f" - {name}: no environment")
+                continue
+            ctx = context(project, state, name)
+            if args.dry_run:
+                work = lifecycle.inspect_work(ctx)
+                results.append({"agent": name, "action": "would remove", "work": work.describe() or None})
+                output.message(f" - {name}: would remove {ctx.path}" + (f" (has {work.describe()})" if not work.empty else ""))
+                continue
+            try:
+                backup, _ = lifecycle.remove(ctx, force=args.force, keep_branch=args.keep_branch)
+            except UserError as e:
+                refused.append(str(e))
+                results.append({"agent": name, "action": "refused", "reason": e.message})
+                continue
+            del state.agents[name]
+            project.store.save(state)
+            results.append({"agent": name, "action": "removed", "backup_ref": backup})
+            line = f" {output.mark(True)} {name}: removed {ctx.path}"
+            if backup:
+                line += f"; work saved to {backup} (git log {backup})"
+            output.message(line)
+    if args.json:
+        output.print_json(results)
+    if refused:
+        raise UserError("\n".join(refused))
+    return 0

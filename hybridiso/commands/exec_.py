@@ -1,0 +1,50 @@
+"""``hybridiso exec AGENT -- CMD``: run a command in an agent's environment."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+
+from hybridiso import lifecycle, strategies
+from hybridiso.commands.common import check_names, context, project_from_args
+from hybridiso.errors import UserError
+from hybridiso.reconcile import adopt_from_reality
+
+HELP = "run a command in an agent's environment (its directory and env vars, or inside its container)"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "exec",
+        help=HELP,
+        description=HELP + ". The command's exit code becomes hybridiso's.",
+        epilog="example: hybridiso exec api -- git status",
+    )
+    p.add_argument("agent", metavar="AGENT")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
+
+
+def run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("no command given", hint="hybridiso exec AGENT -- CMD [ARGS...]")
+    project = project_from_args(args)
+    state = project.store.load()
+    adopt_from_reality(project, state)
+    check_names(project, [args.agent], state)
+    if args.agent not in state.agents:
+        raise UserError(f"agent {args.agent} has no environment yet", hint=f"hybridiso up {args.agent}")
+    ctx = context(project, state, args.agent)
+    strategy = strategies.get(ctx.record.strategy)
+    if not strategy.observe(ctx).exists:
+        raise UserError(f"agent {args.agent}'s directory {ctx.path} is missing", hint=f"hybridiso up {args.agent}")
+    env = lifecycle.environment_for(project, ctx.agent, ctx.record)
+    argv, cwd = strategy.exec_argv(ctx, command, env)
+    try:
+        return subprocess.call(argv, cwd=cwd, env={**os.environ, **env})
+    except FileNotFoundError:
+        raise UserError(f"command not found: {argv[0]}") from None
+    except PermissionError:
+        raise UserError(f"command not executable: {argv[0]}") from None

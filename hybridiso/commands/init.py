@@ -1,0 +1,61 @@
+"""``hybridiso init``: write a commented starter manifest for this repository."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hybridiso import git, output
+from hybridiso.errors import UserError
+from hybridiso.manifest import MANIFEST_NAME, parse_manifest
+from hybridiso.project import find_repo
+
+HELP = "write a commented starter hybridiso.yaml for this repository"
+
+# lockfile -> the setup command that installs exactly what it pins
+SETUP_FOR_LOCKFILE = (
+    ("package-lock.json", "npm ci"),
+    ("pnpm-lock.yaml", "pnpm install --frozen-lockfile"),
+    ("yarn.lock", "yarn install --frozen-lockfile"),
+    ("bun.lockb", "bun install --frozen-lockfile"),
+    ("uv.lock", "uv sync --frozen"),
+    ("poetry.lock", "poetry install --no-root"),
+    ("Pipfile.lock", "pipenv sync"),
+    ("requirements.txt", "python -m pip install -r requirements.txt"),
+    ("Cargo.lock", "cargo fetch"),
+    ("go.sum", "go mod download"),
+    ("Gemfile.lock", "bundle install"),
+    ("composer.lock", "composer install"),
+)
+INCLUDE_CANDIDATES = (".env", ".env.local", ".envrc")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("init", help=HELP, description=HELP + " (setup commands proposed from its lockfiles).")
+    p.add_argument("--print", action="store_true", help="print the manifest instead of writing it")
+    p.add_argument("--force", action="store_true", help="overwrite an existing hybridiso.yaml")
+
+
+def starter_manifest(root: Path) -> str:
+    setup = [cmd for lock, cmd in SETUP_FOR_LOCKFILE if (root / lock).is_file()]
+    include = [name for name in INCLUDE_CANDIDATES if (root / name).exists() and git.check_ignored(root, [name])]
+    base = git.current_branch(root) or "main"
+    from hybridiso.render import render_template  # Jinja2 only when writing
+
+    text = render_template("hybridiso.yaml.j2", base=base, setup=setup, include=include, repo_name=root.name)
+    parse_manifest(text, root / MANIFEST_NAME)  # what we write must load
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = find_repo(Path(args.directory).resolve())
+    text = starter_manifest(repo.main_root)
+    if args.print:
+        sys.stdout.write(text)
+        return 0
+    target = repo.main_root / MANIFEST_NAME
+    if target.exists() and not args.force:
+        raise UserError(f"{target} already exists", hint="edit it, or `hybridiso init --force` to replace it")
+    target.write_text(text, encoding="utf-8")
+    output.message(f"wrote {target}; next: `hybridiso plan`, then `hybridiso up`")
+    return 0

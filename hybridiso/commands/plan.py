@@ -1,0 +1,76 @@
+"""``hybridiso plan``: per agent, the strategy it gets and why, before anything is made."""
+from __future__ import annotations
+
+import argparse
+
+from hybridiso import costs, output
+from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
+from hybridiso.reconcile import adopt_from_reality
+
+HELP = "show the strategy each agent will get, the reason, and projected costs"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("plan", help=HELP, description=HELP + ". Changes nothing.")
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    project = project_from_args(args)
+    state = project.store.load()
+    adopt_from_reality(project, state)
+    plan = make_plan(project, state)
+    projection = costs.project_costs(project)
+    rows = []
+    for p in plan.agents:
+        record = state.agents.get(p.agent.name)
+        leased = record.ports if record else {}
+        ports = ", ".join(f"{n}={leased[n]}" if n in leased else f"{n}=(new)" for n in p.agent.ports) or "-"
+        est = projection.for_strategy(p.strategy)
+        rows.append(
+            {
+                "agent": p.agent.name,
+                "strategy": p.strategy,
+                "reason": p.reason,
+                "branch": p.branch,
+                "path": p.path,
+                "ports": {n: leased.get(n) for n in p.agent.ports},
+                "exists": record is not None,
+                "projected_disk_bytes": est.disk_bytes,
+                "projected_startup_seconds": est.startup_seconds,
+                "projection_source": projection.source,
+                "warnings": list(p.warnings),
+                "_ports_text": ports,
+            }
+        )
+    if args.json:
+        output.print_json(
+            {
+                "agents": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+                "warnings": list(plan.warnings),
+                "projection": projection.describe(),
+            }
+        )
+        return 0
+    output.print_table(
+        [
+            [
+                r["agent"],
+                r["strategy"],
+                r["reason"],
+                r["branch"],
+                r["_ports_text"],
+                output.human_bytes(r["projected_disk_bytes"]),
+                "-" if r["projected_startup_seconds"] is None else f"{r['projected_startup_seconds']:.1f}s",
+            ]
+            for r in rows
+        ],
+        ["AGENT", "STRATEGY", "WHY", "BRANCH", "PORTS", "DISK*", "STARTUP*"],
+    )
+    output.message(f"* {projection.describe()}")
+    for w in plan.warnings:
+        output.warn(w)
+    for r in rows:
+        for w in r["warnings"]:
+            output.warn(f"{r['agent']}: {w}")
+    return 0

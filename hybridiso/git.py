@@ -1,0 +1,359 @@
+"""Everything hybridiso asks of git.  The only module that imports GitPython.
+
+GitPython has no worktree API, so worktree commands go through its command
+runner like every other call here.  Each call:
+- runs as an argv list in a given directory (paths with spaces/unicode are safe);
+- raises ``CommandError`` showing the command, exit code, stdout and stderr;
+- retries a bounded number of times when git reports lock contention
+  (``index.lock``, ``cannot lock ref``, ``config.lock``: FAULTS #11), and
+  reports a lock file that is older than ``STALE_LOCK_SECONDS`` as stale.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import git as gitpython
+
+from hybridiso.errors import UserError
+from hybridiso.process import CommandError, Result
+
+LOCK_RETRIES = 8
+STALE_LOCK_SECONDS = 600.0
+_LOCK_RE = re.compile(
+    r"(Unable to create '(?P<path>[^']+\.lock)'|cannot lock ref|could not lock config file (?P<cfg>\S+)|"
+    r"index\.lock|\.lock': File exists)"
+)
+
+
+class StaleLock(UserError):
+    pass
+
+
+def _execute(cwd: Path | str, args: Sequence[str]) -> Result:
+    runner = gitpython.Git(os.fspath(cwd))
+    argv = ["git", *args]
+    status, out, err = runner.execute(
+        argv,
+        with_extended_output=True,
+        with_exceptions=False,
+        strip_newline_in_stdout=False,
+        stdout_as_string=True,
+    )
+    return Result(tuple(argv), int(status), out or "", err or "")
+
+
+def run(cwd: Path | str, *args: str, check: bool = True) -> Result:
+    """Run ``git ARGS`` in ``cwd``; retry on lock contention."""
+    delay = 0.05
+    for attempt in range(LOCK_RETRIES + 1):
+        result = _execute(cwd, args)
+        if result.returncode == 0 or not check:
+            return result
+        m = _LOCK_RE.search(result.stderr)
+        if not m or attempt == LOCK_RETRIES:
+            if m and m.group("path"):
+                _raise_if_stale(Path(m.group("path")), result)
+            raise CommandError(result, os.fspath(cwd))
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
+
+
+def _raise_if_stale(lock: Path, result: Result) -> None:
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return
+    if age >= STALE_LOCK_SECONDS:
+        raise StaleLock(
+            f"git lock file {lock} is {int(age)} s old and still there after "
+            f"{LOCK_RETRIES} retries (while running: git {' '.join(result.argv[1:])})",
+            hint="if no git command is running in this repository, delete that file",
+        )
+
+
+def out(cwd: Path | str, *args: str) -> str:
+    return run(cwd, *args).stdout.strip()
+
+
+def ok(cwd: Path | str, *args: str) -> bool:
+    return _execute(cwd, args).returncode == 0
+
+
+# --- repository discovery -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    toplevel: Path  # worktree the command was run from
+    common_dir: Path  # shared .git directory (objects, refs, worktrees/)
+    main_root: Path  # the main worktree: where the manifest lives
+    has_commits: bool
+    shallow: bool
+
+
+def discover(start: Path) -> RepoInfo:
+    if not start.exists():
+        raise UserError(f"{start} does not exist")
+    probe = _execute(start, ["rev-parse", "--show-toplevel", "--git-common-dir", "--is-shallow-repository"])
+    if probe.returncode != 0:
+        raise UserError(
+            f"{start} is not inside a git repository",
+            hint="run hybridiso from your repository (or pass -C PATH); `git init` makes one",
+        )
+    lines = probe.stdout.splitlines()
+    if len(lines) < 3:
+        raise UserError(f"{start} is inside a bare git repository; hybridiso needs a working tree")
+    toplevel = Path(lines[0]).resolve()
+    common = Path(lines[1])
+    if not common.is_absolute():
+        common = (toplevel / common).resolve()
+    main_root = common.parent if common.name == ".git" else toplevel
+    has_commits = _execute(toplevel, ["rev-parse", "--verify", "-q", "HEAD"]).returncode == 0
+    return RepoInfo(toplevel, common, main_root, has_commits, lines[2].strip() == "true")
+
+
+def resolve_commit(cwd: Path, ref: str) -> str | None:
+    r = _execute(cwd, ["rev-parse", "--verify", "-q", "--end-of-options", f"{ref}^{{commit}}"])
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def branch_exists(cwd: Path, branch: str) -> bool:
+    return _execute(cwd, ["show-ref", "--verify", "-q", f"refs/heads/{branch}"]).returncode == 0
+
+
+def branch_commit(cwd: Path, branch: str) -> str | None:
+    return resolve_commit(cwd, f"refs/heads/{branch}")
+
+
+def current_branch(cwd: Path) -> str | None:
+    r = _execute(cwd, ["symbolic-ref", "-q", "--short", "HEAD"])
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+# --- worktrees ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Worktree:
+    path: Path
+    head: str | None
+    branch: str | None  # short name, None when detached
+    bare: bool = False
+    locked: bool = False
+    prunable: bool = False
+
+
+def worktree_list(cwd: Path) -> list[Worktree]:
+    text = run(cwd, "worktree", "list", "--porcelain", "-z").stdout
+    trees: list[Worktree] = []
+    for block in text.split("\0\0"):
+        fields: dict[str, str] = {}
+        for line in block.split("\0"):
+            if not line:
+                continue
+            key, _, value = line.partition(" ")
+            fields[key] = value
+        if "worktree" not in fields:
+            continue
+        branch = fields.get("branch")
+        trees.append(
+            Worktree(
+                path=Path(fields["worktree"]),
+                head=fields.get("HEAD"),
+                branch=branch.removeprefix("refs/heads/") if branch else None,
+                bare="bare" in fields,
+                locked="locked" in fields,
+                prunable="prunable" in fields,
+            )
+        )
+    return trees
+
+
+def worktree_add(repo: Path, path: Path, branch: str, start: str | None) -> None:
+    """Check out ``branch`` in a new worktree; create it at ``start`` when given.
+
+    ``--no-track`` keeps git from writing upstream config for the new branch
+    (the issue asks for none, and config.lock is a contention point).
+    """
+    if start is not None:
+        run(repo, "worktree", "add", "--no-track", "-b", branch, "--", str(path), start)
+    else:
+        run(repo, "worktree", "add", "--", str(path), branch)
+
+
+def worktree_remove(repo: Path, path: Path, *, force: bool) -> None:
+    args = ["worktree", "remove"]
+    if force:
+        args += ["--force", "--force"]  # twice: also when locked
+    run(repo, *args, "--", str(path))
+
+
+def worktree_prune(repo: Path) -> None:
+    run(repo, "worktree", "prune")
+
+
+def init_submodules(path: Path) -> bool:
+    if not (path / ".gitmodules").is_file():
+        return False
+    run(path, "submodule", "update", "--init", "--recursive")
+    return True
+
+
+# --- branches, status, commits ---------------------------------------------------
+
+
+def create_branch(cwd: Path, branch: str, start: str) -> None:
+    run(cwd, "branch", "--no-track", "--", branch, start)
+
+
+def delete_branch(cwd: Path, branch: str) -> None:
+    run(cwd, "branch", "-D", "--", branch)
+
+
+def update_ref(cwd: Path, ref: str, commit: str) -> None:
+    run(cwd, "update-ref", ref, commit)
+
+
+def status_porcelain(path: Path, *, ignored: bool = False) -> list[tuple[str, str]]:
+    """(two-letter code, path) for each changed, untracked (and ignored) file."""
+    args = ["status", "--porcelain=v1", "-z", "--untracked-files=all"]
+    if ignored:
+        args.append("--ignored=matching")
+    text = run(path, *args).stdout
+    entries: list[tuple[str, str]] = []
+    parts = iter(text.split("\0"))
+    for item in parts:
+        if not item:
+            continue
+        code, name = item[:2], item[3:]
+        if code[0] in "RC":
+            next(parts, None)  # the rename source follows
+        entries.append((code, name))
+    return entries
+
+
+def ahead_behind(cwd: Path, base: str, head: str) -> tuple[int, int]:
+    r = _execute(cwd, ["rev-list", "--left-right", "--count", f"{base}...{head}"])
+    if r.returncode != 0:
+        return (0, 0)
+    behind, ahead = (int(x) for x in r.stdout.split())
+    return ahead, behind
+
+
+def unique_commits(cwd: Path, base: str, head: str) -> list[str]:
+    """Commits reachable from ``head`` but not from ``base`` (one line each)."""
+    return [line for line in out(cwd, "log", "--format=%h %s", f"{base}..{head}").splitlines() if line]
+
+
+def snapshot_worktree(path: Path, extra_ignored: Sequence[str] = ()) -> str:
+    """A commit of everything in the worktree, untracked files included, with HEAD
+    as parent; the working tree, index and HEAD stay untouched.  Used to save
+    work before a forced removal (FAULTS #5)."""
+    index = Path(out(path, "rev-parse", "--git-path", "index"))
+    if not index.is_absolute():
+        index = path / index
+    tmp_index = index.with_name(f"hybridiso-backup-index-{os.getpid()}")
+    env_runner = gitpython.Git(os.fspath(path))
+    env = {"GIT_INDEX_FILE": str(tmp_index)}
+    try:
+        if index.exists():
+            tmp_index.write_bytes(index.read_bytes())
+        for argv in (["git", "add", "-A", "--", "."], *([["git", "add", "-f", "--", *extra_ignored]] if extra_ignored else [])):
+            status, o, e = env_runner.execute(argv, env=env, with_extended_output=True, with_exceptions=False)
+            if status != 0:
+                raise CommandError(Result(tuple(argv), int(status), o, e), os.fspath(path))
+        status, tree, e = env_runner.execute(["git", "write-tree"], env=env, with_extended_output=True, with_exceptions=False)
+        if status != 0:
+            raise CommandError(Result(("git", "write-tree"), int(status), tree, e), os.fspath(path))
+    finally:
+        tmp_index.unlink(missing_ok=True)
+    head = resolve_commit(path, "HEAD")
+    parents = ["-p", head] if head else []
+    return out(path, "commit-tree", tree.strip(), *parents, "-m", "hybridiso: work saved before forced removal")
+
+
+# --- clones -----------------------------------------------------------------------
+
+
+def clone_local(source: Path, dest: Path, origin_name: str) -> None:
+    """A local clone: objects hard-linked (no copy, no network), no checkout yet."""
+    run(source, "clone", "--local", "--no-checkout", "--origin", origin_name, "--", str(source), str(dest))
+
+
+def remote_url(cwd: Path, name: str) -> str | None:
+    r = _execute(cwd, ["remote", "get-url", "--", name])
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def add_remote(cwd: Path, name: str, url: str) -> None:
+    run(cwd, "remote", "add", "--", name, url)
+
+
+def checkout_new_branch(cwd: Path, branch: str, start: str) -> None:
+    run(cwd, "checkout", "-q", "--no-track", "-b", branch, start)
+
+
+def checkout(cwd: Path, branch: str) -> None:
+    run(cwd, "checkout", "-q", branch)
+
+
+def fetch_into(cwd: Path, source: Path | str, refspec: str) -> None:
+    run(cwd, "fetch", "-q", "--no-tags", "--", str(source), refspec)
+
+
+def git_dir(cwd: Path) -> Path:
+    p = Path(out(cwd, "rev-parse", "--git-dir"))
+    return p if p.is_absolute() else (cwd / p).resolve()
+
+
+def add_exclude(common_dir: Path, pattern: str) -> None:
+    """Keep ``pattern`` out of ``git status`` in every worktree sharing this git dir."""
+    exclude = common_dir / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    lines = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
+    if pattern not in lines:
+        with exclude.open("a", encoding="utf-8") as f:
+            if lines and not exclude.read_text(encoding="utf-8").endswith("\n"):
+                f.write("\n")
+            f.write(pattern + "\n")
+
+
+def ignored_matches(cwd: Path, patterns: Sequence[str]) -> list[str]:
+    """Files in ``cwd`` that git ignores and that match one of ``patterns``."""
+    if not patterns:
+        return []
+    r = run(cwd, "ls-files", "--others", "--ignored", "--exclude-standard", "-z", "--", *patterns)
+    return [p for p in r.stdout.split("\0") if p]
+
+
+def check_ignored(cwd: Path, paths: Sequence[str]) -> set[str]:
+    """The subset of ``paths`` that git ignores in ``cwd``."""
+    if not paths:
+        return set()
+    import tempfile
+
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write(("\0".join(paths) + "\0").encode())
+        stdin.seek(0)
+        status, stdout, stderr = gitpython.Git(os.fspath(cwd)).execute(
+            ["git", "check-ignore", "-z", "--stdin"],
+            istream=stdin,
+            with_extended_output=True,
+            with_exceptions=False,
+            strip_newline_in_stdout=False,
+        )
+    if status not in (0, 1):
+        raise CommandError(Result(("git", "check-ignore", "-z", "--stdin"), int(status), stdout, stderr), os.fspath(cwd))
+    return {p for p in stdout.split("\0") if p}
+
+
+def version() -> tuple[int, ...]:
+    text = gitpython.Git().version()
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(x) for x in m.groups() if x) if m else (0,)

@@ -1,0 +1,227 @@
+"""Create and remove one environment, the same steps for every strategy.
+
+A template method (like tox's ``ToxEnv``): the strategy lays down files and
+starts what runs; this module does what every environment needs around that
+(submodules, includes, env file, setup, timings) and the safety checks before
+removal (FAULTS #5: nothing the user made is lost).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybridiso import envfile, git, includes, setup_runner, strategies
+from hybridiso.errors import UserError
+from hybridiso.manifest import Agent
+from hybridiso.project import Project
+from hybridiso.state import PHASE_READY, AgentRecord
+from hybridiso.strategies.base import EnvContext
+
+ENV_EXCLUDE = "/" + envfile.ENV_FILE
+PRECIOUS_DEFAULT = (".env", ".env.*", "*.local")
+BACKUP_PREFIX = "refs/hybridiso/backup"
+
+
+class Cancelled(Exception):
+    pass
+
+
+def environment_for(project: Project, agent: Agent | None, record: AgentRecord) -> dict[str, str]:
+    extra = project.manifest.env_for(agent) if agent is not None else {}
+    extra = {**extra, **record.extra.get("env", {})}
+    return envfile.agent_environment(
+        record.name, record.strategy, record.branch, Path(record.path), record.ports, extra
+    )
+
+
+def log_path(project: Project, name: str, what: str) -> Path:
+    return project.store.logs_dir / name / f"{what}.log"
+
+
+def _check(ctx: EnvContext) -> None:
+    if ctx.cancel.is_set():
+        raise Cancelled(ctx.name)
+
+
+def prepare(ctx: EnvContext) -> None:
+    """Check the target and note what this run is about to create, so the
+    record (saved by the caller before any git call) can roll it back."""
+    path = ctx.path
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(
+            f"{path} already exists and is not a hybridiso environment of agent {ctx.name}",
+            hint="move it away, or run `hybridiso gc` to find orphan directories",
+        )
+    strategy = strategies.get(ctx.record.strategy)
+    ctx.record.created_branch = strategy.SHARES_REFS and not git.branch_exists(ctx.project.root, ctx.record.branch)
+    ctx.record.extra["owns_path"] = True
+
+
+def rollback(ctx: EnvContext) -> None:
+    """Undo a creation that never reached ``ready``: only what it made."""
+    strategy = strategies.get(ctx.record.strategy)
+    if ctx.record.extra.get("owns_path"):
+        strategy.remove(ctx)
+    if strategy.SHARES_REFS and ctx.record.created_branch:
+        tip = git.branch_commit(ctx.project.root, ctx.record.branch)
+        # a branch that moved has commits somebody made: keep it
+        if tip is not None and tip == ctx.record.base_commit:
+            git.delete_branch(ctx.project.root, ctx.record.branch)
+
+
+def create(ctx: EnvContext) -> None:
+    """Bring one environment to ``ready``; record timings of each step."""
+    assert ctx.agent is not None
+    project, record = ctx.project, ctx.record
+    strategy = strategies.get(record.strategy)
+    t0 = time.monotonic()
+    strategy.create(ctx)
+    record.timings["create"] = round(time.monotonic() - t0, 3)
+    _check(ctx)
+    t = time.monotonic()
+    if git.init_submodules(ctx.path):
+        record.timings["submodules"] = round(time.monotonic() - t, 3)
+    if record.strategy == "clone":
+        git.add_exclude(git.git_dir(ctx.path), ENV_EXCLUDE)
+    t = time.monotonic()
+    copied = includes.copy_includes(project.root, ctx.path, project.manifest.include_for(ctx.agent))
+    record.extra["included"] = copied
+    envfile.write_env_file(ctx.path, environment_for(project, ctx.agent, record))
+    record.timings["includes"] = round(time.monotonic() - t, 3)
+    _check(ctx)
+    run_setup(ctx)
+    _check(ctx)
+    t = time.monotonic()
+    strategy.start(ctx)
+    record.timings["start"] = round(time.monotonic() - t, 3)
+    record.timings["total"] = round(time.monotonic() - t0, 3)
+    record.phase = PHASE_READY
+
+
+def run_setup(ctx: EnvContext) -> bool:
+    """Run setup when it never ran or its inputs (commands, lockfiles) changed."""
+    assert ctx.agent is not None
+    commands = ctx.project.manifest.setup_for(ctx.agent)
+    digest = setup_runner.setup_hash(ctx.path, commands)
+    if digest == ctx.record.setup_hash:
+        return False
+    t = time.monotonic()
+    if commands:
+        try:
+            setup_runner.run_setup(
+                commands,
+                ctx.path,
+                environment_for(ctx.project, ctx.agent, ctx.record),
+                log_path(ctx.project, ctx.name, "setup"),
+                ctx.cancel,
+                ctx.name,
+            )
+        except setup_runner.SetupInterrupted:
+            raise Cancelled(ctx.name) from None
+    ctx.record.setup_hash = digest
+    ctx.record.timings["setup"] = round(time.monotonic() - t, 3)
+    return True
+
+
+# --- removal ------------------------------------------------------------------
+
+
+@dataclass
+class WorkReport:
+    modified: list[str] = field(default_factory=list)
+    untracked: list[str] = field(default_factory=list)
+    precious: list[str] = field(default_factory=list)
+    commits: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.modified or self.untracked or self.precious or self.commits)
+
+    def describe(self, limit: int = 5) -> str:
+        parts = []
+        for label, items in (
+            ("modified", self.modified),
+            ("untracked", self.untracked),
+            ("ignored but precious", self.precious),
+            ("commits not in base", self.commits),
+        ):
+            if items:
+                shown = ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+                parts.append(f"{len(items)} {label}: {shown}")
+        return "; ".join(parts)
+
+
+def precious_patterns(project: Project, agent: Agent | None) -> list[str]:
+    manifest_patterns = project.manifest.include_for(agent) if agent is not None else project.manifest.defaults.include
+    return includes.patterns_for(project.root, [*manifest_patterns, *PRECIOUS_DEFAULT])
+
+
+def inspect_work(ctx: EnvContext) -> WorkReport:
+    report = WorkReport()
+    if not ctx.path.is_dir() or not git.ok(ctx.path, "rev-parse", "--git-dir"):
+        return report
+    for code, name in git.status_porcelain(ctx.path):
+        if name == envfile.ENV_FILE:
+            continue
+        (report.untracked if code == "??" else report.modified).append(name)
+    for rel in includes.ignored_files_matching(ctx.path, precious_patterns(ctx.project, ctx.agent)):
+        if rel == envfile.ENV_FILE:
+            continue
+        source = ctx.project.root / rel
+        mine = ctx.path / rel
+        # an include copied in and left alone is not the agent's work
+        if source.is_file() and _same_content(source, mine):
+            continue
+        report.precious.append(rel)
+    base = git.resolve_commit(ctx.project.root, ctx.record.base) or ctx.record.base_commit
+    if base:
+        report.commits = strategies.get(ctx.record.strategy).unmerged_commits(ctx, base)
+    return report
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def save_backup(ctx: EnvContext, report: WorkReport) -> str | None:
+    """Save all of the env's work (commits, changes, untracked and precious
+    files) as one commit under refs/hybridiso/backup/; return the ref."""
+    if report.empty:
+        return None
+    commit = git.snapshot_worktree(ctx.path, report.precious)
+    ref = f"{BACKUP_PREFIX}/{ctx.name}/{time.strftime('%Y%m%d-%H%M%S')}"
+    strategies.get(ctx.record.strategy).save_ref(ctx, commit, ref)
+    return ref
+
+
+def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport]:
+    """Remove one environment.  Refuses (UserError) when work would be lost,
+    unless ``force``, which first saves it to a backup ref."""
+    report = inspect_work(ctx)
+    backup: str | None = None
+    # a worktree's commits live on in its branch unless we delete the branch,
+    # which we only do for a branch we created
+    branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
+    losing = WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits)
+    if not losing.empty:
+        if not force:
+            raise UserError(
+                f"agent {ctx.name} has work that `down` would lose: {losing.describe()}",
+                hint=(
+                    "commit and merge it, or `hybridiso down --keep-branch` to keep the branch, "
+                    "or `--force` to save everything to a backup ref under refs/hybridiso/backup/ first"
+                ),
+            )
+        backup = save_backup(ctx, losing)
+    strategy = strategies.get(ctx.record.strategy)
+    if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():
+        git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"HEAD:refs/heads/{ctx.record.branch}")
+    strategy.remove(ctx)
+    if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:
+        if git.branch_exists(ctx.project.root, ctx.record.branch):
+            git.delete_branch(ctx.project.root, ctx.record.branch)
+    return backup, report

@@ -1,0 +1,89 @@
+"""The ``hybridiso`` command line."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from hybridiso import __version__
+from hybridiso.errors import EXIT_USAGE, error_handler
+from hybridiso.process import no_git_env
+
+# verb -> module under hybridiso.commands; imported only when used, so
+# `hybridiso status` does not pay for Docker or Jinja2 imports.
+COMMANDS = {
+    "init": "init",
+    "plan": "plan",
+    "up": "up",
+    "status": "status",
+    "exec": "exec_",
+    "down": "down",
+}
+
+DESCRIPTION = """\
+Give every coding agent working on this repository its own isolated
+environment -- a git worktree, a clone, or a container -- chosen per agent
+from hybridiso.yaml, and manage them from creation to cleanup.
+
+typical use:
+  hybridiso init        write a starter hybridiso.yaml
+  hybridiso plan        see which strategy each agent gets, and why
+  hybridiso up          create the environments (again: changes nothing)
+  hybridiso status      what each environment is doing
+  hybridiso exec A -- CMD   run CMD in agent A's environment
+  hybridiso down        remove environments (never loses work)
+
+exit codes: 0 ok, 1 error (message says what to do), 2 usage, 3 internal
+error (a log is written), 130 interrupted.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"hybridiso: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="hybridiso",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hybridiso {__version__}")
+    parser.add_argument("-C", dest="directory", default=".", metavar="PATH", help="run as if started in PATH")
+    parser.add_argument("-f", "--file", metavar="MANIFEST", help="manifest to use (default: hybridiso.yaml at the repository root)")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    for verb, module in COMMANDS.items():
+        importlib.import_module(f"hybridiso.commands.{module}").add_parser(sub)
+    return parser
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    # treat `kill` like Ctrl-C: roll back what was half-made (FAULTS #9)
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # leaked GIT_DIR & co. (from a hook, say) would aim git at the wrong repository
+    keep = no_git_env()
+    for key in [k for k in os.environ if k not in keep]:
+        del os.environ[key]
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, _sigterm)
+    module = importlib.import_module(f"hybridiso.commands.{COMMANDS[args.verb]}")
+    with error_handler():
+        return int(module.run(args) or 0)

@@ -1,0 +1,138 @@
+"""The decision rules of DESIGN.md ("isolation: auto"), in one place.
+
+``decide`` is pure: it gets an agent and the facts it depends on and returns a
+strategy with the one-line reason ``plan`` prints.  The rules are tested as a
+table in tests/test_planner.py.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hybridiso.manifest import Agent, Manifest, parse_size
+
+CONTAINER_NEEDS = ("network-isolation", "resource-limits", "untrusted-code")
+
+
+@dataclass(frozen=True)
+class Decision:
+    strategy: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the rules need to know beyond the agent itself."""
+
+    container_services: frozenset[str] = frozenset()
+    # branch -> who has it checked out ("agent ui", "the main worktree", a path)
+    branches_checked_out: Mapping[str, str] = field(default_factory=dict)
+
+
+def decide(agent: Agent, facts: Facts) -> Decision:
+    if agent.isolation != "auto":
+        return Decision(agent.isolation, f"isolation: {agent.isolation} is set in the manifest")
+    for need in CONTAINER_NEEDS:
+        if need in agent.workload.needs:
+            return Decision("container", f"needs {need}, which only a container gives")
+    for svc in agent.services:
+        if svc in facts.container_services:
+            return Decision("container", f"uses service {svc!r}, which runs in a container")
+    if agent.resources is not None:
+        return Decision("container", "sets resources:, and CPU/memory/pids limits need a container")
+    if "own-refs" in agent.workload.needs:
+        return Decision("clone", "needs own-refs (history rewrites, own remotes/config/hooks), which a worktree shares")
+    holder = facts.branches_checked_out.get(agent.branch_name)
+    if holder is not None:
+        return Decision("clone", f"branch {agent.branch_name!r} is already checked out by {holder}")
+    return Decision("worktree", "needs nothing beyond its own files: a worktree is the cheapest")
+
+
+@dataclass(frozen=True)
+class AgentPlan:
+    agent: Agent
+    strategy: str
+    reason: str
+    branch: str
+    path: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    agents: tuple[AgentPlan, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def plan(
+    manifest: Manifest,
+    paths: Mapping[str, str],
+    checked_out_elsewhere: Mapping[str, str],
+    *,
+    existing: Mapping[str, str] | None = None,
+    clone_cost_bytes: int | None = None,
+    cores: int | None = None,
+) -> Plan:
+    """Decide every agent's strategy.
+
+    ``checked_out_elsewhere``: branches checked out by worktrees hybridiso does
+    not manage (the main worktree, the user's own).  ``existing``: the strategy
+    an already-created agent has; it is kept, because switching a live
+    environment silently would lose its state (the choice is saved per env).
+    """
+    existing = existing or {}
+    container_services = frozenset(n for n, s in manifest.services.items() if s.runs_in_container)
+    taken: dict[str, str] = dict(checked_out_elsewhere)
+    decided: list[tuple[Agent, Decision, list[str]]] = []
+    for agent in manifest.agents:
+        notes: list[str] = []
+        if agent.name in existing:
+            decision = Decision(existing[agent.name], f"already created as a {existing[agent.name]}")
+            wanted = decide(agent, Facts(container_services, taken))
+            if wanted.strategy != decision.strategy:
+                notes.append(
+                    f"the manifest now asks for {wanted.strategy} ({wanted.reason}); "
+                    f"run `hybridiso down {agent.name}` then `up` to switch"
+                )
+        else:
+            decision = decide(agent, Facts(container_services, taken))
+        if decision.strategy in ("worktree", "container"):
+            taken.setdefault(agent.branch_name, f"agent {agent.name}")
+        decided.append((agent, decision, notes))
+
+    warnings: list[str] = []
+    if manifest.disk_budget and clone_cost_bytes:
+        budget = parse_size(manifest.disk_budget)
+        clones = [(a, d, n) for a, d, n in decided if d.strategy == "clone" and a.name not in existing]
+        total = clone_cost_bytes * len(clones)
+        if clones and total > budget:
+            for i, (a, d, n) in enumerate(decided):
+                # only a choice made by the rules can be overridden; an explicit
+                # isolation: clone or a branch already checked out cannot
+                if d.strategy == "clone" and a.isolation == "auto" and "own-refs" in a.workload.needs and a.name not in existing:
+                    n.append(f"disk_budget {manifest.disk_budget} is too small for {len(clones)} clones; using a worktree instead")
+                    decided[i] = (a, Decision("worktree", d.reason + " (but disk_budget pushes it to a worktree)"), n)
+            warnings.append(
+                f"clones would need about {total // (1 << 20)} MiB, over disk_budget {manifest.disk_budget}"
+            )
+    cores = cores or os.cpu_count() or 1
+    compute = [a.name for a, _, _ in decided if a.workload.kind in ("compute", "build", "test")]
+    if len(compute) > cores:
+        warnings.append(
+            f"{len(compute)} compute-bound agents ({', '.join(compute)}) on {cores} cores: "
+            f"this machine sustains about {cores} at full speed"
+        )
+    return Plan(
+        tuple(
+            AgentPlan(a, d.strategy, d.reason, a.branch_name, paths[a.name], tuple(n)) for a, d, n in decided
+        ),
+        tuple(warnings),
+    )
+
+
+def select(plan_: Plan, names: Sequence[str]) -> list[AgentPlan]:
+    if not names:
+        return list(plan_.agents)
+    by_name = {p.agent.name: p for p in plan_.agents}
+    return [by_name[n] for n in names if n in by_name]

@@ -1,0 +1,107 @@
+"""Every external command goes through here, as an argv list (never a shell string).
+
+Errors show the command, its exit code, stdout and stderr, so a failure deep in
+``git`` or ``docker compose`` is diagnosable from one message.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# GIT_* variables leaked from a hook or a parent git (GIT_DIR, GIT_INDEX_FILE...)
+# would point our git calls at the wrong repository.  Keep only the ones that
+# configure transport or config, as pre-commit's no_git_env does.
+_GIT_ENV_KEEP = {
+    "GIT_EXEC_PATH",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_NO_VERIFY",
+    "GIT_CONFIG_COUNT",
+    "GIT_HTTP_PROXY_AUTHMETHOD",
+    "GIT_ALLOW_PROTOCOL",
+    "GIT_ASKPASS",
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
+    "GIT_AUTHOR_DATE",
+    "GIT_COMMITTER_DATE",
+    "GIT_TERMINAL_PROMPT",
+}
+
+
+def no_git_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    return {
+        k: v
+        for k, v in env.items()
+        if not k.startswith("GIT_")
+        or k in _GIT_ENV_KEEP
+        or k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))
+    }
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandError(Exception):
+    def __init__(self, result: Result, cwd: str | None) -> None:
+        self.result = result
+        self.cwd = cwd
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        r = self.result
+        lines = [
+            f"command failed (exit {r.returncode}): {shlex.join(r.argv)}",
+        ]
+        if self.cwd:
+            lines.append(f"  in: {self.cwd}")
+        if r.stdout.strip():
+            lines.append("  stdout: " + r.stdout.strip().replace("\n", "\n          "))
+        if r.stderr.strip():
+            lines.append("  stderr: " + r.stderr.strip().replace("\n", "\n          "))
+        return "\n".join(lines)
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float | None = None,
+) -> Result:
+    args = tuple(os.fspath(a) for a in argv)
+    proc = subprocess.run(
+        args,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        input=input,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+    result = Result(args, proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise CommandError(result, os.fspath(cwd) if cwd is not None else None)
+    return result
+
+
+def which_or_none(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)
+

@@ -1,0 +1,61 @@
+"""A repository plus its manifest and state: what every command starts from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hybridiso import git
+from hybridiso.errors import UserError
+from hybridiso.manifest import MANIFEST_NAME, Agent, Manifest, load_manifest
+from hybridiso.state import StateStore
+
+
+@dataclass(frozen=True)
+class Project:
+    repo: git.RepoInfo
+    manifest: Manifest
+    manifest_path: Path
+    workspace: Path
+    store: StateStore
+
+    @property
+    def root(self) -> Path:
+        return self.repo.main_root
+
+    def env_path(self, agent: Agent | str) -> Path:
+        name = agent if isinstance(agent, str) else agent.name
+        path = (self.workspace / name).resolve()
+        # names are validated, but never let a path leave the workspace (FAULTS #3)
+        if path.parent != self.workspace.resolve():
+            raise UserError(f"agent {name!r} would live outside the workspace {self.workspace}")
+        return path
+
+
+def default_workspace(main_root: Path) -> Path:
+    return main_root.parent / f"{main_root.name}.agents"
+
+
+def find_repo(cwd: Path) -> git.RepoInfo:
+    return git.discover(cwd)
+
+
+def load_project(cwd: Path, manifest_file: Path | None = None) -> Project:
+    repo = find_repo(cwd)
+    path = manifest_file if manifest_file is not None else repo.main_root / MANIFEST_NAME
+    if not path.is_absolute():
+        path = (cwd / path).resolve()
+    manifest = load_manifest(path)
+    if manifest.workspace:
+        ws = Path(manifest.workspace).expanduser()
+        workspace = ws if ws.is_absolute() else (repo.main_root / ws)
+    else:
+        workspace = default_workspace(repo.main_root)
+    workspace = Path(workspace).resolve()
+    # a workspace inside the working tree would show every env as untracked files
+    if workspace == repo.main_root or repo.main_root in workspace.parents:
+        raise UserError(
+            f"workspace {workspace} is inside the repository's working tree",
+            hint="put it beside the repository, e.g. workspace: ../<repo>.agents (the default)",
+        )
+    return Project(repo, manifest, path, workspace, StateStore(repo.common_dir))
+

@@ -1,0 +1,151 @@
+"""State under ``$(git rev-parse --git-common-dir)/hybridiso/``: shared by every
+worktree of the repository and never committed.
+
+- ``state.json``: one record per agent, written atomically (temp file +
+  ``os.replace``).  A record is created with phase ``creating`` *before* any
+  work starts, so it doubles as the journal: an interrupted ``up`` leaves a
+  ``creating`` record that the next ``up`` rolls back; ``ready`` is written last
+  (STYLE.md #6: nothing is marked done before it is).
+- ``lock``: one lock per repository (``flock``); a second run says whose it
+  waits for (FAULTS #10).
+- A corrupt or missing state file is moved aside and rebuilt from reality by
+  the reconciler; it is never a crash (FAULTS #18).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_VERSION = 1
+
+PHASE_CREATING = "creating"
+PHASE_READY = "ready"
+
+
+@dataclass
+class AgentRecord:
+    name: str
+    strategy: str
+    branch: str
+    path: str
+    base: str
+    base_commit: str | None = None
+    phase: str = PHASE_CREATING
+    created_branch: bool = False
+    ports: dict[str, int] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    timings: dict[str, float] = field(default_factory=dict)
+    config_hash: str = ""
+    setup_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentRecord:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class State:
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+    rebuilt_from: str | None = None  # why the file was rebuilt, for status
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "agents": {n: asdict(r) for n, r in sorted(self.agents.items())}}
+
+    def leased_ports(self) -> dict[int, tuple[str, str]]:
+        return {p: (r.name, n) for r in self.agents.values() for n, p in r.ports.items()}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class StateStore:
+    def __init__(self, common_dir: Path) -> None:
+        self.dir = common_dir / "hybridiso"
+        self.path = self.dir / "state.json"
+        self.lock_path = self.dir / "lock"
+        self._mutex = threading.Lock()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def compose_dir(self) -> Path:
+        return self.dir / "compose"
+
+    def load(self) -> State:
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return State()
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+                raise ValueError(f"unknown state version {data.get('version') if isinstance(data, dict) else data!r}")
+            agents = {n: AgentRecord.from_json(r) for n, r in data.get("agents", {}).items()}
+            return State(agents)
+        except (ValueError, TypeError, AttributeError) as e:
+            aside = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            return State(rebuilt_from=f"state file was unreadable ({e}); moved to {aside.name} and rebuilt from git")
+
+    def save(self, state: State) -> None:
+        with self._mutex:
+            atomic_write_text(self.path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
+
+    @contextlib.contextmanager
+    def locked(self, command: str, *, wait_message: bool = True) -> Iterator[None]:
+        """Hold the repository lock for the duration of a mutating command."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if wait_message:
+                    holder = _read_holder(self.lock_path)
+                    print(f"hybridiso: waiting for the repository lock held by {holder}", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} (hybridiso {command})\n".encode(), 0)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing releases the flock
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        text = ""
+    return text or "another hybridiso process"

@@ -1,0 +1,70 @@
+"""The small interface every isolation strategy implements.
+
+Like pre-commit's languages, a strategy is a *module* with these attributes,
+registered in ``hybridiso/strategies/__init__.py``.  Adding one is one module,
+one registry line and one test.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from hybridiso.manifest import Agent
+from hybridiso.project import Project
+from hybridiso.state import AgentRecord
+
+
+@dataclass
+class EnvContext:
+    project: Project
+    agent: Agent | None  # None for an env whose agent left the manifest
+    record: AgentRecord
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.record.path)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+
+@dataclass(frozen=True)
+class Observation:
+    exists: bool  # the directory is there
+    registered: bool  # git knows it (worktree list / a .git dir)
+    branch: str | None
+    head: str | None
+    process: str | None = None  # container state, e.g. "running (healthy)", "exited (1)"
+    problems: tuple[str, ...] = ()
+
+
+class Strategy(Protocol):
+    NAME: str
+    # True when the env's branch lives in the main repository (worktree,
+    # container); False when it lives in the env's own repository (clone).
+    SHARES_REFS: bool
+
+    def create(self, ctx: EnvContext) -> None:
+        """Lay down the environment's files and branch at ``ctx.path``."""
+
+    def start(self, ctx: EnvContext) -> None:
+        """Start what should run (containers); a no-op for plain directories."""
+
+    def remove(self, ctx: EnvContext) -> None:
+        """Remove the environment; the caller has already saved or checked work."""
+
+    def observe(self, ctx: EnvContext) -> Observation: ...
+
+    def unmerged_commits(self, ctx: EnvContext, base_commit: str) -> list[str]:
+        """Commits in the env's HEAD that exist nowhere else (not in base)."""
+
+    def save_ref(self, ctx: EnvContext, commit: str, ref: str) -> None:
+        """Make ``commit`` (made inside the env) reachable as ``ref`` in the main repository."""
+
+    def exec_argv(self, ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
+        """argv and cwd that run ``argv`` inside the environment."""

@@ -1,0 +1,76 @@
+"""``clone``: a full, independent repository, made cheaply.
+
+``git clone --local`` hard-links the object files (no copy, no network) and the
+clone is independent from then on: it has its own refs, config, hooks and
+remotes.  ``origin`` points where the user's origin points, so the agent can
+push; the remote ``hybridiso-base`` is the local repository, which is where
+``sync`` fetches from.  docs/clone-strategy.md has the measurements behind the
+choice of ``--local`` over ``--shared``, ``--reference`` and partial clones.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from hybridiso import git
+from hybridiso.strategies.base import EnvContext, Observation
+
+NAME = "clone"
+SHARES_REFS = False
+BASE_REMOTE = "hybridiso-base"
+
+
+def create(ctx: EnvContext) -> None:
+    """``ctx.path`` is absent or empty (lifecycle.prepare checked it)."""
+    repo, path, branch = ctx.project.root, ctx.path, ctx.record.branch
+    path.parent.mkdir(parents=True, exist_ok=True)
+    git.clone_local(repo, path, BASE_REMOTE)
+    origin = git.remote_url(repo, "origin")
+    if origin:
+        git.add_remote(path, "origin", origin)
+    existing = git.branch_commit(repo, branch)
+    git.checkout_new_branch(path, branch, existing or ctx.record.base_commit or "HEAD")
+
+
+def start(ctx: EnvContext) -> None:
+    return None
+
+
+def remove(ctx: EnvContext) -> None:
+    if ctx.path.exists():
+        shutil.rmtree(ctx.path)
+
+
+def observe(ctx: EnvContext) -> Observation:
+    exists = ctx.path.is_dir()
+    registered = (ctx.path / ".git").is_dir()
+    branch = git.current_branch(ctx.path) if registered else None
+    head = git.resolve_commit(ctx.path, "HEAD") if registered else None
+    problems = () if registered or not exists else ("directory exists but is not a git clone",)
+    return Observation(exists, registered, branch, head, None, problems)
+
+
+def unmerged_commits(ctx: EnvContext, base_commit: str) -> list[str]:
+    if not (ctx.path / ".git").is_dir():
+        return []
+    # commits the main repository does not have cannot be reached from its
+    # refs; ``--remotes`` covers what was fetched from it.
+    text = git.out(ctx.path, "log", "--format=%h %s", "HEAD", "--not", f"--remotes={BASE_REMOTE}", "--")
+    mine = [line for line in text.splitlines() if line]
+    if not mine:
+        return []
+    head = git.resolve_commit(ctx.path, "HEAD")
+    if head and git.resolve_commit(ctx.project.root, head) and git.ok(
+        ctx.project.root, "merge-base", "--is-ancestor", head, base_commit
+    ):
+        return []
+    return mine
+
+
+def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
+    git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"{commit}:{ref}")
+
+
+def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
+    return list(argv), ctx.path
