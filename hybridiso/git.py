@@ -149,7 +149,24 @@ class Worktree:
     prunable: bool = False
 
 
+_worktree_cache: dict[Path, list[Worktree]] = {}
+
+
+def _forget_worktrees() -> None:
+    _worktree_cache.clear()
+
+
 def worktree_list(cwd: Path) -> list[Worktree]:
+    """``git worktree list``, cached per process until a worktree command here
+    changes it (status asks once instead of once per agent)."""
+    key = Path(cwd).resolve()
+    cached = _worktree_cache.get(key)
+    if cached is None:
+        cached = _worktree_cache[key] = _worktree_list(key)
+    return list(cached)
+
+
+def _worktree_list(cwd: Path) -> list[Worktree]:
     text = run(cwd, "worktree", "list", "--porcelain", "-z").stdout
     trees: list[Worktree] = []
     for block in text.split("\0\0"):
@@ -181,21 +198,31 @@ def worktree_add(repo: Path, path: Path, branch: str, start: str | None) -> None
     ``--no-track`` keeps git from writing upstream config for the new branch
     (the issue asks for none, and config.lock is a contention point).
     """
-    if start is not None:
-        run(repo, "worktree", "add", "--no-track", "-b", branch, "--", str(path), start)
-    else:
-        run(repo, "worktree", "add", "--", str(path), branch)
+    _forget_worktrees()
+    try:
+        if start is not None:
+            run(repo, "worktree", "add", "--no-track", "-b", branch, "--", str(path), start)
+        else:
+            run(repo, "worktree", "add", "--", str(path), branch)
+    finally:
+        _forget_worktrees()
 
 
 def worktree_remove(repo: Path, path: Path, *, force: bool) -> None:
     args = ["worktree", "remove"]
     if force:
         args += ["--force", "--force"]  # twice: also when locked
-    run(repo, *args, "--", str(path))
+    try:
+        run(repo, *args, "--", str(path))
+    finally:
+        _forget_worktrees()
 
 
 def worktree_prune(repo: Path) -> None:
-    run(repo, "worktree", "prune")
+    try:
+        run(repo, "worktree", "prune")
+    finally:
+        _forget_worktrees()
 
 
 def init_submodules(path: Path) -> bool:

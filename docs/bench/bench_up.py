@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Benchmark: `hybridiso up` of 8 worktree agents vs plain sequential
+`git worktree add` of the same 8, measured in the same run; and `status`.
+
+    python docs/bench/bench_up.py [--files 6000] [--agents 8] [--rounds 3]
+
+Prints each round and the medians, with the ratio hybridiso / git (target:
+<= 1.0) and the time of `hybridiso status` for the agents (target: < 0.5 s).
+Not a test: timings depend on the machine; docs/benchmarks.md has the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+}
+
+
+def sh(*argv: str, cwd: Path) -> None:
+    subprocess.run(argv, cwd=cwd, env=ENV, check=True, capture_output=True)
+
+
+def make_repo(root: Path, files: int) -> Path:
+    repo = root / "repo"
+    repo.mkdir()
+    sh("git", "init", "-q", "-b", "main", cwd=repo)
+    for i in range(files):
+        d = repo / f"pkg{i % 60:02d}" / f"sub{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"mod{i:05d}.py").write_text(f"VALUE = {i}\n" + "x = 1\n" * (i % 40))
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "-m", "files", cwd=repo)
+    return repo
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def plain_git(repo: Path, ws: Path, n: int) -> float:
+    def go() -> None:
+        for i in range(n):
+            sh("git", "worktree", "add", "-q", "--no-track", "-b", f"plain/a{i}", str(ws / f"a{i}"), "main", cwd=repo)
+
+    elapsed = timed(go)
+    for i in range(n):
+        sh("git", "worktree", "remove", "--force", str(ws / f"a{i}"), cwd=repo)
+        sh("git", "branch", "-D", f"plain/a{i}", cwd=repo)
+    return elapsed
+
+
+def hybridiso(repo: Path, n: int) -> tuple[float, float]:
+    cli = [sys.executable, "-m", "hybridiso"]
+    up = timed(lambda: sh(*cli, "up", cwd=repo))
+    status = min(timed(lambda: sh(*cli, "status", cwd=repo)) for _ in range(3))
+    sh(*cli, "down", cwd=repo)
+    return up, status
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=6000)
+    ap.add_argument("--agents", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="hybridiso-bench-"))
+    try:
+        repo = make_repo(root, args.files)
+        agents = "".join(f"  - name: a{i}\n    isolation: worktree\n" for i in range(args.agents))
+        (repo / "hybridiso.yaml").write_text(f"version: 1\nbase: main\nagents:\n{agents}")
+        sh("git", "add", "hybridiso.yaml", cwd=repo)
+        sh("git", "commit", "-q", "-m", "manifest", cwd=repo)
+        plain_ws = root / "plain"
+        plain_ws.mkdir()
+        print(f"repository: {args.files} files; {args.agents} agents; {os.cpu_count()} cores; git {subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.split()[-1]}")
+        g, h, s = [], [], []
+        for r in range(args.rounds):
+            g.append(plain_git(repo, plain_ws, args.agents))
+            up, status = hybridiso(repo, args.agents)
+            h.append(up)
+            s.append(status)
+            print(f"round {r + 1}: git worktree add x{args.agents} (sequential) {g[-1]:.2f}s | hybridiso up {up:.2f}s | status {status:.3f}s")
+        mg, mh, ms = statistics.median(g), statistics.median(h), statistics.median(s)
+        print(f"median: git {mg:.2f}s, hybridiso up {mh:.2f}s, ratio hybridiso/git = {mh / mg:.2f} (target <= 1.0)")
+        print(f"median hybridiso status for {args.agents} agents: {ms:.3f}s (target < 0.5s)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
