@@ -1,7 +1,9 @@
-"""Everything hybridiso asks of git.  The only module that imports GitPython.
+"""Everything hybridiso asks of git: the only module that runs git.
 
-GitPython has no worktree API, so worktree commands go through its command
-runner like every other call here.  Each call:
+Every call goes through ``hybridiso.process.run`` with leaked ``GIT_*``
+variables stripped.  (GitPython was the first choice; it has no worktree API,
+so it was only ever a command runner here, and its import cost 60-120 ms of the
+0.5 s that ``status`` may take: docs/architecture.md.)  Each call:
 - runs as an argv list in a given directory (paths with spaces/unicode are safe);
 - raises ``CommandError`` showing the command, exit code, stdout and stderr;
 - retries a bounded number of times when git reports lock contention
@@ -17,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import git as gitpython
-
 from hybridiso.errors import UserError
+from hybridiso import process
 from hybridiso.process import CommandError, Result
 
 LOCK_RETRIES = 8
@@ -34,17 +35,11 @@ class StaleLock(UserError):
     pass
 
 
-def _execute(cwd: Path | str, args: Sequence[str]) -> Result:
-    runner = gitpython.Git(os.fspath(cwd))
-    argv = ["git", *args]
-    status, out, err = runner.execute(
-        argv,
-        with_extended_output=True,
-        with_exceptions=False,
-        strip_newline_in_stdout=False,
-        stdout_as_string=True,
-    )
-    return Result(tuple(argv), int(status), out or "", err or "")
+def _execute(cwd: Path | str, args: Sequence[str], env: dict[str, str] | None = None, input: str | None = None) -> Result:
+    base = process.no_git_env()
+    if env:
+        base.update(env)
+    return process.run(["git", *args], cwd=cwd, env=base, check=False, input=input)
 
 
 def run(cwd: Path | str, *args: str, check: bool = True) -> Result:
@@ -286,18 +281,19 @@ def snapshot_worktree(path: Path, extra_ignored: Sequence[str] = ()) -> str:
     if not index.is_absolute():
         index = path / index
     tmp_index = index.with_name(f"hybridiso-backup-index-{os.getpid()}")
-    env_runner = gitpython.Git(os.fspath(path))
     env = {"GIT_INDEX_FILE": str(tmp_index)}
     try:
         if index.exists():
             tmp_index.write_bytes(index.read_bytes())
-        for argv in (["git", "add", "-A", "--", "."], *([["git", "add", "-f", "--", *extra_ignored]] if extra_ignored else [])):
-            status, o, e = env_runner.execute(argv, env=env, with_extended_output=True, with_exceptions=False)
-            if status != 0:
-                raise CommandError(Result(tuple(argv), int(status), o, e), os.fspath(path))
-        status, tree, e = env_runner.execute(["git", "write-tree"], env=env, with_extended_output=True, with_exceptions=False)
-        if status != 0:
-            raise CommandError(Result(("git", "write-tree"), int(status), tree, e), os.fspath(path))
+        steps = [["add", "-A", "--", "."]]
+        if extra_ignored:
+            steps.append(["add", "-f", "--", *extra_ignored])
+        steps.append(["write-tree"])
+        for step in steps:
+            r = _execute(path, step, env=env)
+            if r.returncode != 0:
+                raise CommandError(r, os.fspath(path))
+        tree = r.stdout
     finally:
         tmp_index.unlink(missing_ok=True)
     head = resolve_commit(path, "HEAD")
@@ -363,24 +359,13 @@ def check_ignored(cwd: Path, paths: Sequence[str]) -> set[str]:
     """The subset of ``paths`` that git ignores in ``cwd``."""
     if not paths:
         return set()
-    import tempfile
-
-    with tempfile.TemporaryFile() as stdin:
-        stdin.write(("\0".join(paths) + "\0").encode())
-        stdin.seek(0)
-        status, stdout, stderr = gitpython.Git(os.fspath(cwd)).execute(
-            ["git", "check-ignore", "-z", "--stdin"],
-            istream=stdin,
-            with_extended_output=True,
-            with_exceptions=False,
-            strip_newline_in_stdout=False,
-        )
-    if status not in (0, 1):
-        raise CommandError(Result(("git", "check-ignore", "-z", "--stdin"), int(status), stdout, stderr), os.fspath(cwd))
-    return {p for p in stdout.split("\0") if p}
+    r = _execute(cwd, ["check-ignore", "-z", "--stdin"], input="\0".join(paths) + "\0")
+    if r.returncode not in (0, 1):
+        raise CommandError(r, os.fspath(cwd))
+    return {p for p in r.stdout.split("\0") if p}
 
 
 def version() -> tuple[int, ...]:
-    text = gitpython.Git().version()
+    text = process.run(["git", "--version"], check=False).stdout
     m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     return tuple(int(x) for x in m.groups() if x) if m else (0,)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
-from hybridiso.diskusage import disk_usage
+from hybridiso.diskusage import du_bytes
 from hybridiso.envfile import ENV_FILE
 from hybridiso.lifecycle import log_path
 from hybridiso.project import Project
@@ -87,7 +87,8 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
             if obs.branch and obs.branch != record.branch:
                 st.problems.append(f"checked out branch is {obs.branch!r}, expected {record.branch!r}")
         if with_disk:
-            st.disk_bytes = disk_usage(Path(record.path), skip=frozenset({".git"}) if strategy.SHARES_REFS else frozenset())
+            # a worktree's .git is a one-line file; a clone's .git is its own
+            st.disk_bytes = du_bytes(Path(record.path), exclude=".git" if strategy.SHARES_REFS else None)
         return st
 
     with ThreadPoolExecutor(max_workers=8) as pool:
