@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import envfile, git, includes, setup_runner, strategies
+from hybridiso import envfile, git, includes, service_branches, setup_runner, strategies
 from hybridiso.errors import UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
@@ -63,6 +63,7 @@ def rollback(ctx: EnvContext) -> None:
     strategy = strategies.get(ctx.record.strategy)
     if ctx.record.extra.get("owns_path"):
         strategy.remove(ctx)
+    service_branches.release(ctx)
     if strategy.SHARES_REFS and ctx.record.created_branch:
         tip = git.branch_commit(ctx.project.root, ctx.record.branch)
         # a branch that moved has commits somebody made: keep it
@@ -84,6 +85,11 @@ def create(ctx: EnvContext) -> None:
         record.timings["submodules"] = round(time.monotonic() - t, 3)
     if record.strategy == "clone":
         git.add_exclude(git.git_dir(ctx.path), ENV_EXCLUDE)
+    t = time.monotonic()
+    service_env = service_branches.provision(ctx)
+    if service_env:
+        record.extra["env"] = {**record.extra.get("env", {}), **service_env}
+        record.timings["services"] = round(time.monotonic() - t, 3)
     t = time.monotonic()
     copied = includes.copy_includes(project.root, ctx.path, project.manifest.include_for(ctx.agent))
     record.extra["included"] = copied
@@ -221,6 +227,7 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
     if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():
         git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"HEAD:refs/heads/{ctx.record.branch}")
     strategy.remove(ctx)
+    service_branches.release(ctx)
     if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:
         if git.branch_exists(ctx.project.root, ctx.record.branch):
             git.delete_branch(ctx.project.root, ctx.record.branch)

@@ -22,6 +22,7 @@ COMMANDS = {
     "status": "status",
     "exec": "exec_",
     "down": "down",
+    "render": "render",
     "demo": "demo",
 }
 

@@ -162,6 +162,8 @@ class Manifest(_Model):
     workspace: str | None = None
     ports: PortRange = Field(default_factory=PortRange)
     disk_budget: str | None = None
+    # extra labels on every container, network and volume (e.g. team, cost centre)
+    labels: dict[str, str] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
     services: dict[str, Service] = Field(default_factory=dict)
     agents: list[Agent] = Field(default_factory=list)

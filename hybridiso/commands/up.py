@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             for note in p.warnings:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
-        outcomes = converge(project, state, selected, base_commit, args.jobs)
+        selected, refused = check_docker(selected)
+        outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
     if args.json:
         output.print_json([o.__dict__ for o in outcomes])
     failed = [o for o in outcomes if not o.ok]
@@ -88,6 +89,28 @@ def run(args: argparse.Namespace) -> int:
         details = "\n".join(f"  {o.name}: {o.error}" for o in failed)
         raise UserError(f"{len(failed)} of {len(outcomes)} agents failed:\n{details}")
     return 0
+
+
+def check_docker(selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:
+    """Container agents need the engine (FAULTS #12: the others go ahead
+    without it) and their images (FAULTS #13: checked before anything starts)."""
+    containers = [p for p in selected if p.strategy == "container"]
+    if not containers:
+        return selected, []
+    from hybridiso import docker_client
+
+    ok, why = docker_client.reachable()
+    if not ok:
+        refused = [Outcome(p.agent.name, p.strategy, "Failed", False, 0.0, why) for p in containers]
+        for o in refused:
+            output.progress_line(False, o.name, o.strategy, "Failed", None)
+        return [p for p in selected if p.strategy != "container"], refused
+    from hybridiso.compose_cli import compose_command
+
+    compose_command()  # Compose v2 missing: say so before creating anything
+    for image in sorted({p.agent.image for p in containers if p.agent.image}):
+        docker_client.ensure_image(image)
+    return selected, []
 
 
 def _lease_ports(project: Project, state: State, selected: list[AgentPlan]) -> dict[str, dict[str, int]]:

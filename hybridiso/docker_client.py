@@ -1,0 +1,218 @@
+"""Everything hybridiso asks of the Docker engine.  The only module that imports ``docker``.
+
+Docker's labels are the state for containers (STYLE.md, compose v1's habit):
+``status`` and ``gc`` find our containers, networks and volumes through
+``dev.hybridiso.*`` labels, not through the state file.  Connection and API
+errors become one-line ``UserError``s (FAULTS #12, #13).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from hybridiso.errors import DockerUnavailable, UserError
+
+LABEL_PREFIX = "dev.hybridiso"
+LABEL_PROJECT = f"{LABEL_PREFIX}.project"  # the repository (a stable id)
+LABEL_AGENT = f"{LABEL_PREFIX}.agent"
+LABEL_ROLE = f"{LABEL_PREFIX}.role"  # agent | service
+LABEL_COMPOSE_PROJECT = f"{LABEL_PREFIX}.compose-project"
+
+
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+@functools.lru_cache(maxsize=1)
+def client() -> Any:
+    """A connected client, or DockerUnavailable saying where we looked."""
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError as e:  # pragma: no cover - docker is a dependency
+        raise DockerUnavailable(f"the docker Python package is missing: {e}") from None
+    try:
+        c = docker.from_env(timeout=30)
+        c.ping()
+        return c
+    except DockerException as e:
+        raise DockerUnavailable(
+            f"Docker is not reachable at {docker_host()}: {_short(e)}",
+            hint="start the Docker engine (or set DOCKER_HOST); worktree and clone agents work without it",
+        ) from None
+
+
+def reachable() -> tuple[bool, str]:
+    try:
+        client()
+        return True, docker_host()
+    except DockerUnavailable as e:
+        return False, e.message
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:300]
+
+
+@contextmanager
+def api_errors(what: str) -> Iterator[None]:
+    from docker.errors import APIError, DockerException
+
+    try:
+        yield
+    except APIError as e:
+        raise UserError(f"Docker refused to {what}: {e.explanation or _short(e)}") from None
+    except DockerException as e:
+        raise UserError(f"Docker failed to {what}: {_short(e)}") from None
+
+
+def image_present(image: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client().images.get(image)
+        return True
+    except ImageNotFound:
+        return False
+
+
+def ensure_image(image: str) -> None:
+    """The image is there, or is pulled, or a clear error names it (FAULTS #13)."""
+    if image_present(image):
+        return
+    from docker.errors import APIError, DockerException
+
+    try:
+        client().images.pull(image)
+    except (APIError, DockerException) as e:
+        raise UserError(
+            f"image {image!r} is not on this machine and cannot be pulled: {_short(e)}",
+            hint=f"build or load it first (docker build -t {image} ... / docker load), or name another image",
+        ) from None
+
+
+def image_has(image: str, program: str) -> bool:
+    """Whether ``program`` is on the image's PATH (run in a throwaway container)."""
+    from docker.errors import ContainerError, DockerException
+
+    try:
+        client().containers.run(
+            image,
+            ["sh", "-c", f"command -v {program}"],
+            remove=True,
+            entrypoint=[],
+            labels={LABEL_ROLE: "probe"},
+            network_mode="none",
+        )
+        return True
+    except (ContainerError, DockerException):
+        return False
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    agent: str | None
+    role: str | None
+    status: str  # created, running, exited, ...
+    health: str | None  # healthy, unhealthy, starting, None
+    exit_code: int | None
+    labels: Mapping[str, str]
+
+    def describe(self) -> str:
+        if self.status == "running":
+            return f"running ({self.health})" if self.health else "running"
+        if self.status == "exited":
+            return f"exited ({self.exit_code})"
+        return self.status
+
+
+def _label_filters(labels: Mapping[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in labels.items()]
+
+
+def containers(labels: Mapping[str, str]) -> list[ContainerInfo]:
+    with api_errors("list containers"):
+        found = client().containers.list(all=True, filters={"label": _label_filters(labels)})
+    result = []
+    for c in found:
+        state = c.attrs.get("State", {})
+        health = (state.get("Health") or {}).get("Status")
+        result.append(
+            ContainerInfo(
+                c.id,
+                c.name,
+                c.labels.get(LABEL_AGENT),
+                c.labels.get(LABEL_ROLE),
+                state.get("Status", c.status),
+                health,
+                state.get("ExitCode") if state.get("Status") == "exited" else None,
+                dict(c.labels),
+            )
+        )
+    return result
+
+
+def remove_labelled(labels: Mapping[str, str]) -> dict[str, int]:
+    """Remove containers, then networks and volumes carrying ``labels``."""
+    from docker.errors import NotFound
+
+    filters = {"label": _label_filters(labels)}
+    counts = {"containers": 0, "networks": 0, "volumes": 0}
+    with api_errors("remove containers"):
+        for c in client().containers.list(all=True, filters=filters):
+            try:
+                c.remove(force=True, v=True)
+                counts["containers"] += 1
+            except NotFound:
+                pass
+    with api_errors("remove networks"):
+        for n in client().networks.list(filters=filters):
+            try:
+                n.remove()
+                counts["networks"] += 1
+            except NotFound:
+                pass
+    with api_errors("remove volumes"):
+        for v in client().volumes.list(filters=filters):
+            try:
+                v.remove(force=True)
+                counts["volumes"] += 1
+            except NotFound:
+                pass
+    return counts
+
+
+def labelled_resources(labels: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Containers, networks and volumes carrying ``labels``, for gc."""
+    filters = {"label": _label_filters(labels)}
+    c = client()
+    with api_errors("list resources"):
+        return {
+            "containers": [{"id": x.id, "name": x.name, "labels": dict(x.labels)} for x in c.containers.list(all=True, filters=filters)],
+            "networks": [{"id": x.id, "name": x.name, "labels": dict(x.attrs.get("Labels") or {})} for x in c.networks.list(filters=filters)],
+            "volumes": [{"id": x.id, "name": x.name, "labels": dict(x.attrs.get("Labels") or {})} for x in c.volumes.list(filters=filters)],
+        }
+
+
+def run_oneshot(image: str, argv: list[str], mounts: Mapping[str, str], labels: Mapping[str, str], user: str | None = None) -> None:
+    """Run a short command in a throwaway container (e.g. to fix ownership)."""
+    from docker.types import Mount
+
+    with api_errors(f"run {argv[0]} in {image}"):
+        client().containers.run(
+            image,
+            argv,
+            remove=True,
+            entrypoint=[],
+            user=user,
+            labels=dict(labels),
+            network_mode="none",
+            mounts=[Mount(target=t, source=s, type="bind") for s, t in mounts.items()],
+        )

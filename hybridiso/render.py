@@ -1,0 +1,80 @@
+"""Rendering files from Jinja2 templates.  The only module that imports jinja2.
+
+Values from the manifest never reach a YAML file raw: every one goes through
+the ``q`` filter, which writes it as a JSON scalar (JSON is YAML) after
+doubling each ``$`` so Compose never interpolates it.  hybridiso's own
+variables (``${PORT_WEB}`` in a command) are filled in before, by
+``expand_vars``.  tests/test_render.py proves it with a property test.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from hybridiso.container_spec import ContainerSpec
+from hybridiso.resources import compose_dir, templates_dir
+from hybridiso.state import atomic_write_text
+
+_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_vars(text: str, variables: Mapping[str, str]) -> str:
+    """Replace ``${NAME}``/``$NAME`` for the names in ``variables``; leave others."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return variables[name] if name in variables else m.group(0)
+
+    return _VAR_RE.sub(sub, text)
+
+
+def _escape(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, (list, tuple)):
+        return [_escape(v) for v in value]
+    if isinstance(value, Mapping):
+        return {_escape(k): _escape(v) for k, v in value.items()}
+    return value
+
+
+def quote(value: Any) -> str:
+    """A value as JSON (valid YAML), with ``$`` escaped for Compose."""
+    return json.dumps(_escape(value), ensure_ascii=False)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(templates_dir()), str(compose_dir())]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = quote
+    return env
+
+
+_ENV: jinja2.Environment | None = None
+
+
+def render_template(name: str, **context: Any) -> str:
+    global _ENV
+    if _ENV is None:
+        _ENV = _environment()
+    return _ENV.get_template(name).render(**context)
+
+
+def render_compose(spec: ContainerSpec) -> str:
+    return render_template("compose.yaml.j2", spec=spec, env=dict(spec.environment), labels=dict(spec.labels))
+
+
+def write_compose(spec: ContainerSpec, path: Path) -> Path:
+    atomic_write_text(path, render_compose(spec))
+    return path

@@ -1,0 +1,54 @@
+"""Database branches: each agent that lists a postgres service with a ``url``
+gets its own database, ``CREATE DATABASE <name> TEMPLATE <template>``, and its
+URL in the agent's environment; ``down`` drops it.
+
+The SQL lives in ``hybridiso.databases`` (the only psycopg user); this module
+decides names and variables and keeps the record of what an agent owns.
+"""
+from __future__ import annotations
+
+import re
+
+from hybridiso.strategies.base import EnvContext
+
+
+def env_var(service: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_URL"
+
+
+def provision(ctx: EnvContext) -> dict[str, str]:
+    """Create the agent's database branches; return the variables they add."""
+    if ctx.agent is None:
+        return {}
+    manifest = ctx.project.manifest
+    wanted = [(n, manifest.services[n]) for n in ctx.agent.services if n in manifest.services]
+    branches = [(n, s) for n, s in wanted if s.kind == "postgres" and s.url and s.template]
+    if not branches:
+        return {}
+    from hybridiso import databases
+
+    owned: dict[str, dict[str, str]] = ctx.record.extra.setdefault("databases", {})
+    env: dict[str, str] = {}
+    for service, svc in branches:
+        assert svc.url is not None and svc.template is not None
+        name = databases.branch_name(ctx.project.root.name, ctx.name, service)
+        url = databases.create_branch(svc.url, svc.template, name)
+        owned[service] = {"name": name, "server": svc.url}
+        env[env_var(service)] = url
+        env.setdefault("DATABASE_URL", url)
+    return env
+
+
+def release(ctx: EnvContext) -> list[str]:
+    """Drop the agent's database branches; return their names."""
+    owned: dict[str, dict[str, str]] = ctx.record.extra.get("databases", {})
+    if not owned:
+        return []
+    from hybridiso import databases
+
+    dropped = []
+    for info in owned.values():
+        if databases.drop_branch(info["server"], info["name"]):
+            dropped.append(info["name"])
+    ctx.record.extra["databases"] = {}
+    return dropped

@@ -1,0 +1,179 @@
+"""``container``: the agent's worktree bind-mounted into a Docker container.
+
+The worktree and the repository's common git dir are mounted at their host
+paths, so the ``.git`` file of the linked worktree (an absolute path) resolves
+inside the container and ``git status``/``git commit`` work there.  The
+container runs as the host user's uid:gid with ``no-new-privileges``, its own
+network, limits from ``resources:``, leased ports published on 127.0.0.1, and
+labels ``dev.hybridiso.*``: Docker itself is the state for containers.
+
+Files and branches are the worktree strategy's; this module adds the compose
+project around them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hybridiso import compose_cli, docker_client, git, output
+from hybridiso.container_spec import project_name
+from hybridiso.errors import UserError
+from hybridiso.strategies import worktree
+from hybridiso.strategies.base import EnvContext, Observation
+
+NAME = "container"
+SHARES_REFS = True
+AGENT_SERVICE = "agent"
+
+
+def repo_id(ctx: EnvContext) -> str:
+    """Stable id of the repository for labels: its common git dir."""
+    return hashlib.sha256(str(ctx.project.repo.common_dir).encode()).hexdigest()[:12]
+
+
+def compose_project(ctx: EnvContext) -> str:
+    return project_name(str(ctx.project.root), ctx.name)
+
+
+def compose_file(ctx: EnvContext) -> Path:
+    return ctx.project.store.compose_dir / ctx.name / "compose.yaml"
+
+
+def agent_labels(ctx: EnvContext) -> dict[str, str]:
+    return {docker_client.LABEL_PROJECT: repo_id(ctx), docker_client.LABEL_AGENT: ctx.name}
+
+
+def render(ctx: EnvContext) -> Path:
+    """Write the agent's compose file (``hybridiso render`` and ``up``)."""
+    from hybridiso.container_build import build_spec
+    from hybridiso.render import write_compose
+
+    return write_compose(build_spec(ctx), compose_file(ctx))
+
+
+def create(ctx: EnvContext) -> None:
+    worktree.create(ctx)
+    render(ctx)
+
+
+def start(ctx: EnvContext) -> None:
+    assert ctx.agent is not None and ctx.agent.image
+    docker_client.client()  # Docker unreachable: say so before anything else (FAULTS #12)
+    docker_client.ensure_image(ctx.agent.image)
+    path = render(ctx)
+    compose_cli.up(compose_project(ctx), path)
+    check_git_inside(ctx)
+
+
+def check_git_inside(ctx: EnvContext) -> None:
+    """FAULTS #21: git in the container must see the repository, or we say why."""
+    info = _agent_container(ctx)
+    if info is None:
+        return
+    argv = exec_argv(ctx, ["sh", "-c", "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"], {}, tty=False)[0]
+    from hybridiso.process import run
+
+    r = run(argv, check=False, timeout=60)
+    if r.returncode == 0:
+        ctx.record.extra["git_in_container"] = "ok"
+        return
+    if r.returncode == 127:
+        ctx.record.extra["git_in_container"] = "image has no git"
+        output.warn(f"{ctx.name}: image {ctx.agent.image if ctx.agent else '?'} has no git; the agent cannot run git inside its container")
+        return
+    raise UserError(
+        f"git inside agent {ctx.name}'s container cannot see the repository: {(r.stderr or r.stdout).strip()[:400]}",
+        hint=(
+            f"the worktree ({ctx.path}) and the common git dir ({ctx.project.repo.common_dir}) must be mounted at "
+            "their host paths, and the container must run as the files' owner"
+        ),
+    )
+
+
+def _agent_container(ctx: EnvContext) -> docker_client.ContainerInfo | None:
+    found = [c for c in docker_client.containers({**agent_labels(ctx), docker_client.LABEL_ROLE: "agent"})]
+    return found[0] if found else None
+
+
+def remove(ctx: EnvContext) -> None:
+    ok, _ = docker_client.reachable()
+    if ok:
+        path = compose_file(ctx)
+        if path.exists():
+            try:
+                compose_cli.down(compose_project(ctx), path)
+            except UserError:
+                pass  # labels below catch what compose could not
+        docker_client.remove_labelled(agent_labels(ctx))
+        fix_ownership(ctx.path)
+    elif ctx.path.exists():
+        output.warn(f"{ctx.name}: Docker is not reachable; its containers (if any) are left for `hybridiso gc`")
+    worktree.remove(ctx)
+    compose_file(ctx).unlink(missing_ok=True)
+
+
+def fix_ownership(path: Path) -> list[str]:
+    """Give back to the host user anything a container left owned by another
+    uid (FAULTS #8), so removal cannot fail half-way.  Returns what it fixed."""
+    uid, gid = os.getuid(), os.getgid()
+    foreign: list[str] = []
+    if not path.exists():
+        return foreign
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            p = os.path.join(root, name)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if st.st_uid != uid:
+                foreign.append(p)
+    if not foreign:
+        return foreign
+    if os.geteuid() == 0:
+        for p in foreign:
+            os.lchown(p, uid, gid)
+        return foreign
+    raise UserError(
+        f"{len(foreign)} files in {path} belong to another user (written by a container), e.g. {foreign[0]}",
+        hint=f"sudo chown -R {uid}:{gid} {path}",
+    )
+
+
+def observe(ctx: EnvContext) -> Observation:
+    base = worktree.observe(ctx)
+    ok, why = docker_client.reachable()
+    if not ok:
+        return Observation(base.exists, base.registered, base.branch, base.head, "docker unreachable", base.problems)
+    info = _agent_container(ctx)
+    process = info.describe() if info is not None else "no container"
+    return Observation(base.exists, base.registered, base.branch, base.head, process, base.problems)
+
+
+def unmerged_commits(ctx: EnvContext, base_commit: str) -> list[str]:
+    return worktree.unmerged_commits(ctx, base_commit)
+
+
+def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
+    worktree.save_ref(ctx, commit, ref)
+
+
+def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str], tty: bool | None = None) -> tuple[list[str], Path | None]:
+    info = _agent_container(ctx)
+    if info is None or info.status != "running":
+        raise UserError(
+            f"agent {ctx.name}'s container is not running ({info.describe() if info else 'none'})",
+            hint=f"hybridiso up {ctx.name}",
+        )
+    if tty is None:
+        tty = sys.stdin.isatty() and sys.stdout.isatty()
+    args = ["docker", "exec", "-i"]
+    if tty:
+        args.append("-t")
+    args += ["-w", str(ctx.path), "-u", f"{os.getuid()}:{os.getgid()}"]
+    for key, value in env.items():
+        args += ["-e", f"{key}={value}"]
+    return [*args, info.id, *argv], None

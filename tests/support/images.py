@@ -1,0 +1,94 @@
+"""Build the small local images the tests run (there is no registry to pull from).
+
+Cached by tag: built once per machine, reused by every later run.
+- ``hybridiso-test/busybox:1``: FROM scratch + Debian's static busybox
+  (sh, wget, httpd, nc...), for containers that only need a shell and HTTP.
+- ``hybridiso-test/debian-git:1``: a minimal Debian rootfs made with
+  debootstrap, with git, loaded with ``docker import``; for git inside the
+  container (FAULTS #21).
+A file lock keeps two concurrent test sessions from building the same image.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+BUSYBOX_IMAGE = "hybridiso-test/busybox:1"
+GIT_IMAGE = "hybridiso-test/debian-git:1"
+TEST_LABEL = "dev.hybridiso.test"
+DEBIAN_MIRROR = os.environ.get("HYBRIDISO_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+@contextlib.contextmanager
+def _build_lock(tag: str) -> Iterator[None]:
+    path = Path(tempfile.gettempdir()) / f"hybridiso-image-{tag.replace('/', '_').replace(':', '_')}.lock"
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def image_exists(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def _busybox_binary() -> Path:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        p = Path(candidate)
+        if p.exists():
+            out = subprocess.run(["file", "-L", str(p)], capture_output=True, text=True).stdout if shutil.which("file") else "static"
+            if "dynamically linked" not in out:
+                return p
+    raise RuntimeError("a static busybox is needed: apt-get install busybox-static (bash .ci/install-deps does it)")
+
+
+def ensure_busybox_image() -> str:
+    with _build_lock(BUSYBOX_IMAGE):
+        if image_exists(BUSYBOX_IMAGE):
+            return BUSYBOX_IMAGE
+        with tempfile.TemporaryDirectory(prefix="hybridiso-busybox-") as ctx:
+            shutil.copy2(_busybox_binary(), Path(ctx) / "busybox")
+            (Path(ctx) / "Dockerfile").write_text(
+                "FROM scratch\n"
+                "COPY busybox /bin/busybox\n"
+                'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+                'RUN ["/bin/busybox", "mkdir", "-p", "/tmp", "/usr/bin", "/www"]\n'
+                'RUN ["/bin/busybox", "chmod", "1777", "/tmp"]\n'
+                f'LABEL {TEST_LABEL}="1"\n'
+                'CMD ["/bin/sh"]\n'
+            )
+            subprocess.run(["docker", "build", "-q", "-t", BUSYBOX_IMAGE, ctx], check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return BUSYBOX_IMAGE
+
+
+def ensure_git_image() -> str:
+    with _build_lock(GIT_IMAGE):
+        if image_exists(GIT_IMAGE):
+            return GIT_IMAGE
+        if not shutil.which("debootstrap"):
+            raise RuntimeError("debootstrap is needed to build the git test image (bash .ci/install-deps installs it)")
+        root = Path(tempfile.mkdtemp(prefix="hybridiso-rootfs-", dir="/var/tmp"))
+        try:
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", "--include=git,ca-certificates", "bookworm", str(root), DEBIAN_MIRROR],
+                check=True,
+                capture_output=True,
+            )
+            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                shutil.rmtree(root / cache, ignore_errors=True)
+            tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+            subprocess.run(
+                ["docker", "import", "--change", 'CMD ["/bin/bash"]', "--change", f'LABEL {TEST_LABEL}="1"', "-", GIT_IMAGE],
+                stdin=tar.stdout,
+                check=True,
+                capture_output=True,
+            )
+            assert tar.wait() == 0
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return GIT_IMAGE
