@@ -25,10 +25,8 @@ from hybridiso.process import CommandError, Result
 
 LOCK_RETRIES = 8
 STALE_LOCK_SECONDS = 600.0
-_LOCK_RE = re.compile(
-    r"(Unable to create '(?P<path>[^']+\.lock)'|cannot lock ref|could not lock config file (?P<cfg>\S+)|"
-    r"index\.lock|\.lock': File exists)"
-)
+_LOCK_RE = re.compile(r"Unable to create '[^']+\.lock'|cannot lock ref|could not lock config file|index\.lock|\.lock': File exists")
+_LOCK_PATH_RE = re.compile(r"Unable to create '(?P<path>[^']+\.lock)'")
 
 
 class StaleLock(UserError):
@@ -50,9 +48,10 @@ def run(cwd: Path | str, *args: str, check: bool = True) -> Result:
         if result.returncode == 0 or not check:
             return result
         m = _LOCK_RE.search(result.stderr)
+        lock = _LOCK_PATH_RE.search(result.stderr)
+        if m and lock:
+            _raise_if_stale(Path(lock.group("path")), result)  # an old lock will not go away by waiting
         if not m or attempt == LOCK_RETRIES:
-            if m and m.group("path"):
-                _raise_if_stale(Path(m.group("path")), result)
             raise CommandError(result, os.fspath(cwd))
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
@@ -66,8 +65,8 @@ def _raise_if_stale(lock: Path, result: Result) -> None:
         return
     if age >= STALE_LOCK_SECONDS:
         raise StaleLock(
-            f"git lock file {lock} is {int(age)} s old and still there after "
-            f"{LOCK_RETRIES} retries (while running: git {' '.join(result.argv[1:])})",
+            f"git lock file {lock} is {int(age)} s old, so no running git holds it "
+            f"(while running: git {' '.join(result.argv[1:])})",
             hint="if no git command is running in this repository, delete that file",
         )
 
@@ -319,7 +318,8 @@ def add_remote(cwd: Path, name: str, url: str) -> None:
 
 
 def checkout_new_branch(cwd: Path, branch: str, start: str) -> None:
-    run(cwd, "checkout", "-q", "--no-track", "-b", branch, start)
+    # -B: a fresh clone already has a local branch for the source's HEAD
+    run(cwd, "checkout", "-q", "--no-track", "-B", branch, start)
 
 
 def checkout(cwd: Path, branch: str) -> None:

@@ -1,0 +1,172 @@
+"""The core lifecycle through the real CLI on real repositories."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.support.cli import hybridiso, state, status_json, write_manifest
+from tests.support.gitrepo import commit_file, git, make_repo
+
+MANIFEST = """\
+version: 1
+base: main
+ports: {range: "%(lo)d-%(hi)d"}
+defaults:
+  include: [".env"]
+  setup: ["echo ran for $HYBRIDISO_AGENT on $PORT_WEB >> setup.out"]
+agents:
+  - name: ui
+    ports: [web]
+  - name: api
+    ports: [web, admin]
+  - name: rewriter
+    workload: {needs: [own-refs]}
+    ports: [web]
+"""
+
+
+def project(tmp_path: Path) -> Path:
+    from tests.support.postgres import free_port
+
+    repo = make_repo(tmp_path / "shop", {"README.md": "shop\n", "src/app.py": "print(1)\n", ".gitignore": ".env\nsetup.out\n"})
+    (repo / ".env").write_text("SECRET=s3cret\n")
+    lo = free_port()
+    write_manifest(repo, MANIFEST % {"lo": lo, "hi": lo + 200})
+    return repo
+
+
+def test_up_status_exec_down(tmp_path: Path) -> None:
+    repo = project(tmp_path)
+    plan = json.loads(hybridiso(repo, "plan", "--json").stdout)
+    assert {a["agent"]: a["strategy"] for a in plan["agents"]} == {"ui": "worktree", "api": "worktree", "rewriter": "clone"}
+    assert all(a["reason"] for a in plan["agents"])
+
+    up = hybridiso(repo, "up")
+    for name in ("ui", "api", "rewriter"):
+        assert name in up.stderr and "Created" in up.stderr
+    ws = tmp_path / "shop.agents"
+    st = status_json(repo)
+    assert set(st) == {"ui", "api", "rewriter"}
+    for name, row in st.items():
+        assert row["state"] == "ready" and row["dirty"] == 0, row
+        assert row["path"] == str(ws / name)
+        assert (ws / name / ".env").read_text() == "SECRET=s3cret\n"  # include copied
+        assert f"ran for {name}" in (ws / name / "setup.out").read_text()
+    # ports: distinct, in the env file, and the same through exec
+    ports = [p for row in st.values() for p in row["ports"].values()]
+    assert len(ports) == len(set(ports)) == 4
+    env_file = (ws / "api" / ".hybridiso.env").read_text()
+    assert f"PORT_ADMIN={st['api']['ports']['admin']}" in env_file and "HYBRIDISO_AGENT=api" in env_file
+    out = hybridiso(repo, "exec", "api", "--", "sh", "-c", "echo $PORT_WEB:$HYBRIDISO_AGENT:$(pwd)").stdout.strip()
+    assert out == f"{st['api']['ports']['web']}:api:{ws / 'api'}"
+    # the worktree branch starts at base with no upstream config
+    assert git(ws / "ui", "rev-parse", "HEAD") == git(repo, "rev-parse", "main")
+    assert git(repo, "config", "--get", "branch.hybridiso/ui.remote", check=False) == ""
+    # exit codes pass through exec
+    assert hybridiso(repo, "exec", "ui", "--", "sh", "-c", "exit 7", ok=None).returncode == 7
+
+    # idempotent: nothing changes the second time
+    before = state(repo)
+    again = hybridiso(repo, "up")
+    assert "Created" not in again.stderr and "Up to date" in again.stderr
+    after = state(repo)
+    assert {n: (r["path"], r["ports"], r["created_at"]) for n, r in before["agents"].items()} == {
+        n: (r["path"], r["ports"], r["created_at"]) for n, r in after["agents"].items()
+    }
+
+    hybridiso(repo, "down")
+    assert not any((ws / n).exists() for n in ("ui", "api", "rewriter"))
+    assert git(repo, "branch", "--list", "hybridiso/*") == ""
+    assert state(repo)["agents"] == {}  # ports released
+
+
+def test_setup_reruns_only_when_a_lockfile_changes(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"package-lock.json": "{}\n", ".gitignore": "count\n"})
+    write_manifest(repo, "agents:\n  - name: a\ndefaults:\n  setup: ['echo x >> count']\n")
+    hybridiso(repo, "up")
+    env = tmp_path / "r.agents" / "a"
+    hybridiso(repo, "up")
+    assert (env / "count").read_text() == "x\n"
+    (env / "package-lock.json").write_text('{"changed": true}\n')
+    hybridiso(repo, "up")
+    assert (env / "count").read_text() == "x\nx\n"
+
+
+def test_failed_setup_reports_log_and_next_up_retries(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\ndefaults:\n  setup: ['echo boom-output; exit 3']\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1 and "exit 3" in r.stderr and "boom-output" in r.stderr and "setup.log" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert status_json(repo)["a"]["state"].startswith("creating")
+    write_manifest(repo, "agents:\n  - name: a\ndefaults:\n  setup: ['true']\n")
+    hybridiso(repo, "up")
+    assert status_json(repo)["a"]["state"] == "ready"
+
+
+def test_clone_is_hardlinked_independent_and_pushes_to_users_origin(tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream.git"
+    git(tmp_path, "init", "-q", "--bare", str(upstream))
+    repo = make_repo(tmp_path / "r", {f"f{i}.txt": f"{i}\n" for i in range(20)})
+    git(repo, "remote", "add", "origin", str(upstream))
+    git(repo, "push", "-q", "origin", "main")
+    git(repo, "gc", "-q")
+    write_manifest(repo, "agents:\n  - {name: hist, isolation: clone}\n")
+    hybridiso(repo, "up")
+    clone = tmp_path / "r.agents" / "hist"
+    assert git(clone, "remote", "get-url", "origin") == str(upstream)
+    assert git(clone, "remote", "get-url", "hybridiso-base") == str(repo)
+    packs = list((clone / ".git" / "objects" / "pack").glob("*.pack"))
+    assert packs and all(os.stat(p).st_nlink > 1 for p in packs)  # hard-linked, not copied
+    assert not (clone / ".git" / "objects" / "info" / "alternates").exists()  # independent
+    assert git(clone, "branch", "--show-current") == "hybridiso/hist"
+    # the agent commits in its clone; down --keep-branch brings the branch home
+    commit_file(clone, "new.txt", "agent work\n")
+    refused = hybridiso(repo, "down", ok=False)
+    assert "commits not in base" in refused.stderr and clone.exists()
+    hybridiso(repo, "down", "--keep-branch")
+    assert not clone.exists()
+    assert git(repo, "show", "hybridiso/hist:new.txt") == "agent work"
+
+
+def test_worktree_from_a_linked_worktree_and_submodules(tmp_path: Path) -> None:
+    sub = make_repo(tmp_path / "lib", {"lib.txt": "lib\n"})
+    repo = make_repo(tmp_path / "r")
+    git(repo, "submodule", "add", "-q", str(sub), "vendor/lib")
+    git(repo, "commit", "-q", "-m", "add submodule")
+    write_manifest(repo, "agents:\n  - name: a\n  - name: b\n")
+    git(repo, "worktree", "add", "-q", str(tmp_path / "side"), "-b", "side")
+    hybridiso(tmp_path / "side", "up")  # run from another worktree: same project
+    for n in ("a", "b"):
+        env = tmp_path / "r.agents" / n
+        assert (env / "vendor" / "lib" / "lib.txt").read_text() == "lib\n"
+    assert set(status_json(repo)) == {"a", "b"}
+
+
+def test_init_writes_a_manifest_that_loads(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"package-lock.json": "{}\n", ".gitignore": ".env\n"})
+    (repo / ".env").write_text("X=1\n")
+    r = hybridiso(repo, "init")
+    text = (repo / "hybridiso.yaml").read_text()
+    assert '"npm ci"' in text and '".env"' in text and "next:" in r.stderr
+    hybridiso(repo, "plan")
+    again = hybridiso(repo, "init", ok=False)
+    assert "already exists" in again.stderr
+
+
+def test_help_for_every_command(tmp_path: Path) -> None:
+    top = hybridiso(tmp_path, "--help").stdout
+    from hybridiso.main import COMMANDS
+
+    for verb in COMMANDS:
+        assert verb in top
+        h = hybridiso(tmp_path, verb, "--help")
+        assert "usage: hybridiso " + verb in h.stdout
+    bad = hybridiso(tmp_path, "frobnicate", ok=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_outside_a_repository_is_a_clear_error(tmp_path: Path) -> None:
+    r = hybridiso(tmp_path, "status", ok=False)
+    assert r.returncode == 1 and "not inside a git repository" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,299 @@
+"""FAULTS.md rows for the core, each created for real."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import hybridiso, state, status_json, write_manifest
+from tests.support.gitrepo import commit_file, git, make_repo
+
+
+def nothing_created(repo: Path) -> None:
+    assert not (repo.parent / f"{repo.name}.agents").exists()
+    assert git(repo, "branch", "--list", "hybridiso/*") == ""
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+# rows 1, 3, 4: bad manifests are refused with file, line and field; nothing is made
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        ("agents:\n  - name: ui\n  - name: ui\n", "line 3: agents[1].name: duplicate agent name 'ui': agents[0] (line 2)"),
+        ('agents:\n  - name: "../../etc"\n', "line 2: agents[0].name: agent name '../../etc' is invalid"),
+        ('agents:\n  - name: "has space"\n', "agents[0].name"),
+        ('agents:\n  - name: a\n    branch: "x.lock"\n', "line 3: agents[0].branch: branch name 'x.lock' is invalid"),
+        ('agents:\n  - name: a\n    branch: "a..b"\n', "contains '..'"),
+        ("agents:\n  - name: Caps\n", "compose project-name rule"),
+        ("agents:\n  - name: a\n    isolaton: clone\n", "line 3: agents[0].isolaton: unknown key"),
+        ("agents:\n  - name: a\n    ports: 80\n", "line 3: agents[0].ports: Input should be a valid list"),
+        ("agents:\n  - name: a\n   - name: b\n", "YAML syntax error"),
+    ],
+)
+def test_bad_manifest_creates_nothing(tmp_path: Path, manifest: str, expected: str) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, manifest)
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1
+    assert expected in r.stderr and str(repo / "hybridiso.yaml") in r.stderr
+    assert "Traceback" not in r.stderr
+    nothing_created(repo)
+
+
+# row 2: two agents on one branch
+def test_same_branch_second_agent_gets_a_clone_never_gits_raw_error(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - {name: a, branch: feat}\n  - {name: b, branch: feat}\n  - {name: c, branch: main}\n")
+    r = hybridiso(repo, "up")
+    assert "already used by worktree" not in r.stderr
+    st = status_json(repo)
+    assert (st["a"]["strategy"], st["b"]["strategy"], st["c"]["strategy"]) == ("worktree", "clone", "clone")
+
+
+def test_same_branch_two_explicit_worktrees_rejected_before_git(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - {name: a, branch: feat, isolation: worktree}\n  - {name: b, branch: feat, isolation: worktree}\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert "two worktrees cannot check out one branch" in r.stderr and "already used by worktree" not in r.stderr
+    nothing_created(repo)
+
+
+# row 5: down on a dirty env
+def test_down_refuses_dirty_and_force_saves_everything(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"a.txt": "a\n", ".gitignore": ".env\nbuild/\n"})
+    (repo / ".env").write_text("TOKEN=1\n")
+    write_manifest(repo, "defaults: {include: ['.env']}\nagents:\n  - name: w\n  - {name: c, isolation: clone}\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "r.agents"
+    for n in ("w", "c"):
+        (ws / n / "a.txt").write_text("modified\n")
+        (ws / n / "new.txt").write_text("untracked\n")
+        (ws / n / ".env").write_text("TOKEN=changed-in-env\n")
+        (ws / n / "build").mkdir()
+        (ws / n / "build" / "out.o").write_text("artifact\n")  # ignored, not precious
+        commit_file(ws / n, "committed.txt", "commit\n", "agent commit")
+    r = hybridiso(repo, "down", "w", ok=False)
+    assert r.returncode == 1
+    for word in ("modified: a.txt", "untracked: new.txt", "ignored but precious: .env", "commits not in base"):
+        assert word in r.stderr
+    assert "--force" in r.stderr and (ws / "w" / "new.txt").exists()
+    forced = hybridiso(repo, "down", "--force")
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/hybridiso/backup/").splitlines()
+    assert len(refs) == 2 and all(ref in forced.stderr for ref in refs)
+    for ref in refs:
+        assert git(repo, "show", f"{ref}:a.txt") == "modified"
+        assert git(repo, "show", f"{ref}:new.txt") == "untracked"
+        assert git(repo, "show", f"{ref}:.env") == "TOKEN=changed-in-env"
+        assert git(repo, "show", f"{ref}:committed.txt") == "commit"
+        assert git(repo, "cat-file", "-e", f"{ref}:build/out.o", check=False) == ""
+    assert not (ws / "w").exists() and not (ws / "c").exists()
+
+
+def test_down_of_untouched_env_with_unchanged_include_is_fine(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {".gitignore": ".env\n"})
+    (repo / ".env").write_text("X=1\n")
+    write_manifest(repo, "defaults: {include: ['.env']}\nagents:\n  - name: w\n")
+    hybridiso(repo, "up")
+    hybridiso(repo, "down", "w")
+
+
+def _wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def _start_up(repo: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# row 9: SIGINT and SIGKILL in the middle of up
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_up_rolls_back_and_next_up_converges(tmp_path: Path, sig: int) -> None:
+    repo = make_repo(tmp_path / "r")
+    marker = tmp_path / "setup-started"
+    write_manifest(repo, f"agents:\n  - name: slow\n    setup: ['touch {marker}; sleep 60']\n")
+    proc = _start_up(repo)
+    _wait_for(marker.exists)
+    t = time.time()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.time() - t < 10  # the setup's sleep was stopped, not waited for
+    assert "rolling back" in err
+    assert not (tmp_path / "r.agents" / "slow").exists()
+    assert git(repo, "branch", "--list", "hybridiso/*") == ""
+    assert state(repo)["agents"] == {}
+    write_manifest(repo, "agents:\n  - name: slow\n")
+    hybridiso(repo, "up")
+    assert status_json(repo)["slow"]["state"] == "ready"
+
+
+def test_killed_up_is_never_shown_ready_and_next_up_converges(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    marker = tmp_path / "setup-started"
+    write_manifest(repo, f"agents:\n  - name: slow\n    setup: ['touch {marker}; sleep 60']\n")
+    proc = _start_up(repo)
+    _wait_for(marker.exists)
+    proc.kill()
+    proc.wait()
+    subprocess.run(["pkill", "-f", "sleep 60"], check=False)
+    row = status_json(repo)["slow"]
+    assert row["state"] != "ready" and row["state"].startswith("creating")
+    write_manifest(repo, "agents:\n  - name: slow\n")
+    r = hybridiso(repo, "up")
+    assert "Created" in r.stderr
+    assert status_json(repo)["slow"]["state"] == "ready"
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 2
+
+
+# row 10: two runs at once
+def test_two_ups_at_once_wait_for_the_lock(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    marker = tmp_path / "first-in-setup"
+    write_manifest(repo, f"agents:\n  - name: a\n    setup: ['touch {marker}; sleep 1.5']\n")
+    first = _start_up(repo)
+    _wait_for(marker.exists)
+    second = _start_up(repo)
+    out2, err2 = second.communicate(timeout=60)
+    out1, err1 = first.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, (err1, err2)
+    assert f"waiting for the repository lock held by pid {first.pid} (hybridiso up)" in err2
+    assert "Created" in err1 and "Created" not in err2
+    data = state(repo)
+    assert list(data["agents"]) == ["a"] and data["agents"]["a"]["phase"] == "ready"
+
+
+# row 11: git lock contention
+def test_parallel_creation_of_eight_worktrees(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {f"d{i}/f.txt": f"{i}\n" for i in range(50)})
+    write_manifest(repo, "agents:\n" + "".join(f"  - name: a{i}\n" for i in range(8)))
+    hybridiso(repo, "up", "-j", "8")
+    st = status_json(repo)
+    assert len(st) == 8 and all(r["state"] == "ready" for r in st.values())
+
+
+def test_transient_ref_lock_is_retried(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    lock = repo / ".git" / "refs" / "heads" / "hybridiso" / "a.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    threading.Timer(0.4, lock.unlink).start()
+    hybridiso(repo, "up")
+    assert status_json(repo)["a"]["state"] == "ready"
+
+
+def test_stale_ref_lock_is_reported(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    lock = repo / ".git" / "refs" / "heads" / "hybridiso" / "a.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1 and str(lock) in r.stderr and "s old" in r.stderr and "delete that file" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# row 14: ports
+def test_exhausted_range_fails_before_creating(tmp_path: Path) -> None:
+    from tests.support.postgres import free_port
+
+    repo = make_repo(tmp_path / "r")
+    lo = free_port()
+    write_manifest(repo, f'ports: {{range: "{lo}-{lo}"}}\nagents:\n  - {{name: a, ports: [web]}}\n  - {{name: b, ports: [web]}}\n')
+    r = hybridiso(repo, "up", ok=False)
+    assert "exhausted" in r.stderr and "b.web" in r.stderr
+    nothing_created(repo)
+
+
+def test_port_taken_by_another_program_is_skipped(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        write_manifest(repo, f'ports: {{range: "{busy}-{busy + 30}"}}\nagents:\n  - {{name: a, ports: [web]}}\n')
+        hybridiso(repo, "up")
+        assert status_json(repo)["a"]["ports"]["web"] != busy
+
+
+# row 16: spaces and unicode
+def test_repo_path_with_spaces_and_unicode(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "my répo with spaces ü", {"fïle name.txt": "x\n"})
+    write_manifest(repo, "agents:\n  - name: a\n  - {name: b, isolation: clone}\n")
+    hybridiso(repo, "up")
+    for n in ("a", "b"):
+        assert (tmp_path / "my répo with spaces ü.agents" / n / "fïle name.txt").exists()
+    hybridiso(repo, "down")
+
+
+# row 17: shallow repo, detached HEAD, no commits
+def test_shallow_repo(tmp_path: Path) -> None:
+    src = make_repo(tmp_path / "src")
+    commit_file(src, "b.txt", "b\n")
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{src}", str(tmp_path / "shallow"))
+    repo = tmp_path / "shallow"
+    write_manifest(repo, "agents:\n  - name: a\n  - {name: b, isolation: clone}\n")
+    hybridiso(repo, "up")
+    assert (tmp_path / "shallow.agents" / "a" / "b.txt").exists()
+    assert (tmp_path / "shallow.agents" / "b" / "b.txt").exists()
+
+
+def test_detached_head_in_main_worktree(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    git(repo, "checkout", "-q", "--detach")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    hybridiso(repo, "up")
+    assert status_json(repo)["a"]["state"] == "ready"
+
+
+def test_repo_without_commits(tmp_path: Path) -> None:
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert "no commits yet" in r.stderr and "git commit" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_base_ref(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "base: nope\nagents:\n  - name: a\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert "base 'nope' does not name a commit" in r.stderr
+
+
+# row 18: corrupt or missing state file
+@pytest.mark.parametrize("damage", ["corrupt", "delete"])
+def test_state_file_rebuilt_from_git(tmp_path: Path, damage: str) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - {name: a, ports: [web]}\n  - {name: b, isolation: clone, ports: [web]}\n")
+    hybridiso(repo, "up")
+    before = status_json(repo)
+    path = repo / ".git" / "hybridiso" / "state.json"
+    if damage == "corrupt":
+        path.write_text('{"version": 1, "agents": [')
+    else:
+        path.unlink()
+    st = hybridiso(repo, "status", "--json")
+    rows = {r["agent"]: r for r in json.loads(st.stdout)}
+    assert {n: (r["strategy"], r["ports"]) for n, r in rows.items()} == {n: (r["strategy"], r["ports"]) for n, r in before.items()}
+    if damage == "corrupt":
+        assert "moved to state.json.corrupt-" in st.stderr
+    r = hybridiso(repo, "up")
+    assert "Created" not in r.stderr
+    assert {n: r["ports"] for n, r in status_json(repo).items()} == {n: r["ports"] for n, r in before.items()}

@@ -1,0 +1,75 @@
+"""The decision rules of DESIGN.md, as a table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hybridiso.manifest import parse_manifest
+from hybridiso.planner import Facts, decide, plan
+
+SERVICES = "services:\n  pg: {kind: postgres}\n  shared: {kind: postgres, url: 'postgresql://x/y', template: t}\n"
+
+
+def agent(spec: str):  # type: ignore[no-untyped-def]
+    m = parse_manifest(SERVICES + "agents:\n  - " + spec + "\n", Path("m.yaml"))
+    return m.agents[0], m
+
+
+# (agent spec, facts about branches, strategy, words the reason must contain)
+TABLE = [
+    ("{name: a}", {}, "worktree", "cheapest"),
+    ("{name: a, isolation: clone}", {}, "clone", "isolation: clone is set"),
+    ("{name: a, isolation: worktree, workload: {needs: [own-refs]}}", {}, "worktree", "isolation: worktree is set"),
+    ("{name: a, isolation: container, image: x}", {}, "container", "isolation: container is set"),
+    ("{name: a, workload: {needs: [network-isolation]}}", {}, "container", "network-isolation"),
+    ("{name: a, workload: {needs: [resource-limits]}}", {}, "container", "resource-limits"),
+    ("{name: a, workload: {needs: [untrusted-code]}}", {}, "container", "untrusted-code"),
+    ("{name: a, services: [pg]}", {}, "container", "service 'pg'"),
+    ("{name: a, services: [shared]}", {}, "worktree", "cheapest"),
+    ("{name: a, resources: {cpus: 1}}", {}, "container", "resources"),
+    ("{name: a, workload: {needs: [own-refs]}}", {}, "clone", "own-refs"),
+    ("{name: a, workload: {needs: [own-refs, untrusted-code]}}", {}, "container", "untrusted-code"),
+    ("{name: a, branch: main}", {"main": "the main worktree"}, "clone", "checked out by the main worktree"),
+    ("{name: a, branch: other}", {"main": "the main worktree"}, "worktree", "cheapest"),
+    ("{name: a, branch: main, isolation: worktree}", {"main": "the main worktree"}, "worktree", "is set"),
+]
+
+
+@pytest.mark.parametrize(("spec", "branches", "strategy", "reason"), TABLE)
+def test_decision_rules(spec: str, branches: dict[str, str], strategy: str, reason: str) -> None:
+    a, m = agent(spec)
+    container_services = frozenset(n for n, s in m.services.items() if s.runs_in_container)
+    d = decide(a, Facts(container_services, branches))
+    assert d.strategy == strategy
+    assert reason in d.reason
+
+
+def _plan(text: str, **kw):  # type: ignore[no-untyped-def]
+    m = parse_manifest(text, Path("m.yaml"))
+    return plan(m, {a.name: f"/ws/{a.name}" for a in m.agents}, kw.pop("elsewhere", {}), **kw)
+
+
+def test_second_agent_on_a_taken_branch_gets_a_clone() -> None:
+    p = _plan("agents:\n  - {name: a, branch: shared}\n  - {name: b, branch: shared}\n")
+    assert [x.strategy for x in p.agents] == ["worktree", "clone"]
+    assert "agent a" in p.agents[1].reason
+
+
+def test_existing_env_keeps_its_strategy_and_says_how_to_switch() -> None:
+    p = _plan("agents:\n  - {name: a, workload: {needs: [own-refs]}}\n", existing={"a": "worktree"})
+    assert p.agents[0].strategy == "worktree"
+    assert "hybridiso down a" in p.agents[0].warnings[0]
+
+
+def test_disk_budget_pushes_own_refs_clones_to_worktrees() -> None:
+    text = "disk_budget: 1m\nagents:\n  - {name: a, workload: {needs: [own-refs]}}\n  - {name: b, isolation: clone}\n"
+    p = _plan(text, clone_cost_bytes=10 << 20)
+    assert [x.strategy for x in p.agents] == ["worktree", "clone"]
+    assert any("disk_budget" in w for w in p.warnings)
+
+
+def test_more_compute_agents_than_cores_is_reported() -> None:
+    text = "agents:\n" + "".join(f"  - {{name: c{i}, workload: {{kind: compute}}}}\n" for i in range(3))
+    p = _plan(text, cores=2)
+    assert any("3 compute-bound agents" in w and "2 cores" in w for w in p.warnings)
