@@ -369,3 +369,160 @@ def version() -> tuple[int, ...]:
     text = process.run(["git", "--version"], check=False).stdout
     m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     return tuple(int(x) for x in m.groups() if x) if m else (0,)
+
+
+# --- lifecycle: merge detection, upstreams, fetch, rebase (issue 5) ------------
+
+
+def is_ancestor(cwd: Path, ancestor: str, descendant: str) -> bool:
+    return _execute(cwd, ["merge-base", "--is-ancestor", ancestor, descendant]).returncode == 0
+
+
+def merge_base(cwd: Path, a: str, b: str) -> str | None:
+    r = _execute(cwd, ["merge-base", a, b])
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def count_commits(cwd: Path, exclude: str, include: str) -> int:
+    r = _execute(cwd, ["rev-list", "--count", f"{exclude}..{include}"])
+    return int(r.stdout.strip()) if r.returncode == 0 else 0
+
+
+def same_content(cwd: Path, a: str, b: str) -> bool:
+    """True when the trees of ``a`` and ``b`` are identical."""
+    return _execute(cwd, ["diff", "--quiet", a, b]).returncode == 0
+
+
+def cherry_marks(cwd: Path, upstream: str, head: str) -> list[str]:
+    """``git cherry``: '-' for each commit of ``head`` whose patch is already in
+    ``upstream`` (a rebase merge), '+' for one that is not."""
+    return [line[0] for line in out(cwd, "cherry", upstream, head).splitlines() if line[:1] in "+-"]
+
+
+def merge_tree(cwd: Path, ours: str, theirs: str) -> str | None:
+    """The tree a merge of ``theirs`` into ``ours`` would have, or None on a
+    conflict (or a git older than 2.38 without ``merge-tree --write-tree``)."""
+    r = _execute(cwd, ["merge-tree", "--write-tree", "--no-messages", ours, theirs])
+    return r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
+
+
+def tree_of(cwd: Path, rev: str) -> str | None:
+    r = _execute(cwd, ["rev-parse", "--verify", "-q", f"{rev}^{{tree}}"])
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def squash_in(cwd: Path, fork: str, tip: str, base: str) -> bool:
+    """True when one commit in ``fork..base`` carries exactly the combined
+    change ``fork..tip`` (a squash merge), compared by ``git patch-id``."""
+    diff = _execute(cwd, ["diff", "--binary", fork, tip])
+    if diff.returncode != 0 or not diff.stdout:
+        return False
+    mine = _execute(cwd, ["patch-id", "--stable"], input=diff.stdout).stdout.split()
+    if not mine:
+        return False
+    log = _execute(cwd, ["log", "-p", "--binary", "--no-merges", "--format=commit %H", f"{fork}..{base}"])
+    theirs = _execute(cwd, ["patch-id", "--stable"], input=log.stdout).stdout
+    return any(line.split()[0] == mine[0] for line in theirs.splitlines() if line.strip())
+
+
+def has_object(cwd: Path, rev: str) -> bool:
+    return _execute(cwd, ["cat-file", "-e", f"{rev}^{{commit}}"]).returncode == 0
+
+
+def full_ref(cwd: Path, rev: str) -> str | None:
+    """``main`` -> ``refs/heads/main``; None for a commit id or an unknown name."""
+    r = _execute(cwd, ["rev-parse", "--symbolic-full-name", "--end-of-options", rev])
+    name = r.stdout.strip()
+    return name if r.returncode == 0 and name.startswith("refs/") else None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    ref: str  # e.g. refs/remotes/origin/feature ('' when none is configured)
+    remote: str  # e.g. origin
+    merge: str  # e.g. refs/heads/feature (the branch name on the remote)
+    gone: bool  # configured, but the remote-tracking ref is gone (fetch --prune)
+
+
+def upstream(cwd: Path, branch: str) -> Upstream | None:
+    """The upstream git configured for ``branch`` (``push -u``), if any."""
+    fmt = "%(upstream)%00%(upstream:track)%00%(upstream:remotename)%00%(upstream:remoteref)"
+    r = _execute(cwd, ["for-each-ref", f"--format={fmt}", f"refs/heads/{branch}"])
+    parts = r.stdout.rstrip("\n").split("\0")
+    if r.returncode != 0 or len(parts) < 4 or not (parts[0] or parts[2]):
+        return None
+    return Upstream(parts[0], parts[2], parts[3], "[gone]" in parts[1])
+
+
+def ref_exists(cwd: Path, ref: str) -> bool:
+    return _execute(cwd, ["show-ref", "--verify", "-q", ref]).returncode == 0
+
+
+def has_refs_under(cwd: Path, prefix: str) -> bool:
+    return bool(_execute(cwd, ["for-each-ref", "--count=1", "--format=%(refname)", prefix]).stdout.strip())
+
+
+def fetch(cwd: Path, remote: str, *refspecs: str, prune: bool = False) -> None:
+    args = ["fetch", "-q", "--no-tags"] + (["--prune"] if prune else []) + ["--", remote, *refspecs]
+    run(cwd, *args)
+
+
+def delete_ref_if(cwd: Path, ref: str, expected: str) -> bool:
+    """Delete ``ref`` only if it still points at ``expected`` (no race with a
+    commit made since we looked); returns whether it did."""
+    return _execute(cwd, ["update-ref", "-d", ref, expected]).returncode == 0
+
+
+@dataclass(frozen=True)
+class RebaseResult:
+    ok: bool
+    conflicts: tuple[str, ...] = ()
+    error: str = ""
+
+
+def rebase(cwd: Path, onto: str) -> RebaseResult:
+    """Rebase the checked-out branch onto ``onto``; on a conflict, abort (the
+    branch and files are as before) and return the conflicting paths.  A rebase
+    that cannot start because of a git lock is retried like ``run``."""
+    delay = 0.05
+    for attempt in range(LOCK_RETRIES + 1):
+        r = _execute(cwd, ["-c", "core.editor=true", "rebase", "-q", "--no-autostash", onto])
+        if r.returncode == 0:
+            return RebaseResult(True)
+        if _rebase_in_progress(cwd):
+            conflicts = tuple(p for p in out(cwd, "diff", "--name-only", "--diff-filter=U", "-z").split("\0") if p)
+            run(cwd, "rebase", "--abort")
+            return RebaseResult(False, conflicts, _last_line(r))
+        m = _LOCK_RE.search(r.stderr)
+        if not m or attempt == LOCK_RETRIES:
+            if m and m.group("path"):
+                _raise_if_stale(Path(m.group("path")), r)
+            return RebaseResult(False, error=_last_line(r))
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
+
+
+def _rebase_in_progress(cwd: Path) -> bool:
+    for name in ("rebase-merge", "rebase-apply"):
+        p = Path(out(cwd, "rev-parse", "--git-path", name))
+        if (p if p.is_absolute() else Path(cwd) / p).exists():
+            return True
+    return False
+
+
+def _last_line(r: Result) -> str:
+    text = (r.stderr or r.stdout).strip()
+    return text.splitlines()[-1] if text else f"exit {r.returncode}"
+
+
+def ff_merge(cwd: Path, target: str) -> bool:
+    """Fast-forward the checked-out branch in ``cwd`` to ``target``; git keeps
+    local changes safe (it refuses when they would be overwritten)."""
+    return _execute(cwd, ["merge", "-q", "--ff-only", target]).returncode == 0
+
+
+def worktree_prune_dry_run(repo: Path) -> list[str]:
+    """What ``git worktree prune`` would remove (one line per worktree)."""
+    r = _execute(repo, ["worktree", "prune", "--dry-run", "--verbose"])
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]

@@ -22,6 +22,9 @@ COMMANDS = {
     "status": "status",
     "exec": "exec_",
     "down": "down",
+    "gc": "gc",
+    "sync": "sync",
+    "doctor": "doctor",
     "render": "render",
     "demo": "demo",
 }
@@ -38,6 +41,9 @@ typical use:
   hybridiso status      what each environment is doing
   hybridiso exec A -- CMD   run CMD in agent A's environment
   hybridiso down        remove environments (never loses work)
+  hybridiso sync        fetch once, rebase every clean environment onto base
+  hybridiso gc          remove merged, deleted and orphaned environments
+  hybridiso doctor      check git, Docker, disk and ports on this machine
 
 exit codes: 0 ok, 1 error (message says what to do), 2 usage, 3 internal
 error (a log is written), 130 interrupted.

@@ -43,9 +43,51 @@ def _escape(value: Any) -> Any:
     return value
 
 
+def _printable(ch: str) -> bool:
+    # YAML's "printable" set, minus the characters YAML 1.1 folds as line
+    # breaks inside quoted scalars (NEL, LS, PS): those must be escaped
+    o = ord(ch)
+    return (
+        0x20 <= o <= 0x7E
+        or 0xA0 <= o <= 0xD7FF
+        or 0xE000 <= o <= 0xFFFD
+        or 0x10000 <= o <= 0x10FFFF
+    ) and o not in (0xFEFF, 0x2028, 0x2029)
+
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _yaml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif _printable(ch):
+            out.append(ch)
+        elif ord(ch) <= 0xFF:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
 def quote(value: Any) -> str:
-    """A value as JSON (valid YAML), with ``$`` escaped for Compose."""
-    return json.dumps(_escape(value), ensure_ascii=False)
+    """A value as a YAML flow scalar/sequence/mapping, double-quoted strings
+    with every non-printable escaped, and ``$`` doubled for Compose."""
+    return _flow(_escape(value))
+
+
+def _flow(value: Any) -> str:
+    if isinstance(value, str):
+        return _yaml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_yaml_string(str(k))}: {_flow(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)  # numbers, booleans, null
 
 
 def _environment() -> jinja2.Environment:

@@ -10,6 +10,7 @@ from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
 from hybridiso.diskusage import du_bytes
 from hybridiso.envfile import ENV_FILE
+from hybridiso.health import repo_problems
 from hybridiso.lifecycle import log_path
 from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
@@ -84,6 +85,8 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
                 cwd = project.root if strategy.SHARES_REFS else ctx.path
                 if strategy.SHARES_REFS or git.resolve_commit(ctx.path, base_commit):
                     st.ahead, st.behind = git.ahead_behind(cwd, base_commit, obs.head)
+                    if st.behind:  # drift from base (issue 5)
+                        st.problems.append(f"{st.behind} commits behind {base}: `hybridiso sync` rebases it")
             if obs.branch and obs.branch != record.branch:
                 st.problems.append(f"checked out branch is {obs.branch!r}, expected {record.branch!r}")
         if with_disk:
@@ -122,4 +125,6 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         for p in r.problems:
             output.message(f"  {r.agent}: {p}")
+    for line in repo_problems(project, state):  # prunable worktrees, stale records and locks
+        output.message(f"  {line}")
     return 0

@@ -1,0 +1,177 @@
+"""``hybridiso doctor``: can this machine run this project's agents?
+
+Each check is ok, warn or fail, with what to fix; exit 1 when any fails.
+Docker is asked through its CLI (``docker version``, ``docker compose
+version``), so doctor works, and says so, where the docker package or engine
+is missing.  Repository checks run only inside a project.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+
+from hybridiso import costs, git, health, output, ports
+from hybridiso.commands.common import add_json_flag, project_from_args
+from hybridiso.errors import UserError
+from hybridiso.process import run as run_process
+from hybridiso.project import Project
+
+HELP = "check git, Docker, disk, ports and leftover state; say what to fix"
+
+MIN_GIT = (2, 17)  # `git worktree remove` and `list --porcelain` with prunable
+MERGE_TREE_GIT = (2, 38)  # `merge-tree --write-tree`: gc's squash check
+RELATIVE_WORKTREES_GIT = (2, 48)  # worktree.useRelativePaths
+LOW_DISK = 2 << 30
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("doctor", help=HELP, description=HELP + ". Exit 1 when a check fails.")
+    add_json_flag(p)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+def run(args: argparse.Namespace) -> int:
+    project: Project | None
+    try:
+        project = project_from_args(args)
+    except UserError as e:
+        project = None
+        output.warn(f"repository checks skipped: {e.message}")
+    needs_docker = bool(project and any(a.isolation == "container" for a in project.manifest.agents))
+    checks = [*check_git(), *check_docker(needs_docker)]
+    if project is not None:
+        checks += [check_disk(project), check_ports(project), *check_state(project)]
+    if args.json:
+        output.print_json([asdict(c) for c in checks])
+    else:
+        rows = [[c.status, c.name, c.detail, c.fix or "-"] for c in checks]
+        output.print_table(rows, ["STATUS", "CHECK", "FOUND", "FIX"])
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        raise UserError(f"{len(failed)} check{'s' if len(failed) > 1 else ''} failed: " + ", ".join(c.name for c in failed), hint=failed[0].fix)
+    return 0
+
+
+def _v(version: tuple[int, ...]) -> str:
+    return ".".join(str(x) for x in version)
+
+
+def check_git() -> list[Check]:
+    version = git.version()
+    if version < MIN_GIT:
+        return [Check("git", "fail", f"git {_v(version)}" if version != (0,) else "git not found", f"install git >= {_v(MIN_GIT)}")]
+    checks = [Check("git", "ok", f"git {_v(version)}")]
+    if version >= RELATIVE_WORKTREES_GIT:
+        checks.append(Check("git relative worktree paths", "ok", "available (worktree.useRelativePaths)"))
+    else:
+        checks.append(
+            Check(
+                "git relative worktree paths",
+                "ok",
+                f"not available (needs git >= {_v(RELATIVE_WORKTREES_GIT)}): worktrees record absolute paths, "
+                "fine unless the repository is moved",
+                f"after moving the repository: git worktree repair (or git >= {_v(RELATIVE_WORKTREES_GIT)})",
+            )
+        )
+    if version < MERGE_TREE_GIT:
+        checks.append(
+            Check("git merge-tree", "warn", f"git {_v(version)} has no merge-tree --write-tree", f"git >= {_v(MERGE_TREE_GIT)} lets gc see squash merges of branches base changed since")
+        )
+    return checks
+
+
+def check_docker(needed: bool) -> list[Check]:
+    bad = "fail" if needed else "warn"
+    why = "container agents need it" if needed else "only container agents need it"
+    if not shutil.which("docker"):
+        return [Check("docker", bad, f"the docker CLI is not installed ({why})", "install Docker Engine and the compose plugin")]
+    r = _quiet(["docker", "version", "--format", "{{.Server.Version}}"])
+    if r is None or r[0] != 0 or not r[1].strip():
+        reason = (r[2].strip().splitlines() or ["no answer"])[-1][:200] if r else "timed out"
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return [Check("docker", bad, f"Docker is not reachable at {host}: {reason} ({why})", "start the Docker engine, or set DOCKER_HOST")]
+    checks = [Check("docker", "ok", f"engine {r[1].strip()} reachable")]
+    c = _quiet(["docker", "compose", "version", "--short"])
+    version = c[1].strip().lstrip("v") if c and c[0] == 0 else ""
+    m = re.match(r"(\d+)\.", version)
+    if m and int(m.group(1)) >= 2:
+        checks.append(Check("docker compose", "ok", f"v{version}"))
+    else:
+        checks.append(Check("docker compose", bad, f"Compose v2 not found ({version or 'no `docker compose`'}; {why})", "install the docker-compose-plugin package"))
+    return checks
+
+
+def _quiet(argv: list[str]) -> tuple[int, str, str] | None:
+    try:
+        r = run_process(argv, check=False, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.returncode, r.stdout, r.stderr
+
+
+def check_disk(project: Project) -> Check:
+    where = project.workspace
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    tree = costs.checkout_bytes(project, project.manifest.base) or 0
+    need = tree * len(project.manifest.agents)
+    detail = f"{output.human_bytes(free)} free at {where}; the agents' checkouts need about {output.human_bytes(need)}"
+    if free < need:
+        return Check("disk", "fail", detail, "free disk space, or use sparse/fewer agents")
+    if free < max(LOW_DISK, 2 * need):
+        return Check("disk", "warn", detail, "free some disk space: builds and setups need more than the checkout")
+    return Check("disk", "ok", detail)
+
+
+def check_ports(project: Project) -> Check:
+    lo, hi = project.manifest.ports.bounds()
+    state = project.store.load()
+    leased = state.leased_ports()
+    free = sum(1 for p in range(lo, hi + 1) if p not in leased and ports.port_is_free(p))
+    wanted = sum(len(a.ports) for a in project.manifest.agents if a.name not in state.agents)
+    detail = f"{free} of {hi - lo + 1} ports free in {lo}-{hi} ({len(leased)} leased); {wanted} more needed"
+    if free < wanted:
+        return Check("ports", "fail", detail, "widen ports.range in hybridiso.yaml or `hybridiso down` unused agents")
+    if free < max(1, (hi - lo + 1) // 10):
+        return Check("ports", "warn", detail, "widen ports.range in hybridiso.yaml")
+    return Check("ports", "ok", detail)
+
+
+def check_state(project: Project) -> list[Check]:
+    state = project.store.load()
+    checks = []
+    if state.rebuilt_from:
+        checks.append(Check("state file", "warn", state.rebuilt_from, "nothing: it was rebuilt from git; check `hybridiso status`"))
+    else:
+        checks.append(Check("state file", "ok", f"{len(state.agents)} agents recorded"))
+    creating = health.stale_creating(project, state)
+    checks.append(
+        Check("interrupted creations", "warn", ", ".join(creating), "`hybridiso up` finishes them, `hybridiso gc --yes` removes them")
+        if creating
+        else Check("interrupted creations", "ok", "none")
+    )
+    prunable = health.prunable_worktrees(project)
+    checks.append(
+        Check("prunable worktrees", "warn", ", ".join(str(p) for p in prunable), "`hybridiso gc --yes` (or `git worktree prune`)")
+        if prunable
+        else Check("prunable worktrees", "ok", "none")
+    )
+    locks = health.stale_git_locks(project)
+    checks.append(
+        Check("stale git locks", "warn", ", ".join(f"{p} ({a} s old)" for p, a in locks), "if no git command is running, delete them")
+        if locks
+        else Check("stale git locks", "ok", "none")
+    )
+    return checks

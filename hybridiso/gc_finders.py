@@ -1,0 +1,207 @@
+"""What ``hybridiso gc`` looks at in git and the workspace, as ``Finding``s.
+
+Three finders, run under the repository lock:
+- ``agent_findings``: every agent record, judged by ``gc_rules.decide`` from
+  facts gathered here (work in the env, merge verdict, upstream gone);
+- ``prunable_findings``: worktrees git lists whose directory is gone and that
+  no record owns (e.g. the state file was lost too);
+- ``orphan_findings``: directories in the workspace that neither git nor the
+  state knows.
+Each removable finding carries an ``apply`` that does the removal and returns
+what it could not remove.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hybridiso import cleanup, git, lifecycle, merged, service_branches, strategies
+from hybridiso.commands.common import context
+from hybridiso.envfile import ENV_FILE
+from hybridiso.gc_rules import ORPHAN, ZOMBIE, AgentFacts, Decision, Finding, decide
+from hybridiso.project import Project
+from hybridiso.state import State
+from hybridiso.strategies.base import EnvContext
+from hybridiso.strategies.clone import BASE_REMOTE
+
+
+def base_refs(project: Project) -> list[tuple[str, str]]:
+    """(label, commit) of base and, when base is a branch with an upstream that
+    was fetched, of that upstream too: work merged upstream counts as merged
+    before the local base is fast-forwarded."""
+    root, base = project.root, project.manifest.base
+    commit = git.resolve_commit(root, base)
+    refs = [(base, commit)] if commit else []
+    up = git.upstream(root, base) if git.branch_exists(root, base) else None
+    if up and up.ref and not up.gone:
+        up_commit = git.resolve_commit(root, up.ref)
+        if up_commit and up_commit != commit:
+            refs.append((up.ref.removeprefix("refs/remotes/"), up_commit))
+    return refs
+
+
+def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]]) -> AgentFacts:
+    record, project = ctx.record, ctx.project
+    strategy = strategies.get(record.strategy)
+    obs = strategy.observe(ctx)
+    work = lifecycle.inspect_work(ctx) if obs.registered else lifecycle.WorkReport()
+    dirty = lifecycle.WorkReport(work.modified, work.untracked, work.precious).describe()
+    if strategy.SHARES_REFS:
+        cwd, tip = project.root, git.branch_commit(project.root, record.branch)
+    else:
+        cwd = ctx.path
+        tip = git.branch_commit(cwd, record.branch) if obs.registered else None
+        if tip is not None:
+            _bring_base_into_clone(ctx, bases)
+    verdict = merged.verdict(cwd, tip, bases, record.base_commit) if tip else None
+    up = git.upstream(cwd, record.branch) if tip else None
+    return AgentFacts(
+        name=record.name,
+        phase=record.phase,
+        exists=obs.exists,
+        registered=obs.registered,
+        work=dirty,
+        verdict=verdict,
+        upstream_gone=(up.ref or up.merge).removeprefix("refs/remotes/") if up and up.gone else "",
+        owns_branch=strategy.SHARES_REFS and record.created_branch,
+        branch=record.branch,
+        removing=bool(record.extra.get("removing")),
+        tip=tip,
+    )
+
+
+def _bring_base_into_clone(ctx: EnvContext, bases: list[tuple[str, str]]) -> None:
+    """A clone judges its branch against base's commits, which it may not have
+    yet: fetch them from the local repository (objects and FETCH_HEAD only,
+    no ref of the clone changes)."""
+    missing = [c for _, c in bases if not git.has_object(ctx.path, c)]
+    if missing:
+        git.fetch(ctx.path, str(ctx.project.root), *missing)
+
+
+def agent_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    bases = base_refs(project)
+    names = sorted(state.agents)
+    contexts = [context(project, state, n) for n in names]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        facts = list(pool.map(lambda c: agent_facts(c, bases), contexts))
+    findings = []
+    for ctx, f in zip(contexts, facts):
+        d = decide(f)
+        finding = Finding(d.kind, ctx.name, d.remove, d.reason, owns(ctx, d) if d.remove else [])
+        if d.remove:
+            finding.apply = _remover(ctx, state, d, f)
+        findings.append(finding)
+    return findings
+
+
+def owns(ctx: EnvContext, d: Decision) -> list[str]:
+    r = ctx.record
+    things = []
+    if ctx.path.exists():
+        things.append(f"directory {r.path}")
+    if r.strategy != "clone":
+        things.append("worktree metadata")
+    if d.delete_branch:
+        things.append(f"branch {r.branch}")
+    if r.strategy == "container":
+        things.append("containers, networks and volumes labelled for it")
+    things += [f"port {n}={p}" for n, p in sorted(r.ports.items())]
+    things += [f"database branch {db['name']}" for db in r.extra.get("databases", {}).values()]
+    return things
+
+
+def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type: ignore[no-untyped-def]
+    def apply() -> list[str]:
+        project, record = ctx.project, ctx.record
+        strategy = strategies.get(record.strategy)
+        record.extra["removing"] = True  # a failure half-way is retried by the next gc
+        project.store.save(state)
+        cleanup.make_deletable(ctx.path)
+        try:
+            strategy.remove(ctx)
+        except Exception:
+            left = cleanup.remove_tree(ctx.path)
+            if left:
+                return left
+        if strategy.SHARES_REFS:
+            git.worktree_prune(project.root)
+        service_branches.release(ctx)
+        if d.delete_branch and f.tip:
+            # only if nobody committed to it since we judged it
+            git.delete_ref_if(project.root, f"refs/heads/{record.branch}", f.tip)
+        del state.agents[record.name]
+        project.store.save(state)
+        return []
+
+    return apply
+
+
+def prunable_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    ours = {Path(r.path).resolve() for r in state.agents.values()}
+    bases = base_refs(project)
+    branch_names = {a.branch_name for a in project.manifest.agents}
+    findings = []
+    for wt in git.worktree_list(project.root):
+        if not wt.prunable or wt.path.resolve() in ours:
+            continue
+        owns_list = ["worktree metadata"]
+        delete_branch = None
+        if wt.branch and (wt.branch in branch_names or wt.branch.startswith("hybridiso/")) and wt.head:
+            v = merged.verdict(project.root, wt.head, bases, None)
+            if v.merged or v.own_commits == 0:
+                owns_list.append(f"branch {wt.branch}")
+                delete_branch = (wt.branch, wt.head)
+        f = Finding(ZOMBIE, str(wt.path), True, "directory was deleted; git still lists the worktree", owns_list)
+        f.apply = _pruner(project, delete_branch)
+        findings.append(f)
+    return findings
+
+
+def _pruner(project: Project, branch: tuple[str, str] | None):  # type: ignore[no-untyped-def]
+    def apply() -> list[str]:
+        git.worktree_prune(project.root)
+        if branch is not None:
+            git.delete_ref_if(project.root, f"refs/heads/{branch[0]}", branch[1])
+        return []
+
+    return apply
+
+
+def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    ws = project.workspace
+    if not ws.is_dir():
+        return []
+    known = {Path(r.path).resolve() for r in state.agents.values()}
+    known |= {wt.path.resolve() for wt in git.worktree_list(project.root)}
+    findings = []
+    for entry in sorted(ws.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink() or entry.resolve() in known:
+            continue
+        remove, reason = _judge_orphan(entry)
+        f = Finding(ORPHAN, str(entry), remove, reason, [f"directory {entry}"] if remove else [])
+        if remove:
+            f.apply = lambda p=entry: cleanup.remove_tree(p)
+        findings.append(f)
+    return findings
+
+
+def _judge_orphan(path: Path) -> tuple[bool, str]:
+    try:
+        names = [p.name for p in path.iterdir()]
+    except OSError as e:
+        return False, f"cannot look inside ({e.strerror}); check it by hand"
+    if not [n for n in names if n != ENV_FILE]:
+        return True, "empty directory neither git nor hybridiso knows"
+    if (path / ".git").is_dir():
+        dirty = [n for c, n in git.status_porcelain(path) if n != ENV_FILE]
+        if dirty:
+            return False, f"a clone nobody knows with {len(dirty)} uncommitted files; look inside"
+        unpushed = git.out(path, "rev-list", "--count", "--branches", "--not", "--remotes")
+        if unpushed != "0":
+            return False, f"a clone nobody knows with {unpushed} commits on no remote; look inside"
+        return True, f"a clean clone nobody knows (all commits are on its remotes, e.g. {BASE_REMOTE})"
+    return False, f"{len(names)} entries that no git and no hybridiso record knows; delete it yourself if unneeded: rm -rf {path}"
+
+
+BUILTIN_FINDERS = (agent_findings, prunable_findings, orphan_findings)

@@ -1,0 +1,78 @@
+"""Repository-level health that ``status`` flags and ``doctor`` checks (issue 5):
+prunable worktrees, interrupted (``creating``) records nobody is working on,
+and git lock files left behind by a crashed git (FAULTS #11).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from hybridiso import git
+from hybridiso.project import Project
+from hybridiso.state import PHASE_READY, State
+
+
+def prunable_worktrees(project: Project) -> list[Path]:
+    return [wt.path for wt in git.worktree_list(project.root) if wt.prunable]
+
+
+def lock_is_free(project: Project) -> bool:
+    """True when no hybridiso command holds the repository lock right now."""
+    path = project.store.lock_path
+    if not path.exists():
+        return True
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases the probe's lock
+    return True
+
+
+def stale_creating(project: Project, state: State) -> list[str]:
+    """Records left in ``creating`` by an interrupted ``up``: stale when no
+    hybridiso command is running (one that is would hold the lock)."""
+    creating = sorted(n for n, r in state.agents.items() if r.phase != PHASE_READY)
+    return creating if creating and lock_is_free(project) else []
+
+
+def stale_git_locks(project: Project, older_than: float = git.STALE_LOCK_SECONDS) -> list[tuple[Path, int]]:
+    """``*.lock`` files in the common git dir and each worktree's git dir that
+    are older than ``older_than`` seconds: a git that crashed left them."""
+    common = project.repo.common_dir
+    candidates = [common / n for n in ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock", "shallow.lock")]
+    worktrees = common / "worktrees"
+    if worktrees.is_dir():
+        for d in worktrees.iterdir():
+            candidates += [d / "index.lock", d / "HEAD.lock"]
+    refs = common / "refs"
+    if refs.is_dir():
+        candidates += list(refs.rglob("*.lock"))
+    now = time.time()
+    found = []
+    for p in candidates:
+        try:
+            age = now - p.stat().st_mtime
+        except OSError:
+            continue
+        if age >= older_than:
+            found.append((p, int(age)))
+    return found
+
+
+def repo_problems(project: Project, state: State) -> list[str]:
+    """One line each, with the fix, for ``status``."""
+    lines = []
+    owned = {Path(r.path).resolve() for r in state.agents.values()}
+    for p in prunable_worktrees(project):
+        if p.resolve() not in owned:  # an agent's own shows on its row
+            lines.append(f"worktree {p} is prunable (its directory is gone): `hybridiso gc --yes` cleans it up")
+    for name in stale_creating(project, state):
+        lines.append(f"{name}: creation was interrupted: `hybridiso up {name}` finishes it, `hybridiso gc --yes` removes it")
+    for p, age in stale_git_locks(project):
+        lines.append(f"stale git lock {p} ({age} s old): if no git command is running, delete it")
+    return lines
