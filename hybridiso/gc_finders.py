@@ -53,7 +53,7 @@ def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]]) -> AgentFacts:
         tip = git.branch_commit(cwd, record.branch) if obs.registered else None
         if tip is not None:
             _bring_base_into_clone(ctx, bases)
-    verdict = merged.verdict(cwd, tip, bases, record.base_commit) if tip else None
+    verdict = merged.verdict(cwd, tip, bases, record.base_commit, record.branch) if tip else None
     up = git.upstream(cwd, record.branch) if tip else None
     return AgentFacts(
         name=record.name,
@@ -148,7 +148,7 @@ def prunable_findings(project: Project, state: State, dry_run: bool) -> list[Fin
         owns_list = ["worktree metadata"]
         delete_branch = None
         if wt.branch and (wt.branch in branch_names or wt.branch.startswith("hybridiso/")) and wt.head:
-            v = merged.verdict(project.root, wt.head, bases, None)
+            v = merged.verdict(project.root, wt.head, bases, None, wt.branch)
             if v.merged or v.own_commits == 0:
                 owns_list.append(f"branch {wt.branch}")
                 delete_branch = (wt.branch, wt.head)

@@ -494,9 +494,10 @@ def rebase(cwd: Path, onto: str) -> RebaseResult:
             run(cwd, "rebase", "--abort")
             return RebaseResult(False, conflicts, _last_line(r))
         m = _LOCK_RE.search(r.stderr)
+        lock = _LOCK_PATH_RE.search(r.stderr)
+        if m and lock:
+            _raise_if_stale(Path(lock.group("path")), r)  # an old lock will not go away by waiting
         if not m or attempt == LOCK_RETRIES:
-            if m and m.group("path"):
-                _raise_if_stale(Path(m.group("path")), r)
             return RebaseResult(False, error=_last_line(r))
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
@@ -526,3 +527,11 @@ def worktree_prune_dry_run(repo: Path) -> list[str]:
     """What ``git worktree prune`` would remove (one line per worktree)."""
     r = _execute(repo, ["worktree", "prune", "--dry-run", "--verbose"])
     return [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+
+
+def branch_created_at(cwd: Path, branch: str) -> str | None:
+    """The commit ``branch`` was created at, from its reflog (None when the
+    reflog is gone or expired)."""
+    r = _execute(cwd, ["log", "-g", "--format=%H", f"refs/heads/{branch}", "--"])
+    lines = r.stdout.split()
+    return lines[-1] if r.returncode == 0 and lines else None

@@ -36,20 +36,26 @@ class Verdict:
         return f"{self.own_commits} commit{'s' if self.own_commits != 1 else ''} not in base"
 
 
-def fork_point(cwd: Path, tip: str, base: str, created_from: str | None) -> str | None:
+def fork_point(cwd: Path, tip: str, base: str, created_from: str | None, branch: str | None = None) -> str | None:
     """Where the branch left base: the commit it was created (or last synced)
-    from when that is still an ancestor of the tip, else the merge base."""
-    if created_from and git.has_object(cwd, created_from) and git.is_ancestor(cwd, created_from, tip):
-        return created_from
+    from per the state record, else per the branch's reflog, when that is an
+    ancestor of the tip; else the merge base (which makes a fast-forward
+    merged branch look like it has no commits: the safe side)."""
+    candidates = [created_from, git.branch_created_at(cwd, branch) if branch else None]
+    for c in candidates:
+        if c and git.has_object(cwd, c) and git.is_ancestor(cwd, c, tip):
+            return c
     return git.merge_base(cwd, base, tip)
 
 
-def verdict(cwd: Path, tip: str, bases: Sequence[tuple[str, str]], created_from: str | None) -> Verdict:
+def verdict(
+    cwd: Path, tip: str, bases: Sequence[tuple[str, str]], created_from: str | None, branch: str | None = None
+) -> Verdict:
     """``bases``: (label, commit) pairs to test against, e.g. [("main", sha),
     ("origin/main", sha)]; the first one that contains the branch wins."""
     own = 0
     for label, base in bases:
-        fork = fork_point(cwd, tip, base, created_from)
+        fork = fork_point(cwd, tip, base, created_from, branch)
         if fork is None:
             continue
         own = max(own, git.count_commits(cwd, fork, tip))

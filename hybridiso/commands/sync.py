@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"{len(bad)} of {len(outcomes)} agents could not be synced: "
             + "; ".join(f"{o.agent}: {o.detail}" for o in bad),
-            hint="in each, `git rebase " + project.manifest.base + "` and resolve by hand, or commit and merge first",
+            hint=(
+                f"for a conflict: in that environment `git rebase {project.manifest.base}` and resolve it by hand; "
+                "otherwise fix what is named, then `hybridiso sync` again"
+            ),
         )
     return 0
 
@@ -157,7 +160,7 @@ def sync_one(ctx: EnvContext, base_commit: str, base_ref: str | None) -> Outcome
     try:
         _sync(ctx, o, base_commit, base_ref)
     except UserError as e:
-        o.result, o.detail = "failed", e.message
+        o.result, o.detail = "failed", e.message + (f"; {e.hint}" if e.hint else "")
     except git.CommandError as e:
         o.result, o.detail = "failed", str(e).splitlines()[0] + ": " + e.result.stderr.strip()[:200]
     o.seconds = time.monotonic() - started
@@ -186,7 +189,7 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
     o.before = o.after = head[:8]
     if git.is_ancestor(ctx.path, base_commit, head):
         o.result = "up to date"
-    elif (v := merged.verdict(ctx.path, head, [(ctx.project.manifest.base, base_commit)], record.base_commit)).merged:
+    elif (v := merged.verdict(ctx.path, head, [(ctx.project.manifest.base, base_commit)], record.base_commit, record.branch)).merged:
         # rebasing would drop its commits as already upstream and erase the
         # evidence gc needs; there is nothing left to bring up to date
         o.result, o.detail = "merged", v.describe() + "; `hybridiso gc --yes` removes it"

@@ -1,0 +1,180 @@
+"""Container agents on the real Docker engine (mandatory in CI)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import hybridiso, status_json, write_manifest
+from tests.support.docker_fixtures import TEST_LABEL
+from tests.support.gitrepo import git, make_repo
+from tests.support.postgres import free_port
+
+pytestmark = pytest.mark.docker
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def labelled(kind: str, agent: str) -> list[str]:
+    ls = {"container": ["ps", "-aq"], "network": ["network", "ls", "-q"], "volume": ["volume", "ls", "-q"]}[kind]
+    return docker(*ls, "--filter", f"label=dev.hybridiso.agent={agent}", "--filter", f"label={TEST_LABEL}").split()
+
+
+def get(url: str, timeout: float = 20) -> str:
+    end = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            if time.time() > end:
+                raise
+            time.sleep(0.2)
+
+
+def manifest(lo: int, image: str, extra: str = "") -> str:
+    return f"""\
+version: 1
+labels: {{{TEST_LABEL}: "1"}}
+ports: {{range: "{lo}-{lo + 50}"}}
+agents:
+  - name: web
+    isolation: container
+    image: {image}
+    command: ["httpd", "-f", "-p", "${{PORT_WEB}}", "-h", "."]
+    ports: [web]
+    resources: {{cpus: 0.5, memory: 128m, pids: 64}}
+{extra}"""
+
+
+@pytest.fixture
+def web_repo(tmp_path: Path, busybox_image: str, compose_v2: str):  # type: ignore[no-untyped-def]
+    repo = make_repo(tmp_path / "site", {"index.html": "hello from the agent\n"})
+    write_manifest(repo, manifest(free_port(), busybox_image))
+    yield repo
+    hybridiso(repo, "down", "--force", ok=None)
+
+
+def test_user_story_http_exec_down(web_repo: Path) -> None:
+    repo = web_repo
+    r = hybridiso(repo, "up")
+    assert "web" in r.stderr and "Created" in r.stderr
+    assert "has no git" in r.stderr  # FAULTS #21: busybox has no git, and up says so
+    st = status_json(repo)["web"]
+    assert st["strategy"] == "container" and st["process"].startswith("running")
+    port = st["ports"]["web"]
+    assert get(f"http://127.0.0.1:{port}/index.html") == "hello from the agent\n"
+    # exec runs inside the container, in the worktree, as the host user
+    out = hybridiso(repo, "exec", "web", "--", "sh", "-c", "id -u; pwd; echo $PORT_WEB; cat /proc/1/cgroup >/dev/null && echo in").stdout.split()
+    assert out[:3] == [str(os.getuid()), str(tmp_path_of(repo) / "site.agents" / "web"), str(port)]
+    # what the design promises about the container, read back from Docker
+    cid = labelled("container", "web")[0]
+    info = json.loads(docker("inspect", cid))[0]
+    host = info["HostConfig"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 128 << 20 and host["PidsLimit"] == 64
+    assert info["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+    assert all(b["HostIp"] == "127.0.0.1" for b in host["PortBindings"][f"{port}/tcp"])
+    assert info["Config"]["Labels"]["dev.hybridiso.role"] == "agent"
+    assert host["NetworkMode"] not in ("host", "default", "bridge")  # its own network
+    assert labelled("network", "web")
+    # idempotent
+    again = hybridiso(repo, "up")
+    assert "Created" not in again.stderr
+    assert labelled("container", "web") == [cid]
+    hybridiso(repo, "down")
+    assert labelled("container", "web") == labelled("network", "web") == labelled("volume", "web") == []
+
+
+def tmp_path_of(repo: Path) -> Path:
+    return repo.parent
+
+
+def test_crashed_container_is_shown_and_restarted(web_repo: Path) -> None:
+    repo = web_repo
+    hybridiso(repo, "up")
+    cid = labelled("container", "web")[0]
+    docker("kill", "--signal", "KILL", cid)
+    end = time.time() + 20
+    while "exited" not in status_json(repo)["web"]["process"] and time.time() < end:
+        time.sleep(0.2)
+    assert status_json(repo)["web"]["process"] == "exited (137)"
+    r = hybridiso(repo, "up")
+    assert "Restarted" in r.stderr
+    assert status_json(repo)["web"]["process"].startswith("running")
+    assert get(f"http://127.0.0.1:{status_json(repo)['web']['ports']['web']}/index.html")
+
+
+def test_render_writes_a_file_a_user_can_run(web_repo: Path) -> None:
+    out = json.loads(hybridiso(web_repo, "render", "--json").stdout)
+    assert len(out) == 1 and Path(out[0]["file"]).exists()
+    r = subprocess.run(["docker", "compose", "-f", out[0]["file"], "config", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert labelled("container", "web") == []  # render starts nothing
+
+
+def test_missing_image_fails_before_anything_starts(tmp_path: Path, compose_v2: str) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, manifest(free_port(), "hybridiso-test/no-such-image:404") + "  - name: plain\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1 and "hybridiso-test/no-such-image:404" in r.stderr and "cannot be pulled" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "r.agents").exists()
+
+
+def test_docker_unreachable_only_fails_container_agents(tmp_path: Path, busybox_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, manifest(free_port(), busybox_image) + "  - name: plain\n")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    r = hybridiso(repo, "up", ok=False)
+    assert "Docker is not reachable at unix://" in r.stderr and "Traceback" not in r.stderr
+    st = status_json(repo)
+    assert st["plain"]["state"] == "ready"
+    assert st["web"]["state"] == "not created"
+
+
+def test_git_inside_the_container(tmp_path: Path, git_image: str, compose_v2: str) -> None:
+    repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
+    write_manifest(
+        repo,
+        f"""labels: {{{TEST_LABEL}: "1"}}
+agents:
+  - name: dev
+    isolation: container
+    image: {git_image}
+    command: ["sleep", "infinity"]
+""",
+    )
+    try:
+        hybridiso(repo, "up")
+        out = hybridiso(repo, "exec", "dev", "--", "git", "status", "--porcelain", "--branch").stdout
+        assert "## hybridiso/dev" in out
+        hybridiso(repo, "exec", "dev", "--", "sh", "-c", "echo b > b.txt && git add b.txt && git commit -qm 'from the container'")
+        # the commit landed in the shared repository, owned by the host user
+        assert git(repo, "log", "-1", "--format=%s", "hybridiso/dev") == "from the container"
+        env = tmp_path / "r.agents" / "dev"
+        assert (env / "b.txt").stat().st_uid == os.getuid()
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
+
+
+def test_fix_ownership_returns_foreign_files_to_the_user(tmp_path: Path) -> None:
+    from hybridiso.strategies.container import fix_ownership
+
+    if os.geteuid() != 0:
+        pytest.skip("making files owned by another uid needs root")
+    d = tmp_path / "env" / "sub"
+    d.mkdir(parents=True)
+    (d / "f").write_text("x")
+    os.chown(d / "f", 12345, 12345)
+    os.chown(d, 12345, 12345)
+    fixed = fix_ownership(tmp_path / "env")
+    assert set(fixed) == {str(d), str(d / "f")}
+    assert (d / "f").stat().st_uid == os.getuid()

@@ -1,0 +1,156 @@
+"""``hybridiso sync`` on real repositories with a local bare repository as origin.
+
+Covers: one fetch then rebase of clean envs, dirty ones skipped, a conflict in
+one agent while the others succeed (aborted cleanly), setup re-run in exactly
+the agents whose lockfile changed, clones fed from the local repository,
+FAULTS #11 (a git lock left in one env) and #18 (state file lost).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.cli import hybridiso, state
+from tests.support.gitrepo import commit_file, git
+from tests.test_gc import env, make_project
+
+
+def upstream_commit(tmp_path: Path, name: str, text: str) -> str:
+    """Someone else pushes to origin/main."""
+    other = tmp_path / "other"
+    if not other.exists():
+        git(tmp_path, "clone", "-q", str(tmp_path / "origin.git"), str(other))
+    git(other, "pull", "-q", "--ff-only")
+    return commit_file(other, name, text) and git(other, "push", "-q", "origin", "main") or git(other, "rev-parse", "HEAD")
+
+
+def sync_rows(repo: Path, *args: str, ok: bool | None = True) -> tuple[dict[str, dict[str, Any]], str]:
+    proc = hybridiso(repo, "sync", "--json", *args, ok=ok)
+    data = json.loads(proc.stdout)
+    return {r["agent"]: r for r in data["agents"]}, proc.stderr
+
+
+def test_rebase_clean_skip_dirty_abort_conflict(tmp_path: Path) -> None:
+    repo = make_project(
+        tmp_path,
+        "  - name: clean\n  - name: dirty\n  - name: clash\n  - name: fresh\n  - name: cl\n    isolation: clone\n",
+    )
+    hybridiso(repo, "up")
+    commit_file(env(repo, "clean"), "clean.txt", "mine\n")
+    commit_file(env(repo, "dirty"), "dirty.txt", "mine\n")
+    (env(repo, "dirty") / "README.md").write_text("uncommitted\n")
+    commit_file(env(repo, "clash"), "notes.txt", "1\nCLASH\n3\n")
+    clash_tip = git(env(repo, "clash"), "rev-parse", "HEAD")
+    commit_file(env(repo, "cl"), "cl.txt", "clone work\n")
+    new_main = upstream_commit(tmp_path, "notes.txt", "1\nUPSTREAM\n3\n")
+
+    rows, err = sync_rows(repo, ok=False)
+    assert rows["clean"]["result"] == "rebased" and rows["fresh"]["result"] == "rebased"
+    assert rows["cl"]["result"] == "rebased"
+    assert rows["dirty"]["result"] == "skipped" and "README.md" in rows["dirty"]["detail"]
+    assert rows["clash"]["result"] == "conflict" and "notes.txt" in rows["clash"]["detail"]
+    assert "1 of 5 agents could not be synced" in err and "clash" in err and "Traceback" not in err
+    assert git(repo, "rev-parse", "main") == new_main  # base fast-forwarded (it is checked out, clean)
+    for name in ("clean", "fresh"):
+        assert git(repo, "merge-base", "--is-ancestor", new_main, f"hybridiso/{name}", check=False) == ""
+        assert (env(repo, name) / "notes.txt").read_text() == "1\nUPSTREAM\n3\n"
+    assert (env(repo, "clean") / "clean.txt").exists()
+    # the clone got base from the local repository and rebased its own branch
+    assert (env(repo, "cl") / "notes.txt").read_text() == "1\nUPSTREAM\n3\n"
+    assert (env(repo, "cl") / "cl.txt").exists()
+    # the conflict was aborted cleanly: same tip, clean tree, no rebase in progress
+    clash = env(repo, "clash")
+    assert git(clash, "rev-parse", "HEAD") == clash_tip
+    assert git(clash, "status", "--porcelain", "--untracked-files=no") == ""
+    assert not Path(git(clash, "rev-parse", "--git-path", "rebase-merge")).is_absolute() or not Path(
+        git(clash, "rev-parse", "--git-path", "rebase-merge")
+    ).exists()
+    assert not (clash / git(clash, "rev-parse", "--git-path", "rebase-merge")).exists()
+    # dirty work untouched
+    assert (env(repo, "dirty") / "README.md").read_text() == "uncommitted\n"
+    # the table for people
+    proc = hybridiso(repo, "sync", ok=False)
+    assert "conflict" in proc.stdout and "up to date" in proc.stdout
+
+
+def test_setup_reruns_only_where_a_lockfile_changed(tmp_path: Path) -> None:
+    log = tmp_path / "setup-runs.log"
+    agents = "  - name: a\n  - name: b\n  - name: c\n"
+    repo = make_project(tmp_path, agents)
+    manifest = (repo / "hybridiso.yaml").read_text().replace(
+        "agents:\n", f"defaults:\n  setup: ['echo $HYBRIDISO_AGENT >> {log}']\nagents:\n"
+    )
+    (repo / "hybridiso.yaml").write_text(manifest)
+    git(repo, "commit", "-q", "-am", "setup")
+    git(repo, "push", "-q", "origin", "main")
+    hybridiso(repo, "up")
+
+    def runs() -> dict[str, int]:
+        names = log.read_text().split()
+        return {n: names.count(n) for n in ("a", "b", "c")}
+
+    assert runs() == {"a": 1, "b": 1, "c": 1}
+    # a's own branch changes its lockfile; nothing upstream
+    commit_file(env(repo, "a"), "requirements.txt", "flask==3.0\n")
+    rows, _ = sync_rows(repo)
+    assert {n: r["setup"] for n, r in rows.items()} == {"a": "re-ran", "b": "unchanged", "c": "unchanged"}
+    assert runs() == {"a": 2, "b": 1, "c": 1}
+    # upstream changes a lockfile; c is dirty and skipped, so only a and b get it
+    (env(repo, "c") / "wip.txt").write_text("wip\n")
+    upstream_commit(tmp_path, "uv.lock", "version = 1\n")
+    rows, _ = sync_rows(repo)
+    assert rows["c"]["result"] == "skipped"
+    assert {n: r["setup"] for n, r in rows.items()} == {"a": "re-ran", "b": "re-ran", "c": "-"}
+    assert runs() == {"a": 3, "b": 2, "c": 1}
+    # nothing changed: nothing re-runs
+    os.unlink(env(repo, "c") / "wip.txt")
+    rows, _ = sync_rows(repo, "a", "b")
+    assert set(rows) == {"a", "b"} and {r["setup"] for r in rows.values()} == {"unchanged"}
+    assert runs() == {"a": 3, "b": 2, "c": 1}
+
+
+def test_stale_git_lock_in_one_env_is_reported_others_sync(tmp_path: Path) -> None:
+    repo = make_project(tmp_path, "  - name: stuck\n  - name: ok\n")
+    hybridiso(repo, "up")
+    commit_file(env(repo, "stuck"), "s.txt", "s\n")
+    commit_file(env(repo, "ok"), "o.txt", "o\n")
+    upstream_commit(tmp_path, "up.txt", "up\n")
+    lock = repo / ".git" / "worktrees" / "stuck" / "index.lock"
+    lock.write_text("")
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    rows, err = sync_rows(repo, ok=False)
+    assert rows["ok"]["result"] == "rebased"
+    assert rows["stuck"]["result"] == "failed"
+    assert str(lock) in rows["stuck"]["detail"] and "3600 s old" in rows["stuck"]["detail"] or "s old" in rows["stuck"]["detail"]
+    assert "Traceback" not in err
+    doctor = json.loads(hybridiso(repo, "doctor", "--json").stdout)
+    locks = next(c for c in doctor if c["name"] == "stale git locks")
+    assert locks["status"] == "warn" and str(lock) in locks["detail"]
+    # a lock that its owner releases shortly is waited for (bounded retry)
+    lock.unlink()
+    commit_file(repo, "local.txt", "local\n")
+    lock.write_text("")
+    threading.Timer(0.4, lock.unlink).start()
+    rows, _ = sync_rows(repo, "stuck")
+    assert rows["stuck"]["result"] == "rebased"
+
+
+def test_sync_with_lost_state_and_base_checked_out_dirty(tmp_path: Path) -> None:
+    repo = make_project(tmp_path, "  - name: a\n")
+    hybridiso(repo, "up")
+    commit_file(env(repo, "a"), "a.txt", "a\n")
+    (repo / ".git" / "hybridiso" / "state.json").unlink()
+    old_main = git(repo, "rev-parse", "main")
+    upstream_commit(tmp_path, "README.md", "upstream readme\n")
+    (repo / "README.md").write_text("local edit git must not overwrite\n")
+    rows, err = sync_rows(repo)
+    assert "left alone" in err
+    assert git(repo, "rev-parse", "main") == old_main
+    assert (repo / "README.md").read_text() == "local edit git must not overwrite\n"
+    assert rows["a"]["result"] == "up to date"  # onto the local main, which did not move
+    assert "a" in state(repo)["agents"]  # adopted from git
