@@ -7,6 +7,8 @@ figures (issue: measured cost reports).
 """
 from __future__ import annotations
 
+import datetime as _dt
+import json
 from dataclasses import dataclass
 
 from hybridiso import git
@@ -57,6 +59,41 @@ def checkout_bytes(project: Project, ref: str) -> int | None:
     return total
 
 
-def project_costs(project: Project) -> Projection:
+@dataclass(frozen=True)
+class Measured:
+    """Figures from the latest ``report --compare``, per strategy."""
+
+    by_strategy: dict[str, Estimate]
+    source: str
+
+    def for_strategy(self, strategy: str) -> Estimate:
+        return self.by_strategy.get(strategy, Estimate(None, None))
+
+    def describe(self) -> str:
+        return self.source
+
+
+MAX_AGE_DAYS = 14
+
+
+def latest_measurement(project: Project) -> Measured | None:
+    path = project.store.dir / "reports" / "latest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        when = _dt.datetime.fromisoformat(data["measured_at"])
+        rows = data["strategies"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    age = _dt.datetime.now(_dt.timezone.utc) - when
+    if age.days > MAX_AGE_DAYS:
+        return None
+    by = {r["strategy"]: Estimate(r.get("disk_bytes_per_env"), r.get("startup_seconds")) for r in rows if "strategy" in r}
+    return Measured(by, f"measured {when:%Y-%m-%d %H:%M} UTC by `report --compare {data.get('n', '?')}`")
+
+
+def project_costs(project: Project) -> Projection | Measured:
+    measured = latest_measurement(project)
+    if measured is not None:
+        return measured
     tree = checkout_bytes(project, project.manifest.base)
-    return Projection(tree, None, "estimated from the size of the base tree (no measurement yet: `hybridiso report`)")
+    return Projection(tree, None, "estimated from the size of the base tree (no measurement yet: `hybridiso report --compare 3`)")

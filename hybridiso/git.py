@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,12 @@ from hybridiso.process import CommandError, Result
 
 LOCK_RETRIES = 8
 STALE_LOCK_SECONDS = 600.0
-_LOCK_RE = re.compile(r"Unable to create '[^']+\.lock'|cannot lock ref|could not lock config file|index\.lock|\.lock': File exists")
+# Lock contention, and reading another worktree's metadata while a concurrent
+# `worktree add` is still writing it ("failed to read .git/worktrees/x/commondir").
+_LOCK_RE = re.compile(
+    r"Unable to create '[^']+\.lock'|cannot lock ref|could not lock config file|index\.lock|\.lock': File exists"
+    r"|failed to read [^\n]*worktrees/[^\n]*(commondir|gitdir)"
+)
 _LOCK_PATH_RE = re.compile(r"Unable to create '(?P<path>[^']+\.lock)'")
 
 
@@ -186,18 +192,25 @@ def _worktree_list(cwd: Path) -> list[Worktree]:
     return trees
 
 
+_worktree_metadata = threading.Lock()
+
+
 def worktree_add(repo: Path, path: Path, branch: str, start: str | None) -> None:
     """Check out ``branch`` in a new worktree; create it at ``start`` when given.
 
-    ``--no-track`` keeps git from writing upstream config for the new branch
-    (the issue asks for none, and config.lock is a contention point).
+    git reads every worktree's metadata while adding one, and fails on a
+    half-written one (FAULTS #11), so registering is serialised; the checkout,
+    the expensive part, runs in the new worktree (its own index) in parallel.
+    ``--no-track`` keeps git from writing upstream config for the new branch.
     """
     _forget_worktrees()
     try:
-        if start is not None:
-            run(repo, "worktree", "add", "--no-track", "-b", branch, "--", str(path), start)
-        else:
-            run(repo, "worktree", "add", "--", str(path), branch)
+        with _worktree_metadata:
+            if start is not None:
+                run(repo, "worktree", "add", "--no-checkout", "--no-track", "-b", branch, "--", str(path), start)
+            else:
+                run(repo, "worktree", "add", "--no-checkout", "--", str(path), branch)
+        run(path, "reset", "-q", "--hard", "--no-recurse-submodules", "HEAD")
     finally:
         _forget_worktrees()
 
@@ -535,3 +548,9 @@ def branch_created_at(cwd: Path, branch: str) -> str | None:
     r = _execute(cwd, ["log", "-g", "--format=%H", f"refs/heads/{branch}", "--"])
     lines = r.stdout.split()
     return lines[-1] if r.returncode == 0 and lines else None
+
+
+def changed_paths(cwd: Path, a: str, b: str) -> set[str]:
+    """Paths whose content differs between commits ``a`` and ``b``."""
+    r = _execute(cwd, ["diff", "--name-only", "--no-renames", "-z", a, b])
+    return {p for p in r.stdout.split("\0") if p} if r.returncode == 0 else set()

@@ -26,6 +26,7 @@ COMMANDS = {
     "sync": "sync",
     "doctor": "doctor",
     "render": "render",
+    "report": "report",
     "demo": "demo",
 }
 
@@ -41,6 +42,7 @@ typical use:
   hybridiso status      what each environment is doing
   hybridiso exec A -- CMD   run CMD in agent A's environment
   hybridiso down        remove environments (never loses work)
+  hybridiso report      what each strategy costs here (--compare N measures)
   hybridiso sync        fetch once, rebase every clean environment onto base
   hybridiso gc          remove merged, deleted and orphaned environments
   hybridiso doctor      check git, Docker, disk and ports on this machine

@@ -70,8 +70,11 @@ def _how_merged(cwd: Path, tip: str, base: str, fork: str) -> str:
         return ""  # nothing of its own: a fresh branch is not "merged"
     if git.is_ancestor(cwd, tip, base):
         return "ancestry"
-    if git.same_content(cwd, fork, tip):
+    mine = git.changed_paths(cwd, fork, tip)
+    if not mine:
         return ""  # its commits cancel out
+    if mine.isdisjoint(git.changed_paths(cwd, fork, base)):
+        return ""  # base never touched its files: its changes cannot be in base
     marks = git.cherry_marks(cwd, base, tip)
     if marks and all(m == "-" for m in marks):
         return "rebase"

@@ -88,14 +88,19 @@ def run_setup(
                 )
             except OSError as e:
                 raise UserError(f"setup command for agent {agent} could not start: {describe(command)}: {e}") from None
-            while True:
-                try:
-                    code = proc.wait(timeout=0.1)
-                    break
-                except subprocess.TimeoutExpired:
-                    if cancel is not None and cancel.is_set():
-                        _kill_group(proc)
-                        raise SetupInterrupted(describe(command)) from None
+            try:
+                while True:
+                    try:
+                        code = proc.wait(timeout=0.1)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if cancel is not None and cancel.is_set():
+                            raise SetupInterrupted(describe(command)) from None
+            except BaseException:
+                # interrupted (cancel, Ctrl-C in this thread): stop the command
+                # and everything it started; it runs in its own session
+                _kill_group(proc)
+                raise
             out.write(f"# exit {code} after {time.monotonic() - started:.2f}s\n")
             out.flush()
             if code != 0:

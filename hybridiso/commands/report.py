@@ -1,0 +1,109 @@
+"""``hybridiso report``: what each strategy really costs on this repository."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from hybridiso import measure, output
+from hybridiso.commands.common import project_from_args
+from hybridiso.errors import UserError
+from hybridiso.reconcile import adopt_from_reality
+
+HELP = "measure disk, fetch and startup cost of each strategy (live envs, or --compare N throwaway ones)"
+KNOWN = ("worktree", "clone", "container")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "report",
+        help=HELP,
+        description=(
+            "Measure what each isolation strategy costs on this repository. Without --compare: "
+            "the live environments (disk now, startup as recorded by up). With --compare N: build N "
+            "throwaway environments of each strategy beside the repository, measure disk, fetch after "
+            "the upstream moves, and startup in one run, then remove them (also when interrupted)."
+        ),
+    )
+    p.add_argument("--compare", type=int, metavar="N", help="build N throwaway envs per strategy and measure them")
+    p.add_argument("--strategies", default="worktree,clone,container", help="comma-separated (default: all three; container needs Docker and an image)")
+    p.add_argument("--image", help="image for container envs in --compare (default: the manifest's first container agent's)")
+    p.add_argument("--format", choices=("table", "markdown", "json", "html"), default="table")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybridiso import report_data, report_format
+
+    project = project_from_args(args)
+    if args.compare is not None:
+        if not 1 <= args.compare <= 50:
+            raise UserError("--compare takes a number of environments from 1 to 50")
+        wanted = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in KNOWN]
+        if unknown or not wanted:
+            raise UserError(f"unknown strategies: {', '.join(unknown) or '(none given)'} (known: {', '.join(KNOWN)})")
+        if not project.repo.has_commits:
+            raise UserError("the repository has no commits yet: nothing to compare")
+        data = _compare(project, args.compare, wanted, args.image)
+        _save(project, data)
+    else:
+        data = _live(project)
+    text = report_format.FORMATS[args.format](data)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        output.message(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _compare(project, n: int, wanted: list[str], image: str | None):  # type: ignore[no-untyped-def]
+    from hybridiso import report_data
+    from hybridiso.compare import compare
+
+    if image is None:
+        image = next((a.image for a in project.manifest.agents if a.image), None)
+    # SIGTERM must unwind through compare()'s cleanup like Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    output.message(f"[+] measuring {', '.join(wanted)}: {n} throwaway env(s) each, beside {project.root}")
+    result = compare(project, n, wanted, image=image, progress=lambda s: output.message(f"    {s}"))
+    return report_data.from_comparison(result, str(project.root), project.manifest.base)
+
+
+def _live(project):  # type: ignore[no-untyped-def]
+    from hybridiso import report_data, strategies
+    from hybridiso.strategies.base import EnvContext
+
+    state = project.store.load()
+    adopt_from_reality(project, state)
+    paths = {}
+    for name, record in state.agents.items():
+        ctx = EnvContext(project, None, record)
+        if strategies.get(record.strategy).observe(ctx).exists:
+            paths[name] = Path(record.path)
+    if not paths:
+        raise UserError(
+            "no live environments to measure",
+            hint="`hybridiso up` first, or `hybridiso report --compare 3` to measure throwaway ones",
+        )
+    disk = measure.disk_report(project.repo.common_dir, paths, exclude=[project.store.dir])
+    envs = [
+        {
+            "agent": name,
+            "strategy": state.agents[name].strategy,
+            "disk_unique_bytes": disk.envs[name].unique_bytes,
+            "disk_shared_bytes": disk.envs[name].shared_bytes,
+            "startup_seconds": state.agents[name].timings.get("total"),
+        }
+        for name in sorted(paths)
+    ]
+    return report_data.live(str(project.root), project.manifest.base, disk.store_bytes, envs, disk.total_bytes)
+
+
+def _save(project, data) -> None:  # type: ignore[no-untyped-def]
+    from hybridiso.state import atomic_write_text
+
+    atomic_write_text(project.store.dir / "reports" / "latest.json", json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,88 @@
+"""Turn report data into a terminal table, markdown, JSON or self-contained HTML."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hybridiso.output import human_bytes, table
+
+HEADERS = ["STRATEGY", "ENVS", "DISK/ENV", "x", "FETCHES", "FETCH TIME", "FETCH BYTES", "x", "STARTUP", "x"]
+
+
+def _ratio(r: dict[str, Any], metric: str) -> str:
+    v = r.get("ratios", {}).get(metric)
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in data["strategies"]:
+        rows.append(
+            [
+                r["strategy"],
+                str(r["envs"]),
+                human_bytes(r["disk_bytes_per_env"]),
+                _ratio(r, "disk_bytes_per_env"),
+                "-" if r["fetches"] is None else str(r["fetches"]),
+                "-" if r["fetch_seconds"] is None else f"{r['fetch_seconds']:.3f}s",
+                human_bytes(r["fetch_bytes"]),
+                _ratio(r, "fetch_seconds"),
+                "-" if r["startup_seconds"] is None else f"{r['startup_seconds']:.2f}s",
+                _ratio(r, "startup_seconds"),
+            ]
+        )
+    return rows
+
+
+def _summary(data: dict[str, Any]) -> list[str]:
+    repo = data["repository"]
+    lines = [f"repository: {repo['path']} (base {repo['base']})"]
+    if repo.get("files") is not None:
+        lines.append(f"tree: {repo['files']} files, {human_bytes(repo['tree_bytes'])}; object store {human_bytes(repo['object_store_bytes'])}")
+    else:
+        lines.append(f"object store {human_bytes(repo['object_store_bytes'])} (shared by worktrees and containers)")
+    lines.append(f"machine: {data['machine']['cores']} cores; measured {data['measured_at']}" + (f"; {data['n']} envs per strategy" if data.get("n") else ""))
+    lines.append(f"all of it on disk, each inode once: {human_bytes(data['total_bytes'])}")
+    for name, why in data.get("skipped", {}).items():
+        lines.append(f"skipped {name}: {why}")
+    lines.append("x = multiple of the cheapest strategy; DISK/ENV = bytes unique to one env (median)")
+    return lines
+
+
+def as_table(data: dict[str, Any]) -> str:
+    return "\n".join(_summary(data)) + "\n\n" + table(_rows(data), HEADERS) + "\n"
+
+
+def as_markdown(data: dict[str, Any]) -> str:
+    return "\n".join(f"- {line}" for line in _summary(data)) + "\n\n" + table(_rows(data), HEADERS, fmt="github") + "\n"
+
+
+def as_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _bars(data: dict[str, Any], metric: str, fmt: Any) -> list[dict[str, Any]]:
+    rows = [r for r in data["strategies"] if r.get(metric) is not None]
+    peak = max((r[metric] for r in rows), default=0) or 1
+    return [{"label": r["strategy"], "value": r[metric], "text": fmt(r[metric]), "width": round(360 * r[metric] / peak, 1), "ratio": _ratio(r, metric)} for r in rows]
+
+
+def as_html(data: dict[str, Any]) -> str:
+    from hybridiso.render import render_template
+
+    charts = [
+        {"title": "Disk unique to one environment", "bars": _bars(data, "disk_bytes_per_env", human_bytes)},
+        {"title": "Fetch after upstream moves (all envs)", "bars": _bars(data, "fetch_seconds", lambda v: f"{v:.3f} s")},
+        {"title": "Startup, request to ready (median)", "bars": _bars(data, "startup_seconds", lambda v: f"{v:.2f} s")},
+    ]
+    return render_template(
+        "report.html.j2",
+        data=data,
+        summary=_summary(data),
+        headers=HEADERS,
+        rows=_rows(data),
+        charts=[c for c in charts if c["bars"]],
+    )
+
+
+FORMATS = {"table": as_table, "markdown": as_markdown, "json": as_json, "html": as_html}

@@ -1,0 +1,134 @@
+"""Cost reports measured on real repositories, checked against du and git."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hybridiso.measure import disk_report
+from tests.support.cli import hybridiso, write_manifest
+from tests.support.gitrepo import git, make_repo
+
+
+def du(*paths: Path) -> int:
+    out = subprocess.run(["du", "-s", "-B1", "--", *map(str, paths)], capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines())
+
+
+def repo_with_files(tmp_path: Path, n: int = 300) -> Path:
+    files = {f"src/m{i // 30}/f{i}.py": f"value = {i}\n" * (1 + i % 50) for i in range(n)}
+    files[".gitignore"] = ".env\n"
+    repo = make_repo(tmp_path / "proj", files)
+    git(repo, "gc", "-q")
+    return repo
+
+
+def test_disk_report_matches_du_and_counts_hard_links_once(tmp_path: Path) -> None:
+    repo = repo_with_files(tmp_path)
+    write_manifest(repo, "agents:\n  - {name: w1}\n  - {name: w2}\n  - {name: c1, isolation: clone}\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "proj.agents"
+    envs = {n: ws / n for n in ("w1", "w2", "c1")}
+    store = repo / ".git"
+    report = disk_report(store, envs, exclude=[store / "hybridiso"])
+    # du counts an inode once across its arguments: the same rule
+    expected_total = du(store, *envs.values()) - du(store / "hybridiso")
+    assert abs(report.total_bytes - expected_total) <= 64 * 1024  # du rounds directories differently; 16 blocks of slack
+    # a worktree's checkout is its own: unique bytes ~ du of the env alone
+    assert abs(report.envs["w1"].unique_bytes - du(ws / "w1")) <= 16 * 1024
+    # the clone's pack is hard-linked to the store: shared, not unique
+    pack = next((ws / "c1" / ".git" / "objects" / "pack").glob("*.pack"))
+    assert report.envs["c1"].shared_bytes >= pack.stat().st_blocks * 512
+    assert report.envs["c1"].unique_bytes < du(ws / "c1")
+
+
+def test_live_report_json_shape(tmp_path: Path) -> None:
+    repo = repo_with_files(tmp_path, 50)
+    write_manifest(repo, "agents:\n  - {name: w1}\n  - {name: c1, isolation: clone}\n")
+    hybridiso(repo, "up")
+    data = json.loads(hybridiso(repo, "report", "--format", "json").stdout)
+    assert data["schema_version"] == 1 and data["mode"] == "live"
+    rows = {r["strategy"]: r for r in data["strategies"]}
+    assert set(rows) == {"worktree", "clone"}
+    assert rows["worktree"]["ratios"]["disk_bytes_per_env"] == 1.0
+    assert rows["clone"]["ratios"]["disk_bytes_per_env"] > 1.0
+    assert rows["worktree"]["startup_seconds"] > 0
+
+
+def test_compare_measures_fetch_once_for_worktrees_n_times_for_clones(tmp_path: Path) -> None:
+    repo = repo_with_files(tmp_path)
+    write_manifest(repo, "agents: []\n")
+    r = hybridiso(repo, "report", "--compare", "3", "--strategies", "worktree,clone", "--format", "json")
+    data = json.loads(r.stdout)
+    rows = {x["strategy"]: x for x in data["strategies"]}
+    assert rows["worktree"]["fetches"] == 1 and rows["clone"]["fetches"] == 3
+    assert rows["worktree"]["fetch_bytes"] > 0 and rows["clone"]["fetch_bytes"] > rows["worktree"]["fetch_bytes"]
+    assert len(rows["clone"]["startup_seconds_each"]) == 3
+    assert data["repository"]["files"] == 301
+    for x in rows.values():
+        assert set(x["ratios"]) == {"disk_bytes_per_env", "fetch_seconds", "startup_seconds"}
+    assert min(x["ratios"]["disk_bytes_per_env"] for x in rows.values()) == 1.0
+    # nothing left behind, nothing changed in the user's repository
+    assert not list(tmp_path.glob(".proj.hybridiso-compare-*"))
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert git(repo, "log", "--oneline").count("\n") == 0  # still one commit
+    # plan now uses the measurement
+    assert "measured" in hybridiso(repo, "plan").stderr
+
+
+def test_formats_and_self_contained_html(tmp_path: Path) -> None:
+    repo = repo_with_files(tmp_path, 40)
+    write_manifest(repo, "agents: []\n")
+    out = tmp_path / "report.html"
+    hybridiso(repo, "report", "--compare", "1", "--strategies", "worktree,clone", "--format", "html", "-o", str(out))
+    html = out.read_text()
+    assert html.startswith("<!doctype html>") and html.count("<svg") == 3
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html and "<script" not in html
+    md = hybridiso(repo, "report", "--compare", "1", "--strategies", "worktree", "--format", "markdown").stdout
+    assert "| STRATEGY" in md and "| worktree" in md
+    table = hybridiso(repo, "report", "--compare", "1", "--strategies", "worktree").stdout
+    assert "STRATEGY" in table and "worktree" in table
+
+
+def test_compare_cleans_up_when_interrupted(tmp_path: Path) -> None:
+    repo = repo_with_files(tmp_path, 40)
+    marker = tmp_path / "setup-ran"
+    write_manifest(repo, f"defaults:\n  setup: ['touch {marker}; sleep 30']\nagents: []\n")
+    proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "report", "--compare", "2", "--strategies", "worktree"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 60
+    while not marker.exists() and time.time() < end:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".proj.hybridiso-compare-*")), "the throwaway workspace should exist mid-run"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert not list(tmp_path.glob(".proj.hybridiso-compare-*"))
+    # the setup command was stopped too, not left running
+    left = subprocess.run(["pgrep", "-f", f"touch {marker}"], capture_output=True, text=True).stdout
+    assert left.strip() == ""
+
+
+def test_report_errors_are_clear(tmp_path: Path) -> None:
+    repo = repo_with_files(tmp_path, 5)
+    write_manifest(repo, "agents: []\n")
+    r = hybridiso(repo, "report", ok=False)
+    assert "no live environments" in r.stderr and "--compare" in r.stderr
+    r = hybridiso(repo, "report", "--compare", "1", "--strategies", "vm", ok=False)
+    assert "unknown strategies: vm" in r.stderr
+
+
+@pytest.mark.docker
+def test_compare_includes_containers_when_docker_is_there(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    repo = repo_with_files(tmp_path, 20)
+    write_manifest(repo, 'labels: {dev.hybridiso.test: "1"}\nagents: []\n')
+    data = json.loads(hybridiso(repo, "report", "--compare", "1", "--image", busybox_image, "--format", "json").stdout)
+    rows = {x["strategy"]: x for x in data["strategies"]}
+    assert set(rows) == {"worktree", "clone", "container"} and data["skipped"] == {}
+    assert rows["container"]["startup_seconds"] > rows["worktree"]["startup_seconds"]
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=dev.hybridiso.compare"], capture_output=True, text=True).stdout
+    assert left.strip() == ""
