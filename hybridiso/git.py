@@ -554,3 +554,57 @@ def changed_paths(cwd: Path, a: str, b: str) -> set[str]:
     """Paths whose content differs between commits ``a`` and ``b``."""
     r = _execute(cwd, ["diff", "--name-only", "--no-renames", "-z", a, b])
     return {p for p in r.stdout.split("\0") if p} if r.returncode == 0 else set()
+
+
+# --- merged detection (gc) ---------------------------------------------------------
+
+
+def is_ancestor(cwd: Path, commit: str, of: str) -> bool:
+    return _execute(cwd, ["merge-base", "--is-ancestor", commit, of]).returncode == 0
+
+
+def merged_into(cwd: Path, tip: str, base: str, since: str | None) -> str | None:
+    """How ``tip`` is merged into ``base`` ("ancestry", "rebase", "squash"), or
+    None.  A tip with no commits of its own since ``since`` is never merged:
+    a fresh branch at base is not finished work."""
+    own = since or out(cwd, "merge-base", base, tip)
+    if tip == own or not out(cwd, "rev-list", "--max-count=1", f"{own}..{tip}"):
+        return None
+    if is_ancestor(cwd, tip, base):
+        return "ancestry"
+    # rebase merges keep each patch: `git cherry` marks them with "-"
+    cherry = [line for line in out(cwd, "cherry", base, tip).splitlines() if line]
+    if cherry and all(line.startswith("-") for line in cherry):
+        return "rebase"
+    # squash merges keep the content: merging tip into base changes nothing
+    r = _execute(cwd, ["merge-tree", "--write-tree", base, tip])
+    if r.returncode == 0:
+        merged_tree = r.stdout.split("\n", 1)[0].strip()
+        if merged_tree == out(cwd, "rev-parse", f"{base}^{{tree}}"):
+            return "squash"
+    return None
+
+
+def remote_branch_exists(cwd: Path, remote: str, branch: str) -> bool:
+    return _execute(cwd, ["show-ref", "--verify", "-q", f"refs/remotes/{remote}/{branch}"]).returncode == 0
+
+
+def upstream_of(cwd: Path, branch: str) -> str | None:
+    r = _execute(cwd, ["rev-parse", "--symbolic-full-name", f"{branch}@{{upstream}}"])
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def stale_lock_files(common_dir: Path, older_than: float = STALE_LOCK_SECONDS) -> list[tuple[Path, float]]:
+    """``*.lock`` files git left behind, with their age in seconds."""
+    now = time.time()
+    found = []
+    for p in common_dir.rglob("*.lock"):
+        if "objects" in p.parts:
+            continue
+        try:
+            age = now - p.stat().st_mtime
+        except OSError:
+            continue
+        if age >= older_than:
+            found.append((p, age))
+    return found

@@ -27,6 +27,7 @@ COMMANDS = {
     "doctor": "doctor",
     "render": "render",
     "report": "report",
+    "gc": "gc",
     "demo": "demo",
 }
 
@@ -43,6 +44,7 @@ typical use:
   hybridiso exec A -- CMD   run CMD in agent A's environment
   hybridiso down        remove environments (never loses work)
   hybridiso report      what each strategy costs here (--compare N measures)
+  hybridiso gc          clean up merged, zombie and orphaned environments
   hybridiso sync        fetch once, rebase every clean environment onto base
   hybridiso gc          remove merged, deleted and orphaned environments
   hybridiso doctor      check git, Docker, disk and ports on this machine

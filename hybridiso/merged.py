@@ -41,10 +41,11 @@ def fork_point(cwd: Path, tip: str, base: str, created_from: str | None, branch:
     from per the state record, else per the branch's reflog, when that is an
     ancestor of the tip; else the merge base (which makes a fast-forward
     merged branch look like it has no commits: the safe side)."""
-    candidates = [created_from, git.branch_created_at(cwd, branch) if branch else None]
-    for c in candidates:
-        if c and git.has_object(cwd, c) and git.is_ancestor(cwd, c, tip):
-            return c
+    if created_from and git.is_ancestor(cwd, created_from, tip):  # fails on a missing object too
+        return created_from
+    created = git.branch_created_at(cwd, branch) if branch else None
+    if created and git.is_ancestor(cwd, created, tip):
+        return created
     return git.merge_base(cwd, base, tip)
 
 
@@ -58,16 +59,15 @@ def verdict(
         fork = fork_point(cwd, tip, base, created_from, branch)
         if fork is None:
             continue
-        own = max(own, git.count_commits(cwd, fork, tip))
-        how = _how_merged(cwd, tip, base, fork)
+        mine = 0 if tip == fork else git.count_commits(cwd, fork, tip)
+        own = max(own, mine)
+        how = _how_merged(cwd, tip, base, fork) if mine else ""  # a fresh branch is not "merged"
         if how:
-            return Verdict(True, how, git.count_commits(cwd, fork, tip), label)
+            return Verdict(True, how, mine, label)
     return Verdict(False, "", own)
 
 
 def _how_merged(cwd: Path, tip: str, base: str, fork: str) -> str:
-    if tip == fork or git.count_commits(cwd, fork, tip) == 0:
-        return ""  # nothing of its own: a fresh branch is not "merged"
     if git.is_ancestor(cwd, tip, base):
         return "ancestry"
     mine = git.changed_paths(cwd, fork, tip)

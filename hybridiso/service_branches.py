@@ -7,9 +7,25 @@ decides names and variables and keeps the record of what an agent owns.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 
+from hybridiso.project import Project
 from hybridiso.strategies.base import EnvContext
+
+
+def project_key(project: Project) -> str:
+    """The repository's part of every branch name: its directory name plus a
+    hash of its git dir, so two checkouts named alike never share (or gc)
+    each other's databases."""
+    digest = hashlib.sha256(str(project.repo.common_dir).encode()).hexdigest()[:6]
+    return f"{project.root.name}_{digest}"
+
+
+def branch_prefix(project: Project) -> str:
+    from hybridiso import databases
+
+    return databases.branch_name(project_key(project), "", "").rstrip("_") + "_"
 
 
 def env_var(service: str) -> str:
@@ -31,7 +47,7 @@ def provision(ctx: EnvContext) -> dict[str, str]:
     env: dict[str, str] = {}
     for service, svc in branches:
         assert svc.url is not None and svc.template is not None
-        name = databases.branch_name(ctx.project.root.name, ctx.name, service)
+        name = databases.branch_name(project_key(ctx.project), ctx.name, service)
         url = databases.create_branch(svc.url, svc.template, name)
         owned[service] = {"name": name, "server": svc.url}
         env[env_var(service)] = url

@@ -111,10 +111,13 @@ agents:
     urls = {}
     for n in ("a", "b"):
         urls[n] = hybridiso(repo, "exec", n, "--", "sh", "-c", "echo $DATABASE_URL").stdout.strip()
-        assert urls[n].endswith(f"/hi_shop_{n}_db")
+        assert f"/hi_shop_" in urls[n] and urls[n].endswith(f"_{n}_db")
         assert "DB_URL=" in (tmp_path / "shop.agents" / n / ".hybridiso.env").read_text()
         with psycopg.connect(urls[n]) as conn:
             assert conn.execute("SELECT label FROM items").fetchone() == ("from the template",)
     assert urls["a"] != urls["b"]
+    assert {u.rsplit("/", 1)[1] for u in urls.values()} <= set(databases.list_branches(postgres_server.url, "hi_shop_"))
     hybridiso(repo, "down")
-    assert not {"hi_shop_a_db", "hi_shop_b_db"} & set(databases.list_branches(postgres_server.url))
+    names = {u.rsplit("/", 1)[1] for u in urls.values()}
+    assert len(names) == 2
+    assert not names & set(databases.list_branches(postgres_server.url))

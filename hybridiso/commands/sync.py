@@ -185,7 +185,7 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         return
     if record.strategy == "clone":
         update_clone(ctx, base_commit, base_ref)
-    head = git.resolve_commit(ctx.path, "HEAD") or ""
+    head = (obs.head if record.strategy != "clone" else None) or git.resolve_commit(ctx.path, "HEAD") or ""
     o.before = o.after = head[:8]
     if git.is_ancestor(ctx.path, base_commit, head):
         o.result = "up to date"
