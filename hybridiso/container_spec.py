@@ -7,16 +7,26 @@ file.  Nothing here imports a library, so both sides test on their own.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+# compose's rule for project names (compose-spec "name", docker compose -p)
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+PROJECT_NAME_MAX = 80
+# compose-spec's pattern for service keys; "agent" is ours
+SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+$")
+AGENT_SERVICE = "agent"
 
 SERVICE_IMAGES = {"postgres": "postgres:16-alpine", "redis": "redis:7-alpine"}
+
+Pairs = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
 class Mount:
+    """A bind mount; hybridiso mounts host paths at the same path inside."""
+
     source: str
     target: str
     read_only: bool = False
@@ -29,10 +39,15 @@ class PortMapping:
     container_port: int
     host_ip: str = "127.0.0.1"
 
+    def __post_init__(self) -> None:
+        for port in (self.host_port, self.container_port):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {self.name!r}: {port} is not in 1-65535")
+
 
 @dataclass(frozen=True)
 class Healthcheck:
-    test: tuple[str, ...]
+    test: tuple[str, ...]  # argv, starting with "CMD" or "CMD-SHELL"
     interval: str = "2s"
     timeout: str = "5s"
     retries: int = 30
@@ -41,10 +56,21 @@ class Healthcheck:
 
 @dataclass(frozen=True)
 class ServiceSpec:
+    """A backing service in the agent's project; ``image`` defaults by kind."""
+
     name: str
-    kind: str  # postgres | redis
-    image: str
-    environment: tuple[tuple[str, str], ...] = ()
+    kind: str  # a key of SERVICE_IMAGES: the compose/<kind>.yaml.j2 fragment
+    image: str = ""
+    environment: Pairs = ()
+
+    def __post_init__(self) -> None:
+        # kind names a template file: never let anything else through
+        if self.kind not in SERVICE_IMAGES:
+            raise ValueError(f"service {self.name!r}: unknown kind {self.kind!r} (known: {', '.join(SERVICE_IMAGES)})")
+        if not SERVICE_NAME_RE.match(self.name) or self.name == AGENT_SERVICE:
+            raise ValueError(f"service name {self.name!r} is not a valid compose service name")
+        if not self.image:
+            object.__setattr__(self, "image", SERVICE_IMAGES[self.kind])
 
     @property
     def volume(self) -> str:
@@ -53,24 +79,31 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    project: str
+    project: str  # from project_name()
     agent: str
     image: str
     workdir: str
-    command: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None  # None: the image's CMD
     mounts: tuple[Mount, ...] = ()
-    environment: tuple[tuple[str, str], ...] = ()
+    environment: Pairs = ()
     ports: tuple[PortMapping, ...] = ()
-    user: str | None = None
+    user: str | None = None  # "uid:gid"
     cpus: float | None = None
-    memory: str | None = None
+    memory: str | None = None  # "1g", compose mem_limit syntax
     pids: int | None = None
-    network_mode: str | None = None  # None: its own network
-    labels: tuple[tuple[str, str], ...] = ()
+    network_mode: str | None = None  # None: its own network; or "host" / "none"
+    labels: Pairs = ()  # added to hybridiso's own dev.hybridiso.* defaults
     healthcheck: Healthcheck | None = None
-    services: tuple[ServiceSpec, ...] = field(default=())
+    services: tuple[ServiceSpec, ...] = ()
     env_file: str | None = None
     extra_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not PROJECT_NAME_RE.match(self.project):
+            raise ValueError(f"compose project name {self.project!r} does not match {PROJECT_NAME_RE.pattern}")
+        names = [s.name for s in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate service names in {names}")
 
 
 def _slug(text: str, limit: int) -> str:
@@ -80,9 +113,11 @@ def _slug(text: str, limit: int) -> str:
 
 def project_name(repo_root: str, agent: str) -> str:
     """``hybridiso-<repo>-<agent>-<hash>``: readable, valid for compose
-    (``^[a-z0-9][a-z0-9_-]*$``), and distinct for distinct repos/agents even
-    when the slugs collide, because the hash covers the exact inputs."""
-    digest = hashlib.sha256(f"{repo_root}\0{agent}".encode()).hexdigest()[:8]
-    name = f"hybridiso-{_slug(repo_root.rstrip('/').rsplit('/', 1)[-1], 20)}-{_slug(agent, 40)}-{digest}"
-    assert PROJECT_NAME_RE.match(name), name
+    (``^[a-z0-9][a-z0-9_-]*$``, at most 80 characters), and distinct for
+    distinct repos/agents even when the slugs collide, because the hash covers
+    the exact (normalised) repository path and agent name."""
+    root = posixpath.normpath(repo_root)
+    digest = hashlib.sha256(f"{root}\0{agent}".encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    name = f"hybridiso-{_slug(posixpath.basename(root), 20)}-{_slug(agent, 40)}-{digest}"
+    assert PROJECT_NAME_RE.match(name) and len(name) <= PROJECT_NAME_MAX, name
     return name

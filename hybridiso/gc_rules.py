@@ -1,167 +1,154 @@
-"""What ``gc`` finds, and what it may do about each finding.
+"""What ``hybridiso gc`` does with each thing it finds: the rules, in one place.
 
-Each finder returns ``Finding``s; nothing here changes anything.  A finding
-with ``action="keep"`` says why it is kept (unmerged or uncommitted work is
-never deleted: FAULTS #5, #6).  Docker and database finders plug in through
-``FINDERS`` like the git ones.
+``decide`` is pure (facts in, decision out) so the rules are tested as a table
+(tests/test_gc.py).  The order matters and says what gc values most: work the
+user has not committed or merged is never removed (FAULTS #5, #6); only then
+do "gone", "interrupted", "merged" and "deleted upstream" make an environment
+removable.
+
+Other resources plug in through ``RESOURCE_FINDERS``: a finder looks at the
+project and returns ``Finding``s, each with its own ``apply``.  The container
+work adds one for Docker containers, networks and volumes labelled for agents
+that no longer exist (``docker_client`` finds them by ``dev.hybridiso.*``
+labels), and the database work one for branches of removed agents; gc itself
+never imports docker or a database driver.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from hybridiso import envfile, git, lifecycle, strategies
-from hybridiso.project import Project
-from hybridiso.state import PHASE_READY, State
-from hybridiso.strategies.base import EnvContext
+from hybridiso.merged import Verdict
+
+if TYPE_CHECKING:
+    from hybridiso.project import Project
+    from hybridiso.state import State
+
+# kinds of finding, in the order the summary lists them
+MERGED = "merged"
+ZOMBIE = "zombie"
+UPSTREAM_GONE = "upstream-gone"
+INTERRUPTED = "interrupted"
+LEFTOVERS = "leftovers"
+ORPHAN = "orphan-dir"
+KEPT = "kept"
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    name: str
+    phase: str  # creating | ready
+    exists: bool  # the directory is there
+    registered: bool  # git knows it (a listed worktree, a clone's .git)
+    work: str  # uncommitted / untracked / precious files, described ('' = none)
+    verdict: Verdict | None  # None when the branch cannot be found
+    upstream_gone: str = ""  # the upstream ref that was deleted, if any
+    owns_branch: bool = False  # hybridiso created the branch in the main repository
+    branch: str = ""
+    removing: bool = False  # an earlier gc/down started removing it and failed
+    tip: str | None = None  # the branch's commit when judged
+
+
+@dataclass(frozen=True)
+class Decision:
+    remove: bool
+    kind: str
+    reason: str
+    delete_branch: bool = False
+
+
+def decide(f: AgentFacts) -> Decision:
+    own = f.verdict.own_commits if f.verdict else 0
+    merged = bool(f.verdict and f.verdict.merged)
+    # the branch may go only when nothing on it would be lost
+    branch_ok = f.owns_branch and (merged or (f.verdict is not None and own == 0))
+    keep_branch_note = "" if branch_ok or not f.owns_branch else f"; branch {f.branch} kept ({_describe(f.verdict)})"
+    if f.work:
+        return Decision(False, KEPT, f"uncommitted work: {f.work}")
+    if not f.exists:
+        return Decision(True, ZOMBIE, "directory was deleted; git metadata, record and port leases go" + keep_branch_note, branch_ok)
+    if f.removing and not f.registered:
+        return Decision(True, LEFTOVERS, "what an earlier removal could not delete", branch_ok)
+    if not f.registered:
+        return Decision(False, KEPT, "directory exists but git does not know it; look inside, then delete it yourself")
+    if f.phase != "ready":
+        return Decision(True, INTERRUPTED, "creation was interrupted and never finished" + keep_branch_note, branch_ok)
+    if f.verdict is None:
+        return Decision(False, KEPT, f"branch {f.branch} not found; look at the environment by hand")
+    if merged:
+        gone = f"; upstream {f.upstream_gone} deleted" if f.upstream_gone else ""
+        return Decision(True, MERGED, f.verdict.describe() + gone, f.owns_branch)
+    if f.upstream_gone:
+        if own == 0:
+            return Decision(True, UPSTREAM_GONE, f"upstream {f.upstream_gone} was deleted and the branch has no commits of its own", branch_ok)
+        return Decision(
+            False, KEPT, f"upstream {f.upstream_gone} was deleted but {_describe(f.verdict)}: merge or push them, or `hybridiso down --force` backs them up"
+        )
+    return Decision(False, KEPT, _describe(f.verdict))
+
+
+def _describe(v: Verdict | None) -> str:
+    return v.describe() if v is not None else "branch not found"
 
 
 @dataclass
 class Finding:
-    kind: str  # merged | zombie | upstream-deleted | orphan-dir | docker | database
-    target: str  # agent name, path, or resource name
-    action: str  # remove | keep
+    """One thing gc found: removed with ``--yes`` when ``remove``."""
+
+    kind: str
+    target: str
+    remove: bool
     reason: str
-    agent: str | None = None
-    detail: dict[str, object] = field(default_factory=dict)
+    owns: list[str] = field(default_factory=list)
+    # does the removal; returns what could not be removed (empty: all gone)
+    apply: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
+    result: str = ""  # removed | kept | failed (after --yes)
+    left: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "action": "remove" if self.remove else "keep",
+            "reason": self.reason,
+            "owns": self.owns,
+            "result": self.result or None,
+            "left": self.left,
+        }
 
 
-Finder = Callable[[Project, State], list[Finding]]
+class ResourceFinder(Protocol):
+    def __call__(self, project: Project, state: State, dry_run: bool) -> list[Finding]: ...
 
 
-def _ctx(project: Project, state: State, name: str) -> EnvContext:
-    agent = next((a for a in project.manifest.agents if a.name == name), None)
-    return EnvContext(project, agent, state.agents[name])
+# finders for resources beyond git: Docker objects by label, database branches
+RESOURCE_FINDERS: list[ResourceFinder] = []
 
 
-def _tip_in_main(ctx: EnvContext) -> str | None:
-    """The env's branch tip as a commit the main repository can see."""
-    if strategies.get(ctx.record.strategy).SHARES_REFS:
-        return git.branch_commit(ctx.project.root, ctx.record.branch)
-    if not (ctx.path / ".git").is_dir():
-        return None
-    ref = f"refs/hybridiso/gc/{ctx.name}"
-    git.run(ctx.path, "push", "-q", "--no-verify", "--force", str(ctx.project.root), f"HEAD:{ref}")
-    return git.resolve_commit(ctx.project.root, ref)
+def summary(findings: list[Finding], applied: bool) -> str:
+    removed = [f for f in findings if f.remove and (not applied or f.result == "removed")]
+    failed = [f for f in findings if f.result == "failed"]
+    kept = [f for f in findings if not f.remove]
+    verb = "removed" if applied else "would remove"
+    parts = [f"{verb} {len(removed)}{_by_kind(removed)}"]
+    if failed:
+        parts.append(f"could not finish {len(failed)}{_by_kind(failed)}")
+    parts.append(f"kept {len(kept)}{_by_reason(kept)}")
+    return "gc: " + "; ".join(parts)
 
 
-def find_agents(project: Project, state: State) -> list[Finding]:
-    base = git.resolve_commit(project.root, project.manifest.base)
-    findings: list[Finding] = []
-    for name in sorted(state.agents):
-        ctx = _ctx(project, state, name)
-        record = ctx.record
-        obs = strategies.get(record.strategy).observe(ctx)
-        if not obs.exists:
-            findings.append(_zombie(ctx, base))
-            continue
-        if record.phase != PHASE_READY or base is None:
-            continue
-        tip = _tip_in_main(ctx)
-        how = git.merged_into(project.root, tip, base, record.base_commit) if tip else None
-        upstream_gone = _upstream_deleted(ctx)
-        if how is None and not upstream_gone:
-            continue
-        work = lifecycle.inspect_work(ctx)
-        dirty = lifecycle.WorkReport(work.modified, work.untracked, work.precious)
-        kind = "merged" if how else "upstream-deleted"
-        why = f"merged into {project.manifest.base} ({how})" if how else f"its branch was deleted upstream (origin/{record.branch})"
-        if not dirty.empty:
-            findings.append(Finding(kind, name, "keep", f"{why}, but it has uncommitted work: {dirty.describe()}", name))
-        elif how:
-            findings.append(Finding(kind, name, "remove", why, name, {"delete_branch": True}))
-        else:
-            # not merged: remove the env, keep its branch (the commits stay)
-            findings.append(Finding(kind, name, "remove", why + "; the branch is kept with its commits", name, {"delete_branch": False}))
-    return findings
+def _by_kind(items: list[Finding]) -> str:
+    counts: dict[str, int] = {}
+    for f in items:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    return f" ({', '.join(f'{n} {k}' for k, n in counts.items())})" if counts else ""
 
 
-def _zombie(ctx: EnvContext, base: str | None) -> Finding:
-    record, root = ctx.record, ctx.project.root
-    tip = git.branch_commit(root, record.branch) if strategies.get(record.strategy).SHARES_REFS else None
-    delete_branch = bool(record.created_branch and tip)
-    reason = f"its directory {record.path} is gone (zombie)"
-    if delete_branch and tip and base:
-        own = git.unique_commits(root, base, tip)
-        if own and not git.merged_into(root, tip, base, record.base_commit):
-            delete_branch = False
-            reason += f"; branch {record.branch} is kept: {len(own)} commits not in base"
-    return Finding("zombie", ctx.name, "remove", reason, ctx.name, {"delete_branch": delete_branch})
-
-
-def _upstream_deleted(ctx: EnvContext) -> bool:
-    """The branch was on origin once (remembered by gc/sync) and is not now."""
-    root, branch = ctx.project.root, ctx.record.branch
-    if git.remote_url(root, "origin") is None:
-        return False
-    here = git.remote_branch_exists(root, "origin", branch)
-    if here:
-        ctx.record.extra["seen_upstream"] = True
-        return False
-    return bool(ctx.record.extra.get("seen_upstream"))
-
-
-def find_orphan_dirs(project: Project, state: State) -> list[Finding]:
-    if not project.workspace.is_dir():
-        return []
-    known = {Path(r.path).resolve() for r in state.agents.values()}
-    known |= {wt.path.resolve() for wt in git.worktree_list(project.root)}
-    findings = []
-    for entry in sorted(project.workspace.iterdir()):
-        if not entry.is_dir() or entry.resolve() in known or entry.name.startswith("."):
-            continue
-        leftovers = _only_our_leftovers(entry)
-        if leftovers:
-            findings.append(Finding("orphan-dir", str(entry), "remove", f"neither git nor the state knows it; it holds only {leftovers}"))
-        else:
-            findings.append(Finding("orphan-dir", str(entry), "keep", "neither git nor the state knows it, but it holds files hybridiso did not make: remove it by hand if it is yours to lose"))
-    return findings
-
-
-def _only_our_leftovers(path: Path) -> str | None:
-    """A description if ``path`` holds nothing but what hybridiso or a pruned
-    worktree leaves (nothing, our env file, a .git file pointing nowhere)."""
-    names = set(os.listdir(path))
-    if not names:
-        return "nothing"
-    if names <= {envfile.ENV_FILE, ".git"}:
-        git_file = path / ".git"
-        if git_file.is_file():
-            target = git_file.read_text(encoding="utf-8", errors="replace").removeprefix("gitdir:").strip()
-            if Path(target).exists():
-                return None
-        elif git_file.exists():
-            return None
-        return "hybridiso's env file / a dangling .git file"
-    return None
-
-
-def find_database_branches(project: Project, state: State) -> list[Finding]:
-    """Database branches on the manifest's servers that no live agent owns."""
-    servers = {s.url for s in project.manifest.services.values() if s.kind == "postgres" and s.url}
-    if not servers:
-        return []
-    from hybridiso import databases
-    from hybridiso.errors import UserError
-
-    owned = {info["name"] for r in state.agents.values() for info in r.extra.get("databases", {}).values()}
-    from hybridiso.service_branches import branch_prefix
-
-    prefix = branch_prefix(project)
-    findings = []
-    for url in sorted(servers):
-        assert url is not None
-        try:
-            names = databases.list_branches(url, prefix)
-        except UserError as e:
-            findings.append(Finding("database", url.rsplit("@", 1)[-1], "keep", f"cannot check: {e.message}"))
-            continue
-        for name in names:
-            if name not in owned:
-                findings.append(Finding("database", name, "remove", "database branch of an agent that no longer exists", None, {"server": url}))
-    return findings
-
-
-FINDERS: list[Finder] = [find_agents, find_orphan_dirs, find_database_branches]
+def _by_reason(items: list[Finding]) -> str:
+    counts: dict[str, int] = {}
+    for f in items:
+        key = f.reason.split(":")[0].split(";")[0]
+        key = "commits not in base" if "not in base" in key else key
+        counts[key] = counts.get(key, 0) + 1
+    return f" ({', '.join(f'{n}: {k}' for k, n in counts.items())})" if counts else ""

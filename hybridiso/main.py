@@ -22,12 +22,11 @@ COMMANDS = {
     "status": "status",
     "exec": "exec_",
     "down": "down",
-    "gc": "gc",
-    "sync": "sync",
-    "doctor": "doctor",
     "render": "render",
     "report": "report",
     "gc": "gc",
+    "sync": "sync",
+    "doctor": "doctor",
     "demo": "demo",
 }
 
@@ -44,7 +43,6 @@ typical use:
   hybridiso exec A -- CMD   run CMD in agent A's environment
   hybridiso down        remove environments (never loses work)
   hybridiso report      what each strategy costs here (--compare N measures)
-  hybridiso gc          clean up merged, zombie and orphaned environments
   hybridiso sync        fetch once, rebase every clean environment onto base
   hybridiso gc          remove merged, deleted and orphaned environments
   hybridiso doctor      check git, Docker, disk and ports on this machine

@@ -42,7 +42,8 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
             branch=branch,
             path=str(path),
             base=project.manifest.base,
-            base_commit=git.resolve_commit(project.root, project.manifest.base),
+            base_commit=git.branch_created_at(path if strategy == "clone" else project.root, branch)
+            or git.resolve_commit(project.root, project.manifest.base),
             phase=PHASE_READY,
             created_branch=branch == agent.branch_name,
             ports=ports,

@@ -1,18 +1,23 @@
-"""``hybridiso gc``: find what is finished or abandoned, and clean it up."""
+"""``hybridiso gc [--yes] [--dry-run] [--json]``: remove what is finished or broken.
+
+Finds merged agents (also squash and rebase merges), zombie worktrees,
+environments whose branch was deleted upstream, interrupted creations, orphan
+directories in the workspace and what they own (branch, port leases, database
+branches, containers); shows it; removes it only with ``--yes``.  Work that is
+not committed or not merged is never removed (gc_rules.decide).
+"""
 from __future__ import annotations
 
 import argparse
-import shutil
-from dataclasses import asdict
 
-from hybridiso import git, lifecycle, output, service_branches, strategies
+from hybridiso import cleanup, output
 from hybridiso.commands.common import add_json_flag, project_from_args
-from hybridiso.gc_rules import FINDERS, Finding, _ctx
-from hybridiso.project import Project
+from hybridiso.errors import UserError
+from hybridiso.gc_finders import BUILTIN_FINDERS
+from hybridiso.gc_rules import RESOURCE_FINDERS, Finding, summary
 from hybridiso.reconcile import adopt_from_reality
-from hybridiso.state import State
 
-HELP = "remove merged, zombie and orphaned environments and what they own (dry run without --yes)"
+HELP = "remove merged, deleted and orphaned environments (shows what it would do without --yes)"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,15 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "gc",
         help=HELP,
         description=(
-            "Find agents whose branch is merged into base (also squash and rebase merges, by content), "
-            "zombie worktrees (directory deleted by hand), environments whose branch was deleted "
-            "upstream, orphan directories in the workspace, and container resources and database "
-            "branches of agents that are gone. Without --yes it only shows what it would do. "
-            "Uncommitted or unmerged work is never deleted."
+            HELP + ". Finds agents whose branch is merged into base (merge, squash or rebase, "
+            "judged by content), worktrees whose directory was deleted, environments whose "
+            "upstream branch was deleted, interrupted creations and directories in the "
+            "workspace that nothing knows. Uncommitted or unmerged work is always kept."
         ),
     )
-    p.add_argument("--yes", "-y", action="store_true", help="do it")
-    p.add_argument("--dry-run", action="store_true", help="show what would be done (the default without --yes)")
+    p.add_argument("--yes", "-y", action="store_true", help="remove what was found (default: only show it)")
+    p.add_argument("--dry-run", action="store_true", help="only show what would be removed, even with --yes")
     add_json_flag(p)
 
 
@@ -39,95 +43,48 @@ def run(args: argparse.Namespace) -> int:
         state = project.store.load()
         if state.rebuilt_from:
             output.warn(state.rebuilt_from)
-        adopt_from_reality(project, state)
-        findings = [f for finder in FINDERS for f in finder(project, state)]
-        findings += _docker_findings(project, state)
-        done: list[dict[str, object]] = []
-        for f in findings:
-            result = "would remove" if f.action == "remove" else "kept"
-            if act and f.action == "remove":
-                result = _apply(project, state, f)
-            done.append({**asdict(f), "result": result})
-        project.store.save(state)  # remembered upstreams; removed records
-        _prune_temp_refs(project)
-    removed = sum(1 for d in done if d["result"] == "removed")
-    kept = sum(1 for d in done if d["result"] == "kept")
+        adopt_from_reality(project, state)  # a lost state file must not make envs look orphaned
+        findings: list[Finding] = []
+        for finder in (*BUILTIN_FINDERS, *RESOURCE_FINDERS):
+            findings += finder(project, state, not act)
+        if act:
+            apply(findings)
     if args.json:
-        output.print_json({"findings": done, "removed": removed, "kept": kept, "dry_run": not act})
-        return 0
-    if not done:
-        output.message("nothing to clean up")
-        return 0
-    output.print_table([[d["kind"], d["target"], d["result"], d["reason"]] for d in done], ["KIND", "WHAT", "RESULT", "WHY"])
-    if act:
-        output.message(f"removed {removed}, kept {kept}")
+        output.print_json({"applied": act, "findings": [f.to_json() for f in findings], "summary": summary(findings, act)})
     else:
-        would = sum(1 for d in done if d["result"] == "would remove")
-        output.message(f"would remove {would}, keep {kept}; run `hybridiso gc --yes` to do it")
+        show(findings, act)
+    output.message(summary(findings, act))
+    if not act and any(f.remove for f in findings):
+        output.message("nothing was changed; run `hybridiso gc --yes` to remove these")
+    failed = [f for f in findings if f.result == "failed"]
+    if failed:
+        details = "\n".join(f"  {f.target}: {cleanup.shorten(f.left)}" for f in failed)
+        raise UserError(
+            f"{len(failed)} removal{'s' if len(failed) > 1 else ''} could not finish; left on disk:\n{details}",
+            hint="files owned by another user (a container's root): sudo chown -R $(id -u) PATH; "
+            "immutable files: chattr -i; then run `hybridiso gc --yes` again",
+        )
     return 0
 
 
-def _apply(project: Project, state: State, f: Finding) -> str:
-    if f.kind in ("merged", "upstream-deleted", "zombie") and f.agent in state.agents:
-        ctx = _ctx(project, state, f.agent)
-        strategy = strategies.get(ctx.record.strategy)
-        if f.kind == "upstream-deleted" and not strategy.SHARES_REFS and ctx.path.is_dir():
-            # a clone's branch lives only in the clone: bring it home before removing
-            git.run(ctx.path, "push", "-q", "--no-verify", str(project.root), f"HEAD:refs/heads/{ctx.record.branch}")
-        strategy.remove(ctx)
-        service_branches.release(ctx)
-        if f.detail.get("delete_branch") and strategy.SHARES_REFS and git.branch_exists(project.root, ctx.record.branch):
-            git.delete_branch(project.root, ctx.record.branch)
-        del state.agents[f.agent]
-        lifecycle.log_path(project, f.agent, "setup").unlink(missing_ok=True)
-        return "removed"
-    if f.kind == "orphan-dir":
-        shutil.rmtree(f.target)
-        return "removed"
-    if f.kind == "database":
-        from hybridiso import databases
-
-        databases.drop_branch(str(f.detail["server"]), f.target)
-        return "removed"
-    if f.kind == "docker":
-        from hybridiso import docker_client
-
-        docker_client.remove_labelled(dict(f.detail["labels"]))  # type: ignore[arg-type]
-        return "removed"
-    return "kept"
+def apply(findings: list[Finding]) -> None:
+    for f in findings:
+        if not f.remove:
+            f.result = "kept"
+            continue
+        assert f.apply is not None
+        try:
+            f.left = f.apply()
+        except UserError as e:
+            f.left = [e.message]
+        f.result = "failed" if f.left else "removed"
+        output.message(f" {output.mark(not f.left)} {f.target}: {'removed' if not f.left else 'could not finish'} ({f.kind})")
 
 
-def _docker_findings(project: Project, state: State) -> list[Finding]:
-    """Containers, networks, volumes labelled for this repository's agents
-    that no longer exist."""
-    from hybridiso import docker_client
-    from hybridiso.strategies.container import repo_id
-
-    ok, _ = docker_client.reachable()
-    if not ok:
-        return []
-    from hybridiso.strategies.base import EnvContext
-    from hybridiso.state import AgentRecord
-
-    probe = EnvContext(project, None, AgentRecord(name="-", strategy="container", branch="-", path="-", base="-"))
-    rid = repo_id(probe)
-    found = docker_client.labelled_resources({docker_client.LABEL_PROJECT: rid})
-    live = {n for n, r in state.agents.items() if r.strategy == "container"}
-    agents: dict[str, int] = {}
-    for kind in ("containers", "networks", "volumes"):
-        for res in found[kind]:
-            agent = res["labels"].get(docker_client.LABEL_AGENT)
-            if agent and agent not in live:
-                agents[agent] = agents.get(agent, 0) + 1
-    return [
-        Finding("docker", f"agent {a}", "remove", f"{n} Docker resources labelled for agent {a}, which no longer exists", a,
-                {"labels": {docker_client.LABEL_PROJECT: rid, docker_client.LABEL_AGENT: a}})
-        for a, n in sorted(agents.items())
-    ]
-
-
-def _prune_temp_refs(project: Project) -> None:
-    refs = git.out(project.root, "for-each-ref", "--format=%(refname)", "refs/hybridiso/gc/").splitlines()
-    for ref in refs:
-        git.run(project.root, "update-ref", "-d", ref)
-    git.worktree_prune(project.root)
+def show(findings: list[Finding], applied: bool) -> None:
+    rows = []
+    for f in findings:
+        action = (f.result or "kept") if applied else ("remove" if f.remove else "keep")
+        rows.append([action, f.kind, f.target, f.reason, "; ".join(f.owns) or "-"])
+    if rows:
+        output.print_table(rows, ["ACTION", "KIND", "TARGET", "WHY", "OWNS"])
