@@ -1,14 +1,21 @@
 """Rendering files from Jinja2 templates.  The only module that imports jinja2.
 
 Values from the manifest never reach a YAML file raw: every one goes through
-the ``q`` filter, which writes it as a JSON scalar (JSON is YAML) after
-doubling each ``$`` so Compose never interpolates it.  hybridiso's own
-variables (``${PORT_WEB}`` in a command) are filled in before, by
-``expand_vars``.  tests/test_render.py proves it with a property test.
+the ``q`` filter, which writes it in JSON's scalar syntax (a double-quoted
+string, a number, true/false/null -- JSON is YAML) after doubling each ``$``
+so Compose never interpolates it.  ``q`` writes the escapes itself rather
+than calling ``json.dumps``: JSON spells astral characters as surrogate pairs
+(``\\ud83d\\ude00``), which YAML reads as two lone surrogates, and a raw
+U+2028/U+0085 inside a YAML quoted scalar is folded as a line break.
+hybridiso's own variables (``${PORT_WEB}`` in a command) are filled in
+before, by ``expand_vars``.  tests/test_render.py proves it with a property
+test.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,15 +23,18 @@ from typing import Any
 
 import jinja2
 
-from hybridiso.container_spec import ContainerSpec
+from hybridiso.container_spec import AGENT_SERVICE, ContainerSpec
 from hybridiso.resources import compose_dir, templates_dir
 from hybridiso.state import atomic_write_text
+
+LABEL_PREFIX = "dev.hybridiso"  # the same keys as docker_client.LABEL_*
 
 _VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 def expand_vars(text: str, variables: Mapping[str, str]) -> str:
-    """Replace ``${NAME}``/``$NAME`` for the names in ``variables``; leave others."""
+    """Replace ``${NAME}``/``$NAME`` for the names in ``variables``; leave
+    every other ``$`` as written (``render`` escapes those for Compose)."""
 
     def sub(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
@@ -45,7 +55,7 @@ def _escape(value: Any) -> Any:
 
 def _printable(ch: str) -> bool:
     # YAML's "printable" set, minus the characters YAML 1.1 folds as line
-    # breaks inside quoted scalars (NEL, LS, PS): those must be escaped
+    # breaks inside quoted scalars (NEL, LS, PS) and the BOM: those are escaped
     o = ord(ch)
     return (
         0x20 <= o <= 0x7E
@@ -74,12 +84,6 @@ def _yaml_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def quote(value: Any) -> str:
-    """A value as a YAML flow scalar/sequence/mapping, double-quoted strings
-    with every non-printable escaped, and ``$`` doubled for Compose."""
-    return _flow(_escape(value))
-
-
 def _flow(value: Any) -> str:
     if isinstance(value, str):
         return _yaml_string(value)
@@ -87,11 +91,21 @@ def _flow(value: Any) -> str:
         return "[" + ", ".join(_flow(v) for v in value) + "]"
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{_yaml_string(str(k))}: {_flow(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)  # numbers, booleans, null
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value, allow_nan=False)  # numbers, booleans, null
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} into YAML")
 
 
+def quote(value: Any) -> str:
+    """A value as a YAML flow scalar/sequence/mapping: strings double-quoted
+    with every non-printable escaped, and ``$`` doubled for Compose."""
+    return _flow(_escape(value))
+
+
+@functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
+        # compose/ holds the service fragments that compose.yaml.j2 includes
         loader=jinja2.FileSystemLoader([str(templates_dir()), str(compose_dir())]),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -103,20 +117,40 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-_ENV: jinja2.Environment | None = None
-
-
 def render_template(name: str, **context: Any) -> str:
-    global _ENV
-    if _ENV is None:
-        _ENV = _environment()
-    return _ENV.get_template(name).render(**context)
+    return _environment().get_template(name).render(**context)
+
+
+def compose_labels(spec: ContainerSpec) -> dict[str, Any]:
+    """Labels for every object of the project.  ``spec.labels`` may refine
+    ``project`` (the container strategy puts its stable repository id there)
+    but the role of each object is always hybridiso's."""
+    common = {
+        f"{LABEL_PREFIX}.project": spec.project,
+        f"{LABEL_PREFIX}.compose-project": spec.project,
+        f"{LABEL_PREFIX}.agent": spec.agent,
+        **dict(spec.labels),
+    }
+    role = f"{LABEL_PREFIX}.role"
+    service = f"{LABEL_PREFIX}.service"
+    return {
+        "agent": {**common, role: "agent", service: AGENT_SERVICE},
+        "network": {**common, role: "network"},
+        "services": {s.name: {**common, role: "service", service: s.name} for s in spec.services},
+        "volumes": {s.name: {**common, role: "volume", service: s.name} for s in spec.services},
+    }
 
 
 def render_compose(spec: ContainerSpec) -> str:
-    return render_template("compose.yaml.j2", spec=spec, env=dict(spec.environment), labels=dict(spec.labels))
+    return render_template(
+        "compose.yaml.j2", spec=spec, env=dict(spec.environment), labels=compose_labels(spec)
+    )
 
 
-def write_compose(spec: ContainerSpec, path: Path) -> Path:
-    atomic_write_text(path, render_compose(spec))
-    return path
+def write_compose(spec: ContainerSpec, path: str | os.PathLike[str]) -> Path:
+    """Render, then replace ``path`` atomically (temp file beside it +
+    ``os.replace``): a reader never sees half a file, a failed render leaves
+    the old one."""
+    target = Path(path)
+    atomic_write_text(target, render_compose(spec))
+    return target
