@@ -216,3 +216,13 @@ def run_oneshot(image: str, argv: list[str], mounts: Mapping[str, str], labels: 
             network_mode="none",
             mounts=[Mount(target=t, source=s, type="bind") for s, t in mounts.items()],
         )
+
+
+def exec_in(container_id: str, argv: list[str], *, user: str | None = None, workdir: str | None = None, environment: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run ``argv`` in a running container; (exit code, combined output)."""
+    with api_errors("run a command in a container"):
+        result = client().containers.get(container_id).exec_run(
+            argv, user=user or "", workdir=workdir, environment=dict(environment or {}), demux=False
+        )
+    out = result.output.decode("utf-8", "replace") if isinstance(result.output, bytes) else str(result.output or "")
+    return int(result.exit_code if result.exit_code is not None else -1), out

@@ -63,29 +63,48 @@ def start(ctx: EnvContext) -> None:
     assert ctx.agent is not None and ctx.agent.image
     docker_client.client()  # Docker unreachable: say so before anything else (FAULTS #12)
     docker_client.ensure_image(ctx.agent.image)
-    path = render(ctx)
-    compose_cli.up(compose_project(ctx), path)
+    from hybridiso.container_build import build_spec
+    from hybridiso.render import write_compose
+
+    spec = build_spec(ctx)
+    path = write_compose(spec, compose_file(ctx))
+    healthchecks = spec.healthcheck is not None or bool(spec.services)
+    compose_cli.up(compose_project(ctx), path, wait=healthchecks)
+    if not healthchecks:
+        _require_running(ctx)
     check_git_inside(ctx)
+
+
+def _require_running(ctx: EnvContext) -> None:
+    """Without a healthcheck, ready means running: a command that exits at
+    once is reported now, with its exit code, not found later by status."""
+    info = _agent_container(ctx)
+    if info is None or info.status not in ("running", "restarting"):
+        state = info.describe() if info else "no container"
+        raise UserError(
+            f"agent {ctx.name}'s container is not running after start: {state}",
+            hint=f"see its output with `docker logs {info.name}`" if info else "check the image and command",
+        )
 
 
 def check_git_inside(ctx: EnvContext) -> None:
     """FAULTS #21: git in the container must see the repository, or we say why."""
     info = _agent_container(ctx)
-    if info is None:
+    if info is None or info.status != "running":
         return
-    argv = exec_argv(ctx, ["sh", "-c", "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"], {}, tty=False)[0]
-    from hybridiso.process import run
-
-    r = run(argv, check=False, timeout=60)
-    if r.returncode == 0:
+    probe = "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"
+    code, text = docker_client.exec_in(
+        info.id, ["sh", "-c", probe], user=f"{os.getuid()}:{os.getgid()}", workdir=str(ctx.path), environment={"HOME": "/tmp"}
+    )
+    if code == 0:
         ctx.record.extra["git_in_container"] = "ok"
         return
-    if r.returncode == 127:
+    if code in (126, 127):
         ctx.record.extra["git_in_container"] = "image has no git"
         output.warn(f"{ctx.name}: image {ctx.agent.image if ctx.agent else '?'} has no git; the agent cannot run git inside its container")
         return
     raise UserError(
-        f"git inside agent {ctx.name}'s container cannot see the repository: {(r.stderr or r.stdout).strip()[:400]}",
+        f"git inside agent {ctx.name}'s container cannot see the repository: {text.strip()[:400]}",
         hint=(
             f"the worktree ({ctx.path}) and the common git dir ({ctx.project.repo.common_dir}) must be mounted at "
             "their host paths, and the container must run as the files' owner"
