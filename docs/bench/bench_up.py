@@ -46,11 +46,25 @@ def make_repo(root: Path, files: int) -> Path:
     return repo
 
 
-def timed(fn) -> float:  # type: ignore[no-untyped-def]
-    # let the previous phase's dirty pages reach the disk first: on small VMs
-    # writeback of one phase otherwise slows the next one several-fold
+def settle(limit: float = 90.0) -> None:
+    """Let the previous phase's writes and deletes reach the disk first: on
+    small VMs they otherwise slow the next phase several-fold.  Waits for the
+    kernel's I/O pressure (PSI) to drop, or ``limit`` seconds."""
     os.sync()
-    time.sleep(2)
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            some = open("/proc/pressure/io").readline().split()[1]
+        except OSError:
+            time.sleep(2)
+            return
+        if float(some.split("=")[1]) < 0.5:
+            return
+        time.sleep(1)
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    settle()
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
