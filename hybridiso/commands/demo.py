@@ -38,9 +38,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--files", type=int, default=2000, help="files in the sample repository (default 2000)")
     p.add_argument("--keep", action="store_true", help="keep the sample repository and its environments")
     p.add_argument("--no-report", action="store_true", help="skip the comparative cost report")
+    p.add_argument("--image", help="also run a container agent from this local image (needs Docker)")
 
 
-def _sample_repo(root: Path, files: int) -> Path:
+CONTAINER_AGENT = """\
+  - name: web
+    isolation: container
+    image: {image}
+    command: ["sh", "-c", "sleep 3600"]
+    ports: [web]
+    resources: {{cpus: 0.5, memory: 256m}}
+"""
+
+
+def _sample_repo(root: Path, files: int, image: str | None) -> Path:
     repo = root / "sample-shop"
     repo.mkdir()
     git = ["git", "-c", "user.name=hybridiso demo", "-c", "user.email=demo@example.invalid"]
@@ -51,7 +62,7 @@ def _sample_repo(root: Path, files: int) -> Path:
         (d / f"part{i:05d}.py").write_text(f'"""Part {i} of the sample shop."""\nPRICE = {i % 97}\n')
     (repo / ".gitignore").write_text(".env\n.setup-done\n")
     (repo / ".env").write_text("SHOP_SECRET=not-a-real-secret\n")
-    (repo / "hybridiso.yaml").write_text(MANIFEST.format(extra=""))
+    (repo / "hybridiso.yaml").write_text(MANIFEST.format(extra=CONTAINER_AGENT.format(image=image) if image else ""))
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "sample shop"], cwd=repo, check=True)
     return repo
@@ -67,25 +78,20 @@ def _step(repo: Path, *args: str) -> None:
 def run(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="hybridiso-demo-"))
     try:
-        repo = _sample_repo(root, args.files)
+        repo = _sample_repo(root, args.files, args.image)
         output.message(f"sample repository with {args.files} files: {repo}")
         _step(repo, "plan")
         _step(repo, "up")
         _step(repo, "status")
         _step(repo, "exec", "ui", "--", "sh", "-c", 'echo "ui sees PORT_WEB=$PORT_WEB in $PWD"')
-        if not args.no_report and _has_report():
-            _step(repo, "report", "--compare", "2")
         if not args.keep:
             _step(repo, "down")
+        if not args.no_report:
+            # last, so the comparison is what the demo leaves on screen
+            _step(repo, "report", "--compare", "2", *(["--image", args.image] if args.image else []))
     finally:
         if args.keep:
             output.message(f"\nkept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
     return 0
-
-
-def _has_report() -> bool:
-    from hybridiso.main import COMMANDS
-
-    return "report" in COMMANDS
