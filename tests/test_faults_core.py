@@ -143,12 +143,14 @@ def test_interrupted_up_rolls_back_and_next_up_converges(tmp_path: Path, sig: in
 def test_killed_up_is_never_shown_ready_and_next_up_converges(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r")
     marker = tmp_path / "setup-started"
-    write_manifest(repo, f"agents:\n  - name: slow\n    setup: ['touch {marker}; sleep 60']\n")
+    # the setup writes its own pid: it leads its own process group, which is
+    # killed below (a pattern match could hit unrelated processes)
+    write_manifest(repo, f"agents:\n  - name: slow\n    setup: ['echo $$ > {marker}.tmp && mv {marker}.tmp {marker}; sleep 60']\n")
     proc = _start_up(repo)
     _wait_for(marker.exists)
     proc.kill()
     proc.wait()
-    subprocess.run(["pkill", "-f", "sleep 60"], check=False)
+    os.killpg(int(marker.read_text()), signal.SIGKILL)
     row = status_json(repo)["slow"]
     assert row["state"] != "ready" and row["state"].startswith("creating")
     write_manifest(repo, "agents:\n  - name: slow\n")
