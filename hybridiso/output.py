@@ -9,10 +9,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tabulate import tabulate
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "simple") -> str:
+    from tabulate import tabulate  # imported when a table is printed: most runs print none
+
     return tabulate(rows, headers=list(headers), tablefmt=fmt, disable_numparse=True)
 
 

@@ -47,6 +47,8 @@ class Outcome:
     ok: bool
     seconds: float
     error: str | None = None
+    path: str | None = None
+    ports: dict[str, int] | None = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         selected, refused = check_docker(selected)
         outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
     if args.json:
+        for o in outcomes:
+            record = state.agents.get(o.name)
+            if record is not None:
+                o.path, o.ports = record.path, dict(record.ports)
         output.print_json([o.__dict__ for o in outcomes])
     failed = [o for o in outcomes if not o.ok]
     if failed:
@@ -97,17 +103,20 @@ def check_docker(selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outco
     containers = [p for p in selected if p.strategy == "container"]
     if not containers:
         return selected, []
-    from hybridiso import docker_client
+    from hybridiso import compose_cli, docker_client
 
+    # Compose v2 missing: say so before creating anything.  Its version check
+    # is a process of its own, so it runs while the engine is asked.
+    compose_check = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridiso-compose-check")
+    compose_found = compose_check.submit(compose_cli.compose_command)
+    compose_check.shutdown(wait=False)
     ok, why = docker_client.reachable()
     if not ok:
         refused = [Outcome(p.agent.name, p.strategy, "Failed", False, 0.0, why) for p in containers]
         for o in refused:
             output.progress_line(False, o.name, o.strategy, "Failed", None)
         return [p for p in selected if p.strategy != "container"], refused
-    from hybridiso.compose_cli import compose_command
-
-    compose_command()  # Compose v2 missing: say so before creating anything
+    compose_found.result()
     for image in sorted({p.agent.image for p in containers if p.agent.image}):
         docker_client.ensure_image(image)
     return selected, []
