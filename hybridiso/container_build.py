@@ -5,7 +5,6 @@ import os
 
 from hybridiso import docker_client, git, lifecycle
 from hybridiso.container_spec import SERVICE_IMAGES, ContainerSpec, Mount, PortMapping, ServiceSpec, project_name
-from hybridiso.envfile import ENV_FILE
 from hybridiso.render import expand_vars
 from hybridiso.strategies.base import EnvContext
 
@@ -79,7 +78,6 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         network_mode="host" if "host-network" in needs else None,
         labels=tuple(sorted(labels.items())),
         services=tuple(services),
-        env_file=str(ctx.path / ENV_FILE) if (ctx.path / ENV_FILE).exists() else None,
     )
 
 

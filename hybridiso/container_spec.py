@@ -95,7 +95,6 @@ class ContainerSpec:
     labels: Pairs = ()  # added to hybridiso's own dev.hybridiso.* defaults
     healthcheck: Healthcheck | None = None
     services: tuple[ServiceSpec, ...] = ()
-    env_file: str | None = None
     extra_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

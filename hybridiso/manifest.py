@@ -280,6 +280,18 @@ def _cross_checks(m: Manifest, index: dict[Loc, int]) -> list[Problem]:
                         f"unknown service {s!r} (services: {known})",
                     )
                 )
+    for i, agent in enumerate(m.agents):
+        in_containers = [s for s in agent.services if s in m.services and m.services[s].runs_in_container]
+        if "host-network" in agent.workload.needs and agent.image and in_containers:
+            problems.append(
+                Problem(
+                    _line_for(index, ("agents", i, "services")),
+                    f"agents[{i}].services",
+                    f"{', '.join(in_containers)} would run in containers on the agent's own network, which a "
+                    "host-network container cannot reach: drop 'host-network' from workload.needs, or give "
+                    "the service a 'url' on a server the host reaches",
+                )
+            )
     # FAULTS #2: two worktree agents on one branch is impossible in git; say so
     # before any git call.  (With isolation: auto the planner gives the second a clone.)
     by_branch: dict[str, int] = {}

@@ -51,6 +51,7 @@ agents:
     command: ["httpd", "-f", "-p", "${{PORT_WEB}}", "-h", "."]
     ports: [web]
     resources: {{cpus: 0.5, memory: 128m, pids: 64}}
+    env: {{TOKEN: "${{NOPE:?boom}} $HOME $$"}}
 {extra}"""
 
 
@@ -83,6 +84,8 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     assert info["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
     assert all(b["HostIp"] == "127.0.0.1" for b in host["PortBindings"][f"{port}/tcp"])
     assert info["Config"]["Labels"]["dev.hybridiso.role"] == "agent"
+    # a value with compose's own syntax in it arrives literally, never interpolated
+    assert "TOKEN=${NOPE:?boom} $HOME $$" in info["Config"]["Env"]
     assert host["NetworkMode"] not in ("host", "default", "bridge")  # its own network
     assert labelled("network", "web")
     # idempotent

@@ -117,3 +117,13 @@ def test_missing_manifest_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(UserError) as e:
         load_manifest(tmp_path / "hybridiso.yaml")
     assert "hybridiso init" in str(e.value)
+
+
+def test_host_network_agent_cannot_reach_containerised_services() -> None:
+    head = "services:\n  db: {kind: postgres}\n  shared: {kind: postgres, url: 'postgresql://u@127.0.0.1/x', template: t}\nagents:\n"
+    msg = errors(head + "  - name: a\n    image: app:1\n    workload: {needs: [host-network]}\n    services: [db, shared]\n")
+    assert "line 8: agents[0].services: db would run in containers" in msg
+    assert "shared" not in msg  # it has a url: reachable from the host network
+    # a service on a server the host reaches is fine with host networking
+    m = parse_manifest(head + "  - name: a\n    image: app:1\n    workload: {needs: [host-network]}\n    services: [shared]\n", P)
+    assert m.agents[0].services == ["shared"]

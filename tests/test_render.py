@@ -92,7 +92,6 @@ VARIANTS = {
         healthcheck=Healthcheck(("CMD", "true")),
         services=SERVICES,
         extra_hosts=("host.docker.internal:host-gateway",),
-        env_file="/src/shop.agents/api/.hybridiso.env",
     ),
     "host-network": spec(network_mode="host"),
     "host-network-with-services": spec(network_mode="host", services=SERVICES),
@@ -126,7 +125,7 @@ def test_full_variant_has_limits_ports_on_loopback_services_and_labels() -> None
     assert agent["ports"] == [{"name": "web", "target": 20000, "published": "20000", "host_ip": "127.0.0.1", "protocol": "tcp"}]
     assert agent["user"] == "1000:1000"
     assert agent["working_dir"] == "/src/shop.agents/api"
-    assert agent["env_file"] == [{"path": "/src/shop.agents/api/.hybridiso.env", "required": False}]
+    assert "env_file" not in agent  # `environment` carries every value, escaped; an env file would be interpolated
     assert agent["healthcheck"]["test"] == ["CMD", "true"]
     assert agent["depends_on"] == {"db": {"condition": "service_healthy"}, "cache": {"condition": "service_healthy"}}
     db, cache = doc["services"]["db"], doc["services"]["cache"]
@@ -208,7 +207,6 @@ def nasty_spec(env: dict[str, str], command: list[str], path: str, label: tuple[
         mounts=(Mount(mount, mount),),
         workdir=mount,
         labels=(label,),
-        env_file=mount + "/.env",
         services=(ServiceSpec("db", "postgres", environment=(("POSTGRES_PASSWORD", service_env),)),),
     )
 
@@ -235,7 +233,6 @@ def test_manifest_values_cannot_break_or_inject(
     assert unescape(agent.get("environment", {})) == env
     assert unescape(agent["working_dir"]) == s.workdir
     assert unescape(agent["volumes"][0]["source"]) == s.workdir
-    assert unescape(agent["env_file"][0]["path"]) == s.env_file
     assert unescape(agent["labels"])[label[0]] == label[1]
     assert unescape(doc["services"]["db"]["environment"]["POSTGRES_PASSWORD"]) == service_env
     assert agent["security_opt"] == ["no-new-privileges:true"]
