@@ -58,6 +58,7 @@ class Comparison:
     files: int
     tree_bytes: int
     seconds: float
+    base: str = ""
 
 
 def _git_env(path: Path, *args: str) -> None:
@@ -101,13 +102,17 @@ def compare(
         agents: list[Agent] = []
         skipped: dict[str, str] = {}
         plan: list[tuple[str, str]] = []
+        usable = []
         for strategy in wanted:
-            if strategy == "container":
-                why = _container_unavailable(image)
-                if why:
-                    skipped["container"] = why
-                    continue
-            for i in range(n):
+            why = _container_unavailable(image) if strategy == "container" else None
+            if why:
+                skipped[strategy] = why
+            else:
+                usable.append(strategy)
+        # round-robin (work0, clon0, cont0, work1, ...): warm caches and a
+        # machine whose speed drifts during the run weigh on every strategy alike
+        for i in range(n):
+            for strategy in usable:
                 name = f"{strategy[:4]}{i}"
                 extra = {"isolation": strategy}
                 if strategy == "container":
@@ -162,7 +167,7 @@ def compare(
                 result.fetch_seconds = round(result.fetch_seconds, 4)
                 result.fetch_note = "each clone fetches the upstream on its own"
         return Comparison(
-            n, results, skipped, disk.store_bytes, disk.total_bytes, *measure.tree_stats(main, base), round(time.perf_counter() - started, 2)
+            n, results, skipped, disk.store_bytes, disk.total_bytes, *measure.tree_stats(main, base), round(time.perf_counter() - started, 2), base
         )
     finally:
         progress("removing the throwaway environments")

@@ -39,12 +39,19 @@ def find_repo(cwd: Path) -> git.RepoInfo:
     return git.discover(cwd)
 
 
-def load_project(cwd: Path, manifest_file: Path | None = None) -> Project:
+def load_project(cwd: Path, manifest_file: Path | None = None, *, manifest_optional: bool = False) -> Project:
+    """The repository around ``cwd`` and its manifest.  With
+    ``manifest_optional``, a repository without hybridiso.yaml gets the
+    defaults (for commands that measure rather than manage, like
+    ``report --compare``)."""
     repo = find_repo(cwd)
     path = manifest_file if manifest_file is not None else repo.main_root / MANIFEST_NAME
     if not path.is_absolute():
         path = (cwd / path).resolve()
-    manifest = load_manifest(path)
+    if manifest_optional and manifest_file is None and not path.exists():
+        manifest = Manifest()
+    else:
+        manifest = load_manifest(path)
     if manifest.workspace:
         ws = Path(manifest.workspace).expanduser()
         workspace = ws if ws.is_absolute() else (repo.main_root / ws)

@@ -46,7 +46,7 @@ def from_comparison(c: Comparison, repo_path: str, base: str) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "mode": "compare",
         "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "repository": {"path": repo_path, "base": base, "files": c.files, "tree_bytes": c.tree_bytes, "object_store_bytes": c.store_bytes},
+        "repository": {"path": repo_path, "base": c.base or base, "files": c.files, "tree_bytes": c.tree_bytes, "object_store_bytes": c.store_bytes},
         "machine": {"cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version()},
         "n": c.n,
         "strategies": rows,

@@ -6,7 +6,7 @@ from typing import Any
 
 from hybridiso.output import human_bytes, table
 
-HEADERS = ["STRATEGY", "ENVS", "DISK/ENV", "x", "FETCHES", "FETCH TIME", "FETCH BYTES", "x", "STARTUP", "x"]
+HEADERS = ["STRATEGY", "ENVS", "DISK/ENV", "x", "FETCHES", "FETCH BYTES", "FETCH TIME", "x", "STARTUP", "x"]
 
 
 def _ratio(r: dict[str, Any], metric: str) -> str:
@@ -24,8 +24,8 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
                 human_bytes(r["disk_bytes_per_env"]),
                 _ratio(r, "disk_bytes_per_env"),
                 "-" if r["fetches"] is None else str(r["fetches"]),
-                "-" if r["fetch_seconds"] is None else f"{r['fetch_seconds']:.3f}s",
                 human_bytes(r["fetch_bytes"]),
+                "-" if r["fetch_seconds"] is None else f"{r['fetch_seconds']:.3f}s",
                 _ratio(r, "fetch_seconds"),
                 "-" if r["startup_seconds"] is None else f"{r['startup_seconds']:.2f}s",
                 _ratio(r, "startup_seconds"),

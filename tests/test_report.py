@@ -81,6 +81,19 @@ def test_compare_measures_fetch_once_for_worktrees_n_times_for_clones(tmp_path: 
     assert "measured" in hybridiso(repo, "plan").stderr
 
 
+def test_compare_needs_no_manifest_and_reports_the_branch_it_measured(tmp_path: Path) -> None:
+    # a repository as cloned from anywhere: no hybridiso.yaml, default branch not "main"
+    repo = make_repo(tmp_path / "proj", {"a.txt": "a\n", "b/c.txt": "c\n"}, branch="devel")
+    r = hybridiso(repo, "report", "--compare", "2", "--strategies", "worktree", "--format", "json")
+    data = json.loads(r.stdout)
+    assert data["repository"]["base"] == "devel" and data["repository"]["files"] == 2
+    assert [x["envs"] for x in data["strategies"]] == [2]
+    assert "built worktree work0" in r.stderr and "built worktree work1" in r.stderr
+    assert not (repo / "hybridiso.yaml").exists()  # measuring writes no manifest
+    # the other commands still ask for one
+    assert "no manifest" in hybridiso(repo, "status", ok=False).stderr
+
+
 def test_formats_and_self_contained_html(tmp_path: Path) -> None:
     repo = repo_with_files(tmp_path, 40)
     write_manifest(repo, "agents: []\n")

@@ -12,8 +12,8 @@ from hybridiso.state import State
 from hybridiso.strategies.base import EnvContext
 
 
-def project_from_args(args: argparse.Namespace) -> Project:
-    return load_project(Path(args.directory).resolve(), Path(args.file) if args.file else None)
+def project_from_args(args: argparse.Namespace, *, manifest_optional: bool = False) -> Project:
+    return load_project(Path(args.directory).resolve(), Path(args.file) if args.file else None, manifest_optional=manifest_optional)
 
 
 def checked_out_elsewhere(project: Project, state: State) -> dict[str, str]:

@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from hybridiso import report_data, report_format
 
-    project = project_from_args(args)
+    # --compare measures any repository; it needs no hybridiso.yaml
+    project = project_from_args(args, manifest_optional=args.compare is not None)
     if args.compare is not None:
         if not 1 <= args.compare <= 50:
             raise UserError("--compare takes a number of environments from 1 to 50")
