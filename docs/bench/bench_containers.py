@@ -35,6 +35,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+# hybridiso runs here as an installed user runs it: with Python's bytecode
+# cache (some CI images set PYTHONDONTWRITEBYTECODE, which would make every
+# run recompile the package and charge that to hybridiso)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 LABEL = "dev.hybridiso.bench"
 
 

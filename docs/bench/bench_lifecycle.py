@@ -26,6 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# hybridiso runs here as an installed user runs it: with Python's bytecode
+# cache (some CI images set PYTHONDONTWRITEBYTECODE, which would make every
+# run recompile the package and charge that to hybridiso)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 ENV = {
     **os.environ,
     "GIT_AUTHOR_NAME": "bench",

@@ -35,6 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# hybridiso runs here as an installed user runs it: with Python's bytecode
+# cache (some CI images set PYTHONDONTWRITEBYTECODE, which would make every
+# run recompile the package and charge that to hybridiso)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def sh(*argv: str, cwd: Path | None = None) -> str:
     return subprocess.run(argv, cwd=cwd, check=True, capture_output=True, text=True).stdout
