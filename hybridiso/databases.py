@@ -34,7 +34,7 @@ def branch_url(server_url: str, dbname: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
 
 
-def _where(server_url: str) -> str:
+def where(server_url: str) -> str:
     parts = urlsplit(server_url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
 
@@ -48,7 +48,7 @@ def _connect(server_url: str):  # type: ignore[no-untyped-def]
         detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         # never echo the URL: it may hold a password
         raise UserError(
-            f"PostgreSQL is not reachable at {_where(server_url)}: {detail}",
+            f"PostgreSQL is not reachable at {where(server_url)}: {detail}",
             hint="start the server, or fix the service's url in hybridiso.yaml",
         ) from None
 
@@ -69,7 +69,7 @@ def create_branch(server_url: str, template: str, name: str, *, attempts: int = 
             return branch_url(server_url, name)
         if not _exists(cur, template):
             raise UserError(
-                f"template database {template!r} does not exist on {_where(server_url)}",
+                f"template database {template!r} does not exist on {where(server_url)}",
                 hint="create it, or fix `template:` of the service in hybridiso.yaml",
             )
         cur.execute("SELECT pg_advisory_lock(%s)", (lock_key,))

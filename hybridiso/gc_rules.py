@@ -6,12 +6,10 @@ user has not committed or merged is never removed (FAULTS #5, #6); only then
 do "gone", "interrupted", "merged" and "deleted upstream" make an environment
 removable.
 
-Other resources plug in through ``RESOURCE_FINDERS``: a finder looks at the
-project and returns ``Finding``s, each with its own ``apply``.  The container
-work adds one for Docker containers, networks and volumes labelled for agents
-that no longer exist (``docker_client`` finds them by ``dev.hybridiso.*``
-labels), and the database work one for branches of removed agents; gc itself
-never imports docker or a database driver.
+Finders (``gc_finders`` for git and the workspace, ``gc_leftovers`` for
+Docker resources and database branches whose agent is gone) look at the
+project and return ``Finding``s, each with its own ``apply``; gc itself never
+imports docker or a database driver.
 """
 from __future__ import annotations
 
@@ -118,12 +116,10 @@ class Finding:
         }
 
 
-class ResourceFinder(Protocol):
+class Finder(Protocol):
+    """What every gc finder is: the project and its state in, findings out."""
+
     def __call__(self, project: Project, state: State, dry_run: bool) -> list[Finding]: ...
-
-
-# finders for resources beyond git: Docker objects by label, database branches
-RESOURCE_FINDERS: list[ResourceFinder] = []
 
 
 def summary(findings: list[Finding], applied: bool) -> str:

@@ -3,13 +3,14 @@
 Records are adopted from what git shows: a manifest agent whose directory in
 the workspace is a registered worktree or a clone gets a record even when the
 state file is missing or was corrupt, with its ports read back from its env
-file.  Containers are adopted from Docker labels by the container strategy.
+file, and its database branches from their deterministic names.  Containers
+are found by their Docker labels, which name the agent.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from hybridiso import envfile, git
+from hybridiso import envfile, git, service_branches
 from hybridiso.names import env_var_for_port
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, AgentRecord, State
@@ -50,6 +51,11 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
             setup_hash="",
             extra={"adopted": True},
         )
+        # database branch names are deterministic: the record owns them again
+        # (so `down` drops them and gc never takes them for leftovers)
+        databases = {svc: {"name": b["name"], "server": b["server"]} for svc, b in service_branches.planned_branches(project, agent).items()}
+        if databases:
+            state.agents[agent.name].extra["databases"] = databases
         adopted.append(agent.name)
     return adopted
 

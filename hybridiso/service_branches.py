@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from hybridiso.manifest import Agent
 from hybridiso.project import Project
 from hybridiso.strategies.base import EnvContext
 
@@ -32,24 +33,35 @@ def env_var(service: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_URL"
 
 
+def planned_branches(project: Project, agent: Agent) -> dict[str, dict[str, str]]:
+    """service -> {name, server, template} of the branches ``agent`` gets.
+    Names are deterministic, so a record rebuilt without the state file
+    (reconcile) knows its databases again."""
+    from hybridiso import databases
+
+    planned = {}
+    for service in agent.services:
+        svc = project.manifest.services.get(service)
+        if svc is not None and svc.kind == "postgres" and svc.url and svc.template:
+            name = databases.branch_name(project_key(project), agent.name, service)
+            planned[service] = {"name": name, "server": svc.url, "template": svc.template}
+    return planned
+
+
 def provision(ctx: EnvContext) -> dict[str, str]:
     """Create the agent's database branches; return the variables they add."""
     if ctx.agent is None:
         return {}
-    manifest = ctx.project.manifest
-    wanted = [(n, manifest.services[n]) for n in ctx.agent.services if n in manifest.services]
-    branches = [(n, s) for n, s in wanted if s.kind == "postgres" and s.url and s.template]
-    if not branches:
+    planned = planned_branches(ctx.project, ctx.agent)
+    if not planned:
         return {}
     from hybridiso import databases
 
     owned: dict[str, dict[str, str]] = ctx.record.extra.setdefault("databases", {})
     env: dict[str, str] = {}
-    for service, svc in branches:
-        assert svc.url is not None and svc.template is not None
-        name = databases.branch_name(project_key(ctx.project), ctx.name, service)
-        url = databases.create_branch(svc.url, svc.template, name)
-        owned[service] = {"name": name, "server": svc.url}
+    for service, branch in planned.items():
+        url = databases.create_branch(branch["server"], branch["template"], branch["name"])
+        owned[service] = {"name": branch["name"], "server": branch["server"]}
         env[env_var(service)] = url
         env.setdefault("DATABASE_URL", url)
     return env

@@ -181,3 +181,39 @@ def test_fix_ownership_returns_foreign_files_to_the_user(tmp_path: Path) -> None
     fixed = fix_ownership(tmp_path / "env")
     assert set(fixed) == {str(d), str(d / "f")}
     assert (d / "f").stat().st_uid == os.getuid()
+
+
+def test_gc_removes_docker_resources_whose_agent_is_gone_and_only_those(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    lo = free_port()
+    repo = make_repo(tmp_path / "site", {"index.html": "one\n"})
+    other = make_repo(tmp_path / "other", {"index.html": "two\n"})
+    write_manifest(repo, manifest(lo, busybox_image))
+    write_manifest(other, manifest(lo + 60, busybox_image))
+    try:
+        hybridiso(repo, "up")
+        hybridiso(other, "up")
+        ours = labelled("container", "web")
+        assert len(ours) == 2  # one per repository, same agent name
+        theirs = [c for c in ours if json.loads(docker("inspect", c))[0]["Config"]["WorkingDir"].startswith(str(other))]
+        # the environment goes behind hybridiso's back: worktree, branch and state
+        git(repo, "worktree", "remove", "--force", str(tmp_path / "site.agents" / "web"))
+        git(repo, "branch", "-D", "hybridiso/web")
+        (repo / ".git" / "hybridiso" / "state.json").unlink()
+        dry = json.loads(hybridiso(repo, "gc", "--json").stdout)
+        leftovers = [f for f in dry["findings"] if f["kind"] == "docker"]
+        assert [f["target"] for f in leftovers] == ["Docker resources of agent web"]
+        assert any(o.startswith("container ") for o in leftovers[0]["owns"]) and any(o.startswith("network ") for o in leftovers[0]["owns"])
+        assert len(labelled("container", "web")) == 2  # a dry run changes nothing
+        r = hybridiso(repo, "gc", "--yes")
+        assert "removed 1" in r.stderr
+        assert labelled("container", "web") == theirs  # the other repository's agent is untouched
+        assert labelled("network", "web") and all(
+            json.loads(docker("network", "inspect", n))[0]["Labels"]["dev.hybridiso.project"]
+            == json.loads(docker("inspect", theirs[0]))[0]["Config"]["Labels"]["dev.hybridiso.project"]
+            for n in labelled("network", "web")
+        )
+        assert status_json(other)["web"]["process"].startswith("running")
+        assert "docker" not in {f["kind"] for f in json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]}
+    finally:
+        hybridiso(other, "down", "--force", ok=None)
+        hybridiso(repo, "down", "--force", ok=None)

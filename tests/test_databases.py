@@ -1,6 +1,7 @@
 """Database branches against a real PostgreSQL server started by the tests."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from hybridiso import databases
 from hybridiso.errors import UserError
 from tests.support.cli import hybridiso, write_manifest
-from tests.support.gitrepo import make_repo
+from tests.support.gitrepo import git, make_repo
 from tests.support.postgres import PostgresServer, free_port
 
 pytestmark = pytest.mark.postgres
@@ -121,3 +122,44 @@ agents:
     names = {u.rsplit("/", 1)[1] for u in urls.values()}
     assert len(names) == 2
     assert not names & set(databases.list_branches(postgres_server.url))
+
+
+def test_gc_drops_database_branches_no_agent_owns_and_only_those(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    tpl = postgres_server.make_template("tpl_gc")
+    repo = make_repo(tmp_path / "shop")
+    write_manifest(
+        repo,
+        f"""services:
+  db: {{kind: postgres, url: "{postgres_server.url}", template: {tpl}}}
+agents:
+  - {{name: kept, services: [db]}}
+  - {{name: lost, services: [db]}}
+""",
+    )
+    hybridiso(repo, "up")
+    # a database that is not a branch of this repository: never touched
+    databases.create_branch(postgres_server.url, tpl, "hi_someone_else_db")
+    mine = set(databases.list_branches(postgres_server.url, "hi_shop_"))
+    lost = next(n for n in mine if n.endswith("_lost_db"))
+    kept = next(n for n in mine if n.endswith("_kept_db"))
+    state_file = repo / ".git" / "hybridiso" / "state.json"
+    # FAULTS #18: the state file is lost; the rebuilt records own their databases again
+    state_file.unlink()
+    dry = json.loads(hybridiso(repo, "gc", "--json").stdout)
+    assert [f for f in dry["findings"] if f["kind"] == "database"] == []
+    # now one environment goes behind hybridiso's back (worktree, branch, state)
+    git(repo, "worktree", "remove", "--force", str(tmp_path / "shop.agents" / "lost"))
+    git(repo, "branch", "-D", "hybridiso/lost")
+    state_file.unlink(missing_ok=True)  # (the dry run above did not write one)
+    dry = json.loads(hybridiso(repo, "gc", "--json").stdout)
+    found = [f for f in dry["findings"] if f["kind"] == "database"]
+    assert [f["target"] for f in found] == [f"database {lost}"]
+    assert lost in databases.list_branches(postgres_server.url)  # a dry run changes nothing
+    hybridiso(repo, "gc", "--yes")
+    left = databases.list_branches(postgres_server.url)
+    assert lost not in left and kept in left and "hi_someone_else_db" in left
+    # the adopted record still drops its own branch on down
+    hybridiso(repo, "down", "kept")
+    left = databases.list_branches(postgres_server.url)
+    assert kept not in left and "hi_someone_else_db" in left
+    databases.drop_branch(postgres_server.url, "hi_someone_else_db")

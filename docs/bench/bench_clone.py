@@ -63,6 +63,9 @@ def main() -> int:
     try:
         repo = make_repo(root, args.files)
         sh("git", "config", "uploadpack.allowFilter", "true", cwd=repo)
+        # no background auto-gc during the history commits: it would hold
+        # gc.pid and make the explicit gc below fail
+        sh("git", "config", "gc.auto", "0", cwd=repo)
         add_history(repo, args.history)
         sh("git", "gc", "-q", cwd=repo)  # a real repository keeps its objects packed
         times: dict[str, list[float]] = {w: [] for w in WAYS}

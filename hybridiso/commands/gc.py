@@ -3,7 +3,8 @@
 Finds merged agents (also squash and rebase merges), zombie worktrees,
 environments whose branch was deleted upstream, interrupted creations, orphan
 directories in the workspace and what they own (branch, port leases, database
-branches, containers); shows it; removes it only with ``--yes``.  Work that is
+branches, containers), and Docker resources and database branches whose agent
+is gone; shows it; removes it only with ``--yes``.  Work that is
 not committed or not merged is never removed (gc_rules.decide).
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ from hybridiso import cleanup, output
 from hybridiso.commands.common import add_json_flag, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.gc_finders import BUILTIN_FINDERS
-from hybridiso.gc_rules import RESOURCE_FINDERS, Finding, summary
+from hybridiso.gc_leftovers import FINDERS as LEFTOVER_FINDERS
+from hybridiso.gc_rules import Finding, summary
 from hybridiso.reconcile import adopt_from_reality
 
 HELP = "remove merged, deleted and orphaned environments (shows what it would do without --yes)"
@@ -27,8 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description=(
             HELP + ". Finds agents whose branch is merged into base (merge, squash or rebase, "
             "judged by content), worktrees whose directory was deleted, environments whose "
-            "upstream branch was deleted, interrupted creations and directories in the "
-            "workspace that nothing knows. Uncommitted or unmerged work is always kept."
+            "upstream branch was deleted, interrupted creations, directories in the "
+            "workspace that nothing knows, and Docker containers, networks, volumes and "
+            "database branches left by agents that no longer exist. Uncommitted or "
+            "unmerged work is always kept."
         ),
     )
     p.add_argument("--yes", "-y", action="store_true", help="remove what was found (default: only show it)")
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             output.warn(state.rebuilt_from)
         adopt_from_reality(project, state)  # a lost state file must not make envs look orphaned
         findings: list[Finding] = []
-        for finder in (*BUILTIN_FINDERS, *RESOURCE_FINDERS):
+        for finder in (*BUILTIN_FINDERS, *LEFTOVER_FINDERS):
             findings += finder(project, state, not act)
         if act:
             apply(findings)

@@ -21,6 +21,7 @@ from pathlib import Path
 from hybridiso import compose_cli, docker_client, git, output
 from hybridiso.container_spec import project_name
 from hybridiso.errors import UserError
+from hybridiso.project import Project
 from hybridiso.strategies import worktree
 from hybridiso.strategies.base import EnvContext, Observation
 
@@ -29,9 +30,14 @@ SHARES_REFS = True
 AGENT_SERVICE = "agent"
 
 
+def project_label(project: Project) -> str:
+    """Stable id of the repository for the ``dev.hybridiso.project`` label:
+    a hash of its common git dir (two checkouts never share it)."""
+    return hashlib.sha256(str(project.repo.common_dir).encode()).hexdigest()[:12]
+
+
 def repo_id(ctx: EnvContext) -> str:
-    """Stable id of the repository for labels: its common git dir."""
-    return hashlib.sha256(str(ctx.project.repo.common_dir).encode()).hexdigest()[:12]
+    return project_label(ctx.project)
 
 
 def compose_project(ctx: EnvContext) -> str:
