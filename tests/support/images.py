@@ -92,3 +92,10 @@ def ensure_git_image() -> str:
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return GIT_IMAGE
+
+
+if __name__ == "__main__":
+    # `python -m tests.support.images`: build (or reuse) the test images, e.g.
+    # before running docs/bench/bench_containers.py
+    print(ensure_busybox_image())
+    print(ensure_git_image())
