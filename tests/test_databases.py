@@ -96,18 +96,17 @@ def test_missing_template(postgres_server: PostgresServer) -> None:
     assert "template database 'no_such_template' does not exist" in str(e.value)
 
 
-def test_agents_get_their_own_database_through_up_and_down_drops_it(tmp_path: Path, postgres_server: PostgresServer) -> None:
-    tpl = postgres_server.make_template("tpl_cli")
+def shop_with_database_agents(tmp_path: Path, server: PostgresServer, template: str, agents: list[str]) -> Path:
+    """A repository whose agents each list the postgres service ``db``."""
+    tpl = server.make_template(template)
     repo = make_repo(tmp_path / "shop")
-    write_manifest(
-        repo,
-        f"""services:
-  db: {{kind: postgres, url: "{postgres_server.url}", template: {tpl}}}
-agents:
-  - {{name: a, services: [db]}}
-  - {{name: b, services: [db]}}
-""",
-    )
+    listed = "".join(f"  - {{name: {a}, services: [db]}}\n" for a in agents)
+    write_manifest(repo, f'services:\n  db: {{kind: postgres, url: "{server.url}", template: {tpl}}}\nagents:\n{listed}')
+    return repo
+
+
+def test_agents_get_their_own_database_through_up_and_down_drops_it(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    repo = shop_with_database_agents(tmp_path, postgres_server, "tpl_cli", ["a", "b"])
     hybridiso(repo, "up")
     urls = {}
     for n in ("a", "b"):
@@ -125,17 +124,8 @@ agents:
 
 
 def test_gc_drops_database_branches_no_agent_owns_and_only_those(tmp_path: Path, postgres_server: PostgresServer) -> None:
-    tpl = postgres_server.make_template("tpl_gc")
-    repo = make_repo(tmp_path / "shop")
-    write_manifest(
-        repo,
-        f"""services:
-  db: {{kind: postgres, url: "{postgres_server.url}", template: {tpl}}}
-agents:
-  - {{name: kept, services: [db]}}
-  - {{name: lost, services: [db]}}
-""",
-    )
+    repo = shop_with_database_agents(tmp_path, postgres_server, "tpl_gc", ["kept", "lost"])
+    tpl = "tpl_gc"
     hybridiso(repo, "up")
     # a database that is not a branch of this repository: never touched
     databases.create_branch(postgres_server.url, tpl, "hi_someone_else_db")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
-from hybridiso.diskusage import du_bytes
+from hybridiso.measure import du_bytes
 from hybridiso.envfile import ENV_FILE
 from hybridiso.health import repo_problems
 from hybridiso.lifecycle import log_path
