@@ -18,15 +18,32 @@ from hybridiso.errors import UserError
 MAX_IDENT = 63
 
 
+def _ident(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", text.lower())
+
+
+PROJECT_PART = 30
+
+
+def branch_prefix(project: str) -> str:
+    """What every branch of ``project`` starts with: ``hi_<project>_``, the
+    project normalised and cut to 30 bytes, never hashed, so gc can list a
+    repository's branches by prefix."""
+    return f"hi_{_ident(project)[:PROJECT_PART]}_"
+
+
 def branch_name(project: str, agent: str, service: str) -> str:
-    """Deterministic, valid and distinct: ``hi_<project>_<agent>_<service>``,
-    shortened with a hash of the full inputs when over 63 bytes."""
-    raw = f"hi_{project}_{agent}_{service}".lower()
-    name = re.sub(r"[^a-z0-9_]+", "_", raw)
-    if len(name) <= MAX_IDENT and name == raw:
+    """Deterministic, valid and distinct: ``hi_<project>_<agent>_<service>``.
+    When a part had to be normalised or the name is over 63 bytes, the
+    agent-and-service part is shortened and a hash of the full inputs is
+    appended; the ``branch_prefix`` always stays."""
+    prefix = branch_prefix(project)
+    rest = _ident(f"{agent}_{service}")
+    name = prefix + rest
+    if len(name) <= MAX_IDENT and name == f"hi_{project}_{agent}_{service}":
         return name
     digest = hashlib.sha256(f"{project}\0{agent}\0{service}".encode()).hexdigest()[:8]
-    return f"{name[: MAX_IDENT - 9]}_{digest}"
+    return f"{prefix}{rest[: MAX_IDENT - len(prefix) - 9]}_{digest}"
 
 
 def branch_url(server_url: str, dbname: str) -> str:

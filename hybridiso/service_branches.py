@@ -20,13 +20,13 @@ def project_key(project: Project) -> str:
     hash of its git dir, so two checkouts named alike never share (or gc)
     each other's databases."""
     digest = hashlib.sha256(str(project.repo.common_dir).encode()).hexdigest()[:6]
-    return f"{project.root.name}_{digest}"
+    return f"{project.root.name[:20]}_{digest}"
 
 
 def branch_prefix(project: Project) -> str:
     from hybridiso import databases
 
-    return databases.branch_name(project_key(project), "", "").rstrip("_") + "_"
+    return databases.branch_prefix(project_key(project))
 
 
 def env_var(service: str) -> str:

@@ -27,6 +27,10 @@ def test_branch_names_are_valid_deterministic_and_distinct() -> None:
     odd = databases.branch_name("My Repo", "a-b", "db")
     assert odd.replace("_", "").isalnum() and odd.islower()
     assert databases.branch_name("a-b", "c", "d") != databases.branch_name("a_b", "c", "d")
+    # whatever had to be normalised or shortened, a project's names keep its prefix
+    for project in ("shop", "my-app.v2_abc123", "x" * 80, "My Repo"):
+        for agent in ("api", "a-b", "y" * 60):
+            assert databases.branch_name(project, agent, "db").startswith(databases.branch_prefix(project))
 
 
 def test_branch_url_keeps_credentials_and_query() -> None:
@@ -96,10 +100,10 @@ def test_missing_template(postgres_server: PostgresServer) -> None:
     assert "template database 'no_such_template' does not exist" in str(e.value)
 
 
-def shop_with_database_agents(tmp_path: Path, server: PostgresServer, template: str, agents: list[str]) -> Path:
+def shop_with_database_agents(tmp_path: Path, server: PostgresServer, template: str, agents: list[str], name: str = "shop") -> Path:
     """A repository whose agents each list the postgres service ``db``."""
     tpl = server.make_template(template)
-    repo = make_repo(tmp_path / "shop")
+    repo = make_repo(tmp_path / name)
     listed = "".join(f"  - {{name: {a}, services: [db]}}\n" for a in agents)
     write_manifest(repo, f'services:\n  db: {{kind: postgres, url: "{server.url}", template: {tpl}}}\nagents:\n{listed}')
     return repo
@@ -124,21 +128,24 @@ def test_agents_get_their_own_database_through_up_and_down_drops_it(tmp_path: Pa
 
 
 def test_gc_drops_database_branches_no_agent_owns_and_only_those(tmp_path: Path, postgres_server: PostgresServer) -> None:
-    repo = shop_with_database_agents(tmp_path, postgres_server, "tpl_gc", ["kept", "lost"])
+    # a directory name postgres cannot use as is: branch names are normalised
+    # and hashed, and gc must still find this repository's by their prefix
+    repo = shop_with_database_agents(tmp_path, postgres_server, "tpl_gc", ["kept", "lost"], name="my-shop.app")
     tpl = "tpl_gc"
     hybridiso(repo, "up")
     # a database that is not a branch of this repository: never touched
     databases.create_branch(postgres_server.url, tpl, "hi_someone_else_db")
-    mine = set(databases.list_branches(postgres_server.url, "hi_shop_"))
-    lost = next(n for n in mine if n.endswith("_lost_db"))
-    kept = next(n for n in mine if n.endswith("_kept_db"))
+    mine = set(databases.list_branches(postgres_server.url, "hi_my_shop_app_"))
+    assert len(mine) == 2
+    lost = next(n for n in mine if "_lost_db" in n)
+    kept = next(n for n in mine if "_kept_db" in n)
     state_file = repo / ".git" / "hybridiso" / "state.json"
     # FAULTS #18: the state file is lost; the rebuilt records own their databases again
     state_file.unlink()
     dry = json.loads(hybridiso(repo, "gc", "--json").stdout)
     assert [f for f in dry["findings"] if f["kind"] == "database"] == []
     # now one environment goes behind hybridiso's back (worktree, branch, state)
-    git(repo, "worktree", "remove", "--force", str(tmp_path / "shop.agents" / "lost"))
+    git(repo, "worktree", "remove", "--force", str(tmp_path / "my-shop.app.agents" / "lost"))
     git(repo, "branch", "-D", "hybridiso/lost")
     state_file.unlink(missing_ok=True)  # (the dry run above did not write one)
     dry = json.loads(hybridiso(repo, "gc", "--json").stdout)
