@@ -13,6 +13,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from hybridiso.errors import UserError
+
 SHOW = 10
 
 
@@ -52,6 +54,17 @@ def remove_tree(path: Path) -> list[str]:
     make_deletable(path)  # a second pass: a tool may have been writing into it
     shutil.rmtree(path, ignore_errors=True)
     return what_is_left(path)
+
+
+def remove_tree_or_explain(path: Path, owner: str) -> None:
+    """``remove_tree``, raising one clear UserError naming what is left (and
+    keeping it): the caller keeps its record, so the next run retries."""
+    left = remove_tree(path)
+    if left:
+        raise UserError(
+            f"{owner}: could not remove all of {path}; left: {shorten(left)}",
+            hint=f"give the files back to yourself (e.g. `sudo chown -R {os.geteuid()}:{os.getegid()} '{path}'`), then run the command again",
+        )
 
 
 def what_is_left(path: Path) -> list[str]:

@@ -369,6 +369,10 @@ def load_manifest(path: Path) -> Manifest:
         ) from None
     except UnicodeDecodeError:
         raise UserError(f"the manifest {path} is not UTF-8 text") from None
+    except IsADirectoryError:
+        raise UserError(f"the manifest {path} is a directory", hint="give the YAML file itself, e.g. -f DIR/hybridiso.yaml") from None
+    except OSError as e:
+        raise UserError(f"cannot read the manifest {path}: {e.strerror}") from None
     return parse_manifest(text, path)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import hybridiso, state, status_json, write_manifest
+from tests.support.cli import as_plain_user, hybridiso, hybridiso_as_plain_user, state, status_json, write_manifest
 from tests.support.gitrepo import commit_file, git, make_repo
 
 
@@ -45,6 +45,17 @@ def test_bad_manifest_creates_nothing(tmp_path: Path, manifest: str, expected: s
     assert r.returncode == 1
     assert expected in r.stderr and str(repo / "hybridiso.yaml") in r.stderr
     assert "Traceback" not in r.stderr
+    nothing_created(repo)
+
+
+def test_manifest_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    (repo / "conf").mkdir()
+    r = hybridiso(repo, "-f", "conf", "up", ok=False)
+    assert r.returncode == 1 and "is a directory" in r.stderr and "Traceback" not in r.stderr
+    write_manifest(repo, "agents: []\n").chmod(0)
+    r = subprocess.run(as_plain_user([sys.executable, "-m", "hybridiso", "plan"]), cwd=repo, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "cannot read the manifest" in r.stderr and "Permission denied" in r.stderr
     nothing_created(repo)
 
 
@@ -103,6 +114,43 @@ def test_down_of_untouched_env_with_unchanged_include_is_fine(tmp_path: Path) ->
     write_manifest(repo, "defaults: {include: ['.env']}\nagents:\n  - name: w\n")
     hybridiso(repo, "up")
     hybridiso(repo, "down", "w")
+
+
+# row 8: files the user cannot delete, in both strategies
+@pytest.mark.skipif(os.geteuid() != 0, reason="making files another user owns needs root (a container does it as root)")
+def test_down_fixes_permissions_it_can_and_names_what_it_cannot(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {".gitignore": "build/\nout/\n"})
+    write_manifest(repo, "agents:\n  - name: w\n  - {name: c, isolation: clone}\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "r.agents"
+    for n in ("w", "c"):
+        cache = ws / n / "build" / "cache"
+        cache.mkdir(parents=True)
+        (cache / "blob").write_text("x")
+        os.chmod(cache, 0)  # chmod 000: not even listable
+        os.chmod(ws / n / "build", 0o555)
+        out = ws / n / "out"
+        out.mkdir()
+        (out / "root.bin").write_text("written by a container as another uid\n")
+        for p in (out / "root.bin", out):
+            os.chown(p, 65534, 65534)
+        os.chmod(out, 0o555)
+    r = hybridiso_as_plain_user(repo, "down")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    for n in ("w", "c"):
+        assert f"agent {n}: could not remove all of" in r.stderr
+        assert str(ws / n / "out" / "root.bin") in r.stderr and "owned by uid 65534" in r.stderr
+        assert not (ws / n / "build").exists()  # what we own was made deletable and went
+    assert set(state(repo)["agents"]) == {"w", "c"}  # records stay, so down can be retried
+    for n in ("w", "c"):
+        os.chmod(ws / n / "out", 0o755)
+        for p in (ws / n / "out", ws / n / "out" / "root.bin"):
+            os.chown(p, 0, 0)
+    hybridiso_as_plain_user(repo, "down").check_returncode()
+    assert not ws.joinpath("w").exists() and not ws.joinpath("c").exists() and state(repo)["agents"] == {}
+    assert "prunable" not in git(repo, "worktree", "list", "--porcelain")
+    assert git(repo, "branch", "--list", "hybridiso/*") == ""
 
 
 def _wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]

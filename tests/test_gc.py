@@ -18,7 +18,7 @@ import pytest
 
 from hybridiso.gc_rules import KEPT, MERGED, ZOMBIE, AgentFacts, decide
 from hybridiso.merged import Verdict
-from tests.support.cli import hybridiso, state, status_json, write_manifest
+from tests.support.cli import hybridiso, hybridiso_as_plain_user, state, status_json, write_manifest
 from tests.support.gitrepo import commit_file, git, make_repo
 
 
@@ -336,24 +336,6 @@ def test_branch_deleted_upstream(tmp_path: Path) -> None:
 # --- FAULTS #8: removal that fails half-way -------------------------------------------
 
 
-def _as_plain_user(argv: list[str]) -> list[str]:
-    """Root ignores file permissions; drop the capabilities that let it, so the
-    fault is real (a normal user needs nothing)."""
-    if os.geteuid() != 0:
-        return argv
-    if not shutil.which("setpriv"):
-        pytest.skip("running as root without setpriv: cannot make permissions bite")
-    caps = "-dac_override,-dac_read_search,-fowner"
-    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
-
-
-def _gc_as_plain_user(repo: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        _as_plain_user([sys.executable, "-m", "hybridiso", "gc", "--yes"]),
-        cwd=repo, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
-
-
 def test_removal_fixes_permissions_it_can(tmp_path: Path) -> None:
     repo = make_project(tmp_path, "  - name: locked\n")
     hybridiso(repo, "up")
@@ -368,7 +350,7 @@ def test_removal_fixes_permissions_it_can(tmp_path: Path) -> None:
     os.chmod(e / "build" / "ro.txt", 0o444)
     os.chmod(cache, 0)  # chmod 000: not even listable
     os.chmod(e / "build", 0o555)  # read-only directory
-    proc = _gc_as_plain_user(repo)
+    proc = hybridiso_as_plain_user(repo, "gc", "--yes")
     assert proc.returncode == 0, proc.stderr
     assert not e.exists()
     assert "removed 1" in proc.stderr
@@ -388,7 +370,7 @@ def test_removal_reports_exactly_what_is_left(tmp_path: Path) -> None:
     os.chown(out / "root.bin", 65534, 65534)
     os.chown(out, 65534, 65534)
     os.chmod(out, 0o555)  # as a container would leave it: not ours, not writable
-    proc = _gc_as_plain_user(repo)
+    proc = hybridiso_as_plain_user(repo, "gc", "--yes")
     assert proc.returncode == 1, proc.stderr
     assert "could not finish" in proc.stderr and str(out / "root.bin") in proc.stderr
     assert "owned by uid 65534" in proc.stderr and "Traceback" not in proc.stderr

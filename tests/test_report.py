@@ -133,6 +133,12 @@ def test_report_errors_are_clear(tmp_path: Path) -> None:
     assert "no live environments" in r.stderr and "--compare" in r.stderr
     r = hybridiso(repo, "report", "--compare", "1", "--strategies", "vm", ok=False)
     assert "unknown strategies: vm" in r.stderr
+    # an output path that cannot be written is refused before any measuring
+    r = hybridiso(repo, "report", "--compare", "1", "-o", str(tmp_path / "missing" / "r.html"), ok=False)
+    assert r.returncode == 1 and "does not exist" in r.stderr and "measuring" not in r.stderr
+    r = hybridiso(repo, "report", "--compare", "1", "-o", str(tmp_path), ok=False)
+    assert r.returncode == 1 and "is a directory" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / f"{repo.name}.agents").exists() and "hybridiso" not in git(repo, "worktree", "list")
 
 
 @pytest.mark.docker

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     # --compare measures any repository; it needs no hybridiso.yaml
     project = project_from_args(args, manifest_optional=args.compare is not None)
+    if args.output:
+        _check_writable(Path(args.output))  # before minutes of measuring, not after
     if args.compare is not None:
         if not 1 <= args.compare <= 50:
             raise UserError("--compare takes a number of environments from 1 to 50")
@@ -54,11 +57,24 @@ def run(args: argparse.Namespace) -> int:
         data = _live(project)
     text = report_format.FORMATS[args.format](data)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write {args.output}: {e.strerror}") from None
         output.message(f"wrote {args.output}")
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    if path.is_dir():
+        raise UserError(f"-o {path} is a directory", hint=f"name the file, e.g. -o {path / 'report.html'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"-o {path}: the directory {parent} does not exist", hint=f"mkdir -p {parent}")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"-o {path}: the directory {parent} is not writable")
 
 
 def _compare(project, n: int, wanted: list[str], image: str | None):  # type: ignore[no-untyped-def]

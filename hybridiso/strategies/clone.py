@@ -9,11 +9,10 @@ choice of ``--local`` over ``--shared``, ``--reference`` and partial clones.
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from hybridiso import git
+from hybridiso import cleanup, git
 from hybridiso.strategies.base import EnvContext, Observation
 
 NAME = "clone"
@@ -38,8 +37,7 @@ def start(ctx: EnvContext) -> None:
 
 
 def remove(ctx: EnvContext) -> None:
-    if ctx.path.exists():
-        shutil.rmtree(ctx.path)
+    cleanup.remove_tree_or_explain(ctx.path, f"agent {ctx.name}")
 
 
 def observe(ctx: EnvContext) -> Observation:

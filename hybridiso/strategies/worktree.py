@@ -1,11 +1,11 @@
 """``worktree``: a linked git worktree sharing the repository's object store."""
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from hybridiso import git
+from hybridiso import cleanup, git
+from hybridiso.process import CommandError
 from hybridiso.strategies.base import EnvContext, Observation
 
 NAME = "worktree"
@@ -40,13 +40,9 @@ def remove(ctx: EnvContext) -> None:
     if _find(ctx) is not None and path.exists():
         try:
             git.worktree_remove(repo, path, force=True)
-        except Exception:
-            # e.g. files git cannot delete; remove what we can, report the rest
-            shutil.rmtree(path, ignore_errors=True)
-            if path.exists():
-                raise
-    elif path.exists():
-        shutil.rmtree(path)
+        except CommandError:
+            pass  # e.g. files git cannot delete: removed or named below
+    cleanup.remove_tree_or_explain(path, f"agent {ctx.name}")
     git.worktree_prune(repo)
 
 

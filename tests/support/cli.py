@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,26 @@ def hybridiso(cwd: Path, *args: str, ok: bool | None = True, timeout: float = 18
     elif ok is False:
         assert proc.returncode != 0, f"hybridiso {' '.join(args)} unexpectedly succeeded:\n{proc.stdout}\n{proc.stderr}"
     return proc
+
+
+def as_plain_user(argv: list[str]) -> list[str]:
+    """Root ignores file permissions; drop the capabilities that let it, so a
+    permission fault is real (a normal user needs nothing)."""
+    if os.geteuid() != 0:
+        return argv
+    if not shutil.which("setpriv"):
+        import pytest
+
+        pytest.skip("running as root without setpriv: cannot make permissions bite")
+    caps = "-dac_override,-dac_read_search,-fowner"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
+
+
+def hybridiso_as_plain_user(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        as_plain_user([sys.executable, "-m", "hybridiso", *args]),
+        cwd=cwd, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )
 
 
 def status_json(cwd: Path) -> dict[str, dict[str, Any]]:
