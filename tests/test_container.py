@@ -118,9 +118,26 @@ def test_crashed_container_is_shown_and_restarted(web_repo: Path) -> None:
 def test_render_writes_a_file_a_user_can_run(web_repo: Path) -> None:
     out = json.loads(hybridiso(web_repo, "render", "--json").stdout)
     assert len(out) == 1 and Path(out[0]["file"]).exists()
+    # not up yet: the file still names the port `up` would lease, never a
+    # variable compose cannot fill
+    assert out[0]["up"] is False and set(out[0]["ports"]) == {"web"}
+    text = Path(out[0]["file"]).read_text()
+    assert "PORT_WEB" in text and "${PORT" not in text and f'"{out[0]["ports"]["web"]}"' in text
     r = subprocess.run(["docker", "compose", "-f", out[0]["file"], "config", "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert labelled("container", "web") == []  # render starts nothing
+    assert not (tmp_path_of(web_repo) / "site.agents" / "web").exists()
+    # once up, the user can stop it and run the very file by hand
+    hybridiso(web_repo, "up")
+    port = status_json(web_repo)["web"]["ports"]["web"]
+    assert port == out[0]["ports"]["web"]  # the provisional port was the one up leased
+    compose = ["docker", "compose", "-f", out[0]["file"]]
+    subprocess.run([*compose, "down"], check=True, capture_output=True)
+    again = json.loads(hybridiso(web_repo, "render", "web", "--json").stdout)
+    assert again[0]["up"] is True and again[0]["file"] == out[0]["file"]
+    r = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert get(f"http://127.0.0.1:{port}/index.html") == "hello from the agent\n"
 
 
 def test_missing_image_fails_before_anything_starts(tmp_path: Path, compose_v2: str) -> None:

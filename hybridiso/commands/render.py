@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybridiso import output
+from hybridiso import output, ports
 from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
 from hybridiso.container_spec import project_name
 from hybridiso.errors import UserError
@@ -25,34 +25,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from hybridiso.strategies import container
+    from hybridiso.strategies.base import EnvContext
 
     project = project_from_args(args)
-    state = project.store.load()
-    adopt_from_reality(project, state)
-    names = check_names(project, args.agents)
-    plan = make_plan(project, state)
-    written = []
-    for p in plan.agents:
-        if names and p.agent.name not in names:
-            continue
-        if p.strategy != "container":
-            if names:
-                raise UserError(f"agent {p.agent.name} is a {p.strategy}, not a container: it has no compose file")
-            continue
-        record = state.agents.get(p.agent.name) or AgentRecord(
-            name=p.agent.name, strategy=p.strategy, branch=p.branch, path=p.path, base=project.manifest.base
+    with project.store.locked("render"):
+        state = project.store.load()
+        adopt_from_reality(project, state)
+        names = check_names(project, args.agents)
+        plan = make_plan(project, state)
+        chosen = []
+        for p in plan.agents:
+            if names and p.agent.name not in names:
+                continue
+            if p.strategy != "container":
+                if names:
+                    raise UserError(f"agent {p.agent.name} is a {p.strategy}, not a container: it has no compose file")
+                continue
+            chosen.append(p)
+        # an agent not up yet gets the ports `up` would lease now; they are
+        # not reserved until `up` records them
+        provisional = ports.lease(
+            {p.agent.name: p.agent.ports for p in chosen if p.agent.name not in state.agents},
+            {n: r.ports for n, r in state.agents.items()},
+            project.manifest.ports.bounds(),
         )
-        ctx = context(project, state, p.agent.name) if p.agent.name in state.agents else None
-        if ctx is None:
-            from hybridiso.strategies.base import EnvContext
-
-            ctx = EnvContext(project, p.agent, record)
-        path = container.render(ctx)
-        written.append({"agent": p.agent.name, "project": project_name(str(project.root), p.agent.name), "file": str(path)})
+        written = []
+        for p in chosen:
+            name = p.agent.name
+            if name in state.agents:
+                ctx = context(project, state, name)
+            else:
+                record = AgentRecord(
+                    name=name, strategy=p.strategy, branch=p.branch, path=p.path,
+                    base=project.manifest.base, ports=provisional[name],
+                )
+                ctx = EnvContext(project, p.agent, record)
+            path = container.render(ctx)
+            is_up = name in state.agents
+            written.append(
+                {
+                    "agent": name,
+                    "project": project_name(str(project.root), name),
+                    "file": str(path),
+                    "up": is_up,
+                    "ports": dict(ctx.record.ports),
+                }
+            )
     if args.json:
         output.print_json(written)
     elif written:
-        output.print_table([[w["agent"], w["project"], w["file"]] for w in written], ["AGENT", "COMPOSE PROJECT", "FILE"])
+        rows = [
+            [w["agent"], w["project"], w["file"], "" if w["up"] else "not up: ports provisional, worktree not made yet"]
+            for w in written
+        ]
+        output.print_table(rows, ["AGENT", "COMPOSE PROJECT", "FILE", "NOTE"])
+        if not all(w["up"] for w in written):
+            output.message("`docker compose -f FILE up` needs the agent's worktree: `hybridiso up AGENT` makes it")
     else:
         output.message("no container agents in the manifest")
     return 0
