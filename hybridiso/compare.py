@@ -123,7 +123,8 @@ def compare(
             {
                 **user.manifest.model_dump(exclude={"agents", "workspace", "base", "labels"}),
                 "base": base,
-                "labels": {**user.manifest.labels, COMPARE_LABEL: "1"},
+                # this run's id: a comparison running beside it keeps its own
+                "labels": {**user.manifest.labels, COMPARE_LABEL: workdir.name},
                 "agents": [a.model_dump(exclude_defaults=True) for a in agents],
             }
         )
@@ -176,7 +177,7 @@ def compare(
                 strategies.get(c.record.strategy).remove(c)
             except Exception:  # noqa: BLE001 - removal must go on for the others
                 pass
-        _remove_labelled()
+        _remove_labelled(workdir.name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -193,9 +194,10 @@ def _container_unavailable(image: str | None) -> str | None:
     return None
 
 
-def _remove_labelled() -> None:
+def _remove_labelled(run: str) -> None:
+    """Docker resources this run made and compose left (only this run's)."""
     from hybridiso import docker_client
 
     ok, _ = docker_client.reachable()
     if ok:
-        docker_client.remove_labelled({COMPARE_LABEL: "1"})
+        docker_client.remove_labelled({COMPARE_LABEL: run})

@@ -145,7 +145,16 @@ def test_report_errors_are_clear(tmp_path: Path) -> None:
 def test_compare_includes_containers_when_docker_is_there(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
     repo = repo_with_files(tmp_path, 20)
     write_manifest(repo, 'labels: {dev.hybridiso.test: "1"}\nagents: []\n')
-    data = json.loads(hybridiso(repo, "report", "--compare", "1", "--image", busybox_image, "--format", "json").stdout)
+    # another comparison's container, running beside this one: not ours to remove
+    other = subprocess.run(
+        ["docker", "create", "--label", "dev.hybridiso.compare=1", "--label", "dev.hybridiso.test=1", busybox_image, "sleep", "60"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    try:
+        data = json.loads(hybridiso(repo, "report", "--compare", "1", "--image", busybox_image, "--format", "json").stdout)
+        assert subprocess.run(["docker", "inspect", other], capture_output=True).returncode == 0
+    finally:
+        subprocess.run(["docker", "rm", "-f", other], capture_output=True)
     rows = {x["strategy"]: x for x in data["strategies"]}
     assert set(rows) == {"worktree", "clone", "container"} and data["skipped"] == {}
     assert rows["container"]["startup_seconds"] > rows["worktree"]["startup_seconds"]
