@@ -178,7 +178,7 @@ def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Findi
     for entry in sorted(ws.iterdir()):
         if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink() or entry.resolve() in known:
             continue
-        remove, reason = _judge_orphan(entry)
+        remove, reason = _judge_orphan(project, entry)
         f = Finding(ORPHAN, str(entry), remove, reason, [f"directory {entry}"] if remove else [])
         if remove:
             f.apply = lambda p=entry: cleanup.remove_tree(p)
@@ -186,7 +186,7 @@ def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Findi
     return findings
 
 
-def _judge_orphan(path: Path) -> tuple[bool, str]:
+def _judge_orphan(project: Project, path: Path) -> tuple[bool, str]:
     try:
         names = [p.name for p in path.iterdir()]
     except OSError as e:
@@ -200,6 +200,11 @@ def _judge_orphan(path: Path) -> tuple[bool, str]:
         unpushed = git.out(path, "rev-list", "--count", "--branches", "--not", "--remotes")
         if unpushed != "0":
             return False, f"a clone nobody knows with {unpushed} commits on no remote; look inside"
+        if git.ok(path, "rev-parse", "-q", "--verify", "refs/stash"):
+            return False, "a clone nobody knows with stashed work (git stash list); look inside"
+        precious = lifecycle.precious_work(project, None, path)
+        if precious:
+            return False, f"a clone nobody knows with ignored files that matter ({', '.join(precious[:3])}); look inside"
         return True, f"a clean clone nobody knows (all commits are on its remotes, e.g. {BASE_REMOTE})"
     return False, f"{len(names)} entries that no git and no hybridiso record knows; delete it yourself if unneeded: rm -rf {path}"
 

@@ -163,6 +163,20 @@ def precious_patterns(project: Project, agent: Agent | None) -> list[str]:
     return includes.patterns_for(project.root, [*manifest_patterns, *PRECIOUS_DEFAULT])
 
 
+def precious_work(project: Project, agent: Agent | None, path: Path) -> list[str]:
+    """Ignored files under ``path`` that matter (``.env`` and the like, and
+    what ``include:`` lists), except an include copied in and left alone."""
+    found = []
+    for rel in includes.ignored_files_matching(path, precious_patterns(project, agent)):
+        if rel == envfile.ENV_FILE:
+            continue
+        source = project.root / rel
+        if source.is_file() and _same_content(source, path / rel):
+            continue
+        found.append(rel)
+    return found
+
+
 def inspect_work(ctx: EnvContext) -> WorkReport:
     report = WorkReport()
     if not ctx.path.is_dir() or not git.ok(ctx.path, "rev-parse", "--git-dir"):
@@ -171,15 +185,7 @@ def inspect_work(ctx: EnvContext) -> WorkReport:
         if name == envfile.ENV_FILE:
             continue
         (report.untracked if code == "??" else report.modified).append(name)
-    for rel in includes.ignored_files_matching(ctx.path, precious_patterns(ctx.project, ctx.agent)):
-        if rel == envfile.ENV_FILE:
-            continue
-        source = ctx.project.root / rel
-        mine = ctx.path / rel
-        # an include copied in and left alone is not the agent's work
-        if source.is_file() and _same_content(source, mine):
-            continue
-        report.precious.append(rel)
+    report.precious = precious_work(ctx.project, ctx.agent, ctx.path)
     base = git.resolve_commit(ctx.project.root, ctx.record.base) or ctx.record.base_commit
     if base:
         report.commits = strategies.get(ctx.record.strategy).unmerged_commits(ctx, base)

@@ -285,11 +285,21 @@ def test_orphan_directories(tmp_path: Path) -> None:
     (ws / "stuff" / "notes.md").write_text("mine\n")
     git(ws, "clone", "-q", str(repo), "stray-work")
     commit_file(ws / "stray-work", "x.txt", "unpushed\n")
+    # clean by `git status`, but holding work all the same
+    git(ws, "clone", "-q", str(repo), "stray-stash")
+    (ws / "stray-stash" / "README.md").write_text("stashed edit\n")
+    git(ws / "stray-stash", "stash", "-q")
+    git(ws, "clone", "-q", str(repo), "stray-env")
+    ignore(ws / "stray-env", ".env")
+    (ws / "stray-env" / ".env").write_text("TOKEN=only-here\n")
     data = gc_json(repo, "--yes")
     by_name = {Path(t).name: f for t, f in data["by_target"].items()}
     assert by_name["empty"]["result"] == "removed" and by_name["stray-clone"]["result"] == "removed"
     assert by_name["stuff"]["action"] == "keep" and by_name["stray-work"]["action"] == "keep"
+    assert by_name["stray-stash"]["action"] == "keep" and "stash" in by_name["stray-stash"]["reason"]
+    assert by_name["stray-env"]["action"] == "keep" and ".env" in by_name["stray-env"]["reason"]
     assert not (ws / "empty").exists() and (ws / "stuff" / "notes.md").exists() and (ws / "stray-work").exists()
+    assert git(ws / "stray-stash", "stash", "list") and (ws / "stray-env" / ".env").read_text() == "TOKEN=only-here\n"
     assert env(repo, "a").is_dir()
 
 
