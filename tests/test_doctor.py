@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.cli import hybridiso, state, write_manifest
 from tests.support.gitrepo import commit_file, git, make_repo
 from tests.test_gc import env, make_project
@@ -97,11 +99,29 @@ def test_outside_a_project_checks_the_machine(tmp_path: Path) -> None:
     assert "repository checks skipped" in proc.stderr
 
 
-def test_container_agents_make_docker_mandatory(tmp_path: Path, monkeypatch: Any) -> None:
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "{name: box, isolation: container, image: busybox}",
+        # isolation auto, but resources: only a container gives: the planner picks one
+        "{name: box, image: busybox, resources: {memory: 256m}}",
+    ],
+)
+def test_container_agents_make_docker_mandatory(tmp_path: Path, monkeypatch: Any, agent: str) -> None:
     repo = make_repo(tmp_path / "repo")
-    write_manifest(repo, "version: 1\nagents:\n  - name: box\n    isolation: container\n    image: busybox\n")
+    write_manifest(repo, f"version: 1\nagents:\n  - {agent}\n")
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    c = checks(repo, ok=None)
+    c = checks(repo, ok=False)
     assert c["docker"]["status"] == "fail"
     if shutil.which("docker"):
         assert "/nonexistent/docker.sock" in c["docker"]["detail"] and "start the Docker engine" in c["docker"]["fix"]
+
+
+def test_corrupt_state_file_is_reported(tmp_path: Path) -> None:
+    repo = make_project(tmp_path, "  - name: a\n")
+    hybridiso(repo, "up")
+    (repo / ".git" / "hybridiso" / "state.json").write_text("{not json")
+    c = checks(repo)
+    assert c["state file"]["status"] == "warn" and "rebuilt" in c["state file"]["fix"]
+    assert "moved" in c["state file"]["detail"] or "corrupt" in c["state file"]["detail"], c["state file"]
+    assert json.loads(hybridiso(repo, "status", "--json").stdout)[0]["agent"] == "a"  # rebuilt from git

@@ -15,10 +15,11 @@ import subprocess
 from dataclasses import asdict, dataclass
 
 from hybridiso import costs, git, health, output, ports
-from hybridiso.commands.common import add_json_flag, project_from_args
+from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.process import run as run_process
 from hybridiso.project import Project
+from hybridiso.state import State
 
 HELP = "check git, Docker, disk, ports and leftover state; say what to fix"
 
@@ -48,10 +49,14 @@ def run(args: argparse.Namespace) -> int:
     except UserError as e:
         project = None
         output.warn(f"repository checks skipped: {e.message}")
-    needs_docker = bool(project and any(a.isolation == "container" for a in project.manifest.agents))
+    state = project.store.load() if project is not None else None  # once: a corrupt file is moved aside on load
+    # container agents, whether the manifest says so or the planner decides it
+    needs_docker = bool(
+        project and state and any(p.strategy == "container" for p in make_plan(project, state).agents)
+    )
     checks = [*check_git(), *check_docker(needs_docker)]
-    if project is not None:
-        checks += [check_disk(project), check_ports(project), *check_state(project)]
+    if project is not None and state is not None:
+        checks += [check_disk(project), check_ports(project, state), *check_state(project, state)]
     if args.json:
         output.print_json([asdict(c) for c in checks])
     else:
@@ -135,9 +140,8 @@ def check_disk(project: Project) -> Check:
     return Check("disk", "ok", detail)
 
 
-def check_ports(project: Project) -> Check:
+def check_ports(project: Project, state: State) -> Check:
     lo, hi = project.manifest.ports.bounds()
-    state = project.store.load()
     leased = state.leased_ports()
     free = sum(1 for p in range(lo, hi + 1) if p not in leased and ports.port_is_free(p))
     wanted = sum(len(a.ports) for a in project.manifest.agents if a.name not in state.agents)
@@ -149,8 +153,7 @@ def check_ports(project: Project) -> Check:
     return Check("ports", "ok", detail)
 
 
-def check_state(project: Project) -> list[Check]:
-    state = project.store.load()
+def check_state(project: Project, state: State) -> list[Check]:
     checks = []
     if state.rebuilt_from:
         checks.append(Check("state file", "warn", state.rebuilt_from, "nothing: it was rebuilt from git; check `hybridiso status`"))
