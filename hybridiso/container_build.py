@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from hybridiso import docker_client, git, lifecycle
-from hybridiso.container_spec import SERVICE_IMAGES, ContainerSpec, Mount, PortMapping, ServiceSpec, project_name
+from hybridiso.container_spec import SERVICE_IMAGES, ContainerSpec, Healthcheck, Mount, PortMapping, ServiceSpec, project_name
 from hybridiso.render import expand_vars
 from hybridiso.strategies.base import EnvContext
 
@@ -48,6 +48,13 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         "HOME": "/tmp",  # the host uid usually has no home in the image
     }
     command = tuple(expand_vars(part, env) for part in agent.command) if agent.command else None
+    healthcheck = None
+    if agent.healthcheck is not None:
+        hc = agent.healthcheck
+        test = ("CMD-SHELL", hc.test) if isinstance(hc.test, str) else ("CMD", *hc.test)
+        healthcheck = Healthcheck(
+            tuple(expand_vars(part, env) for part in test), hc.interval, hc.timeout, hc.retries, hc.start_period
+        )
     common = str(project.repo.common_dir)
     mounts = [Mount(str(ctx.path), str(ctx.path))]
     if not str(ctx.path).startswith(common + os.sep):
@@ -78,6 +85,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         network_mode="host" if "host-network" in needs else None,
         labels=tuple(sorted(labels.items())),
         services=tuple(services),
+        healthcheck=healthcheck,
     )
 
 

@@ -81,6 +81,18 @@ def image_present(image: str) -> bool:
         return False
 
 
+def image_healthcheck(image: str) -> bool:
+    """Whether the image declares a HEALTHCHECK of its own (not ``NONE``)."""
+    from docker.errors import DockerException
+
+    try:
+        config = client().images.get(image).attrs.get("Config") or {}
+    except DockerException:
+        return False
+    test = (config.get("Healthcheck") or {}).get("Test") or []
+    return bool(test) and test[0] != "NONE"
+
+
 def ensure_image(image: str) -> None:
     """The image is there, or is pulled, or a clear error names it (FAULTS #13)."""
     if image_present(image):
@@ -124,6 +136,7 @@ class ContainerInfo:
     health: str | None  # healthy, unhealthy, starting, None
     exit_code: int | None
     labels: Mapping[str, str]
+    last_probe: str = ""  # the newest healthcheck's exit code and output
 
     def describe(self) -> str:
         if self.status == "running":
@@ -144,6 +157,9 @@ def containers(labels: Mapping[str, str]) -> list[ContainerInfo]:
     for c in found:
         state = c.attrs.get("State", {})
         health = (state.get("Health") or {}).get("Status")
+        probes = (state.get("Health") or {}).get("Log") or []
+        last = probes[-1] if probes else {}
+        probe = f"exit {last.get('ExitCode')}: {(last.get('Output') or '').strip()[-300:] or '(no output)'}" if last else ""
         result.append(
             ContainerInfo(
                 c.id,
@@ -154,6 +170,7 @@ def containers(labels: Mapping[str, str]) -> list[ContainerInfo]:
                 health,
                 state.get("ExitCode") if state.get("Status") == "exited" else None,
                 dict(c.labels),
+                probe,
             )
         )
     return result

@@ -98,6 +98,35 @@ class Resources(_Model):
         return v
 
 
+_DURATION_RE = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")
+
+
+class Healthcheck(_Model):
+    """When the agent's container is ready.  ``test`` as a list is run as is
+    (``CMD``); as a string, by the container's shell (``CMD-SHELL``).
+    ``${PORT_<NAME>}`` is filled in, as in ``command``."""
+
+    test: Command
+    interval: str = "2s"
+    timeout: str = "5s"
+    retries: int = Field(default=30, gt=0)
+    start_period: str = "1s"
+
+    @field_validator("interval", "timeout", "start_period")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if not _DURATION_RE.match(v):
+            raise ValueError(f"{v!r} is not a duration (like 2s, 500ms, 1m30s)")
+        return v
+
+    @field_validator("test")
+    @classmethod
+    def _test(cls, v: Command) -> Command:
+        if not v or (isinstance(v, list) and not v[0]):
+            raise ValueError("the healthcheck command is empty")
+        return v
+
+
 class Workload(_Model):
     kind: Literal["edit", "compute", "io", "build", "test"] = "edit"
     needs: list[Need] = Field(default_factory=list)
@@ -112,6 +141,7 @@ class Agent(_Model):
     ports: list[str] = Field(default_factory=list)
     services: list[str] = Field(default_factory=list)
     resources: Resources | None = None
+    healthcheck: Healthcheck | None = None
     workload: Workload = Field(default_factory=Workload)
     setup: list[Command] | None = None
     include: list[str] | None = None
@@ -280,8 +310,30 @@ def _cross_checks(m: Manifest, index: dict[Loc, int]) -> list[Problem]:
                         f"unknown service {s!r} (services: {known})",
                     )
                 )
+    from hybridiso.planner import Facts, decide  # the rules live there; they import this module
+
+    container_services = frozenset(n for n, s in m.services.items() if s.runs_in_container)
     for i, agent in enumerate(m.agents):
         in_containers = [s for s in agent.services if s in m.services and m.services[s].runs_in_container]
+        if not agent.image:
+            decision = decide(agent, Facts(container_services))
+            if decision.strategy == "container":
+                problems.append(
+                    Problem(
+                        _line_for(index, ("agents", i)),
+                        f"agents[{i}].image",
+                        f"this agent gets a container ({decision.reason}), and a container needs an 'image' "
+                        "(for example python:3.12-slim)",
+                    )
+                )
+        if agent.healthcheck is not None and not agent.image:
+            problems.append(
+                Problem(
+                    _line_for(index, ("agents", i, "healthcheck")),
+                    f"agents[{i}].healthcheck",
+                    "a healthcheck runs in the agent's container: give the agent an 'image'",
+                )
+            )
         if "host-network" in agent.workload.needs and agent.image and in_containers:
             problems.append(
                 Problem(

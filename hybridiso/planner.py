@@ -41,6 +41,8 @@ def decide(agent: Agent, facts: Facts) -> Decision:
             return Decision("container", f"uses service {svc!r}, which runs in a container")
     if agent.resources is not None:
         return Decision("container", "sets resources:, and CPU/memory/pids limits need a container")
+    if agent.healthcheck is not None:
+        return Decision("container", "sets healthcheck:, which runs in the agent's container")
     if "own-refs" in agent.workload.needs:
         return Decision("clone", "needs own-refs (history rewrites, own remotes/config/hooks), which a worktree shares")
     holder = facts.branches_checked_out.get(agent.branch_name)

@@ -140,6 +140,52 @@ def test_render_writes_a_file_a_user_can_run(web_repo: Path) -> None:
     assert get(f"http://127.0.0.1:{port}/index.html") == "hello from the agent\n"
 
 
+def test_ready_means_healthy(tmp_path: Path, busybox_image: str, healthcheck_image: str, compose_v2: str) -> None:
+    repo = make_repo(tmp_path / "site", {"index.html": "hello\n"})
+    lo = free_port()
+    write_manifest(
+        repo,
+        f"""\
+labels: {{{TEST_LABEL}: "1"}}
+ports: {{range: "{lo}-{lo + 50}"}}
+agents:
+  # the manifest's healthcheck, with the agent's port filled in; isolation
+  # auto: a healthcheck is what makes it a container
+  - name: web
+    image: {busybox_image}
+    ports: [web]
+    command: ["sh", "-c", "sleep 1; exec httpd -f -p ${{PORT_WEB}} -h ."]
+    healthcheck: {{test: ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:${{PORT_WEB}}/index.html"], interval: 500ms}}
+  # no healthcheck in the manifest, but the image has one of its own
+  - name: slow
+    isolation: container
+    image: {healthcheck_image}
+    command: ["sh", "-c", "sleep 6; touch /tmp/ready; exec sleep 3600"]
+  - name: sick
+    image: {busybox_image}
+    command: ["sleep", "3600"]
+    healthcheck: {{test: "echo the database is not there; exit 1", interval: 500ms, retries: 2, start_period: 0s}}
+""",
+    )
+    try:
+        r = hybridiso(repo, "up", ok=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        # the one that never gets healthy is named, with its check's last words
+        assert "sick" in r.stderr and "is unhealthy" in r.stderr and "the database is not there" in r.stderr
+        st = status_json(repo)
+        # the others were reported ready only once healthy: right after `up`
+        # returns, Docker already says so (not "starting")
+        assert st["web"]["process"] == "running (healthy)" and st["slow"]["process"] == "running (healthy)"
+        assert st["web"]["strategy"] == "container"
+        assert get(f"http://127.0.0.1:{st['web']['ports']['web']}/index.html") == "hello\n"
+        assert st["sick"]["process"] == "running (unhealthy)" and st["sick"]["state"].startswith("creating")
+        info = json.loads(docker("inspect", labelled("container", "web")[0]))[0]
+        assert info["Config"]["Healthcheck"]["Test"] == ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{st['web']['ports']['web']}/index.html"]
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
+    assert labelled("container", "web") == labelled("container", "slow") == labelled("container", "sick") == []
+
+
 def test_missing_image_fails_before_anything_starts(tmp_path: Path, compose_v2: str) -> None:
     repo = make_repo(tmp_path / "r")
     write_manifest(repo, manifest(free_port(), "hybridiso-test/no-such-image:404") + "  - name: plain\n")

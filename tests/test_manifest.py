@@ -93,6 +93,31 @@ def test_container_needs_image_and_unknown_service() -> None:
     assert "unknown service 'db'" in msg
 
 
+@pytest.mark.parametrize(
+    ("agent", "why"),
+    [
+        ("{name: a, resources: {cpus: 1}}", "sets resources:"),
+        ("{name: a, workload: {needs: [untrusted-code]}}", "needs untrusted-code"),
+        ("{name: a, services: [cache]}", "uses service 'cache'"),
+        ('{name: a, healthcheck: {test: ["true"]}}', "sets healthcheck:"),
+    ],
+)
+def test_an_agent_the_rules_make_a_container_needs_an_image(agent: str, why: str) -> None:
+    msg = errors(f"services: {{cache: {{kind: redis}}}}\nagents:\n  - {agent}\n")
+    assert "line 3: agents[0].image: this agent gets a container" in msg and why in msg and "needs an 'image'" in msg
+
+
+def test_healthcheck() -> None:
+    m = parse_manifest('agents:\n  - {name: a, image: x, healthcheck: {test: "curl -f localhost", interval: 1m30s}}\n', P)
+    hc = m.agents[0].healthcheck
+    assert hc is not None and hc.test == "curl -f localhost" and hc.interval == "1m30s" and hc.retries == 30
+    bad = errors('agents:\n  - {name: a, image: x, healthcheck: {test: ["true"], interval: 2 seconds}}\n')
+    assert "agents[0].healthcheck.interval: '2 seconds' is not a duration (like 2s, 500ms, 1m30s)" in bad
+    assert "healthcheck command is empty" in errors("agents:\n  - {name: a, image: x, healthcheck: {test: []}}\n")
+    assert "retries" in errors('agents:\n  - {name: a, image: x, healthcheck: {test: ["true"], retries: 0}}\n')
+    assert "unknown key" in errors('agents:\n  - {name: a, image: x, healthcheck: {test: ["true"], every: 1s}}\n')
+
+
 def test_top_level_must_be_mapping_and_empty_is_fine() -> None:
     assert "must be a mapping" in errors("- a\n- b\n")
     assert parse_manifest("", P).agents == []

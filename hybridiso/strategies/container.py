@@ -74,11 +74,27 @@ def start(ctx: EnvContext) -> None:
 
     spec = build_spec(ctx)
     path = write_compose(spec, compose_file(ctx))
-    healthchecks = spec.healthcheck is not None or bool(spec.services)
-    compose_cli.up(compose_project(ctx), path, wait=healthchecks)
+    # ready means healthy where anything has a healthcheck: the manifest's,
+    # the image's own HEALTHCHECK, or the services'
+    healthchecks = spec.healthcheck is not None or bool(spec.services) or docker_client.image_healthcheck(spec.image)
+    try:
+        compose_cli.up(compose_project(ctx), path, wait=healthchecks)
+    except UserError:
+        _explain_unhealthy(ctx)
+        raise
     if not healthchecks:
         _require_running(ctx)
     check_git_inside(ctx)
+
+
+def _explain_unhealthy(ctx: EnvContext) -> None:
+    """compose says only "is unhealthy": name the check's own last words."""
+    for info in docker_client.containers(agent_labels(ctx)):
+        if info.health == "unhealthy":
+            raise UserError(
+                f"container {info.name} is unhealthy; its healthcheck's last run: {info.last_probe}",
+                hint=f"fix the healthcheck in hybridiso.yaml or the program; `docker logs {info.name}` shows its output",
+            )
 
 
 def _require_running(ctx: EnvContext) -> None:

@@ -81,6 +81,15 @@ def busybox_image(docker_engine: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def healthcheck_image(docker_engine: str) -> str:
+    try:
+        return images.ensure_healthcheck_image()
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        unavailable(f"cannot build the healthcheck test image: {e}")
+        raise
+
+
+@pytest.fixture(scope="session")
 def git_image(docker_engine: str) -> str:
     try:
         return images.ensure_git_image()

@@ -3,6 +3,9 @@
 Cached by tag: built once per machine, reused by every later run.
 - ``hybridiso-test/busybox:1``: FROM scratch + Debian's static busybox
   (sh, wget, httpd, nc...), for containers that only need a shell and HTTP.
+- ``hybridiso-test/busybox-healthcheck:1``: the busybox image with a
+  HEALTHCHECK of its own (healthy once ``/tmp/ready`` exists), for "ready
+  means healthy" when the manifest names no healthcheck.
 - ``hybridiso-test/debian-git:1``: a minimal Debian rootfs made with
   debootstrap, with git, loaded with ``docker import``; for git inside the
   container (FAULTS #21).
@@ -21,6 +24,7 @@ from pathlib import Path
 
 BUSYBOX_IMAGE = "hybridiso-test/busybox:1"
 GIT_IMAGE = "hybridiso-test/debian-git:1"
+HEALTHCHECK_IMAGE = "hybridiso-test/busybox-healthcheck:1"
 TEST_LABEL = "dev.hybridiso.test"
 DEBIAN_MIRROR = os.environ.get("HYBRIDISO_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
@@ -66,6 +70,20 @@ def ensure_busybox_image() -> str:
     return BUSYBOX_IMAGE
 
 
+def ensure_healthcheck_image() -> str:
+    base = ensure_busybox_image()
+    with _build_lock(HEALTHCHECK_IMAGE):
+        if image_exists(HEALTHCHECK_IMAGE):
+            return HEALTHCHECK_IMAGE
+        with tempfile.TemporaryDirectory(prefix="hybridiso-healthcheck-") as ctx:
+            (Path(ctx) / "Dockerfile").write_text(
+                f"FROM {base}\n"
+                "HEALTHCHECK --interval=500ms --timeout=2s --retries=60 CMD test -f /tmp/ready\n"
+            )
+            subprocess.run(["docker", "build", "-q", "-t", HEALTHCHECK_IMAGE, ctx], check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return HEALTHCHECK_IMAGE
+
+
 def ensure_git_image() -> str:
     with _build_lock(GIT_IMAGE):
         if image_exists(GIT_IMAGE):
@@ -98,4 +116,5 @@ if __name__ == "__main__":
     # `python -m tests.support.images`: build (or reuse) the test images, e.g.
     # before running docs/bench/bench_containers.py
     print(ensure_busybox_image())
+    print(ensure_healthcheck_image())
     print(ensure_git_image())
