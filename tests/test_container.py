@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import hybridiso, status_json, write_manifest
+from tests.support.cli import hybridiso, state, status_json, write_manifest
 from tests.support.docker_fixtures import TEST_LABEL
 from tests.support.gitrepo import git, make_repo
 from tests.support.postgres import free_port
@@ -227,8 +227,41 @@ agents:
         assert git(repo, "log", "-1", "--format=%s", "hybridiso/dev") == "from the container"
         env = tmp_path / "r.agents" / "dev"
         assert (env / "b.txt").stat().st_uid == os.getuid()
+        assert state(repo)["agents"]["dev"]["extra"]["git_in_container"] == "ok"  # up probed it
     finally:
         hybridiso(repo, "down", "--force", ok=None)
+
+
+def test_git_inside_that_cannot_read_the_repository_is_named(tmp_path: Path, git_image: str, compose_v2: str) -> None:
+    """FAULTS #21 for real: the host's git keeps refs in reftable (git 2.45+),
+    which the image's git 2.39 cannot read; up says so instead of handing
+    the agent a container where every git command fails."""
+    host_git = tuple(int(x) for x in git(tmp_path, "--version").split()[2].split(".")[:2])
+    if host_git < (2, 45):
+        pytest.skip(f"the host's git {host_git} cannot make a reftable repository (needs 2.45)")
+    repo = tmp_path / "r"
+    subprocess.run(["git", "init", "-q", "--ref-format=reftable", "-b", "main", str(repo)], check=True)
+    (repo / "a.txt").write_text("a\n")
+    git(repo, "add", "a.txt")
+    git(repo, "commit", "-qm", "first")
+    write_manifest(
+        repo,
+        f"""labels: {{{TEST_LABEL}: "1"}}
+agents:
+  - name: dev
+    isolation: container
+    image: {git_image}
+    command: ["sleep", "infinity"]
+""",
+    )
+    try:
+        r = hybridiso(repo, "up", ok=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert "git inside agent dev's container cannot see the repository" in r.stderr
+        assert "refstorage" in r.stderr and "the image's git is older than this repository's format needs" in r.stderr
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
+    assert labelled("container", "dev") == []
 
 
 def test_fix_ownership_returns_foreign_files_to_the_user(tmp_path: Path) -> None:

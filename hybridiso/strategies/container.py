@@ -125,13 +125,17 @@ def check_git_inside(ctx: EnvContext) -> None:
         ctx.record.extra["git_in_container"] = "image has no git"
         output.warn(f"{ctx.name}: image {ctx.agent.image if ctx.agent else '?'} has no git; the agent cannot run git inside its container")
         return
-    raise UserError(
-        f"git inside agent {ctx.name}'s container cannot see the repository: {text.strip()[:400]}",
-        hint=(
+    if "unknown repository extension" in text:
+        hint = (
+            "the image's git is older than this repository's format needs (see the extension named above): "
+            "use an image with a newer git, or an agent without git inside"
+        )
+    else:
+        hint = (
             f"the worktree ({ctx.path}) and the common git dir ({ctx.project.repo.common_dir}) must be mounted at "
             "their host paths, and the container must run as the files' owner"
-        ),
-    )
+        )
+    raise UserError(f"git inside agent {ctx.name}'s container cannot see the repository: {text.strip()[:400]}", hint=hint)
 
 
 def _agent_container(ctx: EnvContext) -> docker_client.ContainerInfo | None:
