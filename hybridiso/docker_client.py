@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -108,22 +108,27 @@ def ensure_image(image: str) -> None:
         ) from None
 
 
-def image_has(image: str, program: str) -> bool:
-    """Whether ``program`` is on the image's PATH (run in a throwaway container)."""
-    from docker.errors import ContainerError, DockerException
-
-    try:
-        client().containers.run(
+def run_once(image: str, argv: list[str], *, binds: Sequence[str], user: str, labels: Mapping[str, str]) -> tuple[int, str]:
+    """Run ``argv`` in a throwaway container (no network, ``binds`` mounted
+    at the same paths, removed afterwards); (exit code, combined output)."""
+    with api_errors("run a helper container"):
+        c = client().containers.create(
             image,
-            ["sh", "-c", f"command -v {program}"],
-            remove=True,
+            argv,
             entrypoint=[],
-            labels={LABEL_ROLE: "probe"},
+            user=user,
+            labels={**labels, LABEL_ROLE: "helper"},
             network_mode="none",
+            security_opt=["no-new-privileges:true"],
+            volumes={b: {"bind": b, "mode": "rw"} for b in binds},
         )
-        return True
-    except (ContainerError, DockerException):
-        return False
+        try:
+            c.start()
+            code = int(c.wait(timeout=300).get("StatusCode", -1))
+            out = c.logs().decode("utf-8", "replace")
+        finally:
+            c.remove(force=True)
+    return code, out
 
 
 @dataclass(frozen=True)

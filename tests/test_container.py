@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import hybridiso, state, status_json, write_manifest
+from tests.support.cli import hybridiso, hybridiso_as_plain_user, state, status_json, write_manifest
 from tests.support.docker_fixtures import TEST_LABEL
 from tests.support.gitrepo import git, make_repo
 from tests.support.postgres import free_port
@@ -277,6 +277,25 @@ def test_fix_ownership_returns_foreign_files_to_the_user(tmp_path: Path) -> None
     fixed = fix_ownership(tmp_path / "env")
     assert set(fixed) == {str(d), str(d / "f")}
     assert (d / "f").stat().st_uid == os.getuid()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the test drops root's powers to act as a plain user; it needs them to start with")
+def test_down_gives_back_files_a_container_left_to_another_uid(web_repo: Path) -> None:
+    """FAULTS #8 in a container, end to end: a process in the container (a
+    database, a build as root) leaves files of another uid in the worktree;
+    `down`, run by a user who cannot chown, still removes everything."""
+    repo = web_repo
+    hybridiso(repo, "up")
+    cid = labelled("container", "web")[0]
+    env = tmp_path_of(repo) / "site.agents" / "web"
+    docker("exec", "-u", "0", cid, "sh", "-c", f"cd {env} && mkdir -p out/deep && echo x > out/deep/f && chown -R 65534:65534 out && chmod -R 555 out")
+    assert (env / "out" / "deep" / "f").stat().st_uid == 65534
+    r = hybridiso_as_plain_user(repo, "down", "--force")
+    assert r.returncode == 0, r.stderr
+    assert not env.exists() and "web" not in state(repo).get("agents", {})
+    assert labelled("container", "web") == []
+    helpers = docker("ps", "-aq", "--filter", "label=dev.hybridiso.role=helper", "--filter", f"label={TEST_LABEL}")
+    assert helpers == ""
 
 
 def test_gc_removes_docker_resources_whose_agent_is_gone_and_only_those(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:

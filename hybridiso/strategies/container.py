@@ -69,6 +69,7 @@ def start(ctx: EnvContext) -> None:
     assert ctx.agent is not None and ctx.agent.image
     docker_client.client()  # Docker unreachable: say so before anything else (FAULTS #12)
     docker_client.ensure_image(ctx.agent.image)
+    ctx.record.extra["image"] = ctx.agent.image  # down fixes ownership with it, even once the manifest forgets the agent
     from hybridiso.container_build import build_spec
     from hybridiso.render import write_compose
 
@@ -153,39 +154,60 @@ def remove(ctx: EnvContext) -> None:
             except UserError:
                 pass  # labels below catch what compose could not
         docker_client.remove_labelled(agent_labels(ctx))
-        fix_ownership(ctx.path)
+        image = ctx.agent.image if ctx.agent is not None else ctx.record.extra.get("image")
+        fix_ownership(ctx.path, image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
     elif ctx.path.exists():
         output.warn(f"{ctx.name}: Docker is not reachable; its containers (if any) are left for `hybridiso gc`")
     worktree.remove(ctx)
     compose_file(ctx).unlink(missing_ok=True)
 
 
-def fix_ownership(path: Path) -> list[str]:
-    """Give back to the host user anything a container left owned by another
-    uid (FAULTS #8), so removal cannot fail half-way.  Returns what it fixed."""
-    uid, gid = os.getuid(), os.getgid()
+def foreign_files(path: Path) -> list[str]:
+    uid = os.getuid()
     foreign: list[str] = []
-    if not path.exists():
-        return foreign
     for root, dirs, files in os.walk(path):
         for name in [*dirs, *files]:
             p = os.path.join(root, name)
             try:
-                st = os.lstat(p)
+                if os.lstat(p).st_uid != uid:
+                    foreign.append(p)
             except OSError:
                 continue
-            if st.st_uid != uid:
-                foreign.append(p)
+    return foreign
+
+
+def fix_ownership(path: Path, *, image: str | None = None, labels: dict[str, str] | None = None) -> list[str]:
+    """Give back to the host user anything a container left owned by another
+    uid (FAULTS #8), so removal cannot fail half-way.  Returns what it fixed.
+
+    Root chowns directly.  Anyone else cannot, so a throwaway container of
+    the agent's own ``image`` does it as root, with only ``path`` mounted --
+    the same power that made the files."""
+    uid, gid = os.getuid(), os.getgid()
+    if not path.exists():
+        return []
+    foreign = foreign_files(path)
     if not foreign:
         return foreign
-    if os.geteuid() == 0:
-        for p in foreign:
+    refused = []
+    for p in foreign:
+        try:
             os.lchown(p, uid, gid)
-        return foreign
-    raise UserError(
-        f"{len(foreign)} files in {path} belong to another user (written by a container), e.g. {foreign[0]}",
-        hint=f"sudo chown -R {uid}:{gid} {path}",
-    )
+        except PermissionError:
+            refused.append(p)
+    if refused and image and docker_client.image_present(image):
+        code, out = docker_client.run_once(
+            image, ["chown", "-R", "-h", f"{uid}:{gid}", str(path)], binds=[str(path)], user="0:0", labels=labels or {}
+        )
+        refused = foreign_files(path)
+        if refused and code != 0:
+            output.warn(f"chown in a helper container of {image} failed (exit {code}): {out.strip()[:200]}")
+    if refused:
+        raise UserError(
+            f"{len(refused)} files in {path} belong to another user (written by a container), e.g. {refused[0]}",
+            hint=f"sudo chown -R {uid}:{gid} '{path}'",
+        )
+    return foreign
 
 
 def observe(ctx: EnvContext) -> Observation:

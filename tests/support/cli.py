@@ -36,7 +36,7 @@ def as_plain_user(argv: list[str]) -> list[str]:
         import pytest
 
         pytest.skip("running as root without setpriv: cannot make permissions bite")
-    caps = "-dac_override,-dac_read_search,-fowner"
+    caps = "-dac_override,-dac_read_search,-fowner,-chown"
     return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
 
 
