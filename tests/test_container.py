@@ -186,6 +186,50 @@ agents:
     assert labelled("container", "web") == labelled("container", "slow") == labelled("container", "sick") == []
 
 
+def test_each_agent_gets_its_own_postgres_and_redis(tmp_path: Path, service_images: tuple[str, str], compose_v2: str) -> None:
+    """The compose/ fragments for real: each agent's own database and cache,
+    on its own network, reachable by name, gone with `down`."""
+    pg, redis = service_images
+    repo = make_repo(tmp_path / "shop", {"a.txt": "a\n"})
+    write_manifest(
+        repo,
+        f"""labels: {{{TEST_LABEL}: "1"}}
+services:
+  db: {{kind: postgres, image: {pg}}}
+  cache: {{kind: redis, image: {redis}}}
+agents:
+  - {{name: a, image: {pg}, services: [db, cache], command: ["sleep", "infinity"]}}
+  - {{name: b, image: {pg}, services: [db, cache], command: ["sleep", "infinity"]}}
+""",
+    )
+
+    def sh(agent: str, script: str) -> str:
+        return hybridiso(repo, "exec", agent, "--", "sh", "-c", script).stdout.strip()
+
+    try:
+        plan = {p["agent"]: p for p in json.loads(hybridiso(repo, "plan", "--json").stdout)["agents"]}
+        assert plan["a"]["strategy"] == "container" and "service 'db'" in plan["a"]["reason"]
+        hybridiso(repo, "up", timeout=300)
+        assert sh("a", "echo $DATABASE_URL $REDIS_URL") == "postgresql://hybridiso:hybridiso@db:5432/app redis://cache:6379/0"
+        sh("a", 'psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -qc "CREATE TABLE t (x int); INSERT INTO t VALUES (42)"')
+        sh("a", 'redis-cli -u "$REDIS_URL" SET k from-a')
+        assert sh("a", 'psql "$DATABASE_URL" -tAc "SELECT x FROM t"') == "42"
+        assert sh("a", 'redis-cli -u "$REDIS_URL" GET k') == "from-a"
+        # b has a database and a cache of its own: none of a's data
+        assert sh("b", "psql \"$DATABASE_URL\" -tAc \"SELECT count(*) FROM pg_tables WHERE tablename = 't'\"") == "0"
+        assert sh("b", 'redis-cli -u "$REDIS_URL" EXISTS k') == "0"
+        for agent in ("a", "b"):
+            services = docker("ps", "--filter", f"label=dev.hybridiso.agent={agent}", "--filter", "label=dev.hybridiso.role=service", "--format", "{{.Names}} {{.Status}}").splitlines()
+            assert len(services) == 2 and all("(healthy)" in line for line in services), services
+            assert len(labelled("volume", agent)) == 2 and len(labelled("network", agent)) == 1
+        assert set(labelled("network", "a")).isdisjoint(labelled("network", "b"))
+        assert set(labelled("volume", "a")).isdisjoint(labelled("volume", "b"))
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
+    for agent in ("a", "b"):
+        assert labelled("container", agent) == labelled("network", agent) == labelled("volume", agent) == []
+
+
 def test_missing_image_fails_before_anything_starts(tmp_path: Path, compose_v2: str) -> None:
     repo = make_repo(tmp_path / "r")
     write_manifest(repo, manifest(free_port(), "hybridiso-test/no-such-image:404") + "  - name: plain\n")

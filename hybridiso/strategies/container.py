@@ -91,9 +91,14 @@ def start(ctx: EnvContext) -> None:
 def _explain_unhealthy(ctx: EnvContext) -> None:
     """compose says only "is unhealthy": name the check's own last words."""
     for info in docker_client.containers(agent_labels(ctx)):
+        if info.status == "exited":
+            raise UserError(
+                f"container {info.name} exited (code {info.exit_code}) before it was healthy",
+                hint=f"`docker logs {info.name}` shows why",
+            )
         if info.health == "unhealthy":
             raise UserError(
-                f"container {info.name} is unhealthy; its healthcheck's last run: {info.last_probe}",
+                f"container {info.name} is unhealthy; its healthcheck's last run: {info.last_probe or '(none recorded)'}",
                 hint=f"fix the healthcheck in hybridiso.yaml or the program; `docker logs {info.name}` shows its output",
             )
 

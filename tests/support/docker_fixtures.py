@@ -90,6 +90,16 @@ def healthcheck_image(docker_engine: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def service_images(docker_engine: str) -> tuple[str, str]:
+    """(postgres, redis) images that behave like the official ones."""
+    try:
+        return images.ensure_service_images()
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        unavailable(f"cannot build the service test images: {e}")
+        raise
+
+
+@pytest.fixture(scope="session")
 def git_image(docker_engine: str) -> str:
     try:
         return images.ensure_git_image()

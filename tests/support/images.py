@@ -9,6 +9,13 @@ Cached by tag: built once per machine, reused by every later run.
 - ``hybridiso-test/debian-git:1``: a minimal Debian rootfs made with
   debootstrap, with git, loaded with ``docker import``; for git inside the
   container (FAULTS #21).
+- ``hybridiso-test/postgres:1`` and ``hybridiso-test/redis:1``: one Debian
+  rootfs with postgresql, redis-server, psql and redis-cli, made with
+  debootstrap; each tag starts its server the way the official ``postgres``
+  and ``redis`` images do (``POSTGRES_USER``/``PASSWORD``/``DB``, data in
+  ``/var/lib/postgresql/data``; ``/data``), so the compose/ fragments run
+  unchanged.  Given a command, the postgres image runs it instead (an agent
+  with psql and redis-cli).
 A file lock keeps two concurrent test sessions from building the same image.
 """
 from __future__ import annotations
@@ -25,6 +32,32 @@ from pathlib import Path
 BUSYBOX_IMAGE = "hybridiso-test/busybox:1"
 GIT_IMAGE = "hybridiso-test/debian-git:1"
 HEALTHCHECK_IMAGE = "hybridiso-test/busybox-healthcheck:1"
+POSTGRES_IMAGE = "hybridiso-test/postgres:1"
+REDIS_IMAGE = "hybridiso-test/redis:1"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+# what the official postgres image's entrypoint does, in a few lines: first
+# start initialises the data dir as the postgres user (setpriv, not su: the
+# service runs with no-new-privileges) and makes the user and database
+PG_ENTRYPOINT = f"""#!/bin/sh
+set -e
+[ "$#" -gt 0 ] && exec "$@"
+PGDATA=/var/lib/postgresql/data
+as_pg() {{ setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }}
+mkdir -p "$PGDATA" /run/postgresql
+chown -R postgres:postgres "$PGDATA" /run/postgresql
+chmod 700 "$PGDATA"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  printf '%s\\n' "$POSTGRES_PASSWORD" > /tmp/pw && chown postgres /tmp/pw
+  as_pg {PG_BIN}/initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile=/tmp/pw --auth-host=scram-sha-256 --auth-local=trust
+  rm -f /tmp/pw
+  echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  as_pg {PG_BIN}/pg_ctl -s -D "$PGDATA" -o "-c listen_addresses=''" -w start
+  as_pg {PG_BIN}/createdb -U "$POSTGRES_USER" "$POSTGRES_DB"
+  as_pg {PG_BIN}/pg_ctl -s -D "$PGDATA" -w stop
+fi
+exec setpriv --reuid=postgres --regid=postgres --init-groups {PG_BIN}/postgres -D "$PGDATA" -c listen_addresses='*'
+"""
 TEST_LABEL = "dev.hybridiso.test"
 DEBIAN_MIRROR = os.environ.get("HYBRIDISO_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
@@ -84,31 +117,61 @@ def ensure_healthcheck_image() -> str:
     return HEALTHCHECK_IMAGE
 
 
+def _debootstrap_import(tags: dict[str, list[str]], packages: str, prepare=None) -> None:  # type: ignore[no-untyped-def]
+    """One minimal Debian rootfs with ``packages``, loaded once per tag with
+    that tag's ``docker import --change`` lines."""
+    if not shutil.which("debootstrap"):
+        raise RuntimeError("debootstrap is needed to build the Debian test images (bash .ci/install-deps installs it)")
+    root = Path(tempfile.mkdtemp(prefix="hybridiso-rootfs-", dir="/var/tmp"))
+    try:
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(root), DEBIAN_MIRROR],
+            check=True,
+            capture_output=True,
+        )
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(root / cache, ignore_errors=True)
+        if prepare is not None:
+            prepare(root)
+        for tag, changes in tags.items():
+            tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+            argv = ["docker", "import", "--change", f'LABEL {TEST_LABEL}="1"']
+            for change in changes:
+                argv += ["--change", change]
+            subprocess.run([*argv, "-", tag], stdin=tar.stdout, check=True, capture_output=True)
+            assert tar.wait() == 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ensure_service_images() -> tuple[str, str]:
+    """(postgres image, redis image), built together from one rootfs."""
+    with _build_lock(POSTGRES_IMAGE):
+        if image_exists(POSTGRES_IMAGE) and image_exists(REDIS_IMAGE):
+            return POSTGRES_IMAGE, REDIS_IMAGE
+
+        def prepare(root: Path) -> None:
+            entry = root / "usr" / "local" / "bin" / "pg-entrypoint"
+            entry.write_text(PG_ENTRYPOINT)
+            entry.chmod(0o755)
+            (root / "data").mkdir(exist_ok=True)
+
+        path = f"ENV PATH={PG_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        _debootstrap_import(
+            {
+                POSTGRES_IMAGE: [path, 'ENTRYPOINT ["/usr/local/bin/pg-entrypoint"]', "CMD []"],
+                REDIS_IMAGE: [path, 'CMD ["redis-server", "--protected-mode", "no", "--dir", "/data"]'],
+            },
+            "postgresql-15,postgresql-client-15,redis-server,redis-tools",
+            prepare,
+        )
+    return POSTGRES_IMAGE, REDIS_IMAGE
+
+
 def ensure_git_image() -> str:
     with _build_lock(GIT_IMAGE):
-        if image_exists(GIT_IMAGE):
-            return GIT_IMAGE
-        if not shutil.which("debootstrap"):
-            raise RuntimeError("debootstrap is needed to build the git test image (bash .ci/install-deps installs it)")
-        root = Path(tempfile.mkdtemp(prefix="hybridiso-rootfs-", dir="/var/tmp"))
-        try:
-            subprocess.run(
-                ["debootstrap", "--variant=minbase", "--include=git,ca-certificates", "bookworm", str(root), DEBIAN_MIRROR],
-                check=True,
-                capture_output=True,
-            )
-            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                shutil.rmtree(root / cache, ignore_errors=True)
-            tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-            subprocess.run(
-                ["docker", "import", "--change", 'CMD ["/bin/bash"]', "--change", f'LABEL {TEST_LABEL}="1"', "-", GIT_IMAGE],
-                stdin=tar.stdout,
-                check=True,
-                capture_output=True,
-            )
-            assert tar.wait() == 0
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+        if not image_exists(GIT_IMAGE):
+            _debootstrap_import({GIT_IMAGE: ['CMD ["/bin/bash"]']}, "git,ca-certificates")
     return GIT_IMAGE
 
 
@@ -118,3 +181,4 @@ if __name__ == "__main__":
     print(ensure_busybox_image())
     print(ensure_healthcheck_image())
     print(ensure_git_image())
+    print(*ensure_service_images())
