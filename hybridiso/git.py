@@ -326,8 +326,16 @@ def remote_url(cwd: Path, name: str) -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-def add_remote(cwd: Path, name: str, url: str) -> None:
+def config_values(cwd: Path, key: str) -> list[str]:
+    """Every value of ``key`` as written (no insteadOf rewriting); [] if unset."""
+    r = _execute(cwd, ["config", "--get-all", "--", key])
+    return r.stdout.splitlines() if r.returncode == 0 else []
+
+
+def add_remote(cwd: Path, name: str, url: str, push_urls: Sequence[str] = ()) -> None:
     run(cwd, "remote", "add", "--", name, url)
+    for push in push_urls:
+        run(cwd, "config", "--add", f"remote.{name}.pushurl", push)
 
 
 def checkout_new_branch(cwd: Path, branch: str, start: str) -> None:

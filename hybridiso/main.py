@@ -13,8 +13,9 @@ from hybridiso import __version__
 from hybridiso.errors import EXIT_USAGE, error_handler
 from hybridiso.process import no_git_env
 
-# verb -> module under hybridiso.commands; imported only when used, so
-# `hybridiso status` does not pay for Docker or Jinja2 imports.
+# verb -> module under hybridiso.commands.  Every one is imported to build the
+# parser, so they keep heavy imports (docker, jinja2, psycopg) inside the
+# functions that use them: `hybridiso status` never pays for those.
 COMMANDS = {
     "init": "init",
     "plan": "plan",
@@ -42,10 +43,12 @@ typical use:
   hybridiso status      what each environment is doing
   hybridiso exec A -- CMD   run CMD in agent A's environment
   hybridiso down        remove environments (never loses work)
+  hybridiso render      write container agents' compose files, start nothing
   hybridiso report      what each strategy costs here (--compare N measures)
   hybridiso sync        fetch once, rebase every clean environment onto base
   hybridiso gc          remove merged, deleted and orphaned environments
   hybridiso doctor      check git, Docker, disk and ports on this machine
+  hybridiso demo        try it all on a sample repository in a temp dir
 
 exit codes: 0 ok, 1 error (message says what to do), 2 usage, 3 internal
 error (a log is written), 130 interrupted.

@@ -4,7 +4,8 @@ Records are adopted from what git shows: a manifest agent whose directory in
 the workspace is a registered worktree or a clone gets a record even when the
 state file is missing or was corrupt, with its ports read back from its env
 file, and its database branches from their deterministic names.  Containers
-are found by their Docker labels, which name the agent.
+are never recorded: status, down and gc find them by their Docker labels,
+which name the repository and the agent.
 """
 from __future__ import annotations
 

@@ -130,6 +130,31 @@ def test_clone_is_hardlinked_independent_and_pushes_to_users_origin(tmp_path: Pa
     assert git(repo, "show", "hybridiso/hist:new.txt") == "agent work"
 
 
+def test_clone_origin_means_the_same_from_the_clone(tmp_path: Path) -> None:
+    """A relative origin (../upstream.git) would point elsewhere from the
+    clone's directory, and a pushurl would be lost: both are carried over."""
+    for bare in ("upstream.git", "push.git"):
+        git(tmp_path, "init", "-q", "--bare", str(tmp_path / bare))
+    repo = make_repo(tmp_path / "r")
+    git(repo, "remote", "add", "origin", "../upstream.git")
+    git(repo, "config", "remote.origin.pushurl", "../push.git")
+    git(repo, "config", "--add", "remote.origin.pushurl", "git@example.invalid:team/r.git")
+    git(repo, "push", "-q", str(tmp_path / "upstream.git"), "main")
+    write_manifest(repo, "agents:\n  - {name: hist, isolation: clone}\n")
+    hybridiso(repo, "up")
+    clone = tmp_path / "r.agents" / "hist"
+    assert git(clone, "config", "remote.origin.url") == str(tmp_path / "upstream.git")
+    assert git(clone, "config", "--get-all", "remote.origin.pushurl").splitlines() == [
+        str(tmp_path / "push.git"),
+        "git@example.invalid:team/r.git",  # a URL is kept as written
+    ]
+    git(clone, "fetch", "-q", "origin")
+    assert git(clone, "rev-parse", "origin/main") == git(repo, "rev-parse", "main")
+    commit_file(clone, "new.txt", "agent work\n")
+    git(clone, "push", "-q", str(tmp_path / "push.git"), "hybridiso/hist")  # the first pushurl, by path
+    assert git(tmp_path / "push.git", "show", "hybridiso/hist:new.txt") == "agent work"
+
+
 def test_worktree_from_a_linked_worktree_and_submodules(tmp_path: Path) -> None:
     sub = make_repo(tmp_path / "lib", {"lib.txt": "lib\n"})
     repo = make_repo(tmp_path / "r")

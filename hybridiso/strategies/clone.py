@@ -25,11 +25,22 @@ def create(ctx: EnvContext) -> None:
     repo, path, branch = ctx.project.root, ctx.path, ctx.record.branch
     path.parent.mkdir(parents=True, exist_ok=True)
     git.clone_local(repo, path, BASE_REMOTE)
-    origin = git.remote_url(repo, "origin")
-    if origin:
-        git.add_remote(path, "origin", origin)
+    urls = git.config_values(repo, "remote.origin.url")
+    if urls:
+        pushes = [_from(repo, u) for u in git.config_values(repo, "remote.origin.pushurl")]
+        git.add_remote(path, "origin", _from(repo, urls[-1]), pushes)
     existing = git.branch_commit(repo, branch)
     git.checkout_new_branch(path, branch, existing or ctx.record.base_commit or "HEAD")
+
+
+def _from(repo: Path, url: str) -> str:
+    """``url`` as seen from ``repo``, so it means the same in the clone: a
+    relative path (``../origin.git``) is made absolute; URLs (``https://``,
+    ``git@host:path``) are kept as written."""
+    is_url = "://" in url or (":" in url and "/" not in url.split(":", 1)[0])
+    if is_url or Path(url).is_absolute():
+        return url
+    return str((repo / url).resolve())
 
 
 def start(ctx: EnvContext) -> None:
