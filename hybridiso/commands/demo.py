@@ -20,6 +20,7 @@ HELP = "run the whole lifecycle on a throwaway sample repository"
 MANIFEST = """\
 version: 1
 base: main
+labels: {{dev.hybridiso.demo: "1"}}   # on every Docker object, so demo leftovers are easy to find
 defaults:
   include: [".env"]
   setup: ["echo installed > .setup-done"]
