@@ -81,6 +81,35 @@ def test_up_status_exec_down(tmp_path: Path) -> None:
     assert state(repo)["agents"] == {}  # ports released
 
 
+def test_remote_base_worktreeinclude_and_an_env_file_git_never_sees(tmp_path: Path) -> None:
+    """base: origin/main would make git write upstream config for the new
+    branch (branch.autoSetupMerge); .worktreeinclude names ignored files to
+    copy; the env file hybridiso writes never shows in `git status`."""
+    upstream = tmp_path / "upstream.git"
+    git(tmp_path, "init", "-q", "--bare", str(upstream))
+    repo = make_repo(tmp_path / "r", {".gitignore": "config/local.json\n.env\n", ".worktreeinclude": "# local settings\nconfig/local.json\n"})
+    (repo / "config").mkdir()
+    (repo / "config" / "local.json").write_text('{"db": "local"}\n')
+    (repo / ".env").write_text("NOT=listed\n")
+    git(repo, "remote", "add", "origin", str(upstream))
+    git(repo, "push", "-q", "origin", "main")
+    git(repo, "fetch", "-q", "origin")
+    write_manifest(repo, "base: origin/main\nagents:\n  - {name: w, ports: [web]}\n  - {name: c, isolation: clone}\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "r.agents"
+    for name, cfg in (("w", repo), ("c", ws / "c")):
+        env = ws / name
+        assert git(env, "rev-parse", "HEAD") == git(repo, "rev-parse", "origin/main")
+        for key in ("remote", "merge"):
+            assert git(cfg, "config", "--get", f"branch.hybridiso/{name}.{key}", check=False) == "", (name, key)
+        assert (env / "config" / "local.json").read_text() == '{"db": "local"}\n'  # from .worktreeinclude
+        assert not (env / ".env").exists()  # ignored, but listed nowhere
+        assert (env / ".hybridiso.env").is_file() and "HYBRIDISO_AGENT=" + name in (env / ".hybridiso.env").read_text()
+        assert git(env, "status", "--porcelain", "--ignored=no") == ""  # the env file is invisible to git
+    assert git(repo, "status", "--porcelain") == "?? hybridiso.yaml"  # only what the user wrote
+    hybridiso(repo, "down")
+
+
 def test_setup_reruns_only_when_a_lockfile_changes(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", {"package-lock.json": "{}\n", ".gitignore": "count\n"})
     write_manifest(repo, "agents:\n  - name: a\ndefaults:\n  setup: ['echo x >> count']\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -62,7 +63,9 @@ def test_live_report_json_shape(tmp_path: Path) -> None:
 
 def test_compare_measures_fetch_once_for_worktrees_n_times_for_clones(tmp_path: Path) -> None:
     repo = repo_with_files(tmp_path)
-    write_manifest(repo, "agents: []\n")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    before = hybridiso(repo, "plan").stderr
+    assert "* estimated from the size of the base tree (no measurement yet" in before and "measured" not in before
     r = hybridiso(repo, "report", "--compare", "3", "--strategies", "worktree,clone", "--format", "json")
     data = json.loads(r.stdout)
     rows = {x["strategy"]: x for x in data["strategies"]}
@@ -77,8 +80,9 @@ def test_compare_measures_fetch_once_for_worktrees_n_times_for_clones(tmp_path: 
     assert not list(tmp_path.glob(".proj.hybridiso-compare-*"))
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert git(repo, "log", "--oneline").count("\n") == 0  # still one commit
-    # plan now uses the measurement
-    assert "measured" in hybridiso(repo, "plan").stderr
+    # plan now uses the measurement, and says so
+    after = hybridiso(repo, "plan").stderr
+    assert re.search(r"\* measured \d{4}-\d\d-\d\d \d\d:\d\d UTC by `report --compare 3`", after) and "estimated" not in after
 
 
 def test_compare_needs_no_manifest_and_reports_the_branch_it_measured(tmp_path: Path) -> None:

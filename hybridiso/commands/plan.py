@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
             }
         )
         return 0
+    if not rows:
+        output.message("no agents in the manifest; add some under `agents:` in hybridiso.yaml (docs/manifest.md)")
+        return 0
     output.print_table(
         [
             [
