@@ -34,6 +34,29 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+# up's steps, in the order they run; "start" is start-to-healthy for containers
+STEPS = ("create", "submodules", "services", "includes", "setup", "start")
+ENV_HEADERS = ["AGENT", "STRATEGY", "UNIQUE", "SHARED", "STARTUP", *(s.upper() for s in STEPS)]
+
+
+def _env_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Live reports: one row per environment, startup split into up's steps."""
+    rows = []
+    for e in data.get("envs", []):
+        parts = e.get("startup_parts") or {}
+        rows.append(
+            [
+                e["agent"],
+                e["strategy"],
+                human_bytes(e["disk_unique_bytes"]),
+                human_bytes(e["disk_shared_bytes"]),
+                "-" if e["startup_seconds"] is None else f"{e['startup_seconds']:.2f}s",
+                *("-" if parts.get(step) is None else f"{parts[step]:.2f}s" for step in STEPS),
+            ]
+        )
+    return rows
+
+
 def _summary(data: dict[str, Any]) -> list[str]:
     repo = data["repository"]
     lines = [f"repository: {repo['path']} (base {repo['base']})"]
@@ -49,12 +72,18 @@ def _summary(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _per_env(data: dict[str, Any], fmt: str) -> str:
+    envs = _env_rows(data)
+    return "\n\nper environment (startup as `up` timed it, step by step):\n\n" + table(envs, ENV_HEADERS, fmt=fmt) if envs else ""
+
+
 def as_table(data: dict[str, Any]) -> str:
-    return "\n".join(_summary(data)) + "\n\n" + table(_rows(data), HEADERS) + "\n"
+    return "\n".join(_summary(data)) + "\n\n" + table(_rows(data), HEADERS) + _per_env(data, "simple") + "\n"
 
 
 def as_markdown(data: dict[str, Any]) -> str:
-    return "\n".join(f"- {line}" for line in _summary(data)) + "\n\n" + table(_rows(data), HEADERS, fmt="github") + "\n"
+    lines = "\n".join(f"- {line}" for line in _summary(data))
+    return lines + "\n\n" + table(_rows(data), HEADERS, fmt="github") + _per_env(data, "github") + "\n"
 
 
 def as_json(data: dict[str, Any]) -> str:
@@ -81,6 +110,8 @@ def as_html(data: dict[str, Any]) -> str:
         summary=_summary(data),
         headers=HEADERS,
         rows=_rows(data),
+        env_headers=ENV_HEADERS,
+        env_rows=_env_rows(data),
         charts=[c for c in charts if c["bars"]],
     )
 

@@ -50,7 +50,7 @@ def test_disk_report_matches_du_and_counts_hard_links_once(tmp_path: Path) -> No
 
 def test_live_report_json_shape(tmp_path: Path) -> None:
     repo = repo_with_files(tmp_path, 50)
-    write_manifest(repo, "agents:\n  - {name: w1}\n  - {name: c1, isolation: clone}\n")
+    write_manifest(repo, "defaults: {setup: ['sleep 0.3']}\nagents:\n  - {name: w1}\n  - {name: c1, isolation: clone}\n")
     hybridiso(repo, "up")
     data = json.loads(hybridiso(repo, "report", "--format", "json").stdout)
     assert data["schema_version"] == 1 and data["mode"] == "live"
@@ -59,6 +59,15 @@ def test_live_report_json_shape(tmp_path: Path) -> None:
     assert rows["worktree"]["ratios"]["disk_bytes_per_env"] == 1.0
     assert rows["clone"]["ratios"]["disk_bytes_per_env"] > 1.0
     assert rows["worktree"]["startup_seconds"] > 0
+    # startup, step by step as up timed it: the parts add up to the whole
+    for env in data["envs"]:
+        parts = env["startup_parts"]
+        assert {"create", "includes", "setup", "start"} <= set(parts), parts
+        assert parts["setup"] >= 0.3 and parts["create"] > 0
+        assert sum(parts.values()) <= env["startup_seconds"] + 0.01
+    text = hybridiso(repo, "report").stdout
+    assert "per environment (startup as `up` timed it, step by step)" in text
+    assert any(line.split()[:2] == ["c1", "clone"] for line in text.splitlines())
 
 
 def test_compare_measures_fetch_once_for_worktrees_n_times_for_clones(tmp_path: Path) -> None:

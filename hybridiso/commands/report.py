@@ -114,6 +114,8 @@ def _live(project):  # type: ignore[no-untyped-def]
             "disk_unique_bytes": disk.envs[name].unique_bytes,
             "disk_shared_bytes": disk.envs[name].shared_bytes,
             "startup_seconds": state.agents[name].timings.get("total"),
+            # what `up` timed, step by step (create, includes, setup, start...)
+            "startup_parts": {k: v for k, v in state.agents[name].timings.items() if k != "total"},
         }
         for name in sorted(paths)
     ]
