@@ -61,10 +61,12 @@ def remove_tree_or_explain(path: Path, owner: str) -> None:
     keeping it): the caller keeps its record, so the next run retries."""
     left = remove_tree(path)
     if left:
-        raise UserError(
-            f"{owner}: could not remove all of {path}; left: {shorten(left)}",
-            hint=f"give the files back to yourself (e.g. `sudo chown -R {os.geteuid()}:{os.getegid()} '{path}'`), then run the command again",
-        )
+        if any("owned by uid" in item for item in left):
+            fix = f"give the files back to yourself (e.g. `sudo chown -R {os.geteuid()}:{os.getegid()} '{path}'`)"
+        else:
+            # ours and still there: a flag or a mount holds them, not ownership
+            fix = f"something other than ownership holds them: an immutable flag (`lsattr -R '{path}'`, then `sudo chattr -i FILE`) or a mount (`findmnt -R '{path}'`)"
+        raise UserError(f"{owner}: could not remove all of {path}; left: {shorten(left)}", hint=f"{fix}, then run the command again")
 
 
 def what_is_left(path: Path) -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -186,6 +187,47 @@ def test_interrupted_up_rolls_back_and_next_up_converges(tmp_path: Path, sig: in
     write_manifest(repo, "agents:\n  - name: slow\n")
     hybridiso(repo, "up")
     assert status_json(repo)["slow"]["state"] == "ready"
+
+
+def _immutable_files_work(tmp_path: Path) -> bool:
+    probe = tmp_path / "chattr-probe"
+    probe.touch()
+    ok = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    probe.unlink()
+    return ok
+
+
+def test_interrupted_up_whose_rollback_fails_keeps_the_record_and_says_so(tmp_path: Path) -> None:
+    """Ctrl-C, and the half-made environment cannot be removed (an immutable
+    file its setup made): up still exits 130 with a message, not a crash,
+    and keeps the record so the next up finishes the rollback."""
+    if os.geteuid() != 0 or not shutil.which("chattr") or not _immutable_files_work(tmp_path):
+        pytest.skip("needs root and a filesystem with immutable files (chattr +i)")
+    repo = make_repo(tmp_path / "r")
+    marker = tmp_path / "setup-started"
+    pinned = tmp_path / "r.agents" / "stuck" / "pinned"
+    write_manifest(repo, f"agents:\n  - name: stuck\n    setup: ['touch pinned && chattr +i pinned && touch {marker} && sleep 60']\n")
+    try:
+        proc = _start_up(repo)
+        _wait_for(marker.exists)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "internal error" not in err
+        assert "stuck: could not roll back" in err and str(pinned) in err and "`hybridiso up` retries" in err
+        assert state(repo)["agents"]["stuck"]["phase"] == "creating"  # kept, never shown ready
+        assert status_json(repo)["stuck"]["state"].startswith("creating")
+        # while the file stays pinned, the next up says why it cannot go on
+        r = hybridiso(repo, "up", ok=False)
+        assert r.returncode == 1 and "an interrupted creation could not be undone" in r.stderr
+        assert "chattr -i" in r.stderr  # the fix for what actually holds the file, not chown
+    finally:
+        subprocess.run(["chattr", "-i", str(pinned)], capture_output=True)
+    write_manifest(repo, "agents:\n  - name: stuck\n")
+    r = hybridiso(repo, "up")
+    assert "Created" in r.stderr and status_json(repo)["stuck"]["state"] == "ready"
+    assert not pinned.exists()
 
 
 def test_killed_up_is_never_shown_ready_and_next_up_converges(tmp_path: Path) -> None:

@@ -140,7 +140,10 @@ def converge(
         record = state.agents.get(name)
         if record is not None and record.phase == PHASE_CREATING:
             # an earlier run was interrupted half-way: undo it, then create anew
-            lifecycle.rollback(context(project, state, name))
+            try:
+                lifecycle.rollback(context(project, state, name))
+            except UserError as e:
+                raise UserError(f"{name}: an interrupted creation could not be undone: {e.message}", hint=e.hint) from None
             del state.agents[name]
             store.save(state)
             record = None
@@ -199,8 +202,12 @@ def converge(
                 if ctx.record.phase == PHASE_CREATING:
                     try:
                         lifecycle.rollback(ctx)
-                    finally:
-                        state.agents.pop(ctx.name, None)
+                    except Exception as e:  # noqa: BLE001 - the others still roll back
+                        # the record stays, marked creating: the next `up` rolls it back again
+                        message = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                        output.warn(f"{ctx.name}: could not roll back: {message}; `hybridiso up` retries, `hybridiso gc --yes` removes it")
+                        continue
+                    state.agents.pop(ctx.name, None)
             store.save(state)
             raise
     return outcomes
