@@ -250,18 +250,19 @@ def test_docker_unreachable_only_fails_container_agents(tmp_path: Path, busybox_
     assert st["web"]["state"] == "not created"
 
 
-def test_git_inside_the_container(tmp_path: Path, git_image: str, compose_v2: str) -> None:
-    repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
-    write_manifest(
-        repo,
-        f"""labels: {{{TEST_LABEL}: "1"}}
+def dev_agent(image: str) -> str:
+    return f"""labels: {{{TEST_LABEL}: "1"}}
 agents:
   - name: dev
     isolation: container
-    image: {git_image}
+    image: {image}
     command: ["sleep", "infinity"]
-""",
-    )
+"""
+
+
+def test_git_inside_the_container(tmp_path: Path, git_image: str, compose_v2: str) -> None:
+    repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
+    write_manifest(repo, dev_agent(git_image))
     try:
         hybridiso(repo, "up")
         out = hybridiso(repo, "exec", "dev", "--", "git", "status", "--porcelain", "--branch").stdout
@@ -288,16 +289,7 @@ def test_git_inside_that_cannot_read_the_repository_is_named(tmp_path: Path, git
     (repo / "a.txt").write_text("a\n")
     git(repo, "add", "a.txt")
     git(repo, "commit", "-qm", "first")
-    write_manifest(
-        repo,
-        f"""labels: {{{TEST_LABEL}: "1"}}
-agents:
-  - name: dev
-    isolation: container
-    image: {git_image}
-    command: ["sleep", "infinity"]
-""",
-    )
+    write_manifest(repo, dev_agent(git_image))
     try:
         r = hybridiso(repo, "up", ok=False)
         assert r.returncode == 1 and "Traceback" not in r.stderr

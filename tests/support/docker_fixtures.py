@@ -71,41 +71,34 @@ def compose_v2(docker_engine: str) -> str:
     return r.stdout.strip()
 
 
+def _built(build, what: str):  # type: ignore[no-untyped-def]
+    """An image from tests.support.images; unbuildable means unavailable."""
+    try:
+        return build()
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        unavailable(f"cannot build the {what} test image: {e}")
+        raise
+
+
 @pytest.fixture(scope="session")
 def busybox_image(docker_engine: str) -> str:
-    try:
-        return images.ensure_busybox_image()
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        unavailable(f"cannot build the busybox test image: {e}")
-        raise
+    return _built(images.ensure_busybox_image, "busybox")
 
 
 @pytest.fixture(scope="session")
 def healthcheck_image(docker_engine: str) -> str:
-    try:
-        return images.ensure_healthcheck_image()
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        unavailable(f"cannot build the healthcheck test image: {e}")
-        raise
+    return _built(images.ensure_healthcheck_image, "healthcheck")
 
 
 @pytest.fixture(scope="session")
 def service_images(docker_engine: str) -> tuple[str, str]:
     """(postgres, redis) images that behave like the official ones."""
-    try:
-        return images.ensure_service_images()
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        unavailable(f"cannot build the service test images: {e}")
-        raise
+    return _built(images.ensure_service_images, "postgres and redis")
 
 
 @pytest.fixture(scope="session")
 def git_image(docker_engine: str) -> str:
-    try:
-        return images.ensure_git_image()
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        unavailable(f"cannot build the git test image: {e}")
-        raise
+    return _built(images.ensure_git_image, "git")
 
 
 @pytest.fixture
