@@ -66,3 +66,15 @@ def error_handler() -> Iterator[None]:
             file=sys.stderr,
         )
         raise SystemExit(EXIT_BUG) from None
+
+
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, raised by Python or reported by a command (git, docker)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(exc) for text in DISK_FULL_TEXTS)

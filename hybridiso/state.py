@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybridiso.errors import UserError
+
 STATE_VERSION = 1
 
 PHASE_CREATING = "creating"
@@ -116,8 +118,16 @@ class StateStore:
             return State(rebuilt_from=f"state file was unreadable ({e}); moved to {aside.name} and rebuilt from git")
 
     def save(self, state: State) -> None:
+        """Write atomically; a failed write (disk full) leaves the previous
+        file intact and is one clear error."""
         with self._mutex:
-            atomic_write_text(self.path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
+            try:
+                atomic_write_text(self.path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
+            except OSError as e:
+                raise UserError(
+                    f"cannot write the state file {self.path}: {e.strerror}",
+                    hint="free some disk space; the previous state file is intact, and the next run reconciles it with git",
+                ) from None
 
     @contextlib.contextmanager
     def locked(self, command: str, *, wait_message: bool = True) -> Iterator[None]:

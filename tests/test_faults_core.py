@@ -230,6 +230,46 @@ def test_interrupted_up_whose_rollback_fails_keeps_the_record_and_says_so(tmp_pa
     assert not pinned.exists()
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 6 MiB file system of its own (tmpfs), to fill for real."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# row 15: the disk fills up during create
+def test_disk_full_during_up_rolls_back_and_keeps_the_state_valid(small_disk: Path) -> None:
+    checkout = 40 * 40_000  # bytes one environment's files take
+    files = {f"data/f{i:02d}.bin": os.urandom(20_000).hex() for i in range(40)}
+    repo = make_repo(small_disk / "r", files)
+    write_manifest(repo, "agents:\n  - name: a\n  - name: b\n  - {name: c, isolation: clone}\n")
+    # room for one environment and a half: the second fills the disk
+    st = os.statvfs(small_disk)
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    subprocess.run(["mount", "-o", f"remount,size={(used + checkout * 3 // 2) // 1024}k", str(small_disk)], check=True)
+    # one at a time, so exactly the first fits in what is left
+    r = hybridiso(repo, "up", "-j", "1", ok=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert r.stderr.count("the disk is full (No space left on device); what it had made is rolled back") == 2
+    agents = json.loads((repo / ".git" / "hybridiso" / "state.json").read_text())["agents"]  # valid JSON
+    assert list(agents) == ["a"] and agents["a"]["phase"] == "ready"
+    assert sorted(p.name for p in (small_disk / "r.agents").iterdir()) == ["a"]  # nothing half-made left
+    assert git(repo, "branch", "--list", "hybridiso/*").split() == ["+", "hybridiso/a"]
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 2
+    # with room again, the next up converges
+    subprocess.run(["mount", "-o", "remount,size=24m", str(small_disk)], check=True)
+    hybridiso(repo, "up")
+    assert {n: row["state"] for n, row in status_json(repo).items()} == {"a": "ready", "b": "ready", "c": "ready"}
+    hybridiso(repo, "down")
+
+
 def test_killed_up_is_never_shown_ready_and_next_up_converges(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r")
     marker = tmp_path / "setup-started"

@@ -12,12 +12,13 @@ import argparse
 import os
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from hybridiso import git, lifecycle, output, ports, strategies
 from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
-from hybridiso.errors import UserError
+from hybridiso.errors import UserError, is_disk_full
 from hybridiso.lifecycle import ENV_EXCLUDE, Cancelled
 from hybridiso.planner import AgentPlan
 from hybridiso.project import Project
@@ -181,6 +182,7 @@ def converge(
     for ctx, _ in todo:
         ctx.cancel = cancel
     width = max((len(c.name) for c, _ in todo), default=8)
+    save_error: UserError | None = None
     if any(a == "create" for _, a in todo):
         output.message(f"[+] {sum(a == 'create' for _, a in todo)} to create, {sum(a == 'update' for _, a in todo)} to check")
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hybridiso-up") as pool:
@@ -193,7 +195,14 @@ def converge(
                     outcome = f.result()
                     outcomes.append(outcome)
                     output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width)
-                    store.save(state)
+                    if futures[f].record.extra.get("rolled_back"):
+                        state.agents.pop(outcome.name, None)
+                    try:
+                        store.save(state)
+                    except UserError as e:
+                        # keep going: the others are mid-creation; the last good
+                        # file stays, and their records say "creating" until saved
+                        save_error = e
         except KeyboardInterrupt:
             cancel.set()
             output.message("hybridiso: interrupted; stopping and rolling back what this run half-created...")
@@ -210,6 +219,8 @@ def converge(
                     state.agents.pop(ctx.name, None)
             store.save(state)
             raise
+    if save_error is not None:
+        store.save(state)  # once more: space may have been freed by the rollbacks
     return outcomes
 
 
@@ -225,10 +236,33 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
         return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started)
     except Cancelled:
         return Outcome(ctx.name, strategy, "Cancelled", False, time.monotonic() - started, "interrupted")
-    except UserError as e:
-        return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, str(e))
     except Exception as e:  # one agent's failure must not hide the others'
-        return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, f"{type(e).__name__}: {e}")
+        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        if action == "create" and (is_disk_full(e) or _space_left(Path(ctx.record.path)) < LOW_SPACE):
+            # FAULTS #15: a half-made environment only takes more of the
+            # space that ran out; undo it now rather than on the next run
+            error = "the disk is full (No space left on device)"
+            try:
+                lifecycle.rollback(ctx)
+                ctx.record.extra["rolled_back"] = True
+                error += "; what it had made is rolled back"
+            except Exception:  # noqa: BLE001 - the record stays marked creating: the next up retries
+                error += "; rolling back failed too: the next `hybridiso up` retries"
+        return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error)
+
+
+LOW_SPACE = 1 << 20  # git says only "unable to write file" when the disk fills
+
+
+def _space_left(path: Path) -> int:
+    """Bytes free for us on the file system that holds ``path``."""
+    for p in (path, *path.parents):
+        try:
+            st = os.statvfs(p)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize
+    return LOW_SPACE
 
 
 def _update(ctx: EnvContext) -> str:
