@@ -157,3 +157,9 @@ def test_sync_with_lost_state_and_base_checked_out_dirty(tmp_path: Path) -> None
     assert (repo / "README.md").read_text() == "local edit git must not overwrite\n"
     assert rows["a"]["result"] == "up to date"  # onto the local main, which did not move
     assert "a" in state(repo)["agents"]  # adopted from git
+
+
+def test_sync_with_no_environments_says_so(tmp_path: Path) -> None:
+    repo = make_project(tmp_path, "  - name: a\n")
+    r = hybridiso(repo, "sync")
+    assert r.stdout == "" and "no environments to sync: `hybridiso up` creates them" in r.stderr

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             for o in outcomes
         ]
         output.print_table(rows, ["AGENT", "STRATEGY", "RESULT", "HEAD", "SETUP", "TIME", "DETAIL"])
+        if not outcomes:
+            output.message("no environments to sync: `hybridiso up` creates them")
     bad = [o for o in outcomes if o.result in ("conflict", "failed") or o.setup == "failed"]
     if bad:
         raise UserError(
