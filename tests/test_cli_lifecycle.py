@@ -65,6 +65,8 @@ def test_up_status_exec_down(tmp_path: Path) -> None:
     assert git(repo, "config", "--get", "branch.hybridiso/ui.remote", check=False) == ""
     # exit codes pass through exec
     assert hybridiso(repo, "exec", "ui", "--", "sh", "-c", "exit 7", ok=None).returncode == 7
+    missing = hybridiso(repo, "exec", "ui", "--", "no-such-program", ok=None)
+    assert missing.returncode == 127 and "command not found: no-such-program" in missing.stderr  # as a shell says it
 
     # idempotent: nothing changes the second time
     before = state(repo)

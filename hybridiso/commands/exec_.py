@@ -5,7 +5,7 @@ import argparse
 import os
 import subprocess
 
-from hybridiso import lifecycle, strategies
+from hybridiso import lifecycle, output, strategies
 from hybridiso.commands.common import check_names, context, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.reconcile import adopt_from_reality
@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return subprocess.call(argv, cwd=cwd, env={**os.environ, **env})
     except FileNotFoundError:
-        raise UserError(f"command not found: {argv[0]}") from None
+        # the shell's codes, as a container agent's `docker exec` gives them
+        output.message(f"hybridiso: error: command not found: {argv[0]}")
+        return 127
     except PermissionError:
-        raise UserError(f"command not executable: {argv[0]}") from None
+        output.message(f"hybridiso: error: command not executable: {argv[0]}")
+        return 126
