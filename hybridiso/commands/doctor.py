@@ -51,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
         output.warn(f"repository checks skipped: {e.message}")
     state = project.store.load() if project is not None else None  # once: a corrupt file is moved aside on load
     # container agents, whether the manifest says so or the planner decides it
-    needs_docker = bool(
-        project and state and any(p.strategy == "container" for p in make_plan(project, state).agents)
-    )
-    checks = [*check_git(), *check_docker(needs_docker)]
+    containers = [p for p in make_plan(project, state).agents if p.strategy == "container"] if project and state else []
+    # Compose starts only the agents with containerised services
+    services = project.manifest.services if project else {}
+    needs_compose = any(services[s].runs_in_container for p in containers for s in p.agent.services if s in services)
+    checks = [*check_git(), *check_docker(bool(containers), needs_compose)]
     if project is not None and state is not None:
         checks += [check_disk(project), check_ports(project, state), *check_state(project, state)]
     if args.json:
@@ -96,9 +97,11 @@ def check_git() -> list[Check]:
     return checks
 
 
-def check_docker(needed: bool) -> list[Check]:
+def check_docker(needed: bool, compose_needed: bool = False) -> list[Check]:
     bad = "fail" if needed else "warn"
     why = "container agents need it" if needed else "only container agents need it"
+    compose_bad = "fail" if compose_needed else "warn"
+    compose_why = "agents with services need it" if compose_needed else "only agents with containerised services need it"
     if not shutil.which("docker"):
         return [Check("docker", bad, f"the docker CLI is not installed ({why})", "install Docker Engine and the compose plugin")]
     r = _quiet(["docker", "version", "--format", "{{.Server.Version}}"])
@@ -113,7 +116,7 @@ def check_docker(needed: bool) -> list[Check]:
     if m and int(m.group(1)) >= 2:
         checks.append(Check("docker compose", "ok", f"v{version}"))
     else:
-        checks.append(Check("docker compose", bad, f"Compose v2 not found ({version or 'no `docker compose`'}; {why})", "install the docker-compose-plugin package"))
+        checks.append(Check("docker compose", compose_bad, f"Compose v2 not found ({version or 'no `docker compose`'}; {compose_why})", "install the docker-compose-plugin package"))
     return checks
 
 
