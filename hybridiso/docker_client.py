@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybridiso.errors import DockerUnavailable, UserError
+
+if TYPE_CHECKING:
+    from hybridiso.engine_apply import Plan
 
 LABEL_PREFIX = "dev.hybridiso"
 LABEL_PROJECT = f"{LABEL_PREFIX}.project"  # the repository (a stable id)
@@ -142,6 +146,7 @@ class ContainerInfo:
     exit_code: int | None
     labels: Mapping[str, str]
     last_probe: str = ""  # the newest healthcheck's exit code and output
+    image_id: str = ""
 
     def describe(self) -> str:
         if self.status == "running":
@@ -176,6 +181,7 @@ def containers(labels: Mapping[str, str]) -> list[ContainerInfo]:
                 state.get("ExitCode") if state.get("Status") == "exited" else None,
                 dict(c.labels),
                 probe,
+                str(c.attrs.get("Image") or ""),
             )
         )
     return result
@@ -223,23 +229,6 @@ def labelled_resources(labels: Mapping[str, str]) -> dict[str, list[dict[str, An
         }
 
 
-def run_oneshot(image: str, argv: list[str], mounts: Mapping[str, str], labels: Mapping[str, str], user: str | None = None) -> None:
-    """Run a short command in a throwaway container (e.g. to fix ownership)."""
-    from docker.types import Mount
-
-    with api_errors(f"run {argv[0]} in {image}"):
-        client().containers.run(
-            image,
-            argv,
-            remove=True,
-            entrypoint=[],
-            user=user,
-            labels=dict(labels),
-            network_mode="none",
-            mounts=[Mount(target=t, source=s, type="bind") for s, t in mounts.items()],
-        )
-
-
 def exec_in(container_id: str, argv: list[str], *, user: str | None = None, workdir: str | None = None, environment: Mapping[str, str] | None = None) -> tuple[int, str]:
     """Run ``argv`` in a running container; (exit code, combined output)."""
     with api_errors("run a command in a container"):
@@ -248,3 +237,66 @@ def exec_in(container_id: str, argv: list[str], *, user: str | None = None, work
         )
     out = result.output.decode("utf-8", "replace") if isinstance(result.output, bytes) else str(result.output or "")
     return int(result.exit_code if result.exit_code is not None else -1), out
+
+
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_CONFIG_HASH = "com.docker.compose.config-hash"  # compose lists only containers that have one
+
+
+def apply_container(plan: Plan) -> str | None:
+    """Make ``plan`` (an engine_apply.Plan) true: its network exists, its one
+    container exists with the same config and runs.  Returns what was done
+    (created, recreated, started, unchanged), or None when the project holds
+    containers of other services: Compose must reconcile those."""
+    from docker.errors import APIError
+
+    api = client().api
+    with api_errors(f"start container {plan.container_name}"):
+        found = api.containers(all=True, filters={"label": [f"{COMPOSE_PROJECT}={plan.project}"]})
+        if any((c.get("Labels") or {}).get(COMPOSE_SERVICE) != plan.service for c in found):
+            return None
+        action = "created"
+        for c in found:
+            if (c.get("Labels") or {}).get(COMPOSE_CONFIG_HASH) == plan.config_hash:
+                if c.get("State") == "running":
+                    return "unchanged"
+                api.start(c["Id"])
+                return "started"
+            api.remove_container(c["Id"], force=True, v=True)
+            action = "recreated"
+        if plan.network:
+            try:
+                api.create_network(plan.network, driver="bridge", labels=plan.network_labels, check_duplicate=True)
+            except APIError as e:
+                if e.status_code != 409:  # 409: it exists already, from an earlier up
+                    raise
+        created = api.create_container_from_config(plan.config, plan.container_name)
+        api.start(created["Id"])
+    return action
+
+
+def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event | None = None) -> str:
+    """Poll until the container is healthy, unhealthy or stopped (or
+    ``timeout`` passes, or ``cancel`` is set); its final state: healthy,
+    unhealthy, exited, running (no healthcheck), timeout or cancelled."""
+    import time
+
+    api = client().api
+    end = time.monotonic() + timeout
+    with api_errors(f"inspect container {container_name}"):
+        while True:
+            state = api.inspect_container(container_name).get("State") or {}
+            if state.get("Status") in ("exited", "dead", "removing"):
+                return "exited"
+            health = (state.get("Health") or {}).get("Status")
+            if health in ("healthy", "unhealthy"):
+                return str(health)
+            if health is None:
+                return str(state.get("Status"))
+            if time.monotonic() > end:
+                return "timeout"
+            if cancel is not None and cancel.wait(0.1):
+                return "cancelled"
+            if cancel is None:
+                time.sleep(0.1)

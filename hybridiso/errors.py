@@ -78,3 +78,7 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return any(text in str(exc) for text in DISK_FULL_TEXTS)
+
+
+class Cancelled(Exception):
+    """An environment's creation stopped because ``up`` was interrupted."""

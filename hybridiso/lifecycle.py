@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridiso import envfile, git, includes, service_branches, setup_runner, strategies
-from hybridiso.errors import UserError
+from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, AgentRecord
@@ -21,10 +21,6 @@ from hybridiso.strategies.base import EnvContext
 ENV_EXCLUDE = "/" + envfile.ENV_FILE
 PRECIOUS_DEFAULT = (".env", ".env.*", "*.local")
 BACKUP_PREFIX = "refs/hybridiso/backup"
-
-
-class Cancelled(Exception):
-    pass
 
 
 def environment_for(project: Project, agent: Agent | None, record: AgentRecord) -> dict[str, str]:

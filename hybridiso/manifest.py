@@ -428,6 +428,12 @@ def load_manifest(path: Path) -> Manifest:
     return parse_manifest(text, path)
 
 
+def read_yaml(text: str) -> Any:
+    """Safe-load YAML text: hybridiso's one YAML reader (also for the compose
+    files it renders and reads back)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def load_manifest_data(value: Any) -> Manifest:
     """Validate already-parsed data (used by tests and ``init``)."""
     return Manifest.model_validate(value)

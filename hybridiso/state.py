@@ -97,6 +97,11 @@ class StateStore:
         return self.dir / "logs"
 
     @property
+    def images_without_git(self) -> Path:
+        """Image ids (with the PATH they were probed with) whose git probe found no git."""
+        return self.dir / "images-without-git"
+
+    @property
     def compose_dir(self) -> Path:
         return self.dir / "compose"
 

@@ -68,6 +68,9 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     r = hybridiso(repo, "up")
     assert "web" in r.stderr and "Created" in r.stderr
     assert "has no git" in r.stderr  # FAULTS #21: busybox has no git, and up says so
+    # ... and remembers it by image id, so the next start skips the probe's exec
+    image_id = docker("image", "inspect", "--format", "{{.Id}}", json.loads(docker("inspect", labelled("container", "web")[0]))[0]["Config"]["Image"])
+    assert (repo / ".git" / "hybridiso" / "images-without-git").read_text().split() == [image_id]
     st = status_json(repo)["web"]
     assert st["strategy"] == "container" and st["process"].startswith("running")
     port = st["ports"]["web"]
@@ -94,6 +97,8 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     assert labelled("container", "web") == [cid]
     hybridiso(repo, "down")
     assert labelled("container", "web") == labelled("network", "web") == labelled("volume", "web") == []
+    assert "has no git" in hybridiso(repo, "up").stderr  # still said, from what was remembered
+    hybridiso(repo, "down")
 
 
 def tmp_path_of(repo: Path) -> Path:

@@ -9,11 +9,13 @@
    - bare+net:  the same plus `docker network create`, i.e. the isolation
                 hybridiso gives every agent (its own network);
    - hybridiso: `hybridiso up --json` (worktree, env file, compose file,
-                compose up, git probe), then poll until HTTP answers.
+                the engine calls it translates to, git probe), then poll
+                until HTTP answers.
    All alternate order each round; the ratio of medians against bare is
    hybridiso's overhead (target: under 1.20).  The floor of one hybridiso
-   process (`--version`) and one `docker compose up` of the rendered file are
-   printed too, so the overhead can be split into its parts.
+   process (`--version`) is printed too, so the overhead can be split into
+   its parts, and one `docker compose up` of the rendered file: what starting
+   it through Compose (hybridiso's way for agents with services) costs.
 2. N agents: `hybridiso up` of N container agents (with the time each took
    to be ready) against N sequential bare+net starts, same run.
 
@@ -175,7 +177,7 @@ def main() -> int:
             hybridiso(repo, "--version")
             floor.append(time.perf_counter() - t)
         print(f"  parts: one hybridiso process start (--version) {statistics.median(floor):.2f}s; "
-              f"one `docker compose up` of the rendered file {statistics.median([compose_only(repo) for _ in range(3)]):.2f}s")
+              f"one `docker compose up` of the rendered file (not used for one container) {statistics.median([compose_only(repo) for _ in range(3)]):.2f}s")
 
         names = [f"c{i}" for i in range(args.agents)]
         (repo / "hybridiso.yaml").write_text(manifest(args.image, names, free_port()))

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from hybridiso import git, lifecycle, output, ports, strategies
 from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
 from hybridiso.errors import UserError, is_disk_full
-from hybridiso.lifecycle import ENV_EXCLUDE, Cancelled
+from hybridiso.errors import Cancelled
+from hybridiso.lifecycle import ENV_EXCLUDE
 from hybridiso.planner import AgentPlan
 from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             for note in p.warnings:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
-        selected, refused = check_docker(selected)
+        selected, refused = check_docker(project, selected)
         outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
     if args.json:
         for o in outcomes:
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_docker(selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:
+def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:
     """Container agents need the engine (FAULTS #12: the others go ahead
     without it) and their images (FAULTS #13: checked before anything starts)."""
     containers = [p for p in selected if p.strategy == "container"]
@@ -106,10 +107,14 @@ def check_docker(selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outco
         return selected, []
     from hybridiso import compose_cli, docker_client
 
-    # Compose v2 missing: say so before creating anything.  Its version check
-    # is a process of its own, so it runs while the engine is asked.
+    # An agent with containerised services is started by Compose v2: if it is
+    # missing, say so before creating anything.  Its version check is a
+    # process of its own, so it runs while the engine is asked.  (One-container
+    # projects start through the engine itself: engine_apply.py.)
     compose_check = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridiso-compose-check")
-    compose_found = compose_check.submit(compose_cli.compose_command)
+    services = project.manifest.services
+    needs_compose = any(services[s].runs_in_container for p in containers for s in p.agent.services if s in services)
+    compose_found = compose_check.submit(compose_cli.compose_command if needs_compose else tuple)
     compose_check.shutdown(wait=False)
     ok, why = docker_client.reachable()
     if not ok:

@@ -12,6 +12,7 @@ project around them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from hybridiso import compose_cli, docker_client, git, output
 from hybridiso.container_spec import project_name
-from hybridiso.errors import UserError
+from hybridiso.errors import Cancelled, UserError
 from hybridiso.project import Project
 from hybridiso.strategies import worktree
 from hybridiso.strategies.base import EnvContext, Observation
@@ -78,14 +79,41 @@ def start(ctx: EnvContext) -> None:
     # ready means healthy where anything has a healthcheck: the manifest's,
     # the image's own HEALTHCHECK, or the services'
     healthchecks = spec.healthcheck is not None or bool(spec.services) or docker_client.image_healthcheck(spec.image)
-    try:
-        compose_cli.up(compose_project(ctx), path, wait=healthchecks)
-    except UserError:
-        _explain_unhealthy(ctx)
-        raise
+    if not _apply_through_engine(ctx, path, healthchecks):
+        try:
+            compose_cli.up(compose_project(ctx), path, wait=healthchecks)
+        except UserError:
+            _explain_unhealthy(ctx)
+            raise
     if not healthchecks:
         _require_running(ctx)
+    else:
+        _explain_unhealthy(ctx)  # the engine path's wait ends on unhealthy or exited too
     check_git_inside(ctx)
+
+
+READY_TIMEOUT = 120  # seconds for every healthcheck to pass
+
+
+def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> bool:
+    """A project of one container starts through the Engine API (see
+    engine_apply.py); False when the file needs Compose."""
+    from hybridiso import engine_apply
+    from hybridiso.manifest import read_yaml
+
+    plan = engine_apply.translate(read_yaml(path.read_text(encoding="utf-8")), path)
+    if plan is None or docker_client.apply_container(plan) is None:
+        return False
+    if healthchecks:
+        final = docker_client.wait_ready(plan.container_name, timeout=READY_TIMEOUT, cancel=ctx.cancel)
+        if final == "cancelled":
+            raise Cancelled(ctx.name)
+        if final == "timeout":
+            raise UserError(
+                f"container {plan.container_name} was not healthy after {READY_TIMEOUT}s",
+                hint=f"`docker inspect {plan.container_name}` shows its healthcheck's runs",
+            )
+    return True
 
 
 def _explain_unhealthy(ctx: EnvContext) -> None:
@@ -120,16 +148,28 @@ def check_git_inside(ctx: EnvContext) -> None:
     info = _agent_container(ctx)
     if info is None or info.status != "running":
         return
-    probe = "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"
-    code, text = docker_client.exec_in(
-        info.id, ["sh", "-c", probe], user=f"{os.getuid()}:{os.getgid()}", workdir=str(ctx.path), environment={"HOME": "/tmp"}
-    )
+    image = ctx.agent.image if ctx.agent else "?"
+    # an image that had no git has none the next time either (an id names
+    # fixed content): skip the probe's exec, but still say so
+    known = f"{info.image_id} {ctx.project.manifest.env_for(ctx.agent).get('PATH', '') if ctx.agent else ''}"
+    without_git = ctx.project.store.images_without_git
+    if known in _read_lines(without_git):
+        code, text = 127, ""
+    else:
+        probe = "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"
+        code, text = docker_client.exec_in(
+            info.id, ["sh", "-c", probe], user=f"{os.getuid()}:{os.getgid()}", workdir=str(ctx.path), environment={"HOME": "/tmp"}
+        )
     if code == 0:
         ctx.record.extra["git_in_container"] = "ok"
         return
     if code in (126, 127):
         ctx.record.extra["git_in_container"] = "image has no git"
-        output.warn(f"{ctx.name}: image {ctx.agent.image if ctx.agent else '?'} has no git; the agent cannot run git inside its container")
+        output.warn(f"{ctx.name}: image {image} has no git; the agent cannot run git inside its container")
+        if info.image_id and known not in _read_lines(without_git):
+            with contextlib.suppress(OSError):  # only a cache
+                with without_git.open("a", encoding="utf-8") as f:
+                    f.write(known + "\n")
         return
     if "unknown repository extension" in text:
         hint = (
@@ -142,6 +182,13 @@ def check_git_inside(ctx: EnvContext) -> None:
             "their host paths, and the container must run as the files' owner"
         )
     raise UserError(f"git inside agent {ctx.name}'s container cannot see the repository: {text.strip()[:400]}", hint=hint)
+
+
+def _read_lines(path: Path) -> set[str]:
+    try:
+        return set(path.read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError):
+        return set()
 
 
 def _agent_container(ctx: EnvContext) -> docker_client.ContainerInfo | None:

@@ -1,0 +1,165 @@
+"""Starting a one-container compose project straight through the Engine API.
+
+Most agents are one container (no ``services:``).  For those, ``up`` does
+what ``docker compose up --detach`` does with the rendered file -- the same
+container and network names, the same ``com.docker.compose.*`` labels, so
+``docker compose -p P ps|logs|down`` and ``hybridiso down`` treat it as
+Compose's own -- but asks the engine itself instead of starting the Compose
+CLI, a Go process that costs 0.1-0.15 s per agent and competes for the CPU
+while many agents start (docs/benchmarks.md has the figures).
+
+What is applied is read back from the rendered file, so the file stays the
+one description of the container.  A file with anything this module does not
+translate (services, named volumes, ``depends_on``) goes to Compose.
+tests/test_engine_apply.py starts the same file both ways and compares what
+Docker reports about the two containers.
+
+This module is pure translation; docker_client.py makes the calls.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hybridiso.container_spec import AGENT_SERVICE
+from hybridiso.docker_client import COMPOSE_CONFIG_HASH
+from hybridiso.manifest import parse_size
+
+
+# the keys of the agent service that translate() turns into API fields
+TRANSLATED_KEYS = frozenset(
+    {
+        "image", "command", "working_dir", "user", "init", "security_opt", "cpus", "mem_limit",
+        "pids_limit", "network_mode", "networks", "extra_hosts", "volumes", "environment",
+        "ports", "healthcheck", "labels",
+    }
+)
+TRANSLATED_TOP = frozenset({"name", "services", "networks"})
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
+_NANOS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One container to create (and the network it joins, if its own)."""
+
+    project: str
+    service: str
+    container_name: str
+    config: dict[str, Any]  # the Engine API body of POST /containers/create
+    network: str | None  # the project network's full name; None with network_mode
+    network_labels: dict[str, str]
+    config_hash: str
+    has_healthcheck: bool
+
+
+def duration_ns(text: str) -> int:
+    """A compose duration ("2s", "500ms", "1m30s") in nanoseconds."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration")
+    return int(sum(float(n) * _NANOS[u] for n, u in parts))
+
+
+def unescape(value: Any) -> Any:
+    """Undo the renderer's ``$`` doubling, as Compose's interpolation does."""
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, list):
+        return [unescape(v) for v in value]
+    if isinstance(value, dict):
+        return {unescape(k): unescape(v) for k, v in value.items()}
+    return value
+
+
+def compose_names(project: str, service: str, network_key: str) -> tuple[str, str]:
+    """Compose v2's names: container ``<project>-<service>-1``, network ``<project>_<key>``."""
+    return f"{project}-{service}-1", f"{project}_{network_key}"
+
+
+def translate(doc: Mapping[str, Any], file: Path) -> Plan | None:
+    """The one container of a parsed compose file as an API body, or None
+    when the file needs Compose itself."""
+    if set(doc) - TRANSLATED_TOP:
+        return None
+    services = doc.get("services") or {}
+    if list(services) != [AGENT_SERVICE]:
+        return None
+    svc = unescape(services[AGENT_SERVICE])
+    if set(svc) - TRANSLATED_KEYS or any(v.get("type") != "bind" for v in svc.get("volumes") or []):
+        return None
+    project = str(doc["name"])
+    networks = unescape(doc.get("networks") or {})
+    joined = list(svc.get("networks") or [])
+    if len(joined) > 1 or (joined and joined[0] not in networks):
+        return None
+    container_name, network = compose_names(project, AGENT_SERVICE, joined[0]) if joined else (f"{project}-{AGENT_SERVICE}-1", "")
+    compose_labels = {
+        "com.docker.compose.project": project,
+        "com.docker.compose.project.config_files": str(file),
+        "com.docker.compose.project.working_dir": str(file.parent),
+        "com.docker.compose.service": AGENT_SERVICE,
+        "com.docker.compose.container-number": "1",
+        "com.docker.compose.oneoff": "False",
+        "com.docker.compose.depends_on": "",
+    }
+    host: dict[str, Any] = {
+        "Init": bool(svc.get("init", False)),
+        "SecurityOpt": list(svc.get("security_opt") or []),
+        "Mounts": [
+            {"Type": "bind", "Source": v["source"], "Target": v["target"], "ReadOnly": bool(v.get("read_only", False))}
+            for v in svc.get("volumes") or []
+        ],
+        "PortBindings": {},
+        "ExtraHosts": list(svc.get("extra_hosts") or []) or None,
+        "NetworkMode": svc.get("network_mode") or network,
+    }
+    if svc.get("cpus") is not None:
+        host["NanoCpus"] = int(round(float(svc["cpus"]) * 1e9))
+    if svc.get("mem_limit") is not None:
+        host["Memory"] = parse_size(svc["mem_limit"])  # binary units, as Compose
+    if svc.get("pids_limit") is not None:
+        host["PidsLimit"] = int(svc["pids_limit"])
+    exposed: dict[str, dict[str, Any]] = {}
+    for p in svc.get("ports") or []:
+        key = f"{p['target']}/{p.get('protocol', 'tcp')}"
+        exposed[key] = {}
+        host["PortBindings"].setdefault(key, []).append({"HostIp": p.get("host_ip", ""), "HostPort": str(p["published"])})
+    config: dict[str, Any] = {
+        "Image": svc["image"],
+        "WorkingDir": svc.get("working_dir", ""),
+        "User": svc.get("user", ""),
+        "Env": [f"{k}={v}" for k, v in (svc.get("environment") or {}).items()],
+        "Labels": {**(svc.get("labels") or {}), **compose_labels},
+        "ExposedPorts": exposed,
+        "HostConfig": host,
+    }
+    if svc.get("command") is not None:
+        config["Cmd"] = list(svc["command"])
+    hc = svc.get("healthcheck")
+    if hc:
+        config["Healthcheck"] = {
+            "Test": list(hc["test"]),
+            "Interval": duration_ns(hc.get("interval", "30s")),
+            "Timeout": duration_ns(hc.get("timeout", "30s")),
+            "Retries": int(hc.get("retries", 3)),
+            "StartPeriod": duration_ns(hc.get("start_period", "0s")),
+        }
+    if joined:
+        config["NetworkingConfig"] = {"EndpointsConfig": {network: {"Aliases": [AGENT_SERVICE, container_name]}}}
+    network_labels = {}
+    if joined:
+        network_labels = {
+            **(networks[joined[0]] or {}).get("labels", {}),
+            "com.docker.compose.project": project,
+            "com.docker.compose.network": joined[0],
+        }
+    digest = hashlib.sha256(json.dumps([config, network, network_labels], sort_keys=True).encode()).hexdigest()
+    config["Labels"][COMPOSE_CONFIG_HASH] = digest  # ours, not what Compose would compute: its own `up` recreates it
+    return Plan(project, AGENT_SERVICE, container_name, config, network or None, network_labels, digest, bool(hc))

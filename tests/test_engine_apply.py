@@ -1,0 +1,226 @@
+"""One-container projects start through the Engine API (engine_apply.py):
+the container must be the one `docker compose up` makes from the same file,
+and Compose must treat it as its own."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hybridiso import engine_apply
+from hybridiso.manifest import read_yaml
+from tests.support.cli import hybridiso, status_json, write_manifest
+from tests.support.docker_fixtures import TEST_LABEL
+from tests.support.gitrepo import make_repo
+from tests.support.postgres import free_port
+
+# --- pure translation ----------------------------------------------------------
+
+
+def test_durations_in_nanoseconds() -> None:
+    assert engine_apply.duration_ns("2s") == 2 * 10**9
+    assert engine_apply.duration_ns("500ms") == 5 * 10**8
+    assert engine_apply.duration_ns("1m30s") == 90 * 10**9
+    assert engine_apply.duration_ns("1.5h") == 5400 * 10**9
+    for bad in ("", "2", "s", "2s junk", "-1s"):
+        with pytest.raises(ValueError):
+            engine_apply.duration_ns(bad)
+
+
+def test_unescape_undoes_the_renderers_dollar_doubling_only() -> None:
+    assert engine_apply.unescape({"A": ["$$HOME", "$$$$", "x$$y"]}) == {"A": ["$HOME", "$$", "x$y"]}
+
+
+def _doc(**agent: Any) -> dict[str, Any]:
+    return {
+        "name": "p",
+        "services": {"agent": {"image": "img", **agent}},
+        "networks": {"agent-net": {"labels": {"k": "v"}}},
+    }
+
+
+def test_translate_builds_the_api_body() -> None:
+    plan = engine_apply.translate(
+        _doc(
+            command=["echo", "$$X"],
+            networks=["agent-net"],
+            mem_limit="128m",
+            cpus=0.5,
+            pids_limit=64,
+            init=True,
+            ports=[{"target": 8080, "published": "8080", "host_ip": "127.0.0.1", "protocol": "tcp"}],
+            volumes=[{"type": "bind", "source": "/a b", "target": "/a b", "read_only": False}],
+            environment={"T": "$${NOPE}"},
+            healthcheck={"test": ["CMD", "true"], "interval": "500ms", "timeout": "5s", "retries": 3, "start_period": "1s"},
+        ),
+        Path("/x/compose.yaml"),
+    )
+    assert plan is not None
+    c, h = plan.config, plan.config["HostConfig"]
+    assert c["Cmd"] == ["echo", "$X"] and c["Env"] == ["T=${NOPE}"]
+    assert h["Memory"] == 128 << 20 and h["NanoCpus"] == 500_000_000 and h["PidsLimit"] == 64 and h["Init"] is True
+    assert h["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
+    assert h["Mounts"] == [{"Type": "bind", "Source": "/a b", "Target": "/a b", "ReadOnly": False}]
+    assert h["NetworkMode"] == plan.network == "p_agent-net" and plan.container_name == "p-agent-1"
+    assert c["Healthcheck"]["Interval"] == 5 * 10**8 and plan.has_healthcheck
+    assert c["Labels"]["com.docker.compose.project"] == "p" and c["Labels"]["com.docker.compose.config-hash"] == plan.config_hash
+    assert plan.network_labels == {"k": "v", "com.docker.compose.project": "p", "com.docker.compose.network": "agent-net"}
+    # the hash follows the config: any change recreates the container
+    other = engine_apply.translate(_doc(command=["echo", "$$Y"], networks=["agent-net"]), Path("/x/compose.yaml"))
+    assert other is not None and other.config_hash != plan.config_hash
+
+
+def test_translate_leaves_what_it_does_not_know_to_compose() -> None:
+    f = Path("/x/compose.yaml")
+    with_db = _doc()
+    with_db["services"]["db"] = {"image": "postgres"}
+    assert engine_apply.translate(with_db, f) is None
+    assert engine_apply.translate(_doc(depends_on={"db": {"condition": "service_healthy"}}), f) is None
+    assert engine_apply.translate(_doc(volumes=[{"type": "volume", "source": "data", "target": "/d"}]), f) is None
+    assert engine_apply.translate({**_doc(), "volumes": {"data": {}}}, f) is None
+    host = engine_apply.translate(_doc(network_mode="host"), f)
+    assert host is not None and host.network is None and host.config["HostConfig"]["NetworkMode"] == "host"
+
+
+# --- for real: the same file through the engine and through Compose -------------
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _inspect(name: str) -> dict[str, Any]:
+    return json.loads(docker("inspect", name))[0]
+
+
+def _essentials(info: dict[str, Any]) -> dict[str, Any]:
+    """What makes the container the agent's: everything the compose file says."""
+    config, host = info["Config"], info["HostConfig"]
+    # Compose's own bookkeeping: its hash and version, the image id, and on a
+    # recreated container the one it replaced
+    own = ("com.docker.compose.config-hash", "com.docker.compose.version", "com.docker.compose.image", "com.docker.compose.replace")
+    labels = {k: v for k, v in config["Labels"].items() if k not in own}
+    return {
+        "name": info["Name"],
+        "image": config["Image"],
+        "cmd": config["Cmd"],
+        "entrypoint": config["Entrypoint"],
+        "workdir": config["WorkingDir"],
+        "user": config["User"],
+        "env": sorted(config["Env"]),
+        "labels": labels,
+        "exposed": config.get("ExposedPorts"),
+        "healthcheck": config.get("Healthcheck"),
+        "init": host["Init"],
+        "security": host["SecurityOpt"],
+        "limits": (host["NanoCpus"], host["Memory"], host["PidsLimit"]),
+        "network_mode": host["NetworkMode"],
+        "ports": host["PortBindings"],
+        "mounts": sorted((m["Type"], m["Source"], m["Target"], m.get("ReadOnly", False)) for m in host.get("Mounts") or []),
+        "extra_hosts": host.get("ExtraHosts") or [],
+        "privileged": host["Privileged"],
+        "restart": host["RestartPolicy"]["Name"] or "no",
+        "networks": {n: sorted(set(e.get("Aliases") or []) - {info["Id"][:12]}) for n, e in info["NetworkSettings"]["Networks"].items()},
+    }
+
+
+@pytest.mark.docker
+def test_engine_and_compose_make_the_same_container(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    repo = make_repo(tmp_path / "site dir", {"index.html": "hi\n"})
+    lo = free_port()
+    write_manifest(
+        repo,
+        f"""\
+labels: {{{TEST_LABEL}: "1"}}
+ports: {{range: "{lo}-{lo + 50}"}}
+agents:
+  - name: web
+    isolation: container
+    image: {busybox_image}
+    command: ["sh", "-c", "exec httpd -f -p ${{PORT_WEB}} -h .", "x y"]
+    ports: [web]
+    resources: {{cpus: 0.5, memory: 96m, pids: 64}}
+    healthcheck: {{test: ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:${{PORT_WEB}}/index.html"], interval: 200ms}}
+    env: {{TOKEN: "${{NOPE:?boom}} $HOME $$ 'q' \\"dq\\""}}
+""",
+    )
+    try:
+        hybridiso(repo, "up")
+        file = Path(json.loads(hybridiso(repo, "render", "web", "--json").stdout)[0]["file"])
+        plan = engine_apply.translate(read_yaml(file.read_text()), file)
+        assert plan is not None  # one container: started through the engine
+        ours = _inspect(plan.container_name)
+        assert ours["State"]["Health"]["Status"] == "healthy"  # up returned only once it was
+        compose = ["docker", "compose", "-f", str(file)]
+        # Compose sees the container as its own ...
+        listed = subprocess.run([*compose, "ps", "-a", "--format", "json"], capture_output=True, text=True, check=True).stdout
+        assert plan.container_name in listed
+        # ... and makes the very same one from the file
+        subprocess.run([*compose, "up", "-d", "--force-recreate", "--wait"], capture_output=True, text=True, check=True)
+        theirs = _inspect(plan.container_name)
+        assert theirs["Id"] != ours["Id"]
+        assert _essentials(ours) == _essentials(theirs)
+        # a container Compose made is replaced by the next up (its hash is
+        # Compose's), and the agent keeps working
+        hybridiso(repo, "up")
+        assert status_json(repo)["web"]["process"] == "running (healthy)"
+        # Compose takes it down, network included
+        subprocess.run([*compose, "down"], capture_output=True, text=True, check=True)
+        assert docker("ps", "-aq", "--filter", f"name={plan.container_name}") == ""
+        assert docker("network", "ls", "-q", "--filter", f"name={plan.network}") == ""
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
+
+
+@pytest.mark.docker
+def test_leftover_service_containers_send_the_project_to_compose(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    """An agent that had services and now has none: Compose removes the
+    orphans (--remove-orphans), which the engine path would not."""
+    repo = make_repo(tmp_path / "site", {"a.txt": "a\n"})
+    write_manifest(
+        repo,
+        f"""\
+labels: {{{TEST_LABEL}: "1"}}
+agents:
+  - {{name: solo, isolation: container, image: {busybox_image}, command: ["sleep", "3600"]}}
+""",
+    )
+    file = Path(json.loads(hybridiso(repo, "render", "solo", "--json").stdout)[0]["file"])
+    project = read_yaml(file.read_text())["name"]
+    try:
+        docker(
+            "run", "-d", "--name", f"{project}-cache-1", "--label", f"{TEST_LABEL}=1",
+            "--label", f"com.docker.compose.project={project}", "--label", "com.docker.compose.service=cache",
+            "--label", "com.docker.compose.oneoff=False", "--label", "com.docker.compose.config-hash=old",
+            "--label", "com.docker.compose.container-number=1", busybox_image, "sleep", "3600",
+        )
+        hybridiso(repo, "up")
+        assert docker("ps", "-aq", "--filter", f"name={project}-cache-1") == ""
+        assert status_json(repo)["solo"]["process"] == "running"
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
+        subprocess.run(["docker", "rm", "-f", f"{project}-cache-1"], capture_output=True)
+
+
+@pytest.mark.docker
+def test_a_container_that_exits_before_it_is_healthy_is_named(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    repo = make_repo(tmp_path / "site", {"a.txt": "a\n"})
+    write_manifest(
+        repo,
+        f"""\
+labels: {{{TEST_LABEL}: "1"}}
+agents:
+  - name: quitter
+    image: {busybox_image}
+    command: ["sh", "-c", "echo cannot start; exit 3"]
+    healthcheck: {{test: ["true"], interval: 200ms}}
+""",
+    )
+    try:
+        r = hybridiso(repo, "up", ok=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert "quitter" in r.stderr and "exited (code 3) before it was healthy" in r.stderr and "docker logs" in r.stderr
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
