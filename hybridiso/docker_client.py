@@ -85,6 +85,16 @@ def image_present(image: str) -> bool:
         return False
 
 
+def image_id(image: str) -> str:
+    """The local image's id (``sha256:...``), or "" when it is not here."""
+    from docker.errors import DockerException
+
+    try:
+        return str(client().images.get(image).id)
+    except DockerException:
+        return ""
+
+
 def image_healthcheck(image: str) -> bool:
     """Whether the image declares a HEALTHCHECK of its own (not ``NONE``)."""
     from docker.errors import DockerException

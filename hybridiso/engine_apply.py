@@ -83,9 +83,11 @@ def compose_names(project: str, service: str, network_key: str) -> tuple[str, st
     return f"{project}-{service}-1", f"{project}_{network_key}"
 
 
-def translate(doc: Mapping[str, Any], file: Path) -> Plan | None:
+def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | None:
     """The one container of a parsed compose file as an API body, or None
-    when the file needs Compose itself."""
+    when the file needs Compose itself.  ``image_id`` (what the image name
+    resolves to now) is part of the config: a rebuilt image recreates the
+    container, as with Compose."""
     if set(doc) - TRANSLATED_TOP:
         return None
     services = doc.get("services") or {}
@@ -108,6 +110,7 @@ def translate(doc: Mapping[str, Any], file: Path) -> Plan | None:
         "com.docker.compose.container-number": "1",
         "com.docker.compose.oneoff": "False",
         "com.docker.compose.depends_on": "",
+        "com.docker.compose.image": image_id,
     }
     host: dict[str, Any] = {
         "Init": bool(svc.get("init", False)),

@@ -71,6 +71,10 @@ def test_translate_builds_the_api_body() -> None:
     # the hash follows the config: any change recreates the container
     other = engine_apply.translate(_doc(command=["echo", "$$Y"], networks=["agent-net"]), Path("/x/compose.yaml"))
     assert other is not None and other.config_hash != plan.config_hash
+    # ... and so does a rebuilt image behind the same name
+    same = _doc(networks=["agent-net"])
+    before, after = (engine_apply.translate(same, Path("/x/compose.yaml"), image_id=i) for i in ("sha256:1", "sha256:2"))
+    assert before is not None and after is not None and before.config_hash != after.config_hash
 
 
 def test_translate_leaves_what_it_does_not_know_to_compose() -> None:

@@ -101,7 +101,8 @@ def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> bo
     from hybridiso import engine_apply
     from hybridiso.manifest import read_yaml
 
-    plan = engine_apply.translate(read_yaml(path.read_text(encoding="utf-8")), path)
+    image = ctx.agent.image if ctx.agent is not None else ""
+    plan = engine_apply.translate(read_yaml(path.read_text(encoding="utf-8")), path, docker_client.image_id(image or ""))
     if plan is None or docker_client.apply_container(plan) is None:
         return False
     if healthchecks:
