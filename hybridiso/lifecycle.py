@@ -50,8 +50,23 @@ def prepare(ctx: EnvContext) -> None:
             hint="move it away, or run `hybridiso gc` to find orphan directories",
         )
     strategy = strategies.get(ctx.record.strategy)
+    if strategy.SHARES_REFS:
+        _branch_free(ctx)
     ctx.record.created_branch = strategy.SHARES_REFS and not git.branch_exists(ctx.project.root, ctx.record.branch)
     ctx.record.extra["owns_path"] = True
+
+
+def _branch_free(ctx: EnvContext) -> None:
+    """git checks a branch out in one worktree at a time: name the checkout
+    that holds it (FAULTS #2: never git's raw "already used by worktree")."""
+    for wt in git.worktree_list(ctx.project.root):
+        if wt.branch == ctx.record.branch and wt.path != ctx.path:
+            hint = (
+                f"its directory is gone: `git worktree prune` frees the branch"
+                if wt.prunable
+                else f"switch that checkout to another branch (git -C '{wt.path}' switch -), or give agent {ctx.name} another `branch:`"
+            )
+            raise UserError(f"branch {ctx.record.branch} is checked out at {wt.path}; agent {ctx.name} needs it for its own worktree", hint=hint)
 
 
 def rollback(ctx: EnvContext) -> None:

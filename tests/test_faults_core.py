@@ -78,6 +78,19 @@ def test_same_branch_two_explicit_worktrees_rejected_before_git(tmp_path: Path) 
     nothing_created(repo)
 
 
+def test_explicit_worktree_on_a_branch_the_user_has_checked_out_is_named(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    git(repo, "switch", "-q", "-c", "feat")
+    write_manifest(repo, "agents:\n  - {name: a, branch: feat, isolation: worktree}\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1 and "already used by worktree" not in r.stderr and "Traceback" not in r.stderr
+    assert f"branch feat is checked out at {repo}" in r.stderr and "switch that checkout" in r.stderr
+    assert not (repo.parent / "r.agents").exists() and git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    git(repo, "switch", "-q", "main")
+    hybridiso(repo, "up")
+    assert status_json(repo)["a"]["branch"] == "feat"
+
+
 # row 5: down on a dirty env
 def test_down_refuses_dirty_and_force_saves_everything(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", {"a.txt": "a\n", ".gitignore": ".env\nbuild/\n"})
