@@ -254,13 +254,23 @@ COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_CONFIG_HASH = "com.docker.compose.config-hash"  # compose lists only containers that have one
 
 
-def apply_container(plan: Plan) -> str | None:
+def ensure_network(name: str, labels: Mapping[str, str]) -> None:
+    """A bridge network ``name`` exists (made now, with ``labels``, or earlier)."""
+    from docker.errors import APIError
+
+    with api_errors(f"create network {name}"):
+        try:
+            client().api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)
+        except APIError as e:
+            if e.status_code != 409:  # 409: it exists already, from an earlier up
+                raise
+
+
+def apply_container(plan: Plan, *, network_exists: bool = False) -> str | None:
     """Make ``plan`` (an engine_apply.Plan) true: its network exists, its one
     container exists with the same config and runs.  Returns what was done
     (created, recreated, started, unchanged), or None when the project holds
     containers of other services: Compose must reconcile those."""
-    from docker.errors import APIError
-
     api = client().api
     with api_errors(f"start container {plan.container_name}"):
         found = api.containers(all=True, filters={"label": [f"{COMPOSE_PROJECT}={plan.project}"]})
@@ -275,12 +285,8 @@ def apply_container(plan: Plan) -> str | None:
                 return "started"
             api.remove_container(c["Id"], force=True, v=True)
             action = "recreated"
-        if plan.network:
-            try:
-                api.create_network(plan.network, driver="bridge", labels=plan.network_labels, check_duplicate=True)
-            except APIError as e:
-                if e.status_code != 409:  # 409: it exists already, from an earlier up
-                    raise
+        if plan.network and not network_exists:
+            ensure_network(plan.network, plan.network_labels)
         created = api.create_container_from_config(plan.config, plan.container_name)
         api.start(created["Id"])
     return action

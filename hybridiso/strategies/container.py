@@ -16,10 +16,12 @@ import contextlib
 import hashlib
 import os
 import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Sequence
 from pathlib import Path
 
-from hybridiso import compose_cli, docker_client, git, output
+from hybridiso import compose_cli, docker_client, engine_apply, git, output
 from hybridiso.container_spec import project_name
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.project import Project
@@ -62,8 +64,49 @@ def render(ctx: EnvContext) -> Path:
 
 
 def create(ctx: EnvContext) -> None:
-    worktree.create(ctx)
-    render(ctx)
+    # the file first: the agent's network depends on nothing else, so Docker
+    # makes it while git checks the worktree out (and setup runs)
+    path = render(ctx)
+    _make_network_early(ctx, path)
+    try:
+        worktree.create(ctx)
+    except BaseException:
+        _network_made(ctx, wait_only=True)  # a rollback must not race it
+        raise
+
+
+_network_maker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hybridiso-network")
+_networks_pending: dict[str, Future[None]] = {}
+_pending_lock = threading.Lock()
+
+
+def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "") -> engine_apply.Plan | None:
+    from hybridiso.manifest import read_yaml
+
+    return engine_apply.translate(read_yaml(path.read_text(encoding="utf-8")), path, image_id)
+
+
+def _make_network_early(ctx: EnvContext, path: Path) -> None:
+    plan = _engine_plan(ctx, path)
+    if plan is None or plan.network is None:
+        return
+    future = _network_maker.submit(docker_client.ensure_network, plan.network, plan.network_labels)
+    with _pending_lock:
+        _networks_pending[ctx.name] = future
+
+
+def _network_made(ctx: EnvContext, *, wait_only: bool = False) -> bool:
+    """Wait for the network create() started; True when it is there.  With
+    ``wait_only``, its error is not ours to raise (the caller is failing)."""
+    with _pending_lock:
+        future = _networks_pending.pop(ctx.name, None)
+    if future is None:
+        return False
+    if wait_only:
+        wait([future])
+        return False
+    future.result()
+    return True
 
 
 def start(ctx: EnvContext) -> None:
@@ -98,12 +141,10 @@ READY_TIMEOUT = 120  # seconds for every healthcheck to pass
 def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> bool:
     """A project of one container starts through the Engine API (see
     engine_apply.py); False when the file needs Compose."""
-    from hybridiso import engine_apply
-    from hybridiso.manifest import read_yaml
-
     image = ctx.agent.image if ctx.agent is not None else ""
-    plan = engine_apply.translate(read_yaml(path.read_text(encoding="utf-8")), path, docker_client.image_id(image or ""))
-    if plan is None or docker_client.apply_container(plan) is None:
+    plan = _engine_plan(ctx, path, docker_client.image_id(image or ""))
+    made = _network_made(ctx)
+    if plan is None or docker_client.apply_container(plan, network_exists=made) is None:
         return False
     if healthchecks:
         final = docker_client.wait_ready(plan.container_name, timeout=READY_TIMEOUT, cancel=ctx.cancel)
@@ -198,6 +239,7 @@ def _agent_container(ctx: EnvContext) -> docker_client.ContainerInfo | None:
 
 
 def remove(ctx: EnvContext) -> None:
+    _network_made(ctx, wait_only=True)  # a rollback right after create(): let it land, then remove it
     ok, _ = docker_client.reachable()
     if ok:
         path = compose_file(ctx)
