@@ -178,19 +178,17 @@ agents:
         hybridiso(repo, "down", "--force", ok=None)
 
 
+def _repo_with_agents(tmp_path: Path, agents_yaml: str) -> Path:
+    repo = make_repo(tmp_path / "site", {"a.txt": "a\n"})
+    write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nagents:\n{agents_yaml}')
+    return repo
+
+
 @pytest.mark.docker
 def test_leftover_service_containers_send_the_project_to_compose(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
     """An agent that had services and now has none: Compose removes the
     orphans (--remove-orphans), which the engine path would not."""
-    repo = make_repo(tmp_path / "site", {"a.txt": "a\n"})
-    write_manifest(
-        repo,
-        f"""\
-labels: {{{TEST_LABEL}: "1"}}
-agents:
-  - {{name: solo, isolation: container, image: {busybox_image}, command: ["sleep", "3600"]}}
-""",
-    )
+    repo = _repo_with_agents(tmp_path, f'  - {{name: solo, isolation: container, image: {busybox_image}, command: ["sleep", "3600"]}}\n')
     file = Path(json.loads(hybridiso(repo, "render", "solo", "--json").stdout)[0]["file"])
     project = read_yaml(file.read_text())["name"]
     try:
@@ -210,12 +208,9 @@ agents:
 
 @pytest.mark.docker
 def test_a_container_that_exits_before_it_is_healthy_is_named(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
-    repo = make_repo(tmp_path / "site", {"a.txt": "a\n"})
-    write_manifest(
-        repo,
+    repo = _repo_with_agents(
+        tmp_path,
         f"""\
-labels: {{{TEST_LABEL}: "1"}}
-agents:
   - name: quitter
     image: {busybox_image}
     command: ["sh", "-c", "echo cannot start; exit 3"]

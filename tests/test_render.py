@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridiso import docker_client
+from hybridiso.engine_apply import unescape
 from hybridiso.container_spec import (
     PROJECT_NAME_MAX,
     PROJECT_NAME_RE,
@@ -54,15 +55,6 @@ def validate(text: str) -> dict[str, Any]:
     return doc
 
 
-def unescape(value: Any) -> Any:
-    """What compose sees after its own `$$` -> `$` unescaping."""
-    if isinstance(value, str):
-        return value.replace("$$", "$")
-    if isinstance(value, list):
-        return [unescape(v) for v in value]
-    if isinstance(value, dict):
-        return {unescape(k): unescape(v) for k, v in value.items()}
-    return value
 
 
 def spec(**kw: Any) -> ContainerSpec:
