@@ -110,7 +110,7 @@ def create(ctx: EnvContext) -> None:
     run_setup(ctx)
     _check(ctx)
     t = time.monotonic()
-    strategy.start(ctx)
+    strategy.start(ctx)  # a new environment: whatever it did, it was created
     record.timings["start"] = round(time.monotonic() - t, 3)
     record.timings["total"] = round(time.monotonic() - t0, 3)
     record.phase = PHASE_READY

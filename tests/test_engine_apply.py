@@ -223,3 +223,30 @@ def test_a_container_that_exits_before_it_is_healthy_is_named(tmp_path: Path, bu
         assert "quitter" in r.stderr and "exited (code 3) before it was healthy" in r.stderr and "docker logs" in r.stderr
     finally:
         hybridiso(repo, "down", "--force", ok=None)
+
+
+def test_what_compose_did_is_read_from_the_containers_before_and_after() -> None:
+    from hybridiso.strategies.container import _what_compose_did
+
+    assert _what_compose_did({}, {"a": "running"}) == "created"
+    assert _what_compose_did({"a": "running"}, {"b": "running"}) == "recreated"
+    assert _what_compose_did({"a": "exited"}, {"a": "running"}) == "started"
+    assert _what_compose_did({"a": "running"}, {"a": "running"}) == "unchanged"
+
+
+@pytest.mark.docker
+def test_up_makes_a_running_container_match_a_changed_manifest(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    agent = f'  - {{name: solo, isolation: container, image: {busybox_image}, command: ["sleep", "3600"], env: {{GREETING: "{{}}"}}}}\n'
+    repo = _repo_with_agents(tmp_path, agent.replace("{}", "hello"))
+    try:
+        hybridiso(repo, "up")
+        cid = docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}")
+        assert "Up to date" in hybridiso(repo, "up").stderr
+        assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}") == cid
+        write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nagents:\n' + agent.replace("{}", "hi there"))
+        r = hybridiso(repo, "up")
+        assert "Recreated" in r.stderr
+        assert "GREETING=hi there" in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}"))["Config"]["Env"]
+        assert status_json(repo)["solo"]["process"] == "running"
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)

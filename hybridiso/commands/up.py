@@ -279,12 +279,15 @@ def _update(ctx: EnvContext) -> str:
     reran = lifecycle.run_setup(ctx)
     strategy = strategies.get(ctx.record.strategy)
     observation = strategy.observe(ctx)
-    restarted = False
-    if observation.process is not None and not observation.process.startswith("running"):
-        strategy.start(ctx)
-        restarted = True
+    did = None
+    if observation.process is not None:
+        # something runs (a container): make it match its file again -- a
+        # changed manifest recreates it, a stopped one starts
+        did = strategy.start(ctx)
     ctx.record.phase = PHASE_READY
-    if restarted:
+    if did == "recreated":
+        return "Recreated"
+    if did in ("created", "started"):
         return "Restarted"
     if reran:
         return "Set up"

@@ -52,8 +52,10 @@ class Strategy(Protocol):
     def create(self, ctx: EnvContext) -> None:
         """Lay down the environment's files and branch at ``ctx.path``."""
 
-    def start(self, ctx: EnvContext) -> None:
-        """Start what should run (containers); a no-op for plain directories."""
+    def start(self, ctx: EnvContext) -> str | None:
+        """Make what should run match its config and run (containers): returns
+        what it did (created, recreated, started, unchanged); None for plain
+        directories, which run nothing."""
 
     def remove(self, ctx: EnvContext) -> None:
         """Remove the environment; the caller has already saved or checked work."""

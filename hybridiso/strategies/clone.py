@@ -43,7 +43,7 @@ def _from(repo: Path, url: str) -> str:
     return str((repo / url).resolve())
 
 
-def start(ctx: EnvContext) -> None:
+def start(ctx: EnvContext) -> str | None:
     return None
 
 

@@ -109,7 +109,9 @@ def _network_made(ctx: EnvContext, *, wait_only: bool = False) -> bool:
     return True
 
 
-def start(ctx: EnvContext) -> None:
+def start(ctx: EnvContext) -> str:
+    """Render the file and make Docker match it: created, recreated (the
+    config changed), started (it had stopped) or unchanged."""
     assert ctx.agent is not None and ctx.agent.image
     docker_client.client()  # Docker unreachable: say so before anything else (FAULTS #12)
     docker_client.ensure_image(ctx.agent.image)
@@ -122,30 +124,43 @@ def start(ctx: EnvContext) -> None:
     # ready means healthy where anything has a healthcheck: the manifest's,
     # the image's own HEALTHCHECK, or the services'
     healthchecks = spec.healthcheck is not None or bool(spec.services) or docker_client.image_healthcheck(spec.image)
-    if not _apply_through_engine(ctx, path, healthchecks):
+    action = _apply_through_engine(ctx, path, healthchecks)
+    if action is None:
+        before = {c.id: c.status for c in docker_client.containers(agent_labels(ctx))}
         try:
             compose_cli.up(compose_project(ctx), path, wait=healthchecks)
         except UserError:
             _explain_unhealthy(ctx)
             raise
+        action = _what_compose_did(before, {c.id: c.status for c in docker_client.containers(agent_labels(ctx))})
     if not healthchecks:
         _require_running(ctx)
     else:
         _explain_unhealthy(ctx)  # the engine path's wait ends on unhealthy or exited too
     check_git_inside(ctx)
+    return action
+
+
+def _what_compose_did(before: dict[str, str], after: dict[str, str]) -> str:
+    if not before:
+        return "created"
+    if set(after) != set(before):
+        return "recreated"
+    return "started" if any(status != "running" for status in before.values()) else "unchanged"
 
 
 READY_TIMEOUT = 120  # seconds for every healthcheck to pass
 
 
-def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> bool:
+def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> str | None:
     """A project of one container starts through the Engine API (see
-    engine_apply.py); False when the file needs Compose."""
+    engine_apply.py): what was done; None when the file needs Compose."""
     image = ctx.agent.image if ctx.agent is not None else ""
     plan = _engine_plan(ctx, path, docker_client.image_id(image or ""))
     made = _network_made(ctx)
-    if plan is None or docker_client.apply_container(plan, network_exists=made) is None:
-        return False
+    action = docker_client.apply_container(plan, network_exists=made) if plan is not None else None
+    if action is None:
+        return None
     if healthchecks:
         final = docker_client.wait_ready(plan.container_name, timeout=READY_TIMEOUT, cancel=ctx.cancel)
         if final == "cancelled":
@@ -155,7 +170,7 @@ def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> bo
                 f"container {plan.container_name} was not healthy after {READY_TIMEOUT}s",
                 hint=f"`docker inspect {plan.container_name}` shows its healthcheck's runs",
             )
-    return True
+    return action
 
 
 def _explain_unhealthy(ctx: EnvContext) -> None:

@@ -31,7 +31,7 @@ def create(ctx: EnvContext) -> None:
         git.worktree_add(repo, path, branch, None)
 
 
-def start(ctx: EnvContext) -> None:
+def start(ctx: EnvContext) -> str | None:
     return None
 
 
