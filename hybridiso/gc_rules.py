@@ -71,7 +71,7 @@ def decide(f: AgentFacts) -> Decision:
     if not f.registered:
         return Decision(False, KEPT, "directory exists but git does not know it; look inside, then delete it yourself")
     if f.phase != "ready":
-        return Decision(True, INTERRUPTED, "creation was interrupted and never finished" + keep_branch_note, branch_ok)
+        return Decision(True, INTERRUPTED, "creation never finished (it failed or was interrupted)" + keep_branch_note, branch_ok)
     if f.verdict is None:
         return Decision(False, KEPT, f"branch {f.branch} not found; look at the environment by hand")
     if merged:

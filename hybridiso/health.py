@@ -64,15 +64,16 @@ def stale_git_locks(project: Project, older_than: float = git.STALE_LOCK_SECONDS
     return found
 
 
-def repo_problems(project: Project, state: State) -> list[str]:
-    """One line each, with the fix, for ``status``."""
+def repo_problems(project: Project, state: State, names: list[str] | None = None) -> list[str]:
+    """One line each, with the fix, for ``status`` (of the agents ``names``, when given)."""
     lines = []
     owned = {Path(r.path).resolve() for r in state.agents.values()}
     for p in prunable_worktrees(project):
         if p.resolve() not in owned:  # an agent's own shows on its row
             lines.append(f"worktree {p} is prunable (its directory is gone): `hybridiso gc --yes` cleans it up")
     for name in stale_creating(project, state):
-        lines.append(f"{name}: creation was interrupted: `hybridiso up {name}` finishes it, `hybridiso gc --yes` removes it")
+        if not names or name in names:
+            lines.append(f"{name}: creation did not finish (it failed or was interrupted): `hybridiso up {name}` retries it, `hybridiso gc --yes` removes it")
     for p, age in stale_git_locks(project):
         lines.append(f"stale git lock {p} ({age} s old): if no git command is running, delete it")
     return lines

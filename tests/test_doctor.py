@@ -54,7 +54,9 @@ def test_stale_state_and_prunable_worktrees_are_warned(tmp_path: Path) -> None:
     # status flags the same, and drift from base
     commit_file(repo, "new.txt", "base moves\n")
     proc = hybridiso(repo, "status")
-    assert "creation was interrupted" in proc.stderr
+    assert "b: creation did not finish (it failed or was interrupted)" in proc.stderr
+    # asked about one agent, status shows that agent's problems only
+    assert "creation did not finish" not in hybridiso(repo, "status", "a").stderr
     assert "deleted" in proc.stderr  # a's row: directory gone
     rows = {r["agent"]: r for r in json.loads(hybridiso(repo, "status", "--json").stdout)}
     assert rows["a"]["state"] == "missing"
@@ -125,3 +127,18 @@ def test_corrupt_state_file_is_reported(tmp_path: Path) -> None:
     assert c["state file"]["status"] == "warn" and "rebuilt" in c["state file"]["fix"]
     assert "moved" in c["state file"]["detail"] or "corrupt" in c["state file"]["detail"], c["state file"]
     assert json.loads(hybridiso(repo, "status", "--json").stdout)[0]["agent"] == "a"  # rebuilt from git
+
+
+def test_ports_taken_by_other_programs_are_counted_apart(tmp_path: Path) -> None:
+    import socket
+
+    from tests.support.postgres import free_port
+
+    lo = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", lo))
+        taken.listen()
+        repo = make_project(tmp_path, "  - name: a\n    ports: [web]\n", ports=f'ports: {{range: "{lo}-{lo + 9}"}}\n')
+        hybridiso(repo, "up")
+        detail = checks(repo)["ports"]["detail"]
+    assert f"8 of 10 ports free in {lo}-{lo + 9} (1 leased to agents, 1 in use by other programs)" in detail, detail

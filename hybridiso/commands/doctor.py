@@ -148,7 +148,9 @@ def check_ports(project: Project, state: State) -> Check:
     leased = state.leased_ports()
     free = sum(1 for p in range(lo, hi + 1) if p not in leased and ports.port_is_free(p))
     wanted = sum(len(a.ports) for a in project.manifest.agents if a.name not in state.agents)
-    detail = f"{free} of {hi - lo + 1} ports free in {lo}-{hi} ({len(leased)} leased); {wanted} more needed"
+    others = hi - lo + 1 - free - len([p for p in leased if lo <= p <= hi])
+    busy = f", {others} in use by other programs" if others else ""
+    detail = f"{free} of {hi - lo + 1} ports free in {lo}-{hi} ({len(leased)} leased to agents{busy}); {wanted} more needed"
     if free < wanted:
         return Check("ports", "fail", detail, "widen ports.range in hybridiso.yaml or `hybridiso down` unused agents")
     if free < max(1, (hi - lo + 1) // 10):

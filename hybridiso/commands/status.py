@@ -125,6 +125,6 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         for p in r.problems:
             output.message(f"  {r.agent}: {p}")
-    for line in repo_problems(project, state):  # prunable worktrees, stale records and locks
+    for line in repo_problems(project, state, names):  # prunable worktrees, stale records and locks
         output.message(f"  {line}")
     return 0

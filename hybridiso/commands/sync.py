@@ -172,7 +172,7 @@ def sync_one(ctx: EnvContext, base_commit: str, base_ref: str | None) -> Outcome
 def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -> None:
     record = ctx.record
     if record.phase != PHASE_READY:
-        o.detail = "creation was interrupted; `hybridiso up` finishes it"
+        o.detail = "creation did not finish (it failed or was interrupted); `hybridiso up` retries it"
         return
     obs = strategies.get(record.strategy).observe(ctx)
     if not obs.exists or not obs.registered:
