@@ -221,24 +221,32 @@ def save_backup(ctx: EnvContext, report: WorkReport) -> str | None:
     return ref
 
 
+def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | None = None) -> WorkReport:
+    """What removing the environment would lose (``down`` refuses unless forced)."""
+    report = report if report is not None else inspect_work(ctx)
+    # a worktree's commits live on in its branch unless we delete the branch,
+    # which we only do for a branch we created
+    branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
+    return WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits)
+
+
+def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
+    ways = ["commit it" + (" and merge it" if losing.commits else "")]
+    if losing.commits and not (losing.modified or losing.untracked or losing.precious):
+        ways.append("`hybridiso down --keep-branch` keeps the commits on their branch")
+    ways.append("`--force` saves all of it to a backup ref under refs/hybridiso/backup/ first")
+    return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=", or ".join(ways))
+
+
 def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport]:
     """Remove one environment.  Refuses (UserError) when work would be lost,
     unless ``force``, which first saves it to a backup ref."""
     report = inspect_work(ctx)
+    losing = work_at_risk(ctx, keep_branch=keep_branch, report=report)
     backup: str | None = None
-    # a worktree's commits live on in its branch unless we delete the branch,
-    # which we only do for a branch we created
-    branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
-    losing = WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits)
     if not losing.empty:
         if not force:
-            raise UserError(
-                f"agent {ctx.name} has work that `down` would lose: {losing.describe()}",
-                hint=(
-                    "commit and merge it, or `hybridiso down --keep-branch` to keep the branch, "
-                    "or `--force` to save everything to a backup ref under refs/hybridiso/backup/ first"
-                ),
-            )
+            raise refusal(ctx, losing)
         backup = save_backup(ctx, losing)
     strategy = strategies.get(ctx.record.strategy)
     if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():

@@ -110,6 +110,12 @@ def test_down_refuses_dirty_and_force_saves_everything(tmp_path: Path) -> None:
     for word in ("modified: a.txt", "untracked: new.txt", "ignored but precious: .env", "commits not in base"):
         assert word in r.stderr
     assert "--force" in r.stderr and (ws / "w" / "new.txt").exists()
+    assert "--keep-branch" not in r.stderr  # keeping the branch would not save the files
+    # a dry run makes the same decision, exit code included, and changes nothing
+    dry = hybridiso(repo, "down", "w", "--dry-run", "--json", ok=False)
+    assert dry.returncode == 1 and "w: would refuse: it has" in dry.stderr
+    assert json.loads(dry.stdout)[0]["action"] == "would refuse"
+    assert "would remove" in hybridiso(repo, "down", "w", "--dry-run", "--force").stderr and (ws / "w" / "new.txt").exists()
     forced = hybridiso(repo, "down", "--force")
     refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/hybridiso/backup/").splitlines()
     assert len(refs) == 2 and all(ref in forced.stderr for ref in refs)

@@ -44,9 +44,17 @@ def run(args: argparse.Namespace) -> int:
                 continue
             ctx = context(project, state, name)
             if args.dry_run:
-                work = lifecycle.inspect_work(ctx)
-                results.append({"agent": name, "action": "would remove", "work": work.describe() or None})
-                output.message(f" - {name}: would remove {ctx.path}" + (f" (has {work.describe()})" if not work.empty else ""))
+                # the same decision the real run makes, without acting on it
+                losing = lifecycle.work_at_risk(ctx, keep_branch=args.keep_branch)
+                if losing.empty or args.force:
+                    saved = f", after saving {losing.describe()} to a backup ref" if not losing.empty else ""
+                    results.append({"agent": name, "action": "would remove", "work": losing.describe() or None})
+                    output.message(f" - {name}: would remove {ctx.path}{saved}")
+                else:
+                    e = lifecycle.refusal(ctx, losing)
+                    refused.append(str(e))
+                    results.append({"agent": name, "action": "would refuse", "work": losing.describe(), "reason": e.message})
+                    output.message(f" - {name}: would refuse: it has {losing.describe()}")
                 continue
             try:
                 backup, _ = lifecycle.remove(ctx, force=args.force, keep_branch=args.keep_branch)
