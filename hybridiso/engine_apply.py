@@ -68,13 +68,14 @@ def duration_ns(text: str) -> int:
 
 
 def unescape(value: Any) -> Any:
-    """Undo the renderer's ``$`` doubling, as Compose's interpolation does."""
+    """Undo the renderer's ``$`` doubling, as Compose's interpolation does
+    (values only: Compose leaves keys alone, and so does the renderer)."""
     if isinstance(value, str):
         return value.replace("$$", "$")
     if isinstance(value, list):
         return [unescape(v) for v in value]
     if isinstance(value, dict):
-        return {unescape(k): unescape(v) for k, v in value.items()}
+        return {k: unescape(v) for k, v in value.items()}
     return value
 
 
@@ -120,7 +121,8 @@ def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | 
             for v in svc.get("volumes") or []
         ],
         "PortBindings": {},
-        "ExtraHosts": list(svc.get("extra_hosts") or []) or None,
+        # Compose accepts host=ip and host:ip; the engine only the latter
+        "ExtraHosts": [h.replace("=", ":", 1) for h in svc.get("extra_hosts") or []] or None,
         "NetworkMode": svc.get("network_mode") or network,
     }
     if svc.get("cpus") is not None:

@@ -8,10 +8,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hybridiso.errors import UserError
 from hybridiso.names import agent_name_problem, branch_name_problem, port_name_problem
@@ -64,12 +64,24 @@ class PortRange(_Model):
 
 
 Command = str | list[str]
+_KEY_RE = re.compile(r"^[^\s=$]+$")
+
+
+def _plain_key(key: str) -> str:
+    # a key goes into a container's environment (KEY=value) and Docker labels
+    # as written: Compose never interpolates keys, so a '$' could not be escaped
+    if not _KEY_RE.match(key):
+        raise ValueError(f"{key!r} cannot be a name here: it must be non-empty, without spaces, '=' or '$'")
+    return key
+
+
+PlainKey = Annotated[str, AfterValidator(_plain_key)]
 
 
 class Defaults(_Model):
     setup: list[Command] = Field(default_factory=list)
     include: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[PlainKey, str] = Field(default_factory=dict)
 
 
 class Service(_Model):
@@ -145,7 +157,7 @@ class Agent(_Model):
     workload: Workload = Field(default_factory=Workload)
     setup: list[Command] | None = None
     include: list[str] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[PlainKey, str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -193,7 +205,7 @@ class Manifest(_Model):
     ports: PortRange = Field(default_factory=PortRange)
     disk_budget: str | None = None
     # extra labels on every container, network and volume (e.g. team, cost centre)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[PlainKey, str] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
     services: dict[str, Service] = Field(default_factory=dict)
     agents: list[Agent] = Field(default_factory=list)

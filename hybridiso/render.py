@@ -49,7 +49,7 @@ def _escape(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_escape(v) for v in value]
     if isinstance(value, Mapping):
-        return {_escape(k): _escape(v) for k, v in value.items()}
+        return {k: _escape(v) for k, v in value.items()}  # Compose interpolates values, never keys
     return value
 
 
