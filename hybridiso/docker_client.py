@@ -63,15 +63,24 @@ def _short(e: BaseException) -> str:
     return text[:300]
 
 
+def _failures() -> tuple[type[BaseException], ...]:
+    """What a call to the engine can raise: the SDK's errors, and the
+    transport's (a read timeout, a daemon restarting), which it passes on."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    return (DockerException, RequestException)
+
+
 @contextmanager
 def api_errors(what: str) -> Iterator[None]:
-    from docker.errors import APIError, DockerException
+    from docker.errors import APIError
 
     try:
         yield
     except APIError as e:
         raise UserError(f"Docker refused to {what}: {e.explanation or _short(e)}") from None
-    except DockerException as e:
+    except _failures() as e:
         raise UserError(f"Docker failed to {what}: {_short(e)}") from None
 
 
@@ -87,21 +96,17 @@ def image_present(image: str) -> bool:
 
 def image_id(image: str) -> str:
     """The local image's id (``sha256:...``), or "" when it is not here."""
-    from docker.errors import DockerException
-
     try:
         return str(client().images.get(image).id)
-    except DockerException:
+    except _failures():
         return ""
 
 
 def image_healthcheck(image: str) -> bool:
     """Whether the image declares a HEALTHCHECK of its own (not ``NONE``)."""
-    from docker.errors import DockerException
-
     try:
         config = client().images.get(image).attrs.get("Config") or {}
-    except DockerException:
+    except _failures():
         return False
     test = (config.get("Healthcheck") or {}).get("Test") or []
     return bool(test) and test[0] != "NONE"
@@ -239,6 +244,15 @@ def labelled_resources(labels: Mapping[str, str]) -> dict[str, list[dict[str, An
         }
 
 
+def logs_tail(container: str, lines: int = 5) -> str:
+    """The last ``lines`` of a container's output, "" when there is none or it is gone."""
+    try:
+        out = client().api.logs(container, stdout=True, stderr=True, tail=lines)
+    except _failures():
+        return ""
+    return out.decode("utf-8", "replace").strip() if isinstance(out, bytes) else str(out or "").strip()
+
+
 def exec_in(container_id: str, argv: list[str], *, user: str | None = None, workdir: str | None = None, environment: Mapping[str, str] | None = None) -> tuple[int, str]:
     """Run ``argv`` in a running container; (exit code, combined output)."""
     with api_errors("run a command in a container"):
@@ -251,6 +265,7 @@ def exec_in(container_id: str, argv: list[str], *, user: str | None = None, work
 
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_ONEOFF = "com.docker.compose.oneoff"
 COMPOSE_CONFIG_HASH = "com.docker.compose.config-hash"  # compose lists only containers that have one
 
 
@@ -266,27 +281,42 @@ def ensure_network(name: str, labels: Mapping[str, str]) -> None:
                 raise
 
 
-def apply_container(plan: Plan, *, network_exists: bool = False) -> str | None:
+def apply_container(plan: Plan) -> str | None:
     """Make ``plan`` (an engine_apply.Plan) true: its network exists, its one
     container exists with the same config and runs.  Returns what was done
-    (created, recreated, started, unchanged), or None when the project holds
-    containers of other services: Compose must reconcile those."""
+    (created, recreated, started, unchanged), or None where Compose must
+    reconcile: containers of other services in the project (orphans to
+    remove), or a changed container holding volumes (Compose carries them
+    over to the new one)."""
+    from docker.errors import APIError
+
     api = client().api
     with api_errors(f"start container {plan.container_name}"):
-        found = api.containers(all=True, filters={"label": [f"{COMPOSE_PROJECT}={plan.project}"]})
+        # one-off containers (`docker compose run`) are the user's, never the agent
+        found = api.containers(all=True, filters={"label": [f"{COMPOSE_PROJECT}={plan.project}", f"{COMPOSE_ONEOFF}=False"]})
         if any((c.get("Labels") or {}).get(COMPOSE_SERVICE) != plan.service for c in found):
             return None
-        action = "created"
+        stale = [c for c in found if (c.get("Labels") or {}).get(COMPOSE_CONFIG_HASH) != plan.config_hash or c.get("State") in ("dead", "removing")]
+        if any(m.get("Type") == "volume" for c in stale for m in c.get("Mounts") or []):
+            return None
+        if plan.network:
+            ensure_network(plan.network, plan.network_labels)  # it may have been pruned while the agent was stopped
+        action = "recreated" if stale else "created"
         for c in found:
-            if (c.get("Labels") or {}).get(COMPOSE_CONFIG_HASH) == plan.config_hash:
-                if c.get("State") == "running":
-                    return "unchanged"
-                api.start(c["Id"])
+            if c in stale:
+                api.remove_container(c["Id"], force=True)
+                continue
+            if c.get("State") == "running":
+                return "unchanged"
+            try:
+                if c.get("State") == "paused":
+                    api.unpause(c["Id"])
+                else:
+                    api.start(c["Id"])
                 return "started"
-            api.remove_container(c["Id"], force=True, v=True)
-            action = "recreated"
-        if plan.network and not network_exists:
-            ensure_network(plan.network, plan.network_labels)
+            except APIError:
+                api.remove_container(c["Id"], force=True)  # unstartable as it is: make it anew
+                action = "recreated"
         created = api.create_container_from_config(plan.config, plan.container_name)
         api.start(created["Id"])
     return action
@@ -295,7 +325,8 @@ def apply_container(plan: Plan, *, network_exists: bool = False) -> str | None:
 def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event | None = None) -> str:
     """Poll until the container is healthy, unhealthy or stopped (or
     ``timeout`` passes, or ``cancel`` is set); its final state: healthy,
-    unhealthy, exited, running (no healthcheck), timeout or cancelled."""
+    unhealthy, running (no healthcheck), Docker's own state when it stopped
+    (exited, dead, paused, ...), timeout or cancelled."""
     import time
 
     api = client().api
@@ -303,8 +334,8 @@ def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event |
     with api_errors(f"inspect container {container_name}"):
         while True:
             state = api.inspect_container(container_name).get("State") or {}
-            if state.get("Status") in ("exited", "dead", "removing"):
-                return "exited"
+            if state.get("Status") not in ("running", "created", "restarting"):
+                return str(state.get("Status"))
             health = (state.get("Health") or {}).get("Status")
             if health in ("healthy", "unhealthy"):
                 return str(health)

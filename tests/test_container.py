@@ -78,6 +78,9 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     # exec runs inside the container, in the worktree, as the host user
     out = hybridiso(repo, "exec", "web", "--", "sh", "-c", "id -u; pwd; echo $PORT_WEB; cat /proc/1/cgroup >/dev/null && echo in").stdout.split()
     assert out[:3] == [str(os.getuid()), str(tmp_path_of(repo) / "site.agents" / "web"), str(port)]
+    # a shell's exit codes, whatever the engine's version says
+    assert hybridiso(repo, "exec", "web", "--", "no-such-program", ok=False).returncode == 127
+    assert hybridiso(repo, "exec", "web", "--", "sh", "-c", "exit 126", ok=False).returncode == 126
     # what the design promises about the container, read back from Docker
     cid = labelled("container", "web")[0]
     info = json.loads(docker("inspect", cid))[0]

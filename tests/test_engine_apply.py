@@ -32,6 +32,7 @@ def test_durations_in_nanoseconds() -> None:
 
 def test_unescape_undoes_the_renderers_dollar_doubling_only() -> None:
     assert engine_apply.unescape({"A": ["$$HOME", "$$$$", "x$$y"]}) == {"A": ["$HOME", "$$", "x$y"]}
+    assert engine_apply.unescape({"K$$": "v"}) == {"K$$": "v"}  # keys are never interpolated
 
 
 def _doc(**agent: Any) -> dict[str, Any]:
@@ -221,6 +222,7 @@ def test_a_container_that_exits_before_it_is_healthy_is_named(tmp_path: Path, bu
         r = hybridiso(repo, "up", ok=False)
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert "quitter" in r.stderr and "exited (code 3) before it was healthy" in r.stderr and "docker logs" in r.stderr
+        assert "its last output:\n    cannot start" in r.stderr
     finally:
         hybridiso(repo, "down", "--force", ok=None)
 
@@ -248,5 +250,38 @@ def test_up_makes_a_running_container_match_a_changed_manifest(tmp_path: Path, b
         assert "Recreated" in r.stderr
         assert "GREETING=hi there" in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}"))["Config"]["Env"]
         assert status_json(repo)["solo"]["process"] == "running"
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
+
+
+@pytest.mark.docker
+def test_up_leaves_one_off_containers_alone_and_recovers_paused_or_networkless_agents(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    repo = _repo_with_agents(tmp_path, f'  - {{name: solo, isolation: container, image: {busybox_image}, command: ["sleep", "3600"]}}\n')
+
+    def agent_id() -> str:
+        return docker("ps", "-aq", "--filter", "label=dev.hybridiso.role=agent", "--filter", "label=dev.hybridiso.agent=solo", "--filter", "label=com.docker.compose.oneoff=False")
+
+    try:
+        hybridiso(repo, "up")
+        file = json.loads(hybridiso(repo, "render", "solo", "--json").stdout)[0]["file"]
+        plan = engine_apply.translate(read_yaml(Path(file).read_text()), Path(file))
+        assert plan is not None and plan.network
+        first = agent_id()
+        # `docker compose run` of the agent service: the user's debugging session, not the agent
+        oneoff = subprocess.run(["docker", "compose", "-f", file, "run", "-d", "agent", "sleep", "600"], capture_output=True, text=True, check=True).stdout.strip()
+        assert "Up to date" in hybridiso(repo, "up").stderr
+        assert agent_id() == first and docker("inspect", "--format", "{{.State.Running}}", oneoff) == "true"
+        subprocess.run(["docker", "rm", "-f", oneoff], capture_output=True, check=True)
+        # paused: up unpauses it
+        docker("pause", first)
+        assert "Restarted" in hybridiso(repo, "up").stderr
+        assert docker("inspect", "--format", "{{.State.Status}}", first) == "running"
+        # stopped, then its network pruned: up makes the network and the container again
+        docker("stop", "-t", "0", first)
+        docker("network", "rm", plan.network)
+        r = hybridiso(repo, "up")
+        assert "Recreated" in r.stderr or "Restarted" in r.stderr, r.stderr
+        assert status_json(repo)["solo"]["process"] == "running"
+        assert docker("network", "ls", "-q", "--filter", f"name={plan.network}")
     finally:
         hybridiso(repo, "down", "--force", ok=None)

@@ -43,11 +43,17 @@ def run(args: argparse.Namespace) -> int:
     env = lifecycle.environment_for(project, ctx.agent, ctx.record)
     argv, cwd = strategy.exec_argv(ctx, command, env)
     try:
-        return subprocess.call(argv, cwd=cwd, env={**os.environ, **env})
+        code = subprocess.call(argv, cwd=cwd, env={**os.environ, **env})
     except FileNotFoundError:
-        # the shell's codes, as a container agent's `docker exec` gives them
+        # the shell's codes: 127 not found, 126 cannot run
         output.message(f"hybridiso: error: command not found: {argv[0]}")
         return 127
     except PermissionError:
         output.message(f"hybridiso: error: command not executable: {argv[0]}")
         return 126
+    if code == 126 and ctx.record.strategy == "container":
+        from hybridiso.strategies import container
+
+        # older engines (20.10) say 126 for a command that is not there at all
+        code = container.exec_failure_code(ctx, command[0])
+    return code

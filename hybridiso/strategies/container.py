@@ -25,6 +25,7 @@ from hybridiso import compose_cli, docker_client, engine_apply, git, output
 from hybridiso.container_spec import project_name
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.project import Project
+from hybridiso.state import PHASE_READY
 from hybridiso.strategies import worktree
 from hybridiso.strategies.base import EnvContext, Observation
 
@@ -157,14 +158,19 @@ def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> st
     engine_apply.py): what was done; None when the file needs Compose."""
     image = ctx.agent.image if ctx.agent is not None else ""
     plan = _engine_plan(ctx, path, docker_client.image_id(image or ""))
-    made = _network_made(ctx)
-    action = docker_client.apply_container(plan, network_exists=made) if plan is not None else None
+    _network_made(ctx)  # its error (Docker refused the network) is this agent's
+    action = docker_client.apply_container(plan) if plan is not None else None
     if action is None:
         return None
     if healthchecks:
         final = docker_client.wait_ready(plan.container_name, timeout=READY_TIMEOUT, cancel=ctx.cancel)
         if final == "cancelled":
             raise Cancelled(ctx.name)
+        if final not in ("healthy", "running", "unhealthy", "exited", "timeout"):
+            raise UserError(
+                f"container {plan.container_name} is {final}, not running",
+                hint=f"`docker inspect {plan.container_name}` and `docker logs {plan.container_name}` show why",
+            )
         if final == "timeout":
             raise UserError(
                 f"container {plan.container_name} was not healthy after {READY_TIMEOUT}s",
@@ -178,8 +184,8 @@ def _explain_unhealthy(ctx: EnvContext) -> None:
     for info in docker_client.containers(agent_labels(ctx)):
         if info.status == "exited":
             raise UserError(
-                f"container {info.name} exited (code {info.exit_code}) before it was healthy",
-                hint=f"`docker logs {info.name}` shows why",
+                f"container {info.name} exited (code {info.exit_code}) before it was healthy{_last_words(info.id)}",
+                hint=f"`docker logs {info.name}` shows all it printed",
             )
         if info.health == "unhealthy":
             raise UserError(
@@ -195,9 +201,14 @@ def _require_running(ctx: EnvContext) -> None:
     if info is None or info.status not in ("running", "restarting"):
         state = info.describe() if info else "no container"
         raise UserError(
-            f"agent {ctx.name}'s container is not running after start: {state}",
-            hint=f"see its output with `docker logs {info.name}`" if info else "check the image and command",
+            f"agent {ctx.name}'s container is not running after start: {state}{_last_words(info.id) if info else ''}",
+            hint=f"`docker logs {info.name}` shows all it printed" if info else "check the image and command",
         )
+
+
+def _last_words(container_id: str) -> str:
+    text = docker_client.logs_tail(container_id)
+    return "; its last output:\n" + "\n".join(f"    {line}" for line in text.splitlines()) if text else "; it printed nothing"
 
 
 def check_git_inside(ctx: EnvContext) -> None:
@@ -327,7 +338,10 @@ def observe(ctx: EnvContext) -> Observation:
         return Observation(base.exists, base.registered, base.branch, base.head, "docker unreachable", base.problems)
     info = _agent_container(ctx)
     process = info.describe() if info is not None else "no container"
-    return Observation(base.exists, base.registered, base.branch, base.head, process, base.problems)
+    problems = base.problems
+    if info is None and ctx.record.phase == PHASE_READY and base.exists:
+        problems = (*problems, "its container is gone: `hybridiso up` starts it again")
+    return Observation(base.exists, base.registered, base.branch, base.head, process, problems)
 
 
 def unmerged_commits(ctx: EnvContext, base_commit: str) -> list[str]:
@@ -336,6 +350,16 @@ def unmerged_commits(ctx: EnvContext, base_commit: str) -> list[str]:
 
 def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
     worktree.save_ref(ctx, commit, ref)
+
+
+def exec_failure_code(ctx: EnvContext, program: str) -> int:
+    """`docker exec` failed to start ``program`` (exit 126): 127 when the
+    container has no such command, as a shell says, else 126."""
+    info = _agent_container(ctx)
+    if info is None or info.status != "running":
+        return 126
+    code, _ = docker_client.exec_in(info.id, ["sh", "-c", 'command -v -- "$1" >/dev/null', "sh", program], workdir=str(ctx.path))
+    return 127 if code in (1, 127) else 126  # command -v: 1 (POSIX) or 127 (busybox) when not found; 126: no sh
 
 
 def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str], tty: bool | None = None) -> tuple[list[str], Path | None]:
