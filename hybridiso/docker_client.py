@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -230,6 +231,27 @@ def remove_labelled(labels: Mapping[str, str]) -> dict[str, int]:
             except NotFound:
                 pass
     return counts
+
+
+_ANONYMOUS = re.compile(r"^[0-9a-f]{64}$")
+
+
+def anonymous_volumes(labels: Mapping[str, str]) -> list[str]:
+    """The anonymous volumes (an image's VOLUME) that containers carrying
+    ``labels`` mount.  Removing a container frees its own, but not one it
+    inherited when Compose recreated it: ``down`` removes those by name."""
+    with api_errors("list containers"):
+        found = client().containers.list(all=True, filters={"label": _label_filters(labels)})
+    return sorted({m["Name"] for c in found for m in c.attrs.get("Mounts") or [] if m.get("Type") == "volume" and _ANONYMOUS.match(m.get("Name") or "")})
+
+
+def remove_volumes(names: Sequence[str]) -> None:
+    """Remove volumes by name; one still in use (or gone) is left as it is."""
+    for name in names:
+        try:
+            client().api.remove_volume(name)
+        except _failures():
+            pass
 
 
 def labelled_resources(labels: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:

@@ -141,6 +141,7 @@ def test_render_writes_a_file_a_user_can_run(web_repo: Path) -> None:
     assert port == out[0]["ports"]["web"]  # the provisional port was the one up leased
     compose = ["docker", "compose", "-f", out[0]["file"]]
     subprocess.run([*compose, "down"], check=True, capture_output=True)
+    assert "web: its container is gone: `hybridiso up` starts it again" in hybridiso(web_repo, "status").stderr
     again = json.loads(hybridiso(web_repo, "render", "web", "--json").stdout)
     assert again[0]["up"] is True and again[0]["file"] == out[0]["file"]
     r = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True)

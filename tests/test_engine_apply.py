@@ -285,3 +285,24 @@ def test_up_leaves_one_off_containers_alone_and_recovers_paused_or_networkless_a
         assert docker("network", "ls", "-q", "--filter", f"name={plan.network}")
     finally:
         hybridiso(repo, "down", "--force", ok=None)
+
+
+@pytest.mark.docker
+def test_a_changed_agent_keeps_the_data_in_its_images_volumes(tmp_path: Path, volume_image: str, compose_v2: str) -> None:
+    """The image declares VOLUME /data: a config change recreates the
+    container (through Compose, which carries anonymous volumes over) and
+    what the agent wrote there is still there."""
+    agent = f'  - {{name: keeper, isolation: container, image: {volume_image}, command: ["sleep", "3600"], env: {{V: "{{}}"}}}}\n'
+    repo = _repo_with_agents(tmp_path, agent.replace("{}", "1"))
+    try:
+        hybridiso(repo, "up")
+        hybridiso(repo, "exec", "keeper", "--", "sh", "-c", "echo precious > /data/file")
+        write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nagents:\n' + agent.replace("{}", "2"))
+        assert "Recreated" in hybridiso(repo, "up").stderr
+        assert hybridiso(repo, "exec", "keeper", "--", "sh", "-c", "echo $V; cat /data/file").stdout.split() == ["2", "precious"]
+        data = [m["Name"] for m in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=keeper"))["Mounts"] if m["Destination"] == "/data"]
+        assert len(data) == 1
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
+    # the volume the recreated container inherited goes with it
+    assert subprocess.run(["docker", "volume", "inspect", data[0]], capture_output=True).returncode != 0

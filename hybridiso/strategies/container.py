@@ -268,6 +268,7 @@ def remove(ctx: EnvContext) -> None:
     _network_made(ctx, wait_only=True)  # a rollback right after create(): let it land, then remove it
     ok, _ = docker_client.reachable()
     if ok:
+        inherited = docker_client.anonymous_volumes(agent_labels(ctx))
         path = compose_file(ctx)
         if path.exists():
             try:
@@ -275,6 +276,7 @@ def remove(ctx: EnvContext) -> None:
             except UserError:
                 pass  # labels below catch what compose could not
         docker_client.remove_labelled(agent_labels(ctx))
+        docker_client.remove_volumes(inherited)
         image = ctx.agent.image if ctx.agent is not None else ctx.record.extra.get("image")
         fix_ownership(ctx.path, image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
     elif ctx.path.exists():

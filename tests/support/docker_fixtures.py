@@ -91,6 +91,11 @@ def healthcheck_image(docker_engine: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def volume_image(docker_engine: str) -> str:
+    return _built(images.ensure_volume_image, "volume")
+
+
+@pytest.fixture(scope="session")
 def service_images(docker_engine: str) -> tuple[str, str]:
     """(postgres, redis) images that behave like the official ones."""
     return _built(images.ensure_service_images, "postgres and redis")

@@ -6,6 +6,8 @@ Cached by tag: built once per machine, reused by every later run.
 - ``hybridiso-test/busybox-healthcheck:1``: the busybox image with a
   HEALTHCHECK of its own (healthy once ``/tmp/ready`` exists), for "ready
   means healthy" when the manifest names no healthcheck.
+- ``hybridiso-test/busybox-volume:1``: the busybox image declaring ``VOLUME
+  /data``, for data a recreated container must keep.
 - ``hybridiso-test/debian-git:1``: a minimal Debian rootfs made with
   debootstrap, with git, loaded with ``docker import``; for git inside the
   container (FAULTS #21).
@@ -32,6 +34,7 @@ from pathlib import Path
 BUSYBOX_IMAGE = "hybridiso-test/busybox:1"
 GIT_IMAGE = "hybridiso-test/debian-git:1"
 HEALTHCHECK_IMAGE = "hybridiso-test/busybox-healthcheck:1"
+VOLUME_IMAGE = "hybridiso-test/busybox-volume:1"  # declares VOLUME /data
 POSTGRES_IMAGE = "hybridiso-test/postgres:1"
 REDIS_IMAGE = "hybridiso-test/redis:1"
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -103,18 +106,24 @@ def ensure_busybox_image() -> str:
     return BUSYBOX_IMAGE
 
 
-def ensure_healthcheck_image() -> str:
+def _derived_from_busybox(tag: str, dockerfile: str) -> str:
+    """``tag``, built once from the busybox image plus ``dockerfile``'s lines."""
     base = ensure_busybox_image()
-    with _build_lock(HEALTHCHECK_IMAGE):
-        if image_exists(HEALTHCHECK_IMAGE):
-            return HEALTHCHECK_IMAGE
-        with tempfile.TemporaryDirectory(prefix="hybridiso-healthcheck-") as ctx:
-            (Path(ctx) / "Dockerfile").write_text(
-                f"FROM {base}\n"
-                "HEALTHCHECK --interval=500ms --timeout=2s --retries=60 CMD test -f /tmp/ready\n"
-            )
-            subprocess.run(["docker", "build", "-q", "-t", HEALTHCHECK_IMAGE, ctx], check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
-    return HEALTHCHECK_IMAGE
+    with _build_lock(tag):
+        if image_exists(tag):
+            return tag
+        with tempfile.TemporaryDirectory(prefix="hybridiso-derived-") as ctx:
+            (Path(ctx) / "Dockerfile").write_text(f"FROM {base}\n{dockerfile}")
+            subprocess.run(["docker", "build", "-q", "-t", tag, ctx], check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return tag
+
+
+def ensure_healthcheck_image() -> str:
+    return _derived_from_busybox(HEALTHCHECK_IMAGE, "HEALTHCHECK --interval=500ms --timeout=2s --retries=60 CMD test -f /tmp/ready\n")
+
+
+def ensure_volume_image() -> str:
+    return _derived_from_busybox(VOLUME_IMAGE, "RUN mkdir /data && chmod 1777 /data\nVOLUME /data\n")
 
 
 def _debootstrap_import(tags: dict[str, list[str]], packages: str, prepare=None) -> None:  # type: ignore[no-untyped-def]
@@ -180,5 +189,6 @@ if __name__ == "__main__":
     # before running docs/bench/bench_containers.py
     print(ensure_busybox_image())
     print(ensure_healthcheck_image())
+    print(ensure_volume_image())
     print(ensure_git_image())
     print(*ensure_service_images())
