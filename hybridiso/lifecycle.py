@@ -60,7 +60,7 @@ def _branch_free(ctx: EnvContext) -> None:
     """git checks a branch out in one worktree at a time: name the checkout
     that holds it (FAULTS #2: never git's raw "already used by worktree")."""
     for wt in git.worktree_list(ctx.project.root):
-        if wt.branch == ctx.record.branch and wt.path != ctx.path:
+        if wt.branch == ctx.record.branch and wt.path.resolve() != ctx.path.resolve():
             hint = (
                 f"its directory is gone: `git worktree prune` frees the branch"
                 if wt.prunable
@@ -250,7 +250,14 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
         backup = save_backup(ctx, losing)
     strategy = strategies.get(ctx.record.strategy)
     if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():
-        git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"HEAD:refs/heads/{ctx.record.branch}")
+        pushed = git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"HEAD:refs/heads/{ctx.record.branch}", check=False)
+        if pushed.returncode != 0:
+            # e.g. the branch is checked out in the repository, or moved on there
+            raise UserError(
+                f"agent {ctx.name}: --keep-branch could not update branch {ctx.record.branch} in {ctx.project.root}: "
+                + (pushed.stderr.strip().splitlines() or ["git push failed"])[-1],
+                hint=f"check {ctx.record.branch} out nowhere (or merge it by hand), then run down again; nothing was removed",
+            )
     strategy.remove(ctx)
     service_branches.release(ctx)
     if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:

@@ -78,6 +78,21 @@ def test_same_branch_two_explicit_worktrees_rejected_before_git(tmp_path: Path) 
     nothing_created(repo)
 
 
+def test_keep_branch_that_cannot_be_updated_refuses_cleanly(tmp_path: Path) -> None:
+    """A clone on the branch the repository has checked out (the planner's
+    own choice for that case): git refuses to push into a checked-out
+    branch, and down says so instead of crashing half-way."""
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - {name: c, branch: main}\n")
+    hybridiso(repo, "up")
+    assert status_json(repo)["c"]["strategy"] == "clone"
+    commit_file(tmp_path / "r.agents" / "c", "work.txt", "w\n", "agent work")
+    r = hybridiso(repo, "down", "c", "--keep-branch", ok=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert "--keep-branch could not update branch main" in r.stderr and "nothing was removed" in r.stderr
+    assert (tmp_path / "r.agents" / "c" / "work.txt").exists() and "c" in status_json(repo)
+
+
 def test_explicit_worktree_on_a_branch_the_user_has_checked_out_is_named(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r")
     git(repo, "switch", "-q", "-c", "feat")
