@@ -44,7 +44,9 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
     env = {
         **lifecycle.environment_for(project, agent, record),
         **service_env,
-        **_git_identity(ctx),
+        # taken once, when the agent is made: a later shell with other
+        # GIT_AUTHOR_* must not change the config (and recreate a running agent)
+        **ctx.record.extra.setdefault("git_identity", _git_identity(ctx)),
         "HOME": "/tmp",  # the host uid usually has no home in the image
     }
     command = tuple(expand_vars(part, env) for part in agent.command) if agent.command else None

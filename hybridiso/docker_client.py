@@ -40,11 +40,13 @@ def client() -> Any:
         from docker.errors import DockerException
     except ImportError as e:  # pragma: no cover - docker is a dependency
         raise DockerUnavailable(f"the docker Python package is missing: {e}") from None
+    from requests.exceptions import RequestException
+
     try:
         c = docker.from_env(timeout=30)
         c.ping()
         return c
-    except DockerException as e:
+    except (DockerException, RequestException) as e:
         raise DockerUnavailable(
             f"Docker is not reachable at {docker_host()}: {_short(e)}",
             hint="start the Docker engine (or set DOCKER_HOST); worktree and clone agents work without it",
@@ -96,11 +98,10 @@ def image_present(image: str) -> bool:
 
 
 def image_id(image: str) -> str:
-    """The local image's id (``sha256:...``), or "" when it is not here."""
-    try:
+    """The local image's id (``sha256:...``); a UserError when it cannot be
+    read (never a guess: the id is part of a container's config hash)."""
+    with api_errors(f"inspect image {image}"):
         return str(client().images.get(image).id)
-    except _failures():
-        return ""
 
 
 def image_healthcheck(image: str) -> bool:
@@ -178,7 +179,7 @@ def _label_filters(labels: Mapping[str, str]) -> list[str]:
 
 def containers(labels: Mapping[str, str]) -> list[ContainerInfo]:
     with api_errors("list containers"):
-        found = client().containers.list(all=True, filters={"label": _label_filters(labels)})
+        found = client().containers.list(all=True, ignore_removed=True, filters={"label": _label_filters(labels)})
     result = []
     for c in found:
         state = c.attrs.get("State", {})
@@ -210,7 +211,7 @@ def remove_labelled(labels: Mapping[str, str]) -> dict[str, int]:
     filters = {"label": _label_filters(labels)}
     counts = {"containers": 0, "networks": 0, "volumes": 0}
     with api_errors("remove containers"):
-        for c in client().containers.list(all=True, filters=filters):
+        for c in client().containers.list(all=True, ignore_removed=True, filters=filters):
             try:
                 c.remove(force=True, v=True)
                 counts["containers"] += 1
@@ -241,7 +242,7 @@ def anonymous_volumes(labels: Mapping[str, str]) -> list[str]:
     ``labels`` mount.  Removing a container frees its own, but not one it
     inherited when Compose recreated it: ``down`` removes those by name."""
     with api_errors("list containers"):
-        found = client().containers.list(all=True, filters={"label": _label_filters(labels)})
+        found = client().containers.list(all=True, ignore_removed=True, filters={"label": _label_filters(labels)})
     return sorted({m["Name"] for c in found for m in c.attrs.get("Mounts") or [] if m.get("Type") == "volume" and _ANONYMOUS.match(m.get("Name") or "")})
 
 
@@ -260,7 +261,7 @@ def labelled_resources(labels: Mapping[str, str]) -> dict[str, list[dict[str, An
     c = client()
     with api_errors("list resources"):
         return {
-            "containers": [{"id": x.id, "name": x.name, "labels": dict(x.labels)} for x in c.containers.list(all=True, filters=filters)],
+            "containers": [{"id": x.id, "name": x.name, "labels": dict(x.labels)} for x in c.containers.list(all=True, ignore_removed=True, filters=filters)],
             "networks": [{"id": x.id, "name": x.name, "labels": dict(x.attrs.get("Labels") or {})} for x in c.networks.list(filters=filters)],
             "volumes": [{"id": x.id, "name": x.name, "labels": dict(x.attrs.get("Labels") or {})} for x in c.volumes.list(filters=filters)],
         }
@@ -337,6 +338,8 @@ def apply_container(plan: Plan) -> str | None:
                     api.start(c["Id"])
                 return "started"
             except APIError:
+                if any(m.get("Type") == "volume" for m in c.get("Mounts") or []):
+                    return None  # Compose recreates it and carries its volumes over
                 api.remove_container(c["Id"], force=True)  # unstartable as it is: make it anew
                 action = "recreated"
         created = api.create_container_from_config(plan.config, plan.container_name)

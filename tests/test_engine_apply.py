@@ -237,12 +237,15 @@ def test_what_compose_did_is_read_from_the_containers_before_and_after() -> None
 
 
 @pytest.mark.docker
-def test_up_makes_a_running_container_match_a_changed_manifest(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+def test_up_makes_a_running_container_match_a_changed_manifest(tmp_path: Path, busybox_image: str, compose_v2: str, monkeypatch: pytest.MonkeyPatch) -> None:
     agent = f'  - {{name: solo, isolation: container, image: {busybox_image}, command: ["sleep", "3600"], env: {{GREETING: "{{}}"}}}}\n'
     repo = _repo_with_agents(tmp_path, agent.replace("{}", "hello"))
     try:
         hybridiso(repo, "up")
         cid = docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}")
+        assert "Up to date" in hybridiso(repo, "up").stderr
+        # another shell, another GIT_AUTHOR_NAME: not a change of the agent's config
+        monkeypatch.setenv("GIT_AUTHOR_NAME", "Someone Else")
         assert "Up to date" in hybridiso(repo, "up").stderr
         assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}") == cid
         write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nagents:\n' + agent.replace("{}", "hi there"))

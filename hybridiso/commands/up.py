@@ -275,6 +275,8 @@ def _update(ctx: EnvContext) -> str:
     changed, restart what should run."""
     from hybridiso import envfile
 
+    if ctx.cancel.is_set():  # Ctrl-C while it waited for a worker: touch nothing
+        raise Cancelled(ctx.name)
     changed = envfile.write_env_file(ctx.path, lifecycle.environment_for(ctx.project, ctx.agent, ctx.record))
     reran = lifecycle.run_setup(ctx)
     strategy = strategies.get(ctx.record.strategy)

@@ -53,7 +53,14 @@ def compose_file(ctx: EnvContext) -> Path:
 
 
 def agent_labels(ctx: EnvContext) -> dict[str, str]:
+    """Every Docker object of the agent (``down`` and ``gc`` remove them all)."""
     return {docker_client.LABEL_PROJECT: repo_id(ctx), docker_client.LABEL_AGENT: ctx.name}
+
+
+def project_containers(ctx: EnvContext) -> list[docker_client.ContainerInfo]:
+    """The agent's project's own containers: not the one-off ones a user
+    starts with `docker compose run`, which carry the same labels."""
+    return docker_client.containers({**agent_labels(ctx), docker_client.COMPOSE_ONEOFF: "False"})
 
 
 def render(ctx: EnvContext) -> Path:
@@ -127,13 +134,13 @@ def start(ctx: EnvContext) -> str:
     healthchecks = spec.healthcheck is not None or bool(spec.services) or docker_client.image_healthcheck(spec.image)
     action = _apply_through_engine(ctx, path, healthchecks)
     if action is None:
-        before = {c.id: c.status for c in docker_client.containers(agent_labels(ctx))}
+        before = {c.id: c.status for c in project_containers(ctx)}
         try:
             compose_cli.up(compose_project(ctx), path, wait=healthchecks)
         except UserError:
             _explain_unhealthy(ctx)
             raise
-        action = _what_compose_did(before, {c.id: c.status for c in docker_client.containers(agent_labels(ctx))})
+        action = _what_compose_did(before, {c.id: c.status for c in project_containers(ctx)})
     if not healthchecks:
         _require_running(ctx)
     else:
@@ -181,7 +188,7 @@ def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> st
 
 def _explain_unhealthy(ctx: EnvContext) -> None:
     """compose says only "is unhealthy": name the check's own last words."""
-    for info in docker_client.containers(agent_labels(ctx)):
+    for info in project_containers(ctx):
         if info.status == "exited":
             raise UserError(
                 f"container {info.name} exited (code {info.exit_code}) before it was healthy{_last_words(info.id)}",
@@ -260,7 +267,7 @@ def _read_lines(path: Path) -> set[str]:
 
 
 def _agent_container(ctx: EnvContext) -> docker_client.ContainerInfo | None:
-    found = [c for c in docker_client.containers({**agent_labels(ctx), docker_client.LABEL_ROLE: "agent"})]
+    found = [c for c in project_containers(ctx) if c.role == "agent"]
     return found[0] if found else None
 
 
