@@ -233,6 +233,10 @@ agents:
             assert len(labelled("volume", agent)) == 2 and len(labelled("network", agent)) == 1
         assert set(labelled("network", "a")).isdisjoint(labelled("network", "b"))
         assert set(labelled("volume", "a")).isdisjoint(labelled("volume", "b"))
+        # Compose converges it again on the next up, and nothing changed
+        again = hybridiso(repo, "up", timeout=300).stderr
+        assert again.count("Up to date") == 2 and "Recreated" not in again, again
+        assert sh("a", 'psql "$DATABASE_URL" -tAc "SELECT x FROM t"') == "42"
     finally:
         hybridiso(repo, "down", "--force", ok=None)
     for agent in ("a", "b"):
