@@ -9,6 +9,7 @@ the upstream is moved by a synthetic commit to measure fetches.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import statistics
@@ -25,6 +26,35 @@ from hybridiso.state import AgentRecord, StateStore
 from hybridiso.strategies.base import EnvContext
 
 COMPARE_LABEL = "dev.hybridiso.compare"
+RUN_LOCK = "running.lock"  # held (flock) for the whole run: a killed run lets go of it
+STALE_WITHOUT_LOCK = 600  # seconds: a workdir without its lock file (it is made first thing)
+
+
+def workdirs(root: Path) -> list[Path]:
+    """The comparison workdirs beside the repository at ``root``."""
+    return sorted(p for p in root.parent.glob(f".{root.name}.hybridiso-compare-*") if p.is_dir())
+
+
+def run_is_over(workdir: Path) -> bool:
+    """True when no ``report --compare`` works in ``workdir`` any more (it
+    was killed before its cleanup: SIGKILL, a power cut)."""
+    lock = workdir / RUN_LOCK
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            return time.time() - workdir.stat().st_mtime > STALE_WITHOUT_LOCK
+        except OSError:
+            return False
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 @dataclass
@@ -90,6 +120,8 @@ def compare(
     base = git.current_branch(user.root) if git.resolve_commit(user.root, user.manifest.base) is None else user.manifest.base
     base = base or "HEAD"
     workdir = Path(tempfile.mkdtemp(prefix=f".{user.root.name}.hybridiso-compare-", dir=user.root.parent))
+    running = os.open(workdir / RUN_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(running, fcntl.LOCK_EX)  # `gc` leaves this run alone while it is held
     contexts: list[EnvContext] = []
     try:
         upstream = workdir / "upstream.git"
@@ -179,6 +211,7 @@ def compare(
                 pass
         _remove_labelled(workdir.name)
         shutil.rmtree(workdir, ignore_errors=True)
+        os.close(running)
 
 
 def _container_unavailable(image: str | None) -> str | None:

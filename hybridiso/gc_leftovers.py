@@ -12,6 +12,7 @@ stay behind ``docker_client`` and ``databases``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from hybridiso import output
 from hybridiso.errors import UserError
@@ -110,4 +111,37 @@ def _database_dropper(server: str, name: str) -> Callable[[], list[str]]:
     return apply
 
 
-FINDERS: tuple[Finder, ...] = (docker_findings, database_findings)
+def compare_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    """Workdirs (and their Docker resources) of a ``report --compare`` that
+    was killed before it could clean up; a run still going holds its lock."""
+    from hybridiso import compare
+
+    findings = []
+    for workdir in compare.workdirs(project.root):
+        if not compare.run_is_over(workdir):
+            continue
+        owns = [f"directory {workdir}"]
+        from hybridiso import docker_client
+
+        if docker_client.reachable()[0]:
+            found = docker_client.labelled_resources({compare.COMPARE_LABEL: workdir.name})
+            owns += [f"{kind[:-1]} {item['name']}" for kind, items in found.items() for item in items]
+        findings.append(
+            Finding(DOCKER, f"report --compare leftovers {workdir.name}", True, "a comparison that was killed before it cleaned up", owns, apply=_compare_remover(workdir))
+        )
+    return findings
+
+
+def _compare_remover(workdir: Path) -> Callable[[], list[str]]:
+    def apply() -> list[str]:
+        from hybridiso import cleanup, compare, docker_client
+
+        left: list[str] = []
+        if docker_client.reachable()[0]:
+            left += _docker_remover({compare.COMPARE_LABEL: workdir.name})()
+        return left + cleanup.remove_tree(workdir)
+
+    return apply
+
+
+FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, compare_findings)

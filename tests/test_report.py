@@ -173,3 +173,38 @@ def test_compare_includes_containers_when_docker_is_there(tmp_path: Path, busybo
     assert rows["container"]["startup_seconds"] > rows["worktree"]["startup_seconds"]
     left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=dev.hybridiso.compare"], capture_output=True, text=True).stdout
     assert left.strip() == ""
+
+
+def test_gc_removes_what_a_killed_compare_left_and_spares_a_running_one(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    import os
+
+    repo = repo_with_files(tmp_path, 20)
+    marker = tmp_path / "setup-ran"
+    write_manifest(repo, f'labels: {{dev.hybridiso.test: "1"}}\ndefaults:\n  setup: ["touch {marker}; sleep 30"]\nagents: []\n')
+    argv = [sys.executable, "-m", "hybridiso", "report", "--compare", "1", "--strategies", "container", "--image", busybox_image]
+    proc = subprocess.Popen(argv, cwd=repo, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.time() + 60
+        while not marker.exists() and time.time() < end:
+            time.sleep(0.05)
+        [workdir] = tmp_path.glob(".proj.hybridiso-compare-*")
+
+        def leftovers() -> list[dict[str, object]]:
+            found = json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]
+            return [f for f in found if "report --compare" in str(f["target"])]
+
+        assert leftovers() == []  # running: not gc's to touch
+        os.killpg(proc.pid, signal.SIGKILL)  # no cleanup at all: a power cut, an OOM kill
+        proc.wait(timeout=30)
+        label = f"label=dev.hybridiso.compare={workdir.name}"
+        assert workdir.exists() and subprocess.run(["docker", "network", "ls", "-q", "--filter", label], capture_output=True, text=True).stdout.strip()
+        [finding] = leftovers()
+        owns = list(finding["owns"])  # type: ignore[call-overload]
+        assert finding["action"] == "remove" and f"directory {workdir}" in owns and any(o.startswith("network ") for o in owns)
+        hybridiso(repo, "gc", "--yes")
+        assert not workdir.exists() and leftovers() == []
+        for kind in (["ps", "-aq"], ["network", "ls", "-q"], ["volume", "ls", "-q"]):
+            assert subprocess.run(["docker", *kind, "--filter", label], capture_output=True, text=True).stdout.strip() == ""
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
