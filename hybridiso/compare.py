@@ -22,7 +22,7 @@ from pathlib import Path
 from hybridiso import git, includes, lifecycle, measure, strategies
 from hybridiso.manifest import Agent, Manifest
 from hybridiso.project import Project
-from hybridiso.state import AgentRecord, StateStore
+from hybridiso.state import AgentRecord, StateStore, lock_is_free
 from hybridiso.strategies.base import EnvContext
 
 COMPARE_LABEL = "dev.hybridiso.compare"
@@ -39,22 +39,15 @@ def run_is_over(workdir: Path) -> bool:
     """True when no ``report --compare`` works in ``workdir`` any more (it
     was killed before its cleanup: SIGKILL, a power cut)."""
     lock = workdir / RUN_LOCK
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except FileNotFoundError:
+    if not lock.exists():
         try:
             return time.time() - workdir.stat().st_mtime > STALE_WITHOUT_LOCK
         except OSError:
             return False
-    except OSError:
-        return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        return lock_is_free(lock)
+    except OSError:  # unreadable: not ours to judge
         return False
-    finally:
-        os.close(fd)
-    return True
 
 
 @dataclass

@@ -97,21 +97,14 @@ def image_present(image: str) -> bool:
         return False
 
 
-def image_id(image: str) -> str:
-    """The local image's id (``sha256:...``); a UserError when it cannot be
-    read (never a guess: the id is part of a container's config hash)."""
+def image_facts(image: str) -> tuple[str, bool]:
+    """The local image's id (``sha256:...``) and whether it declares a
+    HEALTHCHECK of its own (not ``NONE``), from one inspect; a UserError when
+    it cannot be read (never a guess: the id is part of a container's config hash)."""
     with api_errors(f"inspect image {image}"):
-        return str(client().images.get(image).id)
-
-
-def image_healthcheck(image: str) -> bool:
-    """Whether the image declares a HEALTHCHECK of its own (not ``NONE``)."""
-    try:
-        config = client().images.get(image).attrs.get("Config") or {}
-    except _failures():
-        return False
-    test = (config.get("Healthcheck") or {}).get("Test") or []
-    return bool(test) and test[0] != "NONE"
+        found = client().images.get(image)
+    test = ((found.attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+    return str(found.id), bool(test) and test[0] != "NONE"
 
 
 def ensure_image(image: str) -> None:
@@ -320,7 +313,7 @@ def apply_container(plan: Plan) -> str | None:
         if any((c.get("Labels") or {}).get(COMPOSE_SERVICE) != plan.service for c in found):
             return None
         stale = [c for c in found if (c.get("Labels") or {}).get(COMPOSE_CONFIG_HASH) != plan.config_hash or c.get("State") in ("dead", "removing")]
-        if any(m.get("Type") == "volume" for c in stale for m in c.get("Mounts") or []):
+        if any(_holds_volumes(c) for c in stale):
             return None
         if plan.network:
             ensure_network(plan.network, plan.network_labels)  # it may have been pruned while the agent was stopped
@@ -338,13 +331,19 @@ def apply_container(plan: Plan) -> str | None:
                     api.start(c["Id"])
                 return "started"
             except APIError:
-                if any(m.get("Type") == "volume" for m in c.get("Mounts") or []):
+                if _holds_volumes(c):
                     return None  # Compose recreates it and carries its volumes over
                 api.remove_container(c["Id"], force=True)  # unstartable as it is: make it anew
                 action = "recreated"
         created = api.create_container_from_config(plan.config, plan.container_name)
         api.start(created["Id"])
     return action
+
+
+def _holds_volumes(listed: Mapping[str, Any]) -> bool:
+    """A container (as the list call returns it) mounts a volume: recreating
+    it is Compose's job, which carries the volume over."""
+    return any(m.get("Type") == "volume" for m in listed.get("Mounts") or [])
 
 
 def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event | None = None) -> str:
@@ -356,6 +355,7 @@ def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event |
 
     api = client().api
     end = time.monotonic() + timeout
+    cancel = cancel or threading.Event()
     with api_errors(f"inspect container {container_name}"):
         while True:
             state = api.inspect_container(container_name).get("State") or {}
@@ -368,7 +368,5 @@ def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event |
                 return str(state.get("Status"))
             if time.monotonic() > end:
                 return "timeout"
-            if cancel is not None and cancel.wait(0.1):
+            if cancel.wait(0.1):
                 return "cancelled"
-            if cancel is None:
-                time.sleep(0.1)

@@ -79,11 +79,6 @@ def unescape(value: Any) -> Any:
     return value
 
 
-def compose_names(project: str, service: str, network_key: str) -> tuple[str, str]:
-    """Compose v2's names: container ``<project>-<service>-1``, network ``<project>_<key>``."""
-    return f"{project}-{service}-1", f"{project}_{network_key}"
-
-
 def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | None:
     """The one container of a parsed compose file as an API body, or None
     when the file needs Compose itself.  ``image_id`` (what the image name
@@ -102,7 +97,9 @@ def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | 
     joined = list(svc.get("networks") or [])
     if len(joined) > 1 or (joined and joined[0] not in networks):
         return None
-    container_name, network = compose_names(project, AGENT_SERVICE, joined[0]) if joined else (f"{project}-{AGENT_SERVICE}-1", "")
+    # Compose v2's names: container <project>-<service>-1, network <project>_<key>
+    container_name = f"{project}-{AGENT_SERVICE}-1"
+    network = f"{project}_{joined[0]}" if joined else ""
     compose_labels = {
         "com.docker.compose.project": project,
         "com.docker.compose.project.config_files": str(file),

@@ -4,14 +4,13 @@ and git lock files left behind by a crashed git (FAULTS #11).
 """
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from pathlib import Path
 
 from hybridiso import git
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, State
+from hybridiso.state import lock_is_free as state_lock_is_free
 
 
 def prunable_worktrees(project: Project) -> list[Path]:
@@ -20,17 +19,7 @@ def prunable_worktrees(project: Project) -> list[Path]:
 
 def lock_is_free(project: Project) -> bool:
     """True when no hybridiso command holds the repository lock right now."""
-    path = project.store.lock_path
-    if not path.exists():
-        return True
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # also releases the probe's lock
-    return True
+    return state_lock_is_free(project.store.lock_path)
 
 
 def stale_creating(project: Project, state: State) -> list[str]:

@@ -62,7 +62,7 @@ def _branch_free(ctx: EnvContext) -> None:
     for wt in git.worktree_list(ctx.project.root):
         if wt.branch == ctx.record.branch and wt.path.resolve() != ctx.path.resolve():
             hint = (
-                f"its directory is gone: `git worktree prune` frees the branch"
+                "its directory is gone: `git worktree prune` frees the branch"
                 if wt.prunable
                 else f"switch that checkout to another branch (git -C '{wt.path}' switch -), or give agent {ctx.name} another `branch:`"
             )

@@ -237,6 +237,11 @@ class Manifest(_Model):
     def include_for(self, agent: Agent) -> list[str]:
         return list(agent.include if agent.include is not None else self.defaults.include)
 
+    def runs_services_in_containers(self, agent: Agent) -> bool:
+        """The agent lists a service that runs in its compose project (not a
+        server with a url): Compose v2 starts such a project."""
+        return any(self.services[s].runs_in_container for s in agent.services if s in self.services)
+
     def env_for(self, agent: Agent) -> dict[str, str]:
         return {**self.defaults.env, **agent.env}
 

@@ -158,6 +158,22 @@ class StateStore:
             os.close(fd)  # closing releases the flock
 
 
+def lock_is_free(path: Path) -> bool:
+    """True when nobody holds an flock on ``path`` now (a missing file is
+    free).  A holder that died let go of it: the kernel drops its locks."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases the probe's lock
+    return True
+
+
 def _read_holder(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8").strip()

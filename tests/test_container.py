@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import hybridiso, hybridiso_as_plain_user, state, status_json, write_manifest
-from tests.support.docker_fixtures import TEST_LABEL
+from tests.support.docker_fixtures import TEST_LABEL, agents_repo
 from tests.support.gitrepo import git, make_repo
 from tests.support.postgres import free_port
 
@@ -150,14 +150,9 @@ def test_render_writes_a_file_a_user_can_run(web_repo: Path) -> None:
 
 
 def test_ready_means_healthy(tmp_path: Path, busybox_image: str, healthcheck_image: str, compose_v2: str) -> None:
-    repo = make_repo(tmp_path / "site", {"index.html": "hello\n"})
-    lo = free_port()
-    write_manifest(
-        repo,
+    repo = agents_repo(
+        tmp_path / "site",
         f"""\
-labels: {{{TEST_LABEL}: "1"}}
-ports: {{range: "{lo}-{lo + 50}"}}
-agents:
   # the manifest's healthcheck, with the agent's port filled in; isolation
   # auto: a healthcheck is what makes it a container
   - name: web
@@ -175,6 +170,7 @@ agents:
     command: ["sleep", "3600"]
     healthcheck: {{test: "echo the database is not there; exit 1", interval: 500ms, retries: 2, start_period: 0s}}
 """,
+        {"index.html": "hello\n"},
     )
     try:
         r = hybridiso(repo, "up", ok=False)

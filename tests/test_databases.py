@@ -115,7 +115,7 @@ def test_agents_get_their_own_database_through_up_and_down_drops_it(tmp_path: Pa
     urls = {}
     for n in ("a", "b"):
         urls[n] = hybridiso(repo, "exec", n, "--", "sh", "-c", "echo $DATABASE_URL").stdout.strip()
-        assert f"/hi_shop_" in urls[n] and urls[n].endswith(f"_{n}_db")
+        assert "/hi_shop_" in urls[n] and urls[n].endswith(f"_{n}_db")
         assert "DB_URL=" in (tmp_path / "shop.agents" / n / ".hybridiso.env").read_text()
         with psycopg.connect(urls[n]) as conn:
             assert conn.execute("SELECT label FROM items").fetchone() == ("from the template",)

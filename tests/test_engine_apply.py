@@ -13,9 +13,7 @@ import pytest
 from hybridiso import engine_apply
 from hybridiso.manifest import read_yaml
 from tests.support.cli import hybridiso, status_json, write_manifest
-from tests.support.docker_fixtures import TEST_LABEL
-from tests.support.gitrepo import make_repo
-from tests.support.postgres import free_port
+from tests.support.docker_fixtures import TEST_LABEL, agents_repo
 
 # --- pure translation ----------------------------------------------------------
 
@@ -133,14 +131,9 @@ def _essentials(info: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.docker
 def test_engine_and_compose_make_the_same_container(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
-    repo = make_repo(tmp_path / "site dir", {"index.html": "hi\n"})
-    lo = free_port()
-    write_manifest(
-        repo,
+    repo = agents_repo(
+        tmp_path / "site dir",
         f"""\
-labels: {{{TEST_LABEL}: "1"}}
-ports: {{range: "{lo}-{lo + 50}"}}
-agents:
   - name: web
     isolation: container
     image: {busybox_image}
@@ -150,6 +143,7 @@ agents:
     healthcheck: {{test: ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:${{PORT_WEB}}/index.html"], interval: 200ms}}
     env: {{TOKEN: "${{NOPE:?boom}} $HOME $$ 'q' \\"dq\\""}}
 """,
+        {"index.html": "hi\n"},
     )
     try:
         hybridiso(repo, "up")
@@ -180,9 +174,7 @@ agents:
 
 
 def _repo_with_agents(tmp_path: Path, agents_yaml: str) -> Path:
-    repo = make_repo(tmp_path / "site", {"a.txt": "a\n"})
-    write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nagents:\n{agents_yaml}')
-    return repo
+    return agents_repo(tmp_path / "site", agents_yaml)
 
 
 @pytest.mark.docker

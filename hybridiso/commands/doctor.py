@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     # container agents, whether the manifest says so or the planner decides it
     containers = [p for p in make_plan(project, state).agents if p.strategy == "container"] if project and state else []
     # Compose starts only the agents with containerised services
-    services = project.manifest.services if project else {}
-    needs_compose = any(services[s].runs_in_container for p in containers for s in p.agent.services if s in services)
+    needs_compose = project is not None and any(project.manifest.runs_services_in_containers(p.agent) for p in containers)
     checks = [*check_git(), *check_docker(bool(containers), needs_compose)]
     if project is not None and state is not None:
         checks += [check_disk(project), check_ports(project, state), *check_state(project, state)]

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridiso import report_data, report_format
+    from hybridiso import report_format
 
     # --compare measures any repository; it needs no hybridiso.yaml
     project = project_from_args(args, manifest_optional=args.compare is not None)

@@ -111,18 +111,19 @@ def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[Agen
     # missing, say so before creating anything.  Its version check is a
     # process of its own, so it runs while the engine is asked.  (One-container
     # projects start through the engine itself: engine_apply.py.)
-    compose_check = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridiso-compose-check")
-    services = project.manifest.services
-    needs_compose = any(services[s].runs_in_container for p in containers for s in p.agent.services if s in services)
-    compose_found = compose_check.submit(compose_cli.compose_command if needs_compose else tuple)
-    compose_check.shutdown(wait=False)
+    compose_found = None
+    if any(project.manifest.runs_services_in_containers(p.agent) for p in containers):
+        compose_check = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridiso-compose-check")
+        compose_found = compose_check.submit(compose_cli.compose_command)
+        compose_check.shutdown(wait=False)
     ok, why = docker_client.reachable()
     if not ok:
         refused = [Outcome(p.agent.name, p.strategy, "Failed", False, 0.0, why) for p in containers]
         for o in refused:
             output.progress_line(False, o.name, o.strategy, "Failed", None)
         return [p for p in selected if p.strategy != "container"], refused
-    compose_found.result()
+    if compose_found is not None:
+        compose_found.result()
     for image in sorted({p.agent.image for p in containers if p.agent.image}):
         docker_client.ensure_image(image)
     return selected, []

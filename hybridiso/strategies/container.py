@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Sequence
 from pathlib import Path
 
-from hybridiso import compose_cli, docker_client, engine_apply, git, output
+from hybridiso import compose_cli, docker_client, engine_apply, output
 from hybridiso.container_spec import project_name
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.project import Project
@@ -79,7 +79,7 @@ def create(ctx: EnvContext) -> None:
     try:
         worktree.create(ctx)
     except BaseException:
-        _network_made(ctx, wait_only=True)  # a rollback must not race it
+        _await_network(ctx, wait_only=True)  # a rollback must not race it
         raise
 
 
@@ -103,18 +103,17 @@ def _make_network_early(ctx: EnvContext, path: Path) -> None:
         _networks_pending[ctx.name] = future
 
 
-def _network_made(ctx: EnvContext, *, wait_only: bool = False) -> bool:
-    """Wait for the network create() started; True when it is there.  With
-    ``wait_only``, its error is not ours to raise (the caller is failing)."""
+def _await_network(ctx: EnvContext, *, wait_only: bool = False) -> None:
+    """Wait for the network create() started, if any, raising its error;
+    with ``wait_only``, its error is not ours to raise (the caller is failing)."""
     with _pending_lock:
         future = _networks_pending.pop(ctx.name, None)
     if future is None:
-        return False
+        return
     if wait_only:
         wait([future])
-        return False
-    future.result()
-    return True
+    else:
+        future.result()
 
 
 def start(ctx: EnvContext) -> str:
@@ -131,8 +130,9 @@ def start(ctx: EnvContext) -> str:
     path = write_compose(spec, compose_file(ctx))
     # ready means healthy where anything has a healthcheck: the manifest's,
     # the image's own HEALTHCHECK, or the services'
-    healthchecks = spec.healthcheck is not None or bool(spec.services) or docker_client.image_healthcheck(spec.image)
-    action = _apply_through_engine(ctx, path, healthchecks)
+    image_id, image_healthcheck = docker_client.image_facts(spec.image)
+    healthchecks = spec.healthcheck is not None or bool(spec.services) or image_healthcheck
+    action = _apply_through_engine(ctx, path, image_id, healthchecks)
     if action is None:
         before = {c.id: c.status for c in project_containers(ctx)}
         try:
@@ -141,11 +141,12 @@ def start(ctx: EnvContext) -> str:
             _explain_unhealthy(ctx)
             raise
         action = _what_compose_did(before, {c.id: c.status for c in project_containers(ctx)})
-    if not healthchecks:
-        _require_running(ctx)
-    else:
+    if healthchecks:
         _explain_unhealthy(ctx)  # the engine path's wait ends on unhealthy or exited too
-    check_git_inside(ctx)
+    info = _agent_container(ctx)
+    if not healthchecks:
+        _require_running(ctx, info)
+    check_git_inside(ctx, info)
     return action
 
 
@@ -160,12 +161,11 @@ def _what_compose_did(before: dict[str, str], after: dict[str, str]) -> str:
 READY_TIMEOUT = 120  # seconds for every healthcheck to pass
 
 
-def _apply_through_engine(ctx: EnvContext, path: Path, healthchecks: bool) -> str | None:
+def _apply_through_engine(ctx: EnvContext, path: Path, image_id: str, healthchecks: bool) -> str | None:
     """A project of one container starts through the Engine API (see
     engine_apply.py): what was done; None when the file needs Compose."""
-    image = ctx.agent.image if ctx.agent is not None else ""
-    plan = _engine_plan(ctx, path, docker_client.image_id(image or ""))
-    _network_made(ctx)  # its error (Docker refused the network) is this agent's
+    plan = _engine_plan(ctx, path, image_id)
+    _await_network(ctx)  # its error (Docker refused the network) is this agent's
     action = docker_client.apply_container(plan) if plan is not None else None
     if action is None:
         return None
@@ -201,10 +201,9 @@ def _explain_unhealthy(ctx: EnvContext) -> None:
             )
 
 
-def _require_running(ctx: EnvContext) -> None:
+def _require_running(ctx: EnvContext, info: docker_client.ContainerInfo | None) -> None:
     """Without a healthcheck, ready means running: a command that exits at
     once is reported now, with its exit code, not found later by status."""
-    info = _agent_container(ctx)
     if info is None or info.status not in ("running", "restarting"):
         state = info.describe() if info else "no container"
         raise UserError(
@@ -218,9 +217,9 @@ def _last_words(container_id: str) -> str:
     return "; its last output:\n" + "\n".join(f"    {line}" for line in text.splitlines()) if text else "; it printed nothing"
 
 
-def check_git_inside(ctx: EnvContext) -> None:
-    """FAULTS #21: git in the container must see the repository, or we say why."""
-    info = _agent_container(ctx)
+def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) -> None:
+    """FAULTS #21: git in the container (``info``, the agent's) must see the
+    repository, or we say why."""
     if info is None or info.status != "running":
         return
     image = ctx.agent.image if ctx.agent else "?"
@@ -228,7 +227,8 @@ def check_git_inside(ctx: EnvContext) -> None:
     # fixed content): skip the probe's exec, but still say so
     known = f"{info.image_id} {ctx.project.manifest.env_for(ctx.agent).get('PATH', '') if ctx.agent else ''}"
     without_git = ctx.project.store.images_without_git
-    if known in _read_lines(without_git):
+    remembered = known in _read_lines(without_git)
+    if remembered:
         code, text = 127, ""
     else:
         probe = "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"
@@ -241,7 +241,7 @@ def check_git_inside(ctx: EnvContext) -> None:
     if code in (126, 127):
         ctx.record.extra["git_in_container"] = "image has no git"
         output.warn(f"{ctx.name}: image {image} has no git; the agent cannot run git inside its container")
-        if info.image_id and known not in _read_lines(without_git):
+        if info.image_id and not remembered:
             with contextlib.suppress(OSError):  # only a cache
                 with without_git.open("a", encoding="utf-8") as f:
                     f.write(known + "\n")
@@ -272,7 +272,7 @@ def _agent_container(ctx: EnvContext) -> docker_client.ContainerInfo | None:
 
 
 def remove(ctx: EnvContext) -> None:
-    _network_made(ctx, wait_only=True)  # a rollback right after create(): let it land, then remove it
+    _await_network(ctx, wait_only=True)  # a rollback right after create(): let it land, then remove it
     ok, _ = docker_client.reachable()
     if ok:
         inherited = docker_client.anonymous_volumes(agent_labels(ctx))

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,19 @@ def reap(label: str = TEST_LABEL, value: str | None = None) -> None:
         ids = subprocess.run(ls, capture_output=True, text=True).stdout.split()
         if ids:
             subprocess.run([*rm, *ids], capture_output=True)
+
+
+def agents_repo(root: Path, agents_yaml: str, files: dict[str, str] | None = None) -> Path:
+    """A repository at ``root`` whose manifest labels everything for the
+    reaper, leases ports from a free range, and declares ``agents_yaml``."""
+    from tests.support.cli import write_manifest
+    from tests.support.gitrepo import make_repo
+    from tests.support.postgres import free_port
+
+    repo = make_repo(root, files or {"a.txt": "a\n"})
+    lo = free_port()
+    write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nports: {{range: "{lo}-{lo + 50}"}}\nagents:\n{agents_yaml}')
+    return repo
 
 
 def engine_reachable() -> tuple[bool, str]:
