@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hybridiso.names import env_var_for_port
-from hybridiso.state import atomic_write_text
+from hybridiso import safe_files
 
 ENV_FILE = ".hybridiso.env"
 
@@ -45,22 +45,22 @@ def render_env_file(env: Mapping[str, str]) -> str:
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> bool:
     """Write the env file if its content changed; return whether it did."""
-    target = path / ENV_FILE
     text = render_env_file(env)
-    try:
-        if target.read_text(encoding="utf-8") == text:
-            return False
-    except FileNotFoundError:
-        pass
-    atomic_write_text(target, text)
+    # the environment is the agent's: its env file may have been replaced by a
+    # symlink or a FIFO, which are refused, never followed (safe_files)
+    if safe_files.read_text(path, ENV_FILE) == text:
+        return False
+    safe_files.write_atomic(path, ENV_FILE, text, mode=0o600)
     return True
 
 
 def read_env_file(path: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     try:
-        text = (path / ENV_FILE).read_text(encoding="utf-8")
-    except (FileNotFoundError, UnicodeDecodeError):
+        text = safe_files.read_text(path, ENV_FILE)
+    except (OSError, safe_files.UnsafePath):
+        return env
+    if text is None:
         return env
     for line in text.splitlines():
         if line and not line.startswith("#") and "=" in line:

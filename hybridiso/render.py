@@ -147,10 +147,11 @@ def render_compose(spec: ContainerSpec) -> str:
     )
 
 
-def write_compose(spec: ContainerSpec, path: str | os.PathLike[str]) -> Path:
+def write_compose(spec: ContainerSpec, path: str | os.PathLike[str], anchor: Path | None = None) -> Path:
     """Render, then replace ``path`` atomically (temp file beside it +
     ``os.replace``): a reader never sees half a file, a failed render leaves
-    the old one."""
+    the old one.  Mode 0600: the file holds the agent's environment.  Below
+    ``anchor`` nothing on the way may be a symlink."""
     target = Path(path)
-    atomic_write_text(target, render_compose(spec))
+    atomic_write_text(target, render_compose(spec), anchor=anchor)
     return target

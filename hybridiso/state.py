@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybridiso import safe_files
 from hybridiso.errors import UserError
 
 STATE_VERSION = 1
@@ -70,23 +70,20 @@ class State:
         return {p: (r.name, n) for r in self.agents.values() for n, p in r.ports.items()}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def atomic_write_text(path: Path, text: str, *, anchor: Path | None = None, mode: int = 0o600) -> None:
+    """Write ``path`` atomically, never through a symlink: below ``anchor``
+    (default: the file's own directory, trusted as given) no component may
+    be one (hybridiso.safe_files)."""
+    if anchor is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        anchor = path.parent
+    safe_files.write_atomic(anchor, path.relative_to(anchor), text, mode=mode)
 
 
 class StateStore:
     def __init__(self, common_dir: Path) -> None:
+        # everything below the git dir is walked without following symlinks
+        self.anchor = common_dir
         self.dir = common_dir / "hybridiso"
         self.path = self.dir / "state.json"
         self.lock_path = self.dir / "lock"
@@ -107,8 +104,11 @@ class StateStore:
 
     def load(self) -> State:
         try:
-            raw = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            raw = safe_files.read_text(self.anchor, self.path.relative_to(self.anchor))
+        except safe_files.UnsafePath as e:
+            # never followed or read: set aside like a corrupt file (FAULTS #31)
+            return State(rebuilt_from=f"{e.message}; rebuilt from git")
+        if raw is None:
             return State()
         try:
             data = json.loads(raw)
@@ -127,7 +127,7 @@ class StateStore:
         file intact and is one clear error."""
         with self._mutex:
             try:
-                atomic_write_text(self.path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
+                atomic_write_text(self.path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n", anchor=self.anchor)
             except OSError as e:
                 raise UserError(
                     f"cannot write the state file {self.path}: {e.strerror}",
@@ -137,8 +137,7 @@ class StateStore:
     @contextlib.contextmanager
     def locked(self, command: str, *, wait_message: bool = True) -> Iterator[None]:
         """Hold the repository lock for the duration of a mutating command."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = safe_files.open_regular(self.anchor, self.lock_path.relative_to(self.anchor), os.O_RDWR | os.O_CREAT)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -146,7 +145,7 @@ class StateStore:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if wait_message:
-                    holder = _read_holder(self.lock_path)
+                    holder = _read_holder(fd)
                     print(f"hybridiso: waiting for the repository lock held by {holder}", file=sys.stderr, flush=True)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
@@ -162,9 +161,12 @@ def lock_is_free(path: Path) -> bool:
     """True when nobody holds an flock on ``path`` now (a missing file is
     free).  A holder that died let go of it: the kernel drops its locks."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # a FIFO must not block the probe, a symlink is not followed
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return True
+    except OSError:
+        return False  # not a lock we made: nobody should treat it as free
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -174,9 +176,9 @@ def lock_is_free(path: Path) -> bool:
     return True
 
 
-def _read_holder(path: Path) -> str:
+def _read_holder(fd: int) -> str:
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip()
     except OSError:
         text = ""
     return text or "another hybridiso process"

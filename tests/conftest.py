@@ -7,6 +7,10 @@ import pytest
 
 from tests.support.gitrepo import make_repo
 
+# The checkout under test: subprocesses (`python -m hybridiso`) must run this
+# tree's code, not whatever an editable install elsewhere points at.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
 pytest_plugins = ["tests.support.docker_fixtures", "tests.support.postgres"]
 
 
@@ -21,6 +25,7 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
         "[protocol \"file\"]\n\tallow = always\n"
     )
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PYTHONPATH", str(CHECKOUT))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_CONFIG_GLOBAL"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import hybridiso, hybridiso_as_plain_user, state, status_json, write_manifest
-from tests.support.docker_fixtures import TEST_LABEL, agents_repo
+from tests.support.docker_fixtures import TEST_LABEL, TEST_RUN, agents_repo
 from tests.support.gitrepo import git, make_repo
 from tests.support.postgres import free_port
 
@@ -42,7 +42,7 @@ def get(url: str, timeout: float = 20) -> str:
 def manifest(lo: int, image: str, extra: str = "") -> str:
     return f"""\
 version: 1
-labels: {{{TEST_LABEL}: "1"}}
+labels: {{{TEST_LABEL}: "{TEST_RUN}"}}
 ports: {{range: "{lo}-{lo + 50}"}}
 agents:
   - name: web
@@ -198,7 +198,7 @@ def test_each_agent_gets_its_own_postgres_and_redis(tmp_path: Path, service_imag
     repo = make_repo(tmp_path / "shop", {"a.txt": "a\n"})
     write_manifest(
         repo,
-        f"""labels: {{{TEST_LABEL}: "1"}}
+        f"""labels: {{{TEST_LABEL}: "{TEST_RUN}"}}
 services:
   db: {{kind: postgres, image: {pg}}}
   cache: {{kind: redis, image: {redis}}}
@@ -260,7 +260,7 @@ def test_docker_unreachable_only_fails_container_agents(tmp_path: Path, busybox_
 
 
 def dev_agent(image: str) -> str:
-    return f"""labels: {{{TEST_LABEL}: "1"}}
+    return f"""labels: {{{TEST_LABEL}: "{TEST_RUN}"}}
 agents:
   - name: dev
     isolation: container

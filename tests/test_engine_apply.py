@@ -13,7 +13,7 @@ import pytest
 from hybridiso import engine_apply
 from hybridiso.manifest import read_yaml
 from tests.support.cli import hybridiso, status_json, write_manifest
-from tests.support.docker_fixtures import TEST_LABEL, agents_repo
+from tests.support.docker_fixtures import TEST_LABEL, TEST_RUN, agents_repo
 
 # --- pure translation ----------------------------------------------------------
 
@@ -186,7 +186,7 @@ def test_leftover_service_containers_send_the_project_to_compose(tmp_path: Path,
     project = read_yaml(file.read_text())["name"]
     try:
         docker(
-            "run", "-d", "--name", f"{project}-cache-1", "--label", f"{TEST_LABEL}=1",
+            "run", "-d", "--name", f"{project}-cache-1", "--label", f"{TEST_LABEL}={TEST_RUN}",
             "--label", f"com.docker.compose.project={project}", "--label", "com.docker.compose.service=cache",
             "--label", "com.docker.compose.oneoff=False", "--label", "com.docker.compose.config-hash=old",
             "--label", "com.docker.compose.container-number=1", busybox_image, "sleep", "3600",
@@ -240,7 +240,7 @@ def test_up_makes_a_running_container_match_a_changed_manifest(tmp_path: Path, b
         monkeypatch.setenv("GIT_AUTHOR_NAME", "Someone Else")
         assert "Up to date" in hybridiso(repo, "up").stderr
         assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}") == cid
-        write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nagents:\n' + agent.replace("{}", "hi there"))
+        write_manifest(repo, f'labels: {{{TEST_LABEL}: "{TEST_RUN}"}}\nagents:\n' + agent.replace("{}", "hi there"))
         r = hybridiso(repo, "up")
         assert "Recreated" in r.stderr
         assert "GREETING=hi there" in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}"))["Config"]["Env"]
@@ -292,7 +292,7 @@ def test_a_changed_agent_keeps_the_data_in_its_images_volumes(tmp_path: Path, vo
     try:
         hybridiso(repo, "up")
         hybridiso(repo, "exec", "keeper", "--", "sh", "-c", "echo precious > /data/file")
-        write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nagents:\n' + agent.replace("{}", "2"))
+        write_manifest(repo, f'labels: {{{TEST_LABEL}: "{TEST_RUN}"}}\nagents:\n' + agent.replace("{}", "2"))
         assert "Recreated" in hybridiso(repo, "up").stderr
         assert hybridiso(repo, "exec", "keeper", "--", "sh", "-c", "echo $V; cat /data/file").stdout.split() == ["2", "precious"]
         data = [m["Name"] for m in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=keeper"))["Mounts"] if m["Destination"] == "/data"]

@@ -275,7 +275,7 @@ def test_write_compose_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert [p.name for p in target.parent.iterdir()] == ["compose.yaml"]
     before = target.read_text()
 
-    def crash(src: str, dst: str) -> None:
+    def crash(src: str, dst: str, **kwargs: object) -> None:
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", crash)

@@ -125,4 +125,4 @@ def _live(project):  # type: ignore[no-untyped-def]
 def _save(project, data) -> None:  # type: ignore[no-untyped-def]
     from hybridiso.state import atomic_write_text
 
-    atomic_write_text(project.store.dir / "reports" / "latest.json", json.dumps(data, indent=2) + "\n")
+    atomic_write_text(project.store.dir / "reports" / "latest.json", json.dumps(data, indent=2) + "\n", anchor=project.store.anchor)

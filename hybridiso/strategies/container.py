@@ -68,7 +68,7 @@ def render(ctx: EnvContext) -> Path:
     from hybridiso.container_build import build_spec
     from hybridiso.render import write_compose
 
-    return write_compose(build_spec(ctx), compose_file(ctx))
+    return write_compose(build_spec(ctx), compose_file(ctx), ctx.project.store.anchor)
 
 
 def create(ctx: EnvContext) -> None:
@@ -127,7 +127,7 @@ def start(ctx: EnvContext) -> str:
     from hybridiso.render import write_compose
 
     spec = build_spec(ctx)
-    path = write_compose(spec, compose_file(ctx))
+    path = write_compose(spec, compose_file(ctx), ctx.project.store.anchor)
     # ready means healthy where anything has a healthcheck: the manifest's,
     # the image's own HEALTHCHECK, or the services'
     image_id, image_healthcheck = docker_client.image_facts(spec.image)

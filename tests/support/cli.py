@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -10,8 +11,16 @@ from pathlib import Path
 from typing import Any
 
 
-def hybridiso(cwd: Path, *args: str, ok: bool | None = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run ``hybridiso ARGS`` in ``cwd``; ``ok=True`` asserts exit 0, ``False`` asserts non-zero."""
+EXIT_BUG = 3
+_CRASH_LOG = re.compile(r"traceback written to (\S+)")
+
+
+def hybridiso(
+    cwd: Path, *args: str, ok: bool | None = True, timeout: float = 180, bug_ok: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``hybridiso ARGS`` in ``cwd``; ``ok=True`` asserts exit 0, ``False``
+    asserts a failure that is not a crash.  Exit 3 (a bug) fails the test with
+    the crash log's traceback unless ``bug_ok``, whatever ``ok`` says."""
     proc = subprocess.run(
         [sys.executable, "-m", "hybridiso", *args],
         cwd=cwd,
@@ -20,11 +29,26 @@ def hybridiso(cwd: Path, *args: str, ok: bool | None = True, timeout: float = 18
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+    check_no_crash(proc, args, bug_ok=bug_ok)
     if ok is True:
         assert proc.returncode == 0, f"hybridiso {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     elif ok is False:
         assert proc.returncode != 0, f"hybridiso {' '.join(args)} unexpectedly succeeded:\n{proc.stdout}\n{proc.stderr}"
     return proc
+
+
+def check_no_crash(proc: subprocess.CompletedProcess[str], args: tuple[str, ...] | list[str] = (), *, bug_ok: bool = False) -> None:
+    """A run that exited 3 is a bug in hybridiso: show its traceback."""
+    if bug_ok or proc.returncode != EXIT_BUG:
+        return
+    m = _CRASH_LOG.search(proc.stderr or "")
+    trace = ""
+    if m:
+        try:
+            trace = Path(m.group(1)).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            trace = "(crash log unreadable)"
+    raise AssertionError(f"hybridiso {' '.join(args)} crashed (exit 3):\n{proc.stderr}\n{trace}")
 
 
 def as_plain_user(argv: list[str]) -> list[str]:

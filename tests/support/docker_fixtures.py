@@ -17,6 +17,7 @@ import pytest
 from tests.support import images
 
 TEST_LABEL = images.TEST_LABEL
+TEST_RUN = images.TEST_RUN
 
 
 def _in_ci() -> bool:
@@ -29,16 +30,37 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def reap(label: str = TEST_LABEL, value: str | None = None) -> None:
-    """Remove containers, networks and volumes a test run labelled, and the
-    compose projects whose agents carry hybridiso labels from test repos."""
+def _run_is_over(value: str) -> bool:
+    """A test run's label value is its pytest pid: over when that is gone."""
+    if value == TEST_RUN:
+        return True
+    if not value.isdigit():
+        return True  # "1": from an image or an old run
+    try:
+        os.kill(int(value), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def reap(label: str = TEST_LABEL, value: str | None = None, *, only_finished_runs: bool = False) -> None:
+    """Remove containers, networks and volumes a test run labelled.  With
+    ``only_finished_runs``, those of runs still going on (another session on
+    the same engine) are left alone."""
     selector = f"label={label}" if value is None else f"label={label}={value}"
-    for kind, ls, rm in (
-        ("container", ["docker", "ps", "-aq", "--filter", selector], ["docker", "rm", "-fv"]),
-        ("network", ["docker", "network", "ls", "-q", "--filter", selector], ["docker", "network", "rm"]),
-        ("volume", ["docker", "volume", "ls", "-q", "--filter", selector], ["docker", "volume", "rm", "-f"]),
+    fmt = "{{.ID}}\t{{.Label \"%s\"}}" % label
+    for ls, rm in (
+        (["docker", "ps", "-a", "--filter", selector, "--format", fmt], ["docker", "rm", "-fv"]),
+        (["docker", "network", "ls", "--filter", selector, "--format", fmt], ["docker", "network", "rm"]),
+        (["docker", "volume", "ls", "--filter", selector, "--format", fmt.replace(".ID", ".Name")], ["docker", "volume", "rm", "-f"]),
     ):
-        ids = subprocess.run(ls, capture_output=True, text=True).stdout.split()
+        ids = []
+        for line in subprocess.run(ls, capture_output=True, text=True).stdout.splitlines():
+            ident, _, run = line.partition("\t")
+            if ident and (not only_finished_runs or _run_is_over(run)):
+                ids.append(ident)
         if ids:
             subprocess.run([*rm, *ids], capture_output=True)
 
@@ -52,7 +74,7 @@ def agents_repo(root: Path, agents_yaml: str, files: dict[str, str] | None = Non
 
     repo = make_repo(root, files or {"a.txt": "a\n"})
     lo = free_port()
-    write_manifest(repo, f'labels: {{{TEST_LABEL}: "1"}}\nports: {{range: "{lo}-{lo + 50}"}}\nagents:\n{agents_yaml}')
+    write_manifest(repo, f'labels: {{{TEST_LABEL}: "{TEST_RUN}"}}\nports: {{range: "{lo}-{lo + 50}"}}\nagents:\n{agents_yaml}')
     return repo
 
 
@@ -70,11 +92,9 @@ def docker_engine() -> Iterator[str]:
     ok, info = engine_reachable()
     if not ok:
         unavailable(info)
-    reap()
-    reap("dev.hybridiso.test-repo")
+    reap(only_finished_runs=True)
     yield info
-    reap()
-    reap("dev.hybridiso.test-repo")
+    reap(value=TEST_RUN)
 
 
 @pytest.fixture(scope="session")
@@ -122,4 +142,4 @@ def git_image(docker_engine: str) -> str:
 
 @pytest.fixture
 def test_labels() -> dict[str, str]:
-    return {TEST_LABEL: "1", f"{TEST_LABEL}.id": uuid.uuid4().hex[:12]}
+    return {TEST_LABEL: TEST_RUN, f"{TEST_LABEL}.id": uuid.uuid4().hex[:12]}

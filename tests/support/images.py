@@ -62,6 +62,10 @@ fi
 exec setpriv --reuid=postgres --regid=postgres --init-groups {PG_BIN}/postgres -D "$PGDATA" -c listen_addresses='*'
 """
 TEST_LABEL = "dev.hybridiso.test"
+# The value of TEST_LABEL on what this test run creates: the pytest process's
+# pid, so concurrent runs on one engine each reap only their own (and what
+# runs that died left behind).  Images keep "1": they are shared and cached.
+TEST_RUN = os.environ.setdefault("HYBRIDISO_TEST_RUN", str(os.getpid()))
 DEBIAN_MIRROR = os.environ.get("HYBRIDISO_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 
