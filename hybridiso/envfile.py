@@ -1,8 +1,9 @@
 """The variables an agent sees, and the env file that carries them.
 
 ``.hybridiso.env`` is written at the root of every environment (a dotenv
-file: KEY=value lines) and kept out of ``git status`` through the repository's
-``info/exclude``, so it never shows up as agent work.
+file: KEY=value lines, mode 0600) and kept out of ``git status`` through the
+repository's ``info/exclude``, so it never shows up as agent work.  Its
+``HYBRIDISO_PROJECT`` line names the project (``Project.id``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from hybridiso import safe_files
 ENV_FILE = ".hybridiso.env"
 
 
+PROJECT_VAR = "HYBRIDISO_PROJECT"
+AGENT_VAR = "HYBRIDISO_AGENT"
+
+
 def agent_environment(
     name: str,
     strategy: str,
@@ -22,9 +27,11 @@ def agent_environment(
     path: Path,
     ports: Mapping[str, int],
     extra: Mapping[str, str] = {},
+    project_id: str = "",
 ) -> dict[str, str]:
     env = {
-        "HYBRIDISO_AGENT": name,
+        PROJECT_VAR: project_id,
+        AGENT_VAR: name,
         "HYBRIDISO_STRATEGY": strategy,
         "HYBRIDISO_BRANCH": branch,
         "HYBRIDISO_PATH": str(path),
@@ -32,6 +39,8 @@ def agent_environment(
     for port_name, port in sorted(ports.items()):
         env[env_var_for_port(port_name)] = str(port)
     env.update(extra)
+    # who made this environment: no manifest `env:` may change it
+    env[PROJECT_VAR], env[AGENT_VAR] = project_id, name
     return env
 
 
@@ -67,3 +76,4 @@ def read_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             env[key] = value
     return env
+
