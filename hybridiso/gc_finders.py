@@ -3,8 +3,9 @@
 Three finders, run under the repository lock:
 - ``agent_findings``: every agent record, judged by ``gc_rules.decide`` from
   facts gathered here (work in the env, merge verdict, upstream gone);
-- ``prunable_findings``: worktrees git lists whose directory is gone and that
-  no record owns (e.g. the state file was lost too);
+- ``prunable_findings``: worktrees hybridiso made (an agent's place in the
+  workspace) whose directory is gone and that no record owns (e.g. the state
+  file was lost too); anybody else's is never touched (FAULTS #28);
 - ``orphan_findings``: directories in the workspace that neither git nor the
   state knows.
 Each removable finding carries an ``apply`` that does the removal and returns
@@ -12,6 +13,7 @@ what it could not remove.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -125,7 +127,7 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
             if left:
                 return left
         if strategy.SHARES_REFS:
-            git.worktree_prune(project.root)
+            git.worktree_forget(project.repo.common_dir, ctx.path)  # this env's entry only (FAULTS #28)
         service_branches.release(ctx)
         if d.delete_branch and f.tip:
             # only if nobody committed to it since we judged it
@@ -138,13 +140,16 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
 
 
 def prunable_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
-    ours = {Path(r.path).resolve() for r in state.agents.values()}
+    ours = {Path(r.path) for r in state.agents.values() if isinstance(r.path, str)}
+    prunable = [wt for wt in git.worktree_list(project.root) if wt.prunable and wt.path not in ours]
+    # only what hybridiso made: a user's worktree on an unmounted disk is theirs
+    prunable = [wt for wt in prunable if project.owns_worktree(wt.path, wt.branch, state.agents)]
+    if not prunable:
+        return []
     bases = base_refs(project)
     branch_names = {a.branch_name for a in project.manifest.agents}
     findings = []
-    for wt in git.worktree_list(project.root):
-        if not wt.prunable or wt.path.resolve() in ours:
-            continue
+    for wt in prunable:
         owns_list = ["worktree metadata"]
         delete_branch = None
         if wt.branch and (wt.branch in branch_names or wt.branch.startswith("hybridiso/")) and wt.head:
@@ -153,14 +158,16 @@ def prunable_findings(project: Project, state: State, dry_run: bool) -> list[Fin
                 owns_list.append(f"branch {wt.branch}")
                 delete_branch = (wt.branch, wt.head)
         f = Finding(ZOMBIE, str(wt.path), True, "directory was deleted; git still lists the worktree", owns_list)
-        f.apply = _pruner(project, delete_branch)
+        f.apply = _pruner(project, wt.path, delete_branch)
         findings.append(f)
     return findings
 
 
-def _pruner(project: Project, branch: tuple[str, str] | None):  # type: ignore[no-untyped-def]
+def _pruner(project: Project, path: Path, branch: tuple[str, str] | None):  # type: ignore[no-untyped-def]
     def apply() -> list[str]:
-        git.worktree_prune(project.root)
+        if os.path.lexists(path):  # it came back (a disk mounted again): not a zombie any more
+            return []
+        git.worktree_forget(project.repo.common_dir, path)
         if branch is not None:
             git.delete_ref_if(project.root, f"refs/heads/{branch[0]}", branch[1])
         return []

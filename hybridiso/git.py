@@ -12,8 +12,10 @@ so it was only ever a command runner here, and its import cost 60-120 ms of the
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridiso.errors import UserError
-from hybridiso import process
+from hybridiso import process, safe_files
 from hybridiso.process import CommandError, Result
 
 LOCK_RETRIES = 8
@@ -306,11 +308,64 @@ def worktree_remove(repo: Path, path: Path, *, force: bool) -> None:
         _forget_worktrees()
 
 
-def worktree_prune(repo: Path) -> None:
+def worktree_entry(common_dir: Path, path: Path) -> Path | None:
+    """The metadata directory ``$common/worktrees/<id>/`` that git keeps for
+    the worktree at ``path``: the one whose ``gitdir`` file names
+    ``path/.git``.  Only a plain directory counts, never one reached through
+    a symlink, and the files are read without following any (safe_files)."""
+    worktrees = common_dir / "worktrees"
+    if not safe_files.is_plain_dir(worktrees):
+        return None
+    wanted = _gitdir_spellings(path)
     try:
-        run(repo, "worktree", "prune")
+        ids = sorted(os.listdir(worktrees))
+    except OSError:
+        return None
+    for ident in ids:
+        entry = worktrees / ident
+        if not safe_files.is_plain_dir(entry):
+            continue
+        try:
+            text = safe_files.read_text(worktrees, f"{ident}/gitdir", limit=1 << 16)
+        except (OSError, UserError):
+            continue
+        if text is None or not text.strip():
+            continue
+        named = Path(text.strip())
+        if not named.is_absolute():  # worktree.useRelativePaths (git >= 2.48)
+            named = entry / named
+        if os.path.normpath(named) in wanted:
+            return entry
+    return None
+
+
+def _gitdir_spellings(path: Path) -> set[str]:
+    """``path/.git`` as git may have written it: as given, and with the
+    parent's symlinks resolved (git records the real path)."""
+    spellings = {os.path.normpath(path / ".git")}
+    with contextlib.suppress(OSError):
+        spellings.add(os.path.normpath(Path(os.path.realpath(path.parent)) / path.name / ".git"))
+    return spellings
+
+
+def worktree_forget(common_dir: Path, path: Path) -> bool:
+    """Drop git's record of the worktree at ``path``, whose directory is gone:
+    that one metadata directory and nothing else (what ``git worktree prune``
+    would do for it alone).  Never a repository-wide prune, which would also
+    take the metadata, index and detached commits of every worktree that is
+    only briefly missing (an unmounted disk: FAULTS #28).  Returns whether
+    there was an entry to drop."""
+    if os.path.lexists(path):
+        return False  # it is there: `git worktree remove` is the way
+    entry = worktree_entry(common_dir, path)
+    if entry is None:
+        return False
+    try:
+        # rmtree refuses a symlink at the top and never follows one below
+        shutil.rmtree(entry)
     finally:
         _forget_worktrees()
+    return True
 
 
 def init_submodules(path: Path) -> bool:
@@ -623,12 +678,6 @@ def ff_merge(cwd: Path, target: str) -> bool:
     """Fast-forward the checked-out branch in ``cwd`` to ``target``; git keeps
     local changes safe (it refuses when they would be overwritten)."""
     return _execute(cwd, ["merge", "-q", "--ff-only", target]).returncode == 0
-
-
-def worktree_prune_dry_run(repo: Path) -> list[str]:
-    """What ``git worktree prune`` would remove (one line per worktree)."""
-    r = _execute(repo, ["worktree", "prune", "--dry-run", "--verbose"])
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
 
 
 def branch_created_at(cwd: Path, branch: str) -> str | None:

