@@ -3,7 +3,10 @@
 ``.hybridiso.env`` is written at the root of every environment (a dotenv
 file: KEY=value lines, mode 0600) and kept out of ``git status`` through the
 repository's ``info/exclude``, so it never shows up as agent work.  Its
-``HYBRIDISO_PROJECT`` line names the project (``Project.id``).
+``HYBRIDISO_PROJECT`` (the project's id) and ``HYBRIDISO_AGENT`` lines are
+also hybridiso's mark on the directory: ``gc`` removes a directory in the
+workspace that no record knows only when it carries this project's mark
+for that very name (FAULTS #29).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def agent_environment(
     for port_name, port in sorted(ports.items()):
         env[env_var_for_port(port_name)] = str(port)
     env.update(extra)
-    # who made this environment: no manifest `env:` may change it
+    # the mark gc trusts (marked_for): no manifest `env:` may change it
     env[PROJECT_VAR], env[AGENT_VAR] = project_id, name
     return env
 
@@ -77,3 +80,11 @@ def read_env_file(path: Path) -> dict[str, str]:
             env[key] = value
     return env
 
+
+def marked_for(path: Path, project_id: str) -> bool:
+    """True when ``path`` carries hybridiso's mark for this project and its
+    own name: an env file (a regular file, never followed) whose
+    ``HYBRIDISO_PROJECT`` is ``project_id`` and whose ``HYBRIDISO_AGENT`` is
+    the directory's name."""
+    env = read_env_file(path)
+    return bool(project_id) and env.get(PROJECT_VAR) == project_id and env.get(AGENT_VAR) == path.name

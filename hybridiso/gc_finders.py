@@ -7,7 +7,9 @@ Three finders, run under the repository lock:
   workspace) whose directory is gone and that no record owns (e.g. the state
   file was lost too); anybody else's is never touched (FAULTS #28);
 - ``orphan_findings``: directories in the workspace that neither git nor the
-  state knows.
+  state knows; removed only when hybridiso can prove it made them (its env
+  file's mark for this project and that name) and they hold no work
+  (FAULTS #29).
 Each removable finding carries an ``apply`` that does the removal and returns
 what it could not remove.
 """
@@ -17,9 +19,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hybridiso import cleanup, git, lifecycle, merged, service_branches, strategies
+from hybridiso import cleanup, git, lifecycle, merged, safe_files, service_branches, strategies
 from hybridiso.commands.common import context
-from hybridiso.envfile import ENV_FILE
+from hybridiso.envfile import ENV_FILE, marked_for
 from hybridiso.gc_rules import ORPHAN, ZOMBIE, AgentFacts, Decision, Finding, decide
 from hybridiso.project import Project
 from hybridiso.state import State
@@ -177,13 +179,14 @@ def _pruner(project: Project, path: Path, branch: tuple[str, str] | None):  # ty
 
 def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     ws = project.workspace
-    if not ws.is_dir():
+    if not safe_files.is_plain_dir(ws):
         return []
-    known = {Path(r.path).resolve() for r in state.agents.values()}
-    known |= {wt.path.resolve() for wt in git.worktree_list(project.root)}
+    known = {Path(r.path) for r in state.agents.values() if isinstance(r.path, str)}
+    known |= {wt.path for wt in git.worktree_list(project.root)}
     findings = []
     for entry in sorted(ws.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink() or entry.resolve() in known:
+        # a plain directory of the workspace itself, never through a symlink
+        if entry.name.startswith(".") or not safe_files.is_plain_dir(entry) or entry in known:
             continue
         remove, reason = _judge_orphan(project, entry)
         f = Finding(ORPHAN, str(entry), remove, reason, [f"directory {entry}"] if remove else [])
@@ -194,25 +197,35 @@ def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Findi
 
 
 def _judge_orphan(project: Project, path: Path) -> tuple[bool, str]:
+    """Remove only what hybridiso can prove it made (its env file names this
+    project and this directory's agent name: FAULTS #29) and that holds no
+    work.  Everything else in the workspace is somebody's: kept, and said why."""
     try:
         names = [p.name for p in path.iterdir()]
     except OSError as e:
         return False, f"cannot look inside ({e.strerror}); check it by hand"
+    if not marked_for(path, project.id):
+        what = "an empty directory" if not names else f"{len(names)} entries"
+        return False, (
+            f"{what} without hybridiso's mark for this project ({ENV_FILE} naming it): "
+            "not made by hybridiso, so left alone"
+        )
     if not [n for n in names if n != ENV_FILE]:
-        return True, "empty directory neither git nor hybridiso knows"
-    if (path / ".git").is_dir():
+        return True, "an agent directory hybridiso made, holding only its env file"
+    if safe_files.is_plain_dir(path / ".git"):
         dirty = [n for c, n in git.status_porcelain(path) if n != ENV_FILE]
         if dirty:
             return False, f"a clone nobody knows with {len(dirty)} uncommitted files; look inside"
-        unpushed = git.out(path, "rev-list", "--count", "--branches", "--not", "--remotes")
-        if unpushed != "0":
-            return False, f"a clone nobody knows with {unpushed} commits on no remote; look inside"
         if git.ok(path, "rev-parse", "-q", "--verify", "refs/stash"):
             return False, "a clone nobody knows with stashed work (git stash list); look inside"
+        # every ref and HEAD (tags, notes, a detached HEAD), not only branches
+        unpushed = git.out(path, "rev-list", "--count", "--all", "--not", "--remotes")
+        if unpushed != "0":
+            return False, f"a clone nobody knows with {unpushed} commits on no remote; look inside"
         precious = lifecycle.precious_work(project, None, path)
         if precious:
             return False, f"a clone nobody knows with ignored files that matter ({', '.join(precious[:3])}); look inside"
-        return True, f"a clean clone nobody knows (all commits are on its remotes, e.g. {BASE_REMOTE})"
+        return True, f"a clean clone hybridiso made that no record knows (all commits are on its remotes, e.g. {BASE_REMOTE})"
     return False, f"{len(names)} entries that no git and no hybridiso record knows; delete it yourself if unneeded: rm -rf {path}"
 
 

@@ -107,3 +107,62 @@ def test_a_zombie_of_ours_is_cleared_alone(tmp_path: Path) -> None:
     assert [f["target"] for f in data["findings"] if f["kind"] == ZOMBIE] == [str(tmp_path / "repo.agents" / "a")]
     listed = git(repo, "worktree", "list", "--porcelain")
     assert f"worktree {tmp_path / 'users'}" in listed and str(tmp_path / "repo.agents" / "a") not in listed
+
+
+# --- FAULTS #29: gc removes only what it can prove it made ------------------------------
+
+
+def test_gc_keeps_unmarked_directories_and_clones_in_the_workspace(tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream.git"
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(upstream))
+    git(repo, "remote", "add", "origin", str(upstream))
+    git(repo, "fetch", "-q", "origin")
+    write_manifest(repo, "agents:\n  - name: keep\n  - {name: gone, isolation: clone}\n  - {name: gonework, isolation: clone}\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "repo.agents"
+    commit_file(ws / "gonework", "w.txt", "unpushed\n")
+    # the user's own things in the same directory
+    (ws / "empty").mkdir()
+    (ws / "notes").mkdir()
+    (ws / "notes" / "todo.md").write_text("mine\n")
+    git(ws, "clone", "-q", str(upstream), "clean-clone")  # clean, all on its remote: still the user's
+    git(ws, "clone", "-q", str(upstream), "foreign")
+    (ws / "foreign" / ".hybridiso.env").write_text("HYBRIDISO_PROJECT=0123456789ab\nHYBRIDISO_AGENT=foreign\n")
+    git(ws, "clone", "-q", str(upstream), "renamed")  # our mark, but for another name
+    mark = (ws / "keep" / ".hybridiso.env").read_text()
+    (ws / "renamed" / ".hybridiso.env").write_text(mark)
+    (ws / "linked").symlink_to(ws / "notes")
+    users = {n: tree(ws / n) for n in ("empty", "notes", "clean-clone", "foreign", "renamed")}
+    # the agents `gone` and `gonework` leave the manifest and the state file
+    write_manifest(repo, "agents:\n  - name: keep\n")
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    for name in ("gone", "gonework"):
+        del data["agents"][name]
+    path.write_text(json.dumps(data))
+
+    found = json.loads(hybridiso(repo, "gc", "--yes", "--json").stdout)
+    by_name = {Path(f["target"]).name: f for f in found["findings"] if f["kind"] == ORPHAN}
+    assert by_name["gone"]["result"] == "removed" and not (ws / "gone").exists()  # ours, marked, clean
+    assert by_name["gonework"]["action"] == "keep" and "commits on no remote" in by_name["gonework"]["reason"]
+    for name in users:
+        assert by_name[name]["action"] == "keep", by_name[name]
+        assert "not made by hybridiso" in by_name[name]["reason"]
+        assert tree(ws / name) == users[name]
+    assert "linked" not in by_name and (ws / "linked").is_symlink()
+    assert (ws / "keep").is_dir() and (ws / "gonework" / "w.txt").is_file()
+
+
+def test_marker_is_private_and_names_the_project(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    write_manifest(repo, "agents:\n  - name: a\n    env: {HYBRIDISO_PROJECT: forged, HYBRIDISO_AGENT: other}\n")
+    hybridiso(repo, "up")
+    env_file = tmp_path / "repo.agents" / "a" / ".hybridiso.env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    from hybridiso.project import load_project
+
+    lines = env_file.read_text().splitlines()
+    assert f"HYBRIDISO_PROJECT={load_project(repo).id}" in lines and "HYBRIDISO_AGENT=a" in lines  # env: cannot forge the mark
+    out = hybridiso(repo, "exec", "a", "--", "sh", "-c", "echo $HYBRIDISO_PROJECT").stdout.strip()
+    assert out == load_project(repo).id
