@@ -102,12 +102,34 @@ class Project:
         return compose_name(str(self.root), agent, self.name)
 
     def env_path(self, agent: Agent | str) -> Path:
+        """``workspace/<name>``; the last component is never resolved, so a
+        symlink there is seen for what it is (``record_problem``)."""
         name = agent if isinstance(agent, str) else agent.name
-        path = (self.workspace / name).resolve()
+        path = self.workspace / name
         # names are validated, but never let a path leave the workspace (FAULTS #3)
-        if path.parent != self.workspace.resolve():
+        if not name or path.parent != self.workspace or path.name != name:
             raise UserError(f"agent {name!r} would live outside the workspace {self.workspace}")
         return path
+
+    def record_problem(self, name: str, record: AgentRecord) -> str | None:
+        """Why hybridiso must not act on ``record`` (from ``state.json``, which
+        anyone can edit), or None.  Every path it acts on is the agent's own
+        place in the workspace, never a symlink, never the repository
+        (FAULTS #30)."""
+        if record.name != name:
+            return f"the record filed under {name!r} names agent {record.name!r}"
+        try:
+            expected = self.env_path(name)
+        except UserError as e:
+            return e.message
+        if not isinstance(record.path, str) or os.path.normpath(record.path) != str(expected):
+            return f"its recorded path {record.path} is not its place in the workspace ({expected})"
+        for mine in {self.root, self.checkout, self.repo.common_dir}:
+            if expected == mine or expected in mine.parents or mine in expected.parents:
+                return f"its path {expected} overlaps the repository ({mine})"
+        if os.path.islink(expected):
+            return f"{expected} is a symlink; hybridiso never follows one it did not make"
+        return None
 
     def owns_worktree(self, path: Path, branch: str | None, records: dict[str, AgentRecord]) -> bool:
         """True when the worktree git lists at ``path`` is provably one

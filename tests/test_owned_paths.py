@@ -166,3 +166,58 @@ def test_marker_is_private_and_names_the_project(tmp_path: Path) -> None:
     assert f"HYBRIDISO_PROJECT={load_project(repo).id}" in lines and "HYBRIDISO_AGENT=a" in lines  # env: cannot forge the mark
     out = hybridiso(repo, "exec", "a", "--", "sh", "-c", "echo $HYBRIDISO_PROJECT").stdout.strip()
     assert out == load_project(repo).id
+
+
+# --- FAULTS #30: records whose path is not the agent's place ------------------------------
+
+
+@pytest.mark.parametrize("victim", ["outside", "repository", "symlink", "dotdot"])
+def test_a_record_pointing_elsewhere_is_refused_before_anything_is_touched(tmp_path: Path, victim: str) -> None:
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    write_manifest(repo, "agents:\n  - name: a\n  - name: b\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "repo.agents"
+    target = tmp_path / "victim"
+    make_repo(target, {"precious.txt": "the user's\n"})
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    if victim == "outside":
+        data["agents"]["a"]["path"] = str(target)
+    elif victim == "repository":
+        data["agents"]["a"]["path"] = str(repo)
+    elif victim == "symlink":  # the record is right, but its place is now a symlink
+        shutil.rmtree(ws / "a")
+        (ws / "a").symlink_to(target)
+    else:
+        data["agents"]["a"]["path"] = str(ws / ".." / "victim")
+    path.write_text(json.dumps(data))
+    before = {"victim": tree(target), "repo": tree(repo), "b": tree(ws / "b"), "refs": refs(repo), "state": path.read_text()}
+
+    for args in (("down",), ("down", "a", "--force"), ("gc", "--yes"), ("up",), ("sync",), ("exec", "a", "--", "touch", "x"), ("report",), ("down", "b", "a")):
+        r = hybridiso(repo, *args, ok=False)
+        assert r.returncode == 1 and "refusing to act on 1 record" in r.stderr and "agent a:" in r.stderr, (args, r.stderr)
+        assert "nothing was touched" in r.stderr and "next step:" in r.stderr
+    rows = status_json(repo)  # status shows it, and goes on
+    assert rows["a"]["state"] == "refused" and "will not act on this record" in rows["a"]["problems"][0]
+    assert rows["b"]["state"] == "ready"
+    after = {"victim": tree(target), "repo": tree(repo), "b": tree(ws / "b"), "refs": refs(repo), "state": path.read_text()}
+    assert after == before
+    # the way out the message names: the records are rebuilt from git
+    os.replace(path, str(path) + ".bad")
+    rows = status_json(repo)
+    assert rows["b"]["state"] == "ready" and rows["a"]["path"] == str(ws / "a")
+    assert tree(target) == before["victim"]
+
+
+def test_a_record_whose_name_differs_from_its_key_is_refused(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    write_manifest(repo, "agents:\n  - name: a\n  - name: b\n")
+    hybridiso(repo, "up")
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    data["agents"]["a"]["name"] = "b"  # `a`'s record would act on b's place
+    data["agents"]["a"]["path"] = data["agents"]["b"]["path"]
+    path.write_text(json.dumps(data))
+    r = hybridiso(repo, "down", "--force", ok=False)
+    assert r.returncode == 1 and "names agent 'b'" in r.stderr
+    assert (tmp_path / "repo.agents" / "a").is_dir() and (tmp_path / "repo.agents" / "b").is_dir()

@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from hybridiso import git, lifecycle, output, ports, strategies
-from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, check_records, context, make_plan, project_from_args
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
 from hybridiso.lifecycle import ENV_EXCLUDE
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             for note in p.warnings:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
+        check_records(project, state, [p.agent.name for p in selected])  # FAULTS #30: before anything is touched
         selected, refused = check_docker(project, selected)
         outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
     if args.json:
