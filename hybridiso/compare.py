@@ -122,7 +122,7 @@ def compare(
         git.run(workdir, "clone", "-q", "--bare", "--local", "--", str(user.root), str(upstream))
         git.run(workdir, "clone", "-q", "--local", "--branch", base, "--", str(upstream), str(main))
         for rel in includes.ignored_files_matching(user.checkout, includes.patterns_for(user.checkout, user.manifest.defaults.include)):
-            includes.copy_file(user.checkout / rel, main / rel)
+            includes.copy_file(user.checkout, rel, main)
         repo = git.discover(main)
         agents: list[Agent] = []
         skipped: dict[str, str] = {}

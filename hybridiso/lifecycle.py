@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import envfile, git, includes, service_branches, setup_runner, strategies
+from hybridiso import envfile, git, includes, output, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project, write_owner_marker
@@ -108,8 +108,10 @@ def create(ctx: EnvContext) -> None:
         record.extra["env"] = {**record.extra.get("env", {}), **service_env}
         record.timings["services"] = round(time.monotonic() - t, 3)
     t = time.monotonic()
-    copied = includes.copy_includes(project.checkout, ctx.path, project.manifest.include_for(ctx.agent))
-    record.extra["included"] = copied
+    included = includes.copy_includes(project.checkout, ctx.path, project.manifest.include_for(ctx.agent))
+    record.extra["included"] = included.copied
+    for rel in included.kept:
+        output.warn(f"{ctx.name}: include {rel} was not copied: the branch has its own {rel}, kept as it is")
     envfile.write_env_file(ctx.path, environment_for(project, ctx.agent, record))
     record.timings["includes"] = round(time.monotonic() - t, 3)
     _check(ctx)

@@ -221,3 +221,79 @@ def test_a_record_whose_name_differs_from_its_key_is_refused(tmp_path: Path) -> 
     r = hybridiso(repo, "down", "--force", ok=False)
     assert r.returncode == 1 and "names agent 'b'" in r.stderr
     assert (tmp_path / "repo.agents" / "a").is_dir() and (tmp_path / "repo.agents" / "b").is_dir()
+
+
+# --- FAULTS #31: includes never write through a symlink ------------------------------------
+
+
+def include_repo(tmp_path: Path, tracked: dict[str, str | Path], isolation: str = "worktree") -> tuple[Path, Path]:
+    """``main`` ignores ``.env`` and ``config/``; the branch ``feature`` tracks
+    ``tracked`` (a Path value is a symlink to it)."""
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n", ".gitignore": ".env\nconfig/\n"})
+    (repo / ".env").write_text("SECRET=main-checkout\n")
+    (repo / "config").mkdir()
+    (repo / "config" / "local.json").write_text('{"secret": true}\n')
+    git(repo, "switch", "-q", "-c", "feature")
+    for name, what in tracked.items():
+        p = repo / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        if isinstance(what, Path):
+            p.symlink_to(what)
+        else:
+            p.write_text(what)
+        git(repo, "add", "-f", name)
+    git(repo, "commit", "-q", "-m", "the branch tracks what main ignores")
+    git(repo, "switch", "-q", "main")
+    for name in tracked:  # main's own ignored files again
+        p = repo / name
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+    (repo / ".env").write_text("SECRET=main-checkout\n")
+    (repo / "config").mkdir(exist_ok=True)
+    (repo / "config" / "local.json").write_text('{"secret": true}\n')
+    write_manifest(repo, f'agents:\n  - {{name: a, branch: feature, isolation: {isolation}}}\ndefaults: {{include: [".env", "config/local.json"]}}\n')
+    return repo, tmp_path / "repo.agents" / "a"
+
+
+@pytest.mark.parametrize("isolation", ["worktree", "clone"])
+def test_include_onto_a_tracked_symlink_is_refused(tmp_path: Path, isolation: str) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("someone else's file\n")
+    repo, env = include_repo(tmp_path, {".env": outside}, isolation)
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1 and f"{env / '.env'} is a symlink" in r.stderr and "never writes through" in r.stderr, r.stderr
+    assert outside.read_text() == "someone else's file\n"
+    assert "SECRET" not in outside.read_text()
+
+
+@pytest.mark.parametrize("isolation", ["worktree", "clone"])
+def test_include_under_a_symlinked_parent_is_refused(tmp_path: Path, isolation: str) -> None:
+    outside = tmp_path / "outside-dir"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("theirs\n")
+    repo, env = include_repo(tmp_path, {"config": outside}, isolation)
+    before = tree(outside)
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1 and f"{env / 'config'} is a symlink" in r.stderr, r.stderr
+    assert tree(outside) == before and not (outside / "local.json").exists()
+
+
+def test_include_the_branch_already_tracks_is_kept_and_said(tmp_path: Path) -> None:
+    repo, env = include_repo(tmp_path, {".env": "SECRET=the-branch-own\n"})
+    up = hybridiso(repo, "up")
+    assert "include .env was not copied: the branch has its own .env" in up.stderr
+    assert (env / ".env").read_text() == "SECRET=the-branch-own\n"
+    assert (env / "config" / "local.json").read_text() == '{"secret": true}\n'  # the other include still came
+    assert git(env, "status", "--porcelain") == ""
+
+
+def test_worktreeinclude_that_is_a_fifo_is_not_read(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {".gitignore": ".env\n"})
+    (repo / ".env").write_text("X=1\n")
+    os.mkfifo(repo / ".worktreeinclude")  # would block a reader forever
+    write_manifest(repo, 'agents:\n  - name: a\ndefaults: {include: [".env"]}\n')
+    hybridiso(repo, "up", timeout=60)
+    assert (tmp_path / "repo.agents" / "a" / ".env").read_text() == "X=1\n"
