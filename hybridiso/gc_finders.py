@@ -169,7 +169,9 @@ def _pruner(project: Project, path: Path, branch: tuple[str, str] | None):  # ty
     def apply() -> list[str]:
         if os.path.lexists(path):  # it came back (a disk mounted again): not a zombie any more
             return []
-        git.worktree_forget(project.repo.common_dir, path)
+        if not git.worktree_forget(project.repo.common_dir, path) and git.worktree_entries(project.repo.common_dir, path):
+            # two entries claim the path (an edited gitdir file): removing one would be a guess
+            return [f"{path}: more than one entry in {project.repo.common_dir / 'worktrees'} names it; look at their gitdir files"]
         if branch is not None:
             git.delete_ref_if(project.root, f"refs/heads/{branch[0]}", branch[1])
         return []

@@ -312,15 +312,24 @@ def worktree_entry(common_dir: Path, path: Path) -> Path | None:
     """The metadata directory ``$common/worktrees/<id>/`` that git keeps for
     the worktree at ``path``: the one whose ``gitdir`` file names
     ``path/.git``.  Only a plain directory counts, never one reached through
-    a symlink, and the files are read without following any (safe_files)."""
+    a symlink, and the files are read without following any (safe_files).
+    Two entries naming one path (git never writes that: someone edited a
+    ``gitdir`` file) are no answer: None, so nothing is removed on a guess."""
+    entries = worktree_entries(common_dir, path)
+    return entries[0] if len(entries) == 1 else None
+
+
+def worktree_entries(common_dir: Path, path: Path) -> list[Path]:
+    """Every metadata directory whose ``gitdir`` names ``path/.git``."""
     worktrees = common_dir / "worktrees"
     if not safe_files.is_plain_dir(worktrees):
-        return None
+        return []
     wanted = _gitdir_spellings(path)
     try:
         ids = sorted(os.listdir(worktrees))
     except OSError:
-        return None
+        return []
+    found = []
     for ident in ids:
         entry = worktrees / ident
         if not safe_files.is_plain_dir(entry):
@@ -335,8 +344,8 @@ def worktree_entry(common_dir: Path, path: Path) -> Path | None:
         if not named.is_absolute():  # worktree.useRelativePaths (git >= 2.48)
             named = entry / named
         if os.path.normpath(named) in wanted:
-            return entry
-    return None
+            found.append(entry)
+    return found
 
 
 def _gitdir_spellings(path: Path) -> set[str]:
@@ -361,11 +370,25 @@ def worktree_forget(common_dir: Path, path: Path) -> bool:
     if entry is None:
         return False
     try:
-        # rmtree refuses a symlink at the top and never follows one below
-        shutil.rmtree(entry)
+        _remove_entry(entry)
     finally:
         _forget_worktrees()
     return True
+
+
+def _remove_entry(entry: Path) -> None:
+    """Delete a metadata dir with its ``gitdir`` file last: a run killed half
+    way leaves an entry the next one still finds by its gitdir, and finishes.
+    (rmtree refuses a symlink at the top and never follows one below.)"""
+    with os.scandir(entry) as it:
+        for item in it:
+            if item.name == "gitdir":
+                continue
+            if item.is_dir(follow_symlinks=False):
+                shutil.rmtree(item.path)
+            else:
+                os.unlink(item.path)
+    shutil.rmtree(entry)
 
 
 def init_submodules(path: Path) -> bool:

@@ -71,39 +71,65 @@ def ignored_files_matching(root: Path, patterns: Sequence[str]) -> list[str]:
 def copy_file(src_root: Path, rel: str, dst_root: Path) -> bool:
     """Copy ``src_root/rel`` to ``dst_root/rel``.  Returns False, writing
     nothing, when the destination already holds a regular file or a
-    directory (the branch tracks one there).  A symlink, FIFO or device on
-    the way or at the destination is an ``UnsafePath`` error: nothing is
-    written through it.  A symlink in the source is copied as a symlink."""
+    directory, or a regular file stands where a parent directory would go
+    (the branch tracks them).  A symlink, FIFO or device on the way or at
+    the destination is an ``UnsafePath`` error: nothing is written through
+    it.  A symlink in the source is copied as a symlink."""
     parts = PurePosixPath(rel).parts
     parent, name = "/".join(parts[:-1]), parts[-1]
     src = src_root / rel
     src_st = os.lstat(src)
-    with safe_files.open_dir(dst_root, parent, create=True, mode=0o777) as dfd:
-        if stat.S_ISLNK(src_st.st_mode):
-            try:
-                os.symlink(os.readlink(src), name, dir_fd=dfd)
-            except FileExistsError:
-                return _existing(dfd, name, dst_root / rel)
-            return True
-        fin = _open_source(src, src_st)
+    try:
+        with safe_files.open_dir(dst_root, parent, create=True, mode=0o777) as dfd:
+            return _copy_into(dfd, name, src, src_st, dst_root / rel)
+    except safe_files.UnsafePath:
+        if _file_on_the_way(dst_root, parts[:-1]):
+            return False
+        raise
+
+
+def _copy_into(dfd: int, name: str, src: Path, src_st: os.stat_result, shown: Path) -> bool:
+    if stat.S_ISLNK(src_st.st_mode):
         try:
-            try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
-            except FileExistsError:
-                return _existing(dfd, name, dst_root / rel)
-            try:
-                _copy_data(fin, fd)
-                os.fchmod(fd, stat.S_IMODE(src_st.st_mode))
-                os.utime(fd, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
-            except BaseException:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=dfd)
-                raise
+            os.symlink(os.readlink(src), name, dir_fd=dfd)
+        except FileExistsError:
+            return _existing(dfd, name, shown)
+        return True
+    fin = _open_source(src, src_st)
+    try:
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            return _existing(dfd, name, shown)
+        try:
+            _copy_data(fin, fd)
+            os.fchmod(fd, stat.S_IMODE(src_st.st_mode))
+            os.utime(fd, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
+        except BaseException:
             os.close(fd)
-        finally:
-            os.close(fin)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dfd)
+            raise
+        os.close(fd)
+    finally:
+        os.close(fin)
     return True
+
+
+def _file_on_the_way(root: Path, parents: tuple[str, ...]) -> bool:
+    """A regular file (the branch's) where a parent directory would go."""
+    here = root
+    for part in parents:
+        here = here / part
+        try:
+            mode = os.lstat(here).st_mode
+        except OSError:
+            return False
+        if stat.S_ISREG(mode):
+            return True
+        if not stat.S_ISDIR(mode):
+            return False
+    return False
 
 
 def _open_source(src: Path, st: os.stat_result) -> int:

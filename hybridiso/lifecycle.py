@@ -111,7 +111,7 @@ def create(ctx: EnvContext) -> None:
     included = includes.copy_includes(project.checkout, ctx.path, project.manifest.include_for(ctx.agent))
     record.extra["included"] = included.copied
     for rel in included.kept:
-        output.warn(f"{ctx.name}: include {rel} was not copied: the branch has its own {rel}, kept as it is")
+        output.warn(f"{ctx.name}: include {rel} was not copied: the branch has its own file there, kept as it is")
     envfile.write_env_file(ctx.path, environment_for(project, ctx.agent, record))
     record.timings["includes"] = round(time.monotonic() - t, 3)
     _check(ctx)

@@ -119,7 +119,13 @@ def _main(argv: Sequence[str] | None) -> int:
 def _check_directory(directory: str) -> None:
     """``-C PATH`` must be a directory, for every verb (a file used to be an
     internal error deep in the first git call)."""
-    path = Path(directory)
+    try:
+        path = Path(directory).resolve()
+    except FileNotFoundError:  # the shell stands in a directory that was removed
+        raise UserError(
+            "the current directory does not exist any more (removed while you stood in it, e.g. by `hybridiso down`)",
+            hint="cd to your repository, or pass -C PATH",
+        ) from None
     if not path.exists():
         raise UserError(f"-C {directory}: no such directory", hint="pass -C a directory of your repository")
     if not path.is_dir():

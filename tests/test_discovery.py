@@ -165,6 +165,30 @@ def test_dash_c_a_file_or_nothing_is_a_clear_error(tmp_path: Path) -> None:
     assert set(json.loads(hybridiso(tmp_path, "-C", "shop/src", "plan", "--json").stdout)["agents"][0]) >= {"agent", "path"}
 
 
+def test_a_current_directory_that_was_removed_is_a_clear_error(tmp_path: Path) -> None:
+    """`hybridiso down api` from inside api's environment removes the
+    directory the shell stands in: the next command says so (was exit 3)."""
+    import sys
+
+    repo = shop(tmp_path)
+    hybridiso(repo, "up", "api")
+    inside = tmp_path / "shop.agents" / "api" / "src"
+    down = hybridiso(inside, "down", "api")
+    assert "removed" in down.stderr and not inside.exists()
+
+    def from_a_removed_directory(*args: str) -> subprocess.CompletedProcess[str]:
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        script = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+        return subprocess.run(["sh", "-c", script, "sh", str(gone), sys.executable, "-m", "hybridiso", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    r = from_a_removed_directory("status")
+    assert r.returncode == 1 and "does not exist any more" in r.stderr and "next step:" in r.stderr, r.stderr
+    r = from_a_removed_directory("-C", str(repo), "status", "--json")
+    assert r.returncode == 0 and [row["agent"] for row in json.loads(r.stdout)] == ["ui", "api", "rewriter", "box"]
+
+
 def test_inside_the_git_directory_is_the_repository(tmp_path: Path) -> None:
     repo = shop(tmp_path)
     hybridiso(repo, "up", "ui")

@@ -109,6 +109,30 @@ def test_a_zombie_of_ours_is_cleared_alone(tmp_path: Path) -> None:
     assert f"worktree {tmp_path / 'users'}" in listed and str(tmp_path / "repo.agents" / "a") not in listed
 
 
+def test_an_edited_gitdir_never_makes_a_users_worktree_ours(tmp_path: Path) -> None:
+    """Whoever can write the common dir (a container agent, today) can make a
+    user's worktree entry name an agent's path: two entries then claim it,
+    and hybridiso removes neither rather than guess."""
+    repo = make_repo(tmp_path / "repo")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    hybridiso(repo, "up")
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "--detach", str(mine))
+    detached = commit_file(mine, "only-here.txt", "detached work\n")
+    meta = Path(git(mine, "rev-parse", "--absolute-git-dir"))
+    real = (meta / "gitdir").read_text()
+    (meta / "gitdir").write_text(str(tmp_path / "repo.agents" / "a" / ".git") + "\n")
+    for args in (("down", "a"), ("down", "a", "--force")):
+        r = hybridiso(repo, *args, ok=False)
+        assert r.returncode == 1 and "will not guess" in r.stderr and str(meta / "gitdir") in r.stderr, r.stderr
+    assert (tmp_path / "repo.agents" / "a" / "README.md").is_file()  # nothing touched
+    assert meta.is_dir() and (meta / "HEAD").read_text().strip() == detached
+    (meta / "gitdir").write_text(real)
+    assert git(mine, "rev-parse", "HEAD") == detached
+    hybridiso(repo, "down", "a")  # once the file is right again, down goes ahead
+    assert git(mine, "rev-parse", "HEAD") == detached and not (tmp_path / "repo.agents" / "a").exists()
+
+
 # --- FAULTS #29: gc removes only what it can prove it made ------------------------------
 
 
@@ -284,10 +308,18 @@ def test_include_under_a_symlinked_parent_is_refused(tmp_path: Path, isolation: 
 def test_include_the_branch_already_tracks_is_kept_and_said(tmp_path: Path) -> None:
     repo, env = include_repo(tmp_path, {".env": "SECRET=the-branch-own\n"})
     up = hybridiso(repo, "up")
-    assert "include .env was not copied: the branch has its own .env" in up.stderr
+    assert "include .env was not copied: the branch has its own file there" in up.stderr
     assert (env / ".env").read_text() == "SECRET=the-branch-own\n"
     assert (env / "config" / "local.json").read_text() == '{"secret": true}\n'  # the other include still came
     assert git(env, "status", "--porcelain") == ""
+
+
+def test_include_whose_parent_the_branch_has_as_a_file_is_kept_and_said(tmp_path: Path) -> None:
+    repo, env = include_repo(tmp_path, {"config": "the branch's own config file\n"})
+    up = hybridiso(repo, "up")
+    assert "include config/local.json was not copied: the branch has its own file there" in up.stderr
+    assert (env / "config").read_text() == "the branch's own config file\n"
+    assert (env / ".env").read_text() == "SECRET=main-checkout\n"
 
 
 def test_worktreeinclude_that_is_a_fifo_is_not_read(tmp_path: Path) -> None:
