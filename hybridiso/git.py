@@ -178,6 +178,12 @@ def _is_bare(common_dir: Path) -> bool:
 
 def _not_a_repository(start: Path, probe: Result) -> UserError:
     said = (probe.stderr.strip().splitlines() or [""])[-1].removeprefix("fatal: ")
+    if said.startswith("not a git repository: "):
+        # a .git file naming a git dir that is gone: a worktree whose metadata went
+        return UserError(
+            f"{start} is in a worktree whose link to its repository is broken ({said})",
+            hint="run hybridiso from the repository itself; `git worktree repair` there can mend the link if the repository moved",
+        )
     if "not a git repository" in said or not said:
         return UserError(
             f"{start} is not inside a git repository",

@@ -189,6 +189,14 @@ def test_a_current_directory_that_was_removed_is_a_clear_error(tmp_path: Path) -
     assert r.returncode == 0 and [row["agent"] for row in json.loads(r.stdout)] == ["ui", "api", "rewriter", "box"]
 
 
+def test_a_worktree_whose_link_broke_is_named(tmp_path: Path) -> None:
+    repo = shop(tmp_path)
+    git(repo, "worktree", "add", "-q", str(tmp_path / "w"))
+    shutil.rmtree(repo / ".git" / "worktrees" / "w")
+    r = hybridiso(tmp_path / "w", "status", ok=False)
+    assert r.returncode == 1 and "link to its repository is broken" in r.stderr and "worktree repair" in r.stderr
+
+
 def test_inside_the_git_directory_is_the_repository(tmp_path: Path) -> None:
     repo = shop(tmp_path)
     hybridiso(repo, "up", "ui")
