@@ -140,7 +140,7 @@ class Project:
             return False
         name = path.name
         record = records.get(name)
-        if record is not None and os.path.normpath(record.path) == str(path):
+        if record is not None and isinstance(record.path, str) and os.path.normpath(record.path) == str(path):
             return True
         return any(a.name == name for a in self.manifest.agents) or branch == f"hybridiso/{name}"
 
@@ -218,7 +218,7 @@ def _clone_owner(repo: git.RepoInfo) -> git.RepoInfo | None:
     owner_common = Path(text.strip())
     record = None
     if owner_common.is_absolute() and safe_files.is_plain_dir(owner_common):
-        record = _record_at(owner_common, repo.toplevel, strategies=("clone",))
+        record = _record_at(_records(owner_common), repo.toplevel, strategies=("clone",))
     if record is None:
         raise UserError(
             f"{repo.toplevel} is marked as an agent's clone of the repository at {owner_common}, "
@@ -255,14 +255,17 @@ def _bare_checkout(repo: git.RepoInfo, standing_in: Path) -> git.RepoInfo:
     """A bare repository's manifest and files come from the worktree you
     stand in; from inside an agent's environment, from the worktree that
     agent was made from (its record's ``checkout``)."""
-    record = _record_at(repo.common_dir, standing_in)
+    records = _records(repo.common_dir)
+    record = _record_at(records, standing_in)
     if record is None:
         if standing_in == repo.main_root:
             raise UserError(f"{repo.main_root} is a bare repository with no working tree", hint="run hybridiso from one of its worktrees")
         return replace(repo, checkout=standing_in)
+    # the worktree it was made from, if that is still one of the repository's
+    # own worktrees (not gone, not another agent's)
     checkout = record.get("checkout")
     trees = {wt.path.resolve() for wt in git.worktree_list(repo.main_root) if not wt.bare}
-    agents = {os.path.normpath(p) for p in _recorded_paths(repo.common_dir)}
+    agents = {os.path.normpath(r["path"]) for r in records.values() if isinstance(r.get("path"), str)}
     if isinstance(checkout, str) and checkout and Path(checkout) in trees and os.path.normpath(checkout) not in agents:
         return replace(repo, checkout=Path(checkout))
     raise UserError(
@@ -283,12 +286,8 @@ def _records(common_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in agents.items() if isinstance(v, dict)} if isinstance(agents, dict) else {}
 
 
-def _recorded_paths(common_dir: Path) -> list[str]:
-    return [r["path"] for r in _records(common_dir).values() if isinstance(r.get("path"), str)]
-
-
-def _record_at(common_dir: Path, path: Path, strategies: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    for record in _records(common_dir).values():
+def _record_at(records: dict[str, Any], path: Path, strategies: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    for record in records.values():
         where = record.get("path")
         if isinstance(where, str) and os.path.normpath(where) == str(path) and (not strategies or record.get("strategy") in strategies):
             return record

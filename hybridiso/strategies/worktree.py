@@ -23,6 +23,7 @@ def _find(ctx: EnvContext) -> git.Worktree | None:
 def create(ctx: EnvContext) -> None:
     """``ctx.path`` is absent or empty (lifecycle.prepare checked it)."""
     repo, path, branch = ctx.project.root, ctx.path, ctx.record.branch
+    _one_entry(ctx.project.repo.common_dir, path)
     # metadata left, directory gone: clear this env's entry, nobody else's (FAULTS #28)
     git.worktree_forget(ctx.project.repo.common_dir, path)
     path.parent.mkdir(parents=True, exist_ok=True)
