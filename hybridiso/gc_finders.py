@@ -207,11 +207,8 @@ def _judge_orphan(project: Project, path: Path) -> tuple[bool, str]:
     except OSError as e:
         return False, f"cannot look inside ({e.strerror}); check it by hand"
     if not marked_for(path, project.id):
-        what = "an empty directory" if not names else f"{len(names)} entries"
-        return False, (
-            f"{what} without hybridiso's mark for this project ({ENV_FILE} naming it): "
-            "not made by hybridiso, so left alone"
-        )
+        # one reason for all of them: gc's summary counts them as one kind
+        return False, f"no {ENV_FILE} naming this project and directory: not made by hybridiso, left alone"
     if not [n for n in names if n != ENV_FILE]:
         return True, "an agent directory hybridiso made, holding only its env file"
     if safe_files.is_plain_dir(path / ".git"):
