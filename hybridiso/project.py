@@ -274,7 +274,7 @@ def _bare_checkout(repo: git.RepoInfo, standing_in: Path) -> git.RepoInfo:
     )
 
 
-def _records(common_dir: Path) -> dict[str, Any]:
+def _records(common_dir: Path) -> dict[str, dict[str, Any]]:
     """The records in a repository's state file, read without trusting it:
     anything unreadable is no records (the state module rebuilds it)."""
     try:
@@ -286,7 +286,7 @@ def _records(common_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in agents.items() if isinstance(v, dict)} if isinstance(agents, dict) else {}
 
 
-def _record_at(records: dict[str, Any], path: Path, strategies: tuple[str, ...] = ()) -> dict[str, Any] | None:
+def _record_at(records: dict[str, dict[str, Any]], path: Path, strategies: tuple[str, ...] = ()) -> dict[str, Any] | None:
     for record in records.values():
         where = record.get("path")
         if isinstance(where, str) and os.path.normpath(where) == str(path) and (not strategies or record.get("strategy") in strategies):

@@ -181,7 +181,7 @@ def test_a_current_directory_that_was_removed_is_a_clear_error(tmp_path: Path) -
         gone.mkdir()
         script = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
         return subprocess.run(["sh", "-c", script, "sh", str(gone), sys.executable, "-m", "hybridiso", *args],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, check=False)
 
     r = from_a_removed_directory("status")
     assert r.returncode == 1 and "does not exist any more" in r.stderr and "next step:" in r.stderr, r.stderr
@@ -274,7 +274,7 @@ def test_bare_repository_one_project_from_every_worktree(tmp_path: Path) -> None
 
 
 def test_bare_repository_itself_is_a_clear_error(tmp_path: Path) -> None:
-    bare, wa, wb = bare_layout(tmp_path, "agents:\n  - {name: ui}\n")
+    bare, wa, _ = bare_layout(tmp_path, "agents:\n  - {name: ui}\n")
     for cwd, args in ((bare, ("status",)), (tmp_path, ("-C", str(bare), "up"))):
         r = hybridiso(cwd, *args, ok=False)
         assert r.returncode == 1 and "is a bare repository" in r.stderr and str(wa) in r.stderr, r.stderr
@@ -307,7 +307,7 @@ def test_bare_repository_one_container_per_agent(tmp_path: Path, busybox_image: 
     from tests.support.docker_fixtures import TEST_LABEL, TEST_RUN
 
     lo = free_port()
-    bare, wa, wb = bare_layout(
+    _, wa, wb = bare_layout(
         tmp_path,
         f'labels: {{{TEST_LABEL}: "{TEST_RUN}"}}\nports: {{range: "{lo}-{lo + 50}"}}\n'
         f'agents:\n  - {{name: box, isolation: container, image: "{busybox_image}", command: ["sleep", "3600"], ports: [web]}}\n',

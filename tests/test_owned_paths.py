@@ -170,10 +170,10 @@ def test_gc_keeps_unmarked_directories_and_clones_in_the_workspace(tmp_path: Pat
     by_name = {Path(f["target"]).name: f for f in found["findings"] if f["kind"] == ORPHAN}
     assert by_name["gone"]["result"] == "removed" and not (ws / "gone").exists()  # ours, marked, clean
     assert by_name["gonework"]["action"] == "keep" and "commits on no remote" in by_name["gonework"]["reason"]
-    for name in users:
+    for name, files in users.items():
         assert by_name[name]["action"] == "keep", by_name[name]
         assert "not made by hybridiso" in by_name[name]["reason"]
-        assert tree(ws / name) == users[name]
+        assert tree(ws / name) == files
     assert "linked" not in by_name and (ws / "linked").is_symlink()
     assert (ws / "keep").is_dir() and (ws / "gonework" / "w.txt").is_file()
 
