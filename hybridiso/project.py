@@ -201,8 +201,16 @@ def load_project(cwd: Path, manifest_file: Path | None = None, *, manifest_optio
 
 
 def write_owner_marker(clone_git_dir: Path, owner_common_dir: Path) -> None:
-    """Name the owning repository in a clone environment's git dir."""
-    safe_files.write_atomic(clone_git_dir, OWNER_MARKER, f"{owner_common_dir}\n", mode=0o644)
+    """Name the owning repository in a clone environment's git dir (again
+    only when it says something else: clones made before the marker existed
+    get it from their next `up`)."""
+    text = f"{owner_common_dir}\n"
+    try:
+        if safe_files.read_text(clone_git_dir, OWNER_MARKER, limit=1 << 16) == text:
+            return
+    except safe_files.UnsafePath:
+        pass  # replaced, never followed: write_atomic renames over it
+    safe_files.write_atomic(clone_git_dir, OWNER_MARKER, text, mode=0o644)
 
 
 def _clone_owner(repo: git.RepoInfo) -> git.RepoInfo | None:

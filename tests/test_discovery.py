@@ -228,6 +228,16 @@ def test_a_tampered_clone_marker_redirects_nowhere(tmp_path: Path) -> None:
     assert r.returncode == 1 and "is a symlink" in r.stderr
 
 
+def test_a_clone_made_before_the_marker_gets_it_from_up(tmp_path: Path) -> None:
+    repo = shop(tmp_path)
+    hybridiso(repo, "up", "rewriter")
+    marker = tmp_path / "shop.agents" / "rewriter" / ".git" / "hybridiso-owner"
+    marker.unlink()  # as older versions left it
+    hybridiso(repo, "up", "rewriter")
+    assert marker.read_text() == f"{repo / '.git'}\n"
+    assert set(status_json(tmp_path / "shop.agents" / "rewriter")) == {*RUN, "box"}
+
+
 # --- a bare repository with linked worktrees ----------------------------------------
 
 
