@@ -355,6 +355,7 @@ def test_project_identity_is_one_id(tmp_path: Path) -> None:
     the same from every worktree (and the label keeps its historic value)."""
     import hashlib
 
+    from hybridiso.container_spec import project_name
     from hybridiso.project import load_project
     from hybridiso.service_branches import project_key
     from hybridiso.strategies.container import project_label
@@ -367,8 +368,11 @@ def test_project_identity_is_one_id(tmp_path: Path) -> None:
         p = load_project(where)
         ids.add((p.id, project_label(p), project_key(p), p.compose_project("box"), p.workspace))
     assert len(ids) == 1, ids
-    pid = ids.pop()[0]
+    pid, _, key, compose, _ = ids.pop()
+    # the values existing containers, volumes and databases already carry
     assert pid == hashlib.sha256(str((repo / ".git").resolve()).encode()).hexdigest()[:12]
+    assert key == f"shop_{pid[:6]}"
+    assert compose == project_name(str(repo), "box")
     assert f"HYBRIDISO_PROJECT={pid}\n" in (tmp_path / "shop.agents" / "ui" / ".hybridiso.env").read_text()
     commit_file(repo, "x.txt", "x\n")  # unrelated to identity: a commit changes nothing
     assert load_project(side).id == pid
