@@ -121,8 +121,8 @@ def compare(
         main = workdir / "main"
         git.run(workdir, "clone", "-q", "--bare", "--local", "--", str(user.root), str(upstream))
         git.run(workdir, "clone", "-q", "--local", "--branch", base, "--", str(upstream), str(main))
-        for rel in includes.ignored_files_matching(user.root, includes.patterns_for(user.root, user.manifest.defaults.include)):
-            includes.copy_file(user.root / rel, main / rel)
+        for rel in includes.ignored_files_matching(user.checkout, includes.patterns_for(user.checkout, user.manifest.defaults.include)):
+            includes.copy_file(user.checkout, rel, main)
         repo = git.discover(main)
         agents: list[Agent] = []
         skipped: dict[str, str] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from hybridiso import docker_client, git, lifecycle
-from hybridiso.container_spec import SERVICE_IMAGES, ContainerSpec, Healthcheck, Mount, PortMapping, ServiceSpec, project_name
+from hybridiso.container_spec import SERVICE_IMAGES, ContainerSpec, Healthcheck, Mount, PortMapping, ServiceSpec
 from hybridiso.render import expand_vars
 from hybridiso.strategies.base import EnvContext
 
@@ -69,10 +69,10 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         docker_client.LABEL_PROJECT: container_repo_id(ctx),
         docker_client.LABEL_AGENT: record.name,
         docker_client.LABEL_ROLE: "agent",
-        docker_client.LABEL_COMPOSE_PROJECT: project_name(str(project.root), record.name),
+        docker_client.LABEL_COMPOSE_PROJECT: project.compose_project(record.name),
     }
     return ContainerSpec(
-        project=project_name(str(project.root), record.name),
+        project=project.compose_project(record.name),
         agent=record.name,
         image=agent.image,
         workdir=str(ctx.path),

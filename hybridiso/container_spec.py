@@ -110,13 +110,18 @@ def _slug(text: str, limit: int) -> str:
     return slug[:limit].strip("-") or "x"
 
 
-def project_name(repo_root: str, agent: str) -> str:
+def project_name(repo_root: str, agent: str, repo_name: str | None = None) -> str:
     """``hybridiso-<repo>-<agent>-<hash>``: readable, valid for compose
     (``^[a-z0-9][a-z0-9_-]*$``, at most 80 characters), and distinct for
     distinct repos/agents even when the slugs collide, because the hash covers
-    the exact (normalised) repository path and agent name."""
+    the exact (normalised) repository path and agent name.  ``repo_root`` is
+    the repository's root as ``Project.root`` names it (the main worktree, or
+    a bare repository's dir): fixed by its common git dir, so the same from
+    every worktree (FAULTS #22).  ``repo_name`` is only the readable part
+    (default: the root's basename)."""
     root = posixpath.normpath(repo_root)
     digest = hashlib.sha256(f"{root}\0{agent}".encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    name = f"hybridiso-{_slug(posixpath.basename(root), 20)}-{_slug(agent, 40)}-{digest}"
+    readable = posixpath.basename(root) if repo_name is None else repo_name
+    name = f"hybridiso-{_slug(readable, 20)}-{_slug(agent, 40)}-{digest}"
     assert PROJECT_NAME_RE.match(name) and len(name) <= PROJECT_NAME_MAX, name
     return name

@@ -1,8 +1,12 @@
 """The variables an agent sees, and the env file that carries them.
 
 ``.hybridiso.env`` is written at the root of every environment (a dotenv
-file: KEY=value lines) and kept out of ``git status`` through the repository's
-``info/exclude``, so it never shows up as agent work.
+file: KEY=value lines, mode 0600) and kept out of ``git status`` through the
+repository's ``info/exclude``, so it never shows up as agent work.  Its
+``HYBRIDISO_PROJECT`` (the project's id) and ``HYBRIDISO_AGENT`` lines are
+also hybridiso's mark on the directory: ``gc`` removes a directory in the
+workspace that no record knows only when it carries this project's mark
+for that very name (FAULTS #29).
 """
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ from hybridiso import safe_files
 ENV_FILE = ".hybridiso.env"
 
 
+PROJECT_VAR = "HYBRIDISO_PROJECT"
+AGENT_VAR = "HYBRIDISO_AGENT"
+
+
 def agent_environment(
     name: str,
     strategy: str,
@@ -22,9 +30,11 @@ def agent_environment(
     path: Path,
     ports: Mapping[str, int],
     extra: Mapping[str, str] = {},
+    project_id: str = "",
 ) -> dict[str, str]:
     env = {
-        "HYBRIDISO_AGENT": name,
+        PROJECT_VAR: project_id,
+        AGENT_VAR: name,
         "HYBRIDISO_STRATEGY": strategy,
         "HYBRIDISO_BRANCH": branch,
         "HYBRIDISO_PATH": str(path),
@@ -32,6 +42,8 @@ def agent_environment(
     for port_name, port in sorted(ports.items()):
         env[env_var_for_port(port_name)] = str(port)
     env.update(extra)
+    # the mark gc trusts (marked_for): no manifest `env:` may change it
+    env[PROJECT_VAR], env[AGENT_VAR] = project_id, name
     return env
 
 
@@ -67,3 +79,12 @@ def read_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             env[key] = value
     return env
+
+
+def marked_for(path: Path, project_id: str) -> bool:
+    """True when ``path`` carries hybridiso's mark for this project and its
+    own name: an env file (a regular file, never followed) whose
+    ``HYBRIDISO_PROJECT`` is ``project_id`` and whose ``HYBRIDISO_AGENT`` is
+    the directory's name."""
+    env = read_env_file(path)
+    return bool(project_id) and env.get(PROJECT_VAR) == project_id and env.get(AGENT_VAR) == path.name

@@ -3,21 +3,25 @@
 Three finders, run under the repository lock:
 - ``agent_findings``: every agent record, judged by ``gc_rules.decide`` from
   facts gathered here (work in the env, merge verdict, upstream gone);
-- ``prunable_findings``: worktrees git lists whose directory is gone and that
-  no record owns (e.g. the state file was lost too);
+- ``prunable_findings``: worktrees hybridiso made (an agent's place in the
+  workspace) whose directory is gone and that no record owns (e.g. the state
+  file was lost too); anybody else's is never touched (FAULTS #28);
 - ``orphan_findings``: directories in the workspace that neither git nor the
-  state knows.
+  state knows; removed only when hybridiso can prove it made them (its env
+  file's mark for this project and that name) and they hold no work
+  (FAULTS #29).
 Each removable finding carries an ``apply`` that does the removal and returns
 what it could not remove.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hybridiso import cleanup, git, lifecycle, merged, service_branches, strategies
+from hybridiso import cleanup, git, lifecycle, merged, safe_files, service_branches, strategies
 from hybridiso.commands.common import context
-from hybridiso.envfile import ENV_FILE
+from hybridiso.envfile import ENV_FILE, marked_for
 from hybridiso.gc_rules import ORPHAN, ZOMBIE, AgentFacts, Decision, Finding, decide
 from hybridiso.project import Project
 from hybridiso.state import State
@@ -125,7 +129,7 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
             if left:
                 return left
         if strategy.SHARES_REFS:
-            git.worktree_prune(project.root)
+            git.worktree_forget(project.repo.common_dir, ctx.path)  # this env's entry only (FAULTS #28)
         service_branches.release(ctx)
         if d.delete_branch and f.tip:
             # only if nobody committed to it since we judged it
@@ -138,13 +142,16 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
 
 
 def prunable_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
-    ours = {Path(r.path).resolve() for r in state.agents.values()}
+    ours = {Path(r.path) for r in state.agents.values() if isinstance(r.path, str)}
+    prunable = [wt for wt in git.worktree_list(project.root) if wt.prunable and wt.path not in ours]
+    # only what hybridiso made: a user's worktree on an unmounted disk is theirs
+    prunable = [wt for wt in prunable if project.owns_worktree(wt.path, wt.branch, state.agents)]
+    if not prunable:
+        return []
     bases = base_refs(project)
     branch_names = {a.branch_name for a in project.manifest.agents}
     findings = []
-    for wt in git.worktree_list(project.root):
-        if not wt.prunable or wt.path.resolve() in ours:
-            continue
+    for wt in prunable:
         owns_list = ["worktree metadata"]
         delete_branch = None
         if wt.branch and (wt.branch in branch_names or wt.branch.startswith("hybridiso/")) and wt.head:
@@ -153,14 +160,18 @@ def prunable_findings(project: Project, state: State, dry_run: bool) -> list[Fin
                 owns_list.append(f"branch {wt.branch}")
                 delete_branch = (wt.branch, wt.head)
         f = Finding(ZOMBIE, str(wt.path), True, "directory was deleted; git still lists the worktree", owns_list)
-        f.apply = _pruner(project, delete_branch)
+        f.apply = _pruner(project, wt.path, delete_branch)
         findings.append(f)
     return findings
 
 
-def _pruner(project: Project, branch: tuple[str, str] | None):  # type: ignore[no-untyped-def]
+def _pruner(project: Project, path: Path, branch: tuple[str, str] | None):  # type: ignore[no-untyped-def]
     def apply() -> list[str]:
-        git.worktree_prune(project.root)
+        if os.path.lexists(path):  # it came back (a disk mounted again): not a zombie any more
+            return []
+        if not git.worktree_forget(project.repo.common_dir, path) and git.worktree_entries(project.repo.common_dir, path):
+            # two entries claim the path (an edited gitdir file): removing one would be a guess
+            return [f"{path}: more than one entry in {project.repo.common_dir / 'worktrees'} names it; look at their gitdir files"]
         if branch is not None:
             git.delete_ref_if(project.root, f"refs/heads/{branch[0]}", branch[1])
         return []
@@ -170,13 +181,14 @@ def _pruner(project: Project, branch: tuple[str, str] | None):  # type: ignore[n
 
 def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     ws = project.workspace
-    if not ws.is_dir():
+    if not safe_files.is_plain_dir(ws):
         return []
-    known = {Path(r.path).resolve() for r in state.agents.values()}
-    known |= {wt.path.resolve() for wt in git.worktree_list(project.root)}
+    known = {Path(r.path) for r in state.agents.values() if isinstance(r.path, str)}
+    known |= {wt.path for wt in git.worktree_list(project.root)}
     findings = []
     for entry in sorted(ws.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink() or entry.resolve() in known:
+        # a plain directory of the workspace itself, never through a symlink
+        if entry.name.startswith(".") or not safe_files.is_plain_dir(entry) or entry in known:
             continue
         remove, reason = _judge_orphan(project, entry)
         f = Finding(ORPHAN, str(entry), remove, reason, [f"directory {entry}"] if remove else [])
@@ -187,25 +199,32 @@ def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Findi
 
 
 def _judge_orphan(project: Project, path: Path) -> tuple[bool, str]:
+    """Remove only what hybridiso can prove it made (its env file names this
+    project and this directory's agent name: FAULTS #29) and that holds no
+    work.  Everything else in the workspace is somebody's: kept, and said why."""
     try:
         names = [p.name for p in path.iterdir()]
     except OSError as e:
         return False, f"cannot look inside ({e.strerror}); check it by hand"
+    if not marked_for(path, project.id):
+        # one reason for all of them: gc's summary counts them as one kind
+        return False, f"no {ENV_FILE} naming this project and directory: not made by hybridiso, left alone"
     if not [n for n in names if n != ENV_FILE]:
-        return True, "empty directory neither git nor hybridiso knows"
-    if (path / ".git").is_dir():
+        return True, "an agent directory hybridiso made, holding only its env file"
+    if safe_files.is_plain_dir(path / ".git"):
         dirty = [n for c, n in git.status_porcelain(path) if n != ENV_FILE]
         if dirty:
             return False, f"a clone nobody knows with {len(dirty)} uncommitted files; look inside"
-        unpushed = git.out(path, "rev-list", "--count", "--branches", "--not", "--remotes")
-        if unpushed != "0":
-            return False, f"a clone nobody knows with {unpushed} commits on no remote; look inside"
         if git.ok(path, "rev-parse", "-q", "--verify", "refs/stash"):
             return False, "a clone nobody knows with stashed work (git stash list); look inside"
+        # every ref and HEAD (tags, notes, a detached HEAD), not only branches
+        unpushed = git.out(path, "rev-list", "--count", "--all", "--not", "--remotes")
+        if unpushed != "0":
+            return False, f"a clone nobody knows with {unpushed} commits on no remote; look inside"
         precious = lifecycle.precious_work(project, None, path)
         if precious:
             return False, f"a clone nobody knows with ignored files that matter ({', '.join(precious[:3])}); look inside"
-        return True, f"a clean clone nobody knows (all commits are on its remotes, e.g. {BASE_REMOTE})"
+        return True, f"a clean clone hybridiso made that no record knows (all commits are on its remotes, e.g. {BASE_REMOTE})"
     return False, f"{len(names)} entries that no git and no hybridiso record knows; delete it yourself if unneeded: rm -rf {path}"
 
 

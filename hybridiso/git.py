@@ -12,8 +12,10 @@ so it was only ever a command runner here, and its import cost 60-120 ms of the
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridiso.errors import UserError
-from hybridiso import process
+from hybridiso import process, safe_files
 from hybridiso.process import CommandError, Result
 
 LOCK_RETRIES = 8
@@ -90,32 +92,119 @@ def ok(cwd: Path | str, *args: str) -> bool:
 
 @dataclass(frozen=True)
 class RepoInfo:
-    toplevel: Path  # worktree the command was run from
-    common_dir: Path  # shared .git directory (objects, refs, worktrees/)
-    main_root: Path  # the main worktree: where the manifest lives
+    toplevel: Path  # the worktree the command was run from
+    common_dir: Path  # shared git directory (objects, refs, worktrees/), resolved
+    # where git runs for "the repository": the main worktree, or for a bare
+    # repository with linked worktrees the bare directory itself
+    main_root: Path
     has_commits: bool
     shallow: bool
+    bare: bool  # the repository is bare: every worktree is a linked one
+    # the worktree whose manifest and ignored files (include:) are used: the
+    # main worktree, or for a bare repository the worktree you stand in
+    checkout: Path
+
+
+class BareRepository(UserError):
+    """The command was run in a bare repository, which has no working tree."""
+
+
+# One rev-parse answers everything discovery needs.  Its output is in this
+# order, and git stops at --show-toplevel outside a working tree (a bare
+# repository, inside .git) after printing the others.
+_PROBE = ["rev-parse", "--is-bare-repository", "--is-inside-work-tree", "--absolute-git-dir", "--git-common-dir",
+          "--is-shallow-repository", "--show-toplevel"]
 
 
 def discover(start: Path) -> RepoInfo:
+    """The repository around ``start``, the same from every directory of it
+    and of each of its worktrees (FAULTS #22)."""
+    return _discover(start, hops=0)
+
+
+def _discover(start: Path, hops: int) -> RepoInfo:
     if not start.exists():
-        raise UserError(f"{start} does not exist")
-    probe = _execute(start, ["rev-parse", "--show-toplevel", "--git-common-dir", "--is-shallow-repository"])
-    if probe.returncode != 0:
+        raise UserError(f"{start} does not exist", hint="pass -C an existing directory of your repository")
+    if not start.is_dir():
+        raise UserError(f"{start} is not a directory", hint="pass -C the directory to run in (your repository or one of its subdirectories)")
+    probe = _execute(start, _PROBE)
+    lines = probe.stdout.splitlines()
+    if len(lines) < 5:
+        raise _not_a_repository(start, probe)
+    bare_here, in_tree = lines[0] == "true", lines[1] == "true"
+    git_dir = Path(lines[2]).resolve()
+    common = Path(lines[3])
+    # --git-common-dir is relative to the directory git ran in (not to the
+    # toplevel): from repo/src it is "../.git"
+    common = (common if common.is_absolute() else start / common).resolve()
+    shallow = lines[4].strip() == "true"
+    if bare_here:
+        raise _bare(start, common)
+    if not in_tree or len(lines) < 6:
+        # inside a git directory (.git, .git/worktrees/x): act as from the
+        # working tree it belongs to, when there is one
+        if hops == 0 and common.name == ".git":
+            return _discover(common.parent, hops + 1)
         raise UserError(
+            f"{start} is inside the git directory {common}, not in a working tree",
+            hint="run hybridiso from the repository's working tree (or pass -C PATH)",
+        )
+    toplevel = Path(lines[5]).resolve()
+    bare = False
+    if git_dir == common:
+        main_root = toplevel  # we stand in the main worktree
+    else:
+        # a linked worktree: of a bare repository (every worktree is linked),
+        # or of a repository whose main worktree holds the common dir as .git
+        bare = _is_bare(common)
+        if bare:
+            main_root = common
+        elif common.name == ".git":
+            main_root = common.parent
+        else:
+            raise UserError(
+                f"{toplevel} is a linked worktree of {common}, whose main worktree git cannot name "
+                "(a repository made with --separate-git-dir)",
+                hint="run hybridiso from the repository's main worktree",
+            )
+    has_commits = _execute(toplevel, ["rev-parse", "--verify", "-q", "HEAD"]).returncode == 0
+    return RepoInfo(toplevel, common, main_root, has_commits, shallow, bare, toplevel if bare else main_root)
+
+
+def _is_bare(common_dir: Path) -> bool:
+    r = _execute(common_dir, ["rev-parse", "--is-bare-repository"])
+    return r.returncode == 0 and r.stdout.strip() == "true"
+
+
+def _not_a_repository(start: Path, probe: Result) -> UserError:
+    said = (probe.stderr.strip().splitlines() or [""])[-1].removeprefix("fatal: ")
+    if said.startswith("not a git repository: "):
+        # a .git file naming a git dir that is gone: a worktree whose metadata went
+        return UserError(
+            f"{start} is in a worktree whose link to its repository is broken ({said})",
+            hint="run hybridiso from the repository itself; `git worktree repair` there can mend the link if the repository moved",
+        )
+    if "not a git repository" in said or not said:
+        return UserError(
             f"{start} is not inside a git repository",
             hint="run hybridiso from your repository (or pass -C PATH); `git init` makes one",
         )
-    lines = probe.stdout.splitlines()
-    if len(lines) < 3:
-        raise UserError(f"{start} is inside a bare git repository; hybridiso needs a working tree")
-    toplevel = Path(lines[0]).resolve()
-    common = Path(lines[1])
-    if not common.is_absolute():
-        common = (toplevel / common).resolve()
-    main_root = common.parent if common.name == ".git" else toplevel
-    has_commits = _execute(toplevel, ["rev-parse", "--verify", "-q", "HEAD"]).returncode == 0
-    return RepoInfo(toplevel, common, main_root, has_commits, lines[2].strip() == "true")
+    # e.g. "detected dubious ownership in repository at ..." (safe.directory)
+    return UserError(f"git cannot use the repository around {start}: {said}", hint="fix what git says, then run hybridiso again")
+
+
+def _bare(start: Path, common: Path) -> BareRepository:
+    try:
+        trees = [wt.path for wt in _worktree_list(common) if not wt.bare]
+    except CommandError:
+        trees = []
+    if trees:
+        shown = ", ".join(str(p) for p in trees[:3]) + (f" (+{len(trees) - 3} more)" if len(trees) > 3 else "")
+        hint = f"run hybridiso from one of its worktrees: {shown}"
+    else:
+        hint = f"make a worktree to work in (git -C '{common}' worktree add ../main main), then run hybridiso there"
+    where = f"{start} is a bare repository" if start.resolve() == common else f"{start} is in the bare repository {common}"
+    return BareRepository(f"{where}, which has no working tree", hint=hint)
 
 
 def resolve_commit(cwd: Path, ref: str) -> str | None:
@@ -225,11 +314,87 @@ def worktree_remove(repo: Path, path: Path, *, force: bool) -> None:
         _forget_worktrees()
 
 
-def worktree_prune(repo: Path) -> None:
+def worktree_entry(common_dir: Path, path: Path) -> Path | None:
+    """The metadata directory ``$common/worktrees/<id>/`` that git keeps for
+    the worktree at ``path``: the one whose ``gitdir`` file names
+    ``path/.git``.  Only a plain directory counts, never one reached through
+    a symlink, and the files are read without following any (safe_files).
+    Two entries naming one path (git never writes that: someone edited a
+    ``gitdir`` file) are no answer: None, so nothing is removed on a guess."""
+    entries = worktree_entries(common_dir, path)
+    return entries[0] if len(entries) == 1 else None
+
+
+def worktree_entries(common_dir: Path, path: Path) -> list[Path]:
+    """Every metadata directory whose ``gitdir`` names ``path/.git``."""
+    worktrees = common_dir / "worktrees"
+    if not safe_files.is_plain_dir(worktrees):
+        return []
+    wanted = _gitdir_spellings(path)
     try:
-        run(repo, "worktree", "prune")
+        ids = sorted(os.listdir(worktrees))
+    except OSError:
+        return []
+    found = []
+    for ident in ids:
+        entry = worktrees / ident
+        if not safe_files.is_plain_dir(entry):
+            continue
+        try:
+            text = safe_files.read_text(worktrees, f"{ident}/gitdir", limit=1 << 16)
+        except (OSError, UserError):
+            continue
+        if text is None or not text.strip():
+            continue
+        named = Path(text.strip())
+        if not named.is_absolute():  # worktree.useRelativePaths (git >= 2.48)
+            named = entry / named
+        if os.path.normpath(named) in wanted:
+            found.append(entry)
+    return found
+
+
+def _gitdir_spellings(path: Path) -> set[str]:
+    """``path/.git`` as git may have written it: as given, and with the
+    parent's symlinks resolved (git records the real path)."""
+    spellings = {os.path.normpath(path / ".git")}
+    with contextlib.suppress(OSError):
+        spellings.add(os.path.normpath(Path(os.path.realpath(path.parent)) / path.name / ".git"))
+    return spellings
+
+
+def worktree_forget(common_dir: Path, path: Path) -> bool:
+    """Drop git's record of the worktree at ``path``, whose directory is gone:
+    that one metadata directory and nothing else (what ``git worktree prune``
+    would do for it alone).  Never a repository-wide prune, which would also
+    take the metadata, index and detached commits of every worktree that is
+    only briefly missing (an unmounted disk: FAULTS #28).  Returns whether
+    there was an entry to drop."""
+    if os.path.lexists(path):
+        return False  # it is there: `git worktree remove` is the way
+    entry = worktree_entry(common_dir, path)
+    if entry is None:
+        return False
+    try:
+        _remove_entry(entry)
     finally:
         _forget_worktrees()
+    return True
+
+
+def _remove_entry(entry: Path) -> None:
+    """Delete a metadata dir with its ``gitdir`` file last: a run killed half
+    way leaves an entry the next one still finds by its gitdir, and finishes.
+    (rmtree refuses a symlink at the top and never follows one below.)"""
+    with os.scandir(entry) as it:
+        for item in it:
+            if item.name == "gitdir":
+                continue
+            if item.is_dir(follow_symlinks=False):
+                shutil.rmtree(item.path)
+            else:
+                os.unlink(item.path)
+    shutil.rmtree(entry)
 
 
 def init_submodules(path: Path) -> bool:
@@ -542,12 +707,6 @@ def ff_merge(cwd: Path, target: str) -> bool:
     """Fast-forward the checked-out branch in ``cwd`` to ``target``; git keeps
     local changes safe (it refuses when they would be overwritten)."""
     return _execute(cwd, ["merge", "-q", "--ff-only", target]).returncode == 0
-
-
-def worktree_prune_dry_run(repo: Path) -> list[str]:
-    """What ``git worktree prune`` would remove (one line per worktree)."""
-    r = _execute(repo, ["worktree", "prune", "--dry-run", "--verbose"])
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
 
 
 def branch_created_at(cwd: Path, branch: str) -> str | None:

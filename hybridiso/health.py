@@ -1,6 +1,11 @@
 """Repository-level health that ``status`` flags and ``doctor`` checks (issue 5):
-prunable worktrees, interrupted (``creating``) records nobody is working on,
-and git lock files left behind by a crashed git (FAULTS #11).
+prunable worktrees hybridiso made, interrupted (``creating``) records nobody
+is working on, and git lock files left behind by a crashed git (FAULTS #11).
+
+A prunable worktree that is not provably hybridiso's is the user's (or
+another tool's) business: its directory may only be on a disk that is not
+mounted right now, so it is never mentioned, let alone advised for removal
+(FAULTS #28).
 """
 from __future__ import annotations
 
@@ -13,8 +18,13 @@ from hybridiso.state import PHASE_READY, State
 from hybridiso.state import lock_is_free as state_lock_is_free
 
 
-def prunable_worktrees(project: Project) -> list[Path]:
-    return [wt.path for wt in git.worktree_list(project.root) if wt.prunable]
+def prunable_worktrees(project: Project, state: State) -> list[Path]:
+    """Worktrees hybridiso made (Project.owns_worktree) whose directory is gone."""
+    return [
+        wt.path
+        for wt in git.worktree_list(project.root)
+        if wt.prunable and project.owns_worktree(wt.path, wt.branch, state.agents)
+    ]
 
 
 def lock_is_free(project: Project) -> bool:
@@ -56,9 +66,9 @@ def stale_git_locks(project: Project, older_than: float = git.STALE_LOCK_SECONDS
 def repo_problems(project: Project, state: State, names: list[str] | None = None) -> list[str]:
     """One line each, with the fix, for ``status`` (of the agents ``names``, when given)."""
     lines = []
-    owned = {Path(r.path).resolve() for r in state.agents.values()}
-    for p in prunable_worktrees(project):
-        if p.resolve() not in owned:  # an agent's own shows on its row
+    owned = {Path(r.path) for r in state.agents.values() if isinstance(r.path, str)}
+    for p in prunable_worktrees(project, state):
+        if p not in owned:  # an agent's own shows on its row
             lines.append(f"worktree {p} is prunable (its directory is gone): `hybridiso gc --yes` cleans it up")
     for name in stale_creating(project, state):
         if not names or name in names:

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import envfile, git, includes, service_branches, setup_runner, strategies
+from hybridiso import envfile, git, includes, output, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Agent
-from hybridiso.project import Project
+from hybridiso.project import Project, write_owner_marker
 from hybridiso.state import PHASE_READY, AgentRecord
 from hybridiso.strategies.base import EnvContext
 
@@ -27,7 +27,7 @@ def environment_for(project: Project, agent: Agent | None, record: AgentRecord) 
     extra = project.manifest.env_for(agent) if agent is not None else {}
     extra = {**extra, **record.extra.get("env", {})}
     return envfile.agent_environment(
-        record.name, record.strategy, record.branch, Path(record.path), record.ports, extra
+        record.name, record.strategy, record.branch, Path(record.path), record.ports, extra, project.id
     )
 
 
@@ -62,7 +62,9 @@ def _branch_free(ctx: EnvContext) -> None:
     for wt in git.worktree_list(ctx.project.root):
         if wt.branch == ctx.record.branch and wt.path.resolve() != ctx.path.resolve():
             hint = (
-                "its directory is gone: `git worktree prune` frees the branch"
+                # never a repository-wide `git worktree prune` (FAULTS #28)
+                f"its directory is gone (moved, or on a disk not mounted now?): put it back, or if it is gone "
+                f"for good, `git worktree remove --force '{wt.path}'` frees the branch"
                 if wt.prunable
                 else f"switch that checkout to another branch (git -C '{wt.path}' switch -), or give agent {ctx.name} another `branch:`"
             )
@@ -87,6 +89,7 @@ def create(ctx: EnvContext) -> None:
     assert ctx.agent is not None
     project, record = ctx.project, ctx.record
     strategy = strategies.get(record.strategy)
+    record.checkout = str(project.checkout)
     t0 = time.monotonic()
     strategy.create(ctx)
     record.timings["create"] = round(time.monotonic() - t0, 3)
@@ -95,15 +98,20 @@ def create(ctx: EnvContext) -> None:
     if git.init_submodules(ctx.path):
         record.timings["submodules"] = round(time.monotonic() - t, 3)
     if record.strategy == "clone":
-        git.add_exclude(git.git_dir(ctx.path), ENV_EXCLUDE)
+        clone_git_dir = git.git_dir(ctx.path)
+        git.add_exclude(clone_git_dir, ENV_EXCLUDE)
+        # a command run from inside the clone acts on this project (FAULTS #22)
+        write_owner_marker(clone_git_dir, project.repo.common_dir)
     t = time.monotonic()
     service_env = service_branches.provision(ctx)
     if service_env:
         record.extra["env"] = {**record.extra.get("env", {}), **service_env}
         record.timings["services"] = round(time.monotonic() - t, 3)
     t = time.monotonic()
-    copied = includes.copy_includes(project.root, ctx.path, project.manifest.include_for(ctx.agent))
-    record.extra["included"] = copied
+    included = includes.copy_includes(project.checkout, ctx.path, project.manifest.include_for(ctx.agent))
+    record.extra["included"] = included.copied
+    for rel in included.kept:
+        output.warn(f"{ctx.name}: include {rel} was not copied: the branch has its own file there, kept as it is")
     envfile.write_env_file(ctx.path, environment_for(project, ctx.agent, record))
     record.timings["includes"] = round(time.monotonic() - t, 3)
     _check(ctx)
@@ -171,17 +179,20 @@ class WorkReport:
 
 def precious_patterns(project: Project, agent: Agent | None) -> list[str]:
     manifest_patterns = project.manifest.include_for(agent) if agent is not None else project.manifest.defaults.include
-    return includes.patterns_for(project.root, [*manifest_patterns, *PRECIOUS_DEFAULT])
+    return includes.patterns_for(project.checkout, [*manifest_patterns, *PRECIOUS_DEFAULT])
 
 
-def precious_work(project: Project, agent: Agent | None, path: Path) -> list[str]:
+def precious_work(project: Project, agent: Agent | None, path: Path, source_root: Path | None = None) -> list[str]:
     """Ignored files under ``path`` that matter (``.env`` and the like, and
-    what ``include:`` lists), except an include copied in and left alone."""
+    what ``include:`` lists), except an include copied in and left alone
+    (compared with ``source_root``, the checkout it was copied from: by
+    default the one this command uses)."""
     found = []
+    source_root = source_root or project.checkout
     for rel in includes.ignored_files_matching(path, precious_patterns(project, agent)):
         if rel == envfile.ENV_FILE:
             continue
-        source = project.root / rel
+        source = source_root / rel
         if source.is_file() and _same_content(source, path / rel):
             continue
         found.append(rel)
@@ -196,7 +207,9 @@ def inspect_work(ctx: EnvContext) -> WorkReport:
         if name == envfile.ENV_FILE:
             continue
         (report.untracked if code == "??" else report.modified).append(name)
-    report.precious = precious_work(ctx.project, ctx.agent, ctx.path)
+    # a bare repository's agent got its includes from the worktree it was made from
+    made_from = Path(ctx.record.checkout) if ctx.record.checkout else None
+    report.precious = precious_work(ctx.project, ctx.agent, ctx.path, made_from)
     base = git.resolve_commit(ctx.project.root, ctx.record.base) or ctx.record.base_commit
     if base:
         report.commits = strategies.get(ctx.record.strategy).unmerged_commits(ctx, base)

@@ -7,10 +7,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from hybridiso import __version__
-from hybridiso.errors import EXIT_USAGE, error_handler
+from hybridiso.errors import EXIT_USAGE, UserError, error_handler
 from hybridiso.process import no_git_env
 
 # verb -> module under hybridiso.commands.  Every one is imported to build the
@@ -69,8 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hybridiso {__version__}")
-    parser.add_argument("-C", dest="directory", default=".", metavar="PATH", help="run as if started in PATH")
-    parser.add_argument("-f", "--file", metavar="MANIFEST", help="manifest to use (default: hybridiso.yaml at the repository root)")
+    parser.add_argument(
+        "-C",
+        dest="directory",
+        default=".",
+        metavar="PATH",
+        help="run as if started in PATH: any directory of the repository, of one of its worktrees, or of an agent's environment",
+    )
+    parser.add_argument(
+        "-f",
+        "--file",
+        metavar="MANIFEST",
+        help="manifest to use (default: hybridiso.yaml at the root of the main worktree; "
+        "in a bare repository, of the worktree you stand in)",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     for verb, module in COMMANDS.items():
         importlib.import_module(f"hybridiso.commands.{module}").add_parser(sub)
@@ -99,4 +112,21 @@ def _main(argv: Sequence[str] | None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     module = importlib.import_module(f"hybridiso.commands.{COMMANDS[args.verb]}")
     with error_handler():
+        _check_directory(args.directory)
         return int(module.run(args) or 0)
+
+
+def _check_directory(directory: str) -> None:
+    """``-C PATH`` must be a directory, for every verb (a file used to be an
+    internal error deep in the first git call)."""
+    try:
+        path = Path(directory).resolve()
+    except FileNotFoundError:  # the shell stands in a directory that was removed
+        raise UserError(
+            "the current directory does not exist any more (removed while you stood in it, e.g. by `hybridiso down`)",
+            hint="cd to your repository, or pass -C PATH",
+        ) from None
+    if not path.exists():
+        raise UserError(f"-C {directory}: no such directory", hint="pass -C a directory of your repository")
+    if not path.is_dir():
+        raise UserError(f"-C {directory} is not a directory", hint="pass -C the directory to run in (the repository or one of its subdirectories), not a file")

@@ -1,13 +1,69 @@
-"""A repository plus its manifest and state: what every command starts from."""
+"""A repository plus its manifest and state: what every command starts from.
+
+Discovery (FAULTS #22) gives the same project from every directory of the
+repository, from each of its worktrees, and from inside an agent's
+environment:
+
+- a subdirectory or a user's linked worktree: git's common dir names the
+  repository; the manifest is the main worktree's;
+- a bare repository with linked worktrees: git runs against the bare dir, the
+  manifest and the ignored files (``include:``) come from the worktree you
+  stand in, and the workspace is fixed by the bare dir;
+- a worktree or container agent's environment is a linked worktree of the
+  repository, so that works by itself; a clone agent's environment is a
+  repository of its own, which names its owner in a marker in its git dir
+  (``hybridiso-owner``).  The marker is only believed when the owner's
+  records list that clone at that path, so a changed marker cannot aim
+  hybridiso anywhere else.
+
+One identity, ``Project.id`` (12 hex digits of the sha256 of the resolved
+common git dir), is the same from all of these places: it is the Docker
+label ``dev.hybridiso.project``, the database branches' key, and the
+``HYBRIDISO_PROJECT`` line of every environment's env file, which is how
+``gc`` proves a directory in the workspace is one hybridiso made.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from hybridiso import git
+from hybridiso import git, safe_files
 from hybridiso.errors import UserError
 from hybridiso.manifest import MANIFEST_NAME, Agent, Manifest, load_manifest
-from hybridiso.state import StateStore
+from hybridiso.state import AgentRecord, StateStore
+
+# in a clone environment's git dir: the owning repository's common git dir
+OWNER_MARKER = "hybridiso-owner"
+STATE_FILE = "hybridiso/state.json"  # under the common dir (state.StateStore)
+
+
+def project_id(common_dir: Path) -> str:
+    """12 hex digits of the sha256 of the resolved common git dir: the value
+    the ``dev.hybridiso.project`` label always had, so existing containers,
+    networks and volumes stay this project's."""
+    return hashlib.sha256(os.fsencode(common_dir)).hexdigest()[:12]
+
+
+def project_name(repo: git.RepoInfo) -> str:
+    """The repository's readable name: its main worktree's directory, or a
+    bare repository's without ``.git`` (``shop.git`` -> ``shop``); a hidden
+    bare dir (``proj/.bare``, a bare ``proj/.git``) is named by its folder."""
+    if not repo.bare:
+        return repo.main_root.name
+    return _bare_home(repo.main_root).name
+
+
+def _bare_home(bare_dir: Path) -> Path:
+    """Where a bare repository "is": the dir itself (``shop.git``), or its
+    folder when it hides inside one (``proj/.bare``)."""
+    stem = bare_dir.name.removesuffix(".git")
+    if not stem or stem.startswith("."):
+        return bare_dir.parent
+    return bare_dir.with_name(stem)
 
 
 @dataclass(frozen=True)
@@ -20,23 +76,94 @@ class Project:
 
     @property
     def root(self) -> Path:
+        """Where git runs for the repository: its main worktree, or the bare dir."""
         return self.repo.main_root
 
+    @property
+    def checkout(self) -> Path:
+        """The worktree whose manifest and ignored files (``include:``) are used."""
+        return self.repo.checkout
+
+    @property
+    def id(self) -> str:
+        return project_id(self.repo.common_dir)
+
+    @property
+    def name(self) -> str:
+        return project_name(self.repo)
+
+    def compose_project(self, agent: str) -> str:
+        """The agent's compose project name.  It keeps the form it always had
+        (a hash of the repository's root path: the main worktree, or the bare
+        dir), which the common dir fixes, so it is the same from every
+        worktree, and running agents and their named volumes keep theirs."""
+        from hybridiso.container_spec import project_name as compose_name
+
+        return compose_name(str(self.root), agent, self.name)
+
     def env_path(self, agent: Agent | str) -> Path:
+        """``workspace/<name>``; the last component is never resolved, so a
+        symlink there is seen for what it is (``record_problem``)."""
         name = agent if isinstance(agent, str) else agent.name
-        path = (self.workspace / name).resolve()
+        path = self.workspace / name
         # names are validated, but never let a path leave the workspace (FAULTS #3)
-        if path.parent != self.workspace.resolve():
+        if not name or path.parent != self.workspace or path.name != name:
             raise UserError(f"agent {name!r} would live outside the workspace {self.workspace}")
         return path
 
+    def record_problem(self, name: str, record: AgentRecord) -> str | None:
+        """Why hybridiso must not act on ``record`` (from ``state.json``, which
+        anyone can edit), or None.  Every path it acts on is the agent's own
+        place in the workspace, never a symlink, never the repository
+        (FAULTS #30)."""
+        if record.name != name:
+            return f"the record filed under {name!r} names agent {record.name!r}"
+        try:
+            expected = self.env_path(name)
+        except UserError as e:
+            return e.message
+        if not isinstance(record.path, str) or os.path.normpath(record.path) != str(expected):
+            return f"its recorded path {record.path} is not its place in the workspace ({expected})"
+        for mine in {self.root, self.checkout, self.repo.common_dir}:
+            if expected == mine or expected in mine.parents or mine in expected.parents:
+                return f"its path {expected} overlaps the repository ({mine})"
+        if os.path.islink(expected):
+            return f"{expected} is a symlink; hybridiso never follows one it did not make"
+        return None
 
-def default_workspace(main_root: Path) -> Path:
-    return main_root.parent / f"{main_root.name}.agents"
+    def owns_worktree(self, path: Path, branch: str | None, records: dict[str, AgentRecord]) -> bool:
+        """True when the worktree git lists at ``path`` is provably one
+        hybridiso made: the place in the workspace of an agent that is
+        recorded there, declared in the manifest, or on its default branch
+        ``hybridiso/<name>``.  Anything else is the user's (FAULTS #28)."""
+        if path.parent != self.workspace:
+            return False
+        name = path.name
+        record = records.get(name)
+        if record is not None and isinstance(record.path, str) and os.path.normpath(record.path) == str(path):
+            return True
+        return any(a.name == name for a in self.manifest.agents) or branch == f"hybridiso/{name}"
+
+
+def default_workspace(repo: git.RepoInfo) -> Path:
+    """``<repo>.agents`` beside the repository: beside the main worktree, or
+    beside a bare repository (``shop.git`` -> ``shop.agents``; a hidden bare
+    dir ``proj/.bare`` -> ``proj.agents`` beside ``proj``)."""
+    if not repo.bare:
+        return repo.main_root.parent / f"{repo.main_root.name}.agents"
+    home = _bare_home(repo.main_root)
+    return home.parent / f"{home.name}.agents"
 
 
 def find_repo(cwd: Path) -> git.RepoInfo:
-    return git.discover(cwd)
+    """The repository ``cwd`` belongs to, seen the same from everywhere."""
+    repo = git.discover(cwd)
+    owner = _clone_owner(repo)
+    if owner is not None:
+        return owner
+    if repo.bare:
+        return _bare_checkout(repo, repo.toplevel)
+    return repo
 
 
 def load_project(cwd: Path, manifest_file: Path | None = None, *, manifest_optional: bool = False) -> Project:
@@ -45,7 +172,7 @@ def load_project(cwd: Path, manifest_file: Path | None = None, *, manifest_optio
     defaults (for commands that measure rather than manage, like
     ``report --compare``)."""
     repo = find_repo(cwd)
-    path = manifest_file if manifest_file is not None else repo.main_root / MANIFEST_NAME
+    path = manifest_file if manifest_file is not None else repo.checkout / MANIFEST_NAME
     if not path.is_absolute():
         path = (cwd / path).resolve()
     if manifest_optional and manifest_file is None and not path.exists():
@@ -54,15 +181,122 @@ def load_project(cwd: Path, manifest_file: Path | None = None, *, manifest_optio
         manifest = load_manifest(path)
     if manifest.workspace:
         ws = Path(manifest.workspace).expanduser()
+        # relative to the main worktree, or to a bare repository's dir itself:
+        # `../x.agents` is the same sibling in both layouts
         workspace = ws if ws.is_absolute() else (repo.main_root / ws)
     else:
-        workspace = default_workspace(repo.main_root)
+        workspace = default_workspace(repo)
     workspace = Path(workspace).resolve()
-    # a workspace inside the working tree would show every env as untracked files
-    if workspace == repo.main_root or repo.main_root in workspace.parents:
-        raise UserError(
-            f"workspace {workspace} is inside the repository's working tree",
-            hint="put it beside the repository, e.g. workspace: ../<repo>.agents (the default)",
-        )
+    # a workspace inside a working tree would show every env as untracked files
+    for tree in dict.fromkeys([repo.main_root, repo.checkout]):
+        if workspace == tree or tree in workspace.parents:
+            raise UserError(
+                f"workspace {workspace} is inside the repository's working tree",
+                hint="put it beside the repository, e.g. workspace: ../<repo>.agents (the default)",
+            )
     return Project(repo, manifest, path, workspace, StateStore(repo.common_dir))
 
+
+# --- from inside an agent's environment ---------------------------------------
+
+
+def write_owner_marker(clone_git_dir: Path, owner_common_dir: Path) -> None:
+    """Name the owning repository in a clone environment's git dir (again
+    only when it says something else: clones made before the marker existed
+    get it from their next `up`)."""
+    text = f"{owner_common_dir}\n"
+    try:
+        if safe_files.read_text(clone_git_dir, OWNER_MARKER, limit=1 << 16) == text:
+            return
+    except safe_files.UnsafePath:
+        pass  # replaced, never followed: write_atomic renames over it
+    safe_files.write_atomic(clone_git_dir, OWNER_MARKER, text, mode=0o644)
+
+
+def _clone_owner(repo: git.RepoInfo) -> git.RepoInfo | None:
+    """The owning repository when ``repo`` is a clone agent's environment."""
+    if repo.bare or repo.toplevel != repo.main_root:
+        return None  # a clone env is the main worktree of a repository of its own
+    try:
+        text = safe_files.read_text(repo.common_dir, OWNER_MARKER, limit=1 << 16)
+    except safe_files.UnsafePath as e:
+        raise UserError(f"{repo.toplevel} looks like an agent's clone, but {e.message}", hint=e.hint) from None
+    if text is None:
+        return None
+    owner_common = Path(text.strip())
+    record = None
+    if owner_common.is_absolute() and safe_files.is_plain_dir(owner_common):
+        record = _record_at(_records(owner_common), repo.toplevel, strategies=("clone",))
+    if record is None:
+        raise UserError(
+            f"{repo.toplevel} is marked as an agent's clone of the repository at {owner_common}, "
+            "but that repository's hybridiso records do not list it there",
+            hint=f"run hybridiso from the repository itself; if this clone is a repository of its own now, "
+            f"delete {repo.common_dir / OWNER_MARKER}",
+        )
+    try:
+        owner = git.discover(owner_common)
+    except git.BareRepository:
+        owner = _bare_info(owner_common.resolve())
+    if owner.common_dir != owner_common.resolve():
+        raise UserError(f"{repo.common_dir / OWNER_MARKER} names {owner_common}, which is not a repository's git dir")
+    if owner.bare:
+        return _bare_checkout(owner, repo.toplevel)
+    return owner
+
+
+def _bare_info(common_dir: Path) -> git.RepoInfo:
+    """A bare repository seen from one of its agents' clones (its checkout
+    is filled in from the clone's record)."""
+    return git.RepoInfo(
+        toplevel=common_dir,
+        common_dir=common_dir,
+        main_root=common_dir,
+        has_commits=git.resolve_commit(common_dir, "HEAD") is not None,
+        shallow=(common_dir / "shallow").exists(),
+        bare=True,
+        checkout=common_dir,
+    )
+
+
+def _bare_checkout(repo: git.RepoInfo, standing_in: Path) -> git.RepoInfo:
+    """A bare repository's manifest and files come from the worktree you
+    stand in; from inside an agent's environment, from the worktree that
+    agent was made from (its record's ``checkout``)."""
+    records = _records(repo.common_dir)
+    record = _record_at(records, standing_in)
+    if record is None:
+        if standing_in == repo.main_root:
+            raise UserError(f"{repo.main_root} is a bare repository with no working tree", hint="run hybridiso from one of its worktrees")
+        return replace(repo, checkout=standing_in)
+    # the worktree it was made from, if that is still one of the repository's
+    # own worktrees (not gone, not another agent's)
+    checkout = record.get("checkout")
+    trees = {wt.path.resolve() for wt in git.worktree_list(repo.main_root) if not wt.bare}
+    agents = {os.path.normpath(r["path"]) for r in records.values() if isinstance(r.get("path"), str)}
+    if isinstance(checkout, str) and checkout and Path(checkout) in trees and os.path.normpath(checkout) not in agents:
+        return replace(repo, checkout=Path(checkout))
+    raise UserError(
+        f"{standing_in} is agent {record.get('name')}'s environment, and the worktree it was made from is not known any more",
+        hint=f"run hybridiso from one of the repository's own worktrees (git -C '{repo.main_root}' worktree list)",
+    )
+
+
+def _records(common_dir: Path) -> dict[str, dict[str, Any]]:
+    """The records in a repository's state file, read without trusting it:
+    anything unreadable is no records (the state module rebuilds it)."""
+    try:
+        text = safe_files.read_text(common_dir, STATE_FILE)
+        data = json.loads(text) if text else {}
+    except (OSError, UserError, ValueError):
+        return {}
+    agents = data.get("agents") if isinstance(data, dict) else None
+    return {k: v for k, v in agents.items() if isinstance(v, dict)} if isinstance(agents, dict) else {}
+
+
+def _record_at(records: dict[str, dict[str, Any]], path: Path, strategies: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    for record in records.values():
+        where = record.get("path")
+        if isinstance(where, str) and os.path.normpath(where) == str(path) and (not strategies or record.get("strategy") in strategies):
+            return record
+    return None

@@ -7,7 +7,6 @@ decides names and variables and keeps the record of what an agent owns.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 
 from hybridiso.manifest import Agent
@@ -16,11 +15,11 @@ from hybridiso.strategies.base import EnvContext
 
 
 def project_key(project: Project) -> str:
-    """The repository's part of every branch name: its directory name plus a
-    hash of its git dir, so two checkouts named alike never share (or gc)
-    each other's databases."""
-    digest = hashlib.sha256(str(project.repo.common_dir).encode()).hexdigest()[:6]
-    return f"{project.root.name[:20]}_{digest}"
+    """The repository's part of every branch name: its name plus the start
+    of its id (``Project.id``, from its common git dir), so two checkouts
+    named alike never share (or gc) each other's databases, and every
+    worktree of one repository names the same ones."""
+    return f"{project.name[:20]}_{project.id[:6]}"
 
 
 def branch_prefix(project: Project) -> str:

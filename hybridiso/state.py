@@ -51,6 +51,10 @@ class AgentRecord:
     config_hash: str = ""
     setup_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # the worktree the agent was made from (its manifest and include files):
+    # for a bare repository with linked worktrees, what a command run from
+    # inside the agent's environment uses (project.find_repo, FAULTS #22)
+    checkout: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentRecord:

@@ -37,16 +37,20 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_up_status_exec_down(tmp_path: Path) -> None:
+    """The whole lifecycle, run from a subdirectory of the repository, as a
+    user in the middle of their work would (FAULTS #22)."""
     repo = project(tmp_path)
-    plan = json.loads(hybridiso(repo, "plan", "--json").stdout)
+    where = repo / "src" / "deep" / "dir"
+    where.mkdir(parents=True)
+    plan = json.loads(hybridiso(where, "plan", "--json").stdout)
     assert {a["agent"]: a["strategy"] for a in plan["agents"]} == {"ui": "worktree", "api": "worktree", "rewriter": "clone"}
     assert all(a["reason"] for a in plan["agents"])
 
-    up = hybridiso(repo, "up")
+    up = hybridiso(where, "up")
     for name in ("ui", "api", "rewriter"):
         assert name in up.stderr and "Created" in up.stderr
     ws = tmp_path / "shop.agents"
-    st = status_json(repo)
+    st = status_json(where)
     assert set(st) == {"ui", "api", "rewriter"}
     for name, row in st.items():
         assert row["state"] == "ready" and row["dirty"] == 0, row
@@ -58,26 +62,26 @@ def test_up_status_exec_down(tmp_path: Path) -> None:
     assert len(ports) == len(set(ports)) == 4
     env_file = (ws / "api" / ".hybridiso.env").read_text()
     assert f"PORT_ADMIN={st['api']['ports']['admin']}" in env_file and "HYBRIDISO_AGENT=api" in env_file
-    out = hybridiso(repo, "exec", "api", "--", "sh", "-c", "echo $PORT_WEB:$HYBRIDISO_AGENT:$(pwd)").stdout.strip()
+    out = hybridiso(where, "exec", "api", "--", "sh", "-c", "echo $PORT_WEB:$HYBRIDISO_AGENT:$(pwd)").stdout.strip()
     assert out == f"{st['api']['ports']['web']}:api:{ws / 'api'}"
     # the worktree branch starts at base with no upstream config
     assert git(ws / "ui", "rev-parse", "HEAD") == git(repo, "rev-parse", "main")
     assert git(repo, "config", "--get", "branch.hybridiso/ui.remote", check=False) == ""
     # exit codes pass through exec
-    assert hybridiso(repo, "exec", "ui", "--", "sh", "-c", "exit 7", ok=None).returncode == 7
-    missing = hybridiso(repo, "exec", "ui", "--", "no-such-program", ok=None)
+    assert hybridiso(where, "exec", "ui", "--", "sh", "-c", "exit 7", ok=None).returncode == 7
+    missing = hybridiso(where, "exec", "ui", "--", "no-such-program", ok=None)
     assert missing.returncode == 127 and "command not found: no-such-program" in missing.stderr  # as a shell says it
 
     # idempotent: nothing changes the second time
     before = state(repo)
-    again = hybridiso(repo, "up")
+    again = hybridiso(where, "up")
     assert "Created" not in again.stderr and "Up to date" in again.stderr
     after = state(repo)
     assert {n: (r["path"], r["ports"], r["created_at"]) for n, r in before["agents"].items()} == {
         n: (r["path"], r["ports"], r["created_at"]) for n, r in after["agents"].items()
     }
 
-    hybridiso(repo, "down")
+    hybridiso(where, "down")
     assert not any((ws / n).exists() for n in ("ui", "api", "rewriter"))
     assert git(repo, "branch", "--list", "hybridiso/*") == ""
     assert state(repo)["agents"] == {}  # ports released

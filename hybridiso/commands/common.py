@@ -18,13 +18,13 @@ def project_from_args(args: argparse.Namespace, *, manifest_optional: bool = Fal
 
 def checked_out_elsewhere(project: Project, state: State) -> dict[str, str]:
     """Branches checked out by worktrees that are not hybridiso environments."""
-    ours = {Path(r.path).resolve() for r in state.agents.values()}
+    ours = {project.env_path(n) for n, r in state.agents.items() if project.record_problem(n, r) is None}
     ours |= {project.env_path(a) for a in project.manifest.agents}
     holders: dict[str, str] = {}
     for wt in git.worktree_list(project.root):
-        if wt.branch is None or wt.path.resolve() in ours:
+        if wt.branch is None or wt.path in ours:
             continue
-        holders[wt.branch] = "the main worktree" if wt.path.resolve() == project.root else f"the worktree at {wt.path}"
+        holders[wt.branch] = "the main worktree" if wt.path == project.root else f"the worktree at {wt.path}"
     return holders
 
 
@@ -51,8 +51,49 @@ def check_names(project: Project, names: Sequence[str], state: State | None = No
     return list(dict.fromkeys(names))
 
 
+class UnsafeRecord(UserError):
+    """A record hybridiso must not act on: its path is not the agent's own
+    place in the workspace (a tampered or corrupt state.json, FAULTS #30)."""
+
+
+def _unsafe_record(project: Project, problems: Sequence[tuple[str, str]]) -> UnsafeRecord:
+    lines = "; ".join(f"agent {name}: {why}" for name, why in problems)
+    return UnsafeRecord(
+        f"refusing to act on {len(problems)} record{'s' if len(problems) > 1 else ''} of {project.store.path}, "
+        f"nothing was touched: {lines}",
+        hint=f"if the state file was edited by mistake, restore it; otherwise move it aside "
+        f"(mv '{project.store.path}' '{project.store.path}.bad'): the next command rebuilds the records "
+        "from git and the workspace",
+    )
+
+
+def record_problems(project: Project, state: State, names: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(agent, why) for each record (of ``names``, default all) whose path
+    hybridiso must not act on."""
+    wanted = state.agents if names is None else [n for n in names if n in state.agents]
+    found = []
+    for name in sorted(wanted):
+        why = project.record_problem(name, state.agents[name])
+        if why:
+            found.append((name, why))
+    return found
+
+
+def check_records(project: Project, state: State, names: Sequence[str] | None = None) -> None:
+    """Refuse, before anything is touched, when a record to act on points
+    anywhere but its agent's place in the workspace (FAULTS #30)."""
+    problems = record_problems(project, state, names)
+    if problems:
+        raise _unsafe_record(project, problems)
+
+
 def context(project: Project, state: State, name: str) -> EnvContext:
+    """The agent's environment, from a record whose path was checked: every
+    command acts on a record through here (FAULTS #30)."""
     record = state.agents[name]
+    why = project.record_problem(name, record)
+    if why:
+        raise _unsafe_record(project, [(name, why)])
     agent = next((a for a in project.manifest.agents if a.name == name), None)
     return EnvContext(project, agent, record)
 

@@ -169,9 +169,9 @@ def check_state(project: Project, state: State) -> list[Check]:
         if creating
         else Check("interrupted creations", "ok", "none")
     )
-    prunable = health.prunable_worktrees(project)
+    prunable = health.prunable_worktrees(project, state)  # hybridiso's only (FAULTS #28)
     checks.append(
-        Check("prunable worktrees", "warn", ", ".join(str(p) for p in prunable), "`hybridiso gc --yes` (or `git worktree prune`)")
+        Check("prunable worktrees", "warn", ", ".join(str(p) for p in prunable), "`hybridiso gc --yes` removes these (and only these)")
         if prunable
         else Check("prunable worktrees", "ok", "none")
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from hybridiso import lifecycle, output
-from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, check_records, context, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.reconcile import adopt_from_reality
 
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
             output.warn(state.rebuilt_from)
         adopt_from_reality(project, state)
         names = check_names(project, args.agents, state) or sorted(state.agents)
+        check_records(project, state, names)  # FAULTS #30: refused before anything is touched
         refused: list[str] = []
         for name in names:
             if name not in state.agents:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from hybridiso import cleanup, output
-from hybridiso.commands.common import add_json_flag, project_from_args
+from hybridiso.commands.common import add_json_flag, check_records, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.gc_finders import BUILTIN_FINDERS
 from hybridiso.gc_leftovers import FINDERS as LEFTOVER_FINDERS
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if state.rebuilt_from:
             output.warn(state.rebuilt_from)
         adopt_from_reality(project, state)  # a lost state file must not make envs look orphaned
+        check_records(project, state)  # FAULTS #30: a record pointing elsewhere stops gc before it touches anything
         findings: list[Finding] = []
         for finder in (*BUILTIN_FINDERS, *LEFTOVER_FINDERS):
             findings += finder(project, state, not act)

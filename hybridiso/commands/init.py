@@ -49,11 +49,12 @@ def starter_manifest(root: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     repo = find_repo(Path(args.directory).resolve())
-    text = starter_manifest(repo.main_root)
+    # the main worktree's root, or in a bare repository the worktree you stand in
+    text = starter_manifest(repo.checkout)
     if args.print:
         sys.stdout.write(text)
         return 0
-    target = repo.main_root / MANIFEST_NAME
+    target = repo.checkout / MANIFEST_NAME
     if target.exists() and not args.force:
         raise UserError(f"{target} already exists", hint="edit it, or `hybridiso init --force` to replace it")
     target.write_text(text, encoding="utf-8")

@@ -5,7 +5,6 @@ import argparse
 
 from hybridiso import output, ports
 from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
-from hybridiso.container_spec import project_name
 from hybridiso.errors import UserError
 from hybridiso.reconcile import adopt_from_reality
 from hybridiso.state import AgentRecord
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             written.append(
                 {
                     "agent": name,
-                    "project": project_name(str(project.root), name),
+                    "project": project.compose_project(name),
                     "file": str(path),
                     "up": is_up,
                     "ports": dict(ctx.record.ports),

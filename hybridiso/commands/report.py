@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from hybridiso import measure, output
-from hybridiso.commands.common import project_from_args
+from hybridiso.commands.common import check_records, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.reconcile import adopt_from_reality
 
@@ -96,6 +96,7 @@ def _live(project):  # type: ignore[no-untyped-def]
 
     state = project.store.load()
     adopt_from_reality(project, state)
+    check_records(project, state)  # FAULTS #30: measure only the agents' own places
     paths = {}
     for name, record in state.agents.items():
         ctx = EnvContext(project, None, record)

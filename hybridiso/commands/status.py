@@ -54,6 +54,12 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
         record = state.agents.get(name)
         if record is None:
             return AgentStatus(name, "-", "not created", "-", str(project.env_path(name)))
+        unsafe = project.record_problem(name, record)
+        if unsafe:  # FAULTS #30: shown, never looked into
+            return AgentStatus(
+                name, str(record.strategy), "refused", str(record.branch), str(record.path),
+                problems=[f"hybridiso will not act on this record: {unsafe}"], in_manifest=name in manifest_names,
+            )
         ctx = context(project, state, name)
         strategy = strategies.get(record.strategy)
         obs = strategy.observe(ctx)

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from hybridiso import git, lifecycle, merged, output, strategies
-from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, check_records, context, project_from_args
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import UserError
 from hybridiso.project import Project
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             output.warn(state.rebuilt_from)
         adopt_from_reality(project, state)
         names = check_names(project, args.agents, state) or sorted(state.agents)
+        check_records(project, state, names)  # FAULTS #30
         fetched = fetch_upstream(project)
         base_note = advance_base(project)
         base_commit = git.resolve_commit(project.root, project.manifest.base)

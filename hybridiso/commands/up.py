@@ -16,13 +16,13 @@ from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from hybridiso import git, lifecycle, output, ports, strategies
-from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
+from hybridiso import git, lifecycle, output, ports, safe_files, strategies
+from hybridiso.commands.common import add_json_flag, check_names, check_records, context, make_plan, project_from_args
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
 from hybridiso.lifecycle import ENV_EXCLUDE
 from hybridiso.planner import AgentPlan
-from hybridiso.project import Project
+from hybridiso.project import Project, write_owner_marker
 from hybridiso.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
 from hybridiso.strategies.base import EnvContext
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             for note in p.warnings:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
+        check_records(project, state, [p.agent.name for p in selected])  # FAULTS #30: before anything is touched
         selected, refused = check_docker(project, selected)
         outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
     if args.json:
@@ -278,6 +279,9 @@ def _update(ctx: EnvContext) -> str:
 
     if ctx.cancel.is_set():  # Ctrl-C while it waited for a worker: touch nothing
         raise Cancelled(ctx.name)
+    if ctx.record.strategy == "clone" and safe_files.is_plain_dir(ctx.path / ".git"):
+        # commands run from inside the clone act on this project (FAULTS #22)
+        write_owner_marker(ctx.path / ".git", ctx.project.repo.common_dir)
     changed = envfile.write_env_file(ctx.path, lifecycle.environment_for(ctx.project, ctx.agent, ctx.record))
     reran = lifecycle.run_setup(ctx)
     strategy = strategies.get(ctx.record.strategy)

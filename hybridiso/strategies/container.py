@@ -13,7 +13,6 @@ project around them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 import threading
@@ -22,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hybridiso import compose_cli, docker_client, engine_apply, output
-from hybridiso.container_spec import project_name
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY
@@ -35,17 +33,18 @@ AGENT_SERVICE = "agent"
 
 
 def project_label(project: Project) -> str:
-    """Stable id of the repository for the ``dev.hybridiso.project`` label:
-    a hash of its common git dir (two checkouts never share it)."""
-    return hashlib.sha256(str(project.repo.common_dir).encode()).hexdigest()[:12]
+    """The ``dev.hybridiso.project`` label: the project's one id
+    (``Project.id``, from its common git dir: the same from every worktree,
+    two checkouts never share it)."""
+    return project.id
 
 
 def repo_id(ctx: EnvContext) -> str:
-    return project_label(ctx.project)
+    return ctx.project.id
 
 
 def compose_project(ctx: EnvContext) -> str:
-    return project_name(str(ctx.project.root), ctx.name)
+    return ctx.project.compose_project(ctx.name)
 
 
 def compose_file(ctx: EnvContext) -> Path:

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hybridiso import cleanup, git
+from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.strategies.base import EnvContext, Observation
 
@@ -22,8 +23,9 @@ def _find(ctx: EnvContext) -> git.Worktree | None:
 def create(ctx: EnvContext) -> None:
     """``ctx.path`` is absent or empty (lifecycle.prepare checked it)."""
     repo, path, branch = ctx.project.root, ctx.path, ctx.record.branch
-    if _find(ctx) is not None:  # metadata left, directory gone: clear it first
-        git.worktree_prune(repo)
+    _one_entry(ctx.project.repo.common_dir, path)
+    # metadata left, directory gone: clear this env's entry, nobody else's (FAULTS #28)
+    git.worktree_forget(ctx.project.repo.common_dir, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if ctx.record.created_branch:
         git.worktree_add(repo, path, branch, ctx.record.base_commit)
@@ -36,14 +38,32 @@ def start(ctx: EnvContext) -> str | None:
 
 
 def remove(ctx: EnvContext) -> None:
-    repo, path = ctx.project.root, ctx.path
-    if _find(ctx) is not None and path.exists():
+    """Remove this env's directory and git's record of it, and only those:
+    never a repository-wide ``git worktree prune``, which would also drop
+    the metadata of the user's own worktrees that are briefly missing
+    (an unmounted disk: FAULTS #28)."""
+    repo, path, common = ctx.project.root, ctx.path, ctx.project.repo.common_dir
+    _one_entry(common, path)
+    if path.exists() and git.worktree_entry(common, path) is not None:
         try:
             git.worktree_remove(repo, path, force=True)
         except CommandError:
             pass  # e.g. files git cannot delete: removed or named below
     cleanup.remove_tree_or_explain(path, f"agent {ctx.name}")
-    git.worktree_prune(repo)
+    git.worktree_forget(common, path)
+
+
+def _one_entry(common: Path, path: Path) -> None:
+    """git keeps one entry per worktree; two naming this env's path mean an
+    edited ``gitdir`` file, and removing either would be a guess that can
+    take a user's worktree metadata: refuse before touching anything."""
+    entries = git.worktree_entries(common, path)
+    if len(entries) > 1:
+        shown = ", ".join(str(e / "gitdir") for e in entries)
+        raise UserError(
+            f"{len(entries)} worktree entries name {path} ({shown}); hybridiso will not guess which one is its own",
+            hint="one of those files was edited: make it name its own worktree again, then run the command again",
+        )
 
 
 def observe(ctx: EnvContext) -> Observation:
