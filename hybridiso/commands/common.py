@@ -8,7 +8,7 @@ from pathlib import Path
 from hybridiso import git, planner
 from hybridiso.errors import UserError
 from hybridiso.project import Project, load_project
-from hybridiso.state import State
+from hybridiso.state import PHASE_READY, State
 from hybridiso.strategies.base import EnvContext
 
 
@@ -29,6 +29,7 @@ def checked_out_elsewhere(project: Project, state: State) -> dict[str, str]:
 
 
 def make_plan(project: Project, state: State) -> planner.Plan:
+    check_branches(project, state)
     paths = {a.name: str(project.env_path(a)) for a in project.manifest.agents}
     existing = {n: r.strategy for n, r in state.agents.items()}
     return planner.plan(
@@ -37,6 +38,22 @@ def make_plan(project: Project, state: State) -> planner.Plan:
         checked_out_elsewhere(project, state),
         existing=existing,
     )
+
+
+def check_branches(project: Project, state: State) -> None:
+    """Agents' new branches that git could not create beside the
+    repository's (``feat`` when ``feat/x`` exists): a manifest error with
+    the line, before anything is created (FAULTS #39)."""
+    from hybridiso.manifest import ManifestError
+    from hybridiso.manifest_checks import existing_branch_problems
+
+    if not project.manifest.agents:
+        return
+    # a record still 'creating' may not have made its branch: check it again
+    made = [n for n, r in state.agents.items() if r.phase == PHASE_READY]
+    problems = existing_branch_problems(project.manifest, git.local_branches(project.root), made)
+    if problems:
+        raise ManifestError(project.manifest_path, problems)
 
 
 def check_names(project: Project, names: Sequence[str], state: State | None = None) -> list[str]:
