@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybridiso import costs, output
+from hybridiso import costs, output, programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
 from hybridiso.reconcile import adopt_from_reality
 
@@ -21,6 +21,9 @@ def run(args: argparse.Namespace) -> int:
     adopt_from_reality(project, state)
     plan = make_plan(project, state)
     projection = costs.project_costs(project)
+    missing: dict[str, list[str]] = {}
+    for m in programs.setup_missing(project.manifest):  # FAULTS #40: before `up` fails on it
+        missing.setdefault(m.agent, []).append(f"{m.problem()}: install it, or change setup: in hybridiso.yaml")
     rows = []
     for p in plan.agents:
         record = state.agents.get(p.agent.name)
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                 "projected_disk_bytes": est.disk_bytes,
                 "projected_startup_seconds": est.startup_seconds,
                 "projection_source": projection.source,
-                "warnings": list(p.warnings),
+                "warnings": [*p.warnings, *missing.get(p.agent.name, [])],
                 "_ports_text": ports,
             }
         )
@@ -73,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
     output.message(f"* {projection.describe()}")
     for w in plan.warnings:
         output.warn(w)
+    # one line per warning, naming every agent it is about (setup defaults
+    # are often the same for all of them)
+    by_text: dict[str, list[str]] = {}
     for r in rows:
         for w in r["warnings"]:
-            output.warn(f"{r['agent']}: {w}")
+            by_text.setdefault(w, []).append(r["agent"])
+    for w, agents in by_text.items():
+        output.warn(f"{', '.join(agents)}: {w}")
     return 0
