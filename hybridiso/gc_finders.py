@@ -173,6 +173,7 @@ def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Findi
     if not ws.is_dir():
         return []
     known = {Path(r.path).resolve() for r in state.agents.values()}
+    known |= {Path(a.path).resolve() for a in state.set_aside.values() if a.path}  # left alone, never an orphan
     known |= {wt.path.resolve() for wt in git.worktree_list(project.root)}
     findings = []
     for entry in sorted(ws.iterdir()):

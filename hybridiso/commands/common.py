@@ -57,7 +57,7 @@ def check_branches(project: Project, state: State) -> None:
 
 
 def check_names(project: Project, names: Sequence[str], state: State | None = None) -> list[str]:
-    known = {a.name for a in project.manifest.agents} | set(state.agents if state else ())
+    known = {a.name for a in project.manifest.agents} | set(state.agents if state else ()) | set(state.set_aside if state else ())
     unknown = [n for n in names if n not in known]
     if unknown:
         listing = ", ".join(sorted(known)) or "none"

@@ -194,6 +194,15 @@ def check_state(project: Project, state: State) -> list[Check]:
     checks = []
     if state.rebuilt_from:
         checks.append(Check("state file", "warn", state.rebuilt_from, "nothing: it was rebuilt from git; check `hybridiso status`"))
+    elif state.set_aside:
+        checks.append(
+            Check(
+                "state file",
+                "warn",
+                "; ".join(a.reason for a in state.set_aside.values()),
+                "use the hybridiso that made those records, or check their directories and remove the records by hand",
+            )
+        )
     else:
         checks.append(Check("state file", "ok", f"{len(state.agents)} agents recorded"))
     creating = health.stale_creating(project, state)

@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         )
     with project.store.locked("up"):
         state = project.store.load()
-        if state.rebuilt_from:
-            output.warn(state.rebuilt_from)
+        for note in state.warnings:
+            output.warn(note)
         adopt_from_reality(project, state)
         names = check_names(project, args.agents)
         missing_in_manifest = [n for n in names if n not in {a.name for a in project.manifest.agents}]
@@ -80,12 +80,13 @@ def run(args: argparse.Namespace) -> int:
         for w in plan.warnings:
             output.warn(w)
         selected = [p for p in plan.agents if not names or p.agent.name in names]
+        selected, left_alone = _without_set_aside(state, selected)
         for p in selected:
             for note in p.warnings:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
         selected, refused = check_docker(project, selected)
-        outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
+        outcomes = left_alone + refused + converge(project, state, selected, base_commit, args.jobs)
     if args.json:
         for o in outcomes:
             record = state.agents.get(o.name)
@@ -97,6 +98,19 @@ def run(args: argparse.Namespace) -> int:
         details = "\n".join(f"  {o.name}: {o.error}" for o in failed)
         raise UserError(f"{len(failed)} of {len(outcomes)} agents failed:\n{details}")
     return 0
+
+
+def _without_set_aside(state: State, selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:
+    """An agent whose record is set aside (a strategy this hybridiso does not
+    know) is not touched: nothing is created at its path, and it fails."""
+    left_alone = []
+    for p in selected:
+        aside = state.set_aside.get(p.agent.name)
+        if aside is not None:
+            error = f"{aside.reason}: left alone (use the hybridiso that made it, or remove its record by hand)"
+            left_alone.append(Outcome(p.agent.name, str(aside.raw.get("strategy")), "Failed", False, 0.0, error))
+            output.progress_line(False, p.agent.name, str(aside.raw.get("strategy")), "Failed", None)
+    return [p for p in selected if p.agent.name not in state.set_aside], left_alone
 
 
 def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:
