@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hybridiso import git, planner
@@ -72,6 +72,23 @@ def context(project: Project, state: State, name: str) -> EnvContext:
     record = state.agents[name]
     agent = next((a for a in project.manifest.agents if a.name == name), None)
     return EnvContext(project, agent, record)
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``.
+    Anything else is a usage error (exit 2), before the command starts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in its messages
+    return parse
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

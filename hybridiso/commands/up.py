@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from hybridiso import git, lifecycle, output, ports, strategies
-from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, context, int_in, make_plan, project_from_args
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
 from hybridiso.lifecycle import ENV_EXCLUDE
@@ -28,6 +28,7 @@ from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
 from hybridiso.strategies.base import EnvContext
 
 HELP = "create or update agents' environments to match the manifest"
+MAX_JOBS = 256
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description=HELP + ". Running it twice changes nothing the second time.",
     )
     p.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents (default: all)")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="environments created at once (default: cores, at least 2)")
+    p.add_argument("-j", "--jobs", type=int_in(1, MAX_JOBS), default=0, metavar="N", help=f"environments created at once, 1-{MAX_JOBS} (default: cores, at least 2)")
     add_json_flag(p)
 
 
