@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -617,18 +618,38 @@ def parse_manifest(text: str, path: Path, repo: RepoContext | None = None) -> Ma
     return check_manifest_text(text, path, repo).manifest
 
 
-def load_manifest(path: Path, repo: RepoContext | None = None) -> Manifest:
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _read_manifest_bytes(path: Path) -> bytes:
+    """The file's bytes; a FIFO (which would block), a device (/dev/zero
+    never ends) or a file over 16 MiB is refused, not read.  A symlink to a
+    regular file is the user's own arrangement and is followed."""
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise UserError(
-            f"no manifest at {path}",
-            hint="run `hybridiso init` to write a starter hybridiso.yaml",
-        ) from None
-    except IsADirectoryError:
-        raise UserError(f"the manifest {path} is a directory", hint="give the YAML file itself, e.g. -f DIR/hybridiso.yaml") from None
+        raise UserError(f"no manifest at {path}", hint="run `hybridiso init` to write a starter hybridiso.yaml") from None
     except OSError as e:
         raise UserError(f"cannot read the manifest {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"the manifest {path} is a directory", hint="give the YAML file itself, e.g. -f DIR/hybridiso.yaml")
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"the manifest {path} is not a regular file (a FIFO or a device?)", hint="give the YAML file itself")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read the manifest {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise UserError(f"the manifest {path} is over {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest hybridiso can use")
+    return raw
+
+
+def load_manifest(path: Path, repo: RepoContext | None = None) -> Manifest:
+    raw = _read_manifest_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

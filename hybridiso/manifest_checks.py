@@ -12,7 +12,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from hybridiso.manifest import Agent, Checked, Manifest, Problem, RepoContext
-from hybridiso.names import env_var_for_port, env_var_for_service, ref_conflict, ref_conflicts_with_existing
+from hybridiso.names import env_var_for_port, env_var_for_service, ref_conflicts_with_existing
 from hybridiso.planner import Facts, decide
 
 # what hybridiso itself puts in every agent's environment (envfile.py)
@@ -139,24 +139,28 @@ def _branches(c: Checked) -> list[Problem]:
                 )
             )
     # FAULTS #39: git keeps 'feat' as a file, so 'feat/x' cannot exist beside
-    # it (git's "cannot lock ref", after seconds of retries)
+    # it (git's "cannot lock ref", after seconds of retries).  Each branch's
+    # parents are looked up: linear in the agents, however many there are.
     owner: dict[str, int] = {}
     for i, agent in enumerate(m.agents):
-        if not c.agent_clean(i, "branch", "name"):
+        if c.agent_clean(i, "branch", "name"):
+            owner.setdefault(agent.branch_name, i)
+    for branch, i in owner.items():
+        parts = branch.split("/")
+        parent = next(("/".join(parts[:k]) for k in range(1, len(parts)) if "/".join(parts[:k]) in owner), None)
+        if parent is None:
             continue
-        other = ref_conflict(agent.branch_name, owner.keys())
-        if other is not None:
-            j = owner[other]
-            problems.append(
-                Problem(
-                    c.line(_branch_loc(c, i, agent)),
-                    f"agents[{c.agent_pos[i]}].branch",
-                    f"branch {agent.branch_name!r} cannot exist beside branch {other!r} of agents[{c.agent_pos[j]}] "
-                    f"({m.agents[j].name}): git stores a branch as a file, so one cannot be a directory of the "
-                    "other; give one another name",
-                )
+        j = owner[parent]
+        later, earlier = (i, j) if i > j else (j, i)
+        problems.append(
+            Problem(
+                c.line(_branch_loc(c, later, m.agents[later])),
+                f"agents[{c.agent_pos[later]}].branch",
+                f"branch {m.agents[later].branch_name!r} cannot exist beside branch {m.agents[earlier].branch_name!r} "
+                f"of agents[{c.agent_pos[earlier]}] ({m.agents[earlier].name}): git stores a branch as a file, so one "
+                "cannot be a directory of the other; give one another name",
             )
-        owner.setdefault(agent.branch_name, i)
+        )
     return problems
 
 

