@@ -370,6 +370,7 @@ class RepoContext:
     root: Path  # the main worktree's root: a relative workspace starts here
     common_dir: Path  # the git dir every worktree shares
     default_workspace: Path
+    worktrees: tuple[Path, ...] = ()  # every worktree's root (the user's own too)
 
 
 # --- loading, with line numbers -------------------------------------------------

@@ -297,6 +297,10 @@ def workspace_problem(ws: Path, repo: RepoContext) -> str | None:
         return "is the repository's parent directory (it holds the repository and its neighbours)"
     if ws in root.parents or ws in common.parents:
         return "holds the repository"
+    for tree in repo.worktrees:
+        tree = tree.resolve()
+        if ws == tree or tree in ws.parents:  # (the agents' own worktrees are inside it, not around it)
+            return f"is inside the worktree at {tree} (its files would show there as untracked)"
     if ws.exists() and not ws.is_dir():
         return "exists and is not a directory"
     return None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hybridiso import git
 from hybridiso.errors import UserError
+from hybridiso.process import CommandError
 from hybridiso.manifest import MANIFEST_NAME, Agent, Manifest, RepoContext, load_manifest
 from hybridiso.state import StateStore
 
@@ -60,7 +61,11 @@ def load_project(cwd: Path, manifest_file: Path | None = None, *, manifest_optio
 def repo_context(repo: git.RepoInfo) -> RepoContext:
     """What the manifest check knows of the repository: where a relative
     workspace starts, and what a workspace must keep clear of (FAULTS #29)."""
-    return RepoContext(repo.main_root, repo.common_dir, default_workspace(repo.main_root))
+    try:
+        trees = tuple(wt.path for wt in git.worktree_list(repo.main_root))
+    except CommandError:  # git cannot list them: the other checks still hold
+        trees = ()
+    return RepoContext(repo.main_root, repo.common_dir, default_workspace(repo.main_root), trees)
 
 
 def check_workspace(manifest: Manifest, path: Path, context: RepoContext) -> None:

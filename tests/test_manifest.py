@@ -517,3 +517,15 @@ def test_init_force_replaces_a_symlink_instead_of_writing_through_it(tmp_path: P
     hybridiso(repo, "init", "--force")
     assert victim.read_text() == "precious\n"
     assert not (repo / "hybridiso.yaml").is_symlink() and "agents:" in (repo / "hybridiso.yaml").read_text()
+
+
+def test_a_workspace_inside_another_worktree_is_refused(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    git(repo, "worktree", "add", "-q", str(tmp_path / "side"), "-b", "side")
+    (repo / "hybridiso.yaml").write_text("workspace: ../side/envs\nagents: [{name: a}]\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert f"is inside the worktree at {tmp_path / 'side'}" in r.stderr and not (tmp_path / "side" / "envs").exists()
+    # the agents' own worktrees live inside the workspace: that is no reason to refuse it
+    (repo / "hybridiso.yaml").write_text("workspace: ../ws\nagents: [{name: a}]\n")
+    hybridiso(repo, "up")
+    hybridiso(repo, "plan")
