@@ -19,6 +19,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import Any
 
 from hybridiso import safe_files
 from hybridiso.errors import UserError
-from hybridiso.names import STRATEGY_NAMES
+from hybridiso.names import STRATEGY_NAMES, agent_name_problem, branch_name_problem
 
 STATE_VERSION = 1
 
@@ -207,6 +208,7 @@ class StateCorrupt(ValueError):
 
 
 PHASES = (PHASE_CREATING, PHASE_READY)
+_COMMIT_RE = re.compile(r"[0-9a-f]{7,64}")
 
 
 def parse_state(raw: bytes) -> State:
@@ -252,6 +254,14 @@ def read_record(name: str, data: Any) -> AgentRecord:
     record = AgentRecord(**values)
     if record.name != name:
         raise StateCorrupt(f"{where} is named {record.name!r}")
+    # names and branches reach paths (logs/<name>/) and git's argv: the
+    # manifest's rules hold for what the file says too
+    if agent_name_problem(record.name):
+        raise StateCorrupt(f"{where}: {agent_name_problem(record.name)}")
+    if branch_name_problem(record.branch):
+        raise StateCorrupt(f"{where}: {branch_name_problem(record.branch)}")
+    if record.base_commit is not None and not _COMMIT_RE.fullmatch(record.base_commit):
+        raise StateCorrupt(f"{where}: base_commit {record.base_commit!r} is not a commit id")
     if record.strategy not in STRATEGY_NAMES:
         raise StateCorrupt(f"{where}: unknown strategy {record.strategy!r}")
     if record.phase not in PHASES:

@@ -85,6 +85,10 @@ DAMAGE = {
     "extra a list": json.dumps({"version": 1, "agents": {"a": _record(extra=[])}}).encode(),
     "timings of strings": json.dumps({"version": 1, "agents": {"a": _record(timings={"setup": "fast"})}}).encode(),
     "strategy a number": json.dumps({"version": 1, "agents": {"a": _record(strategy=7)}}).encode(),
+    # what reaches paths and git's argv follows the manifest's rules
+    "name with a path": json.dumps({"version": 1, "agents": {"../x": _record(name="../x")}}).encode(),
+    "branch an option": json.dumps({"version": 1, "agents": {"a": _record(branch="--force")}}).encode(),
+    "base_commit not a commit": json.dumps({"version": 1, "agents": {"a": _record(base_commit="HEAD~1; rm")}}).encode(),
 }
 
 
@@ -130,7 +134,7 @@ def test_every_record_field_round_trips_through_the_typed_reader(tmp_path: Path)
     from dataclasses import fields
 
     store = StateStore(tmp_path)
-    record = AgentRecord(name="a", strategy="clone", branch="b", path="/p", base="main", base_commit="abc", created_branch=True)
+    record = AgentRecord(name="a", strategy="clone", branch="b", path="/p", base="main", base_commit="0123abcd" * 5, created_branch=True)
     record.timings = {"total": 1.5}
     record.extra = {"databases": {"db": {"name": "x", "server": "s"}}, "owns_path": True}
     store.save(State({"a": record}))
