@@ -227,6 +227,8 @@ def test_an_unknown_strategy_does_not_block_status_or_the_other_agents(tmp_path:
     assert json.loads(path.read_text())["agents"]["b"]["strategy"] == "microvm"
     assert (b_env / "work.txt").read_text() == "mine\n"
     assert json.loads(path.read_text())["agents"]["c"]["phase"] == "ready"
+    plan = {r["agent"]: r for r in json.loads(hybridiso(repo, "plan", "--json").stdout)["agents"]}
+    assert plan["b"]["strategy"] == "microvm" and plan["b"]["reason"].startswith("left alone")
     doctor = {c["name"]: c for c in json.loads(hybridiso(repo, "doctor", "--json").stdout)}
     assert doctor["state file"]["status"] == "warn" and "microvm" in doctor["state file"]["detail"]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from hybridiso import costs, output, programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
@@ -26,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
         missing.setdefault(m.agent, []).append(f"{m.problem()}: install it, or change setup: in hybridiso.yaml")
     rows = []
     for p in plan.agents:
+        aside = state.set_aside.get(p.agent.name)
+        if aside is not None:  # `up` leaves it alone: say so instead of a plan for it
+            strategy = str(aside.raw.get("strategy"))
+            p = replace(p, strategy=strategy, reason=f"left alone: its record names strategy {strategy!r}, unknown to this hybridiso")
         record = state.agents.get(p.agent.name)
         leased = record.ports if record else {}
         ports = ", ".join(f"{n}={leased[n]}" if n in leased else f"{n}=(new)" for n in p.agent.ports) or "-"
