@@ -214,7 +214,14 @@ class Workload(_Model):
     needs: list[Need] = Field(default_factory=list)
 
 
-_IMAGE_RE = re.compile(r"[^\s\x00-\x1f\x7f-][^\s\x00-\x1f\x7f]*")
+# Docker's reference grammar (distribution/reference): [domain/]path[:tag][@digest],
+# path components lowercase; refused here, not after a pull that cannot work
+_DOMAIN = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_RE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
 
 
 class Agent(_Model):
@@ -252,8 +259,11 @@ class Agent(_Model):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str | None) -> str | None:
-        if v is not None and not _IMAGE_RE.fullmatch(v):
-            raise ValueError(f"{v!r} is not an image reference (like python:3.12-slim): no spaces, not empty, not starting with '-'")
+        if v is not None and (not _IMAGE_RE.fullmatch(v) or len(v.split("@")[0].rsplit(":", 1)[0]) > 255):
+            raise ValueError(
+                f"{v!r} is not an image reference: like python:3.12-slim or registry.example.com:5000/team/app:1 "
+                "(the name in lowercase letters, digits and . _ -, then an optional :tag)"
+            )
         return v
 
     @field_validator("command")

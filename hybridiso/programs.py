@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from hybridiso.errors import UserError
 from hybridiso.manifest import Command, Manifest
 
 # words after which the next word starts a command again
@@ -143,3 +144,25 @@ def setup_missing(manifest: Manifest) -> list[Missing]:
     for agent in manifest.agents:
         found += missing_programs(agent.name, manifest.setup_for(agent), manifest.env_for(agent))
     return found
+
+
+def missing_images(images: list[str]) -> tuple[list[str], str | None]:
+    """The images that are not on this machine (``up`` would have to pull
+    them), and why none could be checked (Docker not reachable), if so."""
+    if not images:
+        return [], None
+    from hybridiso import docker_client
+
+    ok, why = docker_client.reachable()
+    if not ok:
+        return [], why
+    missing = []
+    for image in dict.fromkeys(images):
+        try:
+            with docker_client.api_errors(f"look up image {image}"):
+                present = docker_client.image_present(image)
+        except UserError as e:  # an invalid reference, say: up would fail on it too
+            return missing + [image], e.message
+        if not present:
+            missing.append(image)
+    return missing, None

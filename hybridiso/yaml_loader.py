@@ -125,33 +125,40 @@ def load(text: str) -> Document:
 
 
 def _check_expansion(root: yaml.Node) -> None:
-    """Count the values the graph stands for, each alias expanded; refuse a
-    cycle or more than MAX_VALUES.  Memoised per node: linear in the graph."""
+    """Count the values the aliases add once expanded; refuse a cycle or
+    more than MAX_VALUES of them.  Memoised per node: linear in the graph.
+    (A large document without aliases is bounded by the file's size.)"""
     sizes: dict[int, int] = {}
+    uses: dict[int, int] = {}
+    nodes: dict[int, yaml.Node] = {}
     in_progress: set[int] = set()
 
     def size(node: yaml.Node) -> int:
         key = id(node)
+        uses[key] = uses.get(key, 0) + 1
         if key in sizes:
             return sizes[key]
         if key in in_progress:
             raise Refused(node.start_mark.line + 1, "an alias refers to a value that contains it (a cycle)")
         in_progress.add(key)
+        nodes[key] = node
         total = 1
         if isinstance(node, yaml.SequenceNode):
             total += sum(size(child) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
             total += sum(size(k) + size(v) for k, v in node.value)
         in_progress.discard(key)
-        if total > MAX_VALUES:
-            raise Refused(
-                node.start_mark.line + 1,
-                f"the aliases here expand to more than {MAX_VALUES} values (a 'billion laughs' document?)",
-            )
         sizes[key] = total
         return total
 
-    size(root)  # depth is bounded by the composer, so this recursion is too
+    added = size(root) - len(sizes)  # depth is bounded by the composer, so this recursion is too
+    if added > MAX_VALUES:
+        # name the anchor whose copies cost the most
+        worst = max(sizes, key=lambda k: (uses[k] - 1) * sizes[k])
+        raise Refused(
+            nodes[worst].start_mark.line + 1,
+            f"the aliases expand to more than {MAX_VALUES} values (a 'billion laughs' document?)",
+        )
 
 
 def _duplicate_keys(root: yaml.Node, loader: yaml.SafeLoader) -> list[DuplicateKey]:

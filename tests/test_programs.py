@@ -100,3 +100,16 @@ def test_doctor_reports_a_broken_manifest_as_a_failed_check(tmp_path: Path) -> N
     checks = {c["name"]: c for c in json.loads(r.stdout)}
     assert checks["manifest"]["status"] == "fail" and "line 3: agents[0].colour: unknown key" in checks["manifest"]["detail"]
     assert "1 check failed: manifest" in r.stderr and r.returncode == 1
+
+
+@pytest.mark.docker
+def test_plan_and_doctor_say_an_image_is_not_on_this_machine(tmp_path: Path, busybox_image: str) -> None:
+    repo = make_repo(tmp_path / "r")
+    (repo / "hybridiso.yaml").write_text(
+        f"agents:\n  - {{name: here, image: '{busybox_image}'}}\n  - {{name: gone, image: 'hybridiso-test/no-such-image:404'}}\n"
+    )
+    rows = {r["agent"]: r for r in json.loads(hybridiso(repo, "plan", "--json").stdout)["agents"]}
+    assert rows["here"]["warnings"] == []
+    assert any("image 'hybridiso-test/no-such-image:404' is not on this machine: `up` pulls it" in w for w in rows["gone"]["warnings"])
+    checks = {c["name"]: c for c in json.loads(hybridiso(repo, "doctor", "--json").stdout)}
+    assert checks["images"]["status"] == "warn" and checks["images"]["detail"] == "not on this machine: hybridiso-test/no-such-image:404"

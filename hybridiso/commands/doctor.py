@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         except ManifestError as e:  # a branch git could not create beside the repository's
             manifest_checks.append(Check("manifest", "fail", _problems(e), _MANIFEST_FIX.format(e.path.name)))
         manifest_checks.append(check_setup_programs(project))
+        if containers:
+            manifest_checks.append(check_images([p.agent.image for p in containers if p.agent.image]))
     # Compose starts only the agents with containerised services
     needs_compose = project is not None and any(project.manifest.runs_services_in_containers(p.agent) for p in containers)
     checks = [*check_git(), *check_docker(bool(containers), needs_compose), *manifest_checks]
@@ -99,6 +101,17 @@ def check_setup_programs(project: Project) -> Check:
         by_problem.setdefault(m.problem(), []).append(m.agent)
     detail = "; ".join(f"{', '.join(agents)}: {problem}" for problem, agents in by_problem.items())
     return Check("setup programs", "warn", detail, "install the missing programs, or change setup: in hybridiso.yaml")
+
+
+def check_images(images: list[str]) -> Check:
+    """FAULTS #40/#13: an image that is not here must be pulled by `up`."""
+    missing, unchecked = programs.missing_images(images)
+    if unchecked and not missing:
+        return Check("images", "warn", f"not checked: {unchecked}", "start Docker, then run doctor again")
+    if missing:
+        detail = f"not on this machine: {', '.join(missing)}" + (f" ({unchecked})" if unchecked else "")
+        return Check("images", "warn", detail, "`up` pulls them; docker pull / docker build them first where there is no registry")
+    return Check("images", "ok", f"{len(set(images))} on this machine")
 
 
 def _v(version: tuple[int, ...]) -> str:

@@ -25,6 +25,13 @@ def run(args: argparse.Namespace) -> int:
     missing: dict[str, list[str]] = {}
     for m in programs.setup_missing(project.manifest):  # FAULTS #40: before `up` fails on it
         missing.setdefault(m.agent, []).append(f"{m.problem()}: install it, or change setup: in hybridiso.yaml")
+    containers = [p for p in plan.agents if p.strategy == "container" and p.agent.image]
+    images, unchecked = programs.missing_images([p.agent.image for p in containers if p.agent.image])
+    for p in containers:
+        if p.agent.image in images:
+            missing.setdefault(p.agent.name, []).append(
+                f"image {p.agent.image!r} is not on this machine: `up` pulls it, and fails if it cannot (docker pull / docker build it first)"
+            )
     rows = []
     for p in plan.agents:
         aside = state.set_aside.get(p.agent.name)
@@ -81,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     output.message(f"* {projection.describe()}")
     for w in plan.warnings:
         output.warn(w)
+    if unchecked:
+        output.warn(f"container agents' images were not checked: {unchecked}")
     # one line per warning, naming every agent it is about (setup defaults
     # are often the same for all of them)
     by_text: dict[str, list[str]] = {}
