@@ -156,7 +156,7 @@ def missing_images(images: list[str]) -> tuple[list[str], str | None]:
     ok, why = docker_client.reachable()
     if not ok:
         return [], why
-    missing = []
+    missing: list[str] = []
     for image in dict.fromkeys(images):
         try:
             with docker_client.api_errors(f"look up image {image}"):

@@ -59,28 +59,29 @@ class Document:
     duplicates: list[DuplicateKey] = field(default_factory=list)
 
 
-class _Bounds:
+class _Bounds(Composer):
     """Python's composer (the one we can watch) over whichever parser there
     is, counting aliases and depth while it composes."""
 
     _depth = 0
     _aliases = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        events: Any = self  # the parser's half of the loader (Python's or libyaml's)
+        if events.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
-                line = self.peek_event().start_mark.line + 1
+                line = events.peek_event().start_mark.line + 1
                 raise Refused(line, f"more than {MAX_ALIASES} aliases (*name): a manifest needs far fewer; write the values out")
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
-        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
+        if not events.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            return super().compose_node(parent, index)
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            line = self.peek_event().start_mark.line + 1
+            line = events.peek_event().start_mark.line + 1
             raise Refused(line, _TOO_DEEP)
         try:
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
@@ -89,7 +90,7 @@ class _PyLoader(_Bounds, yaml.SafeLoader):
     def fetch_flow_collection_start(self, TokenClass: Any) -> None:
         # the Python scanner looks up to 1,024 characters ahead for a simple
         # key, in time quadratic in what it holds: stop '[[[[' as it is read
-        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+        super().fetch_flow_collection_start(TokenClass)
         if self.flow_level > MAX_DEPTH:
             raise Refused(self.get_mark().line + 1, _TOO_DEEP)
 
@@ -99,7 +100,7 @@ _BoundedLoader: Any = _PyLoader
 if _CParser is not None:
     # libyaml's events, Python's composer and constructor: 4x faster than
     # the Python scanner on a manifest of thousands of agents
-    class _CLoader(_Bounds, Composer, _CParser, SafeConstructor, Resolver):  # type: ignore[misc, valid-type]
+    class _CLoader(_Bounds, _CParser, SafeConstructor, Resolver):  # type: ignore[misc]
         def __init__(self, stream: str) -> None:
             _CParser.__init__(self, stream)
             Composer.__init__(self)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from typing import Any
 
 from hybridiso import costs, output, programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
             missing.setdefault(p.agent.name, []).append(
                 f"image {p.agent.image!r} is not on this machine: `up` pulls it, and fails if it cannot (docker pull / docker build it first)"
             )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in plan.agents:
         aside = state.set_aside.get(p.agent.name)
         if aside is not None:  # `up` leaves it alone: say so instead of a plan for it
