@@ -517,7 +517,7 @@ class _Pruner:
             return False
         loc = loc[: max(1, _prune_depth(loc) - coarser)]
         self.pruned.add(loc)
-        key = str(loc[0])
+        key: Any = loc[0]  # a YAML key may be an int
         if key == "agents" and self.agents is not None and len(loc) >= 2 and isinstance(loc[1], int):
             i = loc[1]
             if len(loc) == 2:

@@ -532,3 +532,9 @@ def test_a_workspace_inside_another_worktree_is_refused(tmp_path: Path) -> None:
     (repo / "hybridiso.yaml").write_text("workspace: ../ws\nagents: [{name: a}]\n")
     hybridiso(repo, "up")
     hybridiso(repo, "plan")
+
+
+def test_keys_that_are_not_strings_do_not_stop_the_other_checks() -> None:
+    msg = errors("1: x\nagents:\n  - {name: a, 5: y}\n  - {name: a}\n")
+    assert "line 1: [1]: Keys should be strings" in msg and "agents[0][5]: Keys should be strings" in msg
+    assert "duplicate agent name 'a'" in msg
