@@ -17,6 +17,7 @@ from hybridiso.health import repo_problems
 from hybridiso.lifecycle import log_path
 from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
+from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.state import PHASE_READY, AgentRecord, SetAside, State, lock_holder
 
@@ -66,9 +67,10 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
             return AgentStatus(name, "-", "not created", "-", str(project.env_path(name)))
         try:
             return _observe(project, state, record, name in manifest_names, base_commit, holder, with_disk)
-        except (CommandError, OSError) as e:
-            # never exit 3 for what happens to an environment while we look at
-            # it: a concurrent `down` removed it, or git cannot read it
+        except (CommandError, OSError, UserError) as e:
+            # never exit 3 (nor 1, for every row) for what happens to one
+            # environment while we look at it: a concurrent `down` removed it,
+            # git cannot read it, Docker failed to answer about its container
             return _unobservable(record, name in manifest_names, e)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -169,6 +171,9 @@ def _unobservable(record: AgentRecord, in_manifest: bool, error: Exception) -> A
     st = AgentStatus(record.name, record.strategy, "unreadable", record.branch, record.path, ports=dict(record.ports), in_manifest=in_manifest)
     if not Path(record.path).exists():
         return _gone(st)
+    if isinstance(error, UserError):
+        st.problems.append(f"cannot be looked at: {error.message}")
+        return st
     if isinstance(error, CommandError):
         lines = [line for line in error.result.stderr.strip().splitlines() if line.strip()]
         why = lines[-1].removeprefix("fatal: ") if lines else f"git exited {error.result.returncode}"
