@@ -184,6 +184,7 @@ def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Findi
     if not safe_files.is_plain_dir(ws):
         return []
     known = {Path(r.path) for r in state.agents.values() if isinstance(r.path, str)}
+    known |= {Path(a.path) for a in state.set_aside.values() if isinstance(a.path, str) and a.path}  # left alone, never an orphan
     known |= {wt.path for wt in git.worktree_list(project.root)}
     findings = []
     for entry in sorted(ws.iterdir()):

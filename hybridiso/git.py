@@ -216,6 +216,12 @@ def branch_exists(cwd: Path, branch: str) -> bool:
     return _execute(cwd, ["show-ref", "--verify", "-q", f"refs/heads/{branch}"]).returncode == 0
 
 
+def local_branches(cwd: Path) -> list[str]:
+    """Every local branch (name without refs/heads/), in one call."""
+    r = run(cwd, "for-each-ref", "--format=%(refname)", "refs/heads/")
+    return [line.removeprefix("refs/heads/") for line in r.stdout.splitlines() if line.startswith("refs/heads/")]
+
+
 def branch_commit(cwd: Path, branch: str) -> str | None:
     return resolve_commit(cwd, f"refs/heads/{branch}")
 

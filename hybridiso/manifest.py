@@ -1,20 +1,28 @@
 """The manifest, ``hybridiso.yaml``: pydantic models and a loader whose errors
 name the file, the line and the field, sorted, like compose's
-"The manifest 'x' is invalid because:" (STYLE.md #4, FAULTS #1-#4).
+"The manifest 'x' is invalid because:" (STYLE.md #4, FAULTS #1-#4, #39).
+
+Every problem is reported in one message: field errors, the checks across
+fields (manifest_checks.py) and, when the repository is known, the
+workspace's place (FAULTS #29), all sorted by line.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
+from hybridiso import yaml_loader
 from hybridiso.errors import UserError
-from hybridiso.names import agent_name_problem, branch_name_problem, port_name_problem
+from hybridiso.names import agent_name_problem, branch_name_problem, port_name_problem, service_name_problem
 
 MANIFEST_NAME = "hybridiso.yaml"
 
@@ -26,22 +34,37 @@ Need = Literal[
     "own-refs",
     "host-network",
 ]
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
+# Bounds a host can plausibly honour; past them Docker overflows its int64
+# nanoseconds or bytes (FAULTS #39: numbers out of range are manifest errors).
+MAX_BYTES = 1 << 50  # 1 PiB
+MIN_MEMORY = 6 << 20  # Docker refuses a memory limit below 6 MiB
+MAX_CPUS = 1024
+MAX_PIDS = 4_194_304  # Linux's PID_MAX_LIMIT
+MAX_RETRIES = 10_000
+MAX_DURATION_SECONDS = 24 * 3600
 
 
 def parse_size(text: str | int) -> int:
-    """'1g', '512m', '10GiB', 2048 -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(text)
-    if not m:
+    """'1g', '512m', '10GiB', 2048 -> bytes; at most MAX_BYTES."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise ValueError(f"{text!r} is not a size like '512m' or '10g'")
-    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
+    if isinstance(text, int):
+        size = text
+    else:
+        m = _SIZE_RE.fullmatch(text)
+        if not m:
+            raise ValueError(f"{text!r} is not a size like '512m' or '10g'")
+        scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+        size = int(Fraction(m.group(1)) * scale)  # exact: a float of 400 digits is inf
+    if not 0 <= size <= MAX_BYTES:
+        raise ValueError(f"{text!r} is out of range (0 to 1 PiB)")
+    return size
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: `.inf` and `.nan` are never a limit (FAULTS #39)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PortRange(_Model):
@@ -50,7 +73,7 @@ class PortRange(_Model):
     @field_validator("range")
     @classmethod
     def _range(cls, v: str) -> str:
-        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", v)
+        m = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", v)
         if not m:
             raise ValueError("must look like '20000-20999'")
         lo, hi = int(m.group(1)), int(m.group(2))
@@ -63,25 +86,60 @@ class PortRange(_Model):
         return int(lo), int(hi)
 
 
-Command = str | list[str]
-_KEY_RE = re.compile(r"^[^\s=$]+$")
+def _command(v: str | list[str]) -> str | list[str]:
+    # an empty command would run nothing ("") or crash the runner ([])
+    if isinstance(v, str):
+        if not v.strip():
+            raise ValueError("the command is empty")
+    elif not v or not v[0]:
+        raise ValueError("the command is empty: a list needs the program first, e.g. [\"npm\", \"ci\"]")
+    return v
+
+
+Command = Annotated[str | list[str], AfterValidator(_command)]
+_KEY_RE = re.compile(r"[^\s=$]+")
 
 
 def _plain_key(key: str) -> str:
     # a key goes into a container's environment (KEY=value) and Docker labels
     # as written: Compose never interpolates keys, so a '$' could not be escaped
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise ValueError(f"{key!r} cannot be a name here: it must be non-empty, without spaces, '=' or '$'")
     return key
 
 
+def _env_key(key: str) -> str:
+    _plain_key(key)
+    if key.upper().startswith("HYBRIDISO_"):
+        raise ValueError(f"{key!r}: names starting with HYBRIDISO_ are hybridiso's own (HYBRIDISO_AGENT, ...)")
+    return key
+
+
+def _pattern(v: str) -> str:
+    if not v.strip():
+        raise ValueError("an include pattern is empty")
+    return v
+
+
 PlainKey = Annotated[str, AfterValidator(_plain_key)]
+EnvKey = Annotated[str, AfterValidator(_env_key)]
+IncludePattern = Annotated[str, AfterValidator(_pattern)]
+
+
+def _service_name(name: str) -> str:
+    problem = service_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+ServiceName = Annotated[str, AfterValidator(_service_name)]
 
 
 class Defaults(_Model):
     setup: list[Command] = Field(default_factory=list)
-    include: list[str] = Field(default_factory=list)
-    env: dict[PlainKey, str] = Field(default_factory=dict)
+    include: list[IncludePattern] = Field(default_factory=list)
+    env: dict[EnvKey, str] = Field(default_factory=dict)
 
 
 class Service(_Model):
@@ -98,19 +156,26 @@ class Service(_Model):
 
 
 class Resources(_Model):
-    cpus: float | None = Field(default=None, gt=0)
+    cpus: float | None = Field(default=None, ge=0.01, le=MAX_CPUS)
     memory: str | None = None
-    pids: int | None = Field(default=None, gt=0)
+    pids: int | None = Field(default=None, gt=0, le=MAX_PIDS)
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_size(v)
+        if v is not None and parse_size(v) < MIN_MEMORY:
+            raise ValueError(f"{v!r} is below Docker's minimum memory limit of 6 MiB")
         return v
 
 
-_DURATION_RE = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")
+_DURATION_RE = re.compile(r"(\d+(\.\d+)?(us|ms|s|m|h))+")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+_DURATION_UNITS = {"us": Fraction(1, 10**6), "ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600)}
+
+
+def duration_seconds(text: str) -> Fraction:
+    """'1m30s' -> 90 (exact: Docker takes nanoseconds in an int64)."""
+    return sum((Fraction(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text)), Fraction(0))
 
 
 class Healthcheck(_Model):
@@ -118,22 +183,27 @@ class Healthcheck(_Model):
     (``CMD``); as a string, by the container's shell (``CMD-SHELL``).
     ``${PORT_<NAME>}`` is filled in, as in ``command``."""
 
-    test: Command
+    test: str | list[str]
     interval: str = "2s"
     timeout: str = "5s"
-    retries: int = Field(default=30, gt=0)
+    retries: int = Field(default=30, gt=0, le=MAX_RETRIES)
     start_period: str = "1s"
 
     @field_validator("interval", "timeout", "start_period")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        if not _DURATION_RE.match(v):
+    def _duration(cls, v: str, info: ValidationInfo) -> str:
+        if not _DURATION_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a duration (like 2s, 500ms, 1m30s)")
+        seconds = duration_seconds(v)
+        if seconds > MAX_DURATION_SECONDS:
+            raise ValueError(f"{v!r} is longer than 24h")
+        if info.field_name != "start_period" and seconds < Fraction(1, 1000):
+            raise ValueError(f"{v!r} is shorter than 1ms (Docker's minimum)")
         return v
 
     @field_validator("test")
     @classmethod
-    def _test(cls, v: Command) -> Command:
+    def _test(cls, v: str | list[str]) -> str | list[str]:
         if not v or (isinstance(v, list) and not v[0]):
             raise ValueError("the healthcheck command is empty")
         return v
@@ -142,6 +212,16 @@ class Healthcheck(_Model):
 class Workload(_Model):
     kind: Literal["edit", "compute", "io", "build", "test"] = "edit"
     needs: list[Need] = Field(default_factory=list)
+
+
+# Docker's reference grammar (distribution/reference): [domain/]path[:tag][@digest],
+# path components lowercase; refused here, not after a pull that cannot work
+_DOMAIN = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_RE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
 
 
 class Agent(_Model):
@@ -156,8 +236,8 @@ class Agent(_Model):
     healthcheck: Healthcheck | None = None
     workload: Workload = Field(default_factory=Workload)
     setup: list[Command] | None = None
-    include: list[str] | None = None
-    env: dict[PlainKey, str] = Field(default_factory=dict)
+    include: list[IncludePattern] | None = None
+    env: dict[EnvKey, str] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -174,6 +254,23 @@ class Agent(_Model):
             problem = branch_name_problem(v)
             if problem:
                 raise ValueError(problem)
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and (not _IMAGE_RE.fullmatch(v) or len(v.split("@")[0].rsplit(":", 1)[0]) > 255):
+            raise ValueError(
+                f"{v!r} is not an image reference: like python:3.12-slim or registry.example.com:5000/team/app:1 "
+                "(the name in lowercase letters, digits and . _ -, then an optional :tag)"
+            )
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not v[0]):
+            raise ValueError("the command is empty: leave `command:` out to run the image's own")
         return v
 
     @field_validator("ports")
@@ -207,14 +304,30 @@ class Manifest(_Model):
     # extra labels on every container, network and volume (e.g. team, cost centre)
     labels: dict[PlainKey, str] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
-    services: dict[str, Service] = Field(default_factory=dict)
+    services: dict[ServiceName, Service] = Field(default_factory=dict)
     agents: list[Agent] = Field(default_factory=list)
+    # where each part is in the file, for problems found later (plan time)
+    _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
 
     @field_validator("base")
     @classmethod
     def _base(cls, v: str) -> str:
         if not v.strip() or v.startswith("-"):
             raise ValueError("must name a branch, tag or commit")
+        return v
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("is empty: leave it out for the default (../<repo>.agents)")
+        if "\x00" in v:
+            raise ValueError("contains a NUL character")
+        if v.startswith("~") and os.path.expanduser(v).startswith("~"):
+            user = v[1:].split("/", 1)[0]
+            raise ValueError(f"{v!r}: there is no user {user!r} on this machine (for your own home, write ~/...)" if user else f"{v!r}: no home directory is known ($HOME is not set)")
         return v
 
     @field_validator("disk_budget")
@@ -245,10 +358,34 @@ class Manifest(_Model):
     def env_for(self, agent: Agent) -> dict[str, str]:
         return {**self.defaults.env, **agent.env}
 
+    def line_of(self, *loc: str | int) -> int:
+        """The line in the file where ``loc`` (like "agents", 2, "branch") is."""
+        return line_for(self._lines, loc)
+
+    def workspace_path(self, repo: RepoContext) -> Path:
+        """Where environments live: ``workspace:`` (``~`` expanded, relative
+        to the repository root), else the default; resolved."""
+        if not self.workspace:
+            return repo.default_workspace.resolve()
+        ws = Path(self.workspace).expanduser()
+        return (ws if ws.is_absolute() else repo.root / ws).resolve()
+
+
+@dataclass(frozen=True)
+class RepoContext:
+    """What the manifest check needs to know about the repository it is for:
+    the workspace must not be the repository, hold it, or hold the home
+    directory (FAULTS #29)."""
+
+    root: Path  # the main worktree's root: a relative workspace starts here
+    common_dir: Path  # the git dir every worktree shares
+    default_workspace: Path
+    worktrees: tuple[Path, ...] = ()  # every worktree's root (the user's own too)
+
 
 # --- loading, with line numbers -------------------------------------------------
 
-Loc = tuple[str | int, ...]
+Loc = yaml_loader.Loc
 
 
 @dataclass(frozen=True)
@@ -261,30 +398,14 @@ class Problem:
         return f"  line {self.line}: {self.field}: {self.message}" if self.field else f"  line {self.line}: {self.message}"
 
 
-def _line_index(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None) -> dict[Loc, int]:
-    """Map each path in the YAML document to the (1-based) line where it starts."""
-    out = {} if out is None else out
-    out.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = loc + (str(key.value),)
-            out[child] = key.start_mark.line + 1
-            _line_index(value, child, out)
-            out[child] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, loc + (i,), out)
-    return out
-
-
-def _field_path(loc: Iterable[str | int]) -> str:
+def field_path(loc: Iterable[str | int]) -> str:
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 
 
-def _line_for(index: dict[Loc, int], loc: Loc) -> int:
+def line_for(index: dict[Loc, int], loc: Loc) -> int:
     while loc not in index and loc:
         loc = loc[:-1]
     return index.get(loc, 1)
@@ -292,102 +413,44 @@ def _line_for(index: dict[Loc, int], loc: Loc) -> int:
 
 class ManifestError(UserError):
     def __init__(self, path: Path, problems: list[Problem]) -> None:
-        problems = sorted(problems, key=lambda p: (p.line, p.field))
+        problems = sorted(set(problems), key=lambda p: (p.line, p.field, p.message))
         body = "\n".join(str(p) for p in problems)
         super().__init__(
             f"The manifest '{path}' is invalid because:\n{body}",
             hint=f"fix the lines above in {path.name}; `hybridiso init --print` shows a commented example",
         )
         self.problems = problems
+        self.path = path
 
 
-def _cross_checks(m: Manifest, index: dict[Loc, int]) -> list[Problem]:
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for i, agent in enumerate(m.agents):
-        if agent.name in seen:
-            first = seen[agent.name]
-            problems.append(
-                Problem(
-                    _line_for(index, ("agents", i, "name")),
-                    f"agents[{i}].name",
-                    f"duplicate agent name {agent.name!r}: agents[{first}] (line "
-                    f"{_line_for(index, ('agents', first, 'name'))}) has the same name",
-                )
-            )
-        else:
-            seen[agent.name] = i
-        for s in agent.services:
-            if s not in m.services:
-                known = ", ".join(sorted(m.services)) or "none declared"
-                problems.append(
-                    Problem(
-                        _line_for(index, ("agents", i, "services")),
-                        f"agents[{i}].services",
-                        f"unknown service {s!r} (services: {known})",
-                    )
-                )
-    from hybridiso.planner import Facts, decide  # the rules live there; they import this module
+@dataclass
+class Checked:
+    """The manifest as far as it is valid, for the checks across fields:
+    parts with field errors are left out (``pruned``, in the file's own
+    positions), so every other problem is still found in the same run."""
 
-    container_services = frozenset(n for n, s in m.services.items() if s.runs_in_container)
-    for i, agent in enumerate(m.agents):
-        in_containers = [s for s in agent.services if s in m.services and m.services[s].runs_in_container]
-        if not agent.image:
-            decision = decide(agent, Facts(container_services))
-            if decision.strategy == "container":
-                problems.append(
-                    Problem(
-                        _line_for(index, ("agents", i)),
-                        f"agents[{i}].image",
-                        f"this agent gets a container ({decision.reason}), and a container needs an 'image' "
-                        "(for example python:3.12-slim)",
-                    )
-                )
-        if agent.healthcheck is not None and not agent.image:
-            problems.append(
-                Problem(
-                    _line_for(index, ("agents", i, "healthcheck")),
-                    f"agents[{i}].healthcheck",
-                    "a healthcheck runs in the agent's container: give the agent an 'image'",
-                )
-            )
-        if "host-network" in agent.workload.needs and agent.image and in_containers:
-            problems.append(
-                Problem(
-                    _line_for(index, ("agents", i, "services")),
-                    f"agents[{i}].services",
-                    f"{', '.join(in_containers)} would run in containers on the agent's own network, which a "
-                    "host-network container cannot reach: drop 'host-network' from workload.needs, or give "
-                    "the service a 'url' on a server the host reaches",
-                )
-            )
-    # FAULTS #2: two worktree agents on one branch is impossible in git; say so
-    # before any git call.  (With isolation: auto the planner gives the second a clone.)
-    by_branch: dict[str, int] = {}
-    for i, agent in enumerate(m.agents):
-        if agent.isolation not in ("worktree", "container"):
-            continue
-        first = by_branch.setdefault(agent.branch_name, i)
-        if first != i:
-            problems.append(
-                Problem(
-                    _line_for(index, ("agents", i, "branch")),
-                    f"agents[{i}].branch",
-                    f"branch {agent.branch_name!r} is also used by agents[{first}] "
-                    f"({m.agents[first].name}); two worktrees cannot check out one branch: "
-                    "give one a different branch, or isolation: clone",
-                )
-            )
-    for name, svc in m.services.items():
-        if svc.kind == "postgres" and svc.url and not svc.template:
-            problems.append(
-                Problem(
-                    _line_for(index, ("services", name)),
-                    f"services.{name}.template",
-                    "a postgres service with a url needs 'template': the database each agent's branch is copied from",
-                )
-            )
-    return problems
+    manifest: Manifest
+    lines: dict[Loc, int]
+    agent_pos: list[int]  # manifest.agents[i] is agents[agent_pos[i]] in the file
+    pruned: set[Loc]
+
+    def line(self, loc: Loc) -> int:
+        return line_for(self.lines, loc)
+
+    def agent_loc(self, i: int, *rest: str | int) -> Loc:
+        return ("agents", self.agent_pos[i], *rest)
+
+    def clean(self, *locs: Loc) -> bool:
+        """None of ``locs`` (nor anything above or below them) was left out."""
+        for loc in locs:
+            for p in self.pruned:
+                n = min(len(p), len(loc))
+                if p[:n] == loc[:n]:
+                    return False
+        return True
+
+    def agent_clean(self, i: int, *fields: str) -> bool:
+        return self.clean(*(self.agent_loc(i, f) for f in fields))
 
 
 def _is_type_tag(part: str | int) -> bool:
@@ -396,58 +459,219 @@ def _is_type_tag(part: str | int) -> bool:
     return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part)
 
 
-def parse_manifest(text: str, path: Path) -> Manifest:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        what = getattr(e, "problem", None) or str(e)
-        raise ManifestError(path, [Problem(line, "", f"YAML syntax error: {what}")]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ManifestError(path, [Problem(1, "", "the manifest must be a mapping (key: value) at the top")])
-    index = _line_index(node) if node is not None else {}
+def _error_loc(err: Any) -> Loc:
+    return tuple(p for p in err["loc"] if not _is_type_tag(p))
+
+
+def _problem(err: Any, lines: dict[Loc, int]) -> Problem:
+    loc = _error_loc(err)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see docs/manifest.md)"
+    msg = msg.removeprefix("Value error, ")
+    return Problem(line_for(lines, loc), field_path(loc), msg)
+
+
+def _prune_depth(loc: Loc) -> int:
+    """How much of the file a field error takes out of the cross-checks: an
+    agent's field, a service, one entry of a top-level mapping, or a key."""
+    if loc[0] == "agents" and len(loc) >= 4 and loc[2] == "env":
+        return 4  # one env: key, so the others are still checked
+    if loc[:2] == ("defaults", "env") and len(loc) >= 3:
+        return 3
+    if loc[0] == "agents" and len(loc) >= 3:
+        return 3
+    if len(loc) >= 2:
+        return 2
+    return 1
+
+
+def _drop_in(mapping: dict[Any, Any], loc: Loc) -> None:
+    """Take ``loc`` out of ``mapping`` (copying the mappings on the way)."""
+    if len(loc) > 1 and isinstance(mapping.get(loc[0]), dict):
+        mapping[loc[0]] = dict(mapping[loc[0]])
+        _drop_in(mapping[loc[0]], loc[1:])
+    else:
+        mapping.pop(loc[0], None)
+
+
+class _Pruner:
+    """A copy of the data with invalid parts taken out (never the caller's)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.top = dict(data)
+        raw = data.get("agents")
+        self.agents: list[Any] | None = [dict(a) if isinstance(a, dict) else a for a in raw] if isinstance(raw, list) else None
+        self.removed: set[int] = set()
+        self.pruned: set[Loc] = set()
+        self.agent_pos: list[int] = list(range(len(self.agents or [])))
+
+    def original(self, loc: Loc) -> Loc:
+        """``loc`` of an error in ``data()`` as a position in the file."""
+        if len(loc) >= 2 and loc[0] == "agents" and isinstance(loc[1], int) and loc[1] < len(self.agent_pos):
+            return ("agents", self.agent_pos[loc[1]], *loc[2:])
+        return loc
+
+    def drop(self, loc: Loc, coarser: int) -> bool:
+        if not loc:
+            return False
+        loc = loc[: max(1, _prune_depth(loc) - coarser)]
+        self.pruned.add(loc)
+        key: Any = loc[0]  # a YAML key may be an int
+        if key == "agents" and self.agents is not None and len(loc) >= 2 and isinstance(loc[1], int):
+            i = loc[1]
+            if len(loc) == 2:
+                self.removed.add(i)
+            elif isinstance(self.agents[i], dict):
+                _drop_in(self.agents[i], loc[2:])
+        elif len(loc) >= 2 and isinstance(self.top.get(key), dict):
+            self.top[key] = dict(self.top[key])
+            _drop_in(self.top[key], loc[1:])
+        else:
+            self.top.pop(key, None)
+            if key == "agents":
+                self.agents = None
+        return True
+
+    def data(self) -> dict[str, Any]:
+        out = dict(self.top)
+        if self.agents is not None:
+            self.agent_pos = [i for i in range(len(self.agents)) if i not in self.removed]
+            out["agents"] = [self.agents[i] for i in self.agent_pos]
+        return out
+
+
+def _validate(data: dict[str, Any], lines: dict[Loc, int]) -> tuple[Checked | None, list[Problem]]:
+    """Field errors, and the manifest without the parts they are in (None
+    when even that does not validate)."""
     try:
         manifest = Manifest.model_validate(data)
+        count = len(manifest.agents)
+        return Checked(manifest, lines, list(range(count)), set()), []
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = tuple(p for p in err["loc"] if not _is_type_tag(p))
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see docs/manifest.md)"
-            msg = msg.removeprefix("Value error, ")
-            problems.append(Problem(_line_for(index, loc), _field_path(loc), msg))
-        raise ManifestError(path, problems) from None
-    problems = _cross_checks(manifest, index)
+        errors = e.errors()
+    problems = [_problem(err, lines) for err in errors]
+    pruner = _Pruner(data)
+    bad = [_error_loc(err) for err in errors]
+    # what is left may fail on what was taken out (a required field): take
+    # out a level more each pass; these errors are not the user's, so not shown
+    for coarser in range(3):
+        if not all([pruner.drop(loc, coarser) for loc in bad]):
+            break
+        try:
+            manifest = Manifest.model_validate(pruner.data())
+        except ValidationError as e:
+            bad = [pruner.original(_error_loc(err)) for err in e.errors()]
+            continue
+        return Checked(manifest, lines, pruner.agent_pos, pruner.pruned), problems
+    return None, problems
+
+
+def _nul_problems(data: Any, lines: dict[Loc, int], loc: Loc = ()) -> list[Problem]:
+    """A NUL cannot reach a path, an argument or an environment variable
+    (Python refuses it there, mid-run): refuse it in the file."""
+    found: list[Problem] = []
+    if isinstance(data, str):
+        if "\x00" in data:
+            found.append(Problem(line_for(lines, loc), field_path(loc), "contains a NUL character (\\0)"))
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            if isinstance(k, str) and "\x00" in k:
+                found.append(Problem(line_for(lines, loc + (k,)), field_path(loc + (k,)), "the key contains a NUL character (\\0)"))
+            found += _nul_problems(v, lines, loc + (str(k),))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found += _nul_problems(v, lines, loc + (i,))
+    return found
+
+
+def _duplicate_problems(doc: yaml_loader.Document) -> list[Problem]:
+    return [
+        Problem(
+            d.line,
+            field_path(d.loc + (d.key,)),
+            f"duplicate key {d.key!r}: line {d.first_line} has it already (YAML keys are unique; the last one would win silently)",
+        )
+        for d in doc.duplicates
+    ]
+
+
+def check_manifest_text(text: str, path: Path, repo: RepoContext | None = None) -> Checked:
+    """Parse and check ``text``; every problem at once in one ManifestError."""
+    try:
+        doc = yaml_loader.load(text)
+    except yaml_loader.Refused as e:
+        raise ManifestError(path, [Problem(e.line, "", e.message)]) from None
+    except yaml.YAMLError as e:
+        what = getattr(e, "problem", None) or str(e)
+        raise ManifestError(path, [Problem(yaml_loader.error_line(e, text), "", f"YAML syntax error: {what}")]) from None
+    data = {} if doc.data is None else doc.data
+    if not isinstance(data, dict):
+        raise ManifestError(path, [Problem(1, "", "the manifest must be a mapping (key: value) at the top")])
+    checked, problems = _validate(data, doc.lines)
+    reported = {p.field for p in problems}
+    problems += [p for p in _nul_problems(data, doc.lines) if p.field not in reported]
+    problems += _duplicate_problems(doc)
+    if checked is not None:
+        from hybridiso import manifest_checks  # the checks use the planner, which imports this module
+
+        problems += manifest_checks.check(checked, repo)
     if problems:
         raise ManifestError(path, problems)
-    return manifest
+    assert checked is not None
+    checked.manifest._lines = checked.lines
+    return checked
 
 
-def load_manifest(path: Path) -> Manifest:
+def parse_manifest(text: str, path: Path, repo: RepoContext | None = None) -> Manifest:
+    """The manifest in ``text``.  With ``repo``, the workspace is checked
+    against the repository too (FAULTS #29)."""
+    return check_manifest_text(text, path, repo).manifest
+
+
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _read_manifest_bytes(path: Path) -> bytes:
+    """The file's bytes; a FIFO (which would block), a device (/dev/zero
+    never ends) or a file over 16 MiB is refused, not read.  A symlink to a
+    regular file is the user's own arrangement and is followed."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise UserError(
-            f"no manifest at {path}",
-            hint="run `hybridiso init` to write a starter hybridiso.yaml",
-        ) from None
-    except UnicodeDecodeError:
-        raise UserError(f"the manifest {path} is not UTF-8 text") from None
-    except IsADirectoryError:
-        raise UserError(f"the manifest {path} is a directory", hint="give the YAML file itself, e.g. -f DIR/hybridiso.yaml") from None
+        raise UserError(f"no manifest at {path}", hint="run `hybridiso init` to write a starter hybridiso.yaml") from None
     except OSError as e:
         raise UserError(f"cannot read the manifest {path}: {e.strerror}") from None
-    return parse_manifest(text, path)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UserError(f"the manifest {path} is a directory", hint="give the YAML file itself, e.g. -f DIR/hybridiso.yaml")
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"the manifest {path} is not a regular file (a FIFO or a device?)", hint="give the YAML file itself")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"cannot read the manifest {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise UserError(f"the manifest {path} is over {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest hybridiso can use")
+    return raw
+
+
+def load_manifest(path: Path, repo: RepoContext | None = None) -> Manifest:
+    raw = _read_manifest_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"the manifest {path} is not UTF-8 text (line {line} has the byte {raw[e.start]:#04x})", hint="save it as UTF-8") from None
+    return parse_manifest(text, path, repo)
 
 
 def read_yaml(text: str) -> Any:
-    """Safe-load YAML text: hybridiso's one YAML reader (also for the compose
-    files it renders and reads back)."""
+    """Safe-load YAML text that hybridiso wrote itself (the compose files it
+    renders and reads back): the fast C loader, no bounds needed."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 

@@ -1,20 +1,43 @@
-"""Name rules for agents, branches and ports, checked before any git or Docker call.
+"""Name rules for agents, branches, ports and services, checked before any git
+or Docker call.
 
 Agent names become directory names, compose project name parts and env-var
 suffixes, so they follow compose's project-name rule (lowercase letters,
 digits, ``_`` and ``-``, starting with a letter or digit) and never contain a
 path separator (FAULTS #3: no path may escape the workspace).
+
+Every rule matches the WHOLE name (``re.fullmatch``): ``$`` also matches
+before a final newline, so ``"ui\\n"`` passed the old ``^...$`` patterns
+(FAULTS #39).
 """
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Collection, Iterable
 
-AGENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
+AGENT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+PORT_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,29}")
+# A service name is a compose service name (the agent's project reaches it by
+# that hostname) and the prefix of its ``<NAME>_URL`` variable: lowercase, so
+# the variable maps back to one service; 'agent' is the agent's own service.
+SERVICE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,29}")
+RESERVED_SERVICE_NAMES = frozenset({"agent"})
+
+# The isolation strategies, by name: the state file is read against this list
+# (a record naming another strategy is set aside, not a crash).  The registry
+# in hybridiso/strategies/__init__.py and the manifest's ``isolation`` values
+# are tested to agree with it (tests/test_names.py).
+STRATEGY_NAMES = ("worktree", "clone", "container")
+
+# git stores a branch as the file refs/heads/<name> and takes <name>.lock
+# while it updates it: a component needs room for '.lock' in the file
+# system's 255-byte limit ("File name too long" otherwise).
+MAX_REF_COMPONENT_BYTES = 255 - len(".lock")
 
 
 def agent_name_problem(name: str) -> str | None:
-    if AGENT_NAME_RE.match(name):
+    if AGENT_NAME_RE.fullmatch(name):
         return None
     return (
         f"agent name {name!r} is invalid: use 1-40 lowercase letters, digits, '-' or '_', "
@@ -24,7 +47,7 @@ def agent_name_problem(name: str) -> str | None:
 
 
 def port_name_problem(name: str) -> str | None:
-    if PORT_NAME_RE.match(name):
+    if PORT_NAME_RE.fullmatch(name):
         return None
     return (
         f"port name {name!r} is invalid: use lowercase letters, digits and '_', starting "
@@ -32,12 +55,25 @@ def port_name_problem(name: str) -> str | None:
     )
 
 
+def service_name_problem(name: str) -> str | None:
+    if name in RESERVED_SERVICE_NAMES:
+        return f"service name {name!r} is reserved: it is the agent's own service in its compose project"
+    if SERVICE_NAME_RE.fullmatch(name):
+        return None
+    return (
+        f"service name {name!r} is invalid: use 1-30 lowercase letters, digits, '-' or '_', starting "
+        "with a letter (it is a compose service name and becomes the variable <NAME>_URL)"
+    )
+
+
 _BAD_REF_CHARS = set(" ~^:?*[\\\x7f")
 
 
 def branch_name_problem(name: str) -> str | None:
-    """The rules of ``git check-ref-format --branch``, checked without running git."""
-    why = _ref_problem(name)
+    """The rules of ``git check-ref-format --branch``, checked without running
+    git, plus what git accepts there but cannot store or use (``HEAD``, a
+    component too long for the file system)."""
+    why = _ref_problem(name) or _storable_problem(name)
     if why is None:
         return None
     return f"branch name {name!r} is invalid ({why}; see `git check-ref-format --branch`)"
@@ -50,6 +86,8 @@ def _ref_problem(name: str) -> str | None:
         return "it starts with '-'"
     if name == "@":
         return "'@' alone is not a branch"
+    if name == "HEAD":
+        return "'HEAD' names the checked-out commit, not a branch"
     if name.startswith("/") or name.endswith("/") or "//" in name:
         return "it has an empty path component"
     if name.endswith("."):
@@ -69,5 +107,63 @@ def _ref_problem(name: str) -> str | None:
     return None
 
 
+def _storable_problem(name: str) -> str | None:
+    for part in name.split("/"):
+        size = len(part.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_REF_COMPONENT_BYTES:
+            return (
+                f"component {part[:20]!r}... is {size} bytes: git keeps each branch as a file and "
+                f"needs room for '.lock', so at most {MAX_REF_COMPONENT_BYTES} bytes"
+            )
+    return None
+
+
+def ref_conflict(name: str, others: Collection[str]) -> str | None:
+    """The branch in ``others`` that git could not store beside ``name``: one
+    would be a directory of the other (``feat`` beside ``feat/x``: git's
+    "cannot lock ref" after seconds of retries), or None."""
+    return _RefSet(others).conflict(name)
+
+
+def ref_conflicts_with_existing(branches: Iterable[str], existing: Collection[str]) -> list[tuple[str, str]]:
+    """``(branch, existing branch)`` for each branch to create that git could
+    not store beside a branch the repository has; a branch that exists
+    already is no conflict (it is used as it is)."""
+    refs = _RefSet(existing)
+    found = []
+    for name in dict.fromkeys(branches):
+        if name not in refs.names:
+            other = refs.conflict(name)
+            if other is not None:
+                found.append((name, other))
+    return found
+
+
+class _RefSet:
+    """Branch names, sorted once so that "is anything below feat/?" is a
+    binary search: a repository may have thousands of branches."""
+
+    def __init__(self, names: Collection[str]) -> None:
+        self.names = frozenset(names)
+        self.ordered = sorted(self.names)
+
+    def conflict(self, name: str) -> str | None:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in self.names:
+                return parent
+        prefix = name + "/"
+        i = bisect.bisect_left(self.ordered, prefix)
+        if i < len(self.ordered) and self.ordered[i].startswith(prefix):
+            return self.ordered[i]
+        return None
+
+
 def env_var_for_port(name: str) -> str:
     return f"PORT_{name.upper()}"
+
+
+def env_var_for_service(name: str) -> str:
+    """The variable holding a service's URL: ``my-db`` -> ``MY_DB_URL``."""
+    return re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_URL"

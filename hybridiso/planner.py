@@ -43,6 +43,12 @@ def decide(agent: Agent, facts: Facts) -> Decision:
         return Decision("container", "sets resources:, and CPU/memory/pids limits need a container")
     if agent.healthcheck is not None:
         return Decision("container", "sets healthcheck:, which runs in the agent's container")
+    # an image or a command is only ever used by a container: giving the
+    # agent a worktree would drop them without a word (issue 11)
+    if agent.image:
+        return Decision("container", f"has an image ({agent.image}), which runs in a container")
+    if agent.command is not None:
+        return Decision("container", "sets command:, which runs in the agent's container")
     if "own-refs" in agent.workload.needs:
         return Decision("clone", "needs own-refs (history rewrites, own remotes/config/hooks), which a worktree shares")
     holder = facts.branches_checked_out.get(agent.branch_name)
@@ -97,9 +103,19 @@ def plan(
                     f"the manifest now asks for {wanted.strategy} ({wanted.reason}); "
                     f"run `hybridiso down {agent.name}` then `up` to switch"
                 )
+            else:
+                notes += _unused_settings(agent, wanted)
         else:
             decision = decide(agent, Facts(container_services, taken))
+            notes += _unused_settings(agent, decision)
         if decision.strategy in ("worktree", "container"):
+            holder = taken.get(agent.branch_name)
+            if holder is not None and agent.name not in existing:
+                # FAULTS #2: `up` refuses it before any git call; say so now
+                notes.append(
+                    f"branch {agent.branch_name!r} is checked out by {holder}, and a {decision.strategy} needs "
+                    "it checked out too: `up` will refuse; give the agent another branch"
+                )
             taken.setdefault(agent.branch_name, f"agent {agent.name}")
         decided.append((agent, decision, notes))
 
@@ -131,6 +147,22 @@ def plan(
         ),
         tuple(warnings),
     )
+
+
+def _unused_settings(agent: Agent, decision: Decision) -> list[str]:
+    """What the manifest asks for that the strategy the agent gets does not
+    give: said by `plan` and `up`, never dropped silently."""
+    notes = []
+    if decision.strategy != "container":
+        unused = [key for key, value in (("image", agent.image), ("command", agent.command)) if value]
+        if unused:
+            notes.append(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used: it gets a {decision.strategy} ({decision.reason})")
+    elif "own-refs" in agent.workload.needs and agent.isolation == "auto":
+        notes.append(
+            "needs own-refs, but a container shares the repository's refs like a worktree: "
+            "set isolation: clone if its refs must be its own (the image is then not used)"
+        )
+    return notes
 
 
 def select(plan_: Plan, names: Sequence[str]) -> list[AgentPlan]:

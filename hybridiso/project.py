@@ -33,7 +33,8 @@ from typing import Any
 
 from hybridiso import git, safe_files
 from hybridiso.errors import UserError
-from hybridiso.manifest import MANIFEST_NAME, Agent, Manifest, load_manifest
+from hybridiso.process import CommandError
+from hybridiso.manifest import MANIFEST_NAME, Agent, Manifest, RepoContext, load_manifest
 from hybridiso.state import AgentRecord, StateStore
 
 # in a clone environment's git dir: the owning repository's common git dir
@@ -175,26 +176,33 @@ def load_project(cwd: Path, manifest_file: Path | None = None, *, manifest_optio
     path = manifest_file if manifest_file is not None else repo.checkout / MANIFEST_NAME
     if not path.is_absolute():
         path = (cwd / path).resolve()
+    context = repo_context(repo)
     if manifest_optional and manifest_file is None and not path.exists():
         manifest = Manifest()
+        check_workspace(manifest, path, context)
     else:
-        manifest = load_manifest(path)
-    if manifest.workspace:
-        ws = Path(manifest.workspace).expanduser()
-        # relative to the main worktree, or to a bare repository's dir itself:
-        # `../x.agents` is the same sibling in both layouts
-        workspace = ws if ws.is_absolute() else (repo.main_root / ws)
-    else:
-        workspace = default_workspace(repo)
-    workspace = Path(workspace).resolve()
-    # a workspace inside a working tree would show every env as untracked files
-    for tree in dict.fromkeys([repo.main_root, repo.checkout]):
-        if workspace == tree or tree in workspace.parents:
-            raise UserError(
-                f"workspace {workspace} is inside the repository's working tree",
-                hint="put it beside the repository, e.g. workspace: ../<repo>.agents (the default)",
-            )
-    return Project(repo, manifest, path, workspace, StateStore(repo.common_dir))
+        manifest = load_manifest(path, context)  # the workspace is checked with the rest
+    return Project(repo, manifest, path, manifest.workspace_path(context), StateStore(repo.common_dir))
+
+
+def repo_context(repo: git.RepoInfo) -> RepoContext:
+    """What the manifest check knows of the repository: where a relative
+    workspace starts, and what a workspace must keep clear of (FAULTS #29)."""
+    try:
+        trees = tuple(wt.path for wt in git.worktree_list(repo.main_root))
+    except CommandError:  # git cannot list them: the other checks still hold
+        trees = ()
+    return RepoContext(repo.main_root, repo.common_dir, default_workspace(repo), trees)
+
+
+def check_workspace(manifest: Manifest, path: Path, context: RepoContext) -> None:
+    """The workspace check alone, for a manifest that was not read from a file."""
+    from hybridiso.manifest import Checked, ManifestError
+    from hybridiso.manifest_checks import workspace_problems
+
+    problems = workspace_problems(Checked(manifest, {}, list(range(len(manifest.agents))), set()), context)
+    if problems:
+        raise ManifestError(path, problems)
 
 
 # --- from inside an agent's environment ---------------------------------------

@@ -22,7 +22,7 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
     adopted: list[str] = []
     worktrees = {wt.path.resolve(): wt for wt in git.worktree_list(project.root)}
     for agent in project.manifest.agents:
-        if agent.name in state.agents:
+        if agent.name in state.agents or agent.name in state.set_aside:  # a set-aside record is left alone
             continue
         path = project.env_path(agent)
         strategy: str | None = None

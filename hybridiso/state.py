@@ -17,17 +17,22 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
+import re
 import sys
 import threading
 import time
+import types
+import typing
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from hybridiso import safe_files
 from hybridiso.errors import UserError
+from hybridiso.names import STRATEGY_NAMES, agent_name_problem, branch_name_problem
 
 STATE_VERSION = 1
 
@@ -57,18 +62,46 @@ class AgentRecord:
     checkout: str = ""
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AgentRecord:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+    def from_json(cls, name: str, data: Any) -> AgentRecord:
+        """The record stored under ``name``, read field by field against the
+        annotations (never ``cls(**data)``): a wrong type, a missing field or
+        a value out of range is ``StateCorrupt`` (FAULTS #18)."""
+        return read_record(name, data)
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A record this hybridiso cannot act on (a strategy it does not know,
+    say from a newer version): kept in the file as it was, shown by status,
+    and left alone."""
+
+    name: str
+    reason: str
+    raw: dict[str, Any]
+
+    @property
+    def path(self) -> str | None:
+        value = self.raw.get("path")
+        return value if isinstance(value, str) else None
 
 
 @dataclass
 class State:
     agents: dict[str, AgentRecord] = field(default_factory=dict)
     rebuilt_from: str | None = None  # why the file was rebuilt, for status
+    set_aside: dict[str, SetAside] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "agents": {n: asdict(r) for n, r in sorted(self.agents.items())}}
+        agents: dict[str, Any] = {n: r.raw for n, r in self.set_aside.items() if n not in self.agents}
+        agents.update({n: asdict(r) for n, r in self.agents.items()})
+        return {"version": STATE_VERSION, "agents": dict(sorted(agents.items()))}
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a command says once about the state file before it acts."""
+        notes = [self.rebuilt_from] if self.rebuilt_from else []
+        notes += [f"{a.reason}; hybridiso leaves it alone" for a in self.set_aside.values()]
+        return notes
 
     def leased_ports(self) -> dict[int, tuple[str, str]]:
         return {p: (r.name, n) for r in self.agents.values() for n, p in r.ports.items()}
@@ -107,24 +140,34 @@ class StateStore:
         return self.dir / "compose"
 
     def load(self) -> State:
+        """The state on disk.  Whatever is in the file, this returns: a file
+        that is not UTF-8 JSON of our shape is moved aside and the state is
+        rebuilt from reality by the caller's reconcile (FAULTS #18); a record
+        of an unknown strategy is set aside alone."""
         try:
-            raw = safe_files.read_text(self.anchor, self.path.relative_to(self.anchor))
+            raw = safe_files.read_bytes(self.anchor, self.path.relative_to(self.anchor))
         except safe_files.UnsafePath as e:
             # never followed or read: set aside like a corrupt file (FAULTS #31)
             return State(rebuilt_from=f"{e.message}; rebuilt from git")
         if raw is None:
             return State()
         try:
-            data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown state version {data.get('version') if isinstance(data, dict) else data!r}")
-            agents = {n: AgentRecord.from_json(r) for n, r in data.get("agents", {}).items()}
-            return State(agents)
-        except (ValueError, TypeError, AttributeError) as e:
-            aside = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
-            return State(rebuilt_from=f"state file was unreadable ({e}); moved to {aside.name} and rebuilt from git")
+            return parse_state(raw)
+        except StateCorrupt as e:
+            aside = self._move_aside()
+            where = f"moved to {aside}" if aside else "it could not be moved aside (it is replaced on the next save)"
+            return State(rebuilt_from=f"state file was unreadable ({e}); {where} and rebuilt from git")
+
+    def _move_aside(self) -> str | None:
+        """Rename state.json to a name of its own (never over an earlier copy),
+        inside the state dir opened without following symlinks."""
+        name = f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+        try:
+            with safe_files.open_dir(self.anchor, self.dir.relative_to(self.anchor)) as fd:
+                os.rename("state.json", name, src_dir_fd=fd, dst_dir_fd=fd)
+        except (OSError, UserError):
+            return None
+        return name
 
     def save(self, state: State) -> None:
         """Write atomically; a failed write (disk full) leaves the previous
@@ -161,6 +204,190 @@ class StateStore:
             os.close(fd)  # closing releases the flock
 
 
+# --- reading the file: typed, field by field -------------------------------------
+
+
+class StateCorrupt(ValueError):
+    """The state file is not what hybridiso writes."""
+
+
+PHASES = (PHASE_CREATING, PHASE_READY)
+_COMMIT_RE = re.compile(r"[0-9a-f]{7,64}")
+
+
+def parse_state(raw: bytes) -> State:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise StateCorrupt(f"not UTF-8 at byte {e.start}") from None
+    except ValueError as e:  # json.JSONDecodeError
+        raise StateCorrupt(f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise StateCorrupt(f"not an object but {type(data).__name__}")
+    if data.get("version") != STATE_VERSION:
+        raise StateCorrupt(f"unknown state version {data.get('version')!r}")
+    agents = data.get("agents", {})
+    if not isinstance(agents, dict):
+        raise StateCorrupt(f"'agents' is {type(agents).__name__}, not an object")
+    state = State()
+    for name, item in agents.items():
+        strategy = item.get("strategy") if isinstance(item, dict) else None
+        if isinstance(strategy, str) and strategy not in STRATEGY_NAMES:
+            state.set_aside[name] = SetAside(
+                name,
+                f"the state file's record of agent {name!r} names strategy {strategy!r}, which this hybridiso does "
+                f"not know (known: {', '.join(STRATEGY_NAMES)}; a newer version made it?)",
+                item,
+            )
+            continue
+        state.agents[name] = read_record(name, item)
+    return state
+
+
+def read_record(name: str, data: Any) -> AgentRecord:
+    where = f"record {name!r}"
+    if not isinstance(data, dict):
+        raise StateCorrupt(f"{where} is {type(data).__name__}, not an object")
+    hints = _record_hints()
+    values: dict[str, Any] = {}
+    for f in fields(AgentRecord):
+        if f.name in data:
+            values[f.name] = _typed(data[f.name], hints[f.name], f"{where}: {f.name}")
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise StateCorrupt(f"{where} has no {f.name!r}")
+    record = AgentRecord(**values)
+    if record.name != name:
+        raise StateCorrupt(f"{where} is named {record.name!r}")
+    # names and branches reach paths (logs/<name>/) and git's argv: the
+    # manifest's rules hold for what the file says too
+    if agent_name_problem(record.name):
+        raise StateCorrupt(f"{where}: {agent_name_problem(record.name)}")
+    if branch_name_problem(record.branch):
+        raise StateCorrupt(f"{where}: {branch_name_problem(record.branch)}")
+    if record.base_commit is not None and not _COMMIT_RE.fullmatch(record.base_commit):
+        raise StateCorrupt(f"{where}: base_commit {record.base_commit!r} is not a commit id")
+    if record.strategy not in STRATEGY_NAMES:
+        raise StateCorrupt(f"{where}: unknown strategy {record.strategy!r}")
+    if record.phase not in PHASES:
+        raise StateCorrupt(f"{where}: unknown phase {record.phase!r}")
+    if not record.path or "\x00" in record.path or not os.path.isabs(record.path):
+        raise StateCorrupt(f"{where}: path {record.path!r} is not an absolute path")
+    for port_name, port in record.ports.items():
+        if not 1 <= port <= 65535:
+            raise StateCorrupt(f"{where}: port {port_name} is {port}")
+    for key, hint in EXTRA_TYPES.items():
+        if key in record.extra:
+            _typed(record.extra[key], hint, f"{where}: extra.{key}")
+    for service, db in record.extra.get("databases", {}).items():
+        if not {"name", "server"} <= db.keys():
+            raise StateCorrupt(f"{where}: database branch of {service!r} has no name or server")
+    return record
+
+
+# The keys older code keeps in ``AgentRecord.extra`` (new data gets a named
+# field instead), with the types their readers assume: a tampered value would
+# otherwise crash them (gc reads every record's databases).
+EXTRA_TYPES: dict[str, Any] = {
+    "databases": dict[str, dict[str, str]],
+    "env": dict[str, str],
+    "git_identity": dict[str, str],
+    "git_in_container": str,
+    "image": str,
+    "included": list[str],
+    "owns_path": bool,
+    "removing": bool,
+    "rolled_back": bool,
+    "adopted": bool,
+}
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _record_hints() -> dict[str, Any]:
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(AgentRecord))
+    return _HINTS
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it is of type ``hint`` (a JSON view of it: str, int,
+    float, bool, None, list, dict with str keys, unions, Literal, Any and
+    dataclasses, recursively), else StateCorrupt."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _typed(value, option, where)
+            except StateCorrupt:
+                continue
+        raise StateCorrupt(f"{where} is {_shown(value)}, not {_hint_name(hint)}")
+    if origin is typing.Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise StateCorrupt(f"{where} is {_shown(value)}, not one of {typing.get_args(hint)}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(hint) or (Any,)
+            return [_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            key, item = typing.get_args(hint) or (str, Any)
+            return {_typed(k, key, f"{where} key"): _typed(v, item, f"{where}[{k!r}]") for k, v in value.items()}
+    elif origin is tuple:
+        if isinstance(value, list):
+            args = typing.get_args(hint)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+            if len(args) == len(value):
+                return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    elif is_dataclass(hint) and isinstance(hint, type):
+        if isinstance(value, dict):
+            return _dataclass(value, hint, where)
+    else:
+        # a field of a type this reader does not know: a bug, found by
+        # tests/test_state.py, never taken for a corrupt file
+        raise TypeError(f"the state reader cannot read {hint!r} ({where})")
+    raise StateCorrupt(f"{where} is {_shown(value)}, not {_hint_name(hint)}")
+
+
+def _dataclass(value: dict[str, Any], cls: type, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in value:
+            values[f.name] = _typed(value[f.name], hints[f.name], f"{where}.{f.name}")
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise StateCorrupt(f"{where} has no {f.name!r}")
+    return cls(**values)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
 def lock_is_free(path: Path) -> bool:
     """True when nobody holds an flock on ``path`` now (a missing file is
     free).  A holder that died let go of it: the kernel drops its locks."""
@@ -178,6 +405,21 @@ def lock_is_free(path: Path) -> bool:
     finally:
         os.close(fd)  # also releases the probe's lock
     return True
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock at ``path`` now ("pid N (hybridiso up)"), or None
+    when nobody does."""
+    if lock_is_free(path):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return "another hybridiso process"
+    try:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_holder(fd: int) -> str:

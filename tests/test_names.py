@@ -1,10 +1,22 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from hybridiso.names import agent_name_problem, branch_name_problem, env_var_for_port, port_name_problem
+from hybridiso.names import (
+    STRATEGY_NAMES,
+    agent_name_problem,
+    branch_name_problem,
+    env_var_for_port,
+    env_var_for_service,
+    port_name_problem,
+    ref_conflict,
+    ref_conflicts_with_existing,
+    service_name_problem,
+)
+from tests.support.gitrepo import make_repo
 
 
 @pytest.mark.parametrize("name", ["ui", "api-2", "a_b", "0agent", "x" * 40])
@@ -18,7 +30,7 @@ def test_invalid_agent_names_explain_the_rule(name: str) -> None:
     assert problem is not None and "compose project-name rule" in problem
 
 
-BRANCHES = ["main", "feature/x", "a..b", "a.lock", "x/y.lock/z", "has space", "a~1", "a^", "a:b", "-x", "a//b", "/a", "a/", "a.", ".a", "a/.b", "a@{1}", "a?", "a*", "a[", "a\\b", "ok-1.2/z_z"]
+BRANCHES = ["HEAD", "main", "feature/x", "a..b", "a.lock", "x/y.lock/z", "has space", "a~1", "a^", "a:b", "-x", "a//b", "/a", "a/", "a.", ".a", "a/.b", "a@{1}", "a?", "a*", "a[", "a\\b", "ok-1.2/z_z"]
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -38,3 +50,69 @@ def test_port_names() -> None:
     assert port_name_problem("Web") is not None
     assert port_name_problem("1web") is not None
     assert env_var_for_port("admin_api") == "PORT_ADMIN_API"
+
+
+# FAULTS #39: `$` matches before a final newline, so "ui\n" passed ^...$
+@pytest.mark.parametrize("check", [agent_name_problem, port_name_problem, service_name_problem])
+def test_a_name_ending_in_a_newline_is_refused(check) -> None:  # type: ignore[no-untyped-def]
+    assert check("web") is None
+    assert check("web\n") is not None
+    assert check("web\r\n") is not None
+
+
+def test_branch_rules_beyond_check_ref_format() -> None:
+    # git check-ref-format accepts these; git cannot use or store them
+    assert "'HEAD' names" in (branch_name_problem("HEAD") or "")
+    assert branch_name_problem("feature/HEAD") is None  # only the name HEAD itself is refused
+    assert branch_name_problem("x" * 250) is None
+    long = branch_name_problem("a/" + "x" * 251)
+    assert long is not None and "251 bytes" in long and "'.lock'" in long
+    assert "bytes" in (branch_name_problem("é" * 126) or "")  # 252 bytes in UTF-8, 126 characters
+    assert branch_name_problem("main\n") is not None
+
+
+def test_a_250_byte_branch_is_what_git_can_store(tmp_path: Path) -> None:
+    # the bound is git's, measured: a 251-byte component fails on "<name>.lock"
+    repo = make_repo(tmp_path / "r")
+    assert subprocess.run(["git", "branch", "x" * 250], cwd=repo, capture_output=True).returncode == 0
+    r = subprocess.run(["git", "branch", "y" * 251], cwd=repo, capture_output=True, text=True)
+    assert r.returncode != 0 and "File name too long" in r.stderr
+
+
+def test_ref_conflicts_are_directories_of_each_other() -> None:
+    assert ref_conflict("feat", {"feat/x", "other"}) == "feat/x"
+    assert ref_conflict("feat/x/y", {"feat"}) == "feat"
+    assert ref_conflict("feat", {"feature", "feat-2", "fea"}) is None
+    assert ref_conflict("a/b", {"a/b"}) is None  # the same branch is no conflict
+    # an existing branch is used as it is; only new ones are refused
+    assert ref_conflicts_with_existing(["feat", "b/c", "main"], ["feat/z", "b", "main"]) == [("feat", "feat/z"), ("b/c", "b")]
+    assert ref_conflicts_with_existing(["feat"], ["feat", "feat/z"]) == []
+
+
+def test_ref_conflicts_agree_with_git(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    existing = ["feat/x", "team", "a/b/c"]
+    for b in existing:
+        subprocess.run(["git", "branch", b], cwd=repo, check=True)
+    for name in ["feat", "team/one", "a", "a/b", "a/b/c/d", "feature", "a/bc", "teams"]:
+        git_ok = subprocess.run(["git", "branch", name], cwd=repo, capture_output=True).returncode == 0
+        if git_ok:
+            subprocess.run(["git", "branch", "-D", name], cwd=repo, check=True, capture_output=True)
+        assert (ref_conflicts_with_existing([name], existing) == []) == git_ok, name
+
+
+def test_service_names_follow_compose_and_map_to_one_variable() -> None:
+    assert service_name_problem("my-db") is None and service_name_problem("cache_2") is None
+    for bad in ("My.DB", "a b", "1db", "", "x" * 31, "db$"):
+        assert "service name" in (service_name_problem(bad) or ""), bad
+    assert "reserved" in (service_name_problem("agent") or "")
+    assert env_var_for_service("my-db") == env_var_for_service("my_db") == "MY_DB_URL"
+
+
+def test_strategy_names_agree_with_the_registry_and_the_manifest() -> None:
+    from typing import get_args
+
+    from hybridiso.manifest import Isolation
+    from hybridiso.strategies import STRATEGIES
+
+    assert set(STRATEGY_NAMES) == set(STRATEGIES) == set(get_args(Isolation)) - {"auto"}

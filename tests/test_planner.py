@@ -34,6 +34,11 @@ TABLE = [
     ("{name: a, branch: main}", {"main": "the main worktree"}, "clone", "checked out by the main worktree"),
     ("{name: a, branch: other}", {"main": "the main worktree"}, "worktree", "cheapest"),
     ("{name: a, branch: main, isolation: worktree}", {"main": "the main worktree"}, "worktree", "is set"),
+    # an image or a command is used only by a container (issue 11: auto gave a worktree, silently)
+    ("{name: a, image: 'python:3.12-slim'}", {}, "container", "has an image (python:3.12-slim)"),
+    ("{name: a, image: x, command: [sleep, '1']}", {}, "container", "has an image"),
+    ("{name: a, image: x, workload: {needs: [own-refs]}}", {}, "container", "has an image"),
+    ("{name: a, image: x, isolation: clone}", {}, "clone", "isolation: clone is set"),
 ]
 
 
@@ -74,3 +79,22 @@ def test_more_compute_agents_than_cores_is_reported() -> None:
     text = "agents:\n" + "".join(f"  - {{name: c{i}, workload: {{kind: compute}}}}\n" for i in range(3))
     p = _plan(text, cores=2)
     assert any("3 compute-bound agents" in w and "2 cores" in w for w in p.warnings)
+
+
+def test_settings_the_strategy_does_not_use_are_said() -> None:
+    p = _plan(
+        "agents:\n  - {name: a, isolation: clone, image: x}\n  - {name: b, image: x, workload: {needs: [own-refs]}}\n"
+        "  - {name: c, isolation: worktree, image: x, command: [x]}\n  - {name: d, image: x}\n"
+    )
+    notes = {x.agent.name: x.warnings for x in p.agents}
+    assert notes["a"] == ("image is not used: it gets a clone (isolation: clone is set in the manifest)",)
+    assert "needs own-refs, but a container shares the repository's refs" in notes["b"][0]
+    assert notes["c"][0].startswith("image and command are not used: it gets a worktree")
+    assert notes["d"] == ()
+
+
+def test_a_container_or_worktree_on_a_checked_out_branch_is_said_before_up() -> None:
+    p = _plan("agents:\n  - {name: a, branch: main, image: x}\n  - {name: b, branch: main}\n", elsewhere={"main": "the main worktree"})
+    assert p.agents[0].strategy == "container"
+    assert "checked out by the main worktree" in p.agents[0].warnings[0] and "`up` will refuse" in p.agents[0].warnings[0]
+    assert p.agents[1].strategy == "clone" and p.agents[1].warnings == ()

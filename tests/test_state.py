@@ -5,7 +5,9 @@ import threading
 import time
 from pathlib import Path
 
-from hybridiso.state import AgentRecord, StateStore
+import pytest
+
+from hybridiso.state import AgentRecord, State, StateStore
 
 
 def test_round_trip_and_atomic_file(tmp_path: Path) -> None:
@@ -43,3 +45,224 @@ def test_lock_blocks_a_second_holder(tmp_path: Path) -> None:
 def _take(store: StateStore, order: list[str]) -> None:
     with StateStore(store.dir.parent).locked("second", wait_message=False):
         order.append("second")
+
+
+# --- FAULTS #18: whatever is in the file, load returns; never a crash -------------
+
+GOOD = {"name": "a", "strategy": "worktree", "branch": "hybridiso/a", "path": "/ws/a", "base": "main", "ports": {"web": 20000}}
+
+
+def _record(**change: object) -> dict[str, object]:
+    data = dict(GOOD)
+    for k, v in change.items():
+        if v is _GONE:
+            del data[k]
+        else:
+            data[k] = v
+    return data
+
+
+_GONE = object()
+
+DAMAGE = {
+    "not UTF-8": b'{"version": 1, "agents": {"a": {"name": "a\xff\xfe"}}}',
+    "not JSON": b'{"version": 1, "agents": [',
+    "a list": b"[1, 2]",
+    "another version": json.dumps({"version": 2, "agents": {}}).encode(),
+    "agents a list": json.dumps({"version": 1, "agents": ["a"]}).encode(),
+    "record a string": json.dumps({"version": 1, "agents": {"a": "worktree"}}).encode(),
+    "path a number": json.dumps({"version": 1, "agents": {"a": _record(path=123)}}).encode(),
+    "ports a string": json.dumps({"version": 1, "agents": {"a": _record(ports="web")}}).encode(),
+    "port not a number": json.dumps({"version": 1, "agents": {"a": _record(ports={"web": "x"})}}).encode(),
+    "port out of range": json.dumps({"version": 1, "agents": {"a": _record(ports={"web": 70000})}}).encode(),
+    "port a bool": json.dumps({"version": 1, "agents": {"a": _record(ports={"web": True})}}).encode(),
+    "missing path": json.dumps({"version": 1, "agents": {"a": _record(path=_GONE)}}).encode(),
+    "missing strategy": json.dumps({"version": 1, "agents": {"a": _record(strategy=_GONE)}}).encode(),
+    "name differs from key": json.dumps({"version": 1, "agents": {"a": _record(name="b")}}).encode(),
+    "unknown phase": json.dumps({"version": 1, "agents": {"a": _record(phase="half")}}).encode(),
+    "relative path": json.dumps({"version": 1, "agents": {"a": _record(path="ws/a")}}).encode(),
+    "created_at NaN": b'{"version": 1, "agents": {"a": {"name": "a", "strategy": "worktree", "branch": "b", "path": "/p", "base": "m", "created_at": NaN}}}',
+    "extra a list": json.dumps({"version": 1, "agents": {"a": _record(extra=[])}}).encode(),
+    "timings of strings": json.dumps({"version": 1, "agents": {"a": _record(timings={"setup": "fast"})}}).encode(),
+    "strategy a number": json.dumps({"version": 1, "agents": {"a": _record(strategy=7)}}).encode(),
+    # what reaches paths and git's argv follows the manifest's rules
+    "name with a path": json.dumps({"version": 1, "agents": {"../x": _record(name="../x")}}).encode(),
+    "branch an option": json.dumps({"version": 1, "agents": {"a": _record(branch="--force")}}).encode(),
+    "base_commit not a commit": json.dumps({"version": 1, "agents": {"a": _record(base_commit="HEAD~1; rm")}}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_malformed_state_is_moved_aside_and_rebuilt(tmp_path: Path, case: str) -> None:
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    store.path.write_bytes(DAMAGE[case])
+    state = store.load()
+    assert state.agents == {} and state.rebuilt_from and "moved to state.json.corrupt-" in state.rebuilt_from
+    aside = list(store.dir.glob("state.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == DAMAGE[case]  # kept as it was, for the user
+    assert not store.path.exists()
+    assert state.warnings == [state.rebuilt_from]
+
+
+def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    for text in ("{broken one", "{broken two"):
+        store.path.write_text(text)
+        store.load()
+    assert sorted(p.read_text() for p in store.dir.glob("state.json.corrupt-*")) == ["{broken one", "{broken two"]
+
+
+def test_an_unknown_strategy_sets_that_record_aside_and_keeps_it(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    future = {"name": "vm1", "strategy": "microvm", "path": "/ws/vm1", "snapshot": {"id": 7}}
+    store.path.write_text(json.dumps({"version": 1, "agents": {"a": GOOD, "vm1": future}}))
+    state = store.load()
+    assert set(state.agents) == {"a"} and state.rebuilt_from is None
+    assert set(state.set_aside) == {"vm1"} and state.set_aside["vm1"].path == "/ws/vm1"
+    assert "names strategy 'microvm', which this hybridiso does not know" in state.warnings[0]
+    store.save(state)  # a save keeps the record as it was, for the version that made it
+    assert json.loads(store.path.read_text())["agents"]["vm1"] == future
+    assert store.load().agents["a"].ports == {"web": 20000}
+
+
+def test_every_record_field_round_trips_through_the_typed_reader(tmp_path: Path) -> None:
+    # the reader follows AgentRecord's annotations: a field added later is
+    # read (or refused) by type without touching the reader
+    from dataclasses import fields
+
+    store = StateStore(tmp_path)
+    record = AgentRecord(name="a", strategy="clone", branch="b", path="/p", base="main", base_commit="0123abcd" * 5, created_branch=True)
+    record.timings = {"total": 1.5}
+    record.extra = {"databases": {"db": {"name": "x", "server": "s"}}, "owns_path": True}
+    store.save(State({"a": record}))
+    loaded = store.load().agents["a"]
+    assert loaded == record
+    assert [f.name for f in fields(AgentRecord)]  # and every field has a type the reader knows:
+    for f in fields(AgentRecord):
+        AgentRecord.from_json("a", {**GOOD, f.name: getattr(record, f.name)})
+
+
+def test_a_state_file_that_is_a_symlink_is_not_read(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    secret = tmp_path / "elsewhere.json"
+    secret.write_text(json.dumps({"version": 1, "agents": {"a": GOOD}}))
+    store.path.symlink_to(secret)
+    state = store.load()
+    assert state.agents == {} and state.rebuilt_from and "symlink" in state.rebuilt_from
+    assert secret.exists() and json.loads(secret.read_text())["agents"]["a"] == GOOD
+
+
+# --- the same through every command, after a real `up` ---------------------------
+
+def _damage(path: Path, case: str) -> None:
+    data = json.loads(path.read_text())
+    a = data["agents"]["a"]
+    if case == "non-UTF-8 bytes":
+        path.write_bytes(path.read_bytes().replace(b'"hybridiso/a"', b'"hybridiso/\xff"'))
+        return
+    if case == "path 123":
+        a["path"] = 123
+    elif case == "ports 'web'":
+        a["ports"] = "web"
+    path.write_text(json.dumps(data))
+
+
+COMMANDS = [("status",), ("plan",), ("doctor",), ("exec", "a", "--", "true"), ("down", "--dry-run", "a"), ("gc",), ("sync",), ("render",), ("report",)]
+
+
+# (every other kind of damage is covered by test_malformed_state_is_moved_aside_and_rebuilt)
+@pytest.mark.parametrize("case", ["non-UTF-8 bytes", "path 123", "ports 'web'"])
+def test_every_command_survives_a_malformed_state_file(tmp_path: Path, case: str) -> None:
+    from tests.support.cli import hybridiso, status_json, write_manifest
+    from tests.support.gitrepo import make_repo
+
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - {name: a, ports: [web]}\n  - {name: b, isolation: clone, ports: [web]}\n")
+    hybridiso(repo, "up")
+    before = status_json(repo)
+    path = repo / ".git" / "hybridiso" / "state.json"
+    _damage(path, case)
+    damaged = path.read_bytes()
+    first = hybridiso(repo, "status", "--json")  # moves it aside, rebuilds from git: once
+    assert first.stderr.count("moved to state.json.corrupt-") == 1, first.stderr
+    rows = {r["agent"]: r for r in json.loads(first.stdout)}
+    assert {n: (r["strategy"], r["ports"], r["path"]) for n, r in rows.items()} == {
+        n: (r["strategy"], r["ports"], r["path"]) for n, r in before.items()
+    }
+    for args in COMMANDS:
+        path.write_bytes(damaged)  # every command meets the damaged file
+        r = hybridiso(repo, *args, ok=None)  # exit 3 fails the test with its traceback
+        assert "Traceback" not in r.stderr
+    path.write_bytes(damaged)
+    r = hybridiso(repo, "up")
+    assert "Created" not in r.stderr  # the environments were found again, not made anew
+    assert {n: r["ports"] for n, r in status_json(repo).items()} == {n: r["ports"] for n, r in before.items()}
+
+
+def test_an_unknown_strategy_does_not_block_status_or_the_other_agents(tmp_path: Path) -> None:
+    from tests.support.cli import hybridiso, write_manifest
+    from tests.support.gitrepo import make_repo
+
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - {name: a}\n  - {name: b}\n  - {name: c}\n")
+    hybridiso(repo, "up", "a", "b")
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    data["agents"]["b"]["strategy"] = "microvm"  # as a newer hybridiso might write
+    path.write_text(json.dumps(data))
+    b_env = tmp_path / "r.agents" / "b"
+    (b_env / "work.txt").write_text("mine\n")
+    st = hybridiso(repo, "status", "--json")
+    rows = {r["agent"]: r for r in json.loads(st.stdout)}
+    assert rows["a"]["state"] == "ready" and rows["c"]["state"] == "not created"
+    assert rows["b"]["state"] == "unknown strategy" and "its record names strategy 'microvm'" in rows["b"]["problems"][0]
+    assert "b: its record names strategy 'microvm'" in hybridiso(repo, "status").stderr
+    # up makes c, leaves b alone (fails for it: exit 1), and keeps its record
+    up = hybridiso(repo, "up", ok=False)
+    assert up.returncode == 1 and "b: the state file's record of agent 'b' names strategy 'microvm'" in up.stderr
+    assert json.loads(path.read_text())["agents"]["b"]["strategy"] == "microvm"
+    assert (b_env / "work.txt").read_text() == "mine\n"
+    assert json.loads(path.read_text())["agents"]["c"]["phase"] == "ready"
+    plan = {r["agent"]: r for r in json.loads(hybridiso(repo, "plan", "--json").stdout)["agents"]}
+    assert plan["b"]["strategy"] == "microvm" and plan["b"]["reason"].startswith("left alone")
+    doctor = {c["name"]: c for c in json.loads(hybridiso(repo, "doctor", "--json").stdout)}
+    assert doctor["state file"]["status"] == "warn" and "microvm" in doctor["state file"]["detail"]
+
+
+def test_gc_never_takes_a_set_aside_environment_for_an_orphan(tmp_path: Path) -> None:
+    from tests.support.cli import hybridiso, write_manifest
+    from tests.support.gitrepo import make_repo
+
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - {name: a, isolation: clone}\n")
+    hybridiso(repo, "up")
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    data["agents"]["a"]["strategy"] = "microvm"
+    path.write_text(json.dumps(data))
+    write_manifest(repo, "agents: []\n")  # and it left the manifest: only its record says it is ours
+    hybridiso(repo, "gc", "--yes")
+    assert (tmp_path / "r.agents" / "a" / ".git").is_dir()
+    assert json.loads(path.read_text())["agents"]["a"]["strategy"] == "microvm"
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"databases": "db"}, "extra.databases"),
+        ({"databases": {"db": {"name": "x"}}}, "has no name or server"),
+        ({"env": {"A": 1}}, "extra.env"),
+        ({"owns_path": "yes"}, "extra.owns_path"),
+    ],
+)
+def test_known_extra_keys_are_typed_too(tmp_path: Path, extra: dict[str, object], says: str) -> None:
+    # gc reads every record's database branches: a tampered one was an exit 3
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    store.path.write_text(json.dumps({"version": 1, "agents": {"a": {**GOOD, "extra": extra}}}))
+    state = store.load()
+    assert state.agents == {} and state.rebuilt_from and says in state.rebuilt_from

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hybridiso import git, planner
 from hybridiso.errors import UserError
 from hybridiso.project import Project, load_project
-from hybridiso.state import State
+from hybridiso.state import PHASE_READY, State
 from hybridiso.strategies.base import EnvContext
 
 
@@ -29,6 +29,7 @@ def checked_out_elsewhere(project: Project, state: State) -> dict[str, str]:
 
 
 def make_plan(project: Project, state: State) -> planner.Plan:
+    check_branches(project, state)
     paths = {a.name: str(project.env_path(a)) for a in project.manifest.agents}
     existing = {n: r.strategy for n, r in state.agents.items()}
     return planner.plan(
@@ -39,8 +40,24 @@ def make_plan(project: Project, state: State) -> planner.Plan:
     )
 
 
+def check_branches(project: Project, state: State) -> None:
+    """Agents' new branches that git could not create beside the
+    repository's (``feat`` when ``feat/x`` exists): a manifest error with
+    the line, before anything is created (FAULTS #39)."""
+    from hybridiso.manifest import ManifestError
+    from hybridiso.manifest_checks import existing_branch_problems
+
+    if not project.manifest.agents:
+        return
+    # a record still 'creating' may not have made its branch: check it again
+    made = [n for n, r in state.agents.items() if r.phase == PHASE_READY]
+    problems = existing_branch_problems(project.manifest, git.local_branches(project.root), made)
+    if problems:
+        raise ManifestError(project.manifest_path, problems)
+
+
 def check_names(project: Project, names: Sequence[str], state: State | None = None) -> list[str]:
-    known = {a.name for a in project.manifest.agents} | set(state.agents if state else ())
+    known = {a.name for a in project.manifest.agents} | set(state.agents if state else ()) | set(state.set_aside if state else ())
     unknown = [n for n in names if n not in known]
     if unknown:
         listing = ", ".join(sorted(known)) or "none"
@@ -96,6 +113,23 @@ def context(project: Project, state: State, name: str) -> EnvContext:
         raise _unsafe_record(project, [(name, why)])
     agent = next((a for a in project.manifest.agents if a.name == name), None)
     return EnvContext(project, agent, record)
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``.
+    Anything else is a usage error (exit 2), before the command starts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in its messages
+    return parse
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

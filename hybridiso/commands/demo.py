@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from hybridiso import output
+from hybridiso.commands.common import int_in
 
 HELP = "run the whole lifecycle on a throwaway sample repository"
 
@@ -36,7 +37,7 @@ agents:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help=HELP, description=HELP + ". Nothing outside a temp dir is touched.")
-    p.add_argument("--files", type=int, default=2000, help="files in the sample repository (default 2000)")
+    p.add_argument("--files", type=int_in(1, 1_000_000), default=2000, metavar="N", help="files in the sample repository (default 2000)")
     p.add_argument("--keep", action="store_true", help="keep the sample repository and its environments")
     p.add_argument("--no-report", action="store_true", help="skip the comparative cost report")
     p.add_argument("--image", help="also run a container agent from this local image (needs Docker)")

@@ -14,9 +14,11 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 
-from hybridiso import costs, git, health, output, ports
+from hybridiso import costs, git, health, output, ports, programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
 from hybridiso.errors import UserError
+from hybridiso.manifest import ManifestError
+from hybridiso.planner import AgentPlan
 from hybridiso.process import run as run_process
 from hybridiso.project import Project
 from hybridiso.state import State
@@ -44,17 +46,31 @@ class Check:
 
 def run(args: argparse.Namespace) -> int:
     project: Project | None
+    manifest_checks: list[Check] = []
     try:
         project = project_from_args(args)
+    except ManifestError as e:
+        # a broken manifest is this project's first problem, not a reason to stop
+        project = None
+        manifest_checks.append(Check("manifest", "fail", _problems(e), _MANIFEST_FIX.format(e.path.name)))
     except UserError as e:
         project = None
         output.warn(f"repository checks skipped: {e.message}")
     state = project.store.load() if project is not None else None  # once: a corrupt file is moved aside on load
-    # container agents, whether the manifest says so or the planner decides it
-    containers = [p for p in make_plan(project, state).agents if p.strategy == "container"] if project and state else []
+    containers: list[AgentPlan] = []
+    if project is not None and state is not None:
+        try:
+            # container agents, whether the manifest says so or the planner decides it
+            containers = [p for p in make_plan(project, state).agents if p.strategy == "container"]
+            manifest_checks.append(Check("manifest", "ok", f"{len(project.manifest.agents)} agents in {project.manifest_path.name}"))
+        except ManifestError as e:  # a branch git could not create beside the repository's
+            manifest_checks.append(Check("manifest", "fail", _problems(e), _MANIFEST_FIX.format(e.path.name)))
+        manifest_checks.append(check_setup_programs(project))
+        if containers:
+            manifest_checks.append(check_images([p.agent.image for p in containers if p.agent.image]))
     # Compose starts only the agents with containerised services
     needs_compose = project is not None and any(project.manifest.runs_services_in_containers(p.agent) for p in containers)
-    checks = [*check_git(), *check_docker(bool(containers), needs_compose)]
+    checks = [*check_git(), *check_docker(bool(containers), needs_compose), *manifest_checks]
     if project is not None and state is not None:
         checks += [check_disk(project), check_ports(project, state), *check_state(project, state)]
     if args.json:
@@ -66,6 +82,36 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         raise UserError(f"{len(failed)} check{'s' if len(failed) > 1 else ''} failed: " + ", ".join(c.name for c in failed), hint=failed[0].fix)
     return 0
+
+
+_MANIFEST_FIX = "fix these lines in {}; `hybridiso plan` shows them one per line"
+
+
+def _problems(e: ManifestError) -> str:
+    return "; ".join(f"line {p.line}: {p.field + ': ' if p.field else ''}{p.message}" for p in e.problems)
+
+
+def check_setup_programs(project: Project) -> Check:
+    """FAULTS #40: a setup command whose program is missing fails every `up`."""
+    missing = programs.setup_missing(project.manifest)
+    if not missing:
+        return Check("setup programs", "ok", "every setup command's program is installed (or comes with the checkout)")
+    by_problem: dict[str, list[str]] = {}
+    for m in missing:
+        by_problem.setdefault(m.problem(), []).append(m.agent)
+    detail = "; ".join(f"{', '.join(agents)}: {problem}" for problem, agents in by_problem.items())
+    return Check("setup programs", "warn", detail, "install the missing programs, or change setup: in hybridiso.yaml")
+
+
+def check_images(images: list[str]) -> Check:
+    """FAULTS #40/#13: an image that is not here must be pulled by `up`."""
+    missing, unchecked = programs.missing_images(images)
+    if unchecked and not missing:
+        return Check("images", "warn", f"not checked: {unchecked}", "start Docker, then run doctor again")
+    if missing:
+        detail = f"not on this machine: {', '.join(missing)}" + (f" ({unchecked})" if unchecked else "")
+        return Check("images", "warn", detail, "`up` pulls them; docker pull / docker build them first where there is no registry")
+    return Check("images", "ok", f"{len(set(images))} on this machine")
 
 
 def _v(version: tuple[int, ...]) -> str:
@@ -161,6 +207,15 @@ def check_state(project: Project, state: State) -> list[Check]:
     checks = []
     if state.rebuilt_from:
         checks.append(Check("state file", "warn", state.rebuilt_from, "nothing: it was rebuilt from git; check `hybridiso status`"))
+    elif state.set_aside:
+        checks.append(
+            Check(
+                "state file",
+                "warn",
+                "; ".join(a.reason for a in state.set_aside.values()),
+                "use the hybridiso that made those records, or check their directories and remove the records by hand",
+            )
+        )
     else:
         checks.append(Check("state file", "ok", f"{len(state.agents)} agents recorded"))
     creating = health.stale_creating(project, state)

@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("agent", metavar="AGENT")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
+    # no command is a usage error (exit 2), said by argparse's own path
+    p.set_defaults(usage_error=p.error)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise UserError("no command given", hint="hybridiso exec AGENT -- CMD [ARGS...]")
+        args.usage_error("no command given: hybridiso exec AGENT -- CMD [ARGS...]")
     project = project_from_args(args)
     state = project.store.load()
     adopt_from_reality(project, state)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from hybridiso import git, output
+from hybridiso import git, output, safe_files
 from hybridiso.errors import UserError
 from hybridiso.manifest import MANIFEST_NAME, parse_manifest
+from hybridiso.programs import missing_programs
 from hybridiso.project import find_repo
 
 HELP = "write a commented starter hybridiso.yaml for this repository"
@@ -37,26 +39,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def starter_manifest(root: Path) -> str:
-    setup = [cmd for lock, cmd in SETUP_FOR_LOCKFILE if (root / lock).is_file()]
+    return _starter(root)[0]
+
+
+def _starter(root: Path) -> tuple[str, list[tuple[str, str]]]:
+    """The manifest text, and the (setup command, missing program) pairs
+    it leaves commented out."""
+    proposed = [cmd for lock, cmd in SETUP_FOR_LOCKFILE if (root / lock).is_file()]
+    # FAULTS #40: propose only what can run here; a command whose program is
+    # missing is written as a comment that says so
+    setup, missing = [], []
+    for cmd in proposed:
+        gone = missing_programs("", [cmd], {})
+        if gone:
+            missing.append((cmd, gone[0].program))
+        else:
+            setup.append(cmd)
     include = [name for name in INCLUDE_CANDIDATES if (root / name).exists() and git.check_ignored(root, [name])]
     base = git.current_branch(root) or "main"
     from hybridiso.render import render_template  # Jinja2 only when writing
 
-    text = render_template("hybridiso.yaml.j2", base=base, setup=setup, include=include, repo_name=root.name)
+    text = render_template(
+        "hybridiso.yaml.j2", base=base, setup=setup, setup_missing=missing, include=include, repo_name=root.name
+    )
     parse_manifest(text, root / MANIFEST_NAME)  # what we write must load
-    return text
+    return text, missing
 
 
 def run(args: argparse.Namespace) -> int:
     repo = find_repo(Path(args.directory).resolve())
     # the main worktree's root, or in a bare repository the worktree you stand in
-    text = starter_manifest(repo.checkout)
+    text, missing = _starter(repo.checkout)
+    for command, program in missing:
+        output.warn(f"{program} is not installed here: the setup command {command!r} its lockfile asks for is commented out; install {program}, then uncomment it")
     if args.print:
         sys.stdout.write(text)
         return 0
     target = repo.checkout / MANIFEST_NAME
-    if target.exists() and not args.force:
+    if os.path.lexists(target) and not args.force:
         raise UserError(f"{target} already exists", hint="edit it, or `hybridiso init --force` to replace it")
-    target.write_text(text, encoding="utf-8")
+    # a file of its own, made beside and renamed over: a symlink (or FIFO)
+    # there, committed by anyone, is replaced, never written through
+    try:
+        safe_files.write_atomic(repo.main_root, MANIFEST_NAME, text, mode=0o644)
+    except OSError as e:
+        raise UserError(f"cannot write {target}: {e.strerror}") from None
     output.message(f"wrote {target}; next: `hybridiso plan`, then `hybridiso up`")
     return 0
+

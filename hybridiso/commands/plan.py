@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from typing import Any
 
-from hybridiso import costs, output
+from hybridiso import costs, output, programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
 from hybridiso.reconcile import adopt_from_reality
 
@@ -21,8 +23,22 @@ def run(args: argparse.Namespace) -> int:
     adopt_from_reality(project, state)
     plan = make_plan(project, state)
     projection = costs.project_costs(project)
-    rows = []
+    missing: dict[str, list[str]] = {}
+    for m in programs.setup_missing(project.manifest):  # FAULTS #40: before `up` fails on it
+        missing.setdefault(m.agent, []).append(f"{m.problem()}: install it, or change setup: in hybridiso.yaml")
+    containers = [p for p in plan.agents if p.strategy == "container" and p.agent.image]
+    images, unchecked = programs.missing_images([p.agent.image for p in containers if p.agent.image])
+    for p in containers:
+        if p.agent.image in images:
+            missing.setdefault(p.agent.name, []).append(
+                f"image {p.agent.image!r} is not on this machine: `up` pulls it, and fails if it cannot (docker pull / docker build it first)"
+            )
+    rows: list[dict[str, Any]] = []
     for p in plan.agents:
+        aside = state.set_aside.get(p.agent.name)
+        if aside is not None:  # `up` leaves it alone: say so instead of a plan for it
+            strategy = str(aside.raw.get("strategy"))
+            p = replace(p, strategy=strategy, reason=f"left alone: its record names strategy {strategy!r}, unknown to this hybridiso")
         record = state.agents.get(p.agent.name)
         leased = record.ports if record else {}
         ports = ", ".join(f"{n}={leased[n]}" if n in leased else f"{n}=(new)" for n in p.agent.ports) or "-"
@@ -39,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                 "projected_disk_bytes": est.disk_bytes,
                 "projected_startup_seconds": est.startup_seconds,
                 "projection_source": projection.source,
-                "warnings": list(p.warnings),
+                "warnings": [*p.warnings, *missing.get(p.agent.name, [])],
                 "_ports_text": ports,
             }
         )
@@ -73,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     output.message(f"* {projection.describe()}")
     for w in plan.warnings:
         output.warn(w)
+    if unchecked:
+        output.warn(f"container agents' images were not checked: {unchecked}")
+    # one line per warning, naming every agent it is about (setup defaults
+    # are often the same for all of them)
+    by_text: dict[str, list[str]] = {}
     for r in rows:
         for w in r["warnings"]:
-            output.warn(f"{r['agent']}: {w}")
+            by_text.setdefault(w, []).append(r["agent"])
+    for w, agents in by_text.items():
+        output.warn(f"{', '.join(agents)}: {w}")
     return 0

@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 from hybridiso import measure, output
-from hybridiso.commands.common import check_records, project_from_args
+from hybridiso.commands.common import check_records, int_in, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.reconcile import adopt_from_reality
 
 HELP = "measure disk, fetch and startup cost of each strategy (live envs, or --compare N throwaway ones)"
 KNOWN = ("worktree", "clone", "container")
+MAX_COMPARE = 50
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,8 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "the upstream moves, and startup in one run, then remove them (also when interrupted)."
         ),
     )
-    p.add_argument("--compare", type=int, metavar="N", help="build N throwaway envs per strategy and measure them")
-    p.add_argument("--strategies", default="worktree,clone,container", help="comma-separated (default: all three; container needs Docker and an image)")
+    p.add_argument("--compare", type=int_in(1, MAX_COMPARE), metavar="N", help=f"build N (1-{MAX_COMPARE}) throwaway envs per strategy and measure them")
+    p.add_argument(
+        "--strategies",
+        type=_strategy_list,
+        default=list(KNOWN),
+        help="comma-separated (default: all three; container needs Docker and an image)",
+    )
     p.add_argument("--image", help="image for container envs in --compare (default: the manifest's first container agent's)")
     p.add_argument("--format", choices=("table", "markdown", "json", "html"), default="table")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
@@ -43,12 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         _check_writable(Path(args.output))  # before minutes of measuring, not after
     if args.compare is not None:
-        if not 1 <= args.compare <= 50:
-            raise UserError("--compare takes a number of environments from 1 to 50")
-        wanted = [s.strip() for s in args.strategies.split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in KNOWN]
-        if unknown or not wanted:
-            raise UserError(f"unknown strategies: {', '.join(unknown) or '(none given)'} (known: {', '.join(KNOWN)})")
+        wanted = args.strategies
         if not project.repo.has_commits:
             raise UserError("the repository has no commits yet: nothing to compare")
         data = _compare(project, args.compare, wanted, args.image)
@@ -65,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _strategy_list(text: str) -> list[str]:
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in KNOWN]
+    if unknown or not wanted:
+        raise argparse.ArgumentTypeError(f"unknown strategies: {', '.join(unknown) or '(none given)'} (known: {', '.join(KNOWN)})")
+    return wanted
 
 
 def _check_writable(path: Path) -> None:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from hybridiso import git, lifecycle, merged, output, strategies
-from hybridiso.commands.common import add_json_flag, check_names, check_records, context, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, check_records, context, int_in, project_from_args
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import UserError
 from hybridiso.project import Project
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ),
     )
     p.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents (default: all)")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="environments rebased at once (default: 2 x cores)")
+    p.add_argument("-j", "--jobs", type=int_in(1, 256), default=0, metavar="N", help="environments rebased at once, 1-256 (default: 2 x cores)")
     add_json_flag(p)
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from hybridiso import git, lifecycle, output, ports, safe_files, strategies
-from hybridiso.commands.common import add_json_flag, check_names, check_records, context, make_plan, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, check_records, context, int_in, make_plan, project_from_args
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
 from hybridiso.lifecycle import ENV_EXCLUDE
@@ -28,6 +28,7 @@ from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
 from hybridiso.strategies.base import EnvContext
 
 HELP = "create or update agents' environments to match the manifest"
+MAX_JOBS = 256
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description=HELP + ". Running it twice changes nothing the second time.",
     )
     p.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents (default: all)")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="environments created at once (default: cores, at least 2)")
+    p.add_argument("-j", "--jobs", type=int_in(1, MAX_JOBS), default=0, metavar="N", help=f"environments created at once, 1-{MAX_JOBS} (default: cores, at least 2)")
     add_json_flag(p)
 
 
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         )
     with project.store.locked("up"):
         state = project.store.load()
-        if state.rebuilt_from:
-            output.warn(state.rebuilt_from)
+        for note in state.warnings:
+            output.warn(note)
         adopt_from_reality(project, state)
         names = check_names(project, args.agents)
         missing_in_manifest = [n for n in names if n not in {a.name for a in project.manifest.agents}]
@@ -80,13 +81,14 @@ def run(args: argparse.Namespace) -> int:
         for w in plan.warnings:
             output.warn(w)
         selected = [p for p in plan.agents if not names or p.agent.name in names]
+        selected, left_alone = _without_set_aside(state, selected)
         for p in selected:
             for note in p.warnings:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
         check_records(project, state, [p.agent.name for p in selected])  # FAULTS #30: before anything is touched
         selected, refused = check_docker(project, selected)
-        outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
+        outcomes = left_alone + refused + converge(project, state, selected, base_commit, args.jobs)
     if args.json:
         for o in outcomes:
             record = state.agents.get(o.name)
@@ -98,6 +100,19 @@ def run(args: argparse.Namespace) -> int:
         details = "\n".join(f"  {o.name}: {o.error}" for o in failed)
         raise UserError(f"{len(failed)} of {len(outcomes)} agents failed:\n{details}")
     return 0
+
+
+def _without_set_aside(state: State, selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:
+    """An agent whose record is set aside (a strategy this hybridiso does not
+    know) is not touched: nothing is created at its path, and it fails."""
+    left_alone = []
+    for p in selected:
+        aside = state.set_aside.get(p.agent.name)
+        if aside is not None:
+            error = f"{aside.reason}: left alone (use the hybridiso that made it, or remove its record by hand)"
+            left_alone.append(Outcome(p.agent.name, str(aside.raw.get("strategy")), "Failed", False, 0.0, error))
+            output.progress_line(False, p.agent.name, str(aside.raw.get("strategy")), "Failed", None)
+    return [p for p in selected if p.agent.name not in state.set_aside], left_alone
 
 
 def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:

@@ -1,0 +1,136 @@
+"""``status`` never exits 3 (issue 11): an environment git cannot read, one
+removed while status looks at it, and one an ``up`` is creating right now."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import hybridiso, status_json, write_manifest
+from tests.support.gitrepo import git, make_repo
+
+
+def _project(tmp_path: Path, agents: str) -> Path:
+    repo = make_repo(tmp_path / "r", {"README.md": "hello\n"})
+    write_manifest(repo, agents)
+    return repo
+
+
+def env(repo: Path, name: str) -> Path:
+    return repo.parent / f"{repo.name}.agents" / name
+
+
+@pytest.mark.parametrize(
+    ("agent", "damage", "says"),
+    [
+        ("wt", "remove .git", "its .git is missing"),
+        ("wt", "garbage .git", "invalid gitfile format"),
+        ("wt", "symlink .git", "its .git is a symlink, which hybridiso does not follow"),
+        ("cl", "remove .git", "its .git is missing"),
+        ("cl", "symlink .git", "its .git is a symlink"),
+        ("cl", "garbage .git", "not a git clone"),
+    ],
+)
+def test_an_environment_git_cannot_read_is_a_problem_not_a_crash(tmp_path: Path, agent: str, damage: str, says: str) -> None:
+    repo = _project(tmp_path, "agents:\n  - {name: wt}\n  - {name: cl, isolation: clone}\n  - {name: ok}\n")
+    hybridiso(repo, "up")
+    path = env(repo, agent)
+    (path / "work.txt").write_text("uncommitted work\n")
+    dot_git = path / ".git"
+    if dot_git.is_dir():
+        shutil.rmtree(dot_git)
+    else:
+        dot_git.unlink()
+    if damage == "garbage .git":
+        dot_git.write_text("this is not a gitdir line\n")
+    elif damage == "symlink .git":
+        dot_git.symlink_to(repo / ".git")  # git would read (and refresh the index of) the main repository
+    index_before = (repo / ".git" / "index").read_bytes()
+    r = hybridiso(repo, "status")  # exit 3 fails here, with its traceback
+    assert f"  {agent}: " in r.stderr and says in r.stderr, r.stderr
+    rows = status_json(repo)
+    assert rows["ok"]["state"] == "ready" and rows["ok"]["dirty"] == 0
+    assert rows[agent]["dirty"] is None and any(says in p for p in rows[agent]["problems"])
+    assert (path / "work.txt").read_text() == "uncommitted work\n"
+    assert (repo / ".git" / "index").read_bytes() == index_before
+
+
+def test_an_environment_removed_while_status_runs(tmp_path: Path) -> None:
+    # a concurrent `down` (here: the directory going and coming back as fast
+    # as it can) must never make status exit 3; run it against the race
+    repo = _project(tmp_path, "agents:\n" + "".join(f"  - {{name: a{i}}}\n" for i in range(4)))
+    hybridiso(repo, "up")
+    victims = [env(repo, f"a{i}") for i in range(4)]
+    copies = [tmp_path / f"copy{i}" for i in range(4)]
+    for v, c in zip(victims, copies):
+        shutil.copytree(v, c, symlinks=True)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for v, c in zip(victims, copies):
+                shutil.rmtree(v, ignore_errors=True)
+                shutil.copytree(c, v, symlinks=True, dirs_exist_ok=True)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        states = set()
+        for _ in range(8):
+            r = hybridiso(repo, "status", "--json")
+            states |= {row["state"] for row in json.loads(r.stdout)}
+    finally:
+        stop.set()
+        t.join()
+    assert states <= {"ready", "missing", "unreadable"}, states
+    print("states seen while the directories came and went:", sorted(states))
+
+
+def test_status_during_up_says_creating_in_progress_with_the_pid(tmp_path: Path) -> None:
+    repo = _project(tmp_path, "defaults:\n  setup: ['sleep 3']\nagents:\n  - {name: a}\n  - {name: b, isolation: clone}\n")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        rows: dict[str, dict[str, object]] = {}
+        while time.monotonic() < deadline:
+            rows = status_json(repo)
+            if all(r["state"] != "not created" for r in rows.values()):
+                break
+            time.sleep(0.1)
+        for name in ("a", "b"):
+            assert rows[name]["state"] == f"creating (in progress: hybridiso up, pid {up.pid})", rows
+            assert rows[name]["problems"] == []
+        assert "missing" not in hybridiso(repo, "status").stdout
+    finally:
+        out, err = up.communicate(timeout=60)
+    assert up.returncode == 0, err
+    assert {r["state"] for r in status_json(repo).values()} == {"ready"}
+
+
+def test_an_interrupted_creation_is_not_called_in_progress(tmp_path: Path) -> None:
+    pid_file = tmp_path / "setup.pid"
+    repo = _project(tmp_path, f"defaults:\n  setup: ['echo $$ > {pid_file}; sleep 30']\nagents:\n  - {{name: a}}\n")
+    up = subprocess.Popen([sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not pid_file.exists():
+        time.sleep(0.1)
+    up.kill()  # kill -9: the record stays 'creating', nobody holds the lock
+    up.wait()
+    try:
+        rows = status_json(repo)
+        assert rows["a"]["state"] == "creating (interrupted or failed; `up` redoes it)"
+    finally:
+        # the setup it started runs on in its own process group: end it, by its id
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
