@@ -180,14 +180,19 @@ def test_gc_keeps_unmarked_directories_and_clones_in_the_workspace(tmp_path: Pat
 
 def test_marker_is_private_and_names_the_project(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
+    # env: cannot forge the mark: such keys are a manifest error, nothing is made
     write_manifest(repo, "agents:\n  - name: a\n    env: {HYBRIDISO_PROJECT: forged, HYBRIDISO_AGENT: other}\n")
+    refused = hybridiso(repo, "up", ok=False)
+    assert refused.returncode == 1 and "HYBRIDISO_PROJECT" in refused.stderr and "hybridiso's own" in refused.stderr
+    assert not (tmp_path / "repo.agents" / "a").exists()
+    write_manifest(repo, "agents:\n  - name: a\n    env: {OTHER: x}\n")
     hybridiso(repo, "up")
     env_file = tmp_path / "repo.agents" / "a" / ".hybridiso.env"
     assert env_file.stat().st_mode & 0o777 == 0o600
     from hybridiso.project import load_project
 
     lines = env_file.read_text().splitlines()
-    assert f"HYBRIDISO_PROJECT={load_project(repo).id}" in lines and "HYBRIDISO_AGENT=a" in lines  # env: cannot forge the mark
+    assert f"HYBRIDISO_PROJECT={load_project(repo).id}" in lines and "HYBRIDISO_AGENT=a" in lines
     out = hybridiso(repo, "exec", "a", "--", "sh", "-c", "echo $HYBRIDISO_PROJECT").stdout.strip()
     assert out == load_project(repo).id
 
@@ -242,9 +247,14 @@ def test_a_record_whose_name_differs_from_its_key_is_refused(tmp_path: Path) -> 
     data["agents"]["a"]["name"] = "b"  # `a`'s record would act on b's place
     data["agents"]["a"]["path"] = data["agents"]["b"]["path"]
     path.write_text(json.dumps(data))
-    r = hybridiso(repo, "down", "--force", ok=False)
-    assert r.returncode == 1 and "names agent 'b'" in r.stderr
-    assert (tmp_path / "repo.agents" / "a").is_dir() and (tmp_path / "repo.agents" / "b").is_dir()
+    # such a file is not trusted at all: set aside (kept for the user) and
+    # rebuilt from git, so `down a` removes a's own place and never b's
+    r = hybridiso(repo, "down", "--force", "a")
+    assert "record 'a' is named 'b'" in r.stderr and "rebuilt from git" in r.stderr
+    assert list(path.parent.glob("state.json.corrupt-*")), "the tampered file is kept for the user"
+    assert not (tmp_path / "repo.agents" / "a").exists()
+    assert (tmp_path / "repo.agents" / "b").is_dir()
+    assert "b" in hybridiso(repo, "status", "--json").stdout
 
 
 # --- FAULTS #31: includes never write through a symlink ------------------------------------
