@@ -451,8 +451,12 @@ def has_object(cwd: Path, rev: str) -> bool:
 
 
 def full_ref(cwd: Path, rev: str) -> str | None:
-    """``main`` -> ``refs/heads/main``; None for a commit id or an unknown name."""
-    r = _execute(cwd, ["rev-parse", "--symbolic-full-name", "--end-of-options", rev])
+    """``main`` -> ``refs/heads/main``; None for a commit id or an unknown name.
+
+    ``--verify``: without it rev-parse echoes ``--end-of-options`` as the first
+    line of its answer, which hid every name (a clone's copy of base was then
+    never updated by sync, and ``down`` counted base's commits as the agent's)."""
+    r = _execute(cwd, ["rev-parse", "--verify", "-q", "--symbolic-full-name", "--end-of-options", rev])
     name = r.stdout.strip()
     return name if r.returncode == 0 and name.startswith("refs/") else None
 

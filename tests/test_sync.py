@@ -163,3 +163,23 @@ def test_sync_with_no_environments_says_so(tmp_path: Path) -> None:
     repo = make_project(tmp_path, "  - name: a\n")
     r = hybridiso(repo, "sync")
     assert r.stdout == "" and "no environments to sync: `hybridiso up` creates them" in r.stderr
+
+
+def test_down_after_sync_counts_only_the_clones_own_commits(tmp_path: Path) -> None:
+    """Issue 11: the clone's copy of base must move with sync, or `down` takes
+    base's new commits for the agent's own ("3 commits not in base")."""
+    repo = make_project(tmp_path, "  - name: cl\n    isolation: clone\n")
+    hybridiso(repo, "up")
+    mine = commit_file(env(repo, "cl"), "mine.txt", "agent work\n", "agent work")
+    upstream_commit(tmp_path, "u1.txt", "1\n")
+    new_main = upstream_commit(tmp_path, "u2.txt", "2\n")
+    rows, _ = sync_rows(repo)
+    assert rows["cl"]["result"] == "rebased"
+    clone = env(repo, "cl")
+    assert git(clone, "rev-parse", "refs/remotes/hybridiso-base/main") == new_main
+    r = hybridiso(repo, "down", "--dry-run", ok=False)
+    assert "1 commits not in base" in r.stderr and "agent work" in r.stderr, r.stderr
+    assert "u1.txt" not in r.stderr and "u2.txt" not in r.stderr
+    assert git(clone, "log", "-1", "--format=%s") == "agent work" and mine  # nothing touched
+    hybridiso(repo, "down", "--keep-branch")
+    assert git(repo, "show", "hybridiso/cl:mine.txt") == "agent work"
