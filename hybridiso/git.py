@@ -404,6 +404,38 @@ def merge_base(cwd: Path, a: str, b: str) -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+def fork_point(cwd: Path, ref: str, commit: str) -> str | None:
+    """``git merge-base --fork-point``: where ``commit``'s history left any
+    value ``ref`` ever had (its reflog), so a base that was rewritten since
+    still gives the old fork; None without a reflog that says."""
+    r = _execute(cwd, ["merge-base", "--fork-point", ref, commit])
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def operation_in_progress(cwd: Path) -> str | None:
+    """A merge, rebase, cherry-pick, revert or bisect the user has under way
+    in the worktree ``cwd`` (None when there is none)."""
+    for name, what in (
+        ("MERGE_HEAD", "a merge"),
+        ("rebase-merge", "a rebase"),
+        ("rebase-apply", "a rebase or am"),
+        ("CHERRY_PICK_HEAD", "a cherry-pick"),
+        ("REVERT_HEAD", "a revert"),
+        ("BISECT_LOG", "a bisect"),
+    ):
+        p = Path(out(cwd, "rev-parse", "--git-path", name))
+        if (p if p.is_absolute() else Path(cwd) / p).exists():
+            return what
+    return None
+
+
+def reset_keep(cwd: Path, commit: str) -> bool:
+    """Move the checked-out branch of ``cwd`` to ``commit`` the way ``git reset
+    --keep`` does: local changes are kept, and git refuses (False) when one of
+    them would be overwritten."""
+    return _execute(cwd, ["reset", "-q", "--keep", commit]).returncode == 0
+
+
 def count_commits(cwd: Path, exclude: str, include: str) -> int:
     r = _execute(cwd, ["rev-list", "--count", f"{exclude}..{include}"])
     return int(r.stdout.strip()) if r.returncode == 0 else 0
@@ -505,13 +537,17 @@ class RebaseResult:
     error: str = ""
 
 
-def rebase(cwd: Path, onto: str) -> RebaseResult:
-    """Rebase the checked-out branch onto ``onto``; on a conflict, abort (the
+def rebase(cwd: Path, onto: str, upstream: str | None = None) -> RebaseResult:
+    """Rebase the checked-out branch onto ``onto``; with ``upstream``, only the
+    commits after it (``git rebase --onto ONTO UPSTREAM``: what lay below
+    ``upstream`` is left behind, FAULTS #35).  On a conflict, abort (the
     branch and files are as before) and return the conflicting paths.  A rebase
     that cannot start because of a git lock is retried like ``run``."""
+    args = ["-c", "core.editor=true", "rebase", "-q", "--no-autostash"]
+    args += ["--onto", onto, upstream] if upstream is not None else [onto]
     delay = 0.05
     for attempt in range(LOCK_RETRIES + 1):
-        r = _execute(cwd, ["-c", "core.editor=true", "rebase", "-q", "--no-autostash", onto])
+        r = _execute(cwd, args)
         if r.returncode == 0:
             return RebaseResult(True)
         if _rebase_in_progress(cwd):

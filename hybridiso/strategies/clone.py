@@ -25,12 +25,18 @@ def create(ctx: EnvContext) -> None:
     repo, path, branch = ctx.project.root, ctx.path, ctx.record.branch
     path.parent.mkdir(parents=True, exist_ok=True)
     git.clone_local(repo, path, BASE_REMOTE)
+    made = git.current_branch(path)  # git clone's local copy of the repository's HEAD branch
     urls = git.config_values(repo, "remote.origin.url")
     if urls:
         pushes = [_from(repo, u) for u in git.config_values(repo, "remote.origin.pushurl")]
         git.add_remote(path, "origin", _from(repo, urls[-1]), pushes)
     existing = git.branch_commit(repo, branch)
     git.checkout_new_branch(path, branch, existing or ctx.record.base_commit or "HEAD")
+    if made and made != branch:
+        # a stale copy of that branch nobody moves: it would keep whatever base
+        # later drops (a purged secret, FAULTS #35) and look like a branch of
+        # the agent's; base lives in refs/remotes/hybridiso-base/ instead
+        git.delete_branch(path, made)
 
 
 def _from(repo: Path, url: str) -> str:
