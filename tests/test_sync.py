@@ -217,6 +217,9 @@ def test_force_pushed_base_never_brings_the_removed_commit_back(tmp_path: Path) 
     secret, _ = _push_secret_then_purge(tmp_path, repo)
     hybridiso(repo, "up")
     mine = {n: commit_file(env(repo, n), f"{n}.txt", f"{n} work\n", f"{n} work") for n in ("wt", "cl")}
+    assert git(env(repo, "cl"), "branch", "--format=%(refname:short)") == "hybridiso/cl"  # no stale copy of main
+    # clones made before that kept git clone's local main: it must follow too
+    git(env(repo, "cl"), "branch", "main", "refs/remotes/hybridiso-base/main")
     purged = _purge(tmp_path)
 
     rows, err = sync_rows(repo)
@@ -234,6 +237,7 @@ def test_force_pushed_base_never_brings_the_removed_commit_back(tmp_path: Path) 
     # no branch of the repository or of the clone holds the secret any more
     assert _branches_containing(repo, secret) == []
     assert _branches_containing(env(repo, "cl"), secret) == []
+    assert git(env(repo, "cl"), "rev-parse", "main") == purged
     # the agents' own commits are kept, one each, on top of the new base
     for n in ("wt", "cl"):
         e = env(repo, n)

@@ -275,6 +275,18 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         o.setup, o.detail = "failed", e.message.splitlines()[0]
 
 
+def _follow_stale_copy(path: Path, branch: str, before: str | None, after: str | None) -> None:
+    """Clones made before hybridiso deleted it keep git clone's local copy of
+    base (``main``), which nothing moved: where it holds nothing of its own
+    (it is in what base was), it follows base, so what base dropped (FAULTS
+    #35) goes from it too.  One with commits of its own is the agent's."""
+    tip = git.branch_commit(path, branch)
+    if tip is None or before is None or after is None or tip == after or git.current_branch(path) == branch:
+        return
+    if git.is_ancestor(path, tip, before):
+        git.run(path, "update-ref", f"refs/heads/{branch}", after, tip)
+
+
 def old_base(cwd: Path, head: str, recorded: str | None, new_base: str, base_ref: str | None) -> tuple[str | None, str]:
     """The commit the branch's own commits sit on, and how it was found: the
     record's (it forked or was last synced there) when that is in the branch's
@@ -323,7 +335,10 @@ def update_clone(ctx: EnvContext, base_commit: str, base_ref: str | None) -> str
     if base_ref:
         short = base_ref.removeprefix("refs/heads/") if base_ref.startswith("refs/heads/") else base_ref.removeprefix("refs/")
         mine = f"refs/remotes/{BASE_REMOTE}/{short}"
+        before = git.resolve_commit(path, mine)
         git.fetch(path, BASE_REMOTE, f"+{base_ref}:{mine}")
+        if base_ref.startswith("refs/heads/"):
+            _follow_stale_copy(path, short, before, git.resolve_commit(path, mine))
     elif not git.has_object(path, base_commit):
         git.fetch(path, BASE_REMOTE, base_commit)
     origin = git.remote_url(root, "origin")
