@@ -316,9 +316,60 @@ def snapshot_worktree(path: Path, extra_ignored: Sequence[str] = ()) -> str:
 # --- clones -----------------------------------------------------------------------
 
 
-def clone_local(source: Path, dest: Path, origin_name: str) -> None:
-    """A local clone: objects hard-linked (no copy, no network), no checkout yet."""
-    run(source, "clone", "--local", "--no-checkout", "--origin", origin_name, "--", str(source), str(dest))
+CLONE_HARDLINKED = "hard-linked"
+CLONE_COPIED = "copied"
+_CROSS_DEVICE_RE = re.compile(r"failed to create link .*(Invalid cross-device link|Operation not permitted)")
+
+
+def clone_local(source: Path, dest: Path, origin_name: str, common_dir: Path) -> str:
+    """A local clone, no checkout yet, no network; returns how its objects
+    were made.  ``--local`` hard-links the object files, and then refuses to
+    copy where it cannot link ("Invalid cross-device link": the workspace on
+    another file system, or a bind mount between them, FAULTS #36), so there
+    it is ``--no-hardlinks``, which copies them: the clone is as independent,
+    it only takes the space."""
+    base = ["clone", "--no-checkout", "--origin", origin_name]
+    if _same_filesystem(common_dir / "objects", dest.parent):
+        r = _execute(source, [*base, "--local", "--", str(source), str(dest)])
+        if r.returncode == 0:
+            return CLONE_HARDLINKED
+        if not _CROSS_DEVICE_RE.search(r.stderr):
+            raise CommandError(r, os.fspath(source))
+        _clear_failed_clone(dest)
+    run(source, *base, "--no-hardlinks", "--", str(source), str(dest))
+    return CLONE_COPIED
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return True  # let git try: it says what is wrong
+
+
+def _clear_failed_clone(dest: Path) -> None:
+    """git removes the clone it could not finish, except a directory that was
+    there before (an empty one is allowed): empty it again for the retry."""
+    import shutil
+
+    if dest.is_dir() and not dest.is_symlink():
+        for entry in list(dest.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def local_config_path(cwd: Path, key: str) -> str | None:
+    """A path-valued key as the repository's own config sets it (``~``
+    expanded by git), None when only the global/system config (or nothing)
+    sets it."""
+    r = _execute(cwd, ["config", "--local", "--type=path", "--get", "--", key])
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def set_config(cwd: Path, key: str, value: str) -> None:
+    run(cwd, "config", "--", key, value)
 
 
 def remote_url(cwd: Path, name: str) -> str | None:

@@ -94,8 +94,6 @@ def create(ctx: EnvContext) -> None:
     t = time.monotonic()
     if git.init_submodules(ctx.path):
         record.timings["submodules"] = round(time.monotonic() - t, 3)
-    if record.strategy == "clone":
-        git.add_exclude(git.git_dir(ctx.path), ENV_EXCLUDE)
     t = time.monotonic()
     service_env = service_branches.provision(ctx)
     if service_env:

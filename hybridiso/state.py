@@ -50,6 +50,9 @@ class AgentRecord:
     timings: dict[str, float] = field(default_factory=dict)
     config_hash: str = ""
     setup_hash: str = ""
+    # clones: how git made its objects, "hard-linked" or "copied" (the
+    # workspace on another file system, FAULTS #36); "" for other strategies
+    clone_objects: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

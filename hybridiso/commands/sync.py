@@ -39,6 +39,7 @@ from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_READY
 from hybridiso.strategies.base import EnvContext
+from hybridiso.strategies import clone
 from hybridiso.strategies.clone import BASE_REMOTE
 
 HELP = "fetch once, then rebase each clean environment onto the updated base"
@@ -236,6 +237,10 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
     if obs.branch != record.branch:
         o.detail = f"checked out {obs.branch or 'a detached HEAD'}, not {record.branch}"
         return
+    if record.strategy == "clone":
+        # the repository's ignore rules may have changed (or predate them in
+        # the clone): refreshed first, so files it ignores are not "dirty"
+        clone.copy_ignore_rules(ctx)
     dirty = [n for _, n in git.status_porcelain(ctx.path) if n != ENV_FILE]
     if dirty:
         o.detail = f"dirty: {len(dirty)} changed files ({', '.join(dirty[:3])}{', ...' if len(dirty) > 3 else ''})"

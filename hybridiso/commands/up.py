@@ -51,6 +51,7 @@ class Outcome:
     error: str | None = None
     path: str | None = None
     ports: dict[str, int] | None = None
+    note: str = ""  # said on the progress line, e.g. how a clone's objects were made
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,7 +201,7 @@ def converge(
                 for f in done:
                     outcome = f.result()
                     outcomes.append(outcome)
-                    output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width)
+                    output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width, outcome.note)
                     if futures[f].record.extra.get("rolled_back"):
                         state.agents.pop(outcome.name, None)
                     try:
@@ -239,7 +240,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
             verb = "Created"
         else:
             verb = _update(ctx)
-        return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started)
+        return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started, note=_note(ctx, action))
     except Cancelled:
         return Outcome(ctx.name, strategy, "Cancelled", False, time.monotonic() - started, "interrupted")
     except Exception as e:  # one agent's failure must not hide the others'
@@ -255,6 +256,13 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
             except Exception:  # noqa: BLE001 - the record stays marked creating: the next up retries
                 error += "; rolling back failed too: the next `hybridiso up` retries"
         return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error)
+
+
+def _note(ctx: EnvContext, action: str) -> str:
+    if action == "create" and ctx.record.clone_objects == git.CLONE_COPIED:
+        # FAULTS #36: say it, it costs the whole object store again on disk
+        return "objects copied, not hard-linked: the workspace is on another file system than the repository"
+    return ""
 
 
 LOW_SPACE = 1 << 20  # git says only "unable to write file" when the disk fills
