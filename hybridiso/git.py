@@ -195,19 +195,21 @@ def _worktree_list(cwd: Path) -> list[Worktree]:
 _worktree_metadata = threading.Lock()
 
 
-def worktree_add(repo: Path, path: Path, branch: str, start: str | None) -> None:
+def worktree_add(repo: Path, path: Path, branch: str, start: str | None, *, track: bool = False) -> None:
     """Check out ``branch`` in a new worktree; create it at ``start`` when given.
 
     git reads every worktree's metadata while adding one, and fails on a
     half-written one (FAULTS #11), so registering is serialised; the checkout,
     the expensive part, runs in the new worktree (its own index) in parallel.
-    ``--no-track`` keeps git from writing upstream config for the new branch.
+    ``--no-track`` keeps git from writing upstream config for the new branch;
+    ``track`` (``start`` is a remote-tracking branch) sets it up instead.
     """
     _forget_worktrees()
     try:
         with _worktree_metadata:
             if start is not None:
-                run(repo, "worktree", "add", "--no-checkout", "--no-track", "-b", branch, "--", str(path), start)
+                tracking = "--track" if track else "--no-track"
+                run(repo, "worktree", "add", "--no-checkout", tracking, "-b", branch, "--", str(path), start)
             else:
                 run(repo, "worktree", "add", "--no-checkout", "--", str(path), branch)
         run(path, "reset", "-q", "--hard", "--no-recurse-submodules", "HEAD")
@@ -394,6 +396,10 @@ def checkout_new_branch(cwd: Path, branch: str, start: str) -> None:
     run(cwd, "checkout", "-q", "--no-track", "-B", branch, start)
 
 
+def set_upstream(cwd: Path, branch: str, upstream: str) -> None:
+    run(cwd, "branch", "-q", f"--set-upstream-to={upstream}", "--", branch)
+
+
 def checkout(cwd: Path, branch: str) -> None:
     run(cwd, "checkout", "-q", branch)
 
@@ -560,6 +566,21 @@ def upstream(cwd: Path, branch: str) -> Upstream | None:
     if r.returncode != 0 or len(parts) < 4 or not (parts[0] or parts[2]):
         return None
     return Upstream(parts[0], parts[2], parts[3], "[gone]" in parts[1])
+
+
+def refs_under(cwd: Path, *prefixes: str) -> list[tuple[str, str]]:
+    """(ref, commit) of every ref under ``prefixes``, in one process."""
+    text = run(cwd, "for-each-ref", "--format=%(refname)%00%(objectname)", *prefixes).stdout
+    pairs = []
+    for line in text.splitlines():
+        ref, _, commit = line.partition("\0")
+        if ref and commit:
+            pairs.append((ref, commit))
+    return pairs
+
+
+def remote_names(cwd: Path) -> list[str]:
+    return [line for line in out(cwd, "remote").splitlines() if line]
 
 
 def ref_exists(cwd: Path, ref: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from hybridiso import git, lifecycle, output, ports, strategies
+from hybridiso import branches, git, lifecycle, output, ports, strategies
 from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
             for note in p.warnings:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
+        # a branch that would shadow a remote-tracking one is a manifest
+        # problem: refused for every agent before anything is made
+        branches.refuse_shadowing(project.root, project.manifest.agents)
         selected, refused = check_docker(project, selected)
         outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
     if args.json:
@@ -142,53 +145,26 @@ def converge(
     store = project.store
     leases = _lease_ports(project, state, selected)  # fails before anything is created (FAULTS #14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
+    refs = branches.Refs.read(project.root)  # once for every agent's branch question
     todo: list[tuple[EnvContext, str]] = []
+    refused: list[Outcome] = []
     for p in selected:
-        name = p.agent.name
-        record = state.agents.get(name)
-        if record is not None and record.phase == PHASE_CREATING:
-            # an earlier run was interrupted half-way: undo it, then create anew
-            try:
-                lifecycle.rollback(context(project, state, name))
-            except UserError as e:
-                raise UserError(f"{name}: an interrupted creation could not be undone: {e.message}", hint=e.hint) from None
-            del state.agents[name]
-            store.save(state)
-            record = None
-        carried_branch = False
-        if record is not None and not strategies.get(record.strategy).observe(context(project, state, name)).exists:
-            # deleted by hand (FAULTS #7): clear git's metadata, create it again
-            output.warn(f"{name}: its directory {record.path} is gone; creating it again")
-            strategies.get(record.strategy).remove(context(project, state, name))
-            carried_branch = record.created_branch
-            del state.agents[name]
-            record = None
-        if record is None:
-            record = AgentRecord(
-                name=name,
-                strategy=p.strategy,
-                branch=p.branch,
-                path=p.path,
-                base=project.manifest.base,
-                base_commit=base_commit,
-            )
-            state.agents[name] = record
-            record.ports = leases[name]
-            ctx = context(project, state, name)
-            lifecycle.prepare(ctx)
-            record.created_branch = record.created_branch or carried_branch
-            todo.append((ctx, "create"))
-        else:
-            record.ports = leases[name]
-            todo.append((context(project, state, name), "update"))
+        try:
+            todo.append(_prepare_one(project, state, p, base_commit, leases[p.agent.name], refs))
+        except UserError as e:
+            # one agent's problem (a directory in its way, its branch checked
+            # out elsewhere) stops that agent only; the others are created
+            refused.append(Outcome(p.agent.name, p.strategy, "Failed", False, 0.0, str(e)))
     store.save(state)  # the journal: every creation is on disk before it starts
 
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome] = list(refused)
     jobs = jobs if jobs > 0 else max(2, os.cpu_count() or 1)
     cancel = threading.Event()
     for ctx, _ in todo:
         ctx.cancel = cancel
-    width = max((len(c.name) for c, _ in todo), default=8)
+    width = max([*(len(c.name) for c, _ in todo), *(len(o.name) for o in refused)], default=8)
+    for o in refused:
+        output.progress_line(False, o.name, o.strategy, o.action, None, width)
     save_error: UserError | None = None
     if any(a == "create" for _, a in todo):
         output.message(f"[+] {sum(a == 'create' for _, a in todo)} to create, {sum(a == 'update' for _, a in todo)} to check")
@@ -229,6 +205,55 @@ def converge(
     if save_error is not None:
         store.save(state)  # once more: space may have been freed by the rollbacks
     return outcomes
+
+
+def _prepare_one(
+    project: Project, state: State, p: AgentPlan, base_commit: str, leased: dict[str, int], refs: branches.Refs
+) -> tuple[EnvContext, str]:
+    """One agent's action, with its record ready to be saved as the journal.
+    A UserError is this agent's failure; its record is left as it was (a
+    half-made one stays ``creating`` for the next run) or not made at all."""
+    name = p.agent.name
+    record = state.agents.get(name)
+    carried: AgentRecord | None = None
+    if record is not None and record.phase == PHASE_CREATING:
+        # an earlier run was interrupted half-way: undo it, then create anew
+        try:
+            lifecycle.rollback(context(project, state, name))
+        except UserError as e:
+            raise UserError(f"an interrupted creation could not be undone: {e.message}", hint=e.hint) from None
+        del state.agents[name]
+        project.store.save(state)
+        carried = record  # a branch it made that had commits survived the rollback: still ours
+        record = None
+    if record is not None and not strategies.get(record.strategy).observe(context(project, state, name)).exists:
+        # deleted by hand (FAULTS #7): clear git's metadata, create it again
+        output.warn(f"{name}: its directory {record.path} is gone; creating it again")
+        strategies.get(record.strategy).remove(context(project, state, name))
+        del state.agents[name]
+        carried, record = record, None
+    if record is not None:
+        record.ports = leased
+        return context(project, state, name), "update"
+    record = AgentRecord(
+        name=name,
+        strategy=p.strategy,
+        branch=p.branch,
+        path=p.path,
+        base=project.manifest.base,
+        base_commit=base_commit,
+        ports=leased,
+    )
+    state.agents[name] = record
+    ctx = context(project, state, name)
+    if carried is not None:
+        refs = branches.Refs.read(project.root)  # the rollback may have deleted its branch
+    try:
+        lifecycle.prepare(ctx, refs, carried)
+    except BaseException:
+        del state.agents[name]  # nothing was made for it
+        raise
+    return ctx, "create"
 
 
 def _one(ctx: EnvContext, action: str) -> Outcome:

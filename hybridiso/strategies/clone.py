@@ -38,7 +38,14 @@ def create(ctx: EnvContext) -> None:
         pushes = [_from(repo, u) for u in git.config_values(repo, "remote.origin.pushurl")]
         git.add_remote(path, "origin", _from(repo, urls[-1]), pushes)
     existing = git.branch_commit(repo, branch)
-    git.checkout_new_branch(path, branch, existing or ctx.record.base_commit or "HEAD")
+    track = ctx.record.track if existing is None else ""
+    start = existing or (git.resolve_commit(repo, track) if track else None) or ctx.record.base_commit or "HEAD"
+    git.checkout_new_branch(path, branch, start)
+    if track.startswith("refs/remotes/origin/") and urls:
+        # `branch: feature` that only origin has: tracks origin/feature in the
+        # clone as in the repository (its remote-tracking refs mirrored locally)
+        git.fetch(path, BASE_REMOTE, "+refs/remotes/origin/*:refs/remotes/origin/*")
+        git.set_upstream(path, branch, track.removeprefix("refs/remotes/"))
     if made and made != branch:
         # a stale copy of that branch nobody moves: it would keep whatever base
         # later drops (a purged secret, FAULTS #35) and look like a branch of

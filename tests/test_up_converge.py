@@ -1,0 +1,211 @@
+"""``up`` converging environments that reality changed under it (issue 11).
+
+FAULTS rows: #7 (an environment's directory deleted by hand: made again, its
+branch still hybridiso's, never git's raw "a branch named ... already
+exists"), #2 (branches), and from "Bad input": a directory in one agent's way
+stops that agent only.  Branches start where git worktree add would start
+them: `branch: feature` that only origin has tracks origin/feature;
+`branch: origin/feature` is refused before anything is made.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import hybridiso, state, status_json, write_manifest
+from tests.support.gitrepo import commit_file, git, make_repo
+from tests.test_gc import env, make_project
+
+
+def _branches(repo: Path) -> dict[str, str]:
+    out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/")
+    return dict(line.split() for line in out.splitlines())
+
+
+# --- FAULTS #7: a directory deleted by hand ----------------------------------------
+
+
+@pytest.mark.parametrize("isolation", ["worktree", "clone"])
+def test_up_after_the_directory_was_deleted_makes_it_again_on_its_own_branch(tmp_path: Path, isolation: str) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, f"agents:\n  - {{name: a, isolation: {isolation}}}\n  - name: b\n")
+    hybridiso(repo, "up")
+    a = tmp_path / "r.agents" / "a"
+    if isolation == "worktree":
+        work = commit_file(a, "work.txt", "agent work\n", "agent work")  # lives on in the repository's branch
+    fork = state(repo)["agents"]["a"]["base_commit"]
+    commit_file(repo, "later.txt", "base moved on\n")  # base is elsewhere now
+    shutil.rmtree(a)
+    r = hybridiso(repo, "up")  # once, not "fails once, then works"
+    assert "its directory" in r.stderr and "is gone; creating it again" in r.stderr
+    assert "already exists" not in r.stderr and "Traceback" not in r.stderr
+    assert status_json(repo)["a"]["state"] == "ready"
+    rec = state(repo)["agents"]["a"]
+    if isolation == "worktree":
+        # the same branch with the same commits, still hybridiso's, forking where it did
+        assert git(a, "rev-parse", "HEAD") == work and (a / "work.txt").read_text() == "agent work\n"
+        assert rec["created_branch"] is True and rec["base_commit"] == fork
+        # so down still knows the commits are the agent's, and removes the branch it made
+        refused = hybridiso(repo, "down", "a", ok=False)
+        assert "1 commits not in base: " in refused.stderr and "agent work" in refused.stderr
+        r = hybridiso(repo, "down", "a", "--force")
+        assert "work saved to refs/hybridiso/backup/a/" in r.stderr
+        assert "refs/heads/hybridiso/a" not in _branches(repo)
+    else:
+        assert (a / "later.txt").exists()  # a clone's branch lived in the deleted clone: a fresh one from base
+        hybridiso(repo, "down", "a")
+    assert status_json(repo)["b"]["state"] == "ready"
+
+
+def test_interrupted_re_creation_keeps_the_branch_hybridisos(tmp_path: Path) -> None:
+    """kill -9 while an environment is made again: the rollback keeps its
+    branch (it has commits) and the next up still owns it."""
+    repo = make_repo(tmp_path / "r")
+    marker = tmp_path / "setup-started"
+    write_manifest(repo, "agents:\n  - name: a\n")
+    hybridiso(repo, "up")
+    a = tmp_path / "r.agents" / "a"
+    work = commit_file(a, "work.txt", "agent work\n", "agent work")
+    shutil.rmtree(a)
+    write_manifest(repo, f"agents:\n  - name: a\n    setup: ['echo $$ > {marker}.tmp && mv {marker}.tmp {marker}; sleep 60']\n")
+    proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    import os
+
+    os.killpg(int(marker.read_text()), signal.SIGKILL)
+    assert state(repo)["agents"]["a"]["phase"] == "creating"
+    write_manifest(repo, "agents:\n  - name: a\n")
+    hybridiso(repo, "up")
+    rec = state(repo)["agents"]["a"]
+    assert rec["phase"] == "ready" and rec["created_branch"] is True
+    assert git(a, "rev-parse", "HEAD") == work
+
+
+# --- a directory in one agent's way --------------------------------------------------
+
+
+def test_a_directory_in_one_agents_way_stops_only_that_agent(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\n  - name: blocked\n  - {name: c, isolation: clone}\n")
+    blocked = tmp_path / "r.agents" / "blocked"
+    blocked.mkdir(parents=True)
+    (blocked / "notes.txt").write_text("the user's own file\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "1 of 3 agents failed" in r.stderr
+    assert f"blocked: {blocked} already exists and is not a hybridiso environment of agent blocked" in r.stderr
+    assert "next step: move it away" in r.stderr
+    rows = status_json(repo)
+    assert rows["a"]["state"] == "ready" and rows["c"]["state"] == "ready"
+    assert "blocked" not in state(repo)["agents"]
+    assert (blocked / "notes.txt").read_text() == "the user's own file\n"  # untouched
+    assert sorted(p.name for p in blocked.iterdir()) == ["notes.txt"]
+    assert "refs/heads/hybridiso/blocked" not in _branches(repo)
+    # a file is in the way too
+    shutil.rmtree(blocked)
+    blocked.write_text("a file\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert "already exists and is not a hybridiso environment" in r.stderr and "1 of 3 agents failed" in r.stderr
+    assert blocked.read_text() == "a file\n"
+    blocked.unlink()
+    hybridiso(repo, "up")
+    assert status_json(repo)["blocked"]["state"] == "ready"
+
+
+def test_json_of_a_partly_failed_up_lists_every_agent(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\n  - name: blocked\n")
+    (tmp_path / "r.agents" / "blocked").mkdir(parents=True)
+    (tmp_path / "r.agents" / "blocked" / "x").write_text("x\n")
+    r = hybridiso(repo, "up", "--json", ok=False)
+    rows = {o["name"]: o for o in json.loads(r.stdout)}
+    assert rows["a"]["ok"] is True and rows["a"]["action"] == "Created"
+    assert rows["blocked"]["ok"] is False and "already exists" in rows["blocked"]["error"]
+
+
+# --- where a branch starts ---------------------------------------------------------
+
+
+def _with_remote_feature(tmp_path: Path, agents: str) -> tuple[Path, str]:
+    repo = make_project(tmp_path, agents)
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(tmp_path / "origin.git"), str(other))
+    git(other, "switch", "-q", "-c", "feature")
+    tip = commit_file(other, "feature.txt", "their feature\n", "their feature")
+    git(other, "push", "-q", "origin", "feature")
+    git(repo, "fetch", "-q", "origin")
+    assert "refs/heads/feature" not in _branches(repo)
+    return repo, tip
+
+
+@pytest.mark.parametrize("isolation", ["worktree", "clone"])
+def test_branch_that_only_origin_has_starts_from_it_and_tracks_it(tmp_path: Path, isolation: str) -> None:
+    repo, tip = _with_remote_feature(tmp_path, f"  - {{name: f, branch: feature, isolation: {isolation}}}\n")
+    hybridiso(repo, "up")
+    f = env(repo, "f")
+    assert git(f, "rev-parse", "HEAD") == tip and (f / "feature.txt").read_text() == "their feature\n"
+    assert git(f, "rev-parse", "--abbrev-ref", "feature@{upstream}") == "origin/feature"
+    rec = state(repo)["agents"]["f"]
+    assert rec["track"] == "refs/remotes/origin/feature"
+    assert rec["base_commit"] == git(repo, "merge-base", "main", tip)  # forks from base where feature did
+    assert rec["created_branch"] is False  # like git worktree add, the local branch stays the user's
+    if isolation == "worktree":
+        assert _branches(repo)["refs/heads/feature"] == tip
+        assert git(repo, "rev-parse", "--abbrev-ref", "feature@{upstream}") == "origin/feature"
+    # the agent's own commit goes on top, and down keeps the user's branch
+    commit_file(f, "mine.txt", "mine\n", "mine")
+    hybridiso(repo, "down", "f", "--keep-branch")
+    assert git(repo, "log", "--format=%s", "-2", "feature").splitlines() == ["mine", "their feature"]
+
+
+def test_branch_on_two_remotes_is_refused_with_both_names(tmp_path: Path) -> None:
+    repo, _ = _with_remote_feature(tmp_path, "  - {name: f, branch: feature}\n  - name: ok\n")
+    git(repo, "remote", "add", "mirror", str(tmp_path / "origin.git"))
+    git(repo, "fetch", "-q", "mirror")
+    r = hybridiso(repo, "up", ok=False)
+    assert "f: branch feature does not exist here, and 2 remotes have it (mirror/feature, origin/feature)" in r.stderr
+    assert "checkout.defaultRemote" in r.stderr and "1 of 2 agents failed" in r.stderr
+    assert status_json(repo)["ok"]["state"] == "ready" and "refs/heads/feature" not in _branches(repo)
+    git(repo, "config", "checkout.defaultRemote", "mirror")
+    hybridiso(repo, "up")
+    assert git(repo, "rev-parse", "--abbrev-ref", "feature@{upstream}") == "mirror/feature"
+
+
+def test_default_branch_never_starts_from_a_remote(tmp_path: Path) -> None:
+    """An agent without `branch:` asked for a fresh branch: a pushed
+    origin/hybridiso/a from earlier does not become its start."""
+    repo = make_project(tmp_path, "  - name: a\n")
+    hybridiso(repo, "up")
+    commit_file(env(repo, "a"), "old.txt", "old work\n", "old work")
+    git(env(repo, "a"), "push", "-q", "origin", "hybridiso/a")
+    hybridiso(repo, "down", "a", "--force")
+    git(repo, "fetch", "-q", "origin")
+    hybridiso(repo, "up")
+    assert git(env(repo, "a"), "rev-parse", "HEAD") == git(repo, "rev-parse", "main")
+    assert state(repo)["agents"]["a"]["track"] == ""
+
+
+@pytest.mark.parametrize("branch", ["origin/feature", "origin/new-thing", "refs/heads/x", "remotes/origin/feature"])
+def test_branch_that_would_shadow_a_remote_tracking_branch_is_refused(tmp_path: Path, branch: str) -> None:
+    repo, _ = _with_remote_feature(tmp_path, f"  - {{name: f, branch: {branch}}}\n  - name: ok\n")
+    before = _branches(repo)
+    r = hybridiso(repo, "up", ok=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "would shadow remote-tracking branches" in r.stderr and f"agent f: branch {branch!r}" in r.stderr
+    if branch.startswith("origin/"):
+        assert f"use `branch: {branch.removeprefix('origin/')}`" in r.stderr
+    assert "nothing was created" in r.stderr
+    assert _branches(repo) == before  # no refs/heads/origin/... or anything else
+    assert not (tmp_path / "repo.agents").exists() and state(repo).get("agents", {}) == {}
