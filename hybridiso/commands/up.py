@@ -134,9 +134,16 @@ def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[Agen
 
 
 def _lease_ports(project: Project, state: State, selected: list[AgentPlan]) -> dict[str, dict[str, int]]:
+    """Every selected agent's ports, never a port another repository on the
+    machine has leased (FAULTS #37), before anything is created (#14)."""
     current = {n: r.ports for n, r in state.agents.items()}
     wanted = {p.agent.name: p.agent.ports for p in selected}
-    return ports.lease(wanted, current, project.manifest.ports.bounds())
+    leases = ports.lease_machine_wide(project.repo.common_dir, wanted, current, project.manifest.ports.bounds())
+    if leases.note:
+        output.warn(leases.note)
+    for moved in leases.moved:
+        output.warn(f"{moved}: it gets another port")
+    return leases.ports
 
 
 def converge(
@@ -201,10 +208,21 @@ def converge(
                         continue
                     state.agents.pop(ctx.name, None)
             store.save(state)
+            _release_unrecorded(project, state, selected)
             raise
     if save_error is not None:
         store.save(state)  # once more: space may have been freed by the rollbacks
+    _release_unrecorded(project, state, selected)
     return outcomes
+
+
+def _release_unrecorded(project: Project, state: State, selected: list[AgentPlan]) -> None:
+    """Agents that ended with no record (refused, rolled back) give their
+    fresh leases back to the machine (other repositories would find them
+    stale anyway: no record holds them)."""
+    gone = [p.agent.name for p in selected if p.agent.name not in state.agents]
+    if gone:
+        ports.release(project.repo.common_dir, gone)
 
 
 def _prepare_one(
