@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import branches, envfile, git, includes, service_branches, setup_runner, strategies
+from hybridiso import branches, envfile, git, includes, ready_marker, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
@@ -131,6 +131,8 @@ def create(ctx: EnvContext) -> None:
     strategy.start(ctx)  # a new environment: whatever it did, it was created
     record.timings["start"] = round(time.monotonic() - t, 3)
     record.timings["total"] = round(time.monotonic() - t0, 3)
+    # last: what proves it finished when the state file is lost (issue 11)
+    ready_marker.mark(project.repo.common_dir, ctx.path, ctx.name)
     record.phase = PHASE_READY
 
 

@@ -209,3 +209,99 @@ def test_branch_that_would_shadow_a_remote_tracking_branch_is_refused(tmp_path: 
     assert "nothing was created" in r.stderr
     assert _branches(repo) == before  # no refs/heads/origin/... or anything else
     assert not (tmp_path / "repo.agents").exists() and state(repo).get("agents", {}) == {}
+
+
+# --- adoption after a crash and a lost state file ----------------------------------
+
+
+def _start_up(repo: Path) -> subprocess.Popen[str]:
+    # its own process group: killing it kills its git and setup children too,
+    # as a crash of the machine (or a kill of the terminal's group) would
+    return subprocess.Popen(
+        [sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.mark.parametrize("isolation", ["worktree", "clone"])
+def test_half_checked_out_environment_is_adopted_as_creating(tmp_path: Path, isolation: str) -> None:
+    """kill -9 of up (and its git) in the middle of the checkout, then the
+    state file is lost: the half-made environment is never called ready, and
+    the next up rolls it back and makes it whole."""
+    from tests.support.gitrepo import many_files_repo
+
+    repo = many_files_repo(tmp_path / "r", 8000)
+    write_manifest(repo, f"agents:\n  - {{name: big, isolation: {isolation}}}\n")
+    git(repo, "add", "hybridiso.yaml")
+    git(repo, "commit", "-q", "-m", "manifest")
+    env_dir = tmp_path / "r.agents" / "big"
+    proc = _start_up(repo)
+    deadline = time.time() + 120
+    # mid-checkout: git is writing files, and the index is not there yet
+    index = (repo / ".git" / "worktrees" / "big" / "index") if isolation == "worktree" else (env_dir / ".git" / "index")
+    while not (env_dir / "pkg00").is_dir() or len(list((env_dir / "pkg00").iterdir())) < 20:
+        assert time.time() < deadline and proc.poll() is None, f"up finished before it could be killed mid-checkout: {proc.communicate()}"
+        time.sleep(0.005)
+    _kill_group(proc)
+    assert not index.exists(), "the checkout had finished: the fault was not made"
+    files = sum(1 for _ in env_dir.rglob("mod*.py"))
+    assert 0 < files < 8000
+    (repo / ".git" / "hybridiso" / "state.json").unlink()
+    row = status_json(repo)["big"]
+    assert row["state"] != "ready" and row["state"].startswith("creating"), row
+    r = hybridiso(repo, "up")
+    assert "Created" in r.stderr
+    assert status_json(repo)["big"]["state"] == "ready"
+    assert sum(1 for _ in env_dir.rglob("mod*.py")) == 8000
+    assert git(env_dir, "status", "--porcelain") == ""
+
+
+def test_setup_killed_then_state_lost_is_adopted_as_creating(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    marker = tmp_path / "setup-ran"
+    write_manifest(repo, f"agents:\n  - name: a\n    setup: ['echo run >> {marker}; sleep 60']\n  - name: done\n")
+    proc = _start_up(repo)
+    deadline = time.time() + 60
+    while not (marker.exists() and (tmp_path / "r.agents" / "done" / ".hybridiso.env").exists()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)  # "done" has no setup: let it finish
+    _kill_group(proc)
+    (repo / ".git" / "hybridiso" / "state.json").unlink()
+    rows = status_json(repo)
+    assert rows["a"]["state"].startswith("creating") and rows["done"]["state"] == "ready", rows
+    write_manifest(repo, f"agents:\n  - name: a\n    setup: ['echo run >> {marker}']\n  - name: done\n")
+    r = hybridiso(repo, "up")
+    assert " a " in r.stderr and "Created" in r.stderr
+    assert marker.read_text().split() == ["run", "run"]  # setup ran to its end this time
+    assert {n: row["state"] for n, row in status_json(repo).items()} == {"a": "ready", "done": "ready"}
+
+
+def test_finished_environments_are_adopted_ready_old_ones_get_their_marker(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\n  - {name: c, isolation: clone}\n")
+    hybridiso(repo, "up")
+    # an environment made before the marker existed: its ready record vouches
+    # for it, and the next up marks it
+    (repo / ".git" / "worktrees" / "a" / "hybridiso-ready").unlink()
+    (tmp_path / "r.agents" / "c" / ".git" / "hybridiso-ready").unlink()
+    r = hybridiso(repo, "up")
+    assert "Created" not in r.stderr
+    assert (repo / ".git" / "worktrees" / "a" / "hybridiso-ready").exists()
+    assert (tmp_path / "r.agents" / "c" / ".git" / "hybridiso-ready").exists()
+    (repo / ".git" / "hybridiso" / "state.json").unlink()
+    assert {n: row["state"] for n, row in status_json(repo).items()} == {"a": "ready", "c": "ready"}
+    assert "Created" not in hybridiso(repo, "up").stderr
+    # a marker is never a symlink that is followed, nor copied from elsewhere
+    (repo / ".git" / "hybridiso" / "state.json").unlink()
+    m = tmp_path / "r.agents" / "c" / ".git" / "hybridiso-ready"
+    m.unlink()
+    (tmp_path / "elsewhere").write_text(f"agent=c\npath={tmp_path / 'r.agents' / 'c'}\n")
+    m.symlink_to(tmp_path / "elsewhere")
+    assert status_json(repo)["c"]["state"].startswith("creating")

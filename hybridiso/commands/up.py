@@ -16,7 +16,7 @@ from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from hybridiso import branches, git, lifecycle, output, ports, strategies
+from hybridiso import branches, git, lifecycle, output, ports, ready_marker, strategies
 from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
@@ -338,6 +338,9 @@ def _update(ctx: EnvContext) -> str:
         # something runs (a container): make it match its file again -- a
         # changed manifest recreates it, a stopped one starts
         did = strategy.start(ctx)
+    if not ready_marker.is_marked(ctx.project.repo.common_dir, ctx.path, ctx.name):
+        # made before the marker existed: its ready record vouches for it
+        ready_marker.mark(ctx.project.repo.common_dir, ctx.path, ctx.name)
     ctx.record.phase = PHASE_READY
     if did == "recreated":
         return "Recreated"
