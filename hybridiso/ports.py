@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hybridiso import output, safe_files
 from hybridiso.errors import UserError
@@ -144,8 +145,23 @@ class Registry:
 
 def _anchor() -> Path:
     home = state_home()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise _unusable(home, e) from None
+    if not home.is_dir():
+        raise UserError(
+            f"the state directory {home} for the machine's port registry is not a directory",
+            hint="point XDG_STATE_HOME at a directory (or unset it for ~/.local/state)",
+        )
     return home
+
+
+def _unusable(where: Path, e: OSError) -> UserError:
+    return UserError(
+        f"cannot use {where} for the machine's port registry: {e.strerror or e}",
+        hint="make it a directory you can write (or set XDG_STATE_HOME to one); no port was leased",
+    )
 
 
 def _parse(raw: str) -> dict[int, Entry]:
@@ -162,7 +178,10 @@ def _parse(raw: str) -> dict[int, Entry]:
 
 
 def _load(anchor: Path) -> Registry:
-    raw = safe_files.read_text(anchor, REGISTRY_FILE)  # a symlink or FIFO there: one clear error (FAULTS #31)
+    try:
+        raw = safe_files.read_text(anchor, REGISTRY_FILE)  # a symlink or FIFO there: one clear error (FAULTS #31)
+    except OSError as e:
+        raise _unusable(anchor / REGISTRY_FILE, e) from None
     if raw is None:
         return Registry({})
     try:
@@ -189,7 +208,10 @@ def _save(anchor: Path, registry: Registry) -> None:
 @contextlib.contextmanager
 def _locked() -> Iterator[tuple[Path, Registry]]:
     anchor = _anchor()
-    fd = safe_files.open_regular(anchor, REGISTRY_LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fd = safe_files.open_regular(anchor, REGISTRY_LOCK, os.O_RDWR | os.O_CREAT)
+    except OSError as e:
+        raise _unusable(anchor / REGISTRY_DIR, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # held for milliseconds: no message needed
         yield anchor, _load(anchor)
@@ -197,32 +219,50 @@ def _locked() -> Iterator[tuple[Path, Registry]]:
         os.close(fd)
 
 
-def _holds(entry: Entry) -> bool:
-    """Does ``entry``'s repository still give that port to that agent?"""
-    common = Path(entry.repo)
-    if not common.is_absolute() or not common.is_dir():
-        return False  # the repository is gone
+_KEEP = "keep"  # the repository cannot be judged now: all its leases hold
+
+
+def _records_of(repo: str) -> dict[str, Any] | str | None:
+    """A repository's agents as its state file has them; None when the
+    repository is gone, ``_KEEP`` when its leases cannot be judged now."""
+    common = Path(repo)
+    if not common.is_absolute() or not (common / "HEAD").is_file() or not (common / "objects").is_dir():
+        return None  # the repository is gone (or the entry never named one)
     if not lock_is_free(common / "hybridiso" / "lock"):
-        return True  # a command is running there: maybe between leasing and saving
+        return _KEEP  # a command is running there: maybe between leasing and saving
     try:
         raw = safe_files.read_text(common, "hybridiso/state.json")
     except (OSError, safe_files.UnsafePath):
-        return True  # cannot tell: never take a port that may be in use
+        return _KEEP  # cannot tell: never take a port that may be in use
     if raw is None:
-        return True  # lost state file: its records are rebuilt from the env files, ports included
+        return _KEEP  # lost state file: its records are rebuilt from the env files, ports included
     try:
         agents = json.loads(raw).get("agents", {})
-        ports = agents.get(entry.agent, {}).get("ports", {}) if isinstance(agents, dict) else {}
-        return isinstance(ports, dict) and ports.get(entry.name) == entry.port
     except (ValueError, AttributeError):
-        return True  # a corrupt file is rebuilt from reality by its own next run
+        return _KEEP  # a corrupt file is rebuilt from reality by its own next run
+    return agents if isinstance(agents, dict) else _KEEP
+
+
+def _holds(entry: Entry, agents: dict[str, Any] | str | None) -> bool:
+    """Does ``entry``'s repository still give that port to that agent?"""
+    if agents is None:
+        return False
+    if agents == _KEEP or not isinstance(agents, dict):
+        return True
+    record = agents.get(entry.agent)
+    ports = record.get("ports") if isinstance(record, dict) else None
+    return isinstance(ports, dict) and ports.get(entry.name) == entry.port
 
 
 def live_elsewhere(registry: Registry, project: str) -> tuple[dict[int, Entry], list[int]]:
-    """Other repositories' leases that still hold, and the stale ports."""
+    """Other repositories' leases that still hold, and the stale ports (each
+    repository's state file is read once)."""
     live, stale = {}, []
+    seen: dict[str, dict[str, Any] | str | None] = {}
     for port, e in registry.of_others(project).items():
-        if _holds(e):
+        if e.repo not in seen:
+            seen[e.repo] = _records_of(e.repo)
+        if _holds(e, seen[e.repo]):
             live[port] = e
         else:
             stale.append(port)

@@ -231,3 +231,15 @@ def test_stale_leases_are_taken_back_and_a_running_repository_keeps_its_own(tmp_
     hybridiso(two, "up")  # the lock is free now: ghost's record does not exist, "gone" is gone
     assert _ports_of(two) == {lo, lo + 1}
     assert {e["repo"] for e in _registry().values()} == {str((two / ".git").resolve())}
+
+
+def test_a_state_home_that_is_not_a_directory_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lo = free_port()
+    one, _ = _two_repos(tmp_path, lo, lo + 20, agents=1)
+    (tmp_path / "a-file").write_text("x\n")
+    for where in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        monkeypatch.setenv("XDG_STATE_HOME", str(where))
+        r = hybridiso(one, "up", ok=False)
+        assert r.returncode == 1 and f"cannot use {where} for the machine's port registry" in r.stderr
+        assert "next step:" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "one" / "repo.agents").exists()
