@@ -88,15 +88,18 @@ def shadow_problem(refs: Refs, branch: str) -> str | None:
     """Why ``branch`` would shadow a remote-tracking branch (None if it does not)."""
     if "/" not in branch:
         return None
-    first, rest = branch.split("/", 1)
-    if first in refs.remotes or first == _CLONE_REMOTE:
+    # the longest remote name it starts with (remote names may hold '/')
+    remote = max((r for r in (*refs.remotes, _CLONE_REMOTE) if branch.startswith(f"{r}/")), key=len, default=None)
+    if remote is not None:
+        rest = branch[len(remote) + 1 :]
         have = f"refs/remotes/{branch}" in refs.remote_refs
-        what = f"the remote-tracking branch {branch}" if have else f"remote {first!r}'s branches"
+        what = f"the remote-tracking branch {branch}" if have else f"remote {remote!r}'s branches"
         return (
-            f"branch {branch!r} starts with the name of remote {first!r}: a local branch refs/heads/{branch} "
+            f"branch {branch!r} starts with the name of remote {remote!r}: a local branch refs/heads/{branch} "
             f"would shadow {what} in your repository (use `branch: {rest}`: hybridiso makes a local {rest} "
-            f"that tracks {first}/{rest}, as git worktree add does)"
+            f"that tracks {remote}/{rest}, as git worktree add does)"
         )
+    first, rest = branch.split("/", 1)
     if first in _AMBIGUOUS_PREFIXES:
         return (
             f"branch {branch!r} starts with {first!r}/: git would read {branch} as another ref than the "

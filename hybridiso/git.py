@@ -332,14 +332,33 @@ def clone_local(source: Path, dest: Path, origin_name: str, common_dir: Path) ->
     it only takes the space."""
     base = ["clone", "--no-checkout", "--origin", origin_name]
     if _same_filesystem(common_dir / "objects", dest.parent):
-        r = _execute(source, [*base, "--local", "--", str(source), str(dest)])
+        r = _clone_retrying(source, dest, [*base, "--local", "--", str(source), str(dest)])
         if r.returncode == 0:
             return CLONE_HARDLINKED
         if not _CROSS_DEVICE_RE.search(r.stderr):
             raise CommandError(r, os.fspath(source))
         _clear_failed_clone(dest)
-    run(source, *base, "--no-hardlinks", "--", str(source), str(dest))
+    r = _clone_retrying(source, dest, [*base, "--no-hardlinks", "--", str(source), str(dest)])
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(source))
     return CLONE_COPIED
+
+
+# a loose object that vanished while git linked or copied it: the
+# repository's own `git gc --auto` (detached after a commit) packed it meanwhile
+_VANISHED_RE = re.compile(r"failed to (create link|copy file to) .*No such file or directory")
+
+
+def _clone_retrying(source: Path, dest: Path, args: list[str]) -> Result:
+    """A local clone copies the object files one by one; a gc packing them at
+    the same time makes it fail: tried again, on a clean directory."""
+    for attempt in range(3):
+        r = _execute(source, args)
+        if r.returncode == 0 or not _VANISHED_RE.search(r.stderr) or attempt == 2:
+            return r
+        _clear_failed_clone(dest)
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _same_filesystem(a: Path, b: Path) -> bool:
@@ -472,15 +491,18 @@ def fork_point(cwd: Path, ref: str, commit: str) -> str | None:
 def operation_in_progress(cwd: Path) -> str | None:
     """A merge, rebase, cherry-pick, revert or bisect the user has under way
     in the worktree ``cwd`` (None when there is none)."""
-    for name, what in (
+    states = (
         ("MERGE_HEAD", "a merge"),
         ("rebase-merge", "a rebase"),
         ("rebase-apply", "a rebase or am"),
         ("CHERRY_PICK_HEAD", "a cherry-pick"),
         ("REVERT_HEAD", "a revert"),
         ("BISECT_LOG", "a bisect"),
-    ):
-        p = Path(out(cwd, "rev-parse", "--git-path", name))
+    )
+    args = [a for name, _ in states for a in ("--git-path", name)]
+    paths = out(cwd, "rev-parse", *args).splitlines()  # one process for all of them
+    for line, (_, what) in zip(paths, states):
+        p = Path(line)
         if (p if p.is_absolute() else Path(cwd) / p).exists():
             return what
     return None

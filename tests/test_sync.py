@@ -328,3 +328,23 @@ def test_recorded_base_gone_and_no_reflog_falls_back_to_the_merge_base(tmp_path:
     assert "replayed its commits after the merge base" in row["detail"]
     assert git(env(repo, "a"), "log", "--format=%s", f"{new_main}..HEAD").splitlines() == ["a work"]
     assert state(repo)["agents"]["a"]["base_commit"] == new_main
+
+
+def test_a_sync_killed_mid_rebase_is_named_on_the_next_sync(tmp_path: Path) -> None:
+    """kill -9 during an agent's rebase leaves git mid-rebase there: the next
+    sync skips it and says what to run, the others sync, nothing is lost."""
+    repo = make_project(tmp_path, "  - name: a\n  - name: b\n")
+    hybridiso(repo, "up")
+    mine = commit_file(env(repo, "a"), "notes.txt", "1\nMINE\n3\n", "a work")
+    upstream_commit(tmp_path, "notes.txt", "1\nTHEIRS\n3\n")
+    upstream_commit(tmp_path, "other.txt", "x\n")
+    # what a killed sync leaves: a rebase stopped half-way (here on a conflict)
+    git(repo, "fetch", "-q", "origin")
+    git(env(repo, "a"), "rebase", "-q", "origin/main", check=False)
+    assert (repo / ".git" / "worktrees" / "a" / "rebase-merge").is_dir()
+    rows, _ = sync_rows(repo)
+    assert rows["a"]["result"] == "skipped"
+    assert "a rebase is in progress there: finish it (git rebase --continue) or undo it (git rebase --abort)" in rows["a"]["detail"]
+    assert rows["b"]["result"] == "rebased"
+    git(env(repo, "a"), "rebase", "--abort")
+    assert git(env(repo, "a"), "rev-parse", "HEAD") == mine

@@ -229,6 +229,19 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
     proc.communicate()
 
 
+def _gc_now(repo: Path) -> None:
+    """Pack now, not in the detached auto gc those many commits started,
+    which would race the clone's linking of loose objects (git.clone_local
+    retries that; this test is about the kill)."""
+    deadline = time.time() + 60
+    while True:
+        r = subprocess.run(["git", "gc", "-q"], cwd=repo, capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        assert "already running" in r.stderr and time.time() < deadline, r.stderr
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("isolation", ["worktree", "clone"])
 def test_half_checked_out_environment_is_adopted_as_creating(tmp_path: Path, isolation: str) -> None:
     """kill -9 of up (and its git) in the middle of the checkout, then the
@@ -240,6 +253,7 @@ def test_half_checked_out_environment_is_adopted_as_creating(tmp_path: Path, iso
     write_manifest(repo, f"agents:\n  - {{name: big, isolation: {isolation}}}\n")
     git(repo, "add", "hybridiso.yaml")
     git(repo, "commit", "-q", "-m", "manifest")
+    _gc_now(repo)
     env_dir = tmp_path / "r.agents" / "big"
     proc = _start_up(repo)
     deadline = time.time() + 120
@@ -305,3 +319,10 @@ def test_finished_environments_are_adopted_ready_old_ones_get_their_marker(tmp_p
     (tmp_path / "elsewhere").write_text(f"agent=c\npath={tmp_path / 'r.agents' / 'c'}\n")
     m.symlink_to(tmp_path / "elsewhere")
     assert status_json(repo)["c"]["state"].startswith("creating")
+
+
+def test_branch_under_a_remote_whose_name_has_a_slash_is_refused(tmp_path: Path) -> None:
+    repo, _ = _with_remote_feature(tmp_path, "  - {name: f, branch: team/up/x}\n")
+    git(repo, "remote", "add", "team/up", str(tmp_path / "origin.git"))
+    r = hybridiso(repo, "up", ok=False)
+    assert "starts with the name of remote 'team/up'" in r.stderr and "use `branch: x`" in r.stderr

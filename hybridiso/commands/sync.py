@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -235,7 +236,7 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         o.result, o.detail = "missing", "directory is gone or not a git environment; `hybridiso gc` or `up`"
         return
     if obs.branch != record.branch:
-        o.detail = f"checked out {obs.branch or 'a detached HEAD'}, not {record.branch}"
+        o.detail = f"checked out {obs.branch or 'a detached HEAD'}, not {record.branch}" + _under_way(ctx)
         return
     if record.strategy == "clone":
         # the repository's ignore rules may have changed (or predate them in
@@ -243,7 +244,7 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         clone.copy_ignore_rules(ctx)
     dirty = [n for _, n in git.status_porcelain(ctx.path) if n != ENV_FILE]
     if dirty:
-        o.detail = f"dirty: {len(dirty)} changed files ({', '.join(dirty[:3])}{', ...' if len(dirty) > 3 else ''})"
+        o.detail = f"dirty: {len(dirty)} changed files ({', '.join(dirty[:3])}{', ...' if len(dirty) > 3 else ''})" + _under_way(ctx)
         return
     env_base_ref = base_ref
     if record.strategy == "clone":
@@ -280,6 +281,21 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         o.setup, o.detail = "failed", e.message.splitlines()[0]
 
 
+def _under_way(ctx: EnvContext) -> str:
+    """Why an environment is off its branch or dirty, when git is in the
+    middle of something there (a sync killed during its rebase, say)."""
+    what = git.operation_in_progress(ctx.path)
+    if what is None:
+        return ""
+    if what == "a bisect":
+        return "; a bisect is in progress there (git bisect reset ends it)"
+    verb = "rebase" if "rebase" in what else what.removeprefix("a ")
+    return f"; {what} is in progress there: finish it (git {verb} --continue) or undo it (git {verb} --abort)"
+
+
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
 def _follow_stale_copy(path: Path, branch: str, before: str | None, after: str | None) -> None:
     """Clones made before hybridiso deleted it keep git clone's local copy of
     base (``main``), which nothing moved: where it holds nothing of its own
@@ -304,7 +320,7 @@ def old_base(cwd: Path, head: str, recorded: str | None, new_base: str, base_ref
     def latest(commit: str) -> str:
         return mb if mb is not None and git.is_ancestor(cwd, commit, mb) else commit
 
-    if recorded and git.is_ancestor(cwd, recorded, head):  # false for a missing object too
+    if recorded and _COMMIT_ID.fullmatch(recorded) and git.is_ancestor(cwd, recorded, head):  # false for a missing object too
         return latest(recorded), "record"
     if base_ref:
         fork = git.fork_point(cwd, base_ref, head)

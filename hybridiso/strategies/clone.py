@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from hybridiso import cleanup, envfile, git, safe_files
-from hybridiso.errors import UserError
+from hybridiso import cleanup, envfile, git, output, safe_files
 from hybridiso.strategies.base import EnvContext, Observation
 
 NAME = "clone"
@@ -67,8 +66,10 @@ def copy_ignore_rules(ctx: EnvContext) -> None:
     common = ctx.project.repo.common_dir
     try:
         theirs = safe_files.read_text(common, "info/exclude") or ""
-    except safe_files.UnsafePath as e:
-        raise UserError(f"the repository's ignore rules cannot be copied into clone {ctx.name}: {e.message}", hint=e.hint) from None
+    except (OSError, safe_files.UnsafePath) as e:
+        # the clone then shows those files as untracked: the safe side (seen as work)
+        output.warn(f"{ctx.name}: the repository's info/exclude is not copied into the clone: {e}")
+        theirs = ""
     lines = theirs.splitlines()
     if f"/{envfile.ENV_FILE}" not in lines:
         lines.append(f"/{envfile.ENV_FILE}")
