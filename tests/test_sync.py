@@ -284,7 +284,7 @@ def test_force_pushed_remote_base_and_a_record_that_lost_its_base(tmp_path: Path
         assert not (env(repo, n) / "secret.txt").exists()
         assert git(env(repo, n), "log", "--format=%s", f"{purged}..HEAD").splitlines() == [f"{n} work"]
     assert rows["a"]["old_base_from"] == "fork point"
-    assert rows["a"]["old_base"] == secret[:8] and "recorded base is not in its history" in rows["a"]["detail"]
+    assert rows["a"]["old_base"] == secret[:8] and "its recorded base is older or not in its history" in rows["a"]["detail"]
     assert rows["b"]["old_base_from"] == "record"
     assert _branches_containing(repo, secret) == []  # the local main never took it
 
@@ -348,3 +348,25 @@ def test_a_sync_killed_mid_rebase_is_named_on_the_next_sync(tmp_path: Path) -> N
     assert rows["b"]["result"] == "rebased"
     git(env(repo, "a"), "rebase", "--abort")
     assert git(env(repo, "a"), "rev-parse", "HEAD") == mine
+
+
+def test_an_agent_that_merged_base_itself_loses_the_purged_commit_too(tmp_path: Path) -> None:
+    """The secret reached the agent through its own `git merge main`, after
+    its recorded base: the fork point from base's reflog is later, and the
+    rebase starts there, so the secret is not replayed as a plain commit."""
+    repo = make_project(tmp_path, "  - name: a\n")
+    hybridiso(repo, "up")
+    commit_file(env(repo, "a"), "a1.txt", "1\n", "a work 1")
+    secret = upstream_commit(tmp_path, "secret.txt", "password=hunter2\n")
+    git(repo, "pull", "-q", "--ff-only")
+    git(env(repo, "a"), "merge", "-q", "--no-edit", "main")  # the agent takes base in itself
+    commit_file(env(repo, "a"), "a2.txt", "2\n", "a work 2")
+    purged = _purge(tmp_path)
+    rows, _ = sync_rows(repo)
+    row = rows["a"]
+    assert row["result"] == "rebased" and row["old_base_from"] == "fork point" and row["old_base"] == secret[:8]
+    assert "change secret.txt" in row["detail"] and "left out" in row["detail"]
+    a = env(repo, "a")
+    assert not (a / "secret.txt").exists()
+    assert "change secret.txt" not in git(a, "log", "--format=%s", f"{purged}..HEAD")
+    assert (a / "a1.txt").exists() and (a / "a2.txt").exists()

@@ -271,7 +271,7 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
             return
         o.result = "rebased"
         o.after = (git.resolve_commit(ctx.path, "HEAD") or "")[:8]
-        o.detail = _rebase_note(o)
+        o.detail = _rebase_note(o, git.unique_commits(ctx.path, base_commit, old) if o.dropped and old else [])
     record.base_commit = base_commit  # the branch now forks from here (gc's "own commits")
     if ctx.agent is None:
         return
@@ -310,34 +310,37 @@ def _follow_stale_copy(path: Path, branch: str, before: str | None, after: str |
 
 def old_base(cwd: Path, head: str, recorded: str | None, new_base: str, base_ref: str | None) -> tuple[str | None, str]:
     """The commit the branch's own commits sit on, and how it was found: the
-    record's (it forked or was last synced there) when that is in the branch's
-    history; else base's fork point from its reflog (a record adopted after a
-    lost state file); else the merge base with the new base.  Where the merge
-    base is later than the one found (the agent took newer base commits in
-    itself), it is the better one: everything below it is in the new base."""
+    latest of the record's (it forked or was last synced there) and base's
+    fork point from its reflog (``git merge-base --fork-point``: later than
+    the record when the agent merged base in itself; the only one for a
+    record whose base is not in the branch's history), each only when it is
+    in the branch's history; else the merge base with the new base.  Where
+    the merge base is later still, it is the better one: everything below it
+    is in the new base."""
     mb = git.merge_base(cwd, new_base, head)
 
     def latest(commit: str) -> str:
         return mb if mb is not None and git.is_ancestor(cwd, commit, mb) else commit
 
-    if recorded and _COMMIT_ID.fullmatch(recorded) and git.is_ancestor(cwd, recorded, head):  # false for a missing object too
-        return latest(recorded), "record"
-    if base_ref:
-        fork = git.fork_point(cwd, base_ref, head)
-        if fork is not None:
-            return latest(fork), "fork point"
+    mine = recorded if recorded and _COMMIT_ID.fullmatch(recorded) and git.is_ancestor(cwd, recorded, head) else None
+    fork = git.fork_point(cwd, base_ref, head) if base_ref else None
+    if mine is not None and (fork is None or fork == mine or not git.is_ancestor(cwd, mine, fork)):
+        return latest(mine), "record"
+    if fork is not None:
+        return latest(fork), "fork point"
     return mb, "merge base"
 
 
-def _rebase_note(o: Outcome) -> str:
+def _rebase_note(o: Outcome, left_out: list[str]) -> str:
     notes = []
     if o.dropped:
+        shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
         notes.append(
             f"base was rewritten: {o.dropped} commit{'s' if o.dropped != 1 else ''} under the branch that base no longer has "
-            "were left out"
+            f"were left out ({shown}; the branch's previous tip is in its reflog)"
         )
     if o.old_base_from == "fork point":
-        notes.append(f"its recorded base is not in its history; replayed its commits after {o.old_base}, where it forked from base's reflog")
+        notes.append(f"replayed its commits after {o.old_base}, where it left base by base's reflog (its recorded base is older or not in its history)")
     elif o.old_base_from == "merge base":
         notes.append(
             f"its recorded base is not in its history; replayed its commits after the merge base {o.old_base} "
