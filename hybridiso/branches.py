@@ -92,12 +92,15 @@ def shadow_problem(refs: Refs, branch: str) -> str | None:
     remote = max((r for r in (*refs.remotes, _CLONE_REMOTE) if branch.startswith(f"{r}/")), key=len, default=None)
     if remote is not None:
         rest = branch[len(remote) + 1 :]
-        have = f"refs/remotes/{branch}" in refs.remote_refs
-        what = f"the remote-tracking branch {branch}" if have else f"remote {remote!r}'s branches"
+        if f"refs/remotes/{branch}" in refs.remote_refs:
+            what = f"the remote-tracking branch {branch}"
+            instead = f"use `branch: {rest}`: hybridiso makes a local {rest} that tracks {branch}, as git worktree add does"
+        else:
+            what = f"the branches of remote {remote!r}"
+            instead = f"use `branch: {rest}`, or a name that does not start with {remote}/"
         return (
             f"branch {branch!r} starts with the name of remote {remote!r}: a local branch refs/heads/{branch} "
-            f"would shadow {what} in your repository (use `branch: {rest}`: hybridiso makes a local {rest} "
-            f"that tracks {remote}/{rest}, as git worktree add does)"
+            f"would shadow {what} in your repository ({instead})"
         )
     first, rest = branch.split("/", 1)
     if first in _AMBIGUOUS_PREFIXES:
