@@ -326,3 +326,28 @@ def test_branch_under_a_remote_whose_name_has_a_slash_is_refused(tmp_path: Path)
     git(repo, "remote", "add", "team/up", str(tmp_path / "origin.git"))
     r = hybridiso(repo, "up", ok=False)
     assert "starts with the name of remote 'team/up'" in r.stderr and "use `branch: x`" in r.stderr
+
+
+@pytest.mark.docker
+def test_container_agent_whose_worktree_was_deleted_is_made_again(tmp_path: Path, busybox_image: str) -> None:
+    """FAULTS #7 for a container agent: its worktree deleted by hand while
+    its container runs; up makes the worktree again on the same branch (with
+    its commits) and the container runs on it."""
+    from tests.support.docker_fixtures import agents_repo
+
+    repo = agents_repo(
+        tmp_path / "r",
+        f"  - name: box\n    isolation: container\n    image: {busybox_image}\n    command: ['sleep', '3600']\n",
+    )
+    try:
+        hybridiso(repo, "up")
+        box = tmp_path / "r.agents" / "box"
+        work = commit_file(box, "work.txt", "agent work\n", "agent work")
+        shutil.rmtree(box)
+        r = hybridiso(repo, "up")
+        assert "is gone; creating it again" in r.stderr and "already exists" not in r.stderr
+        row = status_json(repo)["box"]
+        assert row["state"] == "ready" and row["process"].startswith("running"), row
+        assert git(box, "rev-parse", "HEAD") == work and state(repo)["agents"]["box"]["created_branch"] is True
+    finally:
+        hybridiso(repo, "down", "--force", ok=None)
