@@ -28,31 +28,59 @@ def _content(name: str, path: Path) -> str:
 def worktree_admin_dirs(common_dir: Path) -> dict[Path, str]:
     """``<env path>`` -> ``worktrees/<id>`` (relative to the common dir) for
     every linked worktree git keeps metadata for: one directory listing."""
-    admin = common_dir / "worktrees"
     found: dict[Path, str] = {}
     try:
-        ids = [p.name for p in admin.iterdir() if safe_files.is_plain_dir(p)]
+        ids = [p.name for p in (common_dir / "worktrees").iterdir()]
     except OSError:
         return found
     for wid in ids:
-        try:
-            gitdir = safe_files.read_text(common_dir, f"worktrees/{wid}/gitdir")
-        except (OSError, safe_files.UnsafePath):
-            continue
-        target = Path(gitdir.strip()) if gitdir else None
-        if target is None or target.name != ".git":
-            continue
-        if not target.is_absolute():  # worktree.useRelativePaths (git >= 2.48)
-            target = admin / wid / target
-        found[target.parent.resolve()] = f"worktrees/{wid}"
+        env = _named_by(common_dir, wid)
+        if env is not None:
+            found[env] = f"worktrees/{wid}"
     return found
+
+
+def _admin_of(common_dir: Path, path: Path) -> str | None:
+    """``worktrees/<id>`` of the linked worktree at ``path``: named by its
+    ``.git`` file, and only if that entry's ``gitdir`` names ``path`` back
+    (a ``.git`` file pointing elsewhere is not believed).  O(1), so ``up``
+    asks it per agent without listing every worktree."""
+    try:
+        link = safe_files.read_text(path, ".git", limit=4096)
+    except (OSError, safe_files.UnsafePath):
+        return None
+    if not link or not link.startswith("gitdir: "):
+        return None
+    target = Path(link.removeprefix("gitdir: ").strip())
+    if not target.is_absolute():  # worktree.useRelativePaths (git >= 2.48)
+        target = path / target
+    if target.resolve().parent != (common_dir / "worktrees").resolve():
+        return None
+    rel = f"worktrees/{target.name}"
+    return rel if _named_by(common_dir, target.name) == path.resolve() else None
+
+
+def _named_by(common_dir: Path, wid: str) -> Path | None:
+    """The environment ``<common>/worktrees/<wid>/gitdir`` names."""
+    if not safe_files.is_plain_dir(common_dir / "worktrees" / wid):
+        return None
+    try:
+        gitdir = safe_files.read_text(common_dir, f"worktrees/{wid}/gitdir", limit=4096)
+    except (OSError, safe_files.UnsafePath):
+        return None
+    target = Path(gitdir.strip()) if gitdir else None
+    if target is None or target.name != ".git":
+        return None
+    if not target.is_absolute():
+        target = common_dir / "worktrees" / wid / target
+    return target.parent.resolve()
 
 
 def _where(common_dir: Path, path: Path, admin: dict[Path, str] | None) -> tuple[Path, str] | None:
     """(anchor, relative path) of the marker of the environment at ``path``."""
     if safe_files.is_plain_dir(path / ".git"):
         return path, f".git/{MARKER}"  # a clone: its own git dir
-    rel = (admin if admin is not None else worktree_admin_dirs(common_dir)).get(path.resolve())
+    rel = admin.get(path.resolve()) if admin is not None else _admin_of(common_dir, path)
     return (common_dir, f"{rel}/{MARKER}") if rel else None
 
 

@@ -87,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
         # a branch that would shadow a remote-tracking one is a manifest
         # problem: refused for every agent before anything is made
-        branches.refuse_shadowing(project.root, project.manifest.agents)
+        refs = branches.refuse_shadowing(project.root, project.manifest.agents)
         selected, refused = check_docker(project, selected)
-        outcomes = refused + converge(project, state, selected, base_commit, args.jobs)
+        outcomes = refused + converge(project, state, selected, base_commit, args.jobs, refs)
     if args.json:
         for o in outcomes:
             record = state.agents.get(o.name)
@@ -147,12 +147,12 @@ def _lease_ports(project: Project, state: State, selected: list[AgentPlan]) -> d
 
 
 def converge(
-    project: Project, state: State, selected: list[AgentPlan], base_commit: str, jobs: int
+    project: Project, state: State, selected: list[AgentPlan], base_commit: str, jobs: int, refs: branches.Refs | None = None
 ) -> list[Outcome]:
     store = project.store
     leases = _lease_ports(project, state, selected)  # fails before anything is created (FAULTS #14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
-    refs = branches.Refs.read(project.root)  # once for every agent's branch question
+    refs = refs if refs is not None else branches.Refs.read(project.root)  # once for every agent's branch question
     todo: list[tuple[EnvContext, str]] = []
     refused: list[Outcome] = []
     for p in selected:
