@@ -55,7 +55,10 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
             base_commit=git.branch_created_at(path if strategy == "clone" else project.root, branch)
             or git.resolve_commit(project.root, project.manifest.base),
             phase=PHASE_READY if finished else PHASE_CREATING,
-            created_branch=branch == agent.branch_name,
+            # only its default branch is surely hybridiso's: an explicit `branch:`
+            # may be the user's own (or one git worktree add made tracking a
+            # remote), which down and gc must never delete
+            created_branch=agent.branch is None and branch == agent.branch_name,
             ports=ports,
             setup_hash="",
             # a half-made one is rolled back by the next up: it owns its directory

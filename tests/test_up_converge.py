@@ -351,3 +351,18 @@ def test_container_agent_whose_worktree_was_deleted_is_made_again(tmp_path: Path
         assert git(box, "rev-parse", "HEAD") == work and state(repo)["agents"]["box"]["created_branch"] is True
     finally:
         hybridiso(repo, "down", "--force", ok=None)
+
+
+def test_lost_state_never_makes_the_users_own_branch_hybridisos(tmp_path: Path) -> None:
+    """An agent on the user's existing branch, merged into main: after the
+    state file is lost, down must still leave that branch alone."""
+    repo = make_repo(tmp_path / "r")
+    git(repo, "branch", "feature")
+    commit_file(repo, "f.txt", "f\n")  # main moves on; feature is merged (an ancestor)
+    write_manifest(repo, "agents:\n  - {name: f, branch: feature}\n  - name: mine\n")
+    hybridiso(repo, "up")
+    assert state(repo)["agents"]["f"]["created_branch"] is False
+    (repo / ".git" / "hybridiso" / "state.json").unlink()
+    hybridiso(repo, "down")
+    branches = _branches(repo)
+    assert "refs/heads/feature" in branches and "refs/heads/hybridiso/mine" not in branches

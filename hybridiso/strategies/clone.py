@@ -30,8 +30,8 @@ def create(ctx: EnvContext) -> None:
     repo, path, branch = ctx.project.root, ctx.path, ctx.record.branch
     path.parent.mkdir(parents=True, exist_ok=True)
     ctx.record.clone_objects = git.clone_local(repo, path, BASE_REMOTE, ctx.project.repo.common_dir)
-    made = git.current_branch(path)
-    copy_ignore_rules(ctx)  # git clone's local copy of the repository's HEAD branch
+    made = git.current_branch(path)  # git clone's local copy of the repository's HEAD branch
+    copy_ignore_rules(ctx)
     urls = git.config_values(repo, "remote.origin.url")
     if urls:
         pushes = [_from(repo, u) for u in git.config_values(repo, "remote.origin.pushurl")]
