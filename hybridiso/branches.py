@@ -86,6 +86,11 @@ def start_for(refs: Refs, branch: str, *, explicit: bool) -> Start:
 
 def shadow_problem(refs: Refs, branch: str) -> str | None:
     """Why ``branch`` would shadow a remote-tracking branch (None if it does not)."""
+    if branch in refs.remotes or branch == _CLONE_REMOTE:
+        return (
+            f"branch {branch!r} is the name of a remote: git would read {branch} as that branch instead of "
+            f"{branch}/HEAD, the remote's default branch (use another name)"
+        )
     if "/" not in branch:
         return None
     # the longest remote name it starts with (remote names may hold '/')

@@ -197,7 +197,7 @@ def test_default_branch_never_starts_from_a_remote(tmp_path: Path) -> None:
     assert state(repo)["agents"]["a"]["track"] == ""
 
 
-@pytest.mark.parametrize("branch", ["origin/feature", "origin/new-thing", "refs/heads/x", "remotes/origin/feature"])
+@pytest.mark.parametrize("branch", ["origin/feature", "origin/new-thing", "refs/heads/x", "remotes/origin/feature", "origin"])
 def test_branch_that_would_shadow_a_remote_tracking_branch_is_refused(tmp_path: Path, branch: str) -> None:
     repo, _ = _with_remote_feature(tmp_path, f"  - {{name: f, branch: {branch}}}\n  - name: ok\n")
     before = _branches(repo)
