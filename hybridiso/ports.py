@@ -105,9 +105,10 @@ def lease(
 
 
 def project_id(common_dir: Path) -> str:
-    """The repository's id: sha256 of its resolved common git dir, 12 hex.
-    (The formula of the project identity, Project.id: one place to swap.)"""
-    return hashlib.sha256(str(Path(common_dir).resolve()).encode()).hexdigest()[:12]
+    """The repository's id: sha256 of its resolved common git dir, 12 hex,
+    byte for byte the formula of task A's ``project.project_id`` (Project.id),
+    which replaces this function at the merge."""
+    return hashlib.sha256(os.fsencode(Path(common_dir).resolve())).hexdigest()[:12]
 
 
 def state_home() -> Path:
