@@ -19,7 +19,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hybridiso import cleanup, git, lifecycle, merged, safe_files, service_branches, strategies
+from hybridiso import cleanup, git, lifecycle, merged, ports, safe_files, service_branches, strategies
 from hybridiso.commands.common import context
 from hybridiso.envfile import ENV_FILE, marked_for
 from hybridiso.gc_rules import ORPHAN, ZOMBIE, AgentFacts, Decision, Finding, decide
@@ -136,6 +136,7 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
             git.delete_ref_if(project.root, f"refs/heads/{record.branch}", f.tip)
         del state.agents[record.name]
         project.store.save(state)
+        ports.release(project.repo.common_dir, [record.name])  # the machine-wide lease too (FAULTS #37)
         return []
 
     return apply

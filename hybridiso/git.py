@@ -290,19 +290,21 @@ def _worktree_list(cwd: Path) -> list[Worktree]:
 _worktree_metadata = threading.Lock()
 
 
-def worktree_add(repo: Path, path: Path, branch: str, start: str | None) -> None:
+def worktree_add(repo: Path, path: Path, branch: str, start: str | None, *, track: bool = False) -> None:
     """Check out ``branch`` in a new worktree; create it at ``start`` when given.
 
     git reads every worktree's metadata while adding one, and fails on a
     half-written one (FAULTS #11), so registering is serialised; the checkout,
     the expensive part, runs in the new worktree (its own index) in parallel.
-    ``--no-track`` keeps git from writing upstream config for the new branch.
+    ``--no-track`` keeps git from writing upstream config for the new branch;
+    ``track`` (``start`` is a remote-tracking branch) sets it up instead.
     """
     _forget_worktrees()
     try:
         with _worktree_metadata:
             if start is not None:
-                run(repo, "worktree", "add", "--no-checkout", "--no-track", "-b", branch, "--", str(path), start)
+                tracking = "--track" if track else "--no-track"
+                run(repo, "worktree", "add", "--no-checkout", tracking, "-b", branch, "--", str(path), start)
             else:
                 run(repo, "worktree", "add", "--no-checkout", "--", str(path), branch)
         run(path, "reset", "-q", "--hard", "--no-recurse-submodules", "HEAD")
@@ -487,9 +489,79 @@ def snapshot_worktree(path: Path, extra_ignored: Sequence[str] = ()) -> str:
 # --- clones -----------------------------------------------------------------------
 
 
-def clone_local(source: Path, dest: Path, origin_name: str) -> None:
-    """A local clone: objects hard-linked (no copy, no network), no checkout yet."""
-    run(source, "clone", "--local", "--no-checkout", "--origin", origin_name, "--", str(source), str(dest))
+CLONE_HARDLINKED = "hard-linked"
+CLONE_COPIED = "copied"
+_CROSS_DEVICE_RE = re.compile(r"failed to create link .*(Invalid cross-device link|Operation not permitted)")
+
+
+def clone_local(source: Path, dest: Path, origin_name: str, common_dir: Path) -> str:
+    """A local clone, no checkout yet, no network; returns how its objects
+    were made.  ``--local`` hard-links the object files, and then refuses to
+    copy where it cannot link ("Invalid cross-device link": the workspace on
+    another file system, or a bind mount between them, FAULTS #36), so there
+    it is ``--no-hardlinks``, which copies them: the clone is as independent,
+    it only takes the space."""
+    base = ["clone", "--no-checkout", "--origin", origin_name]
+    if _same_filesystem(common_dir / "objects", dest.parent):
+        r = _clone_retrying(source, dest, [*base, "--local", "--", str(source), str(dest)])
+        if r.returncode == 0:
+            return CLONE_HARDLINKED
+        if not _CROSS_DEVICE_RE.search(r.stderr):
+            raise CommandError(r, os.fspath(source))
+        _clear_failed_clone(dest)
+    r = _clone_retrying(source, dest, [*base, "--no-hardlinks", "--", str(source), str(dest)])
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(source))
+    return CLONE_COPIED
+
+
+# a loose object that vanished while git linked or copied it: the
+# repository's own `git gc --auto` (detached after a commit) packed it meanwhile
+_VANISHED_RE = re.compile(r"failed to (create link|copy file to) .*No such file or directory")
+
+
+def _clone_retrying(source: Path, dest: Path, args: list[str]) -> Result:
+    """A local clone copies the object files one by one; a gc packing them at
+    the same time makes it fail: tried again, on a clean directory."""
+    for attempt in range(3):
+        r = _execute(source, args)
+        if r.returncode == 0 or not _VANISHED_RE.search(r.stderr) or attempt == 2:
+            return r
+        _clear_failed_clone(dest)
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return True  # let git try: it says what is wrong
+
+
+def _clear_failed_clone(dest: Path) -> None:
+    """git removes the clone it could not finish, except a directory that was
+    there before (an empty one is allowed): empty it again for the retry."""
+    import shutil
+
+    if dest.is_dir() and not dest.is_symlink():
+        for entry in list(dest.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def local_config_path(cwd: Path, key: str) -> str | None:
+    """A path-valued key as the repository's own config sets it (``~``
+    expanded by git), None when only the global/system config (or nothing)
+    sets it."""
+    r = _execute(cwd, ["config", "--local", "--type=path", "--get", "--", key])
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def set_config(cwd: Path, key: str, value: str) -> None:
+    run(cwd, "config", "--", key, value)
 
 
 def remote_url(cwd: Path, name: str) -> str | None:
@@ -512,6 +584,10 @@ def add_remote(cwd: Path, name: str, url: str, push_urls: Sequence[str] = ()) ->
 def checkout_new_branch(cwd: Path, branch: str, start: str) -> None:
     # -B: a fresh clone already has a local branch for the source's HEAD
     run(cwd, "checkout", "-q", "--no-track", "-B", branch, start)
+
+
+def set_upstream(cwd: Path, branch: str, upstream: str) -> None:
+    run(cwd, "branch", "-q", f"--set-upstream-to={upstream}", "--", branch)
 
 
 def checkout(cwd: Path, branch: str) -> None:
@@ -575,6 +651,41 @@ def merge_base(cwd: Path, a: str, b: str) -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+def fork_point(cwd: Path, ref: str, commit: str) -> str | None:
+    """``git merge-base --fork-point``: where ``commit``'s history left any
+    value ``ref`` ever had (its reflog), so a base that was rewritten since
+    still gives the old fork; None without a reflog that says."""
+    r = _execute(cwd, ["merge-base", "--fork-point", ref, commit])
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def operation_in_progress(cwd: Path) -> str | None:
+    """A merge, rebase, cherry-pick, revert or bisect the user has under way
+    in the worktree ``cwd`` (None when there is none)."""
+    states = (
+        ("MERGE_HEAD", "a merge"),
+        ("rebase-merge", "a rebase"),
+        ("rebase-apply", "a rebase or am"),
+        ("CHERRY_PICK_HEAD", "a cherry-pick"),
+        ("REVERT_HEAD", "a revert"),
+        ("BISECT_LOG", "a bisect"),
+    )
+    args = [a for name, _ in states for a in ("--git-path", name)]
+    paths = out(cwd, "rev-parse", *args).splitlines()  # one process for all of them
+    for line, (_, what) in zip(paths, states):
+        p = Path(line)
+        if (p if p.is_absolute() else Path(cwd) / p).exists():
+            return what
+    return None
+
+
+def reset_keep(cwd: Path, commit: str) -> bool:
+    """Move the checked-out branch of ``cwd`` to ``commit`` the way ``git reset
+    --keep`` does: local changes are kept, and git refuses (False) when one of
+    them would be overwritten."""
+    return _execute(cwd, ["reset", "-q", "--keep", commit]).returncode == 0
+
+
 def count_commits(cwd: Path, exclude: str, include: str) -> int:
     r = _execute(cwd, ["rev-list", "--count", f"{exclude}..{include}"])
     return int(r.stdout.strip()) if r.returncode == 0 else 0
@@ -622,8 +733,12 @@ def has_object(cwd: Path, rev: str) -> bool:
 
 
 def full_ref(cwd: Path, rev: str) -> str | None:
-    """``main`` -> ``refs/heads/main``; None for a commit id or an unknown name."""
-    r = _execute(cwd, ["rev-parse", "--symbolic-full-name", "--end-of-options", rev])
+    """``main`` -> ``refs/heads/main``; None for a commit id or an unknown name.
+
+    ``--verify``: without it rev-parse echoes ``--end-of-options`` as the first
+    line of its answer, which hid every name (a clone's copy of base was then
+    never updated by sync, and ``down`` counted base's commits as the agent's)."""
+    r = _execute(cwd, ["rev-parse", "--verify", "-q", "--symbolic-full-name", "--end-of-options", rev])
     name = r.stdout.strip()
     return name if r.returncode == 0 and name.startswith("refs/") else None
 
@@ -644,6 +759,21 @@ def upstream(cwd: Path, branch: str) -> Upstream | None:
     if r.returncode != 0 or len(parts) < 4 or not (parts[0] or parts[2]):
         return None
     return Upstream(parts[0], parts[2], parts[3], "[gone]" in parts[1])
+
+
+def refs_under(cwd: Path, *prefixes: str) -> list[tuple[str, str]]:
+    """(ref, commit) of every ref under ``prefixes``, in one process."""
+    text = run(cwd, "for-each-ref", "--format=%(refname)%00%(objectname)", *prefixes).stdout
+    pairs = []
+    for line in text.splitlines():
+        ref, _, commit = line.partition("\0")
+        if ref and commit:
+            pairs.append((ref, commit))
+    return pairs
+
+
+def remote_names(cwd: Path) -> list[str]:
+    return [line for line in out(cwd, "remote").splitlines() if line]
 
 
 def ref_exists(cwd: Path, ref: str) -> bool:
@@ -672,13 +802,17 @@ class RebaseResult:
     error: str = ""
 
 
-def rebase(cwd: Path, onto: str) -> RebaseResult:
-    """Rebase the checked-out branch onto ``onto``; on a conflict, abort (the
+def rebase(cwd: Path, onto: str, upstream: str | None = None) -> RebaseResult:
+    """Rebase the checked-out branch onto ``onto``; with ``upstream``, only the
+    commits after it (``git rebase --onto ONTO UPSTREAM``: what lay below
+    ``upstream`` is left behind, FAULTS #35).  On a conflict, abort (the
     branch and files are as before) and return the conflicting paths.  A rebase
     that cannot start because of a git lock is retried like ``run``."""
+    args = ["-c", "core.editor=true", "rebase", "-q", "--no-autostash"]
+    args += ["--onto", onto, upstream] if upstream is not None else [onto]
     delay = 0.05
     for attempt in range(LOCK_RETRIES + 1):
-        r = _execute(cwd, ["-c", "core.editor=true", "rebase", "-q", "--no-autostash", onto])
+        r = _execute(cwd, args)
         if r.returncode == 0:
             return RebaseResult(True)
         if _rebase_in_progress(cwd):

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import envfile, git, includes, output, service_branches, setup_runner, strategies
+from hybridiso import branches, envfile, git, includes, output, ready_marker, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project, write_owner_marker
@@ -40,20 +40,40 @@ def _check(ctx: EnvContext) -> None:
         raise Cancelled(ctx.name)
 
 
-def prepare(ctx: EnvContext) -> None:
+def prepare(ctx: EnvContext, refs: branches.Refs | None = None, carried: AgentRecord | None = None) -> None:
     """Check the target and note what this run is about to create, so the
-    record (saved by the caller before any git call) can roll it back."""
+    record (saved by the caller before any git call) can roll it back.
+
+    Where the branch starts is decided here, as git would (branches.py): an
+    existing branch is checked out and forks from where it left base; one
+    that only a remote has is created from it, tracking it.  ``carried`` is
+    the previous record of an environment made again (its directory was
+    deleted by hand, or its creation was undone): a branch hybridiso made
+    then stays hybridiso's, with the base it forked from (issue 11)."""
     path = ctx.path
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
         raise UserError(
             f"{path} already exists and is not a hybridiso environment of agent {ctx.name}",
             hint="move it away, or run `hybridiso gc` to find orphan directories",
         )
-    strategy = strategies.get(ctx.record.strategy)
+    record = ctx.record
+    strategy = strategies.get(record.strategy)
     if strategy.SHARES_REFS:
         _branch_free(ctx)
-    ctx.record.created_branch = strategy.SHARES_REFS and not git.branch_exists(ctx.project.root, ctx.record.branch)
-    ctx.record.extra["owns_path"] = True
+    refs = refs if refs is not None else branches.Refs.read(ctx.project.root)
+    explicit = ctx.agent is not None and ctx.agent.branch is not None
+    start = branches.start_for(refs, record.branch, explicit=explicit)
+    if carried is not None and carried.branch != record.branch:
+        carried = None
+    if start.commit is not None and record.base_commit is not None:
+        record.base_commit = branches.fork_point(ctx.project.root, start.commit, record.base_commit, carried.base_commit if carried else None)
+    record.track = start.track
+    # the branch is ours to delete (down, gc, rollback) when this run makes
+    # it, or when hybridiso made it for this agent before (carried)
+    made_now = not start.exists and not start.track
+    made_before = carried is not None and carried.created_branch and start.exists
+    record.created_branch = strategy.SHARES_REFS and (made_now or made_before)
+    record.extra["owns_path"] = True
 
 
 def _branch_free(ctx: EnvContext) -> None:
@@ -121,6 +141,8 @@ def create(ctx: EnvContext) -> None:
     strategy.start(ctx)  # a new environment: whatever it did, it was created
     record.timings["start"] = round(time.monotonic() - t, 3)
     record.timings["total"] = round(time.monotonic() - t0, 3)
+    # last: what proves it finished when the state file is lost (issue 11)
+    ready_marker.mark(project.repo.common_dir, ctx.path, ctx.name)
     record.phase = PHASE_READY
 
 

@@ -46,9 +46,9 @@ def mark(ok: bool) -> str:
     return "ok" if ok else "!!"
 
 
-def progress_line(ok: bool, agent: str, strategy: str, action: str, seconds: float | None, width: int = 12) -> None:
+def progress_line(ok: bool, agent: str, strategy: str, action: str, seconds: float | None, width: int = 12, note: str = "") -> None:
     timing = f"{seconds:6.2f}s" if seconds is not None else ""
-    message(f" {mark(ok)} {agent:<{width}} {strategy:<9} {action:<11} {timing}".rstrip())
+    message(f" {mark(ok)} {agent:<{width}} {strategy:<9} {action:<11} {timing}{f'  ({note})' if note else ''}".rstrip())
 
 
 def human_bytes(n: int | None) -> str:

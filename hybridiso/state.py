@@ -55,6 +55,13 @@ class AgentRecord:
     timings: dict[str, float] = field(default_factory=dict)
     config_hash: str = ""
     setup_hash: str = ""
+    # clones: how git made its objects, "hard-linked" or "copied" (the
+    # workspace on another file system, FAULTS #36); "" for other strategies
+    clone_objects: str = ""
+    # the remote-tracking branch (refs/remotes/origin/feature) the agent's
+    # branch was created from and tracks: `branch: feature` that existed only
+    # on a remote, as git worktree add does; "" otherwise
+    track: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     # the worktree the agent was made from (its manifest and include files):
     # for a bare repository with linked worktrees, what a command run from

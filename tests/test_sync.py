@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -163,3 +164,209 @@ def test_sync_with_no_environments_says_so(tmp_path: Path) -> None:
     repo = make_project(tmp_path, "  - name: a\n")
     r = hybridiso(repo, "sync")
     assert r.stdout == "" and "no environments to sync: `hybridiso up` creates them" in r.stderr
+
+
+def test_down_after_sync_counts_only_the_clones_own_commits(tmp_path: Path) -> None:
+    """Issue 11: the clone's copy of base must move with sync, or `down` takes
+    base's new commits for the agent's own ("3 commits not in base")."""
+    repo = make_project(tmp_path, "  - name: cl\n    isolation: clone\n")
+    hybridiso(repo, "up")
+    mine = commit_file(env(repo, "cl"), "mine.txt", "agent work\n", "agent work")
+    upstream_commit(tmp_path, "u1.txt", "1\n")
+    new_main = upstream_commit(tmp_path, "u2.txt", "2\n")
+    rows, _ = sync_rows(repo)
+    assert rows["cl"]["result"] == "rebased"
+    clone = env(repo, "cl")
+    assert git(clone, "rev-parse", "refs/remotes/hybridiso-base/main") == new_main
+    r = hybridiso(repo, "down", "--dry-run", ok=False)
+    assert "1 commits not in base" in r.stderr and "agent work" in r.stderr, r.stderr
+    assert "u1.txt" not in r.stderr and "u2.txt" not in r.stderr
+    assert git(clone, "log", "-1", "--format=%s") == "agent work" and mine  # nothing touched
+    hybridiso(repo, "down", "--keep-branch")
+    assert git(repo, "show", "hybridiso/cl:mine.txt") == "agent work"
+
+
+# --- FAULTS #35: base force-pushed upstream --------------------------------------
+
+
+def _push_secret_then_purge(tmp_path: Path, repo: Path) -> tuple[str, str]:
+    """Upstream pushes a commit with a secret, the repository takes it, and
+    the agents are made on top of it; returns (secret commit, repo)."""
+    secret = upstream_commit(tmp_path, "secret.txt", "password=hunter2\n")
+    git(repo, "pull", "-q", "--ff-only")
+    assert git(repo, "rev-parse", "main") == secret
+    return secret, git(repo, "rev-parse", "main")
+
+
+def _purge(tmp_path: Path) -> str:
+    """Upstream drops the secret commit (reset + force-push) and moves on."""
+    other = tmp_path / "other"
+    git(other, "fetch", "-q")
+    git(other, "reset", "-q", "--hard", "origin/main~1")
+    commit_file(other, "after.txt", "after the purge\n", "after the purge")
+    git(other, "push", "-q", "--force", "origin", "main")
+    return git(other, "rev-parse", "HEAD")
+
+
+def _branches_containing(cwd: Path, commit: str) -> list[str]:
+    return git(cwd, "branch", "--format=%(refname:short)", "--contains", commit).split()
+
+
+def test_force_pushed_base_never_brings_the_removed_commit_back(tmp_path: Path) -> None:
+    repo = make_project(tmp_path, "  - name: wt\n  - name: fresh\n  - name: cl\n    isolation: clone\n")
+    secret, _ = _push_secret_then_purge(tmp_path, repo)
+    hybridiso(repo, "up")
+    mine = {n: commit_file(env(repo, n), f"{n}.txt", f"{n} work\n", f"{n} work") for n in ("wt", "cl")}
+    assert git(env(repo, "cl"), "branch", "--format=%(refname:short)") == "hybridiso/cl"  # no stale copy of main
+    # clones made before that kept git clone's local main: it must follow too
+    git(env(repo, "cl"), "branch", "main", "refs/remotes/hybridiso-base/main")
+    purged = _purge(tmp_path)
+
+    rows, err = sync_rows(repo)
+    assert "origin/main was rewritten (force-pushed): main had no commits of its own" in err, err
+    assert git(repo, "rev-parse", "main") == purged  # followed the rewrite: it had nothing of its own
+    assert (repo / "after.txt").exists() and not (repo / "secret.txt").exists()
+    for n in ("wt", "fresh", "cl"):
+        assert rows[n]["result"] == "rebased", rows[n]
+        assert rows[n]["dropped"] == 1 and "base was rewritten" in rows[n]["detail"]
+        assert rows[n]["old_base"] == secret[:8] and rows[n]["old_base_from"] == "record"
+        e = env(repo, n)
+        assert not (e / "secret.txt").exists() and (e / "after.txt").read_text() == "after the purge\n"
+        assert git(e, "merge-base", "--is-ancestor", purged, "HEAD", check=False) == ""
+        assert subprocess_ok(e, "merge-base", "--is-ancestor", secret, "HEAD") is False
+    # no branch of the repository or of the clone holds the secret any more
+    assert _branches_containing(repo, secret) == []
+    assert _branches_containing(env(repo, "cl"), secret) == []
+    assert git(env(repo, "cl"), "rev-parse", "main") == purged
+    # the agents' own commits are kept, one each, on top of the new base
+    for n in ("wt", "cl"):
+        e = env(repo, n)
+        assert (e / f"{n}.txt").read_text() == f"{n} work\n"
+        assert git(e, "log", "--format=%s", f"{purged}..HEAD").splitlines() == [f"{n} work"]
+        assert git(e, "rev-parse", "HEAD") != mine[n]  # replayed, not the old commit
+    assert git(env(repo, "fresh"), "rev-parse", "HEAD") == purged
+    # the record forks from the new base now: a second sync changes nothing
+    rows, _ = sync_rows(repo)
+    assert {r["result"] for r in rows.values()} == {"up to date"}
+    # down of the clone counts its one commit, not base's
+    r = hybridiso(repo, "down", "cl", "--dry-run", ok=False)
+    assert "1 commits not in base: " in r.stderr and "cl work" in r.stderr
+
+
+def subprocess_ok(cwd: Path, *args: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True).returncode == 0
+
+
+def test_force_pushed_remote_base_and_a_record_that_lost_its_base(tmp_path: Path) -> None:
+    """``base: origin/main`` moves with the fetch; an agent whose recorded base
+    is not in its history (a tampered or rebuilt record) falls back to the
+    fork point from base's reflog and says so; one whose recorded base is
+    gone entirely gets the merge base, also said."""
+    repo = make_project(tmp_path, "  - name: a\n  - name: b\n")
+    (repo / "hybridiso.yaml").write_text((repo / "hybridiso.yaml").read_text().replace("base: main", "base: origin/main"))
+    git(repo, "commit", "-q", "-am", "base: origin/main")
+    secret = upstream_commit(tmp_path, "secret.txt", "password=hunter2\n")
+    git(repo, "fetch", "-q", "origin")
+    hybridiso(repo, "up")
+    for n in ("a", "b"):
+        commit_file(env(repo, n), f"{n}.txt", f"{n}\n", f"{n} work")
+    purged = _purge(tmp_path)
+    # a's record names a commit that is not in its history
+    data = state(repo)
+    data["agents"]["a"]["base_commit"] = git(repo, "rev-parse", "main")  # the local main: not under a's branch
+    (repo / ".git" / "hybridiso" / "state.json").write_text(json.dumps(data))
+    rows, err = sync_rows(repo)
+    for n in ("a", "b"):
+        assert rows[n]["result"] == "rebased"
+        assert subprocess_ok(env(repo, n), "merge-base", "--is-ancestor", secret, "HEAD") is False
+        assert not (env(repo, n) / "secret.txt").exists()
+        assert git(env(repo, n), "log", "--format=%s", f"{purged}..HEAD").splitlines() == [f"{n} work"]
+    assert rows["a"]["old_base_from"] == "fork point"
+    assert rows["a"]["old_base"] == secret[:8] and "its recorded base is older or not in its history" in rows["a"]["detail"]
+    assert rows["b"]["old_base_from"] == "record"
+    assert _branches_containing(repo, secret) == []  # the local main never took it
+
+
+def test_force_push_while_base_has_commits_or_changes_of_its_own(tmp_path: Path) -> None:
+    """main with a local commit of its own is never moved (diverged, said);
+    main with uncommitted changes the move would overwrite is left alone too."""
+    repo = make_project(tmp_path, "  - name: a\n")
+    _push_secret_then_purge(tmp_path, repo)
+    hybridiso(repo, "up")
+    _purge(tmp_path)
+    (repo / "secret.txt").write_text("edited locally, not committed\n")
+    before = git(repo, "rev-parse", "main")
+    rows, err = sync_rows(repo)
+    assert "was rewritten (force-pushed) and main has none of its own commits" in err
+    assert "left alone" in err and "reset --keep" in err
+    assert git(repo, "rev-parse", "main") == before
+    assert (repo / "secret.txt").read_text() == "edited locally, not committed\n"
+    assert rows["a"]["result"] == "up to date"  # onto the local main, which did not move
+    # a commit of its own: diverged, main untouched
+    (repo / "secret.txt").write_text("password=hunter2\n")
+    mine = commit_file(repo, "local.txt", "local\n", "local work on main")
+    rows, err = sync_rows(repo)
+    assert "main and origin/main have diverged; main was left alone" in err
+    assert git(repo, "rev-parse", "main") == mine
+
+
+def test_recorded_base_gone_and_no_reflog_falls_back_to_the_merge_base(tmp_path: Path) -> None:
+    repo = make_project(tmp_path, "  - name: a\n")
+    hybridiso(repo, "up")
+    commit_file(env(repo, "a"), "a.txt", "a\n", "a work")
+    new_main = upstream_commit(tmp_path, "up.txt", "up\n")
+    data = state(repo)
+    data["agents"]["a"]["base_commit"] = "0" * 40  # not a commit at all
+    (repo / ".git" / "hybridiso" / "state.json").write_text(json.dumps(data))
+    git(repo, "config", "core.logAllRefUpdates", "false")  # and no reflog to find a fork point in
+    shutil.rmtree(repo / ".git" / "logs")
+    rows, _ = sync_rows(repo)
+    row = rows["a"]
+    assert row["result"] == "rebased" and row["old_base_from"] == "merge base" and row["dropped"] == 0
+    assert "replayed its commits after the merge base" in row["detail"]
+    assert git(env(repo, "a"), "log", "--format=%s", f"{new_main}..HEAD").splitlines() == ["a work"]
+    assert state(repo)["agents"]["a"]["base_commit"] == new_main
+
+
+def test_a_sync_killed_mid_rebase_is_named_on_the_next_sync(tmp_path: Path) -> None:
+    """kill -9 during an agent's rebase leaves git mid-rebase there: the next
+    sync skips it and says what to run, the others sync, nothing is lost."""
+    repo = make_project(tmp_path, "  - name: a\n  - name: b\n")
+    hybridiso(repo, "up")
+    mine = commit_file(env(repo, "a"), "notes.txt", "1\nMINE\n3\n", "a work")
+    upstream_commit(tmp_path, "notes.txt", "1\nTHEIRS\n3\n")
+    upstream_commit(tmp_path, "other.txt", "x\n")
+    # what a killed sync leaves: a rebase stopped half-way (here on a conflict)
+    git(repo, "fetch", "-q", "origin")
+    git(env(repo, "a"), "rebase", "-q", "origin/main", check=False)
+    assert (repo / ".git" / "worktrees" / "a" / "rebase-merge").is_dir()
+    rows, _ = sync_rows(repo)
+    assert rows["a"]["result"] == "skipped"
+    assert "a rebase is in progress there: finish it (git rebase --continue) or undo it (git rebase --abort)" in rows["a"]["detail"]
+    assert rows["b"]["result"] == "rebased"
+    git(env(repo, "a"), "rebase", "--abort")
+    assert git(env(repo, "a"), "rev-parse", "HEAD") == mine
+
+
+def test_an_agent_that_merged_base_itself_loses_the_purged_commit_too(tmp_path: Path) -> None:
+    """The secret reached the agent through its own `git merge main`, after
+    its recorded base: the fork point from base's reflog is later, and the
+    rebase starts there, so the secret is not replayed as a plain commit."""
+    repo = make_project(tmp_path, "  - name: a\n")
+    hybridiso(repo, "up")
+    commit_file(env(repo, "a"), "a1.txt", "1\n", "a work 1")
+    secret = upstream_commit(tmp_path, "secret.txt", "password=hunter2\n")
+    git(repo, "pull", "-q", "--ff-only")
+    git(env(repo, "a"), "merge", "-q", "--no-edit", "main")  # the agent takes base in itself
+    commit_file(env(repo, "a"), "a2.txt", "2\n", "a work 2")
+    purged = _purge(tmp_path)
+    rows, _ = sync_rows(repo)
+    row = rows["a"]
+    assert row["result"] == "rebased" and row["old_base_from"] == "fork point" and row["old_base"] == secret[:8]
+    assert "change secret.txt" in row["detail"] and "left out" in row["detail"]
+    a = env(repo, "a")
+    assert not (a / "secret.txt").exists()
+    assert "change secret.txt" not in git(a, "log", "--format=%s", f"{purged}..HEAD")
+    assert (a / "a1.txt").exists() and (a / "a2.txt").exists()

@@ -191,11 +191,17 @@ def check_disk(project: Project) -> Check:
 def check_ports(project: Project, state: State) -> Check:
     lo, hi = project.manifest.ports.bounds()
     leased = state.leased_ports()
-    free = sum(1 for p in range(lo, hi + 1) if p not in leased and ports.port_is_free(p))
+    # other repositories' live leases on this machine are not free either (FAULTS #37)
+    try:
+        elsewhere = {p for p in ports.leased_elsewhere(project.repo.common_dir) if lo <= p <= hi and p not in leased}
+    except UserError as e:
+        return Check("ports", "fail", f"the machine's port registry cannot be read: {e.message}", e.hint or "")
+    free = sum(1 for p in range(lo, hi + 1) if p not in leased and p not in elsewhere and ports.port_is_free(p))
     wanted = sum(len(a.ports) for a in project.manifest.agents if a.name not in state.agents)
-    others = hi - lo + 1 - free - len([p for p in leased if lo <= p <= hi])
+    others = hi - lo + 1 - free - len([p for p in leased if lo <= p <= hi]) - len(elsewhere)
     busy = f", {others} in use by other programs" if others else ""
-    detail = f"{free} of {hi - lo + 1} ports free in {lo}-{hi} ({len(leased)} leased to agents{busy}); {wanted} more needed"
+    repos = f", {len(elsewhere)} leased to other repositories on this machine" if elsewhere else ""
+    detail = f"{free} of {hi - lo + 1} ports free in {lo}-{hi} ({len(leased)} leased to agents{repos}{busy}); {wanted} more needed"
     if free < wanted:
         return Check("ports", "fail", detail, "widen ports.range in hybridiso.yaml or `hybridiso down` unused agents")
     if free < max(1, (hi - lo + 1) // 10):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybridiso import lifecycle, output
+from hybridiso import lifecycle, output, ports
 from hybridiso.commands.common import add_json_flag, check_names, check_records, context, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.reconcile import adopt_from_reality
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             del state.agents[name]
             project.store.save(state)
+            ports.release(project.repo.common_dir, [name])  # the machine-wide lease too (FAULTS #37)
             results.append({"agent": name, "action": "removed", "backup_ref": backup})
             line = f" {output.mark(True)} {name}: removed {ctx.path}"
             if backup:

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             {p.agent.name: p.agent.ports for p in chosen if p.agent.name not in state.agents},
             {n: r.ports for n, r in state.agents.items()},
             project.manifest.ports.bounds(),
+            {port: e.who() for port, e in ports.leased_elsewhere(project.repo.common_dir).items()},
         )
         written = []
         for p in chosen:

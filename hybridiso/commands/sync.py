@@ -7,21 +7,30 @@ Under the repository lock:
    (``main`` -> ``origin/main``) is moved with ``git merge --ff-only`` where it
    is checked out (git keeps local changes safe and refuses when they would be
    overwritten) or ``update-ref`` where it is not; a base with local commits of
-   its own is left alone and said so.  ``base: origin/main`` moves with the fetch;
+   its own is left alone and said so.  An upstream that was rewritten
+   (force-pushed) while base had nothing of its own is followed, with ``git
+   reset --keep`` where base is checked out, and said so (FAULTS #35).
+   ``base: origin/main`` moves with the fetch;
 3. clones fetch base (and a mirror of ``refs/remotes/origin/*``) from the local
    repository, remote ``hybridiso-base``: no network, N cheap local fetches;
-4. each clean environment is rebased onto the new base, in parallel; dirty ones
-   are skipped; a conflicting rebase is aborted (files and branch as before) and
-   reported;
+4. each clean environment is rebased onto the new base, in parallel, with
+   ``git rebase --onto NEW OLD``: OLD is the commit the branch forked from or
+   was last synced onto (the record's ``base_commit``, checked to be in the
+   branch's history; else the fork point from base's reflog; else the merge
+   base, said so), so commits that base dropped (a purged secret) are left
+   behind instead of being replayed (FAULTS #35); dirty ones are skipped; a
+   conflicting rebase is aborted (files and branch as before) and reported;
 5. setup re-runs only where its hash (commands + lockfiles) changed.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from hybridiso import git, lifecycle, merged, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, check_records, context, int_in, project_from_args
@@ -31,6 +40,7 @@ from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_READY
 from hybridiso.strategies.base import EnvContext
+from hybridiso.strategies import clone
 from hybridiso.strategies.clone import BASE_REMOTE
 
 HELP = "fetch once, then rebase each clean environment onto the updated base"
@@ -60,6 +70,9 @@ class Outcome:
     setup: str = "-"  # re-ran | unchanged | failed | -
     seconds: float = 0.0
     detail: str = ""
+    old_base: str = ""  # the commit its own commits were replayed from (rebase --onto NEW OLD)
+    old_base_from: str = ""  # record | fork point | merge base
+    dropped: int = 0  # commits under the branch that base no longer has, left behind
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
         adopt_from_reality(project, state)
         names = check_names(project, args.agents, state) or sorted(state.agents)
         check_records(project, state, names)  # FAULTS #30
+        before = upstream_commit(project)
         fetched = fetch_upstream(project)
-        base_note = advance_base(project)
+        base_note = advance_base(project, before)
         base_commit = git.resolve_commit(project.root, project.manifest.base)
         if base_commit is None:
             raise UserError(
@@ -111,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def upstream_commit(project: Project) -> str | None:
+    """Where base's upstream is before the fetch: with the reflog, what tells
+    a rewritten upstream from one base has commits of its own beside."""
+    root, base = project.root, project.manifest.base
+    up = git.upstream(root, base) if git.branch_exists(root, base) else None
+    return git.resolve_commit(root, up.ref) if up is not None and up.ref else None
+
+
 def fetch_upstream(project: Project) -> str:
     """One fetch for the shared object store; returns what it did."""
     root, base = project.root, project.manifest.base
@@ -127,8 +149,11 @@ def fetch_upstream(project: Project) -> str:
     return f"fetched {remote} in {time.monotonic() - t:.2f}s"
 
 
-def advance_base(project: Project) -> str:
-    """Fast-forward a base branch to its upstream; never anything else."""
+def advance_base(project: Project, before: str | None = None) -> str:
+    """Fast-forward a base branch to its upstream.  The one other move: an
+    upstream that was rewritten (force-pushed) while base had no commits of
+    its own (all of them were the upstream's, ``before`` the fetch or in its
+    reflog) is followed, as ``git pull --rebase`` would (FAULTS #35)."""
     root, base = project.root, project.manifest.base
     if not git.branch_exists(root, base):
         return ""
@@ -142,6 +167,8 @@ def advance_base(project: Project) -> str:
     if not git.is_ancestor(root, local, remote):
         if git.is_ancestor(root, remote, local):
             return ""  # base is ahead of its upstream: nothing to take
+        if _upstreams_alone(root, up.ref, local, before):
+            return _follow_rewrite(root, base, short, local, remote)
         output.warn(f"{base} and {short} have diverged; {base} was left alone and agents rebase onto it (merge or rebase {base} yourself)")
         return ""
     holder = next((wt for wt in git.worktree_list(root) if wt.branch == base), None)
@@ -154,6 +181,36 @@ def advance_base(project: Project) -> str:
         )
         return ""
     return f"{base} fast-forwarded to {short} ({local[:8]}->{remote[:8]})"
+
+
+def _upstreams_alone(root: Path, up_ref: str, local: str, before: str | None) -> bool:
+    """Every commit of base was on its upstream once: base has nothing of its
+    own that moving it to the rewritten upstream could hide."""
+    if before is not None and git.is_ancestor(root, local, before):
+        return True
+    return git.fork_point(root, up_ref, local) == local
+
+
+def _follow_rewrite(root: Path, base: str, short: str, local: str, remote: str) -> str:
+    dropped = git.count_commits(root, remote, local)
+    holder = next((wt for wt in git.worktree_list(root) if wt.branch == base), None)
+    if holder is None:
+        git.run(root, "update-ref", f"refs/heads/{base}", remote, local)
+    else:
+        busy = git.operation_in_progress(holder.path)
+        if busy is not None or not git.reset_keep(holder.path, remote):
+            why = f"{busy} is in progress there" if busy else "it has changes the move would overwrite"
+            output.warn(
+                f"{short} was rewritten (force-pushed) and {base} has none of its own commits, but {base} is checked out "
+                f"in {holder.path} and {why}; {base} was left alone and agents rebase onto it "
+                f"(finish or stash, then `git -C '{holder.path}' reset --keep {short}` and sync again)"
+            )
+            return ""
+    return (
+        f"{short} was rewritten (force-pushed): {base} had no commits of its own and now follows it "
+        f"({local[:8]}->{remote[:8]}; {dropped} commit{'s' if dropped != 1 else ''} it no longer has stay out of the agents' branches; "
+        f"the old tip is in `git reflog {base}`)"
+    )
 
 
 def sync_one(ctx: EnvContext, base_commit: str, base_ref: str | None) -> Outcome:
@@ -180,31 +237,42 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         o.result, o.detail = "missing", "directory is gone or not a git environment; `hybridiso gc` or `up`"
         return
     if obs.branch != record.branch:
-        o.detail = f"checked out {obs.branch or 'a detached HEAD'}, not {record.branch}"
-        return
-    dirty = [n for _, n in git.status_porcelain(ctx.path) if n != ENV_FILE]
-    if dirty:
-        o.detail = f"dirty: {len(dirty)} changed files ({', '.join(dirty[:3])}{', ...' if len(dirty) > 3 else ''})"
+        o.detail = f"checked out {obs.branch or 'a detached HEAD'}, not {record.branch}" + _under_way(ctx)
         return
     if record.strategy == "clone":
-        update_clone(ctx, base_commit, base_ref)
+        # the repository's ignore rules may have changed (or predate them in
+        # the clone): refreshed first, so files it ignores are not "dirty"
+        clone.copy_ignore_rules(ctx)
+    dirty = [n for _, n in git.status_porcelain(ctx.path) if n != ENV_FILE]
+    if dirty:
+        o.detail = f"dirty: {len(dirty)} changed files ({', '.join(dirty[:3])}{', ...' if len(dirty) > 3 else ''})" + _under_way(ctx)
+        return
+    env_base_ref = base_ref
+    if record.strategy == "clone":
+        env_base_ref = update_clone(ctx, base_commit, base_ref)
     head = (obs.head if record.strategy != "clone" else None) or git.resolve_commit(ctx.path, "HEAD") or ""
     o.before = o.after = head[:8]
-    if git.is_ancestor(ctx.path, base_commit, head):
+    old, o.old_base_from = old_base(ctx.path, head, record.base_commit, base_commit, env_base_ref)
+    o.old_base = (old or "")[:8]
+    # base dropped commits that lie under this branch (a force-push): they
+    # must not stay, even where base's new tip is already in its history
+    o.dropped = git.count_commits(ctx.path, base_commit, old) if old else 0
+    if o.dropped == 0 and git.is_ancestor(ctx.path, base_commit, head):
         o.result = "up to date"
-    elif (v := merged.verdict(ctx.path, head, [(ctx.project.manifest.base, base_commit)], record.base_commit, record.branch)).merged:
+    elif o.dropped == 0 and (v := merged.verdict(ctx.path, head, [(ctx.project.manifest.base, base_commit)], record.base_commit, record.branch)).merged:
         # rebasing would drop its commits as already upstream and erase the
         # evidence gc needs; there is nothing left to bring up to date
         o.result, o.detail = "merged", v.describe() + "; `hybridiso gc --yes` removes it"
         return
     else:
-        r = git.rebase(ctx.path, base_commit)
+        r = git.rebase(ctx.path, base_commit, old)
         if not r.ok:
             o.result = "conflict" if r.conflicts else "failed"
             o.detail = (f"rebase aborted, nothing changed; conflicts in {', '.join(r.conflicts)}" if r.conflicts else r.error)
             return
         o.result = "rebased"
         o.after = (git.resolve_commit(ctx.path, "HEAD") or "")[:8]
+        o.detail = _rebase_note(o, git.unique_commits(ctx.path, base_commit, old) if o.dropped and old else [])
     record.base_commit = base_commit  # the branch now forks from here (gc's "own commits")
     if ctx.agent is None:
         return
@@ -214,16 +282,91 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         o.setup, o.detail = "failed", e.message.splitlines()[0]
 
 
-def update_clone(ctx: EnvContext, base_commit: str, base_ref: str | None) -> None:
+def _under_way(ctx: EnvContext) -> str:
+    """Why an environment is off its branch or dirty, when git is in the
+    middle of something there (a sync killed during its rebase, say)."""
+    what = git.operation_in_progress(ctx.path)
+    if what is None:
+        return ""
+    if what == "a bisect":
+        return "; a bisect is in progress there (git bisect reset ends it)"
+    verb = "rebase" if "rebase" in what else what.removeprefix("a ")
+    return f"; {what} is in progress there: finish it (git {verb} --continue) or undo it (git {verb} --abort)"
+
+
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def _follow_stale_copy(path: Path, branch: str, before: str | None, after: str | None) -> None:
+    """Clones made before hybridiso deleted it keep git clone's local copy of
+    base (``main``), which nothing moved: where it holds nothing of its own
+    (it is in what base was), it follows base, so what base dropped (FAULTS
+    #35) goes from it too.  One with commits of its own is the agent's."""
+    tip = git.branch_commit(path, branch)
+    if tip is None or before is None or after is None or tip == after or git.current_branch(path) == branch:
+        return
+    if git.is_ancestor(path, tip, before):
+        git.run(path, "update-ref", f"refs/heads/{branch}", after, tip)
+
+
+def old_base(cwd: Path, head: str, recorded: str | None, new_base: str, base_ref: str | None) -> tuple[str | None, str]:
+    """The commit the branch's own commits sit on, and how it was found: the
+    latest of the record's (it forked or was last synced there) and base's
+    fork point from its reflog (``git merge-base --fork-point``: later than
+    the record when the agent merged base in itself; the only one for a
+    record whose base is not in the branch's history), each only when it is
+    in the branch's history; else the merge base with the new base.  Where
+    the merge base is later still, it is the better one: everything below it
+    is in the new base."""
+    mb = git.merge_base(cwd, new_base, head)
+
+    def latest(commit: str) -> str:
+        return mb if mb is not None and git.is_ancestor(cwd, commit, mb) else commit
+
+    mine = recorded if recorded and _COMMIT_ID.fullmatch(recorded) and git.is_ancestor(cwd, recorded, head) else None
+    fork = git.fork_point(cwd, base_ref, head) if base_ref else None
+    if mine is not None and (fork is None or fork == mine or not git.is_ancestor(cwd, mine, fork)):
+        return latest(mine), "record"
+    if fork is not None:
+        return latest(fork), "fork point"
+    return mb, "merge base"
+
+
+def _rebase_note(o: Outcome, left_out: list[str]) -> str:
+    notes = []
+    if o.dropped:
+        shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        notes.append(
+            f"base was rewritten: {o.dropped} commit{'s' if o.dropped != 1 else ''} under the branch that base no longer has "
+            f"were left out ({shown}; the branch's previous tip is in its reflog)"
+        )
+    if o.old_base_from == "fork point":
+        notes.append(f"replayed its commits after {o.old_base}, where it left base by base's reflog (its recorded base is older or not in its history)")
+    elif o.old_base_from == "merge base":
+        notes.append(
+            f"its recorded base is not in its history; replayed its commits after the merge base {o.old_base} "
+            "(commits base dropped, if any were under it, are kept: check `git log` there)"
+        )
+    return "; ".join(notes)
+
+
+def update_clone(ctx: EnvContext, base_commit: str, base_ref: str | None) -> str | None:
     """A clone takes base from the local repository (remote ``hybridiso-base``),
     never from the network; its view of ``origin`` is mirrored from the local
-    repository's fresh one, so ``gc`` sees upstream branches that were deleted."""
+    repository's fresh one, so ``gc`` sees upstream branches that were deleted.
+    Returns the clone's name for base's ref (None for a commit id)."""
     path, root = ctx.path, ctx.project.root
+    mine = None
     if base_ref:
         short = base_ref.removeprefix("refs/heads/") if base_ref.startswith("refs/heads/") else base_ref.removeprefix("refs/")
-        git.fetch(path, BASE_REMOTE, f"+{base_ref}:refs/remotes/{BASE_REMOTE}/{short}")
+        mine = f"refs/remotes/{BASE_REMOTE}/{short}"
+        before = git.resolve_commit(path, mine)
+        git.fetch(path, BASE_REMOTE, f"+{base_ref}:{mine}")
+        if base_ref.startswith("refs/heads/"):
+            _follow_stale_copy(path, short, before, git.resolve_commit(path, mine))
     elif not git.has_object(path, base_commit):
         git.fetch(path, BASE_REMOTE, base_commit)
     origin = git.remote_url(root, "origin")
     if origin and git.remote_url(path, "origin") == origin and git.has_refs_under(root, "refs/remotes/origin/"):
         git.fetch(path, BASE_REMOTE, "+refs/remotes/origin/*:refs/remotes/origin/*", prune=True)
+    return mine

@@ -16,7 +16,7 @@ from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from hybridiso import git, lifecycle, output, ports, safe_files, strategies
+from hybridiso import branches, git, lifecycle, output, ports, ready_marker, safe_files, strategies
 from hybridiso.commands.common import add_json_flag, check_names, check_records, context, int_in, make_plan, project_from_args
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
@@ -52,6 +52,7 @@ class Outcome:
     error: str | None = None
     path: str | None = None
     ports: dict[str, int] | None = None
+    note: str = ""  # said on the progress line, e.g. how a clone's objects were made
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
         check_records(project, state, [p.agent.name for p in selected])  # FAULTS #30: before anything is touched
+        # a branch that would shadow a remote-tracking one is a manifest
+        # problem: refused for every agent before anything is made
+        refs = branches.refuse_shadowing(project.root, project.manifest.agents)
         selected, refused = check_docker(project, selected)
-        outcomes = left_alone + refused + converge(project, state, selected, base_commit, args.jobs)
+        outcomes = left_alone + refused + converge(project, state, selected, base_commit, args.jobs, refs)
     if args.json:
         for o in outcomes:
             record = state.agents.get(o.name)
@@ -146,64 +150,44 @@ def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[Agen
 
 
 def _lease_ports(project: Project, state: State, selected: list[AgentPlan]) -> dict[str, dict[str, int]]:
+    """Every selected agent's ports, never a port another repository on the
+    machine has leased (FAULTS #37), before anything is created (#14)."""
     current = {n: r.ports for n, r in state.agents.items()}
     wanted = {p.agent.name: p.agent.ports for p in selected}
-    return ports.lease(wanted, current, project.manifest.ports.bounds())
+    leases = ports.lease_machine_wide(project.repo.common_dir, wanted, current, project.manifest.ports.bounds())
+    if leases.note:
+        output.warn(leases.note)
+    for moved in leases.moved:
+        output.warn(f"{moved}: it gets another port")
+    return leases.ports
 
 
 def converge(
-    project: Project, state: State, selected: list[AgentPlan], base_commit: str, jobs: int
+    project: Project, state: State, selected: list[AgentPlan], base_commit: str, jobs: int, refs: branches.Refs | None = None
 ) -> list[Outcome]:
     store = project.store
     leases = _lease_ports(project, state, selected)  # fails before anything is created (FAULTS #14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
+    refs = refs if refs is not None else branches.Refs.read(project.root)  # once for every agent's branch question
     todo: list[tuple[EnvContext, str]] = []
+    refused: list[Outcome] = []
     for p in selected:
-        name = p.agent.name
-        record = state.agents.get(name)
-        if record is not None and record.phase == PHASE_CREATING:
-            # an earlier run was interrupted half-way: undo it, then create anew
-            try:
-                lifecycle.rollback(context(project, state, name))
-            except UserError as e:
-                raise UserError(f"{name}: an interrupted creation could not be undone: {e.message}", hint=e.hint) from None
-            del state.agents[name]
-            store.save(state)
-            record = None
-        carried_branch = False
-        if record is not None and not strategies.get(record.strategy).observe(context(project, state, name)).exists:
-            # deleted by hand (FAULTS #7): clear git's metadata, create it again
-            output.warn(f"{name}: its directory {record.path} is gone; creating it again")
-            strategies.get(record.strategy).remove(context(project, state, name))
-            carried_branch = record.created_branch
-            del state.agents[name]
-            record = None
-        if record is None:
-            record = AgentRecord(
-                name=name,
-                strategy=p.strategy,
-                branch=p.branch,
-                path=p.path,
-                base=project.manifest.base,
-                base_commit=base_commit,
-            )
-            state.agents[name] = record
-            record.ports = leases[name]
-            ctx = context(project, state, name)
-            lifecycle.prepare(ctx)
-            record.created_branch = record.created_branch or carried_branch
-            todo.append((ctx, "create"))
-        else:
-            record.ports = leases[name]
-            todo.append((context(project, state, name), "update"))
+        try:
+            todo.append(_prepare_one(project, state, p, base_commit, leases[p.agent.name], refs))
+        except UserError as e:
+            # one agent's problem (a directory in its way, its branch checked
+            # out elsewhere) stops that agent only; the others are created
+            refused.append(Outcome(p.agent.name, p.strategy, "Failed", False, 0.0, str(e)))
     store.save(state)  # the journal: every creation is on disk before it starts
 
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome] = list(refused)
     jobs = jobs if jobs > 0 else max(2, os.cpu_count() or 1)
     cancel = threading.Event()
     for ctx, _ in todo:
         ctx.cancel = cancel
-    width = max((len(c.name) for c, _ in todo), default=8)
+    width = max([*(len(c.name) for c, _ in todo), *(len(o.name) for o in refused)], default=8)
+    for o in refused:
+        output.progress_line(False, o.name, o.strategy, o.action, None, width)
     save_error: UserError | None = None
     if any(a == "create" for _, a in todo):
         output.message(f"[+] {sum(a == 'create' for _, a in todo)} to create, {sum(a == 'update' for _, a in todo)} to check")
@@ -216,7 +200,7 @@ def converge(
                 for f in done:
                     outcome = f.result()
                     outcomes.append(outcome)
-                    output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width)
+                    output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width, outcome.note)
                     if futures[f].record.extra.get("rolled_back"):
                         state.agents.pop(outcome.name, None)
                     try:
@@ -240,10 +224,70 @@ def converge(
                         continue
                     state.agents.pop(ctx.name, None)
             store.save(state)
+            _release_unrecorded(project, state, selected)
             raise
     if save_error is not None:
         store.save(state)  # once more: space may have been freed by the rollbacks
+    _release_unrecorded(project, state, selected)
     return outcomes
+
+
+def _release_unrecorded(project: Project, state: State, selected: list[AgentPlan]) -> None:
+    """Agents that ended with no record (refused, rolled back) give their
+    fresh leases back to the machine (other repositories would find them
+    stale anyway: no record holds them)."""
+    gone = [p.agent.name for p in selected if p.agent.name not in state.agents]
+    if gone:
+        ports.release(project.repo.common_dir, gone)
+
+
+def _prepare_one(
+    project: Project, state: State, p: AgentPlan, base_commit: str, leased: dict[str, int], refs: branches.Refs
+) -> tuple[EnvContext, str]:
+    """One agent's action, with its record ready to be saved as the journal.
+    A UserError is this agent's failure; its record is left as it was (a
+    half-made one stays ``creating`` for the next run) or not made at all."""
+    name = p.agent.name
+    record = state.agents.get(name)
+    carried: AgentRecord | None = None
+    if record is not None and record.phase == PHASE_CREATING:
+        # an earlier run was interrupted half-way: undo it, then create anew
+        try:
+            lifecycle.rollback(context(project, state, name))
+        except UserError as e:
+            raise UserError(f"an interrupted creation could not be undone: {e.message}", hint=e.hint) from None
+        del state.agents[name]
+        project.store.save(state)
+        carried = record  # a branch it made that had commits survived the rollback: still ours
+        record = None
+    if record is not None and not strategies.get(record.strategy).observe(context(project, state, name)).exists:
+        # deleted by hand (FAULTS #7): clear git's metadata, create it again
+        output.warn(f"{name}: its directory {record.path} is gone; creating it again")
+        strategies.get(record.strategy).remove(context(project, state, name))
+        del state.agents[name]
+        carried, record = record, None
+    if record is not None:
+        record.ports = leased
+        return context(project, state, name), "update"
+    record = AgentRecord(
+        name=name,
+        strategy=p.strategy,
+        branch=p.branch,
+        path=p.path,
+        base=project.manifest.base,
+        base_commit=base_commit,
+        ports=leased,
+    )
+    state.agents[name] = record
+    ctx = context(project, state, name)
+    if carried is not None:
+        refs = branches.Refs.read(project.root)  # the rollback may have deleted its branch
+    try:
+        lifecycle.prepare(ctx, refs, carried)
+    except BaseException:
+        del state.agents[name]  # nothing was made for it
+        raise
+    return ctx, "create"
 
 
 def _one(ctx: EnvContext, action: str) -> Outcome:
@@ -255,7 +299,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
             verb = "Created"
         else:
             verb = _update(ctx)
-        return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started)
+        return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started, note=_note(ctx, action))
     except Cancelled:
         return Outcome(ctx.name, strategy, "Cancelled", False, time.monotonic() - started, "interrupted")
     except Exception as e:  # one agent's failure must not hide the others'
@@ -271,6 +315,13 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
             except Exception:  # noqa: BLE001 - the record stays marked creating: the next up retries
                 error += "; rolling back failed too: the next `hybridiso up` retries"
         return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error)
+
+
+def _note(ctx: EnvContext, action: str) -> str:
+    if action == "create" and ctx.record.clone_objects == git.CLONE_COPIED:
+        # FAULTS #36: say it, it costs the whole object store again on disk
+        return "objects copied, not hard-linked: the workspace is on another file system than the repository"
+    return ""
 
 
 LOW_SPACE = 1 << 20  # git says only "unable to write file" when the disk fills
@@ -306,6 +357,9 @@ def _update(ctx: EnvContext) -> str:
         # something runs (a container): make it match its file again -- a
         # changed manifest recreates it, a stopped one starts
         did = strategy.start(ctx)
+    if not ready_marker.is_marked(ctx.project.repo.common_dir, ctx.path, ctx.name):
+        # made before the marker existed: its ready record vouches for it
+        ready_marker.mark(ctx.project.repo.common_dir, ctx.path, ctx.name)
     ctx.record.phase = PHASE_READY
     if did == "recreated":
         return "Recreated"

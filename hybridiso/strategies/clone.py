@@ -2,17 +2,22 @@
 
 ``git clone --local`` hard-links the object files (no copy, no network) and the
 clone is independent from then on: it has its own refs, config, hooks and
-remotes.  ``origin`` points where the user's origin points, so the agent can
-push; the remote ``hybridiso-base`` is the local repository, which is where
-``sync`` fetches from.  docs/clone-strategy.md has the measurements behind the
-choice of ``--local`` over ``--shared``, ``--reference`` and partial clones.
+remotes.  Where hard links are impossible (the workspace on another file
+system) the objects are copied (``--no-hardlinks``), and the record and ``up``
+say so (FAULTS #36).  ``origin`` points where the user's origin points, so the
+agent can push; the remote ``hybridiso-base`` is the local repository, which is
+where ``sync`` fetches from.  What the repository ignores through its own
+``info/exclude`` and ``core.excludesFile`` the clone ignores too, so files
+``include:`` copies never look like the agent's work.  docs/clone-strategy.md
+has the measurements behind the choice of ``--local`` over ``--shared``,
+``--reference`` and partial clones.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from hybridiso import cleanup, git
+from hybridiso import cleanup, envfile, git, output, safe_files
 from hybridiso.strategies.base import EnvContext, Observation
 
 NAME = "clone"
@@ -24,13 +29,58 @@ def create(ctx: EnvContext) -> None:
     """``ctx.path`` is absent or empty (lifecycle.prepare checked it)."""
     repo, path, branch = ctx.project.root, ctx.path, ctx.record.branch
     path.parent.mkdir(parents=True, exist_ok=True)
-    git.clone_local(repo, path, BASE_REMOTE)
+    ctx.record.clone_objects = git.clone_local(repo, path, BASE_REMOTE, ctx.project.repo.common_dir)
+    made = git.current_branch(path)  # git clone's local copy of the repository's HEAD branch
+    copy_ignore_rules(ctx)
     urls = git.config_values(repo, "remote.origin.url")
     if urls:
         pushes = [_from(repo, u) for u in git.config_values(repo, "remote.origin.pushurl")]
         git.add_remote(path, "origin", _from(repo, urls[-1]), pushes)
     existing = git.branch_commit(repo, branch)
-    git.checkout_new_branch(path, branch, existing or ctx.record.base_commit or "HEAD")
+    track = ctx.record.track if existing is None else ""
+    start = existing or (git.resolve_commit(repo, track) if track else None) or ctx.record.base_commit or "HEAD"
+    git.checkout_new_branch(path, branch, start)
+    if track.startswith("refs/remotes/origin/") and urls:
+        # `branch: feature` that only origin has: tracks origin/feature in the
+        # clone as in the repository (its remote-tracking refs mirrored locally)
+        git.fetch(path, BASE_REMOTE, "+refs/remotes/origin/*:refs/remotes/origin/*")
+        git.set_upstream(path, branch, track.removeprefix("refs/remotes/"))
+    if made and made != branch:
+        # a stale copy of that branch nobody moves: it would keep whatever base
+        # later drops (a purged secret, FAULTS #35) and look like a branch of
+        # the agent's; base lives in refs/remotes/hybridiso-base/ instead
+        git.delete_branch(path, made)
+
+
+EXCLUDE_HEADER = (
+    "# written by hybridiso: the repository's own info/exclude, so the clone ignores\n"
+    "# what the repository ignores (files include: copies are not the agent's work)\n"
+)
+
+
+def copy_ignore_rules(ctx: EnvContext) -> None:
+    """The clone's ``info/exclude`` is the repository's, plus the env file;
+    a ``core.excludesFile`` the repository's own config sets is set in the
+    clone too (a global one applies to both already).  Written without
+    following a symlink the agent may have put there (sync refreshes it)."""
+    common = ctx.project.repo.common_dir
+    try:
+        theirs = safe_files.read_text(common, "info/exclude") or ""
+    except (OSError, safe_files.UnsafePath) as e:
+        # the clone then shows those files as untracked: the safe side (seen as work)
+        output.warn(f"{ctx.name}: the repository's info/exclude is not copied into the clone: {e}")
+        theirs = ""
+    lines = theirs.splitlines()
+    if f"/{envfile.ENV_FILE}" not in lines:
+        lines.append(f"/{envfile.ENV_FILE}")
+    text = EXCLUDE_HEADER + "\n".join(lines) + "\n"
+    if safe_files.read_text(ctx.path, ".git/info/exclude") != text:
+        safe_files.write_atomic(ctx.path, ".git/info/exclude", text, mode=0o644, dir_mode=0o755)
+    excludes = git.local_config_path(ctx.project.root, "core.excludesFile")
+    if excludes is not None:
+        absolute = str((ctx.project.root / excludes).resolve()) if not Path(excludes).is_absolute() else excludes
+        if git.local_config_path(ctx.path, "core.excludesFile") != absolute:
+            git.set_config(ctx.path, "core.excludesFile", absolute)
 
 
 def _from(repo: Path, url: str) -> str:

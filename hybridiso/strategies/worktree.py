@@ -27,10 +27,15 @@ def create(ctx: EnvContext) -> None:
     # metadata left, directory gone: clear this env's entry, nobody else's (FAULTS #28)
     git.worktree_forget(ctx.project.repo.common_dir, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if ctx.record.created_branch:
-        git.worktree_add(repo, path, branch, ctx.record.base_commit)
-    else:
+    # what git has decides, not whose the branch is: a branch hybridiso made
+    # before (its directory was deleted by hand) is checked out again, never
+    # created twice ("a branch named ... already exists", issue 11)
+    if git.branch_exists(repo, branch):
         git.worktree_add(repo, path, branch, None)
+    elif ctx.record.track:
+        git.worktree_add(repo, path, branch, ctx.record.track, track=True)  # `branch: feature` only origin has
+    else:
+        git.worktree_add(repo, path, branch, ctx.record.base_commit)
 
 
 def start(ctx: EnvContext) -> str | None:
