@@ -1,5 +1,6 @@
 """gc finders for what outlives an agent outside git: Docker containers,
-networks and volumes labelled for it, and its database branches.
+networks and volumes labelled for it, its database branches, and the setup
+processes of a run that was killed.
 
 An agent's own resources go with it when gc (or ``down``) removes the agent.
 These finders catch the rest: resources whose agent has no record any more
@@ -22,6 +23,52 @@ from hybridiso.state import State
 
 DOCKER = "docker"
 DATABASE = "database"
+PROCESS = "process"
+
+
+def process_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    """Setup commands of a run that was killed (FAULTS #38): gc holds the
+    repository lock, so no run of ours is waiting for them.  Only processes
+    proven to be those commands are listed (``process_groups``)."""
+    from hybridiso import process_groups
+
+    recorded = [(r, g) for r in state.agents.values() for g in r.setup_processes]
+    alive = process_groups.survivors([g for _, g in recorded])
+    findings = []
+    for name in sorted({r.name for r, _ in recorded}):
+        record = state.agents[name]
+        mine = [(i, recorded[i][1]) for i in sorted(alive) if recorded[i][0] is record]
+        if not mine:
+            continue
+        procs = [p for i, _ in mine for p in alive[i]]
+        commands = "; ".join(process_groups.describe_group(g) for _, g in mine)
+        findings.append(
+            Finding(
+                PROCESS,
+                f"setup of agent {name}",
+                True,
+                f"still running from a run that was killed: {commands}",
+                [process_groups.describe(p) for p in procs],
+                apply=_process_stopper(project, state, name),
+            )
+        )
+    return findings
+
+
+def _process_stopper(project: Project, state: State, name: str) -> Callable[[], list[str]]:
+    def apply() -> list[str]:
+        from hybridiso import process_groups
+
+        record = state.agents.get(name)
+        if record is None:
+            return []
+        left = process_groups.stop(record.setup_processes)
+        if not left:
+            record.setup_processes = []
+            project.store.save(state)
+        return left
+
+    return apply
 
 
 def docker_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
@@ -144,4 +191,6 @@ def _compare_remover(workdir: Path) -> Callable[[], list[str]]:
     return apply
 
 
+# before every other finder: a setup still running writes into what they remove
+EARLY_FINDERS: tuple[Finder, ...] = (process_findings,)
 FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, compare_findings)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from hybridiso import envfile, git, includes, service_branches, setup_runner, strategies
+from hybridiso import envfile, git, includes, process_groups, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
-from hybridiso.state import PHASE_READY, AgentRecord
+from hybridiso.state import PHASE_READY, AgentRecord, ProcessGroup
 from hybridiso.strategies.base import EnvContext
 
 ENV_EXCLUDE = "/" + envfile.ENV_FILE
@@ -32,7 +32,15 @@ def environment_for(project: Project, agent: Agent | None, record: AgentRecord) 
 
 
 def log_path(project: Project, name: str, what: str) -> Path:
-    return project.store.logs_dir / name / f"{what}.log"
+    return log_file(project, name, what).path
+
+
+def log_file(project: Project, name: str, what: str) -> setup_runner.LogFile:
+    """``logs/<agent>/<what>.log`` in the state dir, walked from the git dir
+    without following a symlink (FAULTS #31)."""
+    store = project.store
+    rel = PurePosixPath(*store.logs_dir.relative_to(store.anchor).parts, name, f"{what}.log")
+    return setup_runner.LogFile(store.anchor, rel)
 
 
 def _check(ctx: EnvContext) -> None:
@@ -69,8 +77,25 @@ def _branch_free(ctx: EnvContext) -> None:
             raise UserError(f"branch {ctx.record.branch} is checked out at {wt.path}; agent {ctx.name} needs it for its own worktree", hint=hint)
 
 
+def stop_setups(ctx: EnvContext) -> None:
+    """Stop what is left of setup commands a killed run recorded (FAULTS
+    #38: they would write on into the environment made again at the same
+    path).  Only processes proven to be those commands are signalled."""
+    record = ctx.record
+    if not record.setup_processes:
+        return
+    left = process_groups.stop(record.setup_processes)
+    if left:
+        raise UserError(
+            f"agent {ctx.name}: setup processes of an earlier run could not be stopped: {', '.join(left)}",
+            hint="stop them yourself (kill -9 PID), then run the command again",
+        )
+    record.setup_processes = []
+
+
 def rollback(ctx: EnvContext) -> None:
     """Undo a creation that never reached ``ready``: only what it made."""
+    stop_setups(ctx)  # first: nothing may write into what is being removed
     strategy = strategies.get(ctx.record.strategy)
     if ctx.record.extra.get("owns_path"):
         strategy.remove(ctx)
@@ -116,9 +141,15 @@ def create(ctx: EnvContext) -> None:
     record.phase = PHASE_READY
 
 
-def run_setup(ctx: EnvContext) -> bool:
+def _started(ctx: EnvContext, group: ProcessGroup) -> None:
+    ctx.record.setup_processes.append(group)
+    ctx.persist()
+
+
+def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
     """Run setup when it never ran or its inputs (commands, lockfiles) changed."""
     assert ctx.agent is not None
+    stop_setups(ctx)  # a killed run's setup must not run on beside this one, or beside nothing
     commands = ctx.project.manifest.setup_for(ctx.agent)
     digest = setup_runner.setup_hash(ctx.path, commands)
     if digest == ctx.record.setup_hash:
@@ -130,12 +161,18 @@ def run_setup(ctx: EnvContext) -> bool:
                 commands,
                 ctx.path,
                 environment_for(ctx.project, ctx.agent, ctx.record),
-                log_path(ctx.project, ctx.name, "setup"),
+                log_file(ctx.project, ctx.name, "setup"),
                 ctx.cancel,
                 ctx.name,
+                run=run_label,
+                on_start=lambda group: _started(ctx, group),
             )
         except setup_runner.SetupInterrupted:
             raise Cancelled(ctx.name) from None
+        finally:
+            # finished, failed or stopped: nothing of it is left to find
+            # (a command that succeeded may leave a daemon on purpose)
+            ctx.record.setup_processes = []
     ctx.record.setup_hash = digest
     ctx.record.timings["setup"] = round(time.monotonic() - t, 3)
     return True
@@ -241,6 +278,8 @@ def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
 def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport]:
     """Remove one environment.  Refuses (UserError) when work would be lost,
     unless ``force``, which first saves it to a backup ref."""
+    # a killed run's setup would write on while (and after) we look (FAULTS #38)
+    stop_setups(ctx)
     report = inspect_work(ctx)
     losing = work_at_risk(ctx, keep_branch=keep_branch, report=report)
     backup: str | None = None

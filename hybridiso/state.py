@@ -36,6 +36,51 @@ PHASE_READY = "ready"
 
 
 @dataclass
+class DatabaseBranch:
+    """A database branch an agent owns (``service_branches``).  ``baseline``
+    is what ``databases.Baseline`` recorded when it was created: what "its
+    data changed" is measured against (FAULTS #26)."""
+
+    name: str
+    server: str  # the service's URL; may hold a password (the state file is 0600)
+    baseline: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> DatabaseBranch | None:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("server"), str):
+            return None  # a tampered entry names nothing hybridiso would act on
+        baseline = data.get("baseline")
+        return cls(data["name"], data["server"], baseline if isinstance(baseline, dict) else None)
+
+
+@dataclass
+class ProcessGroup:
+    """A setup (or check) command started in its own session, recorded
+    before it is waited for, so a run that is killed leaves a trace the next
+    ``up``, rollback or ``gc`` can stop (FAULTS #38).  ``start`` (the
+    leader's start time in clock ticks, /proc/PID/stat field 22) and
+    ``boot_id`` tell the leader from a later process that reuses its pid;
+    ``token`` is in the environment of everything the command started
+    (``process_groups.TOKEN_VAR``), so what left the group is found too."""
+
+    pgid: int
+    start: int
+    boot_id: str
+    token: str
+    command: str
+    started_at: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProcessGroup | None:
+        try:
+            group = cls(int(data["pgid"]), int(data["start"]), str(data["boot_id"]), str(data["token"]), str(data["command"]), float(data.get("started_at", 0.0)))
+        except (KeyError, TypeError, ValueError):
+            return None
+        # pid 0, 1 or negative would signal far more than one setup: never
+        return group if group.pgid > 1 and group.token else None
+
+
+@dataclass
 class AgentRecord:
     name: str
     strategy: str
@@ -50,11 +95,25 @@ class AgentRecord:
     timings: dict[str, float] = field(default_factory=dict)
     config_hash: str = ""
     setup_hash: str = ""
+    # service -> the database branch it got (FAULTS #26)
+    databases: dict[str, DatabaseBranch] = field(default_factory=dict)
+    # setup commands of a run that has not finished them (FAULTS #38)
+    setup_processes: list[ProcessGroup] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentRecord:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        extra = known.get("extra")
+        raw_dbs = known.get("databases")
+        if not isinstance(raw_dbs, dict):
+            # state files before the named field kept them in extra
+            raw_dbs = extra.pop("databases", {}) if isinstance(extra, dict) else {}
+        dbs = {svc: DatabaseBranch.from_json(v) for svc, v in raw_dbs.items()} if isinstance(raw_dbs, dict) else {}
+        known["databases"] = {svc: db for svc, db in dbs.items() if db is not None}
+        raw_groups = known.get("setup_processes")
+        groups = [ProcessGroup.from_json(g) for g in raw_groups] if isinstance(raw_groups, list) else []
+        known["setup_processes"] = [g for g in groups if g is not None]
         return cls(**known)
 
 
@@ -126,8 +185,9 @@ class StateStore:
         """Write atomically; a failed write (disk full) leaves the previous
         file intact and is one clear error."""
         with self._mutex:
+            text = _serialise(state)
             try:
-                atomic_write_text(self.path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n", anchor=self.anchor)
+                atomic_write_text(self.path, text, anchor=self.anchor)
             except OSError as e:
                 raise UserError(
                     f"cannot write the state file {self.path}: {e.strerror}",
@@ -155,6 +215,21 @@ class StateStore:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             os.close(fd)  # closing releases the flock
+
+
+def _serialise(state: State) -> str:
+    """The state as JSON.  Worker threads save their record while others
+    still fill theirs in (setup process groups are saved before they are
+    waited for, FAULTS #38): a dict that grows while it is copied raises
+    RuntimeError, and copying again a moment later succeeds."""
+    for attempt in range(20):
+        try:
+            return json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
+        except RuntimeError:
+            if attempt == 19:
+                raise
+            time.sleep(0.001)
+    raise AssertionError("unreachable")
 
 
 def lock_is_free(path: Path) -> bool:

@@ -54,7 +54,7 @@ def check_names(project: Project, names: Sequence[str], state: State | None = No
 def context(project: Project, state: State, name: str) -> EnvContext:
     record = state.agents[name]
     agent = next((a for a in project.manifest.agents if a.name == name), None)
-    return EnvContext(project, agent, record)
+    return EnvContext(project, agent, record, persist=lambda: project.store.save(state))
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
