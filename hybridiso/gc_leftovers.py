@@ -118,12 +118,12 @@ def _docker_remover(labels: dict[str, str]) -> Callable[[], list[str]]:
 
 def database_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     servers = {svc.url for svc in project.manifest.services.values() if svc.kind == "postgres" and svc.url}
-    servers |= {db["server"] for r in state.agents.values() for db in r.extra.get("databases", {}).values()}
+    servers |= {db.server for r in state.agents.values() for db in r.databases.values()}
     if not servers:
         return []
     from hybridiso import databases, service_branches
 
-    owned = {db["name"] for r in state.agents.values() for db in r.extra.get("databases", {}).values()}
+    owned = {db.name for r in state.agents.values() for db in r.databases.values()}
     prefix = service_branches.branch_prefix(project)
     findings = []
     for server in sorted(servers):
@@ -135,24 +135,37 @@ def database_findings(project: Project, state: State, dry_run: bool) -> list[Fin
         for name in names:
             if name in owned:
                 continue
-            findings.append(
-                Finding(
-                    DATABASE,
-                    f"database {name}",
-                    True,
-                    "branch of an agent that no longer exists",
-                    [f"database {name} on {databases.where(server)}"],
-                    apply=_database_dropper(server, name),
-                )
-            )
+            findings.append(_leftover_database(server, name))
     return findings
+
+
+def _leftover_database(server: str, name: str) -> Finding:
+    """A branch no record owns is dropped only if its data did not change
+    since it was created (its baseline survives as its comment): an agent's
+    data outlives a lost state file (FAULTS #26)."""
+    from hybridiso import databases
+
+    shown = f"database {name} on {databases.where(server)}"
+    try:
+        change = databases.changes(server, name)
+    except UserError as e:
+        return Finding(DATABASE, f"database {name}", False, f"branch of an agent that no longer exists; could not be checked: {e.message}")
+    if change is not None:
+        return Finding(
+            DATABASE,
+            f"database {name}",
+            False,
+            f"uncommitted work: branch of an agent that no longer exists, and its data changed: {change.what}; "
+            f"save it (pg_dump -d {name}) and drop it yourself (dropdb {name})",
+        )
+    return Finding(DATABASE, f"database {name}", True, "branch of an agent that no longer exists", [shown], apply=_database_dropper(server, name))
 
 
 def _database_dropper(server: str, name: str) -> Callable[[], list[str]]:
     def apply() -> list[str]:
         from hybridiso import databases
 
-        databases.drop_branch(server, name)
+        databases.drop_branch(server, name)  # checks again, with everybody locked out: DataChanged keeps it
         return [f"database {name}"] if name in databases.list_branches(server, name) else []
 
     return apply

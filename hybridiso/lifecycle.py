@@ -96,6 +96,13 @@ def stop_setups(ctx: EnvContext) -> None:
 def rollback(ctx: EnvContext) -> None:
     """Undo a creation that never reached ``ready``: only what it made."""
     stop_setups(ctx)  # first: nothing may write into what is being removed
+    changed = service_branches.changed(ctx)
+    if changed:
+        # FAULTS #25/#26: data written into an unfinished environment is work
+        raise UserError(
+            f"agent {ctx.name} was never finished, but {'; '.join(changed)}; nothing was rolled back",
+            hint=f"`hybridiso down --force {ctx.name}` dumps the data and removes it; then `hybridiso up` creates it again",
+        )
     strategy = strategies.get(ctx.record.strategy)
     if ctx.record.extra.get("owns_path"):
         strategy.remove(ctx)
@@ -156,6 +163,7 @@ def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
         return False
     t = time.monotonic()
     if commands:
+        quiet = service_branches.settled(ctx)
         try:
             setup_runner.run_setup(
                 commands,
@@ -173,6 +181,10 @@ def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
             # finished, failed or stopped: nothing of it is left to find
             # (a command that succeeded may leave a daemon on purpose)
             ctx.record.setup_processes = []
+            # what setup wrote into an untouched database branch is part of
+            # what hybridiso made, not the agent's work (FAULTS #26): a
+            # failed or interrupted setup's too, so its rollback may drop it
+            service_branches.rebaseline(ctx, quiet)
     ctx.record.setup_hash = digest
     ctx.record.timings["setup"] = round(time.monotonic() - t, 3)
     return True
@@ -187,10 +199,17 @@ class WorkReport:
     untracked: list[str] = field(default_factory=list)
     precious: list[str] = field(default_factory=list)
     commits: list[str] = field(default_factory=list)
+    # database branches whose data changed, one line each (FAULTS #26)
+    databases: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.modified or self.untracked or self.precious or self.commits)
+        return not (self.modified or self.untracked or self.precious or self.commits or self.databases)
+
+    @property
+    def in_git(self) -> bool:
+        """Work that a backup ref can hold (files and commits)."""
+        return bool(self.modified or self.untracked or self.precious or self.commits)
 
     def describe(self, limit: int = 5) -> str:
         parts = []
@@ -203,6 +222,7 @@ class WorkReport:
             if items:
                 shown = ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
                 parts.append(f"{len(items)} {label}: {shown}")
+        parts += self.databases
         return "; ".join(parts)
 
 
@@ -226,7 +246,8 @@ def precious_work(project: Project, agent: Agent | None, path: Path) -> list[str
 
 
 def inspect_work(ctx: EnvContext) -> WorkReport:
-    report = WorkReport()
+    # the databases first: they are work whatever became of the directory
+    report = WorkReport(databases=service_branches.changed(ctx))
     if not ctx.path.is_dir() or not git.ok(ctx.path, "rev-parse", "--git-dir"):
         return report
     for code, name in git.status_porcelain(ctx.path):
@@ -264,20 +285,25 @@ def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | Non
     # a worktree's commits live on in its branch unless we delete the branch,
     # which we only do for a branch we created
     branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
-    return WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits)
+    return WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits, report.databases)
 
 
 def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
-    ways = ["commit it" + (" and merge it" if losing.commits else "")]
+    ways = ["commit it" + (" and merge it" if losing.commits else "")] if losing.in_git else []
     if losing.commits and not (losing.modified or losing.untracked or losing.precious):
         ways.append("`hybridiso down --keep-branch` keeps the commits on their branch")
-    ways.append("`--force` saves all of it to a backup ref under refs/hybridiso/backup/ first")
+    if losing.in_git:
+        ways.append("`--force` saves all of it to a backup ref under refs/hybridiso/backup/ first")
+    if losing.databases:
+        ways.append(f"`--force` dumps the changed databases (pg_dump) to {service_branches.dump_dir(ctx)}/ before it drops them")
     return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=", or ".join(ways))
 
 
-def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport]:
+def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport, list[service_branches.Released]]:
     """Remove one environment.  Refuses (UserError) when work would be lost,
-    unless ``force``, which first saves it to a backup ref."""
+    unless ``force``, which first saves it to a backup ref and dumps the
+    databases whose data changed; returns the ref, the work found and what
+    became of the databases."""
     # a killed run's setup would write on while (and after) we look (FAULTS #38)
     stop_setups(ctx)
     report = inspect_work(ctx)
@@ -286,7 +312,9 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
     if not losing.empty:
         if not force:
             raise refusal(ctx, losing)
-        backup = save_backup(ctx, losing)
+        # before anything is removed: --force must be able to dump what changed
+        service_branches.ensure_dumpable(service_branches.check(ctx) if losing.databases else [])
+        backup = save_backup(ctx, losing) if losing.in_git else None
     strategy = strategies.get(ctx.record.strategy)
     if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():
         pushed = git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"HEAD:refs/heads/{ctx.record.branch}", check=False)
@@ -298,8 +326,12 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
                 hint=f"check {ctx.record.branch} out nowhere (or merge it by hand), then run down again; nothing was removed",
             )
     strategy.remove(ctx)
-    service_branches.release(ctx)
+    try:
+        # written to since it was checked: kept (the record stays), or dumped with --force
+        released = service_branches.release(ctx, dump=force)
+    except UserError as e:
+        raise UserError(f"agent {ctx.name}: its environment was removed, but {e.message}", hint=e.hint) from None
     if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:
         if git.branch_exists(ctx.project.root, ctx.record.branch):
             git.delete_branch(ctx.project.root, ctx.record.branch)
-    return backup, report
+    return backup, report, released
