@@ -18,7 +18,7 @@ from hybridiso import process_groups
 from tests.support.cli import check_no_crash, hybridiso, state, status_json, write_manifest
 from tests.support.gitrepo import make_repo
 
-LATE = 4  # seconds the killed run's setup sleeps before it writes
+LATE = 10  # seconds the killed run's setup sleeps before it writes (room for a loaded machine)
 
 
 def _wait_for(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -89,6 +89,7 @@ def _killed_during_setup(tmp_path: Path) -> tuple[Path, Path, dict]:  # type: ig
     proc.wait()
     proc.stderr.close()  # type: ignore[union-attr]
     flag.unlink()  # the next runs' setup is quick
+    (tmp_path / "killed-at").write_text(str(time.time()))
     assert len(groups) == 1 and groups[0]["command"].startswith("if [ -e")
     group = groups[0]
     assert _group_alive(group["pgid"])  # the kill -9 left it running: the fault is real
@@ -107,7 +108,7 @@ def test_killed_up_leaves_its_setup_recorded_and_the_next_up_stops_it(tmp_path: 
     assert status_json(repo)["a"]["state"] == "ready"
     assert state(repo)["agents"]["a"]["setup_processes"] == []
     # past the moment the killed run's setup would have written: nothing came
-    time.sleep(max(0.0, t + LATE + 1.5 - time.time()))
+    time.sleep(max(0.0, float((tmp_path / "killed-at").read_text()) + LATE + 1.5 - time.time()))
     assert sorted(p.name for p in env.iterdir() if p.name.startswith("m-")) == []
 
 
@@ -126,7 +127,7 @@ def test_gc_lists_a_killed_runs_setup_and_stops_it_with_yes(tmp_path: Path) -> N
     assert "setup of agent a: removed (process)" in r.stderr
     assert _processes_with_token(group["token"]) == [] and not _group_alive(group["pgid"])
     assert "a" not in state(repo)["agents"]  # the interrupted creation went too, after its setup
-    time.sleep(LATE + 0.5)
+    time.sleep(max(0.0, float((tmp_path / "killed-at").read_text()) + LATE + 1.5 - time.time()))
     assert not env.exists()
     assert json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"] == []
 
@@ -135,7 +136,7 @@ def test_down_of_an_interrupted_creation_stops_its_setup_first(tmp_path: Path) -
     repo, env, group = _killed_during_setup(tmp_path)
     hybridiso(repo, "down")
     assert _processes_with_token(group["token"]) == []
-    time.sleep(LATE + 0.5)
+    time.sleep(max(0.0, float((tmp_path / "killed-at").read_text()) + LATE + 1.5 - time.time()))
     assert not env.exists()  # nothing wrote it back after it was removed
 
 
@@ -184,7 +185,7 @@ def test_ctrl_c_stops_a_setsid_grandchild_too(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert _processes_with_token(token) == []
-    time.sleep(LATE + 0.5)
+    time.sleep(LATE + 0.5)  # (from the interrupt on)
     assert not (tmp_path / "r.agents" / "a").exists()
 
 
