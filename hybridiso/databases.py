@@ -141,8 +141,7 @@ def create_branch(server_url: str, template: str, name: str, *, attempts: int = 
                     return branch_url(server_url, name)
                 try:
                     cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
-                    _remember_baseline(cur, server_url, name)
-                    return branch_url(server_url, name)
+                    break
                 except psycopg.errors.ObjectInUse:
                     if attempt == attempts:
                         raise UserError(
@@ -153,7 +152,10 @@ def create_branch(server_url: str, template: str, name: str, *, attempts: int = 
                     time.sleep(min(delay * attempt, 5.0))
         finally:
             cur.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
-    raise AssertionError("unreachable")
+        # the template is free again; the new branch's baseline is taken
+        # before anybody is given its URL
+        _remember_baseline(cur, server_url, name)
+    return branch_url(server_url, name)
 
 
 def _sessions(cur, template: str) -> str:  # type: ignore[no-untyped-def]

@@ -313,7 +313,7 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
         if not force:
             raise refusal(ctx, losing)
         # before anything is removed: --force must be able to dump what changed
-        service_branches.ensure_dumpable(service_branches.check(ctx) if losing.databases else [])
+        service_branches.ensure_dumpable(ctx, service_branches.check(ctx) if losing.databases else [])
         backup = save_backup(ctx, losing) if losing.in_git else None
     strategy = strategies.get(ctx.record.strategy)
     if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():

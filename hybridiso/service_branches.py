@@ -75,8 +75,9 @@ def provision(ctx: EnvContext) -> dict[str, str]:
     owned = ctx.record.databases
     env: dict[str, str] = {}
     for service, branch in planned.items():
-        # in the record before it exists: a rollback after a kill finds it
+        # in the record, on disk, before it exists: a rollback after a kill finds it
         owned[service] = DatabaseBranch(branch["name"], branch["server"])
+        ctx.persist()
         url = databases.create_branch(branch["server"], branch["template"], branch["name"])
         baseline = databases.baseline_of(branch["server"], branch["name"])
         owned[service] = DatabaseBranch(branch["name"], branch["server"], baseline.to_json() if baseline else None)
@@ -101,6 +102,15 @@ class BranchCheck:
         return f"database {self.name} changed: {self.change}" if self.certain else f"database {self.name}: {self.change}"
 
 
+def ours(ctx: EnvContext, service: str, db: DatabaseBranch) -> bool:
+    """A record may only name the branch its agent and service get (names
+    are deterministic): a tampered state file naming ``postgres``, the
+    template or another agent's branch gets nothing done to it (FAULTS #30)."""
+    from hybridiso import databases
+
+    return db.name == databases.branch_name(project_key(ctx.project), ctx.name, service)
+
+
 def check(ctx: EnvContext) -> list[BranchCheck]:
     """Each of the agent's branches whose data changed since it was created
     or cannot be checked (read only)."""
@@ -110,6 +120,8 @@ def check(ctx: EnvContext) -> list[BranchCheck]:
 
     found = []
     for service, db in sorted(ctx.record.databases.items()):
+        if not ours(ctx, service, db):
+            continue  # never ours to drop, so nothing of it can be lost by us
         try:
             change = databases.changes(db.server, db.name, databases.Baseline.from_json(db.baseline))
         except UserError as e:
@@ -138,6 +150,8 @@ def settled(ctx: EnvContext) -> list[str]:
 
     quiet = []
     for service, db in sorted(ctx.record.databases.items()):
+        if not ours(ctx, service, db):
+            continue
         try:
             if databases.changes(db.server, db.name, databases.Baseline.from_json(db.baseline)) is None:
                 quiet.append(service)
@@ -176,14 +190,18 @@ def _dump_target(ctx: EnvContext) -> DumpTarget:
     return databases.DumpTarget(store.anchor, PurePosixPath(*dump_dir(ctx).relative_to(store.anchor).parts))
 
 
-def ensure_dumpable(checks: list[BranchCheck]) -> None:
+def ensure_dumpable(ctx: EnvContext, checks: list[BranchCheck]) -> None:
     """Before anything is removed: a pg_dump fit for each changed branch's
-    server is installed (``down --force`` must be able to keep its promise)."""
-    from hybridiso import databases
+    server is installed, and the dumps directory can be written without
+    following a symlink (``down --force`` must be able to keep its promise)."""
+    from hybridiso import databases, safe_files
 
-    for c in checks:
-        if c.unreachable is None:
-            databases.pg_dump_for(databases.server_major(c.server))
+    dumpable = [c for c in checks if c.unreachable is None]
+    if dumpable:
+        target = _dump_target(ctx)
+        safe_files.ensure_dir(target.anchor, target.rel)
+    for c in dumpable:
+        databases.pg_dump_for(databases.server_major(c.server))
 
 
 @dataclass(frozen=True)
@@ -207,6 +225,10 @@ def release(ctx: EnvContext, *, dump: bool = False) -> list[Released]:
     released = []
     for service in sorted(owned):
         db = owned[service]
+        if not ours(ctx, service, db):
+            released.append(Released(db.name, left=f"not the branch agent {ctx.name} gets for service {service}: never touched"))
+            del owned[service]
+            continue
         try:
             dropped = databases.drop_branch(db.server, db.name, databases.Baseline.from_json(db.baseline), dump_to=target)
         except databases.Unreachable as e:

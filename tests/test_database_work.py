@@ -5,8 +5,8 @@ said; against a real PostgreSQL server, with writers that stay connected
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -482,3 +482,101 @@ def test_doctor_reports_the_server_and_its_pg_dump(tmp_path: Path, postgres_serv
     rows = {c["name"]: c for c in json.loads(hybridiso(repo, "doctor", "--json", ok=None).stdout)}
     check = rows[f"postgres 127.0.0.1:{postgres_server.port}"]
     assert check["status"] == "ok" and "PostgreSQL 15" in check["detail"] and "pg_dump" in check["detail"]
+
+
+def test_a_tampered_record_gets_nothing_done_to_databases_it_does_not_own(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
+    """FAULTS #30: state.json edited to name the server's `postgres`, the
+    template and another agent's branch: down --force touches none of them."""
+    repo = make_repo(tmp_path / "shop")
+    write_manifest(repo, f'services:\n  db: {{kind: postgres, url: "{postgres_server.url}", template: {tpl}}}\n'
+                         "agents:\n  - {name: api, services: [db]}\n  - {name: other, services: [db]}\n")
+    hybridiso(repo, "up")
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    other = data["agents"]["other"]["databases"]["db"]["name"]
+    mine = data["agents"]["api"]["databases"]["db"]["name"]
+    server = data["agents"]["api"]["databases"]["db"]["server"]
+    data["agents"]["api"]["databases"] = {
+        "db": {"name": tpl, "server": server},
+        "x": {"name": "postgres", "server": server},
+        "y": {"name": other, "server": server},
+    }
+    path.write_text(json.dumps(data))
+    r = hybridiso(repo, "down", "--force", "api")
+    assert r.stderr.count("never touched") == 3
+    left = {n for (n,) in psycopg.connect(postgres_server.url, autocommit=True).execute("SELECT datname FROM pg_database").fetchall()}
+    assert {tpl, "postgres", other, mine} <= left  # its own, now unrecorded, is a leftover for gc
+    found = {f["target"]: f["action"] for f in json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"] if f["kind"] == "database"}
+    assert found == {f"database {mine}": "remove"}
+    hybridiso(repo, "gc", "--yes")
+    hybridiso(repo, "down", "other")
+    assert not {other, mine} & set(databases.list_branches(postgres_server.url))
+
+
+def test_force_without_pg_dump_refuses_before_anything_is_removed(tmp_path: Path, postgres_server: PostgresServer, tpl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pg_dump for the server's version: `down --force` (here in-process,
+    to hide the installed binaries) says what to install and removes nothing."""
+    from hybridiso import lifecycle
+    from hybridiso.commands.common import context
+    from hybridiso.project import load_project
+
+    repo = _repo(tmp_path, postgres_server, tpl)
+    hybridiso(repo, "up")
+    name, url = _agent_db(repo)
+    env = tmp_path / "shop.agents" / "api"
+    (env / "notes.txt").write_text("agent notes\n")
+    postgres_server.psql("INSERT INTO items VALUES (11, 'keep me')", db=name)
+    monkeypatch.setattr(databases, "PG_BINDIRS", str(tmp_path / "no-postgres" / "*"))
+    bin_dir = tmp_path / "only-git"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git"))  # type: ignore[arg-type]
+    monkeypatch.setenv("PATH", str(bin_dir))
+    project = load_project(repo, None)
+    st = project.store.load()
+    with pytest.raises(UserError) as e:
+        lifecycle.remove(context(project, st, "api"), force=True, keep_branch=False)
+    assert "pg_dump for PostgreSQL 15 is not installed" in e.value.message and "postgresql-client-15" in (e.value.hint or "")
+    assert (env / "notes.txt").read_text() == "agent notes\n"
+    assert postgres_server.psql("SELECT label FROM items WHERE id = 11", db=name) == "keep me"
+    assert git(repo, "for-each-ref", "refs/hybridiso/backup/") == ""  # not even a backup was made
+    monkeypatch.undo()
+    hybridiso(repo, "down", "--force")
+
+
+def test_a_symlinked_dumps_directory_is_refused_before_anything_is_removed(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
+    """FAULTS #31: the dumps directory replaced by a symlink to somewhere
+    else: nothing is written there, nothing is removed."""
+    repo = _repo(tmp_path, postgres_server, tpl)
+    hybridiso(repo, "up")
+    name, url = _agent_db(repo)
+    postgres_server.psql("INSERT INTO items VALUES (12, 'keep me')", db=name)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo / ".git" / "hybridiso" / "dumps").symlink_to(elsewhere, target_is_directory=True)
+    r = hybridiso(repo, "down", "--force", ok=False)
+    assert r.returncode == 1 and "is a symlink; hybridiso never reads or writes through one" in r.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert (tmp_path / "shop.agents" / "api").is_dir() and name in databases.list_branches(postgres_server.url, name)
+    (repo / ".git" / "hybridiso" / "dumps").unlink()
+    hybridiso(repo, "down", "--force")
+
+
+def test_a_server_that_cannot_be_reached_is_work_and_force_leaves_the_branch_for_gc(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
+    from tests.support.postgres import free_port
+
+    repo = _repo(tmp_path, postgres_server, tpl)
+    hybridiso(repo, "up")
+    name, url = _agent_db(repo)
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    data["agents"]["api"]["databases"]["db"]["server"] = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/postgres"  # nobody listens
+    path.write_text(json.dumps(data))
+    r = hybridiso(repo, "down", ok=False)
+    assert f"database {name} could not be checked: PostgreSQL is not reachable at 127.0.0.1:" in r.stderr and "hunter2" not in r.stderr
+    found = json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]
+    assert [(f["target"], f["action"]) for f in found if f["target"] == "api"] == [("api", "keep")]
+    r = hybridiso(repo, "down", "--force")
+    assert f"database {name} was not dropped: PostgreSQL is not reachable" in r.stderr and "`hybridiso gc` drops it once the server is back" in r.stderr
+    assert name in databases.list_branches(postgres_server.url, name) and not (tmp_path / "shop.agents" / "api").exists()
+    hybridiso(repo, "gc", "--yes")  # the manifest's server is reachable: an untouched leftover goes
+    assert name not in databases.list_branches(postgres_server.url, name)

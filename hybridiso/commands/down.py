@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     project = project_from_args(args)
-    results = []
+    results: list[dict[str, object]] = []
     with project.store.locked("down"):
         state = project.store.load()
         if state.rebuilt_from:
@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                     output.message(f"   database {r.name} changed ({r.change}); dumped to {r.dump} "
                                    f"(restore: createdb NAME && psql -d NAME -f {r.dump})")
                 elif r.left:
-                    output.warn(f"{name}: database {r.name} was not dropped: {r.left}; `hybridiso gc` drops it once the server is back, unless its data changed")
+                    later = "" if r.left.startswith("not the branch") else "; `hybridiso gc` drops it once the server is back, unless its data changed"
+                    output.warn(f"{name}: database {r.name} was not dropped: {r.left}{later}")
     if args.json:
         output.print_json(results)
     if refused:
