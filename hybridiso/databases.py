@@ -678,6 +678,30 @@ def dump_command(pg_dump: Path, service_file: Path) -> tuple[list[str], dict[str
     return [str(pg_dump), "--no-password", "--format=plain", "--dbname", f"service={SERVICE}"], env
 
 
+def _is_leftover(entry: str) -> bool:
+    return entry.startswith(".pgservice-") or (entry.startswith(".") and entry.endswith(".sql.partial"))
+
+
+def dump_leftovers(target: DumpTarget) -> list[str]:
+    """What a dump killed half-way left in ``target``: its partial file and
+    its service file (which holds the password)."""
+    try:
+        with safe_files.open_dir(target.anchor, target.rel) as dfd:
+            return sorted(e for e in os.listdir(dfd) if _is_leftover(e))
+    except FileNotFoundError:
+        return []
+
+
+def clear_dump_leftovers(target: DumpTarget) -> None:
+    """Remove ``dump_leftovers``; the caller holds the repository lock, so
+    no dump of ours is writing them (unlink never follows a symlink)."""
+    with safe_files.open_dir(target.anchor, target.rel) as dfd:
+        for entry in os.listdir(dfd):
+            if _is_leftover(entry):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                    os.unlink(entry, dir_fd=dfd)
+
+
 def _dump(server_url: str, dbname: str, shown_name: str, target: DumpTarget) -> Path:
     """``pg_dump`` of ``dbname`` into ``target/<shown_name>-<stamp>.sql``
     (0600, written under a temporary name and renamed once complete)."""
@@ -686,6 +710,7 @@ def _dump(server_url: str, dbname: str, shown_name: str, target: DumpTarget) -> 
     final = f"{shown_name}-{stamp}.sql"
     partial, service = f".{final}.partial", f".pgservice-{secrets.token_hex(6)}"
     dump_dir = safe_files.ensure_dir(target.anchor, target.rel)
+    clear_dump_leftovers(target)
     safe_files.write_atomic(target.anchor, target.rel / service, _service_file(server_url, dbname), mode=0o600)
     complete = False
     try:

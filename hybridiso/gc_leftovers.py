@@ -12,14 +12,19 @@ stay behind ``docker_client`` and ``databases``.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from hybridiso import output
 from hybridiso.errors import UserError
 from hybridiso.gc_rules import Finder, Finding
 from hybridiso.project import Project
 from hybridiso.state import State
+
+if TYPE_CHECKING:
+    from hybridiso.databases import DumpTarget
 
 DOCKER = "docker"
 DATABASE = "database"
@@ -171,6 +176,42 @@ def _database_dropper(server: str, name: str) -> Callable[[], list[str]]:
     return apply
 
 
+def dump_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    """What a ``down --force`` killed while it dumped a database left in
+    ``dumps/<agent>/``: the partial dump and the libpq service file that
+    holds the server's password (FAULTS #34).  Finished dumps are the
+    user's: never touched."""
+    from hybridiso import databases, safe_files
+
+    store = project.store
+    rel = store.dir.relative_to(store.anchor) / "dumps"
+    findings = []
+    try:
+        with safe_files.open_dir(store.anchor, rel) as dfd:
+            agents = sorted(e for e in os.listdir(dfd) if safe_files.is_plain_dir(store.anchor / rel / e))
+    except (FileNotFoundError, UserError):
+        return []
+    for agent in agents:
+        target = databases.DumpTarget(store.anchor, PurePosixPath(*rel.parts, agent))
+        left = databases.dump_leftovers(target)
+        if left:
+            findings.append(
+                Finding(DATABASE, f"unfinished dumps of agent {agent}", True, "a database dump that was interrupted (its service file holds the password)",
+                        [f"file {store.dir / 'dumps' / agent / name}" for name in left], apply=_dump_cleaner(target))
+            )
+    return findings
+
+
+def _dump_cleaner(target: DumpTarget) -> Callable[[], list[str]]:
+    def apply() -> list[str]:
+        from hybridiso import databases
+
+        databases.clear_dump_leftovers(target)
+        return databases.dump_leftovers(target)
+
+    return apply
+
+
 def compare_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     """Workdirs (and their Docker resources) of a ``report --compare`` that
     was killed before it could clean up; a run still going holds its lock."""
@@ -206,4 +247,4 @@ def _compare_remover(workdir: Path) -> Callable[[], list[str]]:
 
 # before every other finder: a setup still running writes into what they remove
 EARLY_FINDERS: tuple[Finder, ...] = (process_findings,)
-FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, compare_findings)
+FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, dump_findings, compare_findings)

@@ -6,17 +6,22 @@ is killed (``kill -9`` of ``up``), the group keeps running and would write
 into an environment the next ``up`` makes again at the same path.  This
 module finds what is left of a recorded group and stops it.
 
-A pid is not an identity: pids are reused.  A process belongs to a recorded
-group when
+A pid is not an identity: pids are reused, and a record can be stale (a
+reboot) or tampered with.  A process belongs to a recorded group when
 - it carries the group's random token in its environment (``TOKEN_VAR``,
   inherited by everything the command started, also by what left the group
   with ``setsid``), or
-- it is in process group ``pgid`` while that group is proven to be ours: its
-  leader is alive with the recorded start time on the same boot, or one of
-  its members carries the token.  (Linux never hands out a pid that is still
-  some process's group id, so a group with a member of ours is all ours.)
-Signals go through a pidfd opened on the process and checked again, so a pid
-reused between looking and signalling is never hit.
+- it is in process group ``pgid`` and a member of that group carries the
+  token.  (Linux never hands out a pid that is still some process's group
+  id, so a group with a member of ours is all ours: this catches a child
+  that cleared its environment.)
+The leader's start time alone proves nothing a record could not claim, so it
+is never enough; it serves to signal exactly the process that was looked at:
+signals go through a pidfd opened on the process and checked again, so a pid
+reused between looking and signalling is never hit.  What this cannot find:
+a command whose leader replaced its own environment (``exec env -i ...``)
+with no member left that has the token, and processes of another user
+(``sudo``), whose environment cannot be read.
 """
 from __future__ import annotations
 
@@ -109,14 +114,12 @@ def survivors(groups: Sequence[ProcessGroup]) -> dict[int, list[Proc]]:
         return {}
     procs = _processes()
     by_pid = {p.pid: p for p in procs}
-    boot = boot_id()
     wanted = {g.token for g in groups}
     tokens = {p.pid: found for p in procs if (found := _tokens(p.pid) & wanted)}
     result: dict[int, list[Proc]] = {}
     for i, group in enumerate(groups):
-        leader = by_pid.get(group.pgid)
         members = [p for p in procs if p.pgrp == group.pgid]
-        ours = (leader is not None and leader.start == group.start and group.boot_id == boot) or any(group.token in tokens.get(p.pid, ()) for p in members)
+        ours = any(group.token in tokens.get(p.pid, ()) for p in members)
         mine = {p.pid: p for p in members} if ours else {}
         # what left the group (setsid, a daemon) still carries the token
         mine.update({pid: by_pid[pid] for pid, found in tokens.items() if group.token in found})

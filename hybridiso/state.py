@@ -57,11 +57,12 @@ class DatabaseBranch:
 class ProcessGroup:
     """A setup (or check) command started in its own session, recorded
     before it is waited for, so a run that is killed leaves a trace the next
-    ``up``, rollback or ``gc`` can stop (FAULTS #38).  ``start`` (the
-    leader's start time in clock ticks, /proc/PID/stat field 22) and
-    ``boot_id`` tell the leader from a later process that reuses its pid;
-    ``token`` is in the environment of everything the command started
-    (``process_groups.TOKEN_VAR``), so what left the group is found too."""
+    ``up``, rollback or ``gc`` can stop (FAULTS #38).  ``token`` is in the
+    environment of everything the command started
+    (``process_groups.TOKEN_VAR``): it, not the pid, says what is ours, and
+    finds what left the group too.  ``start`` (the leader's start time in
+    clock ticks, /proc/PID/stat field 22) and ``boot_id`` say which process
+    the pid named then."""
 
     pgid: int
     start: int

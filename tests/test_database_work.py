@@ -580,3 +580,31 @@ def test_a_server_that_cannot_be_reached_is_work_and_force_leaves_the_branch_for
     assert name in databases.list_branches(postgres_server.url, name) and not (tmp_path / "shop.agents" / "api").exists()
     hybridiso(repo, "gc", "--yes")  # the manifest's server is reachable: an untouched leftover goes
     assert name not in databases.list_branches(postgres_server.url, name)
+
+
+def test_down_force_killed_while_it_dumps_loses_nothing_and_gc_clears_the_half_dump(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
+    """kill -9 of `down --force` while pg_dump runs: the data stays in the
+    renamed branch (gc keeps it, naming it); the partial dump and the
+    service file with the password are gc's to remove."""
+    repo = _repo(tmp_path, postgres_server, tpl)
+    hybridiso(repo, "up")
+    name, _ = _agent_db(repo)
+    postgres_server.psql("CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 400000) g", db=name)
+    proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "down", "--force"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dumps = repo / ".git" / "hybridiso" / "dumps" / "api"
+    deadline = time.time() + 120
+    while not (dumps.is_dir() and any(p.name.endswith(".partial") for p in dumps.iterdir())):
+        assert time.time() < deadline and proc.poll() is None, "pg_dump never started"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert {p.name.split("-")[0] for p in dumps.iterdir() if p.name.startswith(".")} >= {".pgservice"}
+    hidden = [n for n in databases.list_branches(postgres_server.url, name) if n != name]
+    assert len(hidden) == 1 and postgres_server.psql("SELECT count(*) FROM big", db=hidden[0]) == "400000"
+    found = {f["target"]: f for f in json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]}
+    assert found[f"database {hidden[0]}"]["action"] == "keep" and "public.big: new table (400000 rows)" in found[f"database {hidden[0]}"]["reason"]
+    assert found["unfinished dumps of agent api"]["action"] == "remove"
+    hybridiso(repo, "gc", "--yes")
+    assert [p for p in dumps.iterdir()] == []
+    assert hidden[0] in databases.list_branches(postgres_server.url, name)  # still there
+    postgres_server.psql(f'DROP DATABASE "{hidden[0]}" WITH (FORCE)')

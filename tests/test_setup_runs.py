@@ -157,6 +157,8 @@ def test_a_recorded_group_whose_pid_was_reused_is_never_signalled(tmp_path: Path
             {"pgid": bystander.pid, "start": real_start + 1, "boot_id": process_groups.boot_id(), "token": "not-its-token", "command": "x"},
             # right start time, but recorded on another boot
             {"pgid": bystander.pid, "start": real_start, "boot_id": "another-boot", "token": "nope", "command": "y"},
+            # everything right but the token: a record can claim a pid and a start time, never the token
+            {"pgid": bystander.pid, "start": real_start, "boot_id": process_groups.boot_id(), "token": "forged", "command": "z"},
             # pid 1 / 0 / negative would signal far too much: dropped on load
             {"pgid": 1, "start": 1, "boot_id": "", "token": "t", "command": "init"},
             {"pgid": -1, "start": 1, "boot_id": "", "token": "t", "command": "all"},
