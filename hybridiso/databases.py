@@ -98,21 +98,41 @@ def where(server_url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
 
 
-def _connect(server_url: str, dbname: str = "postgres"):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _connect(server_url: str, dbname: str = "postgres") -> Iterator[Any]:
+    """A connection; any PostgreSQL error the caller does not handle itself
+    becomes one clear UserError (a permission, a database an agent made a
+    template), never a traceback."""
     import psycopg
 
     try:
         # a lock an agent holds must not hang a check: give up after a while and say so
-        return psycopg.connect(
+        conn = psycopg.connect(
             branch_url(server_url, dbname), autocommit=True, connect_timeout=10, application_name="hybridiso", options="-c lock_timeout=10000"
         )
     except psycopg.OperationalError as e:
-        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         # never echo the URL: it may hold a password
         raise Unreachable(
-            f"PostgreSQL is not reachable at {where(server_url)}: {detail}",
+            f"PostgreSQL is not reachable at {where(server_url)}: {_last_line(e)}",
             hint="start the server, or fix the service's url in hybridiso.yaml",
         ) from None
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as e:
+        raise UserError(f"PostgreSQL at {where(server_url)} said: {_first_line(e)}",
+                        hint="fix what it says (or ask its administrator), then run the command again") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _last_line(e: BaseException) -> str:
+    """libpq's connection errors say what went wrong last ("FATAL: ...")."""
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__
 
 
 def _exists(cur, name: str) -> bool:  # type: ignore[no-untyped-def]
@@ -456,21 +476,22 @@ def _compare(server_url: str, name: str, baseline: Baseline) -> Change | None:
     """The exact check: every table's rows now against the baseline."""
     import psycopg
 
-    try:
-        with _connect(server_url, name) as conn:
-            conn.autocommit = False
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
+    with _connect(server_url, name) as conn:
+        conn.autocommit = False
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        try:
             with conn.cursor() as cur:
                 span = _next_xid(cur) - baseline.xid
                 if not 0 <= span < XID_WINDOW:
-                    return Change("cannot tell whether its data changed: too many transactions since it was created", certain=False)
-                found = _compare_rows(cur, baseline, span)
-            conn.rollback()
-    except psycopg.errors.LockNotAvailable:
-        return Change("cannot tell whether its data changed: a table is locked by another session", certain=False)
-    except psycopg.Error as e:
-        return Change(f"cannot tell whether its data changed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", certain=False)
+                    found: Change | None = Change("cannot tell whether its data changed: too many transactions since it was created", certain=False)
+                else:
+                    found = _compare_rows(cur, baseline, span)
+        except psycopg.errors.LockNotAvailable:
+            found = Change("cannot tell whether its data changed: a table is locked by another session", certain=False)
+        except psycopg.Error as e:
+            found = Change(f"cannot tell whether its data changed: {_first_line(e)}", certain=False)
+        conn.rollback()
     return found
 
 
@@ -602,7 +623,9 @@ def _detached(cur, name: str, oid: int) -> Iterator[str]:  # type: ignore[no-unt
     except BaseException:
         cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
         raise
-    cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(hidden)))
+    # only we know the new name; what an agent may have set on its branch
+    # must not stop the dump or the drop (a template cannot be dropped)
+    cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true CONNECTION LIMIT -1 IS_TEMPLATE false").format(sql.Identifier(hidden)))
     try:
         yield hidden
     except BaseException:

@@ -608,3 +608,39 @@ def test_down_force_killed_while_it_dumps_loses_nothing_and_gc_clears_the_half_d
     assert [p for p in dumps.iterdir()] == []
     assert hidden[0] in databases.list_branches(postgres_server.url, name)  # still there
     postgres_server.psql(f'DROP DATABASE "{hidden[0]}" WITH (FORCE)')
+
+
+def test_an_agent_cannot_pin_its_branch_with_template_or_connection_limit(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
+    """The agent has the branch's credentials: marking it a template (which
+    DROP DATABASE refuses) or limiting its connections to 0 was a crash."""
+    repo = _repo(tmp_path, postgres_server, tpl)
+    hybridiso(repo, "up")
+    name, url = _agent_db(repo)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0')
+        c.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE true')
+    hybridiso(repo, "down")
+    assert name not in databases.list_branches(postgres_server.url, name)
+
+
+def test_sessions_it_may_not_end_are_a_clear_error_and_nothing_is_dropped(postgres_server: PostgresServer) -> None:
+    """A non-superuser URL cannot end a superuser's session on its branch:
+    one message that says so; the branch stays, taking connections."""
+    postgres_server.psql("DO $$ BEGIN CREATE ROLE owner_only LOGIN CREATEDB; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    postgres_server.psql('CREATE DATABASE "tpl_owner_only" OWNER owner_only')
+    url = postgres_server.url.replace("postgres@", "owner_only@", 1)
+    name = "hi_w_owner_only"
+    databases.create_branch(url, "tpl_owner_only", name)
+    admin = psycopg.connect(_url(postgres_server, name), autocommit=True)  # the superuser's session
+    try:
+        with pytest.raises(UserError) as e:
+            databases.drop_branch(url, name)
+        assert "Traceback" not in str(e.value) and name in e.value.message
+        assert "sessions" in e.value.message or "said" in e.value.message
+        assert name in databases.list_branches(postgres_server.url, name)
+        admin.execute("SELECT 1")  # not ended
+    finally:
+        admin.close()
+    psycopg.connect(databases.branch_url(url, name), autocommit=True).close()  # takes connections again
+    assert databases.drop_branch(url, name).existed
+    postgres_server.psql('DROP DATABASE "tpl_owner_only"')
