@@ -238,13 +238,17 @@ class Change:
 # every table of the database that holds rows: the user's, information_schema
 # and the database's own catalogs (DDL, grants, comments, large objects are
 # rows there); not the catalogs shared by the whole server, which other
-# databases write to
+# databases write to, and not the planner's statistics: any ANALYZE rewrites
+# them, and autovacuum analyzes the shared catalogs (pg_database, which every
+# CREATE DATABASE on the server changes) from whichever database it visits,
+# writing into that database's pg_statistic
 _RELATIONS = """
 SELECT c.oid, n.nspname, c.relname, n.nspname = 'pg_catalog', c.relkind = 'm' AND NOT c.relispopulated,
        has_table_privilege(c.oid, 'SELECT')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm') AND NOT c.relisshared
   AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp'
+  AND NOT (n.nspname = 'pg_catalog' AND c.relname IN ('pg_statistic', 'pg_statistic_ext_data'))
 ORDER BY c.oid
 """
 

@@ -139,6 +139,19 @@ def test_temp_tables_and_undone_writes_are_not_work(postgres_server: PostgresSer
     assert databases.drop_branch(postgres_server.url, name).existed
 
 
+def test_planner_statistics_are_not_work(postgres_server: PostgresServer, tpl: str) -> None:
+    """ANALYZE rewrites pg_statistic; autovacuum does it for the shared
+    catalogs (pg_database, changed by every CREATE DATABASE on the server)
+    from whichever database it visits: an untouched branch stays untouched."""
+    name = _fresh(postgres_server, tpl, "hi_w_analyze")
+    with psycopg.connect(_url(postgres_server, name), autocommit=True) as c:
+        c.execute("ANALYZE pg_catalog.pg_database")  # what autovacuum did in the full suite
+        c.execute("ANALYZE")
+    assert sum(_counters(postgres_server, name)) > 0  # statistics rows were written
+    assert databases.changes(postgres_server.url, name) is None
+    assert databases.drop_branch(postgres_server.url, name).existed
+
+
 def test_counters_lost_by_a_reset_fall_back_to_the_rows(postgres_server: PostgresServer, tpl: str, tmp_path: Path) -> None:
     name = _fresh(postgres_server, tpl, "hi_w_reset")
     with psycopg.connect(_url(postgres_server, name), autocommit=True) as c:
