@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 import subprocess
 import threading
 import time
@@ -76,6 +77,18 @@ def argv_for(command: Command) -> list[str]:
     return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
 
 
+# The command starts only once its process group is on disk: until hybridiso
+# writes a line to the gate (the leader's stdin), the leader waits in `read`;
+# if hybridiso dies first (kill -9), the read sees end-of-file and the command
+# never runs.  Then stdin is /dev/null, as for any setup command, and exec
+# keeps the pid, so the recorded group is the command's.
+_GATE = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
+
+
+def gated(argv: list[str]) -> list[str]:
+    return ["/bin/sh", "-c", _GATE, "hybridiso-setup", *argv]
+
+
 def describe(command: Command) -> str:
     return command if isinstance(command, str) else " ".join(command)
 
@@ -131,22 +144,36 @@ def _run_one(
     begin = os.lseek(fd, 0, os.SEEK_END)
     started = time.monotonic()
     token = secrets.token_hex(16)
+    argv = argv_for(command)
+    missing = _missing(argv[0], cwd, env)
+    if missing:
+        # the gate's shell would only say it in the log
+        raise UserError(f"setup command for agent {agent} could not start: {shown}: {missing}")
+    gate_r, gate_w = os.pipe()
     try:
         proc = subprocess.Popen(
-            argv_for(command),
+            gated(argv),
             cwd=cwd,
             env={**env, process_groups.TOKEN_VAR: token},
             stdout=fd,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=gate_r,
             start_new_session=True,
         )
     except OSError as e:
+        os.close(gate_w)
         raise UserError(f"setup command for agent {agent} could not start: {shown}: {e.strerror or e}") from None
+    finally:
+        os.close(gate_r)
     group = process_groups.stamp(proc.pid, token, shown)
     try:
-        if on_start is not None:
-            on_start(group)  # on disk before we wait: a kill -9 of this run leaves its trace
+        try:
+            if on_start is not None:
+                on_start(group)  # on disk before the command runs: a kill -9 of this run leaves its trace
+            with contextlib.suppress(BrokenPipeError):  # somebody killed it already: _wait says how
+                os.write(gate_w, b"go\n")
+        finally:
+            os.close(gate_w)  # without "go" the leader reads end-of-file and exits
         code = _wait(proc, cancel, shown)
     except BaseException:
         # interrupted (cancel, Ctrl-C in this thread), or its record could not
@@ -164,6 +191,17 @@ def _run_one(
             f"setup command failed for agent {agent} ({why}): {shown}\n  last output:\n{tail(fd, begin, end)}",
             hint=f"full log: {log.path}; fix the command in hybridiso.yaml and run `hybridiso up` again",
         )
+
+
+def _missing(program: str, cwd: Path, env: Mapping[str, str]) -> str:
+    """Why ``program`` cannot be run ('' when it can): a name is looked up
+    on the environment's PATH, a path relative to the environment."""
+    if "/" not in program:
+        return "" if shutil.which(program, path=env.get("PATH", os.defpath)) else f"{program}: not found on PATH"
+    path = Path(program) if os.path.isabs(program) else cwd / program
+    if not path.is_file():
+        return f"{program}: No such file"
+    return "" if os.access(path, os.X_OK) else f"{program}: Permission denied"
 
 
 def _wait(proc: subprocess.Popen[bytes], cancel: threading.Event | None, shown: str) -> int:

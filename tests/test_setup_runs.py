@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -194,15 +194,25 @@ def test_ctrl_c_stops_a_setsid_grandchild_too(tmp_path: Path) -> None:
 # --- logs ------------------------------------------------------------------
 
 
+# Runs `hybridiso up` and prints its exit code and peak RSS.  A small parent
+# of its own: a child started with vfork takes its parent's high-water mark
+# with it through exec, and pytest's is hundreds of MB late in the suite.
+_MEASURE = """
+import os, subprocess, sys
+with open("up.out", "w") as o, open("up.err", "w") as e:
+    p = subprocess.Popen([sys.executable, "-m", "hybridiso", "up"], cwd=sys.argv[1], stdout=o, stderr=e, stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
+"""
+
+
 def _up_measured(repo: Path) -> tuple[subprocess.CompletedProcess[str], int]:
     """`hybridiso up`, and the peak RSS (bytes) of it and what it waited for."""
-    out, err = repo.parent / "up.out", repo.parent / "up.err"
-    with out.open("w") as o, err.open("w") as e:
-        p = subprocess.Popen([sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=o, stderr=e, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(p.pid, 0)
-    done = subprocess.CompletedProcess(p.args, os.waitstatus_to_exitcode(status), out.read_text(), err.read_text(errors="replace"))
+    measured = subprocess.run([sys.executable, "-c", _MEASURE, str(repo)], cwd=repo.parent, capture_output=True, text=True, check=True)
+    code, peak = (int(x) for x in measured.stdout.split())
+    done = subprocess.CompletedProcess(["hybridiso", "up"], code, (repo.parent / "up.out").read_text(), (repo.parent / "up.err").read_text(errors="replace"))
     check_no_crash(done, ("up",))
-    return done, usage.ru_maxrss * 1024
+    return done, peak
 
 
 def test_a_setup_printing_a_20_mb_line_shows_a_bounded_tail_in_bounded_memory(tmp_path: Path) -> None:
@@ -279,3 +289,38 @@ def test_a_big_log_is_rotated_when_a_run_starts(tmp_path: Path) -> None:
     assert log.read_text().count("\n") < 10 and "fresh-run" in log.read_text()
     assert (log.parent / "setup.log.1").stat().st_size == 12 << 20
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_a_setup_command_runs_only_once_its_group_is_recorded(tmp_path: Path) -> None:
+    """The record must be on disk before the command can do anything: it
+    waits at a gate until `on_start` returned; if that fails (the state
+    cannot be written), or hybridiso dies first, it never runs."""
+    from hybridiso import setup_runner
+    from hybridiso.errors import UserError
+
+    marker = tmp_path / "ran"
+    log = setup_runner.LogFile(tmp_path, PurePosixPath("logs/setup.log"))
+    seen: list[bool] = []
+
+    def slow_save(group) -> None:  # type: ignore[no-untyped-def]
+        time.sleep(0.5)  # a slow disk: the command has had time to run, were it not gated
+        seen.append(marker.exists())
+
+    setup_runner.run_setup([f"touch {marker}"], tmp_path, {}, log, on_start=slow_save)
+    assert seen == [False] and marker.exists()
+    marker.unlink()
+
+    def failing_save(group) -> None:  # type: ignore[no-untyped-def]
+        raise UserError("cannot write the state file")
+
+    with pytest.raises(UserError):
+        setup_runner.run_setup([f"touch {marker}"], tmp_path, {}, log, on_start=failing_save)
+    time.sleep(0.3)
+    assert not marker.exists()
+
+
+def test_a_missing_setup_program_is_said_before_it_is_run(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\n    setup: [[no-such-tool-here, --version]]\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert "setup command for agent a could not start: no-such-tool-here --version: no-such-tool-here: not found on PATH" in r.stderr
