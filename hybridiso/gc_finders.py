@@ -49,7 +49,9 @@ def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]]) -> AgentFacts:
     strategy = strategies.get(record.strategy)
     obs = strategy.observe(ctx)
     work = lifecycle.inspect_work(ctx) if obs.registered else lifecycle.WorkReport()
-    dirty = lifecycle.WorkReport(work.modified, work.untracked, work.precious).describe()
+    # changed database data is work too, whatever git says (FAULTS #26)
+    dbs = work.databases if obs.registered else service_branches.changed(ctx)
+    dirty = lifecycle.WorkReport(work.modified, work.untracked, work.precious, databases=dbs).describe()
     if strategy.SHARES_REFS:
         cwd, tip = project.root, git.branch_commit(project.root, record.branch)
     else:
@@ -111,7 +113,7 @@ def owns(ctx: EnvContext, d: Decision) -> list[str]:
     if r.strategy == "container":
         things.append("containers, networks and volumes labelled for it")
     things += [f"port {n}={p}" for n, p in sorted(r.ports.items())]
-    things += [f"database branch {db['name']}" for db in r.extra.get("databases", {}).values()]
+    things += [f"database branch {db.name}" for db in r.databases.values()]
     return things
 
 

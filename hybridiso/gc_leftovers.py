@@ -1,5 +1,6 @@
 """gc finders for what outlives an agent outside git: Docker containers,
-networks and volumes labelled for it, and its database branches.
+networks and volumes labelled for it, its database branches, and the setup
+processes of a run that was killed.
 
 An agent's own resources go with it when gc (or ``down``) removes the agent.
 These finders catch the rest: resources whose agent has no record any more
@@ -11,8 +12,10 @@ stay behind ``docker_client`` and ``databases``.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from hybridiso import output
 from hybridiso.errors import UserError
@@ -20,8 +23,57 @@ from hybridiso.gc_rules import Finder, Finding
 from hybridiso.project import Project
 from hybridiso.state import State
 
+if TYPE_CHECKING:
+    from hybridiso.databases import DumpTarget
+
 DOCKER = "docker"
 DATABASE = "database"
+PROCESS = "process"
+
+
+def process_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    """Setup commands of a run that was killed (FAULTS #38): gc holds the
+    repository lock, so no run of ours is waiting for them.  Only processes
+    proven to be those commands are listed (``process_groups``)."""
+    from hybridiso import process_groups
+
+    recorded = [(r, g) for r in state.agents.values() for g in r.setup_processes]
+    alive = process_groups.survivors([g for _, g in recorded])
+    findings = []
+    for name in sorted({r.name for r, _ in recorded}):
+        record = state.agents[name]
+        mine = [(i, recorded[i][1]) for i in sorted(alive) if recorded[i][0] is record]
+        if not mine:
+            continue
+        procs = [p for i, _ in mine for p in alive[i]]
+        commands = "; ".join(process_groups.describe_group(g) for _, g in mine)
+        findings.append(
+            Finding(
+                PROCESS,
+                f"setup of agent {name}",
+                True,
+                f"still running from a run that was killed: {commands}",
+                [process_groups.describe(p) for p in procs],
+                apply=_process_stopper(project, state, name),
+            )
+        )
+    return findings
+
+
+def _process_stopper(project: Project, state: State, name: str) -> Callable[[], list[str]]:
+    def apply() -> list[str]:
+        from hybridiso import process_groups
+
+        record = state.agents.get(name)
+        if record is None:
+            return []
+        left = process_groups.stop(record.setup_processes)
+        if not left:
+            record.setup_processes = []
+            project.store.save(state)
+        return left
+
+    return apply
 
 
 def docker_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
@@ -71,12 +123,12 @@ def _docker_remover(labels: dict[str, str]) -> Callable[[], list[str]]:
 
 def database_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     servers = {svc.url for svc in project.manifest.services.values() if svc.kind == "postgres" and svc.url}
-    servers |= {db["server"] for r in state.agents.values() for db in r.extra.get("databases", {}).values()}
+    servers |= {db.server for r in state.agents.values() for db in r.databases.values()}
     if not servers:
         return []
     from hybridiso import databases, service_branches
 
-    owned = {db["name"] for r in state.agents.values() for db in r.extra.get("databases", {}).values()}
+    owned = {db.name for r in state.agents.values() for db in r.databases.values()}
     prefix = service_branches.branch_prefix(project)
     findings = []
     for server in sorted(servers):
@@ -88,25 +140,74 @@ def database_findings(project: Project, state: State, dry_run: bool) -> list[Fin
         for name in names:
             if name in owned:
                 continue
-            findings.append(
-                Finding(
-                    DATABASE,
-                    f"database {name}",
-                    True,
-                    "branch of an agent that no longer exists",
-                    [f"database {name} on {databases.where(server)}"],
-                    apply=_database_dropper(server, name),
-                )
-            )
+            findings.append(_leftover_database(server, name))
     return findings
+
+
+def _leftover_database(server: str, name: str) -> Finding:
+    """A branch no record owns is dropped only if its data did not change
+    since it was created (its baseline survives as its comment): an agent's
+    data outlives a lost state file (FAULTS #26)."""
+    from hybridiso import databases
+
+    shown = f"database {name} on {databases.where(server)}"
+    try:
+        change = databases.changes(server, name)
+    except UserError as e:
+        return Finding(DATABASE, f"database {name}", False, f"branch of an agent that no longer exists; could not be checked: {e.message}")
+    if change is not None:
+        return Finding(
+            DATABASE,
+            f"database {name}",
+            False,
+            f"uncommitted work: branch of an agent that no longer exists, and its data changed: {change.what}; "
+            f"save it (pg_dump -d {name}) and drop it yourself (dropdb {name})",
+        )
+    return Finding(DATABASE, f"database {name}", True, "branch of an agent that no longer exists", [shown], apply=_database_dropper(server, name))
 
 
 def _database_dropper(server: str, name: str) -> Callable[[], list[str]]:
     def apply() -> list[str]:
         from hybridiso import databases
 
-        databases.drop_branch(server, name)
+        databases.drop_branch(server, name)  # checks again, with everybody locked out: DataChanged keeps it
         return [f"database {name}"] if name in databases.list_branches(server, name) else []
+
+    return apply
+
+
+def dump_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    """What a ``down --force`` killed while it dumped a database left in
+    ``dumps/<agent>/``: the partial dump and the libpq service file that
+    holds the server's password (FAULTS #34).  Finished dumps are the
+    user's: never touched."""
+    from hybridiso import databases, safe_files
+
+    store = project.store
+    rel = store.dir.relative_to(store.anchor) / "dumps"
+    findings = []
+    try:
+        with safe_files.open_dir(store.anchor, rel) as dfd:
+            agents = sorted(e for e in os.listdir(dfd) if safe_files.is_plain_dir(store.anchor / rel / e))
+    except (FileNotFoundError, UserError):
+        return []
+    for agent in agents:
+        target = databases.DumpTarget(store.anchor, PurePosixPath(*rel.parts, agent))
+        left = databases.dump_leftovers(target)
+        if left:
+            findings.append(
+                Finding(DATABASE, f"unfinished dumps of agent {agent}", True, "a database dump that was interrupted (its service file holds the password)",
+                        [f"file {store.dir / 'dumps' / agent / name}" for name in left], apply=_dump_cleaner(target))
+            )
+    return findings
+
+
+def _dump_cleaner(target: DumpTarget) -> Callable[[], list[str]]:
+    def apply() -> list[str]:
+        from hybridiso import databases
+
+        databases.clear_dump_leftovers(target)
+        return databases.dump_leftovers(target)
 
     return apply
 
@@ -144,4 +245,6 @@ def _compare_remover(workdir: Path) -> Callable[[], list[str]]:
     return apply
 
 
-FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, compare_findings)
+# before every other finder: a setup still running writes into what they remove
+EARLY_FINDERS: tuple[Finder, ...] = (process_findings,)
+FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, dump_findings, compare_findings)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from hybridiso import branches, envfile, git, includes, output, ready_marker, service_branches, setup_runner, strategies
+from hybridiso import branches, envfile, git, includes, output, process_groups, ready_marker, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project, write_owner_marker
-from hybridiso.state import PHASE_READY, AgentRecord
+from hybridiso.state import PHASE_READY, AgentRecord, ProcessGroup
 from hybridiso.strategies.base import EnvContext
 
 ENV_EXCLUDE = "/" + envfile.ENV_FILE
@@ -32,7 +32,15 @@ def environment_for(project: Project, agent: Agent | None, record: AgentRecord) 
 
 
 def log_path(project: Project, name: str, what: str) -> Path:
-    return project.store.logs_dir / name / f"{what}.log"
+    return log_file(project, name, what).path
+
+
+def log_file(project: Project, name: str, what: str) -> setup_runner.LogFile:
+    """``logs/<agent>/<what>.log`` in the state dir, walked from the git dir
+    without following a symlink (FAULTS #31)."""
+    store = project.store
+    rel = PurePosixPath(*store.logs_dir.relative_to(store.anchor).parts, name, f"{what}.log")
+    return setup_runner.LogFile(store.anchor, rel)
 
 
 def _check(ctx: EnvContext) -> None:
@@ -91,8 +99,32 @@ def _branch_free(ctx: EnvContext) -> None:
             raise UserError(f"branch {ctx.record.branch} is checked out at {wt.path}; agent {ctx.name} needs it for its own worktree", hint=hint)
 
 
+def stop_setups(ctx: EnvContext) -> None:
+    """Stop what is left of setup commands a killed run recorded (FAULTS
+    #38: they would write on into the environment made again at the same
+    path).  Only processes proven to be those commands are signalled."""
+    record = ctx.record
+    if not record.setup_processes:
+        return
+    left = process_groups.stop(record.setup_processes)
+    if left:
+        raise UserError(
+            f"agent {ctx.name}: setup processes of an earlier run could not be stopped: {', '.join(left)}",
+            hint="stop them yourself (kill -9 PID), then run the command again",
+        )
+    record.setup_processes = []
+
+
 def rollback(ctx: EnvContext) -> None:
     """Undo a creation that never reached ``ready``: only what it made."""
+    stop_setups(ctx)  # first: nothing may write into what is being removed
+    changed = service_branches.changed(ctx)
+    if changed:
+        # FAULTS #25/#26: data written into an unfinished environment is work
+        raise UserError(
+            f"agent {ctx.name} was never finished, but {'; '.join(changed)}; nothing was rolled back",
+            hint=f"`hybridiso down --force {ctx.name}` dumps the data and removes it; then `hybridiso up` creates it again",
+        )
     strategy = strategies.get(ctx.record.strategy)
     if ctx.record.extra.get("owns_path"):
         strategy.remove(ctx)
@@ -146,26 +178,43 @@ def create(ctx: EnvContext) -> None:
     record.phase = PHASE_READY
 
 
-def run_setup(ctx: EnvContext) -> bool:
+def _started(ctx: EnvContext, group: ProcessGroup) -> None:
+    ctx.record.setup_processes.append(group)
+    ctx.persist()
+
+
+def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
     """Run setup when it never ran or its inputs (commands, lockfiles) changed."""
     assert ctx.agent is not None
+    stop_setups(ctx)  # a killed run's setup must not run on beside this one, or beside nothing
     commands = ctx.project.manifest.setup_for(ctx.agent)
     digest = setup_runner.setup_hash(ctx.path, commands)
     if digest == ctx.record.setup_hash:
         return False
     t = time.monotonic()
     if commands:
+        quiet = service_branches.settled(ctx)
         try:
             setup_runner.run_setup(
                 commands,
                 ctx.path,
                 environment_for(ctx.project, ctx.agent, ctx.record),
-                log_path(ctx.project, ctx.name, "setup"),
+                log_file(ctx.project, ctx.name, "setup"),
                 ctx.cancel,
                 ctx.name,
+                run=run_label,
+                on_start=lambda group: _started(ctx, group),
             )
         except setup_runner.SetupInterrupted:
             raise Cancelled(ctx.name) from None
+        finally:
+            # finished, failed or stopped: nothing of it is left to find
+            # (a command that succeeded may leave a daemon on purpose)
+            ctx.record.setup_processes = []
+            # what setup wrote into an untouched database branch is part of
+            # what hybridiso made, not the agent's work (FAULTS #26): a
+            # failed or interrupted setup's too, so its rollback may drop it
+            service_branches.rebaseline(ctx, quiet)
     ctx.record.setup_hash = digest
     ctx.record.timings["setup"] = round(time.monotonic() - t, 3)
     return True
@@ -180,10 +229,17 @@ class WorkReport:
     untracked: list[str] = field(default_factory=list)
     precious: list[str] = field(default_factory=list)
     commits: list[str] = field(default_factory=list)
+    # database branches whose data changed, one line each (FAULTS #26)
+    databases: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.modified or self.untracked or self.precious or self.commits)
+        return not (self.modified or self.untracked or self.precious or self.commits or self.databases)
+
+    @property
+    def in_git(self) -> bool:
+        """Work that a backup ref can hold (files and commits)."""
+        return bool(self.modified or self.untracked or self.precious or self.commits)
 
     def describe(self, limit: int = 5) -> str:
         parts = []
@@ -196,6 +252,7 @@ class WorkReport:
             if items:
                 shown = ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
                 parts.append(f"{len(items)} {label}: {shown}")
+        parts += self.databases
         return "; ".join(parts)
 
 
@@ -222,7 +279,8 @@ def precious_work(project: Project, agent: Agent | None, path: Path, source_root
 
 
 def inspect_work(ctx: EnvContext) -> WorkReport:
-    report = WorkReport()
+    # the databases first: they are work whatever became of the directory
+    report = WorkReport(databases=service_branches.changed(ctx))
     if not ctx.path.is_dir() or not git.ok(ctx.path, "rev-parse", "--git-dir"):
         return report
     for code, name in git.status_porcelain(ctx.path):
@@ -262,27 +320,36 @@ def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | Non
     # a worktree's commits live on in its branch unless we delete the branch,
     # which we only do for a branch we created
     branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
-    return WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits)
+    return WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits, report.databases)
 
 
 def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
-    ways = ["commit it" + (" and merge it" if losing.commits else "")]
+    ways = ["commit it" + (" and merge it" if losing.commits else "")] if losing.in_git else []
     if losing.commits and not (losing.modified or losing.untracked or losing.precious):
         ways.append("`hybridiso down --keep-branch` keeps the commits on their branch")
-    ways.append("`--force` saves all of it to a backup ref under refs/hybridiso/backup/ first")
+    if losing.in_git:
+        ways.append("`--force` saves all of it to a backup ref under refs/hybridiso/backup/ first")
+    if losing.databases:
+        ways.append(f"`--force` dumps the changed databases (pg_dump) to {service_branches.dump_dir(ctx)}/ before it drops them")
     return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=", or ".join(ways))
 
 
-def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport]:
+def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport, list[service_branches.Released]]:
     """Remove one environment.  Refuses (UserError) when work would be lost,
-    unless ``force``, which first saves it to a backup ref."""
+    unless ``force``, which first saves it to a backup ref and dumps the
+    databases whose data changed; returns the ref, the work found and what
+    became of the databases."""
+    # a killed run's setup would write on while (and after) we look (FAULTS #38)
+    stop_setups(ctx)
     report = inspect_work(ctx)
     losing = work_at_risk(ctx, keep_branch=keep_branch, report=report)
     backup: str | None = None
     if not losing.empty:
         if not force:
             raise refusal(ctx, losing)
-        backup = save_backup(ctx, losing)
+        # before anything is removed: --force must be able to dump what changed
+        service_branches.ensure_dumpable(ctx, service_branches.check(ctx) if losing.databases else [])
+        backup = save_backup(ctx, losing) if losing.in_git else None
     strategy = strategies.get(ctx.record.strategy)
     if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():
         pushed = git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"HEAD:refs/heads/{ctx.record.branch}", check=False)
@@ -294,8 +361,12 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
                 hint=f"check {ctx.record.branch} out nowhere (or merge it by hand), then run down again; nothing was removed",
             )
     strategy.remove(ctx)
-    service_branches.release(ctx)
+    try:
+        # written to since it was checked: kept (the record stays), or dumped with --force
+        released = service_branches.release(ctx, dump=force)
+    except UserError as e:
+        raise UserError(f"agent {ctx.name}: its environment was removed, but {e.message}", hint=e.hint) from None
     if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:
         if git.branch_exists(ctx.project.root, ctx.record.branch):
             git.delete_branch(ctx.project.root, ctx.record.branch)
-    return backup, report
+    return backup, report, released

@@ -21,7 +21,7 @@ from pathlib import Path
 from hybridiso import envfile, git, ready_marker, service_branches
 from hybridiso.names import env_var_for_port
 from hybridiso.project import Project
-from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
+from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, DatabaseBranch, State
 from hybridiso.strategies.clone import BASE_REMOTE
 
 
@@ -66,9 +66,10 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
         )
         # database branch names are deterministic: the record owns them again
         # (so `down` drops them and gc never takes them for leftovers)
-        databases = {svc: {"name": b["name"], "server": b["server"]} for svc, b in service_branches.planned_branches(project, agent).items()}
-        if databases:
-            state.agents[agent.name].extra["databases"] = databases
+        # (their baselines are read back from the databases' comments)
+        state.agents[agent.name].databases = {
+            svc: DatabaseBranch(b["name"], b["server"]) for svc, b in service_branches.planned_branches(project, agent).items()
+        }
         adopted.append(agent.name)
     return adopted
 

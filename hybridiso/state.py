@@ -41,6 +41,52 @@ PHASE_READY = "ready"
 
 
 @dataclass
+class DatabaseBranch:
+    """A database branch an agent owns (``service_branches``).  ``baseline``
+    is what ``databases.Baseline`` recorded when it was created: what "its
+    data changed" is measured against (FAULTS #26)."""
+
+    name: str
+    server: str  # the service's URL; may hold a password (the state file is 0600)
+    baseline: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> DatabaseBranch | None:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("server"), str):
+            return None  # a tampered entry names nothing hybridiso would act on
+        baseline = data.get("baseline")
+        return cls(data["name"], data["server"], baseline if isinstance(baseline, dict) else None)
+
+
+@dataclass
+class ProcessGroup:
+    """A setup (or check) command started in its own session, recorded
+    before it is waited for, so a run that is killed leaves a trace the next
+    ``up``, rollback or ``gc`` can stop (FAULTS #38).  ``token`` is in the
+    environment of everything the command started
+    (``process_groups.TOKEN_VAR``): it, not the pid, says what is ours, and
+    finds what left the group too.  ``start`` (the leader's start time in
+    clock ticks, /proc/PID/stat field 22) and ``boot_id`` say which process
+    the pid named then."""
+
+    pgid: int
+    start: int
+    boot_id: str
+    token: str
+    command: str
+    started_at: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProcessGroup | None:
+        try:
+            group = cls(int(data["pgid"]), int(data["start"]), str(data["boot_id"]), str(data["token"]), str(data["command"]), float(data.get("started_at", 0.0)))
+        except (KeyError, TypeError, ValueError):
+            return None
+        # pid 0, 1 or negative would signal far more than one setup: never
+        return group if group.pgid > 1 and group.token else None
+
+
+@dataclass
 class AgentRecord:
     name: str
     strategy: str
@@ -62,6 +108,10 @@ class AgentRecord:
     # branch was created from and tracks: `branch: feature` that existed only
     # on a remote, as git worktree add does; "" otherwise
     track: str = ""
+    # service -> the database branch it got (FAULTS #26)
+    databases: dict[str, DatabaseBranch] = field(default_factory=dict)
+    # setup commands of a run that has not finished them (FAULTS #38)
+    setup_processes: list[ProcessGroup] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     # the worktree the agent was made from (its manifest and include files):
     # for a bare repository with linked worktrees, what a command run from
@@ -180,8 +230,9 @@ class StateStore:
         """Write atomically; a failed write (disk full) leaves the previous
         file intact and is one clear error."""
         with self._mutex:
+            text = _serialise(state)
             try:
-                atomic_write_text(self.path, json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n", anchor=self.anchor)
+                atomic_write_text(self.path, text, anchor=self.anchor)
             except OSError as e:
                 raise UserError(
                     f"cannot write the state file {self.path}: {e.strerror}",
@@ -288,6 +339,15 @@ def read_record(name: str, data: Any) -> AgentRecord:
     for service, db in record.extra.get("databases", {}).items():
         if not {"name", "server"} <= db.keys():
             raise StateCorrupt(f"{where}: database branch of {service!r} has no name or server")
+    # state files before the named field kept database branches in extra
+    old_dbs = record.extra.pop("databases", None)
+    if old_dbs and not record.databases:
+        record.databases = {svc: DatabaseBranch(db["name"], db["server"]) for svc, db in old_dbs.items()}
+    for group in record.setup_processes:
+        # pid 0, 1 or a negative one would signal far more than one setup,
+        # and without its token nothing proves a process is ours: never
+        if group.pgid <= 1 or not group.token:
+            raise StateCorrupt(f"{where}: setup process group {group.pgid} cannot be one hybridiso recorded")
     return record
 
 
@@ -393,6 +453,19 @@ def _shown(value: Any) -> str:
 
 def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+def _serialise(state: State) -> str:
+    """The state as JSON.  Worker threads save their record while others
+    still fill theirs in (setup process groups are saved before they are
+    waited for, FAULTS #38): a dict that grows while it is copied raises
+    RuntimeError, and copying again a moment later succeeds."""
+    for attempt in range(20):
+        try:
+            return json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
+        except RuntimeError:
+            if attempt == 19:
+                raise
+            time.sleep(0.001)
+    raise AssertionError("unreachable")
 
 
 def lock_is_free(path: Path) -> bool:

@@ -45,8 +45,8 @@ def test_create_list_drop(postgres_server: PostgresServer) -> None:
         assert conn.execute("SELECT label FROM items").fetchone() == ("from the template",)
     assert databases.create_branch(postgres_server.url, tpl, "hi_t_basic") == url  # idempotent
     assert "hi_t_basic" in databases.list_branches(postgres_server.url)
-    assert databases.drop_branch(postgres_server.url, "hi_t_basic") is True
-    assert databases.drop_branch(postgres_server.url, "hi_t_basic") is False
+    assert databases.drop_branch(postgres_server.url, "hi_t_basic").existed is True
+    assert databases.drop_branch(postgres_server.url, "hi_t_basic").existed is False
 
 
 def test_busy_template_is_retried_until_free(postgres_server: PostgresServer) -> None:

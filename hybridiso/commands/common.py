@@ -112,7 +112,7 @@ def context(project: Project, state: State, name: str) -> EnvContext:
     if why:
         raise _unsafe_record(project, [(name, why)])
     agent = next((a for a in project.manifest.agents if a.name == name), None)
-    return EnvContext(project, agent, record)
+    return EnvContext(project, agent, record, persist=lambda: project.store.save(state))
 
 
 def int_in(low: int, high: int) -> Callable[[str], int]:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     needs_compose = project is not None and any(project.manifest.runs_services_in_containers(p.agent) for p in containers)
     checks = [*check_git(), *check_docker(bool(containers), needs_compose), *manifest_checks]
     if project is not None and state is not None:
-        checks += [check_disk(project), check_ports(project, state), *check_state(project, state)]
+        checks += [check_disk(project), check_ports(project, state), *check_databases(project, state), *check_state(project, state)]
     if args.json:
         output.print_json([asdict(c) for c in checks])
     else:
@@ -207,6 +207,32 @@ def check_ports(project: Project, state: State) -> Check:
     if free < max(1, (hi - lo + 1) // 10):
         return Check("ports", "warn", detail, "widen ports.range in hybridiso.yaml")
     return Check("ports", "ok", detail)
+
+
+def check_databases(project: Project, state: State) -> list[Check]:
+    """Each PostgreSQL server the agents branch databases on, and a pg_dump
+    for its version: ``down --force`` dumps changed branches with it (FAULTS #26)."""
+    servers = {svc.url for svc in project.manifest.services.values() if svc.kind == "postgres" and svc.url}
+    servers |= {db.server for r in state.agents.values() for db in r.databases.values()}
+    if not servers:
+        return []
+    from hybridiso import databases
+
+    checks = []
+    for server in sorted(servers):
+        where = databases.where(server)
+        try:
+            major = databases.server_major(server)
+        except UserError as e:
+            checks.append(Check(f"postgres {where}", "fail", e.message, e.hint or "start the server"))
+            continue
+        try:
+            pg_dump = databases.pg_dump_for(major)
+        except UserError as e:
+            checks.append(Check(f"postgres {where}", "warn", f"PostgreSQL {major}; {e.message}: `down --force` cannot save changed database branches", e.hint or ""))
+            continue
+        checks.append(Check(f"postgres {where}", "ok", f"PostgreSQL {major}; pg_dump {pg_dump}"))
+    return checks
 
 
 def check_state(project: Project, state: State) -> list[Check]:

@@ -15,6 +15,7 @@ from hybridiso import cleanup, output
 from hybridiso.commands.common import add_json_flag, check_records, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.gc_finders import BUILTIN_FINDERS
+from hybridiso.gc_leftovers import EARLY_FINDERS
 from hybridiso.gc_leftovers import FINDERS as LEFTOVER_FINDERS
 from hybridiso.gc_rules import Finding, summary
 from hybridiso.reconcile import adopt_from_reality
@@ -30,9 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             HELP + ". Finds agents whose branch is merged into base (merge, squash or rebase, "
             "judged by content), worktrees whose directory was deleted, environments whose "
             "upstream branch was deleted, interrupted creations, directories in the "
-            "workspace that nothing knows, and Docker containers, networks, volumes and "
-            "database branches left by agents that no longer exist. Uncommitted or "
-            "unmerged work is always kept."
+            "workspace that nothing knows, Docker containers, networks, volumes and "
+            "database branches left by agents that no longer exist, and setup commands "
+            "a killed run left running. Uncommitted or unmerged work (also changed "
+            "database data) is always kept."
         ),
     )
     p.add_argument("--yes", "-y", action="store_true", help="remove what was found (default: only show it)")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         adopt_from_reality(project, state)  # a lost state file must not make envs look orphaned
         check_records(project, state)  # FAULTS #30: a record pointing elsewhere stops gc before it touches anything
         findings: list[Finding] = []
-        for finder in (*BUILTIN_FINDERS, *LEFTOVER_FINDERS):
+        for finder in (*EARLY_FINDERS, *BUILTIN_FINDERS, *LEFTOVER_FINDERS):
             findings += finder(project, state, not act)
         if act:
             apply(findings)

@@ -277,7 +277,7 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
     if ctx.agent is None:
         return
     try:
-        o.setup = "re-ran" if lifecycle.run_setup(ctx) else "unchanged"
+        o.setup = "re-ran" if lifecycle.run_setup(ctx, "sync") else "unchanged"
     except UserError as e:
         o.setup, o.detail = "failed", e.message.splitlines()[0]
 

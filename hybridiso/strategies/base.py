@@ -7,7 +7,7 @@ one registry line and one test.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +23,10 @@ class EnvContext:
     agent: Agent | None  # None for an env whose agent left the manifest
     record: AgentRecord
     cancel: threading.Event = field(default_factory=threading.Event)
+    # saves the state this record is part of (the caller holds the lock):
+    # what must be on disk before a step that can outlive a kill -9 starts
+    # (a setup's process group, FAULTS #38)
+    persist: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     @property
     def path(self) -> Path:
