@@ -8,19 +8,22 @@ removal (FAULTS #5: nothing the user made is lost).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-from hybridiso import envfile, git, includes, service_branches, setup_runner, strategies
+from hybridiso import backups, envfile, git, includes, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, AgentRecord
 from hybridiso.strategies.base import EnvContext
+from hybridiso.work import MainRepo, Tip, WorkReport, submodule_key
+
+__all__ = ["WorkReport"]  # re-exported: callers know it as lifecycle.WorkReport
 
 ENV_EXCLUDE = "/" + envfile.ENV_FILE
 PRECIOUS_DEFAULT = (".env", ".env.*", "*.local")
-BACKUP_PREFIX = "refs/hybridiso/backup"
+BACKUP_PREFIX = backups.PREFIX
 
 
 def environment_for(project: Project, agent: Agent | None, record: AgentRecord) -> dict[str, str]:
@@ -54,6 +57,8 @@ def prepare(ctx: EnvContext) -> None:
         _branch_free(ctx)
     ctx.record.created_branch = strategy.SHARES_REFS and not git.branch_exists(ctx.project.root, ctx.record.branch)
     ctx.record.extra["owns_path"] = True
+    if ctx.agent is not None:  # in the journal before any file is copied
+        ctx.record.include_patterns = includes.patterns_for(ctx.project.root, ctx.project.manifest.include_for(ctx.agent))
 
 
 def _branch_free(ctx: EnvContext) -> None:
@@ -69,9 +74,29 @@ def _branch_free(ctx: EnvContext) -> None:
             raise UserError(f"branch {ctx.record.branch} is checked out at {wt.path}; agent {ctx.name} needs it for its own worktree", hint=hint)
 
 
-def rollback(ctx: EnvContext) -> None:
-    """Undo a creation that never reached ``ready``: only what it made."""
+def rollback(ctx: EnvContext, *, check_work: bool) -> None:
+    """Undo a creation that never reached ``ready``: only what it made.
+
+    ``check_work``: the creation is an earlier run's (a crash, a ``kill
+    -9``), so anything may have been written into it since: when the
+    inventory finds work, nothing is removed and ``WorkKept`` says what
+    (FAULTS #25).  This run's own half-made environments (Ctrl-C, a full
+    disk) are rolled back without it: they hold only what this run made."""
     strategy = strategies.get(ctx.record.strategy)
+    if not check_work:
+        # if this fails half-way, the next run finishes it without asking
+        # again: nobody else could have written into it when it was decided
+        ctx.record.extra["removing"] = True
+    elif ctx.record.extra.get("owns_path") and not ctx.record.extra.get("removing"):
+        # the branch survives a rollback once it moved (below); a clone's does not
+        losing = work_at_risk(ctx, keep_branch=strategy.SHARES_REFS)
+        if not losing.empty:
+            raise WorkKept(
+                f"agent {ctx.name}: its unfinished environment (an earlier `up` stopped half-way) holds work: {losing.describe()}; "
+                "kept it and its record",
+                hint=f"look in {ctx.path}: `hybridiso down {ctx.name}` names what is there and `--force` saves it to a backup "
+                f"(`hybridiso restore {ctx.name}`), then `hybridiso up {ctx.name}` creates it anew",
+            )
     if ctx.record.extra.get("owns_path"):
         strategy.remove(ctx)
     service_branches.release(ctx)
@@ -144,41 +169,33 @@ def run_setup(ctx: EnvContext) -> bool:
 # --- removal ------------------------------------------------------------------
 
 
-@dataclass
-class WorkReport:
-    modified: list[str] = field(default_factory=list)
-    untracked: list[str] = field(default_factory=list)
-    precious: list[str] = field(default_factory=list)
-    commits: list[str] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.modified or self.untracked or self.precious or self.commits)
-
-    def describe(self, limit: int = 5) -> str:
-        parts = []
-        for label, items in (
-            ("modified", self.modified),
-            ("untracked", self.untracked),
-            ("ignored but precious", self.precious),
-            ("commits not in base", self.commits),
-        ):
-            if items:
-                shown = ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-                parts.append(f"{len(items)} {label}: {shown}")
-        return "; ".join(parts)
+class WorkKept(UserError):
+    """A rollback found work in an unfinished environment and kept it (FAULTS #25)."""
 
 
-def precious_patterns(project: Project, agent: Agent | None) -> list[str]:
+def precious_patterns(project: Project, agent: Agent | None, record: AgentRecord | None = None) -> list[str]:
+    """What makes an ignored file precious: the manifest's ``include:`` for
+    the agent, the patterns the record kept from when it was created (the
+    agent may have left the manifest since), the files that were copied in,
+    ``.worktreeinclude`` and the usual secrets (``.env``, ``*.local``)."""
     manifest_patterns = project.manifest.include_for(agent) if agent is not None else project.manifest.defaults.include
-    return includes.patterns_for(project.root, [*manifest_patterns, *PRECIOUS_DEFAULT])
+    kept: list[str] = []
+    if record is not None:
+        kept = [*record.include_patterns, *(_literal(rel) for rel in record.extra.get("included", []) if isinstance(rel, str))]
+    return includes.patterns_for(project.root, list(dict.fromkeys([*manifest_patterns, *kept, *PRECIOUS_DEFAULT])))
 
 
-def precious_work(project: Project, agent: Agent | None, path: Path) -> list[str]:
+def _literal(rel: str) -> str:
+    """A gitignore pattern matching exactly the file ``rel``."""
+    escaped = "".join("\\" + c if c in "*?[]\\!# " else c for c in rel)
+    return "/" + escaped
+
+
+def precious_work(project: Project, agent: Agent | None, path: Path, record: AgentRecord | None = None) -> list[str]:
     """Ignored files under ``path`` that matter (``.env`` and the like, and
     what ``include:`` lists), except an include copied in and left alone."""
     found = []
-    for rel in includes.ignored_files_matching(path, precious_patterns(project, agent)):
+    for rel in includes.ignored_files_matching(path, precious_patterns(project, agent, record)):
         if rel == envfile.ENV_FILE:
             continue
         source = project.root / rel
@@ -188,19 +205,40 @@ def precious_work(project: Project, agent: Agent | None, path: Path) -> list[str
     return found
 
 
-def inspect_work(ctx: EnvContext) -> WorkReport:
-    report = WorkReport()
-    if not ctx.path.is_dir() or not git.ok(ctx.path, "rev-parse", "--git-dir"):
+def main_repo(project: Project) -> MainRepo:
+    """The main repository's refs and stash, read once for many inventories."""
+    return MainRepo.load(project.root, project.repo.common_dir)
+
+
+def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
+    """Everything the environment holds that removing it could lose: its
+    strategy's inventory (git: commits, refs, stash, reflog, submodules,
+    unreadable) plus its files.  ``main`` is shared by callers that inspect
+    many environments (gc)."""
+    strategy = strategies.get(ctx.record.strategy)
+    report = strategy.inventory(ctx, main if main is not None else main_repo(ctx.project))
+    if not report.readable or not ctx.path.is_dir():
         return report
     for code, name in git.status_porcelain(ctx.path):
         if name == envfile.ENV_FILE:
             continue
         (report.untracked if code == "??" else report.modified).append(name)
-    report.precious = precious_work(ctx.project, ctx.agent, ctx.path)
-    base = git.resolve_commit(ctx.project.root, ctx.record.base) or ctx.record.base_commit
-    if base:
-        report.commits = strategies.get(ctx.record.strategy).unmerged_commits(ctx, base)
+    report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record)
+    if ctx.record.phase != PHASE_READY:
+        _drop_checkout_leftovers(ctx, report)
     return report
+
+
+def _drop_checkout_leftovers(ctx: EnvContext, report: WorkReport) -> None:
+    """An unfinished creation (a ``kill -9`` during checkout) leaves files
+    git never indexed: deletions of what it had not written yet, and files
+    it wrote, identical to the commit it was checking out.  Neither is work;
+    anything else in it is (FAULTS #25)."""
+    tree = git.tree_blobs(ctx.path, "HEAD")
+    same = git.blob_ids(ctx.path, [n for n in report.untracked if n in tree])
+    report.untracked = [n for n in report.untracked if not (n in same and same[n] == tree[n])]
+    deleted = {n for code, n in git.status_porcelain(ctx.path) if "D" in code}
+    report.modified = [n for n in report.modified if n not in deleted]
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -211,14 +249,30 @@ def _same_content(a: Path, b: Path) -> bool:
 
 
 def save_backup(ctx: EnvContext, report: WorkReport) -> str | None:
-    """Save all of the env's work (commits, changes, untracked and precious
-    files) as one commit under refs/hybridiso/backup/; return the ref."""
+    """Save ALL of the env's work under one new, unique namespace
+    ``refs/hybridiso/backup/<agent>/<id>/`` (hybridiso/backups.py): a commit
+    of its files (on top of its HEAD), and every other piece the inventory
+    found (branches, tags, stash entries, detached commits, submodules),
+    their objects brought into the main repository.  Returns the namespace."""
     if report.empty:
         return None
-    commit = git.snapshot_worktree(ctx.path, report.precious)
-    ref = f"{BACKUP_PREFIX}/{ctx.name}/{time.strftime('%Y%m%d-%H%M%S')}"
-    strategies.get(ctx.record.strategy).save_ref(ctx, commit, ref)
-    return ref
+    if report.force_blocker:
+        raise UserError(f"agent {ctx.name}: --force cannot save its work: {report.force_blocker}", hint="nothing was removed")
+    strategy = strategies.get(ctx.record.strategy)
+    tips = list(report.tips)
+    if ctx.path.is_dir() and report.readable:
+        snapshot = git.snapshot_worktree(ctx.path, report.precious)
+        tips.insert(0, Tip("files", snapshot, None if strategy.SHARES_REFS else ctx.path, "files"))
+    elif ctx.path.is_dir() and report.snapshot is not None:
+        plan = report.snapshot
+        patterns = precious_patterns(ctx.project, ctx.agent, ctx.record)
+        snapshot = git.snapshot_directory(ctx.path, plan.git_dir, patterns, plan.parent, own_index=plan.own_index)
+        tips.insert(0, Tip("files", snapshot, None, "files"))
+    for sub in report.submodule_repos:
+        key = f"submodules/{submodule_key(sub.path)}/files"
+        tips.append(Tip(key, git.snapshot_worktree(sub.repo), sub.repo, "submodules"))
+        tips += sub.tips
+    return backups.save(ctx.project.root, ctx.project.repo.common_dir, ctx.name, tips)
 
 
 def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | None = None) -> WorkReport:
@@ -227,20 +281,39 @@ def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | Non
     # a worktree's commits live on in its branch unless we delete the branch,
     # which we only do for a branch we created
     branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
-    return WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits)
+    if ctx.record.extra.get("removing"):
+        # an earlier removal checked (and saved) the work, then stopped
+        # half-way, taking the .git link with it: finish it
+        report = report.without("unreadable")
+    return report.without("commits") if branch_kept else report
 
 
 def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
-    ways = ["commit it" + (" and merge it" if losing.commits else "")]
-    if losing.commits and not (losing.modified or losing.untracked or losing.precious):
+    ways = []
+    if losing.modified or losing.untracked or losing.precious or losing.commits:
+        ways.append("commit it" + (" and merge it" if losing.commits else ""))
+    if losing.refs or losing.stash or losing.detached or losing.head:
+        ways.append("bring it onto the agent's branch (or push it)")
+    if losing.submodules:
+        ways.append("push the submodules' commits")
+    if losing.unreadable and losing.repair:
+        ways.append(losing.repair)
+    if losing.commits and losing.files_only().empty and losing.without("commits").empty:
         ways.append("`hybridiso down --keep-branch` keeps the commits on their branch")
-    ways.append("`--force` saves all of it to a backup ref under refs/hybridiso/backup/ first")
+    if losing.force_blocker:
+        ways.append(f"(--force cannot save it: {losing.force_blocker})")
+    else:
+        ways.append(f"`--force` saves all of it under {backups.PREFIX}/{ctx.name}/ first (`hybridiso restore {ctx.name}` brings it back)")
     return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=", or ".join(ways))
 
 
-def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport]:
+def remove(
+    ctx: EnvContext, *, force: bool, keep_branch: bool, starting: Callable[[], None] | None = None
+) -> tuple[str | None, WorkReport]:
     """Remove one environment.  Refuses (UserError) when work would be lost,
-    unless ``force``, which first saves it to a backup ref."""
+    unless ``force``, which first saves it to a backup.  ``starting`` runs
+    once the work is checked (and saved), before anything is deleted: the
+    caller records that a removal began (a retry then finishes it)."""
     report = inspect_work(ctx)
     losing = work_at_risk(ctx, keep_branch=keep_branch, report=report)
     backup: str | None = None
@@ -249,18 +322,28 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
             raise refusal(ctx, losing)
         backup = save_backup(ctx, losing)
     strategy = strategies.get(ctx.record.strategy)
-    if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():
-        pushed = git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"HEAD:refs/heads/{ctx.record.branch}", check=False)
-        if pushed.returncode != 0:
-            # e.g. the branch is checked out in the repository, or moved on there
-            raise UserError(
-                f"agent {ctx.name}: --keep-branch could not update branch {ctx.record.branch} in {ctx.project.root}: "
-                + (pushed.stderr.strip().splitlines() or ["git push failed"])[-1],
-                hint=f"check {ctx.record.branch} out nowhere (or merge it by hand), then run down again; nothing was removed",
-            )
+    if keep_branch and not strategy.SHARES_REFS and ctx.path.is_dir() and report.readable:
+        _bring_branch_home(ctx)
+    if starting is not None:
+        starting()
     strategy.remove(ctx)
     service_branches.release(ctx)
     if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:
         if git.branch_exists(ctx.project.root, ctx.record.branch):
             git.delete_branch(ctx.project.root, ctx.record.branch)
     return backup, report
+
+
+def _bring_branch_home(ctx: EnvContext) -> None:
+    """``--keep-branch`` of an environment with its own refs: its branch (not
+    whatever HEAD is on now) is pushed into the repository."""
+    branch = ctx.record.branch
+    source = f"refs/heads/{branch}" if git.branch_exists(ctx.path, branch) else "HEAD"
+    pushed = git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"{source}:refs/heads/{branch}", check=False)
+    if pushed.returncode != 0:
+        # e.g. the branch is checked out in the repository, or moved on there
+        raise UserError(
+            f"agent {ctx.name}: --keep-branch could not update branch {branch} in {ctx.project.root}: "
+            + (pushed.stderr.strip().splitlines() or ["git push failed"])[-1],
+            hint=f"check {branch} out nowhere (or merge it by hand), then run down again; nothing was removed",
+        )

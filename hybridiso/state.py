@@ -50,6 +50,9 @@ class AgentRecord:
     timings: dict[str, float] = field(default_factory=dict)
     config_hash: str = ""
     setup_hash: str = ""
+    # the include: patterns the agent had when it was created: its copies
+    # stay precious after it leaves the manifest (issue 11)
+    include_patterns: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

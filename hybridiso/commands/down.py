@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from hybridiso import lifecycle, output
 from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
 from hybridiso.errors import UserError
+from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
+from hybridiso.state import AgentRecord, State
+from hybridiso.work import WorkReport
 
 HELP = "remove agents' environments (refuses when work would be lost)"
 
@@ -16,13 +20,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "down",
         help=HELP,
         description=(
-            HELP + ". Uncommitted, untracked or precious ignored files (like .env) and "
-            "commits not in base make it refuse, naming them; --force first saves all "
-            "of it to a ref under refs/hybridiso/backup/ and says which."
+            HELP + ". Work is everything the environment alone holds: modified, untracked or "
+            "precious ignored files (like .env), commits not in base, other branches and tags "
+            "of a clone, stash entries, commits its HEAD reflog reached that no ref holds "
+            "(a detached HEAD), a HEAD on another branch, submodule commits and changes, and "
+            "an environment git cannot read at all. Any of it makes down refuse, naming it; "
+            "--force first saves all of it under refs/hybridiso/backup/<agent>/<id>/ and "
+            "prints the `hybridiso restore` command that brings it back."
         ),
     )
     p.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents (default: all)")
-    p.add_argument("--force", action="store_true", help="save the work to a backup ref, then remove")
+    p.add_argument("--force", action="store_true", help="save all the work to a backup, then remove")
     p.add_argument("--keep-branch", action="store_true", help="remove the environment but keep its branch")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
     add_json_flag(p)
@@ -30,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     project = project_from_args(args)
-    results = []
+    results: list[dict[str, object]] = []
     with project.store.locked("down"):
         state = project.store.load()
         if state.rebuilt_from:
@@ -46,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
             if args.dry_run:
                 # the same decision the real run makes, without acting on it
                 losing = lifecycle.work_at_risk(ctx, keep_branch=args.keep_branch)
-                if losing.empty or args.force:
-                    saved = f", after saving {losing.describe()} to a backup ref" if not losing.empty else ""
+                _notes(name, losing)
+                if losing.empty or (args.force and not losing.force_blocker):
+                    saved = f", after saving {losing.describe()} to a backup" if not losing.empty else ""
                     results.append({"agent": name, "action": "would remove", "work": losing.describe() or None})
                     output.message(f" - {name}: would remove {ctx.path}{saved}")
                 else:
@@ -57,20 +66,39 @@ def run(args: argparse.Namespace) -> int:
                     output.message(f" - {name}: would refuse: it has {losing.describe()}")
                 continue
             try:
-                backup, _ = lifecycle.remove(ctx, force=args.force, keep_branch=args.keep_branch)
+                backup, report = lifecycle.remove(
+                    ctx, force=args.force, keep_branch=args.keep_branch, starting=functools.partial(_removing, project, state, ctx.record)
+                )
             except UserError as e:
                 refused.append(str(e))
                 results.append({"agent": name, "action": "refused", "reason": e.message})
                 continue
             del state.agents[name]
             project.store.save(state)
-            results.append({"agent": name, "action": "removed", "backup_ref": backup})
+            _notes(name, report)
+            result: dict[str, object] = {"agent": name, "action": "removed", "backup_ref": backup}
             line = f" {output.mark(True)} {name}: removed {ctx.path}"
             if backup:
-                line += f"; work saved to {backup} (git log {backup})"
+                restore = f"hybridiso restore {name} {backup.rsplit('/', 1)[-1]}"
+                result["restore"] = restore
+                line += f"; work saved to {backup}; bring it back: {restore}"
+            results.append(result)
             output.message(line)
     if args.json:
         output.print_json(results)
     if refused:
         raise UserError("\n".join(refused))
     return 0
+
+
+def _removing(project: Project, state: State, record: AgentRecord) -> None:
+    """On disk before anything is deleted: a removal that stops half-way
+    (files it cannot delete) is finished by the next run, whose work check
+    then no longer counts the .git link it already took (lifecycle.work_at_risk)."""
+    record.extra["removing"] = True
+    project.store.save(state)
+
+
+def _notes(name: str, report: WorkReport) -> None:
+    for note in report.kept:
+        output.message(f"   {name}: note: {note}")

@@ -142,13 +142,20 @@ def converge(
     leases = _lease_ports(project, state, selected)  # fails before anything is created (FAULTS #14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
     todo: list[tuple[EnvContext, str]] = []
+    kept: list[Outcome] = []
     for p in selected:
         name = p.agent.name
         record = state.agents.get(name)
         if record is not None and record.phase == PHASE_CREATING:
             # an earlier run was interrupted half-way: undo it, then create anew
             try:
-                lifecycle.rollback(context(project, state, name))
+                lifecycle.rollback(context(project, state, name), check_work=True)
+            except lifecycle.WorkKept as e:
+                # work was written into it since (FAULTS #25): this agent
+                # stays as it is, the others go on
+                kept.append(Outcome(name, record.strategy, "Kept", False, 0.0, str(e)))
+                output.progress_line(False, name, record.strategy, "Kept", None)
+                continue
             except UserError as e:
                 raise UserError(f"{name}: an interrupted creation could not be undone: {e.message}", hint=e.hint) from None
             del state.agents[name]
@@ -216,7 +223,7 @@ def converge(
             for f, ctx in futures.items():
                 if ctx.record.phase == PHASE_CREATING:
                     try:
-                        lifecycle.rollback(ctx)
+                        lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
                     except Exception as e:  # noqa: BLE001 - the others still roll back
                         # the record stays, marked creating: the next `up` rolls it back again
                         message = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
@@ -227,7 +234,7 @@ def converge(
             raise
     if save_error is not None:
         store.save(state)  # once more: space may have been freed by the rollbacks
-    return outcomes
+    return kept + outcomes
 
 
 def _one(ctx: EnvContext, action: str) -> Outcome:
@@ -249,7 +256,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
             # space that ran out; undo it now rather than on the next run
             error = "the disk is full (No space left on device)"
             try:
-                lifecycle.rollback(ctx)
+                lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
                 ctx.record.extra["rolled_back"] = True
                 error += "; what it had made is rolled back"
             except Exception:  # noqa: BLE001 - the record stays marked creating: the next up retries

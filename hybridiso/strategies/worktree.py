@@ -1,12 +1,15 @@
 """``worktree``: a linked git worktree sharing the repository's object store."""
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from hybridiso import cleanup, git
 from hybridiso.process import CommandError
 from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.work import MainRepo, SnapshotPlan, Tip, WorkReport, add_submodule_work, describe_commits, newest_tips, ref_label
 
 NAME = "worktree"
 SHARES_REFS = True
@@ -57,15 +60,107 @@ def observe(ctx: EnvContext) -> Observation:
     return Observation(exists, wt is not None, wt.branch if wt else None, wt.head if wt else None, None, tuple(problems))
 
 
-def unmerged_commits(ctx: EnvContext, base_commit: str) -> list[str]:
-    head = git.branch_commit(ctx.project.root, ctx.record.branch)
-    if head is None:
+def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
+    """A worktree shares the repository's refs and objects: what it alone
+    holds is its HEAD and HEAD reflog (in its admin dir
+    ``worktrees/<id>``, deleted with it), its files and its submodules'
+    git dirs (also in the admin dir), and the agent branch when hybridiso
+    deletes it.  Stash entries and tags made here live in the shared refs:
+    not lost, but said (``kept``)."""
+    report = WorkReport()
+    record, path = ctx.record, ctx.path
+    admin = git.worktree_admin_dir(main.common_dir, path)
+    head, head_ref = git.head_of(admin) if admin is not None else (None, None)
+    branch_tip = main.branch(record.branch)
+    if path.is_dir():
+        problem = _link_problem(path, admin)
+        if problem:
+            report.readable = False
+            report.unreadable.append(f"{path}: {problem}")
+            report.repair = f"`git -C '{ctx.project.root}' worktree repair '{path}'` writes its .git link again"
+            report.snapshot = SnapshotPlan(admin or main.common_dir, admin is not None, head or branch_tip or record.base_commit)
+    mine = _branch_commits(ctx, main, branch_tip, report)
+    if admin is not None:
+        mine |= _head_work(ctx, main, admin, head, head_ref, report)
+    report.kept += [f"tag {t} stays in the repository" for t in main.tags_at(mine)]
+    report.kept += _stash_made_here(ctx, main, admin, head_ref)
+    if report.readable and path.is_dir():
+        add_submodule_work(report, path)
+    return report
+
+
+def _link_problem(path: Path, admin: Path | None) -> str | None:
+    """Why git cannot read the worktree through its own ``.git`` file (a
+    missing, replaced or garbage link: FAULTS #24), or None."""
+    dotgit = path / ".git"
+    try:
+        st = os.lstat(dotgit)
+    except FileNotFoundError:
+        return "its .git file is missing, so git cannot read it"
+    except OSError as e:
+        return f"its .git file cannot be read ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "its .git is not the file git wrote (a directory, a symlink or a special file), so git cannot read it as this worktree"
+    loc = git.locate(path)
+    if loc.toplevel is None or loc.git_dir is None:
+        return f"git cannot read it: {loc.why}"
+    if os.path.realpath(loc.toplevel) != os.path.realpath(path):
+        return f"git reads it as part of {loc.toplevel}"
+    if admin is None or os.path.realpath(loc.git_dir) != os.path.realpath(admin):
+        return f"its .git file points at {loc.git_dir}, not at this worktree's own metadata"
+    return None
+
+
+def _branch_commits(ctx: EnvContext, main: MainRepo, tip: str | None, report: WorkReport) -> set[str]:
+    base = git.resolve_commit(ctx.project.root, ctx.record.base) or ctx.record.base_commit
+    if tip is None or base is None:
+        return set()
+    graph = git.commits_not_in(ctx.project.root, [tip], [base])
+    report.commits = describe_commits(graph, set(graph))
+    if graph:
+        report.tips.append(Tip(f"refs/heads/{ctx.record.branch}", tip, None, "commits"))
+    return set(graph)
+
+
+def _head_work(ctx: EnvContext, main: MainRepo, admin: Path, head: str | None, head_ref: str | None, report: WorkReport) -> set[str]:
+    """Commits only the HEAD reflog reaches, and a HEAD on another branch."""
+    branch_ref = f"refs/heads/{ctx.record.branch}"
+    if head_ref is not None and head_ref != branch_ref:
+        report.head.append(f"HEAD is on {ref_label(head_ref)}, not on branch {ctx.record.branch}")
+        other = main.refs.get(head_ref)
+        if other is not None:
+            report.tips.append(Tip(head_ref, other.oid, None, "head"))
+    entries = git.reflog(admin)
+    tips = ([head] if head else []) + [e.commit for e in entries]
+    graph = git.commits_not_in(ctx.project.root, tips, main.ref_tips)
+    lost = set(graph)
+    report.detached = describe_commits(graph, lost)
+    for i, tip in enumerate(newest_tips(graph, lost)):
+        report.tips.append(Tip(f"detached/{i}", tip, None, "detached"))
+    # commits made here ("commit: ...", "commit (amend): ...") for the tag note
+    return {e.commit for e in entries if e.subject.startswith("commit")}
+
+
+def _stash_made_here(ctx: EnvContext, main: MainRepo, admin: Path | None, head_ref: str | None) -> list[str]:
+    """The repository's stash is shared by all its worktrees: ``down`` never
+    touches it, so entries made here stay.  They are told by the branch
+    their message names or, made on a detached HEAD, by their first parent
+    being a commit this HEAD was at."""
+    if not main.stash:
         return []
-    return git.unique_commits(ctx.project.root, base_commit, head)
-
-
-def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
-    git.update_ref(ctx.project.root, ref, commit)  # one object store: nothing to copy
+    branches = {ctx.record.branch}
+    if head_ref and head_ref.startswith("refs/heads/"):
+        branches.add(head_ref.removeprefix("refs/heads/"))
+    visited = {e.commit for e in git.reflog(admin)} if admin is not None else set()
+    mine = []
+    for entry in main.stash:
+        on = entry.subject.removeprefix("WIP on ").removeprefix("On ").split(":", 1)[0]
+        if on in branches or (on == "(no branch)" and entry.parents[:1] and entry.parents[0] in visited):
+            mine.append(entry.selector)
+    if not mine:
+        return []
+    entries = "1 stash entry" if len(mine) == 1 else f"{len(mine)} stash entries"
+    return [f"{entries} made here ({', '.join(mine)}) stay in the repository's shared stash (`git stash list`)"]
 
 
 def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
