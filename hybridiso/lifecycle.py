@@ -257,7 +257,10 @@ def save_backup(ctx: EnvContext, report: WorkReport) -> str | None:
     if report.empty:
         return None
     if report.force_blocker:
-        raise UserError(f"agent {ctx.name}: --force cannot save its work: {report.force_blocker}", hint="nothing was removed")
+        raise UserError(
+            f"agent {ctx.name} has work that `down` would lose: {report.describe()}; --force cannot save it: {report.force_blocker}",
+            hint="nothing was removed",
+        )
     strategy = strategies.get(ctx.record.strategy)
     tips = list(report.tips)
     if ctx.path.is_dir() and report.readable:
