@@ -735,6 +735,15 @@ def reflog(git_dir: Path, ref: str = "HEAD") -> list[ReflogEntry]:
     return entries
 
 
+def reflog_commits(git_dir: Path, *refs: str) -> list[str]:
+    """Every commit the reflogs of ``refs`` (names, or ``--branches``) ever
+    recorded, in one ``log -g``; [] when there are none."""
+    if not refs:
+        return []
+    r = _execute(git_dir, [f"--git-dir={git_dir}", "log", "-g", "--no-show-signature", "--format=%H", *refs, "--"])
+    return list(dict.fromkeys(r.stdout.split())) if r.returncode == 0 else []
+
+
 @dataclass(frozen=True)
 class CommitInfo:
     parents: tuple[str, ...]

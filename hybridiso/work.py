@@ -152,10 +152,10 @@ class MainRepo:
 # --- commit graphs ------------------------------------------------------------------
 
 
-def closure(graph: dict[str, git.CommitInfo], tip: str | None) -> set[str]:
-    """The commits of ``graph`` reachable from ``tip`` (within the graph)."""
+def closure(graph: dict[str, git.CommitInfo], *tips: str | None) -> set[str]:
+    """The commits of ``graph`` reachable from ``tips`` (within the graph)."""
     seen: set[str] = set()
-    stack = [tip] if tip else []
+    stack = [t for t in tips if t]
     while stack:
         commit = stack.pop()
         if commit in seen or commit not in graph:
@@ -163,6 +163,15 @@ def closure(graph: dict[str, git.CommitInfo], tip: str | None) -> set[str]:
         seen.add(commit)
         stack.extend(graph[commit].parents)
     return seen
+
+
+def left_on_no_branch(graph: dict[str, git.CommitInfo], head_reflog: list[str], branch_reflogs: list[str], covered: set[str]) -> set[str]:
+    """Commits only the HEAD reflog reaches (a detached HEAD's work), not
+    ``covered`` by a ref, and not history a branch itself once held and
+    rewrote (``commit --amend``, a rebase -- ``sync``'s too --, a reset):
+    the branch's owner replaced those on purpose."""
+    rewritten = closure(graph, *branch_reflogs)
+    return closure(graph, *head_reflog) - covered - rewritten
 
 
 def newest_tips(graph: dict[str, git.CommitInfo], commits: set[str]) -> list[str]:
@@ -225,13 +234,14 @@ def store_work(
     what it fetched (a submodule's: its commits still count via the reflog)."""
     refs = git.list_refs(repo)
     head, head_ref = git.head_of(git_dir)
-    reflog = git.reflog(git_dir)
+    reflog = ([head] if head else []) + [e.commit for e in git.reflog(git_dir)]
+    branch_reflogs = git.reflog_commits(git_dir, "--branches")
     stash = git.reflog(git_dir, "refs/stash") if any(r.name == "refs/stash" for r in refs) else []
     safe = [r for r in refs if r.name.startswith(safe_prefixes)]
     own = [r for r in refs if not r.name.startswith(safe_prefixes) and r.name != "refs/stash"]
     if not count_tags:
         own = [r for r in own if not r.name.startswith("refs/tags/")]
-    tips = [r.commit for r in own if r.commit] + ([head] if head else []) + [e.commit for e in reflog] + [e.commit for e in stash]
+    tips = [r.commit for r in own if r.commit] + reflog + branch_reflogs + [e.commit for e in stash]
     exclude = [r.commit for r in safe if r.commit] + list(main.ref_tips if main else ())
     graph = git.commits_not_in(repo, tips, exclude)
     if main is not None and graph:
@@ -259,7 +269,7 @@ def store_work(
             covered |= mine
     if head_ref and branch_ref and head_ref != branch_ref:
         found.head.append(f"HEAD is on {ref_label(head_ref)}, not on branch {branch}")
-    lost = unique - covered
+    lost = left_on_no_branch(graph, reflog, branch_reflogs, covered)
     found.detached = describe_commits(graph, lost)
     for i, tip in enumerate(newest_tips(graph, lost)):
         found.tips.append(Tip(f"{key_prefix}detached/{i}", tip, store, "detached"))

@@ -468,3 +468,33 @@ def test_two_forced_removals_racing_remove_once_and_lose_nothing(tmp_path: Path)
     backups = git(repo, "for-each-ref", "--format=%(refname)", "refs/hybridiso/backup/a/").splitlines()
     assert len(backups) == 1 and git(repo, "show", f"{backups[0]}:README.md") == "raced"
     assert git(repo, "for-each-ref", "refs/hybridiso/incoming/") == ""
+
+
+# --- history the agent rewrote is not work ---------------------------------------------
+
+
+@pytest.mark.parametrize("isolation", ["worktree", "clone"])
+def test_amended_and_synced_commits_do_not_hold_a_merged_agent_back(tmp_path: Path, isolation: str) -> None:
+    """``commit --amend`` and ``sync``'s rebase leave the old commits in the
+    HEAD reflog; they were the branch's own and were replaced on purpose:
+    once the branch is merged, gc removes the environment as before."""
+    repo = project(tmp_path, isolation)
+    e = env(repo, "a")
+    commit_file(e, "feature.txt", "draft\n", "the feature")
+    (e / "feature.txt").write_text("final\n")
+    git(e, "commit", "-q", "-a", "--amend", "-m", "the feature, amended")
+    commit_file(repo, "upstream.txt", "base moved on\n", "base moves")
+    hybridiso(repo, "sync")
+    tip = git(e, "rev-parse", "HEAD")
+    assert git(e, "show", "HEAD:upstream.txt") == "base moved on"  # rebased
+    if isolation == "clone":
+        git(e, "push", "-q", str(repo), "hybridiso/a:refs/heads/to-merge")
+        git(repo, "merge", "-q", "--no-ff", "-m", "merge", "to-merge")
+        git(repo, "branch", "-q", "-D", "to-merge")
+    else:
+        git(repo, "merge", "-q", "--no-ff", "-m", "merge", "hybridiso/a")
+    assert git(repo, "merge-base", "--is-ancestor", tip, "main", check=False) == ""
+    finding = gc_finding(repo, "a")
+    assert finding["action"] == "remove" and finding["result"] == "removed", finding
+    assert not e.exists()
+    bystander_intact(repo)

@@ -9,7 +9,7 @@ from pathlib import Path
 from hybridiso import cleanup, git
 from hybridiso.process import CommandError
 from hybridiso.strategies.base import EnvContext, Observation
-from hybridiso.work import MainRepo, SnapshotPlan, Tip, WorkReport, add_submodule_work, describe_commits, newest_tips, ref_label
+from hybridiso.work import MainRepo, SnapshotPlan, Tip, WorkReport, add_submodule_work, describe_commits, left_on_no_branch, newest_tips, ref_label
 
 NAME = "worktree"
 SHARES_REFS = True
@@ -131,9 +131,11 @@ def _head_work(ctx: EnvContext, main: MainRepo, admin: Path, head: str | None, h
         if other is not None:
             report.tips.append(Tip(head_ref, other.oid, None, "head"))
     entries = git.reflog(admin)
-    tips = ([head] if head else []) + [e.commit for e in entries]
-    graph = git.commits_not_in(ctx.project.root, tips, main.ref_tips)
-    lost = set(graph)
+    head_reflog = ([head] if head else []) + [e.commit for e in entries]
+    branches = {branch_ref} | ({head_ref} if head_ref and head_ref.startswith("refs/heads/") else set())
+    branch_reflogs = git.reflog_commits(main.common_dir, *sorted(b for b in branches if b in main.refs))
+    graph = git.commits_not_in(ctx.project.root, head_reflog + branch_reflogs, main.ref_tips)
+    lost = left_on_no_branch(graph, head_reflog, branch_reflogs, set())
     report.detached = describe_commits(graph, lost)
     for i, tip in enumerate(newest_tips(graph, lost)):
         report.tips.append(Tip(f"detached/{i}", tip, None, "detached"))
