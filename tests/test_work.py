@@ -344,14 +344,24 @@ def _killed_during_setup(repo: Path, tmp_path: Path) -> None:
     stays ``creating``, the worktree is checked out."""
     marker = tmp_path / "setup-pid"
     write_manifest(repo, f"agents:\n  - name: a\n    setup: ['echo $$ > {marker}.tmp && mv {marker}.tmp {marker}; sleep 60']\n  - {{name: bystander}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + 60
-    while not marker.exists():
+
+    def bystander_ready() -> bool:
+        try:
+            return bool(state(repo)["agents"]["bystander"]["phase"] == "ready")
+        except (KeyError, ValueError):
+            return False
+
+    # the bystander finished (so no git of the killed run still writes into it)
+    while not (marker.exists() and bystander_ready()):
         assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.05)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # up and any git it runs
     proc.communicate()
-    os.killpg(int(marker.read_text()), signal.SIGKILL)
+    os.killpg(int(marker.read_text()), signal.SIGKILL)  # the setup leads its own group
     assert state(repo)["agents"]["a"]["phase"] == "creating"
     write_manifest(repo, "agents:\n  - name: a\n  - {name: bystander}\n")
 
@@ -378,7 +388,7 @@ def test_work_written_into_an_unfinished_environment_is_kept_by_the_next_up(tmp_
     assert "kept it and its record" in up.stderr and "bystander" in up.stderr  # the others went on
     assert (e / "new.txt").read_text() == "new after the crash\n" and state(repo)["agents"]["a"]["phase"] == "creating"
     assert refs(repo)["refs/heads/hybridiso/a"] == commit
-    assert status_json(repo)["bystander"]["state"] == "ready"
+    assert status_json(repo)["bystander"]["state"] == "ready", up.stderr
     # gc keeps it too: an interrupted creation with work is not removable
     finding = gc_finding(repo, "a")
     assert finding["action"] == "keep" and "untracked: new.txt" in str(finding["reason"])
