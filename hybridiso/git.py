@@ -684,7 +684,8 @@ def worktree_admin_dir(common_dir: Path, env: Path) -> Path | None:
     worktree's own ``.git`` file is gone or garbage.  Only plain directories
     and regular files count (a symlink planted there is not ours)."""
     base = Path(common_dir) / "worktrees"
-    want = os.path.realpath(Path(env) / ".git")
+    # the env's own .git path, not where a symlink planted there leads
+    want = os.path.join(os.path.realpath(env), ".git")
     try:
         entries = list(os.scandir(base))
     except OSError:
@@ -699,7 +700,7 @@ def worktree_admin_dir(common_dir: Path, env: Path) -> Path | None:
             target = gitdir.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             continue
-        if target and os.path.realpath(target) == want:
+        if target and os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target)) == want:
             return Path(entry.path)
     return None
 

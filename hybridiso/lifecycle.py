@@ -7,12 +7,15 @@ removal (FAULTS #5: nothing the user made is lost).
 """
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from hybridiso import backups, envfile, git, includes, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
+from hybridiso.process import CommandError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, AgentRecord
@@ -219,13 +222,21 @@ def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
     report = strategy.inventory(ctx, main if main is not None else main_repo(ctx.project))
     if not report.readable or not ctx.path.is_dir():
         return report
-    for code, name in git.status_porcelain(ctx.path):
-        if name == envfile.ENV_FILE:
-            continue
-        (report.untracked if code == "??" else report.modified).append(name)
-    report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record)
-    if ctx.record.phase != PHASE_READY:
-        _drop_checkout_leftovers(ctx, report)
+    try:
+        for code, name in git.status_porcelain(ctx.path):
+            if name == envfile.ENV_FILE:
+                continue
+            (report.untracked if code == "??" else report.modified).append(name)
+        report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record)
+        if ctx.record.phase != PHASE_READY:
+            _drop_checkout_leftovers(ctx, report)
+    except CommandError as e:
+        # e.g. a corrupt index, a submodule path made a symlink: its files
+        # cannot be listed, so nothing can tell they are safe (FAULTS #24)
+        why = (e.result.stderr.strip().splitlines() or [f"exit {e.result.returncode}"])[-1].removeprefix("fatal: ").removeprefix("error: ")
+        report.readable = False
+        report.unreadable.append(f"{ctx.path}: git cannot list its files ({why})")
+        report.force_blocker = report.force_blocker or f"git cannot list its files ({why}); fix that in {ctx.path} first"
     return report
 
 
@@ -235,10 +246,19 @@ def _drop_checkout_leftovers(ctx: EnvContext, report: WorkReport) -> None:
     it wrote, identical to the commit it was checking out.  Neither is work;
     anything else in it is (FAULTS #25)."""
     tree = git.tree_blobs(ctx.path, "HEAD")
-    same = git.blob_ids(ctx.path, [n for n in report.untracked if n in tree])
+    # regular files only: git hash-object would follow a symlink (to
+    # /dev/zero, say) and read it; a symlink stays work
+    same = git.blob_ids(ctx.path, [n for n in report.untracked if n in tree and _regular(ctx.path / n)])
     report.untracked = [n for n in report.untracked if not (n in same and same[n] == tree[n])]
     deleted = {n for code, n in git.status_porcelain(ctx.path) if "D" in code}
     report.modified = [n for n in report.modified if n not in deleted]
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -304,10 +324,11 @@ def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
     if losing.commits and losing.files_only().empty and losing.without("commits").empty:
         ways.append("`hybridiso down --keep-branch` keeps the commits on their branch")
     if losing.force_blocker:
-        ways.append(f"(--force cannot save it: {losing.force_blocker})")
+        hint = (", or ".join(ways) + "; " if ways else "") + f"--force cannot save it: {losing.force_blocker}"
     else:
         ways.append(f"`--force` saves all of it under {backups.PREFIX}/{ctx.name}/ first (`hybridiso restore {ctx.name}` brings it back)")
-    return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=", or ".join(ways))
+        hint = ", or ".join(ways)
+    return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=hint)
 
 
 def remove(

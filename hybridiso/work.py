@@ -318,8 +318,11 @@ def add_submodule_work(report: WorkReport, env: Path, prefix: str = "", depth: i
     for rel, _ in git.gitlinks(env):
         sub = env / rel
         name = prefix + rel
-        if not os.path.lexists(sub / ".git"):
-            continue  # never initialized: nothing of its own
+        if _through_a_symlink(env, rel) or not os.path.lexists(sub / ".git"):
+            # never initialized: nothing of its own; or a symlink put where
+            # the submodule goes: what it points at is not the environment's
+            # (removal deletes the link, and nothing is read or written there)
+            continue
         loc = git.locate(sub)
         if loc.toplevel is None or loc.git_dir is None or os.path.realpath(loc.toplevel) != os.path.realpath(sub):
             report.unreadable.append(f"submodule {name}: {loc.why or 'git reads it as part of another repository'}")
@@ -337,3 +340,12 @@ def add_submodule_work(report: WorkReport, env: Path, prefix: str = "", depth: i
             report.submodules.append(f"{name} ({'; '.join(bits)})")
             report.submodule_repos.append(SubmoduleWork(name, sub, tuple(found.tips)))
         add_submodule_work(report, sub, name + "/", depth + 1)
+
+
+def _through_a_symlink(root: Path, rel: str) -> bool:
+    here = root
+    for part in Path(rel).parts:
+        here = here / part
+        if here.is_symlink():
+            return True
+    return False

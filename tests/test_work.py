@@ -72,7 +72,7 @@ def merge_agent_branch(repo: Path, isolation: str) -> str:
 def refs(repo: Path) -> dict[str, str]:
     """Every ref of the repository but the backups and what restore made."""
     lines = git(repo, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
-    return {n: o for n, o in (line.split() for line in lines) if not n.startswith(("refs/hybridiso/", "refs/heads/restored/", "refs/tags/restored/"))}
+    return {n: o for n, o in (line.split() for line in lines) if not n.startswith(("refs/hybridiso/", "refs/heads/restored/", "refs/tags/restored/", "refs/notes/restored/"))}
 
 
 def gc_finding(repo: Path, target: str) -> dict[str, object]:
@@ -282,6 +282,8 @@ def break_link(e: Path, how: str) -> None:
     elif how == "replaced-by-a-file":
         subprocess.run(["rm", "-rf", str(dotgit)], check=True)
         dotgit.write_text("gitdir: /nowhere\n")
+    elif how == "points-at-another-agent":
+        dotgit.write_text((e.parent / "bystander" / ".git").read_text())
 
 
 @pytest.mark.parametrize(("isolation", "how", "words"), [
@@ -289,6 +291,7 @@ def break_link(e: Path, how: str) -> None:
     ("worktree", "garbage", "invalid gitfile format"),
     ("clone", "removed", "its .git directory is missing"),
     ("clone", "replaced-by-a-file", "its .git is not the clone's own directory"),
+    ("worktree", "points-at-another-agent", "not at this worktree's own metadata"),
 ])
 def test_an_environment_git_cannot_read_is_work(tmp_path: Path, isolation: str, how: str, words: str) -> None:
     repo = project(tmp_path, isolation)
@@ -297,7 +300,8 @@ def test_an_environment_git_cannot_read_is_work(tmp_path: Path, isolation: str, 
     (e / "README.md").write_text("edited, then the link broke\n")
     (e / "notes.txt").write_text("a new file\n")
     break_link(e, how)
-    expect = Expect(["git cannot read", words], files={"files:README.md": "edited, then the link broke\n", "files:notes.txt": "a new file\n"})
+    first = "its .git file points at" if how == "points-at-another-agent" else "git cannot read"
+    expect = Expect([first, words], files={"files:README.md": "edited, then the link broke\n", "files:notes.txt": "a new file\n"})
     run_the_story(repo, expect)
 
 
@@ -316,6 +320,36 @@ def test_a_clone_whose_git_dir_is_broken_is_never_deleted_even_forced(tmp_path: 
     assert gc_finding(repo, "a")["action"] == "keep"
     assert (e / "only-here.txt").exists() and (e / ".git" / "objects").is_dir() and refs(repo) == before
     assert git(repo, "for-each-ref", "refs/hybridiso/") == ""
+
+
+def test_a_repository_made_inside_a_worktree_env_is_never_deleted_even_forced(tmp_path: Path) -> None:
+    """``git init`` in a worktree env replaces its .git link by a repository
+    of its own, whose commits --force could not save: it refuses."""
+    repo = project(tmp_path, "worktree")
+    e = env(repo, "a")
+    (e / ".git").unlink()
+    git(e, "init", "-q")
+    commit_file(e, "own.txt", "in a repository of its own\n")
+    r = hybridiso(repo, "down", "a", "--force", ok=False)
+    assert r.returncode == 1 and "its .git is a directory, a repository of its own" in r.stderr and "nothing was removed" in r.stderr
+    assert git(e, "log", "--format=%s") == "change own.txt"
+
+
+def test_a_clones_notes_remote_and_custom_refs_come_back(tmp_path: Path) -> None:
+    repo = project(tmp_path, "clone")
+    merge_agent_branch(repo, "clone")
+    e = env(repo, "a")
+    git(e, "notes", "add", "-m", "a note", "HEAD")
+    notes = git(e, "rev-parse", "refs/notes/commits")
+    git(e, "checkout", "-q", "--detach")
+    x = commit_file(e, "x.txt", "x\n", "held by odd refs")
+    git(e, "update-ref", "refs/remotes/mine/x", x)
+    git(e, "update-ref", "refs/wip/y", x)
+    git(e, "checkout", "-q", "hybridiso/a")
+    expect = Expect(["notes commits (1 commit)", "remote-tracking ref mine/x (1 commit)", "refs/wip/y (1 commit)"], {"remotes/mine/x": x, "refs/wip/y": x})
+    run_the_story(repo, expect)
+    backup = git(repo, "for-each-ref", "--format=%(refname)", "refs/notes/restored/").split("/")[4]
+    assert git(repo, "rev-parse", f"refs/notes/restored/a/{backup}/commits") == notes
 
 
 # --- an include edited after its agent left the manifest -------------------------------

@@ -77,6 +77,10 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
         if problem:
             report.readable = False
             report.unreadable.append(f"{path}: {problem}")
+            if (path / ".git").is_dir() and not (path / ".git").is_symlink():
+                # e.g. `git init` in the env: a repository of its own, whose
+                # commits nothing here can read as the worktree's
+                report.force_blocker = f"its .git is a directory, a repository of its own that may hold commits; move {path / '.git'} out of the workspace first"
             report.repair = f"`git -C '{ctx.project.root}' worktree repair '{path}'` writes its .git link again"
             report.snapshot = SnapshotPlan(admin or main.common_dir, admin is not None, head or branch_tip or record.base_commit)
     mine = _branch_commits(ctx, main, branch_tip, report)
