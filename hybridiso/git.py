@@ -678,18 +678,17 @@ def locate(path: Path) -> GitLocation:
     return GitLocation(Path(lines[0]), Path(lines[1]))
 
 
-def worktree_admin_dir(common_dir: Path, env: Path) -> Path | None:
-    """The ``worktrees/<id>`` dir of the linked worktree at ``env``, found
-    from the admin side (its ``gitdir`` file), so it is found even when the
-    worktree's own ``.git`` file is gone or garbage.  Only plain directories
-    and regular files count (a symlink planted there is not ours)."""
-    base = Path(common_dir) / "worktrees"
-    # the env's own .git path, not where a symlink planted there leads
-    want = os.path.join(os.path.realpath(env), ".git")
+def worktree_admin_dirs(common_dir: Path) -> dict[str, Path]:
+    """``<worktree path>/.git`` -> its admin dir ``worktrees/<id>``, read from
+    the admin side (each ``gitdir`` file), so a worktree whose own ``.git``
+    file is gone or garbage is still found.  One scan for every worktree;
+    only plain directories and regular files count (a symlink planted there
+    is not ours), and a path's parent is resolved, never a ``.git`` symlink."""
+    found: dict[str, Path] = {}
     try:
-        entries = list(os.scandir(base))
+        entries = list(os.scandir(Path(common_dir) / "worktrees"))
     except OSError:
-        return None
+        return found
     for entry in entries:
         if not entry.is_dir(follow_symlinks=False):
             continue
@@ -700,17 +699,30 @@ def worktree_admin_dir(common_dir: Path, env: Path) -> Path | None:
             target = gitdir.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             continue
-        if target and os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target)) == want:
-            return Path(entry.path)
-    return None
+        if target:
+            found.setdefault(_own_dotgit(Path(target).parent), Path(entry.path))
+    return found
+
+
+def _own_dotgit(worktree: Path) -> str:
+    return os.path.join(os.path.realpath(worktree), ".git")
+
+
+def worktree_admin_dir(common_dir: Path, env: Path, dirs: dict[str, Path] | None = None) -> Path | None:
+    """The admin dir of the linked worktree at ``env`` (``dirs``: a scan
+    made before, for many lookups)."""
+    return (dirs if dirs is not None else worktree_admin_dirs(common_dir)).get(_own_dotgit(env))
 
 
 def head_of(git_dir: Path) -> tuple[str | None, str | None]:
-    """(commit, full ref name or None when detached) of ``git_dir``'s HEAD."""
-    r = _execute(git_dir, [f"--git-dir={git_dir}", "rev-parse", "--verify", "-q", "HEAD"])
-    head = r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+    """(commit, full ref name or None when detached) of ``git_dir``'s HEAD,
+    in one ``rev-parse`` (two when the branch has no commit yet)."""
+    r = _execute(git_dir, [f"--git-dir={git_dir}", "rev-parse", "HEAD", "--symbolic-full-name", "HEAD"])
+    lines = r.stdout.split()
+    if r.returncode == 0 and len(lines) == 2:
+        return lines[0], lines[1] if lines[1].startswith("refs/") else None
     s = _execute(git_dir, [f"--git-dir={git_dir}", "symbolic-ref", "-q", "HEAD"])
-    return head, (s.stdout.strip() or None) if s.returncode == 0 else None
+    return None, (s.stdout.strip() or None) if s.returncode == 0 else None
 
 
 @dataclass(frozen=True)
@@ -736,13 +748,23 @@ def reflog(git_dir: Path, ref: str = "HEAD") -> list[ReflogEntry]:
     return entries
 
 
-def reflog_commits(git_dir: Path, *refs: str) -> list[str]:
-    """Every commit the reflogs of ``refs`` (names, or ``--branches``) ever
-    recorded, in one ``log -g``; [] when there are none."""
-    if not refs:
-        return []
-    r = _execute(git_dir, [f"--git-dir={git_dir}", "log", "-g", "--no-show-signature", "--format=%H", *refs, "--"])
-    return list(dict.fromkeys(r.stdout.split())) if r.returncode == 0 else []
+def head_and_branch_reflogs(git_dir: Path, *branches: str) -> tuple[list[ReflogEntry], list[str]]:
+    """(HEAD's reflog, newest first; the commits the reflogs of ``branches``
+    -- full names, or ``--branches`` -- ever recorded), in one ``log -g``.
+    A branch is never named HEAD, so the selector tells them apart."""
+    fmt = "--format=%H%x00%gD%x00%gs%x00%P"
+    r = _execute(git_dir, [f"--git-dir={git_dir}", "log", "-g", "--no-show-signature", fmt, "HEAD", *branches, "--"])
+    head: list[ReflogEntry] = []
+    others: list[str] = []
+    for line in r.stdout.splitlines() if r.returncode == 0 else []:
+        parts = line.split("\0")
+        if len(parts) != 4:
+            continue
+        if parts[1].startswith("HEAD@{"):
+            head.append(ReflogEntry(parts[0], parts[1], parts[2], tuple(parts[3].split())))
+        else:
+            others.append(parts[0])
+    return head, list(dict.fromkeys(others))
 
 
 @dataclass(frozen=True)

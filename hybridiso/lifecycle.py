@@ -184,7 +184,11 @@ def precious_patterns(project: Project, agent: Agent | None, record: AgentRecord
     manifest_patterns = project.manifest.include_for(agent) if agent is not None else project.manifest.defaults.include
     kept: list[str] = []
     if record is not None:
-        kept = [*record.include_patterns, *(_literal(rel) for rel in record.extra.get("included", []) if isinstance(rel, str))]
+        # a tampered state file must not make this fail (nor make less precious)
+        patterns = record.include_patterns if isinstance(record.include_patterns, list) else []
+        copied = record.extra.get("included", [])
+        kept = [p for p in patterns if isinstance(p, str)]
+        kept += [_literal(rel) for rel in (copied if isinstance(copied, list) else []) if isinstance(rel, str)]
     return includes.patterns_for(project.root, list(dict.fromkeys([*manifest_patterns, *kept, *PRECIOUS_DEFAULT])))
 
 
@@ -219,7 +223,15 @@ def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
     unreadable) plus its files.  ``main`` is shared by callers that inspect
     many environments (gc)."""
     strategy = strategies.get(ctx.record.strategy)
-    report = strategy.inventory(ctx, main if main is not None else main_repo(ctx.project))
+    try:
+        report = strategy.inventory(ctx, main if main is not None else main_repo(ctx.project))
+    except CommandError as e:
+        # git fails on what it reads there (a corrupt ref, a broken pack): that is no proof of no work
+        report = WorkReport(readable=False)
+        why = _last_words(e)
+        report.unreadable.append(f"{ctx.path}: git fails reading it ({why})")
+        report.force_blocker = f"git fails reading it ({why}); repair it (`git fsck`) first"
+        return report
     if not report.readable or not ctx.path.is_dir():
         return report
     try:
@@ -233,11 +245,15 @@ def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
     except CommandError as e:
         # e.g. a corrupt index, a submodule path made a symlink: its files
         # cannot be listed, so nothing can tell they are safe (FAULTS #24)
-        why = (e.result.stderr.strip().splitlines() or [f"exit {e.result.returncode}"])[-1].removeprefix("fatal: ").removeprefix("error: ")
+        why = _last_words(e)
         report.readable = False
         report.unreadable.append(f"{ctx.path}: git cannot list its files ({why})")
         report.force_blocker = report.force_blocker or f"git cannot list its files ({why}); fix that in {ctx.path} first"
     return report
+
+
+def _last_words(e: CommandError) -> str:
+    return (e.result.stderr.strip().splitlines() or [f"git exit {e.result.returncode}"])[-1].removeprefix("fatal: ").removeprefix("error: ")
 
 
 def _drop_checkout_leftovers(ctx: EnvContext, report: WorkReport) -> None:
@@ -289,7 +305,14 @@ def save_backup(ctx: EnvContext, report: WorkReport) -> str | None:
     elif ctx.path.is_dir() and report.snapshot is not None:
         plan = report.snapshot
         patterns = precious_patterns(ctx.project, ctx.agent, ctx.record)
-        snapshot = git.snapshot_directory(ctx.path, plan.git_dir, patterns, plan.parent, own_index=plan.own_index)
+        try:
+            snapshot = git.snapshot_directory(ctx.path, plan.git_dir, patterns, plan.parent, own_index=plan.own_index)
+        except CommandError:
+            if not plan.own_index:
+                raise
+            # its admin dir is broken too (a garbage HEAD): the files alone, from the repository's side
+            common = ctx.project.repo.common_dir
+            snapshot = git.snapshot_directory(ctx.path, common, patterns, ctx.record.base_commit, own_index=False)
         tips.insert(0, Tip("files", snapshot, None, "files"))
     for sub in report.submodule_repos:
         key = f"submodules/{submodule_key(sub.path)}/files"
@@ -298,9 +321,9 @@ def save_backup(ctx: EnvContext, report: WorkReport) -> str | None:
     return backups.save(ctx.project.root, ctx.project.repo.common_dir, ctx.name, tips)
 
 
-def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | None = None) -> WorkReport:
+def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | None = None, main: MainRepo | None = None) -> WorkReport:
     """What removing the environment would lose (``down`` refuses unless forced)."""
-    report = report if report is not None else inspect_work(ctx)
+    report = report if report is not None else inspect_work(ctx, main)
     # a worktree's commits live on in its branch unless we delete the branch,
     # which we only do for a branch we created
     branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
@@ -332,19 +355,26 @@ def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
 
 
 def remove(
-    ctx: EnvContext, *, force: bool, keep_branch: bool, starting: Callable[[], None] | None = None
+    ctx: EnvContext, *, force: bool, keep_branch: bool, starting: Callable[[], None] | None = None, main: MainRepo | None = None
 ) -> tuple[str | None, WorkReport]:
     """Remove one environment.  Refuses (UserError) when work would be lost,
     unless ``force``, which first saves it to a backup.  ``starting`` runs
     once the work is checked (and saved), before anything is deleted: the
-    caller records that a removal began (a retry then finishes it)."""
-    report = inspect_work(ctx)
+    caller records that a removal began (a retry then finishes it).
+    ``main``: the repository's refs as read before (valid until a removal)."""
+    report = inspect_work(ctx, main)
     losing = work_at_risk(ctx, keep_branch=keep_branch, report=report)
     backup: str | None = None
     if not losing.empty:
         if not force:
             raise refusal(ctx, losing)
-        backup = save_backup(ctx, losing)
+        try:
+            backup = save_backup(ctx, losing)
+        except CommandError as e:
+            raise UserError(
+                f"agent {ctx.name}: saving its work failed: {_last_words(e)}; nothing was removed",
+                hint=f"`hybridiso down {ctx.name}` names what is there; move it out of {ctx.path} yourself if git cannot read it",
+            ) from None
     strategy = strategies.get(ctx.record.strategy)
     if keep_branch and not strategy.SHARES_REFS and ctx.path.is_dir() and report.readable:
         _bring_branch_home(ctx)

@@ -133,13 +133,17 @@ class MainRepo:
     refs: dict[str, git.RefEntry]
     ref_tips: tuple[str, ...]  # the commit of every ref: what is safe in the main repository
     stash: tuple[git.ReflogEntry, ...]
+    admin_dirs: dict[str, Path]  # linked worktrees' admin dirs, by their .git path
 
     @classmethod
     def load(cls, root: Path, common_dir: Path) -> MainRepo:
         refs = {r.name: r for r in git.list_refs(root)}
         tips = tuple(dict.fromkeys(r.commit for r in refs.values() if r.commit))
         stash = tuple(git.reflog(common_dir, "refs/stash")) if "refs/stash" in refs else ()
-        return cls(root, common_dir, refs, tips, stash)
+        return cls(root, common_dir, refs, tips, stash, git.worktree_admin_dirs(common_dir))
+
+    def admin_dir(self, env: Path) -> Path | None:
+        return git.worktree_admin_dir(self.common_dir, env, self.admin_dirs)
 
     def branch(self, name: str) -> str | None:
         entry = self.refs.get(f"refs/heads/{name}")
@@ -234,8 +238,8 @@ def store_work(
     what it fetched (a submodule's: its commits still count via the reflog)."""
     refs = git.list_refs(repo)
     head, head_ref = git.head_of(git_dir)
-    reflog = ([head] if head else []) + [e.commit for e in git.reflog(git_dir)]
-    branch_reflogs = git.reflog_commits(git_dir, "--branches")
+    head_entries, branch_reflogs = git.head_and_branch_reflogs(git_dir, "--branches")
+    reflog = ([head] if head else []) + [e.commit for e in head_entries]
     stash = git.reflog(git_dir, "refs/stash") if any(r.name == "refs/stash" for r in refs) else []
     safe = [r for r in refs if r.name.startswith(safe_prefixes)]
     own = [r for r in refs if not r.name.startswith(safe_prefixes) and r.name != "refs/stash"]

@@ -10,7 +10,7 @@ from hybridiso.errors import UserError
 from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
 from hybridiso.state import AgentRecord, State
-from hybridiso.work import WorkReport
+from hybridiso.work import MainRepo, WorkReport
 
 HELP = "remove agents' environments (refuses when work would be lost)"
 
@@ -46,14 +46,16 @@ def run(args: argparse.Namespace) -> int:
         adopt_from_reality(project, state)
         names = check_names(project, args.agents, state) or sorted(state.agents)
         refused: list[str] = []
+        main: MainRepo | None = None  # the repository's refs, read once until a removal changes them
         for name in names:
             if name not in state.agents:
                 output.message(f" - {name}: no environment")
                 continue
             ctx = context(project, state, name)
+            main = main or lifecycle.main_repo(project)
             if args.dry_run:
                 # the same decision the real run makes, without acting on it
-                losing = lifecycle.work_at_risk(ctx, keep_branch=args.keep_branch)
+                losing = lifecycle.work_at_risk(ctx, keep_branch=args.keep_branch, main=main)
                 _notes(name, losing)
                 if losing.empty or (args.force and not losing.force_blocker):
                     saved = f", after saving {losing.describe()} to a backup" if not losing.empty else ""
@@ -67,12 +69,15 @@ def run(args: argparse.Namespace) -> int:
                 continue
             try:
                 backup, report = lifecycle.remove(
-                    ctx, force=args.force, keep_branch=args.keep_branch, starting=functools.partial(_removing, project, state, ctx.record)
+                    ctx, force=args.force, keep_branch=args.keep_branch, starting=functools.partial(_removing, project, state, ctx.record), main=main
                 )
             except UserError as e:
                 refused.append(str(e))
                 results.append({"agent": name, "action": "refused", "reason": e.message})
                 continue
+            finally:
+                if ctx.record.extra.get("removing"):
+                    main = None  # refs changed (a backup, a deleted branch): read them again
             del state.agents[name]
             project.store.save(state)
             _notes(name, report)

@@ -9,7 +9,18 @@ from pathlib import Path
 from hybridiso import cleanup, git
 from hybridiso.process import CommandError
 from hybridiso.strategies.base import EnvContext, Observation
-from hybridiso.work import MainRepo, SnapshotPlan, Tip, WorkReport, add_submodule_work, describe_commits, left_on_no_branch, newest_tips, ref_label
+from hybridiso.work import (
+    MainRepo,
+    SnapshotPlan,
+    Tip,
+    WorkReport,
+    add_submodule_work,
+    closure,
+    describe_commits,
+    left_on_no_branch,
+    newest_tips,
+    ref_label,
+)
 
 NAME = "worktree"
 SHARES_REFS = True
@@ -69,7 +80,7 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
     not lost, but said (``kept``)."""
     report = WorkReport()
     record, path = ctx.record, ctx.path
-    admin = git.worktree_admin_dir(main.common_dir, path)
+    admin = main.admin_dir(path)
     head, head_ref = git.head_of(admin) if admin is not None else (None, None)
     branch_tip = main.branch(record.branch)
     if path.is_dir():
@@ -77,17 +88,16 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
         if problem:
             report.readable = False
             report.unreadable.append(f"{path}: {problem}")
+            report.repair = f"`git -C '{ctx.project.root}' worktree repair '{path}'` writes its .git link again"
+            report.snapshot = SnapshotPlan(admin or main.common_dir, admin is not None, head or branch_tip or record.base_commit)
             if (path / ".git").is_dir() and not (path / ".git").is_symlink():
                 # e.g. `git init` in the env: a repository of its own, whose
                 # commits nothing here can read as the worktree's
                 report.force_blocker = f"its .git is a directory, a repository of its own that may hold commits; move {path / '.git'} out of the workspace first"
-            report.repair = f"`git -C '{ctx.project.root}' worktree repair '{path}'` writes its .git link again"
-            report.snapshot = SnapshotPlan(admin or main.common_dir, admin is not None, head or branch_tip or record.base_commit)
-    mine = _branch_commits(ctx, main, branch_tip, report)
-    if admin is not None:
-        mine |= _head_work(ctx, main, admin, head, head_ref, report)
-    report.kept += [f"tag {t} stays in the repository" for t in main.tags_at(mine)]
-    report.kept += _stash_made_here(ctx, main, admin, head_ref)
+    entries = _commits(ctx, main, admin, branch_tip, head, head_ref, report)
+    made_here = {e.commit for e in entries if e.subject.startswith("commit")}  # "commit:", "commit (amend):" ...
+    report.kept += [f"tag {t} stays in the repository" for t in main.tags_at(made_here)]
+    report.kept += _stash_made_here(ctx, main, {e.commit for e in entries}, head_ref)
     if report.readable and path.is_dir():
         add_submodule_work(report, path)
     return report
@@ -95,7 +105,10 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
 
 def _link_problem(path: Path, admin: Path | None) -> str | None:
     """Why git cannot read the worktree through its own ``.git`` file (a
-    missing, replaced or garbage link: FAULTS #24), or None."""
+    missing, replaced or garbage link: FAULTS #24), or None.  Read as git
+    reads it, without running git: a ``gitdir:`` line naming this
+    worktree's admin dir, whose own ``gitdir`` names this ``.git`` (a
+    git that still fails on it fails ``git status`` next)."""
     dotgit = path / ".git"
     try:
         st = os.lstat(dotgit)
@@ -105,49 +118,52 @@ def _link_problem(path: Path, admin: Path | None) -> str | None:
         return f"its .git file cannot be read ({e.strerror})"
     if not stat.S_ISREG(st.st_mode):
         return "its .git is not the file git wrote (a directory, a symlink or a special file), so git cannot read it as this worktree"
-    loc = git.locate(path)
-    if loc.toplevel is None or loc.git_dir is None:
-        return f"git cannot read it: {loc.why}"
-    if os.path.realpath(loc.toplevel) != os.path.realpath(path):
-        return f"git reads it as part of {loc.toplevel}"
-    if admin is None or os.path.realpath(loc.git_dir) != os.path.realpath(admin):
-        return f"its .git file points at {loc.git_dir}, not at this worktree's own metadata"
+    try:
+        text = dotgit.read_text(encoding="utf-8", errors="replace") if st.st_size < 4096 else ""
+    except OSError as e:
+        return f"its .git file cannot be read ({e.strerror})"
+    if not text.startswith("gitdir: "):
+        return f"git cannot read it: invalid gitfile format: {dotgit}"
+    target = Path(text.removeprefix("gitdir: ").strip())
+    target = target if target.is_absolute() else path / target
+    if admin is None or os.path.realpath(target) != os.path.realpath(admin):
+        return f"its .git file points at {target}, not at this worktree's own metadata"
     return None
 
 
-def _branch_commits(ctx: EnvContext, main: MainRepo, tip: str | None, report: WorkReport) -> set[str]:
-    base = git.resolve_commit(ctx.project.root, ctx.record.base) or ctx.record.base_commit
-    if tip is None or base is None:
-        return set()
-    graph = git.commits_not_in(ctx.project.root, [tip], [base])
-    report.commits = describe_commits(graph, set(graph))
-    if graph:
-        report.tips.append(Tip(f"refs/heads/{ctx.record.branch}", tip, None, "commits"))
-    return set(graph)
-
-
-def _head_work(ctx: EnvContext, main: MainRepo, admin: Path, head: str | None, head_ref: str | None, report: WorkReport) -> set[str]:
-    """Commits only the HEAD reflog reaches, and a HEAD on another branch."""
+def _commits(
+    ctx: EnvContext, main: MainRepo, admin: Path | None, branch_tip: str | None, head: str | None, head_ref: str | None, report: WorkReport
+) -> list[git.ReflogEntry]:
+    """The agent branch's commits no other ref holds, the commits only the
+    HEAD reflog reaches, and a HEAD on another branch: ONE ``rev-list``.
+    Returns the HEAD reflog (for the notes)."""
     branch_ref = f"refs/heads/{ctx.record.branch}"
     if head_ref is not None and head_ref != branch_ref:
         report.head.append(f"HEAD is on {ref_label(head_ref)}, not on branch {ctx.record.branch}")
         other = main.refs.get(head_ref)
         if other is not None:
             report.tips.append(Tip(head_ref, other.oid, None, "head"))
-    entries = git.reflog(admin)
+    entries: list[git.ReflogEntry] = []
+    branch_reflogs: list[str] = []
+    if admin is not None:
+        branches = sorted(b for b in {branch_ref, head_ref or ""} if b in main.refs)
+        entries, branch_reflogs = git.head_and_branch_reflogs(admin, *branches)
     head_reflog = ([head] if head else []) + [e.commit for e in entries]
-    branches = {branch_ref} | ({head_ref} if head_ref and head_ref.startswith("refs/heads/") else set())
-    branch_reflogs = git.reflog_commits(main.common_dir, *sorted(b for b in branches if b in main.refs))
-    graph = git.commits_not_in(ctx.project.root, head_reflog + branch_reflogs, main.ref_tips)
-    lost = left_on_no_branch(graph, head_reflog, branch_reflogs, set())
+    # every ref but the agent branch (removal may delete it) is safe
+    safe = [r.commit for r in main.refs.values() if r.commit and r.name != branch_ref]
+    graph = git.commits_not_in(ctx.project.root, [*([branch_tip] if branch_tip else []), *head_reflog, *branch_reflogs], safe)
+    on_branch = closure(graph, branch_tip)
+    report.commits = describe_commits(graph, on_branch)
+    if on_branch and branch_tip:
+        report.tips.append(Tip(branch_ref, branch_tip, None, "commits"))
+    lost = left_on_no_branch(graph, head_reflog, branch_reflogs, on_branch)
     report.detached = describe_commits(graph, lost)
     for i, tip in enumerate(newest_tips(graph, lost)):
         report.tips.append(Tip(f"detached/{i}", tip, None, "detached"))
-    # commits made here ("commit: ...", "commit (amend): ...") for the tag note
-    return {e.commit for e in entries if e.subject.startswith("commit")}
+    return entries
 
 
-def _stash_made_here(ctx: EnvContext, main: MainRepo, admin: Path | None, head_ref: str | None) -> list[str]:
+def _stash_made_here(ctx: EnvContext, main: MainRepo, visited: set[str], head_ref: str | None) -> list[str]:
     """The repository's stash is shared by all its worktrees: ``down`` never
     touches it, so entries made here stay.  They are told by the branch
     their message names or, made on a detached HEAD, by their first parent
@@ -157,7 +173,6 @@ def _stash_made_here(ctx: EnvContext, main: MainRepo, admin: Path | None, head_r
     branches = {ctx.record.branch}
     if head_ref and head_ref.startswith("refs/heads/"):
         branches.add(head_ref.removeprefix("refs/heads/"))
-    visited = {e.commit for e in git.reflog(admin)} if admin is not None else set()
     mine = []
     for entry in main.stash:
         on = entry.subject.removeprefix("WIP on ").removeprefix("On ").split(":", 1)[0]
