@@ -71,9 +71,11 @@ def forced_backup(tmp_path: Path) -> tuple[Path, str]:
     commit_file(e, "side.txt", "side\n")
     git(e, "tag", "-a", "-m", "msg", "v1")
     (e / "loose.txt").write_text("untracked\n")
-    out = hybridiso(repo, "down", "--force").stderr
-    m = re.search(r"hybridiso restore a (\S+)", out)
-    assert m, out
+    forced = hybridiso(repo, "down", "--force", "--json")
+    m = re.search(r"hybridiso restore a (\S+)", forced.stderr)
+    assert m, forced.stderr
+    [row] = json.loads(forced.stdout)
+    assert row["backup_ref"] == f"{backups.PREFIX}/a/{m.group(1)}" and row["restore"] == f"hybridiso restore a {m.group(1)}"
     return repo, m.group(1)
 
 

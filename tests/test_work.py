@@ -542,3 +542,21 @@ def test_amended_and_synced_commits_do_not_hold_a_merged_agent_back(tmp_path: Pa
     assert finding["action"] == "remove" and finding["result"] == "removed", finding
     assert not e.exists()
     bystander_intact(repo)
+
+
+def test_exec_refuses_an_environment_a_running_up_is_creating(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"README.md": "hello\n"})
+    marker = tmp_path / "in-setup"
+    write_manifest(repo, f"agents:\n  - name: a\n    setup: ['touch {marker}; sleep 30']\n")
+    proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not marker.exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        r = hybridiso(repo, "exec", "a", "--", "touch", "from-exec", ok=False)
+        assert r.returncode == 1 and "a running `hybridiso up` is creating it" in r.stderr and "wait for that `up` to finish" in r.stderr
+        assert not (env(repo, "a") / "from-exec").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
