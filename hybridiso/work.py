@@ -125,6 +125,11 @@ class WorkReport:
 
 # --- the main repository, read once per command ------------------------------------
 
+# hybridiso's own refs (backups, objects on their way in) never make work
+# "safe": every backup holds all of its environment's work by itself, so
+# deleting an older one never takes a newer environment's commits with it
+OWN_REFS = "refs/hybridiso/"
+
 
 @dataclass(frozen=True)
 class MainRepo:
@@ -138,12 +143,16 @@ class MainRepo:
     @classmethod
     def load(cls, root: Path, common_dir: Path) -> MainRepo:
         refs = {r.name: r for r in git.list_refs(root)}
-        tips = tuple(dict.fromkeys(r.commit for r in refs.values() if r.commit))
+        tips = tuple(dict.fromkeys(r.commit for r in refs.values() if r.commit and not r.name.startswith(OWN_REFS)))
         stash = tuple(git.reflog(common_dir, "refs/stash")) if "refs/stash" in refs else ()
         return cls(root, common_dir, refs, tips, stash, git.worktree_admin_dirs(common_dir))
 
     def admin_dir(self, env: Path) -> Path | None:
         return git.worktree_admin_dir(self.common_dir, env, self.admin_dirs)
+
+    def safe_tips(self, *but: str) -> list[str]:
+        """``ref_tips`` without the refs named in ``but`` (one removal deletes)."""
+        return [r.commit for r in self.refs.values() if r.commit and r.name not in but and not r.name.startswith(OWN_REFS)]
 
     def branch(self, name: str) -> str | None:
         entry = self.refs.get(f"refs/heads/{name}")

@@ -560,3 +560,27 @@ def test_exec_refuses_an_environment_a_running_up_is_creating(tmp_path: Path) ->
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def test_every_backup_holds_all_of_its_work_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two agents that made the very same commits (same content, author and
+    second: the same ids): the second backup does not lean on the first, so
+    deleting the first loses nothing of the second."""
+    repo = make_repo(tmp_path / "r", {"README.md": "x\n"})
+    write_manifest(repo, "agents:\n  - {name: a}\n  - {name: b}\n")
+    hybridiso(repo, "up")
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+    made = {}
+    for n in ("a", "b"):
+        e = env(repo, n)
+        git(e, "checkout", "-q", "--detach")
+        made[n] = commit_file(e, "d.txt", "identical\n", "identical detached work")
+        git(e, "checkout", "-q", f"hybridiso/{n}")
+    assert made["a"] == made["b"]
+    out = hybridiso(repo, "down", "--force").stderr
+    ids = dict(re.findall(r"hybridiso restore (\S+) (\S+)", out))
+    assert git(repo, "rev-parse", f"refs/hybridiso/backup/b/{ids['b']}/detached/0") == made["b"]
+    git(repo, "update-ref", "-d", f"refs/hybridiso/backup/a/{ids['a']}/detached/0")
+    hybridiso(repo, "restore", "b", ids["b"])
+    assert git(repo, "rev-parse", f"restored/b/{ids['b']}/detached/0") == made["b"]

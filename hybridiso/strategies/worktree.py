@@ -150,7 +150,7 @@ def _commits(
         entries, branch_reflogs = git.head_and_branch_reflogs(admin, *branches)
     head_reflog = ([head] if head else []) + [e.commit for e in entries]
     # every ref but the agent branch (removal may delete it) is safe
-    safe = [r.commit for r in main.refs.values() if r.commit and r.name != branch_ref]
+    safe = main.safe_tips(branch_ref)
     graph = git.commits_not_in(ctx.project.root, [*([branch_tip] if branch_tip else []), *head_reflog, *branch_reflogs], safe)
     on_branch = closure(graph, branch_tip)
     report.commits = describe_commits(graph, on_branch)
