@@ -584,3 +584,22 @@ def test_every_backup_holds_all_of_its_work_by_itself(tmp_path: Path, monkeypatc
     git(repo, "update-ref", "-d", f"refs/hybridiso/backup/a/{ids['a']}/detached/0")
     hybridiso(repo, "restore", "b", ids["b"])
     assert git(repo, "rev-parse", f"restored/b/{ids['b']}/detached/0") == made["b"]
+
+
+def test_gc_looks_again_right_before_it_deletes(tmp_path: Path) -> None:
+    """gc holds the lock, which keeps hybridiso out, not the agent: work
+    written between gc's judgement and its removal keeps the environment."""
+    from hybridiso import gc_finders
+    from hybridiso.errors import UserError
+    from hybridiso.project import load_project
+
+    repo = project(tmp_path, "worktree")
+    merge_agent_branch(repo, "worktree")
+    proj = load_project(repo, None)
+    findings = {f.target: f for f in gc_finders.agent_findings(proj, proj.store.load(), False)}
+    assert findings["a"].remove and findings["a"].apply is not None
+    (env(repo, "a") / "late.txt").write_text("written while gc ran\n")
+    with pytest.raises(UserError, match=r"work appeared in it since gc judged it \(1 untracked: late.txt\)"):
+        findings["a"].apply()
+    assert (env(repo, "a") / "late.txt").read_text() == "written while gc ran\n"
+    assert "a" in state(repo)["agents"]
