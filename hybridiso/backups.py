@@ -37,9 +37,12 @@ def new_id() -> str:
 
 
 def save(root: Path, common_dir: Path, agent: str, tips: list[Tip]) -> str:
-    """Write ``tips`` as one new backup of ``agent``; return its namespace."""
+    """Write ``tips`` as one new backup of ``agent``; return its namespace.
+    The caller holds the repository lock, so temporary refs already there
+    are a killed run's (its environment was never removed): they go too."""
     pieces = {t.key: t for t in reversed(tips)}  # one piece per name, the first one given wins
-    incoming = _bring_objects_in(common_dir, list(pieces.values()))
+    stale = {r.name: r.oid for r in git.list_refs(root, INCOMING + "/")}
+    incoming = {**stale, **_bring_objects_in(common_dir, list(pieces.values()))}
     oids = {key: t.oid for key, t in pieces.items()}
     problem = ""
     for _ in range(ATTEMPTS):

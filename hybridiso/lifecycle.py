@@ -7,6 +7,7 @@ removal (FAULTS #5: nothing the user made is lost).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import time
@@ -232,6 +233,10 @@ def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
         report.unreadable.append(f"{ctx.path}: git fails reading it ({why})")
         report.force_blocker = f"git fails reading it ({why}); repair it (`git fsck`) first"
         return report
+    if not report.readable and ctx.record.phase != PHASE_READY and _only_checkout_leftovers(ctx):
+        # a creation killed before its repository was whole (a clone half
+        # made): nothing in it but what that run was checking out
+        return dataclasses.replace(report.without("unreadable"), force_blocker="", snapshot=None)
     if not report.readable or not ctx.path.is_dir():
         return report
     try:
@@ -250,6 +255,31 @@ def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
         report.unreadable.append(f"{ctx.path}: git cannot list its files ({why})")
         report.force_blocker = report.force_blocker or f"git cannot list its files ({why}); fix that in {ctx.path} first"
     return report
+
+
+def _only_checkout_leftovers(ctx: EnvContext) -> bool:
+    """True when every file of an unfinished environment (its .git aside)
+    is one the commit it was being made from has, with that content."""
+    root = ctx.project.root
+    found: list[str] = []
+    for top, dirs, files in os.walk(ctx.path):
+        if top == os.fspath(ctx.path):
+            dirs[:] = [d for d in dirs if d != ".git"]
+            files = [f for f in files if f not in (".git", envfile.ENV_FILE)]
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(top, d)))]:
+            path = os.path.join(top, name)
+            if not _regular(Path(path)):
+                return False  # a symlink, a FIFO: not something a checkout of ours leaves half-made
+            found.append(path)
+    if not found:
+        return True
+    trees = [git.tree_blobs(root, c) for c in {ctx.record.base_commit, git.branch_commit(root, ctx.record.branch)} if c]
+    blobs = git.blob_ids(root, found)
+    for path in found:
+        rel = os.path.relpath(path, ctx.path)
+        if not any(tree.get(rel) == blobs.get(path) for tree in trees):
+            return False
+    return True
 
 
 def _last_words(e: CommandError) -> str:

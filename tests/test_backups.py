@@ -137,3 +137,11 @@ def test_a_backup_from_before_namespaces_is_listed_and_restored(tmp_path: Path) 
     assert [(b["backup"], [p["key"] for p in b["pieces"]]) for b in listing] == [("20250101-120000", ["files"])]
     hybridiso(repo, "restore", "old", "20250101-120000")
     assert git(repo, "rev-parse", "restored/old/20250101-120000/files") == commit
+
+
+def test_temporary_refs_a_killed_run_left_go_with_the_next_backup(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    left = commit_file(repo, "l.txt", "l\n")
+    git(repo, "update-ref", f"{backups.INCOMING}/123-dead/0/0", left)  # a down killed between its push and its transaction
+    namespace = backups.save(repo, repo / ".git", "a", [Tip("files", left, None, "files")])
+    assert git(repo, "for-each-ref", backups.INCOMING) == "" and git(repo, "rev-parse", f"{namespace}/files") == left

@@ -603,3 +603,42 @@ def test_gc_looks_again_right_before_it_deletes(tmp_path: Path) -> None:
         findings["a"].apply()
     assert (env(repo, "a") / "late.txt").read_text() == "written while gc ran\n"
     assert "a" in state(repo)["agents"]
+
+
+def _kill_during_clone(repo: Path) -> bool:
+    """``kill -9`` of the whole ``up`` while ``git clone`` makes the clone's
+    .git: True once a half-made one that git cannot read is left."""
+    dotgit = env(repo, "c") / ".git"
+    for _ in range(10):
+        proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "up"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while not dotgit.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.001)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        readable = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=dotgit.parent, capture_output=True, env={**os.environ, "GIT_CEILING_DIRECTORIES": str(dotgit.parent.parent)})
+        if dotgit.is_dir() and readable.returncode != 0 and state(repo)["agents"]["c"]["phase"] == "creating":
+            return True
+        hybridiso(repo, "down", "--force", ok=None)
+    return False
+
+
+@pytest.mark.parametrize("written_after", [False, True])
+def test_a_clone_killed_before_its_git_dir_was_whole(tmp_path: Path, written_after: bool) -> None:
+    """Its .git cannot be read yet: with nothing else in it, the next up
+    rolls it back and makes it; with a file written into it since, the
+    next up keeps it (git cannot tell what that file is)."""
+    from tests.support.gitrepo import many_files_repo
+
+    repo = many_files_repo(tmp_path / "r", 4000)
+    write_manifest(repo, "agents:\n  - {name: c, isolation: clone}\n")
+    if not _kill_during_clone(repo):
+        pytest.skip("the clone always finished (or never started) before the kill landed")
+    if written_after:
+        (env(repo, "c") / "mine.txt").write_text("written into the half-made clone\n")
+        r = hybridiso(repo, "up", ok=False)
+        assert "holds work" in r.stderr and "git cannot read its .git directory" in r.stderr
+        assert (env(repo, "c") / "mine.txt").exists()
+    else:
+        assert "Created" in hybridiso(repo, "up").stderr
+        assert status_json(repo)["c"]["state"] == "ready"
