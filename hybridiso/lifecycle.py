@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hybridiso import backups, envfile, git, includes, service_branches, setup_runner, strategies
+from hybridiso import backups, envfile, git, includes, output, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.process import CommandError
 from hybridiso.manifest import Agent
@@ -413,9 +413,19 @@ def remove(
     strategy.remove(ctx)
     service_branches.release(ctx)
     if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:
-        if git.branch_exists(ctx.project.root, ctx.record.branch):
-            git.delete_branch(ctx.project.root, ctx.record.branch)
+        _delete_branch_as_judged(ctx, report)
     return backup, report
+
+
+def _delete_branch_as_judged(ctx: EnvContext, report: WorkReport) -> None:
+    """Delete the agent branch only at the commit the work check saw: one
+    the agent moved since (a commit from another shell) stays, and is said."""
+    ref = f"refs/heads/{ctx.record.branch}"
+    tip = git.branch_commit(ctx.project.root, ctx.record.branch)
+    if tip is None:
+        return
+    if report.branch_tip is None or tip != report.branch_tip or not git.delete_ref_if(ctx.project.root, ref, tip):
+        output.warn(f"{ctx.name}: branch {ctx.record.branch} moved while it was being removed (now {tip[:7]}); it is kept")
 
 
 def _bring_branch_home(ctx: EnvContext) -> None:

@@ -92,6 +92,7 @@ class WorkReport:
     kept: list[str] = field(default_factory=list)
     tips: list[Tip] = field(default_factory=list)
     submodule_repos: list[SubmoduleWork] = field(default_factory=list)
+    branch_tip: str | None = None  # the agent branch's commit when judged (deleted only at it)
     readable: bool = True  # git reads the environment through its own link
     snapshot: SnapshotPlan | None = None  # when not readable: how its files are saved
     force_blocker: str = ""  # why even --force cannot save it (then it refuses)

@@ -642,3 +642,25 @@ def test_a_clone_killed_before_its_git_dir_was_whole(tmp_path: Path, written_aft
     else:
         assert "Created" in hybridiso(repo, "up").stderr
         assert status_json(repo)["c"]["state"] == "ready"
+
+
+def test_a_branch_that_moves_while_down_removes_its_env_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """down deletes the agent branch only at the commit its work check saw:
+    a commit made in the window between the check and the deletion stays."""
+    from hybridiso import lifecycle
+    from hybridiso.commands.common import context
+    from hybridiso.project import load_project
+
+    repo = project(tmp_path, "worktree")
+    merge_agent_branch(repo, "worktree")
+    proj = load_project(repo, None)
+    ctx = context(proj, proj.store.load(), "a")
+    late: list[str] = []
+
+    def commit_from_another_shell() -> None:
+        late.append(commit_file(env(repo, "a"), "late.txt", "late\n", "made while down ran"))
+
+    lifecycle.remove(ctx, force=False, keep_branch=False, starting=commit_from_another_shell)
+    assert not env(repo, "a").exists()
+    assert git(repo, "rev-parse", "refs/heads/hybridiso/a") == late[0]
+    assert "branch hybridiso/a moved while it was being removed" in capsys.readouterr().err

@@ -82,7 +82,7 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
     record, path = ctx.record, ctx.path
     admin = main.admin_dir(path)
     head, head_ref = git.head_of(admin) if admin is not None else (None, None)
-    branch_tip = main.branch(record.branch)
+    branch_tip = report.branch_tip = main.branch(record.branch)
     if path.is_dir():
         problem = _link_problem(path, admin)
         if problem:
