@@ -822,7 +822,7 @@ def blob_ids(cwd: Path, paths: Sequence[str]) -> dict[str, str]:
         return {}
     r = _execute(cwd, ["hash-object", "--no-filters", "--stdin-paths"], input="\n".join(paths) + "\n")
     ids = r.stdout.split()
-    return dict(zip(paths, ids)) if r.returncode == 0 and len(ids) == len(paths) else {}
+    return dict(zip(paths, ids, strict=True)) if r.returncode == 0 and len(ids) == len(paths) else {}
 
 
 def tree_blobs(cwd: Path, rev: str) -> dict[str, str]:

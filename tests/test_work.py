@@ -495,7 +495,7 @@ def test_two_forced_removals_within_a_second_make_two_backups(tmp_path: Path) ->
             hybridiso(repo, "up")
         first, second = saved
         assert first and second and first.group(3) != second.group(3)
-        for m, text in zip(saved, ("first\n", "second\n")):
+        for m, text in zip(saved, ("first\n", "second\n"), strict=True):
             assert git(repo, "show", f"refs/hybridiso/backup/a/{m.group(3)}/files:README.md") + "\n" == text
         hybridiso(repo, "down", "a")
 
