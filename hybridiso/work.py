@@ -297,7 +297,8 @@ def _main_lacks(main: MainRepo, ref: git.RefEntry) -> bool:
 
 def _drop_reachable_in_main(graph: dict[str, git.CommitInfo], main: MainRepo) -> dict[str, git.CommitInfo]:
     """Commits the main repository already holds on a ref are not lost with
-    the clone (pushed back, fetched by the user, or saved by a backup)."""
+    the clone (pushed back with --keep-branch, fetched by the user); a
+    backup's refs do not count (``OWN_REFS``)."""
     have = git.existing_commits(main.root, list(graph))
     if not have:
         return graph
