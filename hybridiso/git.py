@@ -700,7 +700,10 @@ def worktree_admin_dirs(common_dir: Path) -> dict[str, Path]:
         except OSError:
             continue
         if target:
-            found.setdefault(_own_dotgit(Path(target).parent), Path(entry.path))
+            named = Path(target)
+            if not named.is_absolute():  # worktree.useRelativePaths (git >= 2.48): relative to the entry
+                named = Path(entry.path) / named
+            found.setdefault(_own_dotgit(Path(os.path.normpath(named)).parent), Path(entry.path))
     return found
 
 
