@@ -24,9 +24,11 @@ from hybridiso.commands.common import context
 from hybridiso.envfile import ENV_FILE, marked_for
 from hybridiso.gc_rules import ORPHAN, ZOMBIE, AgentFacts, Decision, Finding, decide
 from hybridiso.project import Project
-from hybridiso.state import State
+from hybridiso.errors import UserError
+from hybridiso.state import AgentRecord, State
 from hybridiso.strategies.base import EnvContext
 from hybridiso.strategies.clone import BASE_REMOTE
+from hybridiso.work import MainRepo, WorkReport
 
 
 def base_refs(project: Project) -> list[tuple[str, str]]:
@@ -44,19 +46,19 @@ def base_refs(project: Project) -> list[tuple[str, str]]:
     return refs
 
 
-def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]]) -> AgentFacts:
+def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]], main: MainRepo | None = None) -> AgentFacts:
     record, project = ctx.record, ctx.project
     strategy = strategies.get(record.strategy)
     obs = strategy.observe(ctx)
-    work = lifecycle.inspect_work(ctx) if obs.registered else lifecycle.WorkReport()
-    # changed database data is work too, whatever git says (FAULTS #26)
-    dbs = work.databases if obs.registered else service_branches.changed(ctx)
-    dirty = lifecycle.WorkReport(work.modified, work.untracked, work.precious, databases=dbs).describe()
+    # the same inventory as down's: the merge verdict below judges the
+    # agent's branch, and a "merged" branch never removes other work
+    # (stash, other refs, a detached HEAD, submodules, an unreadable env)
+    work = other_work(lifecycle.inspect_work(ctx, main), record)
     if strategy.SHARES_REFS:
         cwd, tip = project.root, git.branch_commit(project.root, record.branch)
     else:
         cwd = ctx.path
-        tip = git.branch_commit(cwd, record.branch) if obs.registered else None
+        tip = git.branch_commit(cwd, record.branch) if obs.registered and work.readable else None
         if tip is not None:
             _bring_base_into_clone(ctx, bases)
     verdict = merged.verdict(cwd, tip, bases, record.base_commit, record.branch) if tip else None
@@ -66,7 +68,7 @@ def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]]) -> AgentFacts:
         phase=record.phase,
         exists=obs.exists,
         registered=obs.registered,
-        work=dirty,
+        work=work.describe(),
         verdict=verdict,
         upstream_gone=(up.ref or up.merge).removeprefix("refs/remotes/") if up and up.gone else "",
         owns_branch=strategy.SHARES_REFS and record.created_branch,
@@ -74,6 +76,14 @@ def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]]) -> AgentFacts:
         removing=bool(record.extra.get("removing")),
         tip=tip,
     )
+
+
+def other_work(report: WorkReport, record: AgentRecord) -> WorkReport:
+    """What gc must never remove, whatever the verdict on the branch: all
+    of the inventory but the branch's own commits (the verdict's job).  What
+    an earlier removal left half-deleted was judged before it began."""
+    report = report.without("commits")
+    return report.without("unreadable") if record.extra.get("removing") else report
 
 
 def _bring_base_into_clone(ctx: EnvContext, bases: list[tuple[str, str]]) -> None:
@@ -89,8 +99,9 @@ def agent_findings(project: Project, state: State, dry_run: bool) -> list[Findin
     bases = base_refs(project)
     names = sorted(state.agents)
     contexts = [context(project, state, n) for n in names]
+    main = lifecycle.main_repo(project)  # one for-each-ref for every agent
     with ThreadPoolExecutor(max_workers=8) as pool:
-        facts = list(pool.map(lambda c: agent_facts(c, bases), contexts))
+        facts = list(pool.map(lambda c: agent_facts(c, bases, main), contexts))
     findings = []
     for ctx, f in zip(contexts, facts):
         d = decide(f)
@@ -121,6 +132,12 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
     def apply() -> list[str]:
         project, record = ctx.project, ctx.record
         strategy = strategies.get(record.strategy)
+        if not record.extra.get("removing"):
+            # the agent may have gone on working since it was judged: look
+            # again, right before deleting (the lock keeps hybridiso out, not it)
+            now = other_work(lifecycle.inspect_work(ctx), record)
+            if not now.empty:
+                raise UserError(f"work appeared in it since gc judged it ({now.describe()}); kept it", hint="run `hybridiso gc` again")
         record.extra["removing"] = True  # a failure half-way is retried by the next gc
         project.store.save(state)
         cleanup.make_deletable(ctx.path)

@@ -2,7 +2,8 @@
 
 ``decide`` is pure (facts in, decision out) so the rules are tested as a table
 (tests/test_gc.py).  The order matters and says what gc values most: work the
-user has not committed or merged is never removed (FAULTS #5, #6); only then
+user has not committed or merged is never removed (FAULTS #5, #6), nor
+anything else only the environment holds (FAULTS #23, #24); only then
 do "gone", "interrupted", "merged" and "deleted upstream" make an environment
 removable.
 
@@ -39,7 +40,10 @@ class AgentFacts:
     phase: str  # creating | ready
     exists: bool  # the directory is there
     registered: bool  # git knows it (a listed worktree, a clone's .git)
-    work: str  # uncommitted / untracked / precious files, described ('' = none)
+    # everything but the branch's own commits that removal would lose
+    # (files, other refs, stash, detached commits, submodules, an env git
+    # cannot read: lifecycle.inspect_work), described ('' = none)
+    work: str
     verdict: Verdict | None  # None when the branch cannot be found
     upstream_gone: str = ""  # the upstream ref that was deleted, if any
     owns_branch: bool = False  # hybridiso created the branch in the main repository
@@ -63,7 +67,7 @@ def decide(f: AgentFacts) -> Decision:
     branch_ok = f.owns_branch and (merged or (f.verdict is not None and own == 0))
     keep_branch_note = "" if branch_ok or not f.owns_branch else f"; branch {f.branch} kept ({_describe(f.verdict)})"
     if f.work:
-        return Decision(False, KEPT, f"uncommitted work: {f.work}")
+        return Decision(False, KEPT, f"work gc would lose: {f.work}")
     if not f.exists:
         return Decision(True, ZOMBIE, "directory was deleted; git metadata, record and port leases go" + keep_branch_note, branch_ok)
     if f.removing and not f.registered:

@@ -16,9 +16,10 @@ import contextlib
 import os
 import re
 import shutil
+import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -458,6 +459,9 @@ def unique_commits(cwd: Path, base: str, head: str) -> list[str]:
     return [line for line in out(cwd, "log", "--format=%h %s", f"{base}..{head}").splitlines() if line]
 
 
+SNAPSHOT_MESSAGE = "hybridiso: work saved before forced removal"
+
+
 def snapshot_worktree(path: Path, extra_ignored: Sequence[str] = ()) -> str:
     """A commit of everything in the worktree, untracked files included, with HEAD
     as parent; the working tree, index and HEAD stay untouched.  Used to save
@@ -465,25 +469,83 @@ def snapshot_worktree(path: Path, extra_ignored: Sequence[str] = ()) -> str:
     index = Path(out(path, "rev-parse", "--git-path", "index"))
     if not index.is_absolute():
         index = path / index
-    tmp_index = index.with_name(f"hybridiso-backup-index-{os.getpid()}")
+    tree = _write_tree(path, [], index, extra_ignored)
+    head = resolve_commit(path, "HEAD")
+    return commit_tree(path, tree, [head] if head else [], SNAPSHOT_MESSAGE)
+
+
+def snapshot_directory(work_tree: Path, git_dir: Path, patterns: Sequence[str], parent: str | None, *, own_index: bool) -> str:
+    """A commit (in ``git_dir``'s object store) of every file under
+    ``work_tree`` that its ignore rules keep, plus the ignored ones matching
+    ``patterns`` (gitignore syntax): the files of an environment whose own
+    git link is broken (FAULTS #24), read with a git dir we trust.  With a
+    worktree's own admin dir (``own_index``), its index and HEAD make it an
+    exact snapshot; with the repository's git dir, it starts from nothing."""
+    prefix = [f"--git-dir={git_dir}", f"--work-tree={work_tree}"]
+    index = git_dir / ("index" if own_index else f"hybridiso-no-index-{secrets.token_hex(4)}")
+    precious: list[str] = []
+    if patterns:
+        with _pattern_file(git_dir, patterns) as pattern_file:
+            r = _execute(work_tree, [*prefix, "ls-files", "-z", "--others", "--ignored", f"--exclude-from={pattern_file}"])
+        if r.returncode != 0:
+            raise CommandError(r, os.fspath(work_tree))
+        precious = [p for p in r.stdout.split("\0") if p]
+    tree = _write_tree(work_tree, prefix, index, precious)
+    return commit_tree(work_tree, tree, [parent] if parent else [], SNAPSHOT_MESSAGE, prefix=prefix)
+
+
+@contextlib.contextmanager
+def _pattern_file(directory: Path, patterns: Sequence[str]) -> Iterator[Path]:
+    path = directory / f"hybridiso-patterns-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(patterns) + "\n")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _write_tree(cwd: Path, prefix: list[str], index: Path, extra_ignored: Sequence[str]) -> str:
+    """``git write-tree`` of ``index`` plus every change, through a temporary
+    copy of the index (the real one is never touched)."""
+    # unique per call: two threads (or processes) snapshotting at once never share one
+    tmp_index = index.with_name(f"hybridiso-backup-index-{os.getpid()}-{secrets.token_hex(4)}")
     env = {"GIT_INDEX_FILE": str(tmp_index)}
     try:
-        if index.exists():
+        if index.is_file() and not index.is_symlink():
             tmp_index.write_bytes(index.read_bytes())
         steps = [["add", "-A", "--", "."]]
         if extra_ignored:
             steps.append(["add", "-f", "--", *extra_ignored])
         steps.append(["write-tree"])
         for step in steps:
-            r = _execute(path, step, env=env)
+            r = _execute(cwd, [*prefix, *step], env=env)
             if r.returncode != 0:
-                raise CommandError(r, os.fspath(path))
-        tree = r.stdout
+                raise CommandError(r, os.fspath(cwd))
+        return r.stdout.strip()
     finally:
         tmp_index.unlink(missing_ok=True)
-    head = resolve_commit(path, "HEAD")
-    parents = ["-p", head] if head else []
-    return out(path, "commit-tree", tree.strip(), *parents, "-m", "hybridiso: work saved before forced removal")
+
+
+_FALLBACK_IDENT = {
+    "GIT_AUTHOR_NAME": "hybridiso",
+    "GIT_AUTHOR_EMAIL": "hybridiso@localhost",
+    "GIT_COMMITTER_NAME": "hybridiso",
+    "GIT_COMMITTER_EMAIL": "hybridiso@localhost",
+}
+
+
+def commit_tree(cwd: Path, tree: str, parents: Sequence[str], message: str, *, prefix: Sequence[str] = ()) -> str:
+    """``git commit-tree``; a machine without a git identity still gets its
+    backup (git would refuse with "Please tell me who you are")."""
+    args = [*prefix, "commit-tree", tree, *[a for p in parents for a in ("-p", p)], "-m", message]
+    r = _execute(cwd, args)
+    if r.returncode != 0 and ("tell me who you are" in r.stderr.lower() or "empty ident" in r.stderr):
+        r = _execute(cwd, args, env=_FALLBACK_IDENT)
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(cwd))
+    return r.stdout.strip()
 
 
 # --- clones -----------------------------------------------------------------------
@@ -862,3 +924,245 @@ def changed_paths(cwd: Path, a: str, b: str) -> set[str]:
     r = _execute(cwd, ["diff", "--name-only", "--no-renames", "-z", a, b])
     return {p for p in r.stdout.split("\0") if p} if r.returncode == 0 else set()
 
+
+
+# --- work inventory and backups (issue 11, FAULTS #23-#27) ---------------------
+
+
+@dataclass(frozen=True)
+class RefEntry:
+    name: str  # full name, e.g. refs/heads/side
+    oid: str  # what the ref points at (a tag object for an annotated tag)
+    commit: str | None  # the commit it peels to (None: a ref to a tree or blob)
+
+
+def list_refs(cwd: Path, *patterns: str) -> list[RefEntry]:
+    """Every ref (or those under ``patterns``) in one ``for-each-ref``."""
+    fmt = "%(refname)%00%(objectname)%00%(objecttype)%00%(*objectname)%00%(*objecttype)"
+    r = _execute(cwd, ["for-each-ref", f"--format={fmt}", *patterns])
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(cwd))
+    refs = []
+    for line in r.stdout.splitlines():
+        parts = line.split("\0")
+        if len(parts) != 5:
+            continue
+        name, oid, kind, peeled, peeled_kind = parts
+        commit = oid if kind == "commit" else peeled if peeled_kind == "commit" else None
+        refs.append(RefEntry(name, oid, commit))
+    return refs
+
+
+@dataclass(frozen=True)
+class GitLocation:
+    """Where git finds an environment's repository: ``toplevel`` is None when
+    it cannot read it, and ``why`` says what git said."""
+
+    toplevel: Path | None
+    git_dir: Path | None
+    why: str = ""
+
+
+def locate(path: Path) -> GitLocation:
+    """The repository git sees at ``path`` itself, never one above it
+    (``GIT_CEILING_DIRECTORIES``): an environment whose ``.git`` was removed
+    must not be read as the directory that holds the workspace."""
+    env = {"GIT_CEILING_DIRECTORIES": os.fspath(Path(path).parent)}
+    r = _execute(path, ["rev-parse", "--show-toplevel", "--absolute-git-dir"], env=env)
+    lines = r.stdout.splitlines()
+    if r.returncode != 0 or len(lines) < 2:
+        text = (r.stderr or r.stdout).strip().splitlines()
+        return GitLocation(None, None, text[-1].removeprefix("fatal: ") if text else f"git exit {r.returncode}")
+    return GitLocation(Path(lines[0]), Path(lines[1]))
+
+
+def worktree_admin_dirs(common_dir: Path) -> dict[str, Path]:
+    """``<worktree path>/.git`` -> its admin dir ``worktrees/<id>``, read from
+    the admin side (each ``gitdir`` file), so a worktree whose own ``.git``
+    file is gone or garbage is still found.  One scan for every worktree;
+    only plain directories and regular files count (a symlink planted there
+    is not ours), and a path's parent is resolved, never a ``.git`` symlink."""
+    found: dict[str, Path] = {}
+    try:
+        entries = list(os.scandir(Path(common_dir) / "worktrees"))
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        gitdir = Path(entry.path) / "gitdir"
+        try:
+            if not gitdir.is_file() or gitdir.is_symlink() or gitdir.stat().st_size > 4096:
+                continue
+            target = gitdir.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            continue
+        if target:
+            named = Path(target)
+            if not named.is_absolute():  # worktree.useRelativePaths (git >= 2.48): relative to the entry
+                named = Path(entry.path) / named
+            found.setdefault(_own_dotgit(Path(os.path.normpath(named)).parent), Path(entry.path))
+    return found
+
+
+def _own_dotgit(worktree: Path) -> str:
+    return os.path.join(os.path.realpath(worktree), ".git")
+
+
+def worktree_admin_dir(common_dir: Path, env: Path, dirs: dict[str, Path] | None = None) -> Path | None:
+    """The admin dir of the linked worktree at ``env`` (``dirs``: a scan
+    made before, for many lookups)."""
+    return (dirs if dirs is not None else worktree_admin_dirs(common_dir)).get(_own_dotgit(env))
+
+
+def head_of(git_dir: Path) -> tuple[str | None, str | None]:
+    """(commit, full ref name or None when detached) of ``git_dir``'s HEAD,
+    in one ``rev-parse`` (two when the branch has no commit yet)."""
+    r = _execute(git_dir, [f"--git-dir={git_dir}", "rev-parse", "HEAD", "--symbolic-full-name", "HEAD"])
+    lines = r.stdout.split()
+    if r.returncode == 0 and len(lines) == 2:
+        return lines[0], lines[1] if lines[1].startswith("refs/") else None
+    s = _execute(git_dir, [f"--git-dir={git_dir}", "symbolic-ref", "-q", "HEAD"])
+    return None, (s.stdout.strip() or None) if s.returncode == 0 else None
+
+
+@dataclass(frozen=True)
+class ReflogEntry:
+    commit: str
+    selector: str  # e.g. stash@{0}, HEAD@{3}
+    subject: str  # the reflog message ("commit: ...", "WIP on main: ...")
+    parents: tuple[str, ...] = ()
+
+
+def reflog(git_dir: Path, ref: str = "HEAD") -> list[ReflogEntry]:
+    """Every entry of ``ref``'s reflog, newest first ([] when it has none);
+    entries whose commit is gone are skipped by git itself."""
+    fmt = "--format=%H%x00%gd%x00%gs%x00%P"
+    r = _execute(git_dir, [f"--git-dir={git_dir}", "log", "-g", "--no-show-signature", fmt, ref, "--"])
+    if r.returncode != 0:
+        return []
+    entries = []
+    for line in r.stdout.splitlines():
+        parts = line.split("\0")
+        if len(parts) == 4:
+            entries.append(ReflogEntry(parts[0], parts[1], parts[2], tuple(parts[3].split())))
+    return entries
+
+
+def head_and_branch_reflogs(git_dir: Path, *branches: str) -> tuple[list[ReflogEntry], list[str]]:
+    """(HEAD's reflog, newest first; the commits the reflogs of ``branches``
+    -- full names, or ``--branches`` -- ever recorded), in one ``log -g``.
+    A branch is never named HEAD, so the selector tells them apart."""
+    fmt = "--format=%H%x00%gD%x00%gs%x00%P"
+    r = _execute(git_dir, [f"--git-dir={git_dir}", "log", "-g", "--no-show-signature", fmt, "HEAD", *branches, "--"])
+    head: list[ReflogEntry] = []
+    others: list[str] = []
+    for line in r.stdout.splitlines() if r.returncode == 0 else []:
+        parts = line.split("\0")
+        if len(parts) != 4:
+            continue
+        if parts[1].startswith("HEAD@{"):
+            head.append(ReflogEntry(parts[0], parts[1], parts[2], tuple(parts[3].split())))
+        else:
+            others.append(parts[0])
+    return head, list(dict.fromkeys(others))
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    parents: tuple[str, ...]
+    subject: str
+
+
+def commits_not_in(cwd: Path, tips: Sequence[str], exclude: Sequence[str], *, git_dir: Path | None = None) -> dict[str, CommitInfo]:
+    """Commits reachable from ``tips`` but from none of ``exclude``, with
+    their parents and subjects: ONE ``rev-list`` however many tips and refs
+    (ids read from stdin; ones this object store lacks are skipped)."""
+    if not tips:
+        return {}
+    prefix = [f"--git-dir={git_dir}"] if git_dir is not None else []
+    stdin = "\n".join([*dict.fromkeys(tips), "--not", *dict.fromkeys(exclude)]) + "\n"
+    r = _execute(cwd, [*prefix, "rev-list", "--ignore-missing", "--stdin", "--parents", "--format=%x00%s"], input=stdin)
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(cwd))
+    found: dict[str, CommitInfo] = {}
+    current: list[str] = []
+    for line in r.stdout.splitlines():
+        if line.startswith("commit "):
+            current = line.split()[1:]
+        elif line.startswith("\0") and current:
+            found[current[0]] = CommitInfo(tuple(current[1:]), line[1:])
+    return found
+
+
+def existing_commits(cwd: Path, oids: Sequence[str]) -> set[str]:
+    """The subset of ``oids`` that are commits in ``cwd``'s object store."""
+    if not oids:
+        return set()
+    r = _execute(cwd, ["cat-file", "--batch-check=%(objectname) %(objecttype)"], input="\n".join(oids) + "\n")
+    return {parts[0] for parts in (line.split() for line in r.stdout.splitlines()) if len(parts) == 2 and parts[1] == "commit"}
+
+
+def gitlinks(cwd: Path) -> list[tuple[str, str]]:
+    """(path, commit) of every submodule the index of ``cwd`` records."""
+    r = _execute(cwd, ["ls-files", "--stage", "-z"])
+    if r.returncode != 0:
+        return []
+    links = []
+    for item in r.stdout.split("\0"):
+        meta, _, name = item.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[0] == "160000":
+            links.append((name, fields[1]))
+    return links
+
+
+def blob_ids(cwd: Path, paths: Sequence[str]) -> dict[str, str]:
+    """path -> the blob id its content would get (``git hash-object``)."""
+    if not paths:
+        return {}
+    r = _execute(cwd, ["hash-object", "--no-filters", "--stdin-paths"], input="\n".join(paths) + "\n")
+    ids = r.stdout.split()
+    return dict(zip(paths, ids, strict=True)) if r.returncode == 0 and len(ids) == len(paths) else {}
+
+
+def tree_blobs(cwd: Path, rev: str) -> dict[str, str]:
+    """path -> blob id of every file in ``rev``'s tree."""
+    r = _execute(cwd, ["ls-tree", "-r", "-z", "--full-tree", rev])
+    blobs = {}
+    for item in r.stdout.split("\0") if r.returncode == 0 else []:
+        meta, _, name = item.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[1] == "blob":
+            blobs[name] = fields[2]
+    return blobs
+
+
+def push_new_refs(source: Path, dest: Path, refs: dict[str, str]) -> None:
+    """Copy the objects behind ``refs`` (ref -> object id in ``source``)
+    into ``dest`` as those refs, each created only if it does not exist
+    (``--force-with-lease=REF:`` with nothing expected) and all or none
+    (``--atomic``).  ``source``'s config may not widen the push (tags,
+    submodules, signing) and its hooks never run (``--no-verify``)."""
+    if not refs:
+        return
+    leases = [f"--force-with-lease={ref}:" for ref in refs]
+    specs = [f"{oid}:{ref}" for ref, oid in refs.items()]
+    run(
+        source, "push", "-q", "--no-verify", "--atomic", "--no-follow-tags", "--recurse-submodules=no", "--no-signed",
+        *leases, "--", os.fspath(dest), *specs,
+    )
+
+
+def create_refs(cwd: Path, creates: dict[str, str], deletes: dict[str, str] | None = None) -> str | None:
+    """Create every ref in ``creates`` (ref -> object id) and delete those in
+    ``deletes`` (ref -> expected id), in ONE transaction: all or none, and a
+    ref that already exists is never overwritten.  Returns git's complaint
+    when it refused (None when done)."""
+    lines = [f"create {ref} {oid}" for ref, oid in creates.items()]
+    lines += [f"delete {ref} {oid}" for ref, oid in (deletes or {}).items()]
+    r = _execute(cwd, ["update-ref", "--stdin"], input="\n".join(lines) + "\n")
+    if r.returncode == 0:
+        return None
+    text = (r.stderr or r.stdout).strip().splitlines()
+    return text[-1].removeprefix("fatal: ") if text else f"git update-ref exit {r.returncode}"

@@ -7,20 +7,27 @@ removal (FAULTS #5: nothing the user made is lost).
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import stat
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from hybridiso import branches, envfile, git, includes, output, process_groups, ready_marker, service_branches, setup_runner, strategies
+from hybridiso import backups, branches, envfile, git, includes, output, process_groups, ready_marker, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
+from hybridiso.process import CommandError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project, write_owner_marker
 from hybridiso.state import PHASE_READY, AgentRecord, ProcessGroup
 from hybridiso.strategies.base import EnvContext
+from hybridiso.work import MainRepo, Tip, WorkReport, submodule_key
+
+__all__ = ["WorkReport"]  # re-exported: callers know it as lifecycle.WorkReport
 
 ENV_EXCLUDE = "/" + envfile.ENV_FILE
 PRECIOUS_DEFAULT = (".env", ".env.*", "*.local")
-BACKUP_PREFIX = "refs/hybridiso/backup"
+BACKUP_PREFIX = backups.PREFIX
 
 
 def environment_for(project: Project, agent: Agent | None, record: AgentRecord) -> dict[str, str]:
@@ -82,6 +89,8 @@ def prepare(ctx: EnvContext, refs: branches.Refs | None = None, carried: AgentRe
     made_before = carried is not None and carried.created_branch and start.exists
     record.created_branch = strategy.SHARES_REFS and (made_now or made_before)
     record.extra["owns_path"] = True
+    if ctx.agent is not None:  # in the journal before any file is copied
+        record.include_patterns = includes.patterns_for(ctx.project.checkout, ctx.project.manifest.include_for(ctx.agent))
 
 
 def _branch_free(ctx: EnvContext) -> None:
@@ -115,17 +124,39 @@ def stop_setups(ctx: EnvContext) -> None:
     record.setup_processes = []
 
 
-def rollback(ctx: EnvContext) -> None:
-    """Undo a creation that never reached ``ready``: only what it made."""
+def rollback(ctx: EnvContext, *, check_work: bool) -> None:
+    """Undo a creation that never reached ``ready``: only what it made.
+
+    ``check_work``: the creation is an earlier run's (a crash, a ``kill
+    -9``), so anything may have been written into it since: when the
+    inventory finds work, nothing is removed and ``WorkKept`` says what
+    (FAULTS #25).  This run's own half-made environments (Ctrl-C, a full
+    disk) are rolled back without it: they hold only what this run made.
+    Data written into its database branches is work either way (what setup
+    wrote is part of what hybridiso made: setup re-takes the baseline)."""
     stop_setups(ctx)  # first: nothing may write into what is being removed
     changed = service_branches.changed(ctx)
     if changed:
         # FAULTS #25/#26: data written into an unfinished environment is work
-        raise UserError(
+        raise WorkKept(
             f"agent {ctx.name} was never finished, but {'; '.join(changed)}; nothing was rolled back",
             hint=f"`hybridiso down --force {ctx.name}` dumps the data and removes it; then `hybridiso up` creates it again",
         )
     strategy = strategies.get(ctx.record.strategy)
+    if not check_work:
+        # if this fails half-way, the next run finishes it without asking
+        # again: nobody else could have written into it when it was decided
+        ctx.record.extra["removing"] = True
+    elif ctx.record.extra.get("owns_path") and not ctx.record.extra.get("removing"):
+        # the branch survives a rollback once it moved (below); a clone's does not
+        losing = work_at_risk(ctx, keep_branch=strategy.SHARES_REFS)
+        if not losing.empty:
+            raise WorkKept(
+                f"agent {ctx.name}: its unfinished environment (an earlier `up` stopped half-way) holds work: {losing.describe()}; "
+                "kept it and its record",
+                hint=f"look in {ctx.path}: `hybridiso down {ctx.name}` names what is there and `--force` saves it to a backup "
+                f"(`hybridiso restore {ctx.name}`), then `hybridiso up {ctx.name}` creates it anew",
+            )
     if ctx.record.extra.get("owns_path"):
         strategy.remove(ctx)
     service_branches.release(ctx)
@@ -223,52 +254,40 @@ def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
 # --- removal ------------------------------------------------------------------
 
 
-@dataclass
-class WorkReport:
-    modified: list[str] = field(default_factory=list)
-    untracked: list[str] = field(default_factory=list)
-    precious: list[str] = field(default_factory=list)
-    commits: list[str] = field(default_factory=list)
-    # database branches whose data changed, one line each (FAULTS #26)
-    databases: list[str] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.modified or self.untracked or self.precious or self.commits or self.databases)
-
-    @property
-    def in_git(self) -> bool:
-        """Work that a backup ref can hold (files and commits)."""
-        return bool(self.modified or self.untracked or self.precious or self.commits)
-
-    def describe(self, limit: int = 5) -> str:
-        parts = []
-        for label, items in (
-            ("modified", self.modified),
-            ("untracked", self.untracked),
-            ("ignored but precious", self.precious),
-            ("commits not in base", self.commits),
-        ):
-            if items:
-                shown = ", ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-                parts.append(f"{len(items)} {label}: {shown}")
-        parts += self.databases
-        return "; ".join(parts)
+class WorkKept(UserError):
+    """A rollback found work in an unfinished environment and kept it (FAULTS #25)."""
 
 
-def precious_patterns(project: Project, agent: Agent | None) -> list[str]:
+def precious_patterns(project: Project, agent: Agent | None, record: AgentRecord | None = None) -> list[str]:
+    """What makes an ignored file precious: the manifest's ``include:`` for
+    the agent, the patterns the record kept from when it was created (the
+    agent may have left the manifest since), the files that were copied in,
+    ``.worktreeinclude`` and the usual secrets (``.env``, ``*.local``)."""
     manifest_patterns = project.manifest.include_for(agent) if agent is not None else project.manifest.defaults.include
-    return includes.patterns_for(project.checkout, [*manifest_patterns, *PRECIOUS_DEFAULT])
+    kept: list[str] = []
+    if record is not None:
+        # a tampered state file must not make this fail (nor make less precious)
+        patterns = record.include_patterns if isinstance(record.include_patterns, list) else []
+        copied = record.extra.get("included", [])
+        kept = [p for p in patterns if isinstance(p, str)]
+        kept += [_literal(rel) for rel in (copied if isinstance(copied, list) else []) if isinstance(rel, str)]
+    return includes.patterns_for(project.checkout, list(dict.fromkeys([*manifest_patterns, *kept, *PRECIOUS_DEFAULT])))
 
 
-def precious_work(project: Project, agent: Agent | None, path: Path, source_root: Path | None = None) -> list[str]:
+def _literal(rel: str) -> str:
+    """A gitignore pattern matching exactly the file ``rel``."""
+    escaped = "".join("\\" + c if c in "*?[]\\!# " else c for c in rel)
+    return "/" + escaped
+
+
+def precious_work(project: Project, agent: Agent | None, path: Path, record: AgentRecord | None = None) -> list[str]:
     """Ignored files under ``path`` that matter (``.env`` and the like, and
     what ``include:`` lists), except an include copied in and left alone
-    (compared with ``source_root``, the checkout it was copied from: by
-    default the one this command uses)."""
+    (compared with the checkout it was copied from: a bare repository's
+    agent got its includes from the worktree it was made from)."""
+    source_root = Path(record.checkout) if record is not None and record.checkout else project.checkout
     found = []
-    source_root = source_root or project.checkout
-    for rel in includes.ignored_files_matching(path, precious_patterns(project, agent)):
+    for rel in includes.ignored_files_matching(path, precious_patterns(project, agent, record)):
         if rel == envfile.ENV_FILE:
             continue
         source = source_root / rel
@@ -278,22 +297,106 @@ def precious_work(project: Project, agent: Agent | None, path: Path, source_root
     return found
 
 
-def inspect_work(ctx: EnvContext) -> WorkReport:
+def main_repo(project: Project) -> MainRepo:
+    """The main repository's refs and stash, read once for many inventories."""
+    return MainRepo.load(project.root, project.repo.common_dir)
+
+
+def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
+    """Everything the environment holds that removing it could lose: its
+    strategy's inventory (git: commits, refs, stash, reflog, submodules,
+    unreadable) plus its files.  ``main`` is shared by callers that inspect
+    many environments (gc)."""
+    strategy = strategies.get(ctx.record.strategy)
     # the databases first: they are work whatever became of the directory
-    report = WorkReport(databases=service_branches.changed(ctx))
-    if not ctx.path.is_dir() or not git.ok(ctx.path, "rev-parse", "--git-dir"):
-        return report
-    for code, name in git.status_porcelain(ctx.path):
-        if name == envfile.ENV_FILE:
-            continue
-        (report.untracked if code == "??" else report.modified).append(name)
-    # a bare repository's agent got its includes from the worktree it was made from
-    made_from = Path(ctx.record.checkout) if ctx.record.checkout else None
-    report.precious = precious_work(ctx.project, ctx.agent, ctx.path, made_from)
-    base = git.resolve_commit(ctx.project.root, ctx.record.base) or ctx.record.base_commit
-    if base:
-        report.commits = strategies.get(ctx.record.strategy).unmerged_commits(ctx, base)
+    databases = service_branches.changed(ctx)
+    report = _files_and_git(ctx, strategy, main)
+    report.databases = databases
     return report
+
+
+def _files_and_git(ctx: EnvContext, strategy: strategies.Strategy, main: MainRepo | None) -> WorkReport:
+    try:
+        report = strategy.inventory(ctx, main if main is not None else main_repo(ctx.project))
+    except CommandError as e:
+        # git fails on what it reads there (a corrupt ref, a broken pack): that is no proof of no work
+        report = WorkReport(readable=False)
+        why = _last_words(e)
+        report.unreadable.append(f"{ctx.path}: git fails reading it ({why})")
+        report.force_blocker = f"git fails reading it ({why}); repair it (`git fsck`) first"
+        return report
+    if not report.readable and ctx.record.phase != PHASE_READY and _only_checkout_leftovers(ctx):
+        # a creation killed before its repository was whole (a clone half
+        # made): nothing in it but what that run was checking out
+        return dataclasses.replace(report.without("unreadable"), force_blocker="", snapshot=None)
+    if not report.readable or not ctx.path.is_dir():
+        return report
+    try:
+        for code, name in git.status_porcelain(ctx.path):
+            if name == envfile.ENV_FILE:
+                continue
+            (report.untracked if code == "??" else report.modified).append(name)
+        report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record)
+        if ctx.record.phase != PHASE_READY:
+            _drop_checkout_leftovers(ctx, report)
+    except CommandError as e:
+        # e.g. a corrupt index, a submodule path made a symlink: its files
+        # cannot be listed, so nothing can tell they are safe (FAULTS #24)
+        why = _last_words(e)
+        report.readable = False
+        report.unreadable.append(f"{ctx.path}: git cannot list its files ({why})")
+        report.force_blocker = report.force_blocker or f"git cannot list its files ({why}); fix that in {ctx.path} first"
+    return report
+
+
+def _only_checkout_leftovers(ctx: EnvContext) -> bool:
+    """True when every file of an unfinished environment (its .git aside)
+    is one the commit it was being made from has, with that content."""
+    root = ctx.project.root
+    found: list[str] = []
+    for top, dirs, files in os.walk(ctx.path):
+        if top == os.fspath(ctx.path):
+            dirs[:] = [d for d in dirs if d != ".git"]
+            files = [f for f in files if f not in (".git", envfile.ENV_FILE)]
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(top, d)))]:
+            path = os.path.join(top, name)
+            if not _regular(Path(path)):
+                return False  # a symlink, a FIFO: not something a checkout of ours leaves half-made
+            found.append(path)
+    if not found:
+        return True
+    trees = [git.tree_blobs(root, c) for c in {ctx.record.base_commit, git.branch_commit(root, ctx.record.branch)} if c]
+    blobs = git.blob_ids(root, found)
+    for path in found:
+        rel = os.path.relpath(path, ctx.path)
+        if not any(tree.get(rel) == blobs.get(path) for tree in trees):
+            return False
+    return True
+
+
+def _last_words(e: CommandError) -> str:
+    return (e.result.stderr.strip().splitlines() or [f"git exit {e.result.returncode}"])[-1].removeprefix("fatal: ").removeprefix("error: ")
+
+
+def _drop_checkout_leftovers(ctx: EnvContext, report: WorkReport) -> None:
+    """An unfinished creation (a ``kill -9`` during checkout) leaves files
+    git never indexed: deletions of what it had not written yet, and files
+    it wrote, identical to the commit it was checking out.  Neither is work;
+    anything else in it is (FAULTS #25)."""
+    tree = git.tree_blobs(ctx.path, "HEAD")
+    # regular files only: git hash-object would follow a symlink (to
+    # /dev/zero, say) and read it; a symlink stays work
+    same = git.blob_ids(ctx.path, [n for n in report.untracked if n in tree and _regular(ctx.path / n)])
+    report.untracked = [n for n in report.untracked if not (n in same and same[n] == tree[n])]
+    deleted = {n for code, n in git.status_porcelain(ctx.path) if "D" in code}
+    report.modified = [n for n in report.modified if n not in deleted]
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -304,44 +407,91 @@ def _same_content(a: Path, b: Path) -> bool:
 
 
 def save_backup(ctx: EnvContext, report: WorkReport) -> str | None:
-    """Save all of the env's work (commits, changes, untracked and precious
-    files) as one commit under refs/hybridiso/backup/; return the ref."""
+    """Save ALL of the env's work under one new, unique namespace
+    ``refs/hybridiso/backup/<agent>/<id>/`` (hybridiso/backups.py): a commit
+    of its files (on top of its HEAD), and every other piece the inventory
+    found (branches, tags, stash entries, detached commits, submodules),
+    their objects brought into the main repository.  Returns the namespace."""
     if report.empty:
         return None
-    commit = git.snapshot_worktree(ctx.path, report.precious)
-    ref = f"{BACKUP_PREFIX}/{ctx.name}/{time.strftime('%Y%m%d-%H%M%S')}"
-    strategies.get(ctx.record.strategy).save_ref(ctx, commit, ref)
-    return ref
+    if report.force_blocker:
+        raise UserError(
+            f"agent {ctx.name} has work that `down` would lose: {report.describe()}; --force cannot save it: {report.force_blocker}",
+            hint="nothing was removed",
+        )
+    strategy = strategies.get(ctx.record.strategy)
+    tips = list(report.tips)
+    if ctx.path.is_dir() and report.readable:
+        snapshot = git.snapshot_worktree(ctx.path, report.precious)
+        tips.insert(0, Tip("files", snapshot, None if strategy.SHARES_REFS else ctx.path, "files"))
+    elif ctx.path.is_dir() and report.snapshot is not None:
+        plan = report.snapshot
+        patterns = precious_patterns(ctx.project, ctx.agent, ctx.record)
+        try:
+            snapshot = git.snapshot_directory(ctx.path, plan.git_dir, patterns, plan.parent, own_index=plan.own_index)
+        except CommandError:
+            if not plan.own_index:
+                raise
+            # its admin dir is broken too (a garbage HEAD): the files alone, from the repository's side
+            common = ctx.project.repo.common_dir
+            snapshot = git.snapshot_directory(ctx.path, common, patterns, ctx.record.base_commit, own_index=False)
+        tips.insert(0, Tip("files", snapshot, None, "files"))
+    for sub in report.submodule_repos:
+        key = f"submodules/{submodule_key(sub.path)}/files"
+        tips.append(Tip(key, git.snapshot_worktree(sub.repo), sub.repo, "submodules"))
+        tips += sub.tips
+    return backups.save(ctx.project.root, ctx.project.repo.common_dir, ctx.name, tips)
 
 
-def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | None = None) -> WorkReport:
+def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | None = None, main: MainRepo | None = None) -> WorkReport:
     """What removing the environment would lose (``down`` refuses unless forced)."""
-    report = report if report is not None else inspect_work(ctx)
+    report = report if report is not None else inspect_work(ctx, main)
     # a worktree's commits live on in its branch unless we delete the branch,
     # which we only do for a branch we created
     branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
-    return WorkReport(report.modified, report.untracked, report.precious, [] if branch_kept else report.commits, report.databases)
+    if ctx.record.extra.get("removing"):
+        # an earlier removal checked (and saved) the work, then stopped
+        # half-way, taking the .git link with it: finish it
+        report = report.without("unreadable")
+    return report.without("commits") if branch_kept else report
 
 
 def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
-    ways = ["commit it" + (" and merge it" if losing.commits else "")] if losing.in_git else []
-    if losing.commits and not (losing.modified or losing.untracked or losing.precious):
+    ways = []
+    if losing.modified or losing.untracked or losing.precious or losing.commits:
+        ways.append("commit it" + (" and merge it" if losing.commits else ""))
+    if losing.refs or losing.stash or losing.detached or losing.head:
+        ways.append("bring it onto the agent's branch (or push it)")
+    if losing.submodules:
+        ways.append("push the submodules' commits")
+    if losing.unreadable and losing.repair:
+        ways.append(losing.repair)
+    if losing.commits and losing.files_only().empty and losing.without("commits").empty:
         ways.append("`hybridiso down --keep-branch` keeps the commits on their branch")
-    if losing.in_git:
-        ways.append("`--force` saves all of it to a backup ref under refs/hybridiso/backup/ first")
-    if losing.databases:
-        ways.append(f"`--force` dumps the changed databases (pg_dump) to {service_branches.dump_dir(ctx)}/ before it drops them")
-    return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=", or ".join(ways))
+    if losing.force_blocker:
+        hint = (", or ".join(ways) + "; " if ways else "") + f"--force cannot save it: {losing.force_blocker}"
+    else:
+        if losing.in_git:
+            ways.append(f"`--force` saves all of it under {backups.PREFIX}/{ctx.name}/ first (`hybridiso restore {ctx.name}` brings it back)")
+        if losing.databases:
+            ways.append(f"`--force` dumps the changed databases (pg_dump) to {service_branches.dump_dir(ctx)}/ before it drops them")
+        hint = ", or ".join(ways)
+    return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=hint)
 
 
-def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | None, WorkReport, list[service_branches.Released]]:
+def remove(
+    ctx: EnvContext, *, force: bool, keep_branch: bool, starting: Callable[[], None] | None = None, main: MainRepo | None = None
+) -> tuple[str | None, WorkReport, list[service_branches.Released]]:
     """Remove one environment.  Refuses (UserError) when work would be lost,
-    unless ``force``, which first saves it to a backup ref and dumps the
-    databases whose data changed; returns the ref, the work found and what
-    became of the databases."""
+    unless ``force``, which first saves it to a backup and dumps the
+    database branches whose data changed; returns the backup, the work found
+    and what became of the databases.  ``starting`` runs
+    once the work is checked (and saved), before anything is deleted: the
+    caller records that a removal began (a retry then finishes it).
+    ``main``: the repository's refs as read before (valid until a removal)."""
     # a killed run's setup would write on while (and after) we look (FAULTS #38)
     stop_setups(ctx)
-    report = inspect_work(ctx)
+    report = inspect_work(ctx, main)
     losing = work_at_risk(ctx, keep_branch=keep_branch, report=report)
     backup: str | None = None
     if not losing.empty:
@@ -349,17 +499,18 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
             raise refusal(ctx, losing)
         # before anything is removed: --force must be able to dump what changed
         service_branches.ensure_dumpable(ctx, service_branches.check(ctx) if losing.databases else [])
-        backup = save_backup(ctx, losing) if losing.in_git else None
-    strategy = strategies.get(ctx.record.strategy)
-    if keep_branch and ctx.record.strategy == "clone" and ctx.path.is_dir():
-        pushed = git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"HEAD:refs/heads/{ctx.record.branch}", check=False)
-        if pushed.returncode != 0:
-            # e.g. the branch is checked out in the repository, or moved on there
+        try:
+            backup = save_backup(ctx, losing) if losing.in_git else None
+        except CommandError as e:
             raise UserError(
-                f"agent {ctx.name}: --keep-branch could not update branch {ctx.record.branch} in {ctx.project.root}: "
-                + (pushed.stderr.strip().splitlines() or ["git push failed"])[-1],
-                hint=f"check {ctx.record.branch} out nowhere (or merge it by hand), then run down again; nothing was removed",
-            )
+                f"agent {ctx.name}: saving its work failed: {_last_words(e)}; nothing was removed",
+                hint=f"`hybridiso down {ctx.name}` names what is there; move it out of {ctx.path} yourself if git cannot read it",
+            ) from None
+    strategy = strategies.get(ctx.record.strategy)
+    if keep_branch and not strategy.SHARES_REFS and ctx.path.is_dir() and report.readable:
+        _bring_branch_home(ctx)
+    if starting is not None:
+        starting()
     strategy.remove(ctx)
     try:
         # written to since it was checked: kept (the record stays), or dumped with --force
@@ -367,6 +518,31 @@ def remove(ctx: EnvContext, *, force: bool, keep_branch: bool) -> tuple[str | No
     except UserError as e:
         raise UserError(f"agent {ctx.name}: its environment was removed, but {e.message}", hint=e.hint) from None
     if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:
-        if git.branch_exists(ctx.project.root, ctx.record.branch):
-            git.delete_branch(ctx.project.root, ctx.record.branch)
+        _delete_branch_as_judged(ctx, report)
     return backup, report, released
+
+
+def _delete_branch_as_judged(ctx: EnvContext, report: WorkReport) -> None:
+    """Delete the agent branch only at the commit the work check saw: one
+    the agent moved since (a commit from another shell) stays, and is said."""
+    ref = f"refs/heads/{ctx.record.branch}"
+    tip = git.branch_commit(ctx.project.root, ctx.record.branch)
+    if tip is None:
+        return
+    if report.branch_tip is None or tip != report.branch_tip or not git.delete_ref_if(ctx.project.root, ref, tip):
+        output.warn(f"{ctx.name}: branch {ctx.record.branch} moved while it was being removed (now {tip[:7]}); it is kept")
+
+
+def _bring_branch_home(ctx: EnvContext) -> None:
+    """``--keep-branch`` of an environment with its own refs: its branch (not
+    whatever HEAD is on now) is pushed into the repository."""
+    branch = ctx.record.branch
+    source = f"refs/heads/{branch}" if git.branch_exists(ctx.path, branch) else "HEAD"
+    pushed = git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"{source}:refs/heads/{branch}", check=False)
+    if pushed.returncode != 0:
+        # e.g. the branch is checked out in the repository, or moved on there
+        raise UserError(
+            f"agent {ctx.name}: --keep-branch could not update branch {branch} in {ctx.project.root}: "
+            + (pushed.stderr.strip().splitlines() or ["git push failed"])[-1],
+            hint=f"check {branch} out nowhere (or merge it by hand), then run down again; nothing was removed",
+        )

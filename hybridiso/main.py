@@ -24,6 +24,7 @@ COMMANDS = {
     "status": "status",
     "exec": "exec_",
     "down": "down",
+    "restore": "restore",
     "render": "render",
     "report": "report",
     "gc": "gc",
@@ -44,6 +45,7 @@ typical use:
   hybridiso status      what each environment is doing
   hybridiso exec A -- CMD   run CMD in agent A's environment
   hybridiso down        remove environments (never loses work)
+  hybridiso restore     list what `down --force` saved, bring a backup back
   hybridiso render      write container agents' compose files, start nothing
   hybridiso report      what each strategy costs here (--compare N measures)
   hybridiso sync        fetch once, rebase every clean environment onto base

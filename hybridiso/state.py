@@ -112,6 +112,9 @@ class AgentRecord:
     databases: dict[str, DatabaseBranch] = field(default_factory=dict)
     # setup commands of a run that has not finished them (FAULTS #38)
     setup_processes: list[ProcessGroup] = field(default_factory=list)
+    # the include: patterns the agent had when it was created: its copies
+    # stay precious after it leaves the manifest (issue 11)
+    include_patterns: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     # the worktree the agent was made from (its manifest and include files):
     # for a bare repository with linked worktrees, what a command run from

@@ -132,9 +132,10 @@ def test_down_refuses_dirty_and_force_saves_everything(tmp_path: Path) -> None:
     assert json.loads(dry.stdout)[0]["action"] == "would refuse"
     assert "would remove" in hybridiso(repo, "down", "w", "--dry-run", "--force").stderr and (ws / "w" / "new.txt").exists()
     forced = hybridiso(repo, "down", "--force")
-    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/hybridiso/backup/").splitlines()
-    assert len(refs) == 2 and all(ref in forced.stderr for ref in refs)
-    for ref in refs:
+    # one backup (a namespace of refs) per agent, each printed; its files piece holds the files
+    namespaces = {"/".join(ref.split("/")[:5]) for ref in git(repo, "for-each-ref", "--format=%(refname)", "refs/hybridiso/backup/").splitlines()}
+    assert len(namespaces) == 2 and all(ns in forced.stderr for ns in namespaces)
+    for ref in (f"{ns}/files" for ns in namespaces):
         assert git(repo, "show", f"{ref}:a.txt") == "modified"
         assert git(repo, "show", f"{ref}:new.txt") == "untracked"
         assert git(repo, "show", f"{ref}:.env") == "TOKEN=changed-in-env"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridiso.state import AgentRecord, State, StateStore
+from hybridiso.state import DatabaseBranch, AgentRecord, State, StateStore
 
 
 def test_round_trip_and_atomic_file(tmp_path: Path) -> None:
@@ -136,13 +136,15 @@ def test_every_record_field_round_trips_through_the_typed_reader(tmp_path: Path)
     store = StateStore(tmp_path)
     record = AgentRecord(name="a", strategy="clone", branch="b", path="/p", base="main", base_commit="0123abcd" * 5, created_branch=True)
     record.timings = {"total": 1.5}
-    record.extra = {"databases": {"db": {"name": "x", "server": "s"}}, "owns_path": True}
+    record.extra = {"owns_path": True}
+    record.databases = {"db": DatabaseBranch("x", "s", {"xid": 5})}
     store.save(State({"a": record}))
     loaded = store.load().agents["a"]
     assert loaded == record
     assert [f.name for f in fields(AgentRecord)]  # and every field has a type the reader knows:
+    saved = json.loads(store.path.read_text())["agents"]["a"]
     for f in fields(AgentRecord):
-        AgentRecord.from_json("a", {**GOOD, f.name: getattr(record, f.name)})
+        AgentRecord.from_json("a", {**GOOD, f.name: saved[f.name]})
 
 
 def test_a_state_file_that_is_a_symlink_is_not_read(tmp_path: Path) -> None:
@@ -266,3 +268,23 @@ def test_known_extra_keys_are_typed_too(tmp_path: Path, extra: dict[str, object]
     store.path.write_text(json.dumps({"version": 1, "agents": {"a": {**GOOD, "extra": extra}}}))
     state = store.load()
     assert state.agents == {} and state.rebuilt_from and says in state.rebuilt_from
+
+
+def test_database_branches_of_old_state_files_move_to_their_field(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    old = {**GOOD, "extra": {"databases": {"db": {"name": "hi_x_a_db", "server": "postgresql://h/p"}}, "owns_path": True}}
+    store.path.write_text(json.dumps({"version": 1, "agents": {"a": old}}))
+    record = store.load().agents["a"]
+    assert record.databases == {"db": DatabaseBranch("hi_x_a_db", "postgresql://h/p")}
+    assert record.extra == {"owns_path": True}
+
+
+def test_a_process_group_that_would_signal_too_much_is_not_trusted(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    for pgid, token in ((1, "t"), (-5, "t"), (4242, "")):
+        group = {"pgid": pgid, "start": 1, "boot_id": "b", "token": token, "command": "sleep 9"}
+        store.path.write_text(json.dumps({"version": 1, "agents": {"a": {**GOOD, "setup_processes": [group]}}}))
+        state = store.load()
+        assert "a" not in state.agents and state.rebuilt_from, (pgid, token)

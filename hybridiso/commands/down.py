@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from hybridiso import lifecycle, output, ports
 from hybridiso.commands.common import add_json_flag, check_names, check_records, context, project_from_args
 from hybridiso.errors import UserError
+from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
+from hybridiso.state import AgentRecord, State
+from hybridiso.work import MainRepo, WorkReport
 
 HELP = "remove agents' environments (refuses when work would be lost)"
 
@@ -16,15 +20,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "down",
         help=HELP,
         description=(
-            HELP + ". Uncommitted, untracked or precious ignored files (like .env), "
-            "commits not in base, and database branches whose data changed make it "
-            "refuse, naming them; --force first saves the files and commits to a ref "
-            "under refs/hybridiso/backup/, dumps each changed database with pg_dump "
-            "into the state dir, and says where."
+            HELP + ". Work is everything the environment alone holds: modified, untracked or "
+            "precious ignored files (like .env), commits not in base, other branches and tags "
+            "of a clone, stash entries, commits its HEAD reflog reached that no ref holds "
+            "(a detached HEAD), a HEAD on another branch, submodule commits and changes, and "
+            "an environment git cannot read at all, and data written into the agent's "
+            "database branches. Any of it makes down refuse, naming it; "
+            "--force first saves all of it under refs/hybridiso/backup/<agent>/<id>/ and "
+            "prints the `hybridiso restore` command that brings it back, and dumps each "
+            "changed database with pg_dump into the state dir, saying where."
         ),
     )
     p.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents (default: all)")
-    p.add_argument("--force", action="store_true", help="save the work to a backup ref (and changed databases to dumps), then remove")
+    p.add_argument("--force", action="store_true", help="save all the work to a backup (and changed databases to dumps), then remove")
     p.add_argument("--keep-branch", action="store_true", help="remove the environment but keep its branch")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
     add_json_flag(p)
@@ -41,16 +49,19 @@ def run(args: argparse.Namespace) -> int:
         names = check_names(project, args.agents, state) or sorted(state.agents)
         check_records(project, state, names)  # FAULTS #30: refused before anything is touched
         refused: list[str] = []
+        main: MainRepo | None = None  # the repository's refs, read once until a removal changes them
         for name in names:
             if name not in state.agents:
                 output.message(f" - {name}: no environment")
                 continue
             ctx = context(project, state, name)
+            main = main or lifecycle.main_repo(project)
             if args.dry_run:
                 # the same decision the real run makes, without acting on it
-                losing = lifecycle.work_at_risk(ctx, keep_branch=args.keep_branch)
-                if losing.empty or args.force:
-                    saved = f", after saving {losing.describe()} (files and commits to a backup ref, databases to dumps)" if not losing.empty else ""
+                losing = lifecycle.work_at_risk(ctx, keep_branch=args.keep_branch, main=main)
+                _notes(name, losing)
+                if losing.empty or (args.force and not losing.force_blocker):
+                    saved = f", after saving {losing.describe()} (git work to a backup, databases to dumps)" if not losing.empty else ""
                     results.append({"agent": name, "action": "would remove", "work": losing.describe() or None})
                     output.message(f" - {name}: would remove {ctx.path}{saved}")
                 else:
@@ -60,19 +71,28 @@ def run(args: argparse.Namespace) -> int:
                     output.message(f" - {name}: would refuse: it has {losing.describe()}")
                 continue
             try:
-                backup, _, released = lifecycle.remove(ctx, force=args.force, keep_branch=args.keep_branch)
+                backup, report, released = lifecycle.remove(
+                    ctx, force=args.force, keep_branch=args.keep_branch, starting=functools.partial(_removing, project, state, ctx.record), main=main
+                )
             except UserError as e:
                 refused.append(str(e))
                 results.append({"agent": name, "action": "refused", "reason": e.message})
                 continue
+            finally:
+                if ctx.record.extra.get("removing"):
+                    main = None  # refs changed (a backup, a deleted branch): read them again
             del state.agents[name]
             project.store.save(state)
             ports.release(project.repo.common_dir, [name])  # the machine-wide lease too (FAULTS #37)
+            _notes(name, report)
             dumps = {r.name: str(r.dump) for r in released if r.dump}
-            results.append({"agent": name, "action": "removed", "backup_ref": backup, "database_dumps": dumps})
+            result: dict[str, object] = {"agent": name, "action": "removed", "backup_ref": backup, "database_dumps": dumps}
             line = f" {output.mark(True)} {name}: removed {ctx.path}"
             if backup:
-                line += f"; work saved to {backup} (git log {backup})"
+                restore = f"hybridiso restore {name} {backup.rsplit('/', 1)[-1]}"
+                result["restore"] = restore
+                line += f"; work saved to {backup}; bring it back: {restore}"
+            results.append(result)
             output.message(line)
             for r in released:
                 if r.dump:
@@ -87,3 +107,16 @@ def run(args: argparse.Namespace) -> int:
     if refused:
         raise UserError("\n".join(refused))
     return 0
+
+
+def _removing(project: Project, state: State, record: AgentRecord) -> None:
+    """On disk before anything is deleted: a removal that stops half-way
+    (files it cannot delete) is finished by the next run, whose work check
+    then no longer counts the .git link it already took (lifecycle.work_at_risk)."""
+    record.extra["removing"] = True
+    project.store.save(state)
+
+
+def _notes(name: str, report: WorkReport) -> None:
+    for note in report.kept:
+        output.message(f"   {name}: note: {note}")

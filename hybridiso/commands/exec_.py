@@ -8,7 +8,9 @@ import subprocess
 from hybridiso import lifecycle, output, strategies
 from hybridiso.commands.common import check_names, context, project_from_args
 from hybridiso.errors import UserError
+from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
+from hybridiso.state import PHASE_READY, AgentRecord, lock_is_free
 
 HELP = "run a command in an agent's environment (its directory and env vars, or inside its container)"
 
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.agent not in state.agents:
         raise UserError(f"agent {args.agent} has no environment yet", hint=f"hybridiso up {args.agent}")
     ctx = context(project, state, args.agent)
+    refuse_unfinished(project, ctx.record)
     strategy = strategies.get(ctx.record.strategy)
     if not strategy.observe(ctx).exists:
         raise UserError(f"agent {args.agent}'s directory {ctx.path} is missing", hint=f"hybridiso up {args.agent}")
@@ -59,3 +62,19 @@ def run(args: argparse.Namespace) -> int:
         # older engines (20.10) say 126 for a command that is not there at all
         code = container.exec_failure_code(ctx, command[0])
     return code
+
+
+def refuse_unfinished(project: Project, record: AgentRecord) -> None:
+    """An environment still ``creating`` is either being made by a running
+    ``up`` or left half-made by one that died: the next ``up`` rolls it back,
+    so nothing may be started in it (FAULTS #25)."""
+    if record.phase == PHASE_READY:
+        return
+    running = not lock_is_free(project.store.lock_path)
+    why = "a running `hybridiso up` is creating it" if running else "its creation was interrupted (an `up` stopped half-way)"
+    raise UserError(
+        f"agent {record.name}'s environment is not ready: {why}",
+        hint="wait for that `up` to finish, then run exec again"
+        if running
+        else f"`hybridiso up {record.name}` rolls it back and creates it again (it keeps it, and says so, if work was written into it)",
+    )

@@ -174,6 +174,10 @@ def converge(
     for p in selected:
         try:
             todo.append(_prepare_one(project, state, p, base_commit, leases[p.agent.name], refs))
+        except lifecycle.WorkKept as e:
+            # work was written into its unfinished environment since (FAULTS
+            # #25): this agent stays as it is, the others go on
+            refused.append(Outcome(p.agent.name, p.strategy, "Kept", False, 0.0, str(e)))
         except UserError as e:
             # one agent's problem (a directory in its way, its branch checked
             # out elsewhere) stops that agent only; the others are created
@@ -216,7 +220,7 @@ def converge(
             for f, ctx in futures.items():
                 if ctx.record.phase == PHASE_CREATING:
                     try:
-                        lifecycle.rollback(ctx)
+                        lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
                     except Exception as e:  # noqa: BLE001 - the others still roll back
                         # the record stays, marked creating: the next `up` rolls it back again
                         message = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
@@ -253,7 +257,9 @@ def _prepare_one(
     if record is not None and record.phase == PHASE_CREATING:
         # an earlier run was interrupted half-way: undo it, then create anew
         try:
-            lifecycle.rollback(context(project, state, name))
+            lifecycle.rollback(context(project, state, name), check_work=True)
+        except lifecycle.WorkKept:
+            raise  # its own outcome: kept, with what was found
         except UserError as e:
             raise UserError(f"an interrupted creation could not be undone: {e.message}", hint=e.hint) from None
         del state.agents[name]
@@ -309,7 +315,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
             # space that ran out; undo it now rather than on the next run
             error = "the disk is full (No space left on device)"
             try:
-                lifecycle.rollback(ctx)
+                lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
                 ctx.record.extra["rolled_back"] = True
                 error += "; what it had made is rolled back"
             except Exception:  # noqa: BLE001 - the record stays marked creating: the next up retries

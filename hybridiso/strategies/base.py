@@ -15,6 +15,7 @@ from typing import Protocol
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
 from hybridiso.state import AgentRecord
+from hybridiso.work import MainRepo, WorkReport
 
 
 @dataclass
@@ -66,11 +67,15 @@ class Strategy(Protocol):
 
     def observe(self, ctx: EnvContext) -> Observation: ...
 
-    def unmerged_commits(self, ctx: EnvContext, base_commit: str) -> list[str]:
-        """Commits in the env's HEAD that exist nowhere else (not in base)."""
-
-    def save_ref(self, ctx: EnvContext, commit: str, ref: str) -> None:
-        """Make ``commit`` (made inside the env) reachable as ``ref`` in the main repository."""
+    def inventory(self, ctx: EnvContext, main: MainRepo) -> WorkReport:
+        """Everything git holds only in this environment (hybridiso/work.py):
+        commits on its branch not in base, other refs, stash entries, HEAD
+        reflog commits no ref holds, a HEAD on another branch, submodule
+        work, and whether git can read it at all -- each piece that
+        ``--force`` must save as a ``Tip`` naming the object store that has
+        it.  ``lifecycle`` adds the files.  Works on a missing directory too
+        (what is left of the environment elsewhere, e.g. a worktree's admin
+        dir)."""
 
     def exec_argv(self, ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
         """argv and cwd that run ``argv`` inside the environment."""

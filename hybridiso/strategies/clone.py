@@ -14,11 +14,13 @@ has the measurements behind the choice of ``--local`` over ``--shared``,
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from hybridiso import cleanup, envfile, git, output, safe_files
 from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.work import MainRepo, SnapshotPlan, WorkReport, add_submodule_work, store_work
 
 NAME = "clone"
 SHARES_REFS = False
@@ -110,25 +112,52 @@ def observe(ctx: EnvContext) -> Observation:
     return Observation(exists, registered, branch, head, None, problems)
 
 
-def unmerged_commits(ctx: EnvContext, base_commit: str) -> list[str]:
-    if not (ctx.path / ".git").is_dir():
-        return []
-    # commits the main repository does not have cannot be reached from its
-    # refs; ``--remotes`` covers what was fetched from it.
-    text = git.out(ctx.path, "log", "--format=%h %s", "HEAD", "--not", f"--remotes={BASE_REMOTE}", "--")
-    mine = [line for line in text.splitlines() if line]
-    if not mine:
-        return []
-    head = git.resolve_commit(ctx.path, "HEAD")
-    if head and git.resolve_commit(ctx.project.root, head) and git.ok(
-        ctx.project.root, "merge-base", "--is-ancestor", head, base_commit
-    ):
-        return []
-    return mine
+# what a clone fetched (from the local repository, or the user's origin) is
+# not the agent's work; everything else in it is
+SAFE_PREFIXES = (f"refs/remotes/{BASE_REMOTE}/", "refs/remotes/origin/")
 
 
-def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
-    git.run(ctx.path, "push", "-q", "--no-verify", str(ctx.project.root), f"{commit}:{ref}")
+def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
+    """A clone is a repository of its own: every ref (other branches, tags,
+    notes, ...), the stash, the HEAD reflog and its submodules can hold
+    commits that exist nowhere else (issue 11, FAULTS #23)."""
+    report = WorkReport()
+    path = ctx.path
+    if not path.is_dir():
+        return report  # its repository went with its directory
+    problem, blocker = _git_dir_problem(path)
+    if problem:
+        report.readable = False
+        report.unreadable.append(f"{path}: {problem}")
+        report.force_blocker = blocker
+        report.repair = "restore its .git directory (or move the files you need out of it)"
+        # its own objects are gone (or unreadable): the files can still be
+        # saved into the main repository, on top of where the clone started
+        report.snapshot = SnapshotPlan(main.common_dir, False, ctx.record.base_commit)
+        return report
+    found = store_work(path, path / ".git", branch=ctx.record.branch, safe_prefixes=SAFE_PREFIXES, count_tags=True, main=main)
+    report.commits, report.refs, report.stash = found.commits, found.refs, found.stash
+    report.detached, report.head, report.tips = found.detached, found.head, found.tips
+    add_submodule_work(report, path)
+    return report
+
+
+def _git_dir_problem(path: Path) -> tuple[str, str]:
+    """(why git cannot read the clone, why --force cannot save it); ("", "")
+    when it can.  A ``.git`` directory git cannot read may still hold the
+    only copy of commits: --force refuses to delete it (FAULTS #24)."""
+    dotgit = path / ".git"
+    if not os.path.lexists(dotgit):
+        return "its .git directory is missing, so git cannot read it", ""
+    if dotgit.is_symlink() or not dotgit.is_dir():
+        return "its .git is not the clone's own directory (a file or a symlink), so git cannot read it as this clone", ""
+    loc = git.locate(path)
+    if loc.toplevel is None or loc.git_dir is None:
+        blocker = f"its .git directory may hold commits git cannot read; repair it (`git -C '{path}' fsck`) or move it out of the workspace"
+        return f"git cannot read its .git directory: {loc.why}", blocker
+    if os.path.realpath(loc.toplevel) != os.path.realpath(path) or os.path.realpath(loc.git_dir) != os.path.realpath(dotgit):
+        return f"git reads it as {loc.git_dir}, not as its own .git directory", "its .git directory is not the clone's own"
+    return "", ""
 
 
 def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:

@@ -26,6 +26,7 @@ from hybridiso.project import Project
 from hybridiso.state import PHASE_READY
 from hybridiso.strategies import worktree
 from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.work import MainRepo, WorkReport
 
 NAME = "container"
 SHARES_REFS = True
@@ -352,12 +353,8 @@ def observe(ctx: EnvContext) -> Observation:
     return Observation(base.exists, base.registered, base.branch, base.head, process, problems)
 
 
-def unmerged_commits(ctx: EnvContext, base_commit: str) -> list[str]:
-    return worktree.unmerged_commits(ctx, base_commit)
-
-
-def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
-    worktree.save_ref(ctx, commit, ref)
+def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
+    return worktree.inventory(ctx, main)  # its files and branch are a worktree's
 
 
 def exec_failure_code(ctx: EnvContext, program: str) -> int:

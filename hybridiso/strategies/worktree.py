@@ -1,6 +1,8 @@
 """``worktree``: a linked git worktree sharing the repository's object store."""
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -8,6 +10,18 @@ from hybridiso import cleanup, git
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.work import (
+    MainRepo,
+    SnapshotPlan,
+    Tip,
+    WorkReport,
+    add_submodule_work,
+    closure,
+    describe_commits,
+    left_on_no_branch,
+    newest_tips,
+    ref_label,
+)
 
 NAME = "worktree"
 SHARES_REFS = True
@@ -82,15 +96,117 @@ def observe(ctx: EnvContext) -> Observation:
     return Observation(exists, wt is not None, wt.branch if wt else None, wt.head if wt else None, None, tuple(problems))
 
 
-def unmerged_commits(ctx: EnvContext, base_commit: str) -> list[str]:
-    head = git.branch_commit(ctx.project.root, ctx.record.branch)
-    if head is None:
+def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
+    """A worktree shares the repository's refs and objects: what it alone
+    holds is its HEAD and HEAD reflog (in its admin dir
+    ``worktrees/<id>``, deleted with it), its files and its submodules'
+    git dirs (also in the admin dir), and the agent branch when hybridiso
+    deletes it.  Stash entries and tags made here live in the shared refs:
+    not lost, but said (``kept``)."""
+    report = WorkReport()
+    record, path = ctx.record, ctx.path
+    admin = main.admin_dir(path)
+    head, head_ref = git.head_of(admin) if admin is not None else (None, None)
+    branch_tip = report.branch_tip = main.branch(record.branch)
+    if path.is_dir():
+        problem = _link_problem(path, admin)
+        if problem:
+            report.readable = False
+            report.unreadable.append(f"{path}: {problem}")
+            report.repair = f"`git -C '{ctx.project.root}' worktree repair '{path}'` writes its .git link again"
+            report.snapshot = SnapshotPlan(admin or main.common_dir, admin is not None, head or branch_tip or record.base_commit)
+            if (path / ".git").is_dir() and not (path / ".git").is_symlink():
+                # e.g. `git init` in the env: a repository of its own, whose
+                # commits nothing here can read as the worktree's
+                report.force_blocker = f"its .git is a directory, a repository of its own that may hold commits; move {path / '.git'} out of the workspace first"
+    entries = _commits(ctx, main, admin, branch_tip, head, head_ref, report)
+    made_here = {e.commit for e in entries if e.subject.startswith("commit")}  # "commit:", "commit (amend):" ...
+    report.kept += [f"tag {t} stays in the repository" for t in main.tags_at(made_here)]
+    report.kept += _stash_made_here(ctx, main, {e.commit for e in entries}, head_ref)
+    if report.readable and path.is_dir():
+        add_submodule_work(report, path)
+    return report
+
+
+def _link_problem(path: Path, admin: Path | None) -> str | None:
+    """Why git cannot read the worktree through its own ``.git`` file (a
+    missing, replaced or garbage link: FAULTS #24), or None.  Read as git
+    reads it, without running git: a ``gitdir:`` line naming this
+    worktree's admin dir, whose own ``gitdir`` names this ``.git`` (a
+    git that still fails on it fails ``git status`` next)."""
+    dotgit = path / ".git"
+    try:
+        st = os.lstat(dotgit)
+    except FileNotFoundError:
+        return "its .git file is missing, so git cannot read it"
+    except OSError as e:
+        return f"its .git file cannot be read ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "its .git is not the file git wrote (a directory, a symlink or a special file), so git cannot read it as this worktree"
+    try:
+        text = dotgit.read_text(encoding="utf-8", errors="replace") if st.st_size < 4096 else ""
+    except OSError as e:
+        return f"its .git file cannot be read ({e.strerror})"
+    if not text.startswith("gitdir: "):
+        return f"git cannot read it: invalid gitfile format: {dotgit}"
+    target = Path(text.removeprefix("gitdir: ").strip())
+    target = target if target.is_absolute() else path / target
+    if admin is None or os.path.realpath(target) != os.path.realpath(admin):
+        return f"its .git file points at {target}, not at this worktree's own metadata"
+    return None
+
+
+def _commits(
+    ctx: EnvContext, main: MainRepo, admin: Path | None, branch_tip: str | None, head: str | None, head_ref: str | None, report: WorkReport
+) -> list[git.ReflogEntry]:
+    """The agent branch's commits no other ref holds, the commits only the
+    HEAD reflog reaches, and a HEAD on another branch: ONE ``rev-list``.
+    Returns the HEAD reflog (for the notes)."""
+    branch_ref = f"refs/heads/{ctx.record.branch}"
+    if head_ref is not None and head_ref != branch_ref:
+        report.head.append(f"HEAD is on {ref_label(head_ref)}, not on branch {ctx.record.branch}")
+        other = main.refs.get(head_ref)
+        if other is not None:
+            report.tips.append(Tip(head_ref, other.oid, None, "head"))
+    entries: list[git.ReflogEntry] = []
+    branch_reflogs: list[str] = []
+    if admin is not None:
+        branches = sorted(b for b in {branch_ref, head_ref or ""} if b in main.refs)
+        entries, branch_reflogs = git.head_and_branch_reflogs(admin, *branches)
+    head_reflog = ([head] if head else []) + [e.commit for e in entries]
+    # every ref but the agent branch (removal may delete it) is safe
+    safe = main.safe_tips(branch_ref)
+    graph = git.commits_not_in(ctx.project.root, [*([branch_tip] if branch_tip else []), *head_reflog, *branch_reflogs], safe)
+    on_branch = closure(graph, branch_tip)
+    report.commits = describe_commits(graph, on_branch)
+    if on_branch and branch_tip:
+        report.tips.append(Tip(branch_ref, branch_tip, None, "commits"))
+    lost = left_on_no_branch(graph, head_reflog, branch_reflogs, on_branch)
+    report.detached = describe_commits(graph, lost)
+    for i, tip in enumerate(newest_tips(graph, lost)):
+        report.tips.append(Tip(f"detached/{i}", tip, None, "detached"))
+    return entries
+
+
+def _stash_made_here(ctx: EnvContext, main: MainRepo, visited: set[str], head_ref: str | None) -> list[str]:
+    """The repository's stash is shared by all its worktrees: ``down`` never
+    touches it, so entries made here stay.  They are told by the branch
+    their message names or, made on a detached HEAD, by their first parent
+    being a commit this HEAD was at."""
+    if not main.stash:
         return []
-    return git.unique_commits(ctx.project.root, base_commit, head)
-
-
-def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
-    git.update_ref(ctx.project.root, ref, commit)  # one object store: nothing to copy
+    branches = {ctx.record.branch}
+    if head_ref and head_ref.startswith("refs/heads/"):
+        branches.add(head_ref.removeprefix("refs/heads/"))
+    mine = []
+    for entry in main.stash:
+        on = entry.subject.removeprefix("WIP on ").removeprefix("On ").split(":", 1)[0]
+        if on in branches or (on == "(no branch)" and entry.parents[:1] and entry.parents[0] in visited):
+            mine.append(entry.selector)
+    if not mine:
+        return []
+    entries = "1 stash entry" if len(mine) == 1 else f"{len(mine)} stash entries"
+    return [f"{entries} made here ({', '.join(mine)}) stay in the repository's shared stash (`git stash list`)"]
 
 
 def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
