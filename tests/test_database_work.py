@@ -254,7 +254,7 @@ def test_down_refuses_a_changed_database_and_force_dumps_it_and_says_where(tmp_p
         # gc keeps it, and says why
         found = json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]
         assert [(f["target"], f["action"]) for f in found] == [("api", "keep")]
-        assert found[0]["reason"].startswith(f"uncommitted work: database {name} changed")
+        assert found[0]["reason"].startswith(f"work gc would lose: database {name} changed")
         hybridiso(repo, "gc", "--yes")
         assert env.is_dir() and name in databases.list_branches(postgres_server.url, name)
         # --force: the writer is still connected, still unflushed
