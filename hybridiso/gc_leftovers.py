@@ -144,4 +144,6 @@ def _compare_remover(workdir: Path) -> Callable[[], list[str]]:
     return apply
 
 
-FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, compare_findings)
+from hybridiso.gc_firewall import firewall_findings  # noqa: E402 - network-isolation rules (issue 12)
+
+FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, compare_findings, firewall_findings)
