@@ -1,0 +1,353 @@
+"""Which uid a container agent runs as, and how that uid gets to write its work.
+
+Never root (issue 12, part 3):
+
+- hybridiso run by a normal user: the container runs as that user's
+  ``uid:gid`` -- its files stay the user's, as before;
+- hybridiso run by root: the repository owner's uid when that is not root,
+  else a fixed unprivileged uid of the agent's own (``UID_BASE`` + a hash of
+  the project and the agent; recorded, so it never changes, and distinct
+  from the other agents of the repository).
+
+When the container's uid is not the uid that made the files (the root
+case), ``hand_over`` lets it write what an agent works on, and nothing else:
+
+- the worktree's contents become the agent's (``lchown``), with a default
+  ACL giving it ``rwx`` on every directory, so what the host writes there
+  later (``sync``, includes) stays writable for it; the worktree's top
+  directory and its ``.git`` file stay root's, and the top directory gets
+  the sticky bit: git on the host checks that both are its own ("dubious
+  ownership"), and the agent can neither rewrite ``.git`` nor swap it;
+- in the common git dir (still mounted whole: the narrower mount is issue 12
+  part 1), an ACL entry for the uid on ``objects/`` and its fan-out
+  directories (sticky, so no object another uid wrote can be replaced), on
+  the agent's own ``worktrees/<id>/`` (its ``gitdir`` and ``commondir``,
+  which tell the host's git where to look, stay root's, sticky), on the
+  directories of its branch's ref and reflog, and on ``refs/`` and
+  ``logs/refs/`` for ``git stash``.  Config, hooks, ``info/``, the state
+  dir and every other worktree's metadata get nothing: the uid cannot write
+  them.
+
+``take_back`` removes the ACL entries again at ``down`` (``fix_ownership``
+gives the files back).  ACLs are set through the ``system.posix_acl_*``
+extended attributes (no ``setfacl`` needed); a file system without POSIX
+ACLs is a clear error.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import struct
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from hybridiso import safe_files
+from hybridiso.errors import UserError
+from hybridiso.strategies.base import EnvContext
+
+UID_BASE = 1_600_000_000  # inside systemd's range for container uids (524288-1879048191)
+UID_SPAN = 10_000_000
+
+ACL_ACCESS = "system.posix_acl_access"
+ACL_DEFAULT = "system.posix_acl_default"
+_USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_UNDEFINED = 0xFFFFFFFF
+_RWX, _RW = 7, 6
+
+# ACL read-modify-write of the shared common dir: one thread at a time (the
+# repository lock keeps other hybridiso processes out)
+_acl_lock = threading.Lock()
+
+
+def parse_user(text: str) -> tuple[int, int] | None:
+    try:
+        uid, gid = (int(x) for x in text.split(":"))
+    except ValueError:
+        return None
+    return (uid, gid) if uid > 0 and gid >= 0 else None
+
+
+def _hashed_uid(project_id: str, agent: str, taken: set[int]) -> int:
+    digest = int(hashlib.sha256(f"{project_id}\0{agent}".encode()).hexdigest()[:12], 16)
+    uid = UID_BASE + digest % UID_SPAN
+    while uid in taken:  # another agent of this repository has it
+        uid = UID_BASE + (uid - UID_BASE + 1) % UID_SPAN
+    return uid
+
+
+def choose(ctx: EnvContext, project_id: str) -> tuple[int, int]:
+    """The agent's ``uid:gid``, recorded the first time it is chosen."""
+    recorded = parse_user(ctx.record.container_user)
+    if recorded is not None:
+        return recorded
+    if os.geteuid() != 0:
+        uid, gid = os.getuid(), os.getgid()
+    else:
+        owner = os.stat(ctx.project.repo.common_dir)
+        if owner.st_uid != 0:
+            uid, gid = owner.st_uid, owner.st_gid
+        else:
+            # distinct from the uids the repository's other agents were given
+            # (agents created in the same run race only at 1 in 10 million)
+            records = ctx.project.store.load().agents.values()
+            taken = {u[0] for r in records if r.name != ctx.name and (u := parse_user(r.container_user))}
+            uid = _hashed_uid(project_id, ctx.name, taken)
+            gid = uid
+    ctx.record.container_user = f"{uid}:{gid}"
+    return uid, gid
+
+
+def needs_grants(uid: int) -> bool:
+    """The files are made by root and the container is not root: the uid
+    needs to be given what it works on."""
+    return os.geteuid() == 0 and uid != 0
+
+
+# --- POSIX ACLs through extended attributes ----------------------------------------------
+
+Entry = tuple[int, int, int]  # tag, perm, id
+
+
+def _encode(entries: Iterable[Entry]) -> bytes:
+    body = b"".join(struct.pack("<HHI", t, p, i) for t, p, i in sorted(entries, key=lambda e: (e[0], e[2])))
+    return struct.pack("<I", 2) + body
+
+
+def _decode(blob: bytes) -> list[Entry]:
+    return [struct.unpack_from("<HHI", blob, 4 + 8 * n) for n in range((len(blob) - 4) // 8)]
+
+
+def _from_mode(mode: int) -> list[Entry]:
+    return [(_USER_OBJ, (mode >> 6) & 7, _UNDEFINED), (_GROUP_OBJ, (mode >> 3) & 7, _UNDEFINED), (_OTHER, mode & 7, _UNDEFINED)]
+
+
+def _read(path: Path, name: str, mode: int) -> list[Entry]:
+    try:
+        return _decode(os.getxattr(path, name, follow_symlinks=False))
+    except OSError as e:
+        if e.errno != errno.ENODATA:
+            raise
+    return _from_mode(mode)
+
+
+def _effective(entries: list[Entry]) -> list[Entry]:
+    """The entries with the mask applied to the group class, so that a new
+    mask computed from them gives nobody more than they had (a 0600 file
+    made in a directory with a default ACL keeps its group out)."""
+    mask = next((p for t, p, _ in entries if t == _MASK), None)
+    if mask is None:
+        return list(entries)
+    return [(t, p & mask, i) if t in (_USER, _GROUP, _GROUP_OBJ) else (t, p, i) for t, p, i in entries if t != _MASK]
+
+
+def _with_mask(entries: list[Entry]) -> list[Entry]:
+    entries = [e for e in entries if e[0] != _MASK]
+    if any(e[0] in (_USER, _GROUP) for e in entries):
+        mask = 0
+        for tag, perm, _ in entries:
+            if tag in (_USER, _GROUP, _GROUP_OBJ):
+                mask |= perm
+        entries.append((_MASK, mask, _UNDEFINED))
+    return entries
+
+
+def _no_acls(path: Path, e: OSError) -> UserError:
+    return UserError(
+        f"cannot give the container's uid access to {path}: the file system has no POSIX ACLs ({e.strerror})",
+        hint="put the workspace and the repository on a file system with ACLs (ext4, xfs, btrfs, tmpfs), "
+        "or run hybridiso as the user who owns them (the container then runs as that user)",
+    )
+
+
+def grant(path: Path, uid: int, perm: int, *, default: bool = False) -> None:
+    """Add ``u:uid:perm`` to the access ACL of ``path`` (a symlink is never
+    touched), and to its default ACL when ``default`` (directories)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return
+    names = [ACL_ACCESS, ACL_DEFAULT] if default and stat.S_ISDIR(st.st_mode) else [ACL_ACCESS]
+    for name in names:
+        entries = _effective(_read(path, name, st.st_mode))
+        entries = [e for e in entries if not (e[0] == _USER and e[2] == uid)]
+        if name == ACL_DEFAULT and not any(e[0] == _USER_OBJ for e in entries):
+            entries = _from_mode(st.st_mode)
+        entries.append((_USER, perm, uid))
+        try:
+            os.setxattr(path, name, _encode(_with_mask(entries)), follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise _no_acls(path, e) from None
+            raise
+
+
+def revoke(path: Path, uid: int) -> None:
+    """Remove every ACL entry of ``uid`` from ``path``; what is left of an
+    ACL that only mirrored the mode is removed with it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        return
+    for name in (ACL_ACCESS, ACL_DEFAULT) if stat.S_ISDIR(st.st_mode) else (ACL_ACCESS,):
+        try:
+            entries = _decode(os.getxattr(path, name, follow_symlinks=False))
+        except OSError:
+            continue
+        kept = [e for e in entries if not (e[0] == _USER and e[2] == uid)]
+        if kept == entries:
+            continue
+        if not any(e[0] in (_USER, _GROUP) for e in kept):
+            os.removexattr(path, name, follow_symlinks=False)
+            if name == ACL_ACCESS:  # the mode's group bits showed the mask: show the group's again
+                group = next((p for t, p, _ in kept if t == _GROUP_OBJ), (st.st_mode >> 3) & 7)
+                os.chmod(path, (stat.S_IMODE(st.st_mode) & ~0o070) | (group << 3))
+        else:
+            os.setxattr(path, name, _encode(_with_mask(kept)), follow_symlinks=False)
+
+
+def _sticky(path: Path) -> None:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_ISVTX:
+        os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_ISVTX)
+
+
+def _unsticky_if_unused(path: Path) -> None:
+    """The last agent uid left an objects directory: take back its sticky bit."""
+    if not path.is_relative_to(path.parent) or path.parent.name != "objects" and path.name != "objects":
+        return
+    try:
+        entries = _decode(os.getxattr(path, ACL_ACCESS, follow_symlinks=False))
+    except OSError:
+        entries = []
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and not any(t == _USER for t, _, _ in entries):
+        os.chmod(path, stat.S_IMODE(st.st_mode) & ~stat.S_ISVTX)
+
+
+# --- handing a new environment over ---------------------------------------------------------
+
+
+def _worktree_gitdir(ctx: EnvContext) -> Path | None:
+    """The agent's ``worktrees/<id>/`` in the common dir, from its ``.git``
+    file (read without following a symlink), if it is one of ours."""
+    text = safe_files.read_text(ctx.path, ".git") or ""
+    if not text.startswith("gitdir: "):
+        return None
+    gitdir = Path(text[len("gitdir: "):].strip())
+    worktrees = ctx.project.repo.common_dir / "worktrees"
+    if gitdir.parent != worktrees or not safe_files.is_plain_dir(gitdir):
+        return None
+    return gitdir
+
+
+def _hand_over_tree(top: Path, uid: int, gid: int, keep: set[str]) -> None:
+    """``top``'s contents become ``uid``'s except the names in ``keep``;
+    every directory gets a default ACL for it; ``top`` itself stays as it
+    is, with an ACL entry and the sticky bit."""
+    grant(top, uid, _RWX, default=True)
+    _sticky(top)
+    for root, dirs, files in os.walk(top):
+        here = Path(root)
+        for name in [*dirs, *files]:
+            if here == top and name in keep:
+                continue
+            p = here / name
+            os.lchown(p, uid, gid)
+            if name in dirs and not os.path.islink(p):
+                grant(p, uid, _RWX, default=True)
+
+
+def _git_dirs(ctx: EnvContext) -> list[tuple[str, bool]]:
+    """The directories of the common dir the agent's git writes to commit
+    on its branch and stash: (path relative to the common dir, whether new
+    entries there inherit the grant)."""
+    if safe_files.is_plain_dir(ctx.project.repo.common_dir / "reftable"):
+        # refs in reftable format: every update writes new tables there
+        return [("reftable", True)]
+    branch = Path("refs/heads", ctx.record.branch)
+    return [("refs", False), ("logs/refs", False), (str(branch.parent), True), (str(Path("logs") / branch.parent), True)]
+
+
+def _reflogs(ctx: EnvContext) -> list[str]:
+    if safe_files.is_plain_dir(ctx.project.repo.common_dir / "reftable"):
+        return ["reftable/tables.list"]
+    return [str(Path("logs/refs/heads", ctx.record.branch)), "logs/refs/stash"]
+
+
+def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
+    """Let the agent's uid write its worktree and run git on its branch
+    (see the module's docstring); record what was granted."""
+    if not needs_grants(uid):
+        return
+    common = ctx.project.repo.common_dir
+    _hand_over_tree(ctx.path, uid, gid, keep={".git"})
+    gitdir = _worktree_gitdir(ctx)
+    with _acl_lock:
+        grants: list[str] = []
+        if gitdir is not None:
+            _hand_over_tree(gitdir, uid, gid, keep={"gitdir", "commondir"})
+        objects = common / "objects"
+        for d in [objects, *sorted(p for p in objects.iterdir() if len(p.name) == 2 and safe_files.is_plain_dir(p))]:
+            grant(d, uid, _RWX, default=True)
+            _sticky(d)  # an object another uid wrote cannot be replaced
+            grants.append(str(d.relative_to(common)))
+        for d, inherit in _git_dirs(ctx):
+            safe_files.ensure_dir(common, d, mode=0o755)
+            grant(common / d, uid, _RWX, default=inherit)
+            grants.append(d)
+        for f in _reflogs(ctx):
+            if (common / f).is_file() and not (common / f).is_symlink():
+                grant(common / f, uid, _RW)
+                grants.append(f)
+        ctx.record.container_grants = sorted(set(ctx.record.container_grants) | set(grants))
+
+
+def refresh(ctx: EnvContext, uid: int, gid: int, files: Iterable[str]) -> None:
+    """Files the host wrote into the worktree since (the env file: readable;
+    included files: the agent's); each ``up`` before the agent runs."""
+    if not needs_grants(uid):
+        return
+    for rel in files:
+        p = ctx.path / rel
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if rel == ".hybridiso.env":
+            grant(p, uid, 4)  # read it, never rewrite what the host reads back
+        elif st.st_uid != uid:
+            os.lchown(p, uid, gid)
+
+
+def take_back(ctx: EnvContext) -> None:
+    """Remove the agent's ACL entries from the common git dir (``down``)."""
+    user = parse_user(ctx.record.container_user)
+    if user is None or not needs_grants(user[0]):
+        return
+    uid = user[0]
+    common = ctx.project.repo.common_dir
+    # what the record says, and what hand_over grants (a rebuilt record knows nothing)
+    paths = {*ctx.record.container_grants, "objects", *(d for d, _ in _git_dirs(ctx)), *_reflogs(ctx)}
+    with _acl_lock:
+        for rel in sorted(paths):
+            path = common / rel
+            if not path.is_relative_to(common) or ".." in Path(rel).parts:
+                continue  # a tampered record names nothing outside the git dir
+            try:
+                revoke(path, uid)
+                if rel == "objects":
+                    # fan-out directories made since inherited the entry
+                    for d in path.iterdir():
+                        if safe_files.is_plain_dir(d):
+                            revoke(d, uid)
+                            _unsticky_if_unused(d)
+                _unsticky_if_unused(path)
+            except OSError:
+                continue  # best effort: an entry left behind grants a uid nobody runs as
+        ctx.record.container_grants = []
