@@ -126,13 +126,9 @@ def run_setup(ctx: EnvContext) -> bool:
     t = time.monotonic()
     if commands:
         try:
-            setup_runner.run_setup(
-                commands,
-                ctx.path,
-                environment_for(ctx.project, ctx.agent, ctx.record),
-                log_path(ctx.project, ctx.name, "setup"),
-                ctx.cancel,
-                ctx.name,
+            # where the work runs: on the host, or in the agent's image (issue 12)
+            strategies.get(ctx.record.strategy).run_setup(
+                ctx, commands, environment_for(ctx.project, ctx.agent, ctx.record), log_path(ctx.project, ctx.name, "setup")
             )
         except setup_runner.SetupInterrupted:
             raise Cancelled(ctx.name) from None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hybridiso import cleanup, git
-from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.strategies.base import EnvContext, Observation, host_setup
 
 NAME = "clone"
 SHARES_REFS = False
@@ -83,3 +83,6 @@ def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
 
 def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
     return list(argv), ctx.path
+
+
+run_setup = host_setup  # setup runs in the environment's directory, on the host

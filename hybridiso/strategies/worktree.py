@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hybridiso import cleanup, git
 from hybridiso.process import CommandError
-from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.strategies.base import EnvContext, Observation, host_setup
 
 NAME = "worktree"
 SHARES_REFS = True
@@ -70,3 +70,6 @@ def save_ref(ctx: EnvContext, commit: str, ref: str) -> None:
 
 def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
     return list(argv), ctx.path
+
+
+run_setup = host_setup  # setup runs in the environment's directory, on the host
