@@ -225,7 +225,8 @@ def describe_boundary(b: Mapping[str, object]) -> str:
     """One line for people: what the container runs as and may do."""
     user = str(b.get("user", "?"))
     parts = [f"uid {user.split(':')[0]}" + (" (ROOT)" if user.split(":")[0] in ("0", "root", "root (image default)") else "")]
-    dropped, added = list(b.get("cap_drop") or []), list(b.get("cap_add") or [])  # type: ignore[call-overload]
+    dropped = list(b.get("cap_drop") or [])  # type: ignore[call-overload]
+    added = [str(c).removeprefix("CAP_") for c in b.get("cap_add") or []]  # type: ignore[attr-defined]
     if dropped == ["ALL"]:
         parts.append("capabilities: " + (", ".join(added) if added else "none"))
     else:

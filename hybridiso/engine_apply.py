@@ -84,6 +84,11 @@ def unescape(value: Any) -> Any:
     return value
 
 
+def _capabilities(names: Any) -> list[str] | None:
+    """As Compose hands them to the engine: CAP_-prefixed, ALL as is."""
+    return [n if n == "ALL" or n.startswith("CAP_") else f"CAP_{n}" for n in names or []] or None
+
+
 def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | None:
     """The one container of a parsed compose file as an API body, or None
     when the file needs Compose itself.  ``image_id`` (what the image name
@@ -139,8 +144,8 @@ def translate_agent(doc: Mapping[str, Any], file: Path, image_id: str = "") -> P
         # Compose accepts host=ip and host:ip; the engine only the latter
         "ExtraHosts": [h.replace("=", ":", 1) for h in svc.get("extra_hosts") or []] or None,
         "NetworkMode": svc.get("network_mode") or network,
-        "CapDrop": list(svc.get("cap_drop") or []) or None,
-        "CapAdd": list(svc.get("cap_add") or []) or None,
+        "CapDrop": _capabilities(svc.get("cap_drop")),
+        "CapAdd": _capabilities(svc.get("cap_add")),
         "ReadonlyRootfs": bool(svc.get("read_only", False)),
     }
     if svc.get("tmpfs"):
