@@ -65,6 +65,8 @@ def network_mode(ctx: EnvContext) -> str:
     why = netguard.unavailable()
     if why is None:
         return ISOLATED
+    if agent.network_fallback == NO_NETWORK and ctx.project.manifest.runs_services_in_containers(agent):
+        return f"refused: {why}, and network_fallback: none cannot reach its containerised services (internal can)"
     if agent.network_fallback != "refuse":
         return agent.network_fallback
     return f"refused: {why}"
@@ -144,7 +146,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
     mode = network_mode(ctx)
     resources = agent.resources
     extra_hosts: tuple[str, ...] = ()
-    if mode == ISOLATED:
+    if mode == ISOLATED or mode.startswith("refused"):
         # egress host names, as the host resolved them: DNS itself is outbound traffic
         extra_hosts = tuple(f"{name}:{a}" for name, addresses in sorted(egress_pins(ctx).items()) for a in addresses)
     labels = {
@@ -175,7 +177,8 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         cap_add=tuple(agent.cap_add),
         read_only=agent.read_only,
         tmpfs=(TMP_TMPFS,) if agent.read_only else (),
-        bridge_name=guard_for(ctx).bridge if mode == ISOLATED else None,
+        # refused here (no root): the file still has the isolated shape up gives it as root
+        bridge_name=guard_for(ctx).bridge if mode == ISOLATED or mode.startswith("refused") else None,
         network_internal=mode == INTERNAL,
     )
 

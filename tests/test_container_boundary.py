@@ -272,6 +272,17 @@ def test_without_iptables_an_isolated_agent_is_refused_or_gets_its_fallback(tmp_
         assert inspect(container("iso"))["HostConfig"]["NetworkMode"] == "none"
         assert "network is unreachable" in sh(repo, "iso", "nc -w 2 172.17.0.1 22").lower()
         assert status_json(repo)["iso"]["boundary"]["network"] == "none network"
+        # internal, the weaker one: nothing outside, but the host is reachable
+        # and no port is published (what docs/containers.md says it gives)
+        write_manifest(repo, (repo / "hybridiso.yaml").read_text().replace("network_fallback: none", "network_fallback: internal"))
+        assert "Recreated" in hybridiso(repo, "up").stderr
+        iso = container("iso")
+        assert json.loads(docker("network", "inspect", inspect(iso)["HostConfig"]["NetworkMode"]))[0]["Internal"] is True
+        with outside(ports=1) as out, host_listener() as listener:
+            reached = connect(repo, "iso", out.address, out.ports[0])
+            assert "outside:" not in reached and "rc=0" not in reached  # Docker drops it (a timeout)
+            assert "host-secret" in connect(repo, "iso", gateway(iso), listener.port)
+        assert status_json(repo)["iso"]["boundary"]["network"].startswith("internal network (no outside traffic; the host is reachable)")
     finally:
         down(repo)
 

@@ -430,6 +430,8 @@ def remove(ctx: EnvContext) -> None:
         output.warn(f"{ctx.name}: Docker is not reachable; its containers (if any) are left for `hybridiso gc`")
     # its firewall rules go with its network (whatever the record says: a
     # lost state file must not leave them); nothing happens without root
+    if netguard.unavailable() is not None and ctx.record.network_guard == "iptables":
+        output.warn(f"{ctx.name}: its network-isolation rules are left ({netguard.unavailable()}): `hybridiso gc --yes` as root removes them")
     netguard.remove({netguard.bridge_name(repo_id(ctx), ctx.name)})
     from hybridiso.container_build import agent_user
 
