@@ -317,9 +317,9 @@ COMPOSE_ONEOFF = "com.docker.compose.oneoff"
 COMPOSE_CONFIG_HASH = "com.docker.compose.config-hash"  # compose lists only containers that have one
 
 
-def ensure_network(name: str, labels: Mapping[str, str], options: Mapping[str, str] | None = None, internal: bool = False) -> None:
-    """A bridge network ``name`` exists (made now, with ``labels``, driver
-    ``options`` and ``internal``, or earlier)."""
+def ensure_network(name: str, labels: Mapping[str, str], options: Mapping[str, str] | None = None, internal: bool = False) -> bool:
+    """A bridge network ``name`` exists: made now, with ``labels``, driver
+    ``options`` and ``internal`` (True), or earlier, as it was (False)."""
     from docker.errors import APIError
 
     with api_errors(f"create network {name}"):
@@ -327,9 +327,11 @@ def ensure_network(name: str, labels: Mapping[str, str], options: Mapping[str, s
             client().api.create_network(
                 name, driver="bridge", labels=dict(labels), options=dict(options or {}) or None, internal=internal, check_duplicate=True
             )
+            return True
         except APIError as e:
             if e.status_code != 409:  # 409: it exists already, from an earlier up
                 raise
+            return False
 
 
 def network_differs(name: str, options: Mapping[str, str], internal: bool) -> bool:
@@ -429,8 +431,8 @@ def run_streaming(config: Mapping[str, Any], *, sink: Any, cancel: threading.Eve
 
 
 def apply_container(plan: Plan) -> str | None:
-    """Make ``plan`` (an engine_apply.Plan) true: its network exists, its one
-    container exists with the same config and runs.  Returns what was done
+    """Make ``plan`` (an engine_apply.Plan) true on its network, which must
+    exist: its one container exists with the same config and runs.  Returns what was done
     (created, recreated, started, unchanged), or None where Compose must
     reconcile: containers of other services in the project (orphans to
     remove), or a changed container holding volumes (Compose carries them
@@ -446,18 +448,9 @@ def apply_container(plan: Plan) -> str | None:
         stale = [c for c in found if (c.get("Labels") or {}).get(COMPOSE_CONFIG_HASH) != plan.config_hash or c.get("State") in ("dead", "removing")]
         if any(_holds_volumes(c) for c in stale):
             return None
-        replaced = bool(stale)
-        if plan.network and network_differs(plan.network, plan.network_options, plan.network_internal):
-            # made before the agent was isolated (or with another bridge):
-            # the agent's containers on it go first, then it is made anew
-            for c in found:
-                api.remove_container(c["Id"], force=True)
-            replaced = replaced or bool(found)
-            found, stale = [], []
-            remove_network(plan.network)
-        if plan.network:
-            ensure_network(plan.network, plan.network_labels, plan.network_options, plan.network_internal)  # it may have been pruned while the agent was stopped
-        action = "recreated" if replaced else "created"
+        # its network is the caller's to make, in the file's shape, before
+        # anything starts (strategies/container.py: isolation comes first)
+        action = "recreated" if stale else "created"
         for c in found:
             if c in stale:
                 api.remove_container(c["Id"], force=True)

@@ -24,7 +24,7 @@ def docker(*args: str) -> str:
 
 def labelled(kind: str, agent: str) -> list[str]:
     ls = {"container": ["ps", "-aq"], "network": ["network", "ls", "-q"], "volume": ["volume", "ls", "-q"]}[kind]
-    return docker(*ls, "--filter", f"label=dev.hybridiso.agent={agent}", "--filter", f"label={TEST_LABEL}").split()
+    return docker(*ls, "--filter", f"label=dev.hybridiso.agent={agent}", "--filter", f"label={TEST_LABEL}={TEST_RUN}").split()
 
 
 def get(url: str, timeout: float = 20) -> str:
@@ -360,7 +360,7 @@ def test_down_gives_back_files_a_container_left_to_another_uid(web_repo: Path) -
     assert r.returncode == 0, r.stderr
     assert not env.exists() and "web" not in state(repo).get("agents", {})
     assert labelled("container", "web") == []
-    helpers = docker("ps", "-aq", "--filter", "label=dev.hybridiso.role=helper", "--filter", f"label={TEST_LABEL}")
+    helpers = docker("ps", "-aq", "--filter", "label=dev.hybridiso.role=helper", "--filter", f"label={TEST_LABEL}={TEST_RUN}")
     assert helpers == ""
 
 

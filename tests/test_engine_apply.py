@@ -262,16 +262,16 @@ def test_up_makes_a_running_container_match_a_changed_manifest(tmp_path: Path, b
     repo = _repo_with_agents(tmp_path, agent.replace("{}", "hello"))
     try:
         hybridiso(repo, "up")
-        cid = docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}")
+        cid = docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}={TEST_RUN}")
         assert "Up to date" in hybridiso(repo, "up").stderr
         # another shell, another GIT_AUTHOR_NAME: not a change of the agent's config
         monkeypatch.setenv("GIT_AUTHOR_NAME", "Someone Else")
         assert "Up to date" in hybridiso(repo, "up").stderr
-        assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}") == cid
+        assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}={TEST_RUN}") == cid
         write_manifest(repo, f'labels: {{{TEST_LABEL}: "{TEST_RUN}"}}\nagents:\n' + agent.replace("{}", "hi there"))
         r = hybridiso(repo, "up")
         assert "Recreated" in r.stderr
-        assert "GREETING=hi there" in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}"))["Config"]["Env"]
+        assert "GREETING=hi there" in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}={TEST_RUN}"))["Config"]["Env"]
         assert status_json(repo)["solo"]["process"] == "running"
     finally:
         hybridiso(repo, "down", "--force", ok=None)

@@ -136,17 +136,18 @@ def _make_network_early(ctx: EnvContext, path: Path) -> None:
         _networks_pending[ctx.name] = future
 
 
-def _await_network(ctx: EnvContext, *, wait_only: bool = False) -> None:
+def _await_network(ctx: EnvContext, *, wait_only: bool = False) -> bool:
     """Wait for the network create() started, if any, raising its error;
-    with ``wait_only``, its error is not ours to raise (the caller is failing)."""
+    True when it made the network just now (so it has the file's shape).
+    With ``wait_only``, its error is not ours to raise (the caller is failing)."""
     with _pending_lock:
         future = _networks_pending.pop(ctx.name, None)
     if future is None:
-        return
+        return False
     if wait_only:
         wait([future])
-    else:
-        future.result()
+        return False
+    return bool(future.result())
 
 
 def start(ctx: EnvContext) -> str:
@@ -216,16 +217,17 @@ def _network_ready(ctx: EnvContext, path: Path, mode: str) -> bool:
         netguard.apply(guard)  # before any container of the agent can send a packet
     elif ctx.record.network_guard == ISOLATED:
         netguard.remove({netguard.bridge_name(repo_id(ctx), ctx.name)})  # the manifest dropped the isolation
-    _await_network(ctx)  # its error (Docker refused the network) is this agent's
+    made = _await_network(ctx)  # its error (Docker refused the network) is this agent's
     if plan is None or plan.network is None:
         return True
-    if docker_client.network_differs(plan.network, plan.network_options, plan.network_internal):
-        # made before the agent was isolated (or the other way round): its
-        # containers go (named volumes stay), the network is made anew
-        for info in project_containers(ctx):
-            docker_client.remove_container(info.id)
-        docker_client.remove_network(plan.network)
-    docker_client.ensure_network(plan.network, plan.network_labels, plan.network_options, plan.network_internal)
+    if not made:  # it was there (an earlier up), or pruned since
+        if docker_client.network_differs(plan.network, plan.network_options, plan.network_internal):
+            # made before the agent was isolated (or the other way round): its
+            # containers go (named volumes stay), the network is made anew
+            for info in project_containers(ctx):
+                docker_client.remove_container(info.id)
+            docker_client.remove_network(plan.network)
+        docker_client.ensure_network(plan.network, plan.network_labels, plan.network_options, plan.network_internal)
     if guard is None:
         return True
     bridge = docker_client.network_bridge(plan.network)
