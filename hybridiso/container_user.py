@@ -295,14 +295,14 @@ def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
             grant(d, uid, _RWX, default=True)
             _sticky(d)  # an object another uid wrote cannot be replaced
             grants.append(str(d.relative_to(common)))
-        for d, inherit in _git_dirs(ctx):
-            safe_files.ensure_dir(common, d, mode=0o755)
-            grant(common / d, uid, _RWX, default=inherit)
-            grants.append(d)
-        for f in _reflogs(ctx):
-            if (common / f).is_file() and not (common / f).is_symlink():
-                grant(common / f, uid, _RW)
-                grants.append(f)
+        for rel, inherit in _git_dirs(ctx):
+            safe_files.ensure_dir(common, rel, mode=0o755)
+            grant(common / rel, uid, _RWX, default=inherit)
+            grants.append(rel)
+        for log in _reflogs(ctx):
+            if (common / log).is_file() and not (common / log).is_symlink():
+                grant(common / log, uid, _RW)
+                grants.append(log)
         ctx.record.container_grants = sorted(set(ctx.record.container_grants) | set(grants))
 
 

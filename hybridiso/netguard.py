@@ -52,6 +52,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridiso import process
 from hybridiso.errors import UserError
 
 CHAIN_FORWARD = "HYBRIDISO-FWD"
@@ -252,7 +253,7 @@ def families() -> list[Family]:
 
 def _run(argv: Sequence[str], text: str | None = None) -> str:
     try:
-        proc = subprocess.run(list(argv), input=text, capture_output=True, text=True, timeout=TIMEOUT, stdin=None if text is not None else subprocess.DEVNULL)
+        proc = process.run(argv, input=text, check=False, timeout=TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise Unavailable(f"{argv[0]} could not run: {e}", hint=_HINT) from None
     if proc.returncode != 0:

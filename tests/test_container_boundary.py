@@ -24,7 +24,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.cli import check_no_crash, hybridiso, state, status_json, write_manifest
+from tests.support.cli import (
+    check_no_crash,
+    hybridiso,
+    state,
+    status_json,
+    write_manifest,
+)
 from tests.support.docker_fixtures import TEST_LABEL, TEST_RUN, agents_repo
 from tests.support.gitrepo import git, make_repo
 from tests.support.netlab import host_addresses, host_listener, outside
@@ -75,7 +81,7 @@ def refused(out: str) -> bool:
 def rules(bridge_hint: str = "") -> list[str]:
     lines = []
     for tool in ("iptables-save", "ip6tables-save"):
-        out = subprocess.run([tool, "-t", "filter"], capture_output=True, text=True).stdout
+        out = subprocess.run([tool, "-t", "filter"], capture_output=True, text=True, check=False).stdout
         lines += [f"{tool}: {line}" for line in out.splitlines() if "HYBRIDISO" in line and bridge_hint in line]
     return lines
 
@@ -154,7 +160,7 @@ def test_an_isolated_agent_reaches_no_host_address_and_its_port_still_answers(tm
             assert get(f"http://127.0.0.1:{port}/index.html") == "hello\n"
             # ... and only there (published on loopback, as for every agent)
             for host in host_addresses():
-                r = subprocess.run(["curl", "-s", "-m", "2", f"http://{host}:{port}/index.html"], capture_output=True, text=True)
+                r = subprocess.run(["curl", "-s", "-m", "2", f"http://{host}:{port}/index.html"], capture_output=True, text=True, check=False)
                 assert r.returncode != 0, host
             st = status_json(repo)
             assert st["iso"]["boundary"]["network"].startswith("isolated: no route to the host or outside")
@@ -212,7 +218,7 @@ def test_lost_rules_are_a_problem_up_repairs_and_gc_removes_orphans(tmp_path: Pa
         try:
             hybridiso(repo, "up")
             installed = rules(bridge)
-            assert any(f"agent=iso" in r and f"-i {bridge}" in r for r in installed)
+            assert any("agent=iso" in r and f"-i {bridge}" in r for r in installed)
             assert any(r.startswith("ip6tables-save") for r in installed)  # IPv6 too
             # a second up changes nothing
             assert "Up to date" in hybridiso(repo, "up").stderr and rules(bridge) == installed
@@ -296,7 +302,7 @@ def test_an_engine_whose_networks_are_not_this_machines_is_refused(tmp_path: Pat
     repo = agents_repo(tmp_path / "r", web("iso", busybox_image, ISOLATED))
 
     def up_elsewhere() -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "hybridiso", "up"], cwd=repo, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "hybridiso", "up"], cwd=repo, capture_output=True, text=True, timeout=180, check=False)
         check_no_crash(proc, ["up"])
         return proc
 
@@ -311,7 +317,7 @@ def test_an_engine_whose_networks_are_not_this_machines_is_refused(tmp_path: Pat
         assert inspect(container("iso"))["HostConfig"]["NetworkMode"] == "none"
     finally:
         down(repo)
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
 
 
 # --- least privilege ------------------------------------------------------------------------
@@ -341,7 +347,7 @@ def test_least_privilege_inside(tmp_path: Path, busybox_image: str) -> None:
             uid = agent_uid(repo, agent)
             status = sh(repo, agent, "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")
             assert status.split()[0] == str(uid) != "0"
-            caps = dict(re.findall(r"^(\w+):\s+(\S+)$", status, re.M))
+            caps = dict(re.findall(r"^(\w+):\s+(\S+)$", status, re.MULTILINE))
             assert caps["CapEff"] == "0000000000000000" and caps["NoNewPrivs"] == "1" and caps["Seccomp"] == "2"
             assert caps["CapBnd"] == ("0000000000000400" if agent == "tight" else "0000000000000000")  # NET_BIND_SERVICE is bit 10
             # no way back to root: no capability, no setuid (no-new-privileges)
@@ -638,7 +644,7 @@ def test_a_port_lost_in_a_race_names_the_agent_the_port_and_the_holder(tmp_path:
     port = free_port()
     first = docker("run", "-d", "--label", f"{TEST_LABEL}={TEST_RUN}", "-p", f"127.0.0.1:{port}:80", busybox_image, "sleep", "60")
     try:
-        r = subprocess.run(["docker", "run", "-d", "--label", f"{TEST_LABEL}={TEST_RUN}", "-p", f"127.0.0.1:{port}:80", busybox_image, "sleep", "60"], capture_output=True, text=True)
+        r = subprocess.run(["docker", "run", "-d", "--label", f"{TEST_LABEL}={TEST_RUN}", "-p", f"127.0.0.1:{port}:80", busybox_image, "sleep", "60"], capture_output=True, text=True, check=False)
         assert r.returncode != 0
         repo = make_repo(tmp_path / "r")
         write_manifest(repo, "agents: []\n")
@@ -649,7 +655,7 @@ def test_a_port_lost_in_a_race_names_the_agent_the_port_and_the_holder(tmp_path:
         assert f"agent web's port web={port} is taken by another program (pid " in error.message and "docker-proxy" in error.message
         assert error.hint and "`hybridiso up web` leases it another port" in error.hint
     finally:
-        subprocess.run(["docker", "rm", "-f", first], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", first], capture_output=True, check=False)
 
 
 # --- services of an isolated agent ------------------------------------------------------
@@ -674,7 +680,7 @@ agents:
             assert sh(repo, "iso", 'redis-cli -u "$REDIS_URL" ping').split()[0] == "PONG"
             service = docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=iso", "--filter", "label=dev.hybridiso.role=service", "--filter", f"label={TEST_LABEL}={TEST_RUN}")
             gw = gateway(service)
-            out = subprocess.run(["docker", "exec", service, "timeout", "4", "bash", "-c", f"exec 3<>/dev/tcp/{gw}/{listener.port}"], capture_output=True, text=True)
+            out = subprocess.run(["docker", "exec", service, "timeout", "4", "bash", "-c", f"exec 3<>/dev/tcp/{gw}/{listener.port}"], capture_output=True, text=True, check=False)
             assert out.returncode != 0 and "No route to host" in out.stderr
             assert listener.peers == []
             host = inspect(service)["HostConfig"]

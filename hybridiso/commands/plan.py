@@ -89,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
     )
     output.message(f"* {projection.describe()}")
     for r in rows:
-        if r["boundary"]:
+        boundary = r["boundary"]
+        if isinstance(boundary, dict):
             from hybridiso.container_build import describe_boundary
 
-            output.message(f"  {r['agent']} gets: {describe_boundary(r['boundary'])}")
+            output.message(f"  {r['agent']} gets: {describe_boundary(boundary)}")
     for w in plan.warnings:
         output.warn(w)
     for r in rows:

@@ -112,7 +112,7 @@ def _refuse_if_unguarded(ctx: EnvContext) -> str:
 
 
 _network_maker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hybridiso-network")
-_networks_pending: dict[str, Future[None]] = {}
+_networks_pending: dict[str, Future[bool]] = {}
 _pending_lock = threading.Lock()
 
 
@@ -157,9 +157,6 @@ def start(ctx: EnvContext) -> str:
     docker_client.client()  # Docker unreachable: say so before anything else (FAULTS #12)
     docker_client.ensure_image(ctx.agent.image)
     ctx.record.extra["image"] = ctx.agent.image  # down fixes ownership with it, even once the manifest forgets the agent
-    from hybridiso.container_build import build_spec
-    from hybridiso.render import write_compose
-
     spec, path = _prepare(ctx)
     # ready means healthy where anything has a healthcheck: the manifest's,
     # the image's own HEALTHCHECK, or the services'
@@ -301,7 +298,9 @@ def _apply_through_engine(ctx: EnvContext, path: Path, image_id: str, healthchec
     """A project of one container starts through the Engine API (see
     engine_apply.py): what was done; None when the file needs Compose."""
     plan = _engine_plan(ctx, path, image_id)
-    action = docker_client.apply_container(plan) if plan is not None else None
+    if plan is None:
+        return None
+    action = docker_client.apply_container(plan)
     if action is None:
         return None
     if healthchecks:
