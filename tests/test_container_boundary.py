@@ -709,3 +709,28 @@ def test_engine_and_compose_give_an_isolated_agent_the_same_boundary(tmp_path: P
         assert refused(connect(repo, "iso", gateway(theirs["Id"]), 22))
     finally:
         down(repo)
+
+
+def test_an_agent_made_before_it_had_its_own_uid_is_handed_over(tmp_path: Path, git_image: str) -> None:
+    """Upgrading: an environment made when containers ran as root (root's
+    files, no uid in the record) gets its uid and what it needs on the next
+    up, and git inside works as that uid."""
+    repo = agents_repo(tmp_path / "r", f'  - {{name: old, isolation: container, image: {git_image}, command: ["sleep", "infinity"]}}\n')
+    try:
+        hybridiso(repo, "up")
+        env = tmp_path / "r.agents" / "old"
+        subprocess.run(["chown", "-R", "0:0", str(env)], check=True)
+        path = repo / ".git" / "hybridiso" / "state.json"
+        data = json.loads(path.read_text())
+        record = data["agents"]["old"]
+        uid = record.pop("container_user")
+        for key in ("container_grants", "network_guard", "egress_addresses"):
+            record.pop(key)
+        path.write_text(json.dumps(data))
+        hybridiso(repo, "up")
+        assert agent_uid(repo, "old") == int(uid.split(":")[0])  # the same uid again: it is derived, not random
+        out = hybridiso(repo, "exec", "old", "--", "sh", "-c", "id -u; echo x > new.txt && git add new.txt && git commit -qm inside && echo ok").stdout.split()
+        assert out == [uid.split(":")[0], "ok"]
+        assert git(repo, "log", "-1", "--format=%s", "hybridiso/old") == "inside"
+    finally:
+        down(repo)

@@ -194,6 +194,9 @@ def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
     spec = build_spec(ctx)
     path = write_compose(spec, compose_file(ctx), ctx.project.store.anchor)
     uid, gid = container_user.parse_user(spec.user or "") or (os.getuid(), os.getgid())
+    if container_user.needs_grants(uid) and not ctx.record.container_grants:
+        # made by a hybridiso that ran containers as root, or a record rebuilt from reality
+        container_user.hand_over(ctx, uid, gid)
     container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.extra.get("included", [])])
     if not _network_ready(ctx, path, mode):
         return _prepare(ctx)  # the engine's networks are out of reach: the manifest's weaker mode, rendered anew
