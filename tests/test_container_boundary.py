@@ -719,7 +719,20 @@ def test_an_agent_made_before_it_had_its_own_uid_is_handed_over(tmp_path: Path, 
     try:
         hybridiso(repo, "up")
         env = tmp_path / "r.agents" / "old"
-        subprocess.run(["chown", "-R", "0:0", str(env)], check=True)
+        # what an older hybridiso left: everything root's, no ACL, no sticky bit
+        for top in (env, repo / ".git"):
+            for root, dirs, files in os.walk(top):
+                for p in [Path(root), *(Path(root) / n for n in dirs + files)]:
+                    if p.is_symlink():
+                        continue
+                    os.chown(p, 0, 0)
+                    for name in ("system.posix_acl_access", "system.posix_acl_default"):
+                        try:
+                            os.removexattr(p, name)
+                        except OSError:
+                            pass
+                    if p.is_dir():
+                        os.chmod(p, p.stat().st_mode & ~0o1000 & ~0o070 | 0o050)
         path = repo / ".git" / "hybridiso" / "state.json"
         data = json.loads(path.read_text())
         record = data["agents"]["old"]
