@@ -90,7 +90,9 @@ def create(ctx: EnvContext) -> None:
         worktree.create(ctx)
         from hybridiso.container_build import agent_user
 
+        t = time.monotonic()
         container_user.hand_over(ctx, *agent_user(ctx))
+        ctx.record.timings["handover"] = round(time.monotonic() - t, 3)
     except BaseException:
         _await_network(ctx, wait_only=True)  # a rollback must not race it
         raise
@@ -198,8 +200,10 @@ def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
         # made by a hybridiso that ran containers as root, or a record rebuilt from reality
         container_user.hand_over(ctx, uid, gid)
     container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.extra.get("included", [])])
+    t = time.monotonic()
     if not _network_ready(ctx, path, mode):
         return _prepare(ctx)  # the engine's networks are out of reach: the manifest's weaker mode, rendered anew
+    ctx.record.timings["network"] = round(time.monotonic() - t, 3)  # waiting for it, its rules, its checks
     ctx.record.network_guard = mode
     return spec, path
 
