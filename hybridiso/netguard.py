@@ -112,13 +112,15 @@ def parse_egress(text: str) -> Egress:
     if not 1 <= port <= 65535:
         raise ValueError(f"{text!r}: port {port} is not in 1-65535")
     try:
-        net = ipaddress.ip_network(host, strict=False)
+        net = ipaddress.ip_network(host[1:-1] if host.startswith("[") and host.endswith("]") else host, strict=False)
     except ValueError:
         if not _HOSTNAME_RE.match(host):
             raise ValueError(f"{text!r}: {host!r} is neither an IPv4 address, a CIDR block nor a host name") from None
         return Egress(host.lower(), port, protocol)
     if net.version != 4:
         raise ValueError(f"{text!r}: agent networks are IPv4 only, so an IPv6 destination is never reachable")
+    if net.is_loopback:
+        raise ValueError(f"{text!r}: 127.0.0.0/8 inside a container is its own loopback, always reachable; the host is not there")
     return Egress(str(net) if "/" in host else str(net.network_address), port, protocol)
 
 
