@@ -45,6 +45,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hybridiso import safe_files
+from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import UserError
 from hybridiso.strategies.base import EnvContext
 
@@ -124,9 +125,9 @@ def _from_mode(mode: int) -> list[Entry]:
     return [(_USER_OBJ, (mode >> 6) & 7, _UNDEFINED), (_GROUP_OBJ, (mode >> 3) & 7, _UNDEFINED), (_OTHER, mode & 7, _UNDEFINED)]
 
 
-def _read(path: Path, name: str, mode: int) -> list[Entry]:
+def _read(fd: int, name: str, mode: int) -> list[Entry]:
     try:
-        return _decode(os.getxattr(path, name, follow_symlinks=False))
+        return _decode(os.getxattr(fd, name))
     except OSError as e:
         if e.errno != errno.ENODATA:
             raise
@@ -154,7 +155,7 @@ def _with_mask(entries: list[Entry]) -> list[Entry]:
     return entries
 
 
-def _no_acls(path: Path, e: OSError) -> UserError:
+def _no_acls(path: Path | str, e: OSError) -> UserError:
     return UserError(
         f"cannot give the container's uid access to {path}: the file system has no POSIX ACLs ({e.strerror})",
         hint="put the workspace and the repository on a file system with ACLs (ext4, xfs, btrfs, tmpfs), "
@@ -162,70 +163,94 @@ def _no_acls(path: Path, e: OSError) -> UserError:
     )
 
 
-def grant(path: Path, uid: int, perm: int, *, default: bool = False) -> None:
-    """Add ``u:uid:perm`` to the access ACL of ``path`` (a symlink is never
-    touched), and to its default ACL when ``default`` (directories)."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        return
+# Every change below is made through a file descriptor reached without
+# following a symlink (safe_files' walk, openat with O_NOFOLLOW): the agent
+# owns its worktree and may swap any directory in it for a symlink while
+# hybridiso works there (the upgrade path hands over a live environment),
+# and a path walked twice could then lead anywhere on the host.
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+MAX_DEPTH = 256  # deeper than any checkout; a tree made to exhaust us is refused, not followed
+
+
+def _open_at(parent: int, name: str, *, directory: bool) -> int | None:
+    """``name`` in the directory ``parent`` as a directory (or a regular
+    file), or None when it is anything else now (a symlink, a FIFO, gone)."""
+    try:
+        fd = os.open(name, _DIR if directory else _FILE, dir_fd=parent)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.ENXIO, errno.EACCES):
+            return None
+        raise
+    if not directory and not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def grant_fd(fd: int, uid: int, perm: int, *, default: bool = False, shown: Path | str = "") -> None:
+    """Add ``u:uid:perm`` to the access ACL of the open file ``fd``, and to
+    its default ACL when ``default`` and it is a directory."""
+    st = os.fstat(fd)
     names = [ACL_ACCESS, ACL_DEFAULT] if default and stat.S_ISDIR(st.st_mode) else [ACL_ACCESS]
     for name in names:
-        entries = _effective(_read(path, name, st.st_mode))
+        entries = _effective(_read(fd, name, st.st_mode))
         entries = [e for e in entries if not (e[0] == _USER and e[2] == uid)]
         if name == ACL_DEFAULT and not any(e[0] == _USER_OBJ for e in entries):
             entries = _from_mode(st.st_mode)
         entries.append((_USER, perm, uid))
         try:
-            os.setxattr(path, name, _encode(_with_mask(entries)), follow_symlinks=False)
+            os.setxattr(fd, name, _encode(_with_mask(entries)))
         except OSError as e:
             if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-                raise _no_acls(path, e) from None
+                raise _no_acls(shown, e) from None
             raise
 
 
-def revoke(path: Path, uid: int) -> None:
-    """Remove every ACL entry of ``uid`` from ``path``; what is left of an
-    ACL that only mirrored the mode is removed with it."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        return
+def revoke_fd(fd: int, uid: int) -> None:
+    """Remove every ACL entry of ``uid``; what is left of an ACL that only
+    mirrored the mode is removed with it."""
+    st = os.fstat(fd)
     for name in (ACL_ACCESS, ACL_DEFAULT) if stat.S_ISDIR(st.st_mode) else (ACL_ACCESS,):
         try:
-            entries = _decode(os.getxattr(path, name, follow_symlinks=False))
+            entries = _decode(os.getxattr(fd, name))
         except OSError:
             continue
         kept = [e for e in entries if not (e[0] == _USER and e[2] == uid)]
         if kept == entries:
             continue
         if not any(e[0] in (_USER, _GROUP) for e in kept):
-            os.removexattr(path, name, follow_symlinks=False)
+            os.removexattr(fd, name)
             if name == ACL_ACCESS:  # the mode's group bits showed the mask: show the group's again
                 group = next((p for t, p, _ in kept if t == _GROUP_OBJ), (st.st_mode >> 3) & 7)
-                os.chmod(path, (stat.S_IMODE(st.st_mode) & ~0o070) | (group << 3))
+                os.chmod(fd, (stat.S_IMODE(st.st_mode) & ~0o070) | (group << 3))
         else:
-            os.setxattr(path, name, _encode(_with_mask(kept)), follow_symlinks=False)
+            os.setxattr(fd, name, _encode(_with_mask(kept)))
 
 
-def _sticky(path: Path) -> None:
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_ISVTX:
-        os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_ISVTX)
-
-
-def _unsticky_if_unused(path: Path) -> None:
-    """The last agent uid left an objects directory: take back its sticky bit."""
-    if not path.is_relative_to(path.parent) or path.parent.name != "objects" and path.name != "objects":
-        return
+def _has_named_user(fd: int) -> bool:
     try:
-        entries = _decode(os.getxattr(path, ACL_ACCESS, follow_symlinks=False))
+        return any(t == _USER for t, _, _ in _decode(os.getxattr(fd, ACL_ACCESS)))
     except OSError:
-        entries = []
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and not any(t == _USER for t, _, _ in entries):
-        os.chmod(path, stat.S_IMODE(st.st_mode) & ~stat.S_ISVTX)
+        return False
+
+
+def _sticky(fd: int, on: bool = True) -> None:
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if bool(mode & stat.S_ISVTX) != on:
+        os.chmod(fd, mode | stat.S_ISVTX if on else mode & ~stat.S_ISVTX)
+
+
+def _at(anchor: Path, rel: str | Path, *, directory: bool = True) -> int | None:
+    """``anchor/rel`` opened without following a symlink on the way, or None."""
+    parts = Path(rel).parts
+    if not parts:
+        return os.open(anchor, _DIR)
+    try:
+        with safe_files.open_dir(anchor, Path(*parts[:-1]) if len(parts) > 1 else "") as parent:
+            return _open_at(parent, parts[-1], directory=directory)
+    except (FileNotFoundError, NotADirectoryError, safe_files.UnsafePath):
+        return None
 
 
 # --- handing a new environment over ---------------------------------------------------------
@@ -244,21 +269,36 @@ def _worktree_gitdir(ctx: EnvContext) -> Path | None:
     return gitdir
 
 
-def _hand_over_tree(top: Path, uid: int, gid: int, keep: set[str]) -> None:
-    """``top``'s contents become ``uid``'s except the names in ``keep``;
-    every directory gets a default ACL for it; ``top`` itself stays as it
-    is, with an ACL entry and the sticky bit."""
-    grant(top, uid, _RWX, default=True)
+def _hand_over_tree(top: int, uid: int, gid: int, keep: set[str], shown: Path) -> None:
+    """The contents of the directory ``top`` become ``uid``'s except the
+    names in ``keep``; every directory gets a default ACL for it; ``top``
+    itself stays its owner's, with an ACL entry and the sticky bit."""
+    grant_fd(top, uid, _RWX, default=True, shown=shown)
     _sticky(top)
-    for root, dirs, files in os.walk(top):
-        here = Path(root)
-        for name in [*dirs, *files]:
-            if here == top and name in keep:
-                continue
-            p = here / name
-            os.lchown(p, uid, gid)
-            if name in dirs and not os.path.islink(p):
-                grant(p, uid, _RWX, default=True)
+    _give(top, uid, gid, keep, 0, shown)
+
+
+def _give(dfd: int, uid: int, gid: int, keep: set[str], depth: int, shown: Path) -> None:
+    if depth > MAX_DEPTH:
+        raise UserError(f"{shown} nests directories more than {MAX_DEPTH} deep; hybridiso does not follow it further")
+    for name in os.listdir(dfd):
+        if name in keep:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        sub = _open_at(dfd, name, directory=True)
+        if sub is None:
+            continue  # swapped for something else since: not followed
+        try:
+            grant_fd(sub, uid, _RWX, default=True, shown=shown / name)
+            _give(sub, uid, gid, set(), depth + 1, shown / name)
+        finally:
+            os.close(sub)
 
 
 def _git_dirs(ctx: EnvContext) -> list[tuple[str, bool]]:
@@ -270,6 +310,11 @@ def _git_dirs(ctx: EnvContext) -> list[tuple[str, bool]]:
         return [("reftable", True)]
     branch = Path("refs/heads", ctx.record.branch)
     return [("refs", False), ("logs/refs", False), (str(branch.parent), True), (str(Path("logs") / branch.parent), True)]
+
+
+# what may be written there but must not be renamed or replaced by the agent
+# (refs/heads, refs/tags; a fan-out directory of objects): sticky
+_STICKY = {"refs", "logs/refs", "objects"}
 
 
 def _reflogs(ctx: EnvContext) -> list[str]:
@@ -284,25 +329,60 @@ def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
     if not needs_grants(uid):
         return
     common = ctx.project.repo.common_dir
-    _hand_over_tree(ctx.path, uid, gid, keep={".git"})
+    top = os.open(ctx.path, _DIR)
+    try:
+        _hand_over_tree(top, uid, gid, {".git"}, ctx.path)
+    finally:
+        os.close(top)
     gitdir = _worktree_gitdir(ctx)
     with _acl_lock:
         grants: list[str] = []
         if gitdir is not None:
-            _hand_over_tree(gitdir, uid, gid, keep={"gitdir", "commondir"})
-        objects = common / "objects"
-        for d in [objects, *sorted(p for p in objects.iterdir() if len(p.name) == 2 and safe_files.is_plain_dir(p))]:
-            grant(d, uid, _RWX, default=True)
-            _sticky(d)  # an object another uid wrote cannot be replaced
-            grants.append(str(d.relative_to(common)))
+            fd = _at(common, gitdir.relative_to(common))
+            if fd is not None:
+                try:
+                    _hand_over_tree(fd, uid, gid, {"gitdir", "commondir"}, gitdir)
+                finally:
+                    os.close(fd)
+        objects = _at(common, "objects")
+        if objects is not None:
+            try:
+                grant_fd(objects, uid, _RWX, default=True, shown=common / "objects")
+                _sticky(objects)
+                grants.append("objects")
+                for name in sorted(n for n in os.listdir(objects) if len(n) == 2):
+                    fd = _open_at(objects, name, directory=True)
+                    if fd is None:
+                        continue
+                    try:
+                        grant_fd(fd, uid, _RWX, default=True, shown=common / "objects" / name)
+                        _sticky(fd)  # an object another uid wrote cannot be replaced
+                    finally:
+                        os.close(fd)
+                    grants.append(f"objects/{name}")
+            finally:
+                os.close(objects)
         for rel, inherit in _git_dirs(ctx):
             safe_files.ensure_dir(common, rel, mode=0o755)
-            grant(common / rel, uid, _RWX, default=inherit)
+            fd = _at(common, rel)
+            if fd is None:
+                continue
+            try:
+                grant_fd(fd, uid, _RWX, default=inherit, shown=common / rel)
+                if rel in _STICKY:
+                    _sticky(fd)
+            finally:
+                os.close(fd)
             grants.append(rel)
         for log in _reflogs(ctx):
-            if (common / log).is_file() and not (common / log).is_symlink():
-                grant(common / log, uid, _RW)
-                grants.append(log)
+            fd = _at(common, log, directory=False)
+            if fd is None:
+                continue
+            try:
+                grant_fd(fd, uid, _RW, shown=common / log)
+            finally:
+                os.close(fd)
+            grants.append(log)
         ctx.record.container_grants = sorted(set(ctx.record.container_grants) | set(grants))
 
 
@@ -312,17 +392,23 @@ def refresh(ctx: EnvContext, uid: int, gid: int, files: Iterable[str]) -> None:
     if not needs_grants(uid):
         return
     for rel in files:
-        p = ctx.path / rel
+        parts = Path(rel).parts
+        if not parts or ".." in parts:
+            continue
         try:
-            st = os.lstat(p)
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        if rel == ".hybridiso.env":
-            grant(p, uid, 4)  # read it, never rewrite what the host reads back
-        elif st.st_uid != uid:
-            os.lchown(p, uid, gid)
+            with safe_files.open_dir(ctx.path, Path(*parts[:-1]) if len(parts) > 1 else "") as parent:
+                fd = _open_at(parent, parts[-1], directory=False)
+                if fd is None:
+                    continue
+                try:
+                    if rel == ENV_FILE:
+                        grant_fd(fd, uid, 4, shown=ctx.path / rel)  # read it, never rewrite what the host reads back
+                    elif os.fstat(fd).st_uid != uid:
+                        os.fchown(fd, uid, gid)
+                finally:
+                    os.close(fd)
+        except (FileNotFoundError, NotADirectoryError, safe_files.UnsafePath):
+            continue  # the agent made it something else: not ours to touch
 
 
 def take_back(ctx: EnvContext) -> None:
@@ -336,18 +422,30 @@ def take_back(ctx: EnvContext) -> None:
     paths = {*ctx.record.container_grants, "objects", *(d for d, _ in _git_dirs(ctx)), *_reflogs(ctx)}
     with _acl_lock:
         for rel in sorted(paths):
-            path = common / rel
-            if not path.is_relative_to(common) or ".." in Path(rel).parts:
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
                 continue  # a tampered record names nothing outside the git dir
+            fd = _at(common, rel)
+            if fd is None:
+                fd = _at(common, rel, directory=False)
+            if fd is None:
+                continue
             try:
-                revoke(path, uid)
+                revoke_fd(fd, uid)
                 if rel == "objects":
                     # fan-out directories made since inherited the entry
-                    for d in path.iterdir():
-                        if safe_files.is_plain_dir(d):
-                            revoke(d, uid)
-                            _unsticky_if_unused(d)
-                _unsticky_if_unused(path)
+                    for name in os.listdir(fd):
+                        sub = _open_at(fd, name, directory=True)
+                        if sub is not None:
+                            try:
+                                revoke_fd(sub, uid)
+                                if not _has_named_user(sub):
+                                    _sticky(sub, on=False)
+                            finally:
+                                os.close(sub)
+                if (rel in _STICKY or rel.startswith("objects/")) and stat.S_ISDIR(os.fstat(fd).st_mode) and not _has_named_user(fd):
+                    _sticky(fd, on=False)  # the last agent uid left it: as it was
             except OSError:
                 continue  # best effort: an entry left behind grants a uid nobody runs as
+            finally:
+                os.close(fd)
         ctx.record.container_grants = []

@@ -425,6 +425,9 @@ try commondir-replace mv {common}/worktrees/{wt_id}/commondir /tmp/c
 try other-agent sh -c 'echo x > {common}/worktrees/{other_id}/HEAD'
 try object-replace rm -f {some_object}
 try info-exclude sh -c 'echo x >> {common}/info/exclude'
+try refs-rename mv {common}/refs/heads {common}/refs/elsewhere
+try reflogs-rename mv {common}/logs/refs/heads {common}/logs/refs/elsewhere
+try objects-dir-rename mv {some_object.parent} {common}/objects/elsewhere
 try become-root sh -c 'chown 0 a.txt'
 echo x > b.txt && git add b.txt && git commit -qm "agent work" && echo committed
 echo y > c.txt && git add c.txt && git stash -q && git stash list | grep -q . && echo stashed && git stash drop -q
@@ -435,7 +438,8 @@ git log -1 --format=%s
             lines = report.splitlines()
             assert not [line for line in lines if line.startswith("ESCAPED")], report
             names = ["host-gateway", "host-docker0", "git-config", "git-config-file", "hook", "hooks-path", "state-file", "state-dir",
-                     "gitfile-write", "gitfile-replace", "commondir", "commondir-replace", "other-agent", "object-replace", "info-exclude", "become-root"]
+                     "gitfile-write", "gitfile-replace", "commondir", "commondir-replace", "other-agent", "object-replace", "info-exclude",
+                     "refs-rename", "reflogs-rename", "objects-dir-rename", "become-root"]
             assert [line.split()[1] for line in lines if line.startswith("refused")] == names
             assert "committed" in lines and "stashed" in lines
             # the host is unchanged ...
