@@ -22,11 +22,10 @@ case), ``hand_over`` lets it write what an agent works on, and nothing else:
   part 1), an ACL entry for the uid on ``objects/`` and its fan-out
   directories (sticky, so no object another uid wrote can be replaced), on
   the agent's own ``worktrees/<id>/`` (its ``gitdir`` and ``commondir``,
-  which tell the host's git where to look, stay root's, sticky), on the
-  directories of its branch's ref and reflog, and on ``refs/`` and
-  ``logs/refs/`` for ``git stash``.  Config, hooks, ``info/``, the state
-  dir and every other worktree's metadata get nothing: the uid cannot write
-  them.
+  which tell the host's git where to look, stay root's, sticky), and on the
+  directories of its branch's ref and reflog.  Config, hooks, ``info/``,
+  the state dir, ``refs/`` itself (``refs/replace``!) and every other
+  worktree's metadata get nothing: the uid cannot write them.
 
 ``take_back`` removes the ACL entries again at ``down`` (``fix_ownership``
 gives the files back).  ACLs are set through the ``system.posix_acl_*``
@@ -303,24 +302,29 @@ def _give(dfd: int, uid: int, gid: int, keep: set[str], depth: int, shown: Path)
 
 def _git_dirs(ctx: EnvContext) -> list[tuple[str, bool]]:
     """The directories of the common dir the agent's git writes to commit
-    on its branch and stash: (path relative to the common dir, whether new
-    entries there inherit the grant)."""
+    on its branch: (path relative to the common dir, whether new entries
+    there inherit the grant).  Never ``refs/`` itself: whoever may add
+    entries there can make ``refs/replace/`` (objects the host's git would
+    then see replaced), or ``refs/remotes/`` and ``refs/hybridiso/`` before
+    the host does, and own what the host writes into them later.  So
+    ``git stash`` (``refs/stash``) and tags fail inside, and a reftable
+    repository (all refs in one table set) gets no ref access at all: issue
+    12 part 1 decides what of the git dir a container sees."""
     if safe_files.is_plain_dir(ctx.project.repo.common_dir / "reftable"):
-        # refs in reftable format: every update writes new tables there
-        return [("reftable", True)]
+        return []
     branch = Path("refs/heads", ctx.record.branch)
-    return [("refs", False), ("logs/refs", False), (str(branch.parent), True), (str(Path("logs") / branch.parent), True)]
+    return [(str(branch.parent), True), (str(Path("logs") / branch.parent), True)]
 
 
 # what may be written there but must not be renamed or replaced by the agent
-# (refs/heads, refs/tags; a fan-out directory of objects): sticky
-_STICKY = {"refs", "logs/refs", "objects"}
+# (a fan-out directory of objects): sticky
+_STICKY = {"objects"}
 
 
 def _reflogs(ctx: EnvContext) -> list[str]:
     if safe_files.is_plain_dir(ctx.project.repo.common_dir / "reftable"):
-        return ["reftable/tables.list"]
-    return [str(Path("logs/refs/heads", ctx.record.branch)), "logs/refs/stash"]
+        return []
+    return [str(Path("logs/refs/heads", ctx.record.branch))]
 
 
 def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:

@@ -378,7 +378,8 @@ def test_least_privilege_inside(tmp_path: Path, busybox_image: str) -> None:
 def test_git_works_and_the_agents_uid_cannot_touch_what_the_host_reads(tmp_path: Path, git_image: str) -> None:
     """The user story: an untrusted-code agent runs a script that tries each
     escape; each is refused, the host is unchanged, and its own commit (and
-    stash, and rebase) lands on its branch."""
+    rebase) lands on its branch.  (Moving another agent's branch in the same
+    refs/heads/ directory is issue 12 part 1, the git mount, not the uid.)"""
     repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
     write_manifest(
         repo,
@@ -428,9 +429,13 @@ try info-exclude sh -c 'echo x >> {common}/info/exclude'
 try refs-rename mv {common}/refs/heads {common}/refs/elsewhere
 try reflogs-rename mv {common}/logs/refs/heads {common}/logs/refs/elsewhere
 try objects-dir-rename mv {some_object.parent} {common}/objects/elsewhere
+try main-branch git update-ref refs/heads/main HEAD~0
+try replace-ref git update-ref refs/replace/$(git rev-parse main) HEAD
+try remotes-first mkdir {common}/refs/remotes
+try backups-first mkdir {common}/refs/hybridiso
+try tag git tag planted
 try become-root sh -c 'chown 0 a.txt'
 echo x > b.txt && git add b.txt && git commit -qm "agent work" && echo committed
-echo y > c.txt && git add c.txt && git stash -q && git stash list | grep -q . && echo stashed && git stash drop -q
 git log -1 --format=%s
 """
             (env / "attack.sh").write_text(script)
@@ -439,9 +444,10 @@ git log -1 --format=%s
             assert not [line for line in lines if line.startswith("ESCAPED")], report
             names = ["host-gateway", "host-docker0", "git-config", "git-config-file", "hook", "hooks-path", "state-file", "state-dir",
                      "gitfile-write", "gitfile-replace", "commondir", "commondir-replace", "other-agent", "object-replace", "info-exclude",
-                     "refs-rename", "reflogs-rename", "objects-dir-rename", "become-root"]
+                     "refs-rename", "reflogs-rename", "objects-dir-rename", "main-branch", "replace-ref", "remotes-first", "backups-first", "tag",
+                     "become-root"]
             assert [line.split()[1] for line in lines if line.startswith("refused")] == names
-            assert "committed" in lines and "stashed" in lines
+            assert "committed" in lines
             # the host is unchanged ...
             assert all(p.read_bytes() == b for p, b in watched.items())
             assert sorted(os.listdir(common / "hooks")) == hooks and not Path("/tmp/PWNED").exists()
@@ -461,7 +467,7 @@ git log -1 --format=%s
         finally:
             down(repo)
     # down gave the repository back as it was: no ACL entry of the agent's uids is left
-    for d in ("objects", "refs", "logs/refs"):
+    for d in ("objects", "refs/heads/hybridiso", "logs/refs/heads/hybridiso"):
         try:
             blob = os.getxattr(common / d, "system.posix_acl_access")
         except OSError:
