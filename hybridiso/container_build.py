@@ -78,10 +78,11 @@ def agent_user(ctx: EnvContext) -> tuple[int, int]:
     return container_user.choose(ctx, repo_id(ctx))
 
 
-def egress_allowed(ctx: EnvContext) -> tuple[tuple[str, int, str], ...]:
+def egress_allowed(ctx: EnvContext, *, resolve: bool = True) -> tuple[tuple[str, int, str], ...]:
     """(address, port, protocol) for each egress entry; host names resolved
     once and pinned in the record, so a later up does not change the rules
-    (or recreate the container) because DNS answered otherwise."""
+    (or recreate the container) because DNS answered otherwise.  Without
+    ``resolve`` (status), a name not pinned yet allows nothing."""
     assert ctx.agent is not None
     allowed: list[tuple[str, int, str]] = []
     pinned = {}
@@ -89,6 +90,8 @@ def egress_allowed(ctx: EnvContext) -> tuple[tuple[str, int, str], ...]:
         entry = netguard.parse_egress(text)
         addresses = ctx.record.egress_addresses.get(entry.host) if entry.is_name else None
         if addresses is None:
+            if not resolve:
+                continue
             addresses = netguard.resolve(entry)
         if entry.is_name:
             pinned[entry.host] = addresses
@@ -97,11 +100,11 @@ def egress_allowed(ctx: EnvContext) -> tuple[tuple[str, int, str], ...]:
     return tuple(dict.fromkeys(allowed))
 
 
-def guard_for(ctx: EnvContext) -> netguard.Guard:
+def guard_for(ctx: EnvContext, *, resolve: bool = True) -> netguard.Guard:
     from hybridiso.strategies.container import repo_id
 
     project = repo_id(ctx)
-    return netguard.Guard(project, ctx.name, netguard.bridge_name(project, ctx.name), egress_allowed(ctx))
+    return netguard.Guard(project, ctx.name, netguard.bridge_name(project, ctx.name), egress_allowed(ctx, resolve=resolve))
 
 
 def build_spec(ctx: EnvContext) -> ContainerSpec:

@@ -407,6 +407,18 @@ def installed(table: Table | None = None) -> list[Installed]:
     return sorted(found.values(), key=lambda i: i.bridge)
 
 
+def hooked(guard: Guard, table: Table) -> bool:
+    """The agent's chains exist, end in a reject and are jumped to: it is
+    isolated, whatever its egress rules say (they may predate the manifest)."""
+    chains = chain_rules(guard)
+    return (
+        all(c in table.chains and table.rules.get(c, [])[-1:] == rules[-1:] for c, rules in chains.items())
+        and sorted(table.hooks_of(guard.bridge)) == sorted(hook_rules(guard))
+        and table.jumps_to(_base_chain(table), CHAIN_FORWARD)
+        and table.jumps_to("INPUT", CHAIN_INPUT)
+    )
+
+
 def in_force(guard: Guard, table: Table | None = None) -> bool:
     """The agent's rules are installed as wanted and hooked in (IPv4)."""
     table = table if table is not None else read()

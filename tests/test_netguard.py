@@ -81,6 +81,10 @@ def test_an_unchanged_agent_costs_no_write_and_a_changed_one_one_batch() -> None
     wider = netguard.Guard(guard.project, guard.agent, guard.bridge, (("10.0.0.5", 443, "tcp"),))
     batch = netguard._apply_batch(wider, installed, False)
     assert batch is not None and not any(line.startswith((":HYBRIDISO-FWD", ":HYBRIDISO-IN", "-I ")) for line in batch)
+    # status tells "isolated, older egress" from "not isolated"
+    assert netguard.hooked(wider, installed) and not netguard.in_force(wider, installed)
+    flushed = _saved(*[r for r in rules if not r.startswith(f"-A {guard.forward_chain} ")], chains=chains)
+    assert not netguard.hooked(guard, flushed)
     # removing the last agent takes the top chains and their jumps with it
     removal = netguard._remove_batch({guard.bridge}, installed)
     assert f"-X {guard.forward_chain}" in removal and f"-D DOCKER-USER -j {netguard.CHAIN_FORWARD}" in removal and "-X HYBRIDISO-FWD" in removal

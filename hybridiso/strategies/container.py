@@ -529,14 +529,16 @@ def _network_observed(ctx: EnvContext, info: docker_client.ContainerInfo) -> str
 
     if netguard.unavailable() is not None:
         return f"isolated, not verifiable here ({netguard.unavailable()})"
-    guard = guard_for(ctx)
+    guard = guard_for(ctx, resolve=False)  # status never waits for DNS
     try:
-        in_force = netguard.in_force(guard, _firewall_table())
+        table = _firewall_table()
     except netguard.Unavailable as e:
         return f"isolated, not verifiable here ({e.message})"
-    if not in_force:
+    if not netguard.hooked(guard, table):
         return "NOT ISOLATED: its firewall rules are missing"
     allowed = ", ".join(ctx.agent.egress) if ctx.agent and ctx.agent.egress else "nothing"
+    if not netguard.in_force(guard, table):
+        return f"isolated, with the egress rules of an earlier manifest (`hybridiso up` applies egress: {allowed})"
     return f"isolated: no route to the host or outside; egress: {allowed}"
 
 
