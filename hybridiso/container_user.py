@@ -19,16 +19,18 @@ case), ``hand_over`` lets it write what an agent works on, and nothing else:
   the sticky bit: git on the host checks that both are its own ("dubious
   ownership"), and the agent can neither rewrite ``.git`` nor swap it;
 - in the common git dir (still mounted whole: the narrower mount is issue 12
-  part 1), an ACL entry for the uid on ``objects/`` and its fan-out
-  directories (sticky, so no object another uid wrote can be replaced), on
-  the agent's own ``worktrees/<id>/`` (its ``gitdir`` and ``commondir``,
-  which tell the host's git where to look, stay root's, sticky), and on the
-  directories of its branch's ref and reflog.  Config, hooks, ``info/``,
+  part 1), an ACL entry on ``objects/`` and its fan-out directories (sticky,
+  so no object another uid wrote can be replaced) and on the directories of
+  its branch's ref and reflog for the group all the repository's agents
+  share (``project_gid``: one entry however many agents), and entries for
+  the uid on the agent's own ``worktrees/<id>/`` (its ``gitdir`` and
+  ``commondir``, which tell the host's git where to look, stay root's,
+  sticky) and its branch's reflog.  Config, hooks, ``info/``,
   the state dir, ``refs/`` itself (``refs/replace``!) and every other
   worktree's metadata get nothing: the uid cannot write them.
 
-``take_back`` removes the ACL entries again at ``down`` (``fix_ownership``
-gives the files back).  ACLs are set through the ``system.posix_acl_*``
+``take_back`` removes the ACL entries again at ``down``, the group's with
+the repository's last agent (``fix_ownership`` gives the files back).  ACLs are set through the ``system.posix_acl_*``
 extended attributes (no ``setfacl`` needed); a file system without POSIX
 ACLs is a clear error.
 """
@@ -67,7 +69,7 @@ def parse_user(text: str) -> tuple[int, int] | None:
         uid, gid = (int(x) for x in text.split(":"))
     except ValueError:
         return None
-    return (uid, gid) if uid > 0 and gid >= 0 else None
+    return (uid, gid) if uid > 0 and gid > 0 else None
 
 
 def _hashed_uid(project_id: str, agent: str, taken: set[int]) -> int:
@@ -76,6 +78,14 @@ def _hashed_uid(project_id: str, agent: str, taken: set[int]) -> int:
     while uid in taken:  # another agent of this repository has it
         uid = UID_BASE + (uid - UID_BASE + 1) % UID_SPAN
     return uid
+
+
+def project_gid(project_id: str) -> int:
+    """The group all of a repository's agents share: what they all write in
+    the common git dir (objects, their branches' directory) is granted to it
+    once, in one ACL entry, however many agents there are (an entry per uid
+    would outgrow the inode and cost an ext4 xattr block per directory)."""
+    return UID_BASE + int(hashlib.sha256(f"{project_id}\0group".encode()).hexdigest()[:12], 16) % UID_SPAN
 
 
 def choose(ctx: EnvContext, project_id: str) -> tuple[int, int]:
@@ -95,7 +105,7 @@ def choose(ctx: EnvContext, project_id: str) -> tuple[int, int]:
             records = ctx.project.store.load().agents.values()
             taken = {u[0] for r in records if r.name != ctx.name and (u := parse_user(r.container_user))}
             uid = _hashed_uid(project_id, ctx.name, taken)
-            gid = uid
+            gid = project_gid(project_id)
     ctx.record.container_user = f"{uid}:{gid}"
     return uid, gid
 
@@ -187,17 +197,22 @@ def _open_at(parent: int, name: str, *, directory: bool) -> int | None:
     return fd
 
 
-def grant_fd(fd: int, uid: int, perm: int, *, default: bool = False, shown: Path | str = "") -> None:
-    """Add ``u:uid:perm`` to the access ACL of the open file ``fd``, and to
-    its default ACL when ``default`` and it is a directory."""
+def grant_fd(fd: int, uid: int, perm: int, *, default: bool = False, shown: Path | str = "", group: bool = False) -> None:
+    """Add ``u:uid:perm`` (``g:uid:perm`` with ``group``) to the access ACL
+    of the open file ``fd``, and to its default ACL when ``default`` and it
+    is a directory.  Nothing is written when it is there already."""
     st = os.fstat(fd)
+    tag = _GROUP if group else _USER
     names = [ACL_ACCESS, ACL_DEFAULT] if default and stat.S_ISDIR(st.st_mode) else [ACL_ACCESS]
     for name in names:
-        entries = _effective(_read(fd, name, st.st_mode))
-        entries = [e for e in entries if not (e[0] == _USER and e[2] == uid)]
+        current = _read(fd, name, st.st_mode)
+        if (tag, perm, uid) in current and any(t == _MASK and p & perm == perm for t, p, _ in current):
+            continue
+        entries = _effective(current)
+        entries = [e for e in entries if not (e[0] == tag and e[2] == uid)]
         if name == ACL_DEFAULT and not any(e[0] == _USER_OBJ for e in entries):
             entries = _from_mode(st.st_mode)
-        entries.append((_USER, perm, uid))
+        entries.append((tag, perm, uid))
         try:
             os.setxattr(fd, name, _encode(_with_mask(entries)))
         except OSError as e:
@@ -206,16 +221,17 @@ def grant_fd(fd: int, uid: int, perm: int, *, default: bool = False, shown: Path
             raise
 
 
-def revoke_fd(fd: int, uid: int) -> None:
-    """Remove every ACL entry of ``uid``; what is left of an ACL that only
-    mirrored the mode is removed with it."""
+def revoke_fd(fd: int, uid: int, *, group: bool = False) -> None:
+    """Remove the ACL entries of the user (or group) ``uid``; what is left
+    of an ACL that only mirrored the mode is removed with it."""
     st = os.fstat(fd)
+    tag = _GROUP if group else _USER
     for name in (ACL_ACCESS, ACL_DEFAULT) if stat.S_ISDIR(st.st_mode) else (ACL_ACCESS,):
         try:
             entries = _decode(os.getxattr(fd, name))
         except OSError:
             continue
-        kept = [e for e in entries if not (e[0] == _USER and e[2] == uid)]
+        kept = [e for e in entries if not (e[0] == tag and e[2] == uid)]
         if kept == entries:
             continue
         if not any(e[0] in (_USER, _GROUP) for e in kept):
@@ -229,7 +245,7 @@ def revoke_fd(fd: int, uid: int) -> None:
 
 def _has_named_user(fd: int) -> bool:
     try:
-        return any(t == _USER for t, _, _ in _decode(os.getxattr(fd, ACL_ACCESS)))
+        return any(t in (_USER, _GROUP) for t, _, _ in _decode(os.getxattr(fd, ACL_ACCESS)))
     except OSError:
         return False
 
@@ -316,11 +332,6 @@ def _git_dirs(ctx: EnvContext) -> list[tuple[str, bool]]:
     return [(str(branch.parent), True), (str(Path("logs") / branch.parent), True)]
 
 
-# what may be written there but must not be renamed or replaced by the agent
-# (a fan-out directory of objects): sticky
-_STICKY = {"objects"}
-
-
 def _reflogs(ctx: EnvContext) -> list[str]:
     if safe_files.is_plain_dir(ctx.project.repo.common_dir / "reftable"):
         return []
@@ -348,22 +359,13 @@ def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
                     _hand_over_tree(fd, uid, gid, {"gitdir", "commondir"}, gitdir)
                 finally:
                     os.close(fd)
+        # shared by every agent of the repository: one entry for their group
         objects = _at(common, "objects")
         if objects is not None:
             try:
-                grant_fd(objects, uid, _RWX, default=True, shown=common / "objects")
-                _sticky(objects)
+                if not _granted(objects, gid):  # a sibling agent did it already
+                    _grant_objects(objects, gid, common)
                 grants.append("objects")
-                for name in sorted(n for n in os.listdir(objects) if len(n) == 2):
-                    fd = _open_at(objects, name, directory=True)
-                    if fd is None:
-                        continue
-                    try:
-                        grant_fd(fd, uid, _RWX, default=True, shown=common / "objects" / name)
-                        _sticky(fd)  # an object another uid wrote cannot be replaced
-                    finally:
-                        os.close(fd)
-                    grants.append(f"objects/{name}")
             finally:
                 os.close(objects)
         for rel, inherit in _git_dirs(ctx):
@@ -372,9 +374,7 @@ def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
             if fd is None:
                 continue
             try:
-                grant_fd(fd, uid, _RWX, default=inherit, shown=common / rel)
-                if rel in _STICKY:
-                    _sticky(fd)
+                grant_fd(fd, gid, _RWX, default=inherit, shown=common / rel, group=True)
             finally:
                 os.close(fd)
             grants.append(rel)
@@ -388,6 +388,30 @@ def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
                 os.close(fd)
             grants.append(log)
         ctx.record.container_grants = sorted(set(ctx.record.container_grants) | set(grants))
+
+
+def _granted(objects: int, gid: int) -> bool:
+    """The agents' group has its entry on ``objects/`` (and so, by the
+    default ACL, on every fan-out directory made since)."""
+    try:
+        return (_GROUP, _RWX, gid) in _decode(os.getxattr(objects, ACL_DEFAULT))
+    except OSError:
+        return False
+
+
+def _grant_objects(objects: int, gid: int, common: Path) -> None:
+    for name in sorted(n for n in os.listdir(objects) if len(n) == 2):
+        fd = _open_at(objects, name, directory=True)
+        if fd is None:
+            continue
+        try:
+            grant_fd(fd, gid, _RWX, default=True, shown=common / "objects" / name, group=True)
+            _sticky(fd)  # an object another uid wrote cannot be replaced
+        finally:
+            os.close(fd)
+    # last: its entry says the fan-out directories have theirs (_granted)
+    grant_fd(objects, gid, _RWX, default=True, shown=common / "objects", group=True)
+    _sticky(objects)
 
 
 def refresh(ctx: EnvContext, uid: int, gid: int, files: Iterable[str]) -> None:
@@ -416,40 +440,51 @@ def refresh(ctx: EnvContext, uid: int, gid: int, files: Iterable[str]) -> None:
 
 
 def take_back(ctx: EnvContext) -> None:
-    """Remove the agent's ACL entries from the common git dir (``down``)."""
+    """Remove the agent's ACL entries from the common git dir (``down``), and
+    its group's once no other agent of the repository has that group."""
     user = parse_user(ctx.record.container_user)
     if user is None or not needs_grants(user[0]):
         return
-    uid = user[0]
+    uid, gid = user
     common = ctx.project.repo.common_dir
-    # what the record says, and what hand_over grants (a rebuilt record knows nothing)
-    paths = {*ctx.record.container_grants, "objects", *(d for d, _ in _git_dirs(ctx)), *_reflogs(ctx)}
+    # the repository's other container agents (gc saves records only at the
+    # end: one whose environment is already gone does not count)
+    others = [r for r in ctx.project.store.load().agents.values() if r.name != ctx.name and r.strategy == "container" and Path(r.path).exists()]
+    group_left = not any((parse_user(r.container_user) or (0, 0))[1] == gid for r in others)
     with _acl_lock:
-        for rel in sorted(paths):
-            if Path(rel).is_absolute() or ".." in Path(rel).parts:
-                continue  # a tampered record names nothing outside the git dir
-            fd = _at(common, rel)
-            if fd is None:
-                fd = _at(common, rel, directory=False)
-            if fd is None:
-                continue
-            try:
-                revoke_fd(fd, uid)
-                if rel == "objects":
-                    # fan-out directories made since inherited the entry
-                    for name in os.listdir(fd):
-                        sub = _open_at(fd, name, directory=True)
-                        if sub is not None:
-                            try:
-                                revoke_fd(sub, uid)
-                                if not _has_named_user(sub):
-                                    _sticky(sub, on=False)
-                            finally:
-                                os.close(sub)
-                if (rel in _STICKY or rel.startswith("objects/")) and stat.S_ISDIR(os.fstat(fd).st_mode) and not _has_named_user(fd):
-                    _sticky(fd, on=False)  # the last agent uid left it: as it was
-            except OSError:
-                continue  # best effort: an entry left behind grants a uid nobody runs as
-            finally:
-                os.close(fd)
+        for rel in _reflogs(ctx):
+            _revoke_at(common, rel, uid, group=False)
+        if group_left:
+            # what the record says, and what hand_over grants (a rebuilt record knows nothing)
+            for rel in sorted({*ctx.record.container_grants, "objects", *(d for d, _ in _git_dirs(ctx))} - set(_reflogs(ctx))):
+                _revoke_at(common, rel, gid, group=True)
         ctx.record.container_grants = []
+
+
+def _revoke_at(common: Path, rel: str, ident: int, *, group: bool) -> None:
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return  # a tampered record names nothing outside the git dir
+    fd = _at(common, rel)
+    if fd is None:
+        fd = _at(common, rel, directory=False)
+    if fd is None:
+        return
+    try:
+        revoke_fd(fd, ident, group=group)
+        if rel == "objects":
+            # fan-out directories made since inherited the entry
+            for name in os.listdir(fd):
+                sub = _open_at(fd, name, directory=True)
+                if sub is not None:
+                    try:
+                        revoke_fd(sub, ident, group=group)
+                        if not _has_named_user(sub):
+                            _sticky(sub, on=False)
+                    finally:
+                        os.close(sub)
+            if not _has_named_user(fd):
+                _sticky(fd, on=False)  # the last agent left it: as it was
+    except OSError:
+        pass  # best effort: an entry left behind grants an id nobody runs as
+    finally:
+        os.close(fd)

@@ -357,7 +357,9 @@ def test_least_privilege_inside(tmp_path: Path, busybox_image: str) -> None:
             assert host["CapDrop"] == ["ALL"] and host["Privileged"] is False
             assert "no-new-privileges:true" in host["SecurityOpt"] and not any("seccomp" in o for o in host["SecurityOpt"])
             st = status_json(repo)[agent]["boundary"]
-            assert st["user"] == info["Config"]["User"] == plan[agent]["user"] == f"{uid}:{uid}"
+            user = state(repo)["agents"][agent]["container_user"]
+            assert st["user"] == info["Config"]["User"] == plan[agent]["user"] == user and user.startswith(f"{uid}:")
+            assert int(user.split(":")[1]) >= 1_600_000_000  # the repository's agents' own group, never root's
             assert st["cap_drop"] == ["ALL"] and st["no_new_privileges"] and st["seccomp"] == "default" and not st["docker_socket"]
         tight = inspect(container("tight"))["HostConfig"]
         assert tight["ReadonlyRootfs"] is True and tight["PidsLimit"] == 40 and tight["CapAdd"] == ["CAP_NET_BIND_SERVICE"]
@@ -401,6 +403,13 @@ agents:
         try:
             hybridiso(repo, "up")
             gw = gateway(container("dev"))
+            # the agents share one group, and the shared git dir carries one
+            # entry for it, however many agents there are
+            gids = {state(repo)["agents"][a]["container_user"].split(":")[1] for a in ("dev", "other")}
+            assert len(gids) == 1
+            acl = os.getxattr(common / "objects", "system.posix_acl_default")
+            named = [(int.from_bytes(acl[o:o + 2], "little"), int.from_bytes(acl[o + 4:o + 8], "little")) for o in range(4, len(acl), 8)]
+            assert [(tag, ident) for tag, ident in named if tag in (0x02, 0x08)] == [(0x08, int(gids.pop()))]
             watched = {p: p.read_bytes() for p in [common / "config", common / "hybridiso" / "state.json", common / "HEAD", common / "packed-refs"] if p.exists()}
             hooks = sorted(os.listdir(common / "hooks"))
             env = tmp_path / "r.agents" / "dev"
