@@ -7,7 +7,8 @@ Never root (issue 12, part 3):
 - hybridiso run by root: the repository owner's uid when that is not root,
   else a fixed unprivileged uid of the agent's own (``UID_BASE`` + a hash of
   the project and the agent; recorded, so it never changes, and distinct
-  from the other agents of the repository).
+  from the other agents of the repository) and the gid all the repository's
+  agents share (``project_gid``).
 
 When the container's uid is not the uid that made the files (the root
 case), ``hand_over`` lets it write what an agent works on, and nothing else:
@@ -30,9 +31,9 @@ case), ``hand_over`` lets it write what an agent works on, and nothing else:
   worktree's metadata get nothing: the uid cannot write them.
 
 ``take_back`` removes the ACL entries again at ``down``, the group's with
-the repository's last agent (``fix_ownership`` gives the files back).  ACLs are set through the ``system.posix_acl_*``
-extended attributes (no ``setfacl`` needed); a file system without POSIX
-ACLs is a clear error.
+the repository's last agent (``fix_ownership`` gives the files back).  ACLs
+are set through the ``system.posix_acl_*`` extended attributes (no
+``setfacl`` needed); a file system without POSIX ACLs is a clear error.
 """
 from __future__ import annotations
 
