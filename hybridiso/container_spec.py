@@ -17,6 +17,11 @@ PROJECT_NAME_MAX = 80
 # compose-spec's pattern for service keys; "agent" is ours
 SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+$")
 AGENT_SERVICE = "agent"
+BRIDGE_NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,14}$")
+# what a service container (postgres, redis: an entrypoint that starts as
+# root, chowns its data and drops to its own user) needs of Docker's defaults
+SERVICE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
+SERVICE_PIDS = 1024
 
 SERVICE_IMAGES = {"postgres": "postgres:16-alpine", "redis": "redis:7-alpine"}
 
@@ -96,8 +101,20 @@ class ContainerSpec:
     healthcheck: Healthcheck | None = None
     services: tuple[ServiceSpec, ...] = ()
     extra_hosts: tuple[str, ...] = ()
+    # least privilege (issue 12): every capability dropped but those added
+    # back, an optional read-only root file system with tmpfs mounts
+    # ("/tmp:OPTIONS"), and for an isolated agent the Linux bridge name its
+    # network gets (netguard's rules are keyed by it) or an internal network
+    cap_drop: tuple[str, ...] = ("ALL",)
+    cap_add: tuple[str, ...] = ()
+    read_only: bool = False
+    tmpfs: tuple[str, ...] = ()
+    bridge_name: str | None = None
+    network_internal: bool = False
 
     def __post_init__(self) -> None:
+        if self.bridge_name is not None and not BRIDGE_NAME_RE.match(self.bridge_name):
+            raise ValueError(f"bridge name {self.bridge_name!r} is not a Linux interface name of at most 15 characters")
         if not PROJECT_NAME_RE.match(self.project):
             raise ValueError(f"compose project name {self.project!r} does not match {PROJECT_NAME_RE.pattern}")
         names = [s.name for s in self.services]

@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hybridiso.errors import DockerUnavailable, UserError
@@ -157,6 +157,7 @@ class ContainerInfo:
     labels: Mapping[str, str]
     last_probe: str = ""  # the newest healthcheck's exit code and output
     image_id: str = ""
+    boundary: Mapping[str, Any] = field(default_factory=dict)  # what it was given: see _boundary
 
     def describe(self) -> str:
         if self.status == "running":
@@ -192,9 +193,40 @@ def containers(labels: Mapping[str, str]) -> list[ContainerInfo]:
                 dict(c.labels),
                 probe,
                 str(c.attrs.get("Image") or ""),
+                _boundary(c.attrs),
             )
         )
     return result
+
+
+def _boundary(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What a container was given, as Docker reports it (status shows it:
+    reality, not what hybridiso meant to ask for)."""
+    config, host = attrs.get("Config") or {}, attrs.get("HostConfig") or {}
+    security = list(host.get("SecurityOpt") or [])
+    return {
+        "user": config.get("User") or "root (image default)",
+        "cap_drop": list(host.get("CapDrop") or []),
+        "cap_add": list(host.get("CapAdd") or []),
+        "no_new_privileges": any(o.replace("=", ":") in ("no-new-privileges:true", "no-new-privileges") for o in security),
+        "seccomp": "unconfined" if any(o.replace("=", ":") == "seccomp:unconfined" for o in security) else "default",
+        "privileged": bool(host.get("Privileged")),
+        "read_only": bool(host.get("ReadonlyRootfs")),
+        "pids_limit": host.get("PidsLimit"),
+        "network_mode": host.get("NetworkMode") or "",
+        "docker_socket": any("docker.sock" in str(m.get("Source", "")) for m in attrs.get("Mounts") or []),
+    }
+
+
+def remove_container(container_id: str) -> None:
+    """Remove one container; its volumes stay (a recreated one gets them through Compose)."""
+    from docker.errors import NotFound
+
+    with api_errors(f"remove container {container_id[:12]}"):
+        try:
+            client().api.remove_container(container_id, force=True)
+        except NotFound:
+            pass
 
 
 def remove_labelled(labels: Mapping[str, str]) -> dict[str, int]:
@@ -285,21 +317,122 @@ COMPOSE_ONEOFF = "com.docker.compose.oneoff"
 COMPOSE_CONFIG_HASH = "com.docker.compose.config-hash"  # compose lists only containers that have one
 
 
-def ensure_network(name: str, labels: Mapping[str, str]) -> None:
-    """A bridge network ``name`` exists (made now, with ``labels``, or earlier)."""
+def ensure_network(name: str, labels: Mapping[str, str], options: Mapping[str, str] | None = None, internal: bool = False) -> bool:
+    """A bridge network ``name`` exists: made now, with ``labels``, driver
+    ``options`` and ``internal`` (True), or earlier, as it was (False)."""
     from docker.errors import APIError
 
     with api_errors(f"create network {name}"):
         try:
-            client().api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)
+            client().api.create_network(
+                name, driver="bridge", labels=dict(labels), options=dict(options or {}) or None, internal=internal, check_duplicate=True
+            )
+            return True
         except APIError as e:
             if e.status_code != 409:  # 409: it exists already, from an earlier up
                 raise
+            return False
+
+
+def network_differs(name: str, options: Mapping[str, str], internal: bool) -> bool:
+    """The network exists but was made with other driver options (an agent
+    network from before it was isolated: its bridge has Docker's name, which
+    the firewall rules do not know) or another ``internal``."""
+    from docker.errors import NotFound
+
+    try:
+        info = client().api.inspect_network(name)
+    except NotFound:
+        return False
+    have = {k: v for k, v in (info.get("Options") or {}).items() if k in options or k.startswith("com.docker.network.bridge.name")}
+    return have != dict(options) or bool(info.get("Internal")) != internal
+
+
+def remove_network(name: str) -> None:
+    from docker.errors import NotFound
+
+    with api_errors(f"remove network {name}"):
+        try:
+            client().api.remove_network(name)
+        except NotFound:
+            pass
+
+
+def network_bridge(name: str) -> str | None:
+    """The Linux bridge of a bridge network (Docker's ``br-<id>`` unless
+    the network was made with a name for it); None when it does not exist."""
+    from docker.errors import NotFound
+
+    try:
+        info = client().api.inspect_network(name)
+    except NotFound:
+        return None
+    except _failures():
+        return None
+    return (info.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
+
+
+def published_ports(labels: Mapping[str, str]) -> dict[int, str]:
+    """Host ports published by running containers carrying ``labels``, and
+    the agent each belongs to (its docker-proxy holds the port)."""
+    with api_errors("list containers"):
+        found = client().api.containers(filters={"label": _label_filters(labels), "status": "running"})
+    ports: dict[int, str] = {}
+    for c in found:
+        for p in c.get("Ports") or []:
+            if p.get("PublicPort"):
+                ports[int(p["PublicPort"])] = (c.get("Labels") or {}).get(LABEL_AGENT, "")
+    return ports
+
+
+def run_streaming(config: Mapping[str, Any], *, sink: Any, cancel: threading.Event | None = None, poll: float = 0.1) -> int | None:
+    """Create and run one container from an Engine API body, writing its
+    output (stdout and stderr, as it comes) to ``sink(bytes)``; remove it
+    afterwards, also when interrupted.  Its exit code, or None when
+    ``cancel`` was set first."""
+    import time
+
+    api = client().api
+    with api_errors("create a setup container"):
+        created = api.create_container_from_config(dict(config), None)
+    cid = created["Id"]
+    reader: threading.Thread | None = None
+    try:
+        with api_errors("start a setup container"):
+            api.start(cid)
+            stream = api.logs(cid, stdout=True, stderr=True, stream=True, follow=True)
+
+        def pump() -> None:
+            try:
+                for chunk in stream:
+                    sink(chunk)
+            except _failures():
+                pass  # the container went away (cancelled): its output ends here
+
+        reader = threading.Thread(target=pump, name="hybridiso-setup-log", daemon=True)
+        reader.start()
+        cancel = cancel or threading.Event()
+        while True:
+            with api_errors("watch a setup container"):
+                state = api.inspect_container(cid).get("State") or {}
+            if state.get("Status") in ("exited", "dead"):
+                reader.join(timeout=5)  # the last of its output
+                return int(state.get("ExitCode", -1))
+            if cancel.wait(poll):
+                return None
+            time.sleep(0)
+    finally:
+        try:
+            api.remove_container(cid, force=True)
+        except _failures():
+            pass
+        if reader is not None:
+            reader.join(timeout=2)
 
 
 def apply_container(plan: Plan) -> str | None:
-    """Make ``plan`` (an engine_apply.Plan) true: its network exists, its one
-    container exists with the same config and runs.  Returns what was done
+    """Make ``plan`` (an engine_apply.Plan) true on its network, which must
+    exist: its one container exists with the same config and runs.  Returns what was done
     (created, recreated, started, unchanged), or None where Compose must
     reconcile: containers of other services in the project (orphans to
     remove), or a changed container holding volumes (Compose carries them
@@ -315,8 +448,8 @@ def apply_container(plan: Plan) -> str | None:
         stale = [c for c in found if (c.get("Labels") or {}).get(COMPOSE_CONFIG_HASH) != plan.config_hash or c.get("State") in ("dead", "removing")]
         if any(_holds_volumes(c) for c in stale):
             return None
-        if plan.network:
-            ensure_network(plan.network, plan.network_labels)  # it may have been pruned while the agent was stopped
+        # its network is the caller's to make, in the file's shape, before
+        # anything starts (strategies/container.py: isolation comes first)
         action = "recreated" if stale else "created"
         for c in found:
             if c in stale:

@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,13 @@ TRANSLATED_KEYS = frozenset(
     {
         "image", "command", "working_dir", "user", "init", "security_opt", "cpus", "mem_limit",
         "pids_limit", "network_mode", "networks", "extra_hosts", "volumes", "environment",
-        "ports", "healthcheck", "labels",
+        "ports", "healthcheck", "labels", "cap_drop", "cap_add", "read_only", "tmpfs",
     }
 )
 TRANSLATED_TOP = frozenset({"name", "services", "networks"})
+# of the project network: the bridge name an isolated agent's rules are
+# keyed by travels in driver_opts (netguard.py); nothing may be dropped
+TRANSLATED_NETWORK = frozenset({"labels", "driver_opts", "internal"})
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
 _NANOS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
@@ -57,6 +60,8 @@ class Plan:
     network_labels: dict[str, str]
     config_hash: str
     has_healthcheck: bool
+    network_options: dict[str, str] = field(default_factory=dict)  # the driver's: com.docker.network.bridge.name
+    network_internal: bool = False
 
 
 def duration_ns(text: str) -> int:
@@ -79,15 +84,30 @@ def unescape(value: Any) -> Any:
     return value
 
 
+def _capabilities(names: Any) -> list[str] | None:
+    """As Compose hands them to the engine: CAP_-prefixed, ALL as is."""
+    return [n if n == "ALL" or n.startswith("CAP_") else f"CAP_{n}" for n in names or []] or None
+
+
 def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | None:
     """The one container of a parsed compose file as an API body, or None
     when the file needs Compose itself.  ``image_id`` (what the image name
     resolves to now) is part of the config: a rebuilt image recreates the
     container, as with Compose."""
+    if list(doc.get("services") or {}) != [AGENT_SERVICE]:
+        return None
+    return translate_agent(doc, file, image_id)
+
+
+def translate_agent(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | None:
+    """The agent service of a parsed compose file as an API body, whatever
+    else the file has (the one-off setup container of an agent with
+    services); None when the agent service has what this module does not
+    translate."""
     if set(doc) - TRANSLATED_TOP:
         return None
     services = doc.get("services") or {}
-    if list(services) != [AGENT_SERVICE]:
+    if AGENT_SERVICE not in services:
         return None
     svc = unescape(services[AGENT_SERVICE])
     if set(svc) - TRANSLATED_KEYS or any(v.get("type") != "bind" for v in svc.get("volumes") or []):
@@ -96,6 +116,9 @@ def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | 
     networks = unescape(doc.get("networks") or {})
     joined = list(svc.get("networks") or [])
     if len(joined) > 1 or (joined and joined[0] not in networks):
+        return None
+    net = (networks.get(joined[0]) or {}) if joined else {}
+    if set(net) - TRANSLATED_NETWORK:
         return None
     # Compose v2's names: container <project>-<service>-1, network <project>_<key>
     container_name = f"{project}-{AGENT_SERVICE}-1"
@@ -121,7 +144,14 @@ def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | 
         # Compose accepts host=ip and host:ip; the engine only the latter
         "ExtraHosts": [h.replace("=", ":", 1) for h in svc.get("extra_hosts") or []] or None,
         "NetworkMode": svc.get("network_mode") or network,
+        "CapDrop": _capabilities(svc.get("cap_drop")),
+        "CapAdd": _capabilities(svc.get("cap_add")),
+        "ReadonlyRootfs": bool(svc.get("read_only", False)),
     }
+    if svc.get("tmpfs"):
+        # Compose's short syntax, "PATH[:OPTIONS]"; the engine takes {PATH: OPTIONS}
+        tmpfs = [svc["tmpfs"]] if isinstance(svc["tmpfs"], str) else svc["tmpfs"]
+        host["Tmpfs"] = {t.partition(":")[0]: t.partition(":")[2] for t in tmpfs}
     if svc.get("cpus") is not None:
         host["NanoCpus"] = int(round(float(svc["cpus"]) * 1e9))
     if svc.get("mem_limit") is not None:
@@ -156,12 +186,14 @@ def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | 
     if joined:
         config["NetworkingConfig"] = {"EndpointsConfig": {network: {"Aliases": [AGENT_SERVICE, container_name]}}}
     network_labels = {}
+    options = {str(k): str(v) for k, v in (net.get("driver_opts") or {}).items()}
+    internal = bool(net.get("internal", False))
     if joined:
         network_labels = {
-            **(networks[joined[0]] or {}).get("labels", {}),
+            **net.get("labels", {}),
             "com.docker.compose.project": project,
             "com.docker.compose.network": joined[0],
         }
-    digest = hashlib.sha256(json.dumps([config, network, network_labels], sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([config, network, network_labels, options, internal], sort_keys=True).encode()).hexdigest()
     config["Labels"][COMPOSE_CONFIG_HASH] = digest  # ours, not what Compose would compute: its own `up` recreates it
-    return Plan(project, AGENT_SERVICE, container_name, config, network or None, network_labels, digest, bool(hc))
+    return Plan(project, AGENT_SERVICE, container_name, config, network or None, network_labels, digest, bool(hc), options, internal)

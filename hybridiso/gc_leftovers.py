@@ -245,6 +245,8 @@ def _compare_remover(workdir: Path) -> Callable[[], list[str]]:
     return apply
 
 
+from hybridiso.gc_firewall import firewall_findings  # noqa: E402 - network-isolation rules (issue 12)
+
 # before every other finder: a setup still running writes into what they remove
 EARLY_FINDERS: tuple[Finder, ...] = (process_findings,)
-FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, dump_findings, compare_findings)
+FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, dump_findings, compare_findings, firewall_findings)

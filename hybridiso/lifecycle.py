@@ -226,14 +226,13 @@ def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
     if commands:
         quiet = service_branches.settled(ctx)
         try:
-            setup_runner.run_setup(
+            # where the work runs: on the host, or in the agent's image (issue 12)
+            strategies.get(ctx.record.strategy).run_setup(
+                ctx,
                 commands,
-                ctx.path,
                 environment_for(ctx.project, ctx.agent, ctx.record),
                 log_file(ctx.project, ctx.name, "setup"),
-                ctx.cancel,
-                ctx.name,
-                run=run_label,
+                run_label=run_label,
                 on_start=lambda group: _started(ctx, group),
             )
         except setup_runner.SetupInterrupted:

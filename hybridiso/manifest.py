@@ -34,6 +34,14 @@ Need = Literal[
     "own-refs",
     "host-network",
 ]
+# capabilities(7), without the CAP_ prefix, as Docker's cap_add takes them
+CAPABILITIES = frozenset(
+    """AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND BPF CHECKPOINT_RESTORE CHOWN DAC_OVERRIDE
+    DAC_READ_SEARCH FOWNER FSETID IPC_LOCK IPC_OWNER KILL LEASE LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE
+    MKNOD NET_ADMIN NET_BIND_SERVICE NET_BROADCAST NET_RAW PERFMON SETFCAP SETGID SETPCAP SETUID
+    SYSLOG SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO
+    SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG WAKE_ALARM""".split()
+) | {"ALL"}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 # Bounds a host can plausibly honour; past them Docker overflows its int64
 # nanoseconds or bytes (FAULTS #39: numbers out of range are manifest errors).
@@ -238,6 +246,12 @@ class Agent(_Model):
     setup: list[Command] | None = None
     include: list[IncludePattern] | None = None
     env: dict[EnvKey, str] = Field(default_factory=dict)
+    # container agents' boundary (issue 12; docs/containers.md)
+    egress: list[str] = Field(default_factory=list)
+    read_only: bool = False
+    cap_add: list[str] = Field(default_factory=list)
+    setup_on: Literal["container", "host"] = "container"
+    network_fallback: Literal["refuse", "none", "internal"] = "refuse"
 
     @field_validator("name")
     @classmethod
@@ -293,6 +307,42 @@ class Agent(_Model):
     @property
     def branch_name(self) -> str:
         return self.branch or f"hybridiso/{self.name}"
+
+    @field_validator("egress")
+    @classmethod
+    def _egress(cls, v: list[str]) -> list[str]:
+        from hybridiso.netguard import parse_egress
+
+        return [str(parse_egress(entry)) for entry in v]
+
+    @field_validator("cap_add")
+    @classmethod
+    def _cap_add(cls, v: list[str]) -> list[str]:
+        names = [c.upper().removeprefix("CAP_") for c in v]
+        unknown = [c for c in names if c not in CAPABILITIES]
+        if unknown:
+            raise ValueError(f"unknown capabilities {', '.join(unknown)} (Linux names, e.g. NET_BIND_SERVICE; see capabilities(7))")
+        if "ALL" in names:
+            raise ValueError("ALL would give back every capability: name the few the agent needs")
+        return sorted(set(names))
+
+    @property
+    def network_isolated(self) -> bool:
+        """No route to the host or outside except ``egress`` (issue 12)."""
+        return bool({"network-isolation", "untrusted-code"} & set(self.workload.needs))
+
+    @model_validator(mode="after")
+    def _boundary_fits(self) -> Agent:
+        if self.network_isolated and "host-network" in self.workload.needs:
+            raise ValueError("host-network shares the host's network, so network-isolation/untrusted-code cannot hold: drop one of them")
+        if self.egress and not self.network_isolated:
+            raise ValueError("egress lists what a network-isolated agent may still reach: add network-isolation (or untrusted-code) to workload.needs, or drop egress")
+        if self.network_fallback != "refuse" and not self.network_isolated:
+            raise ValueError("network_fallback applies to network-isolated agents (workload.needs: network-isolation or untrusted-code)")
+        container_only = [k for k, on in (("egress", self.egress), ("read_only", self.read_only), ("cap_add", self.cap_add)) if on]
+        if container_only and not self.image:
+            raise ValueError(f"{', '.join(container_only)} shape{'s' if len(container_only) == 1 else ''} a container: give the agent an 'image'")
+        return self
 
 
 class Manifest(_Model):

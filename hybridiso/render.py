@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from hybridiso.container_spec import AGENT_SERVICE, ContainerSpec
+from hybridiso.container_spec import AGENT_SERVICE, SERVICE_CAPABILITIES, SERVICE_PIDS, ContainerSpec
 from hybridiso.resources import compose_dir, templates_dir
 from hybridiso.state import atomic_write_text
 
@@ -143,7 +143,12 @@ def compose_labels(spec: ContainerSpec) -> dict[str, Any]:
 
 def render_compose(spec: ContainerSpec) -> str:
     return render_template(
-        "compose.yaml.j2", spec=spec, env=dict(spec.environment), labels=compose_labels(spec)
+        "compose.yaml.j2",
+        spec=spec,
+        env=dict(spec.environment),
+        labels=compose_labels(spec),
+        service_caps=SERVICE_CAPABILITIES,
+        service_pids=SERVICE_PIDS,
     )
 
 

@@ -120,6 +120,15 @@ class AgentRecord:
     # for a bare repository with linked worktrees, what a command run from
     # inside the agent's environment uses (project.find_repo, FAULTS #22)
     checkout: str = ""
+    # container agents (issue 12): the unprivileged "uid:gid" it runs as,
+    # chosen once; the paths in the common git dir where that uid was given
+    # ACL entries (removed by down); how its network is isolated ("iptables",
+    # "none", "internal", or "" for an ordinary network); the addresses its
+    # egress host names resolved to when it was created (pinned)
+    container_user: str = ""
+    container_grants: list[str] = field(default_factory=list)
+    network_guard: str = ""
+    egress_addresses: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, name: str, data: Any) -> AgentRecord:

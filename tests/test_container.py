@@ -75,9 +75,11 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     assert st["strategy"] == "container" and st["process"].startswith("running")
     port = st["ports"]["web"]
     assert get(f"http://127.0.0.1:{port}/index.html") == "hello from the agent\n"
-    # exec runs inside the container, in the worktree, as the host user
+    # exec runs inside the container, in the worktree, as the agent's uid:
+    # the host user's, or one of its own when the host user is root (issue 12)
     out = hybridiso(repo, "exec", "web", "--", "sh", "-c", "id -u; pwd; echo $PORT_WEB; cat /proc/1/cgroup >/dev/null && echo in").stdout.split()
-    assert out[:3] == [str(os.getuid()), str(tmp_path_of(repo) / "site.agents" / "web"), str(port)]
+    user = agent_user(repo, "web")
+    assert out[:3] == [user.split(":")[0], str(tmp_path_of(repo) / "site.agents" / "web"), str(port)]
     # a shell's exit codes, whatever the engine's version says
     assert hybridiso(repo, "exec", "web", "--", "no-such-program", ok=False).returncode == 127
     assert hybridiso(repo, "exec", "web", "--", "sh", "-c", "exit 126", ok=False).returncode == 126
@@ -87,7 +89,7 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     host = info["HostConfig"]
     assert "no-new-privileges:true" in host["SecurityOpt"]
     assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 128 << 20 and host["PidsLimit"] == 64
-    assert info["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+    assert info["Config"]["User"] == user
     assert all(b["HostIp"] == "127.0.0.1" for b in host["PortBindings"][f"{port}/tcp"])
     assert info["Config"]["Labels"]["dev.hybridiso.role"] == "agent"
     # a value with compose's own syntax in it arrives literally, never interpolated
@@ -106,6 +108,17 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
 
 def tmp_path_of(repo: Path) -> Path:
     return repo.parent
+
+
+def agent_user(repo: Path, agent: str) -> str:
+    """The uid:gid the agent's container runs as: the host user's, or, when
+    that is root, an unprivileged one of the agent's own -- never root."""
+    user = state(repo)["agents"][agent]["container_user"]
+    if os.geteuid() == 0:
+        assert user.split(":")[0] != "0" and int(user.split(":")[0]) >= 1_600_000_000
+    else:
+        assert user == f"{os.getuid()}:{os.getgid()}"
+    return str(user)
 
 
 def test_crashed_container_is_shown_and_restarted(web_repo: Path) -> None:
@@ -277,10 +290,11 @@ def test_git_inside_the_container(tmp_path: Path, git_image: str, compose_v2: st
         out = hybridiso(repo, "exec", "dev", "--", "git", "status", "--porcelain", "--branch").stdout
         assert "## hybridiso/dev" in out
         hybridiso(repo, "exec", "dev", "--", "sh", "-c", "echo b > b.txt && git add b.txt && git commit -qm 'from the container'")
-        # the commit landed in the shared repository, owned by the host user
+        # the commit landed in the shared repository; the file is the agent's
+        # uid's (the host user's, or its own unprivileged one under root)
         assert git(repo, "log", "-1", "--format=%s", "hybridiso/dev") == "from the container"
         env = tmp_path / "r.agents" / "dev"
-        assert (env / "b.txt").stat().st_uid == os.getuid()
+        assert (env / "b.txt").stat().st_uid == int(agent_user(repo, "dev").split(":")[0])
         assert state(repo)["agents"]["dev"]["extra"]["git_in_container"] == "ok"  # up probed it
     finally:
         hybridiso(repo, "down", "--force", ok=None)
@@ -333,7 +347,14 @@ def test_down_gives_back_files_a_container_left_to_another_uid(web_repo: Path) -
     hybridiso(repo, "up")
     cid = labelled("container", "web")[0]
     env = tmp_path_of(repo) / "site.agents" / "web"
-    docker("exec", "-u", "0", cid, "sh", "-c", f"cd {env} && mkdir -p out/deep && echo x > out/deep/f && chown -R 65534:65534 out && chmod -R 555 out")
+    # the agent itself can no longer do it (no capabilities, not root:
+    # issue 12), so another container with the worktree mounted, as root
+    # with Docker's default capabilities, stands in for whatever did
+    image = json.loads(docker("inspect", cid))[0]["Config"]["Image"]
+    docker(
+        "run", "--rm", "--label", f"{TEST_LABEL}={TEST_RUN}", "-u", "0", "-v", f"{env}:{env}", image,
+        "sh", "-c", f"cd {env} && mkdir -p out/deep && echo x > out/deep/f && chown -R 65534:65534 out && chmod -R 555 out",
+    )
     assert (env / "out" / "deep" / "f").stat().st_uid == 65534
     r = hybridiso_as_plain_user(repo, "down", "--force")
     assert r.returncode == 0, r.stderr

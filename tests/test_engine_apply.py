@@ -76,6 +76,32 @@ def test_translate_builds_the_api_body() -> None:
     assert before is not None and after is not None and before.config_hash != after.config_hash
 
 
+def test_translate_carries_the_boundary() -> None:
+    doc = _doc(networks=["agent-net"], cap_drop=["ALL"], cap_add=["NET_RAW"], read_only=True, tmpfs=["/tmp:rw,exec,mode=1777"])
+    doc["networks"]["agent-net"].update(driver_opts={"com.docker.network.bridge.name": "hyb0123456789ab"}, internal=True)
+    plan = engine_apply.translate(doc, Path("/x/compose.yaml"))
+    assert plan is not None
+    h = plan.config["HostConfig"]
+    assert h["CapDrop"] == ["ALL"] and h["CapAdd"] == ["CAP_NET_RAW"] and h["ReadonlyRootfs"] is True
+    assert h["Tmpfs"] == {"/tmp": "rw,exec,mode=1777"}
+    assert plan.network_options == {"com.docker.network.bridge.name": "hyb0123456789ab"} and plan.network_internal
+    # another bridge is another network: the hash says so
+    other = _doc(networks=["agent-net"], cap_drop=["ALL"], cap_add=["NET_RAW"], read_only=True, tmpfs=["/tmp:rw,exec,mode=1777"])
+    other["networks"]["agent-net"].update(driver_opts={"com.docker.network.bridge.name": "hyb0000000000ab"}, internal=True)
+    again = engine_apply.translate(other, Path("/x/compose.yaml"))
+    assert again is not None and again.config_hash != plan.config_hash
+    # a network setting it does not know is never dropped silently: Compose applies it
+    unknown = _doc(networks=["agent-net"])
+    unknown["networks"]["agent-net"]["enable_ipv6"] = True
+    assert engine_apply.translate(unknown, Path("/x/compose.yaml")) is None
+    # the agent alone, for its setup container, even beside services
+    with_db = _doc(networks=["agent-net"])
+    with_db["services"]["db"] = {"image": "postgres"}
+    assert engine_apply.translate(with_db, Path("/x/compose.yaml")) is None
+    alone = engine_apply.translate_agent(with_db, Path("/x/compose.yaml"))
+    assert alone is not None and alone.network == "p_agent-net"
+
+
 def test_translate_leaves_what_it_does_not_know_to_compose() -> None:
     f = Path("/x/compose.yaml")
     with_db = _doc()
@@ -118,6 +144,8 @@ def _essentials(info: dict[str, Any]) -> dict[str, Any]:
         "healthcheck": config.get("Healthcheck"),
         "init": host["Init"],
         "security": host["SecurityOpt"],
+        "capabilities": (host["CapDrop"], host["CapAdd"]),
+        "read_only": (host["ReadonlyRootfs"], host.get("Tmpfs")),
         "limits": (host["NanoCpus"], host["Memory"], host["PidsLimit"]),
         "network_mode": host["NetworkMode"],
         "ports": host["PortBindings"],
@@ -234,16 +262,16 @@ def test_up_makes_a_running_container_match_a_changed_manifest(tmp_path: Path, b
     repo = _repo_with_agents(tmp_path, agent.replace("{}", "hello"))
     try:
         hybridiso(repo, "up")
-        cid = docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}")
+        cid = docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}={TEST_RUN}")
         assert "Up to date" in hybridiso(repo, "up").stderr
         # another shell, another GIT_AUTHOR_NAME: not a change of the agent's config
         monkeypatch.setenv("GIT_AUTHOR_NAME", "Someone Else")
         assert "Up to date" in hybridiso(repo, "up").stderr
-        assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}") == cid
+        assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}={TEST_RUN}") == cid
         write_manifest(repo, f'labels: {{{TEST_LABEL}: "{TEST_RUN}"}}\nagents:\n' + agent.replace("{}", "hi there"))
         r = hybridiso(repo, "up")
         assert "Recreated" in r.stderr
-        assert "GREETING=hi there" in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}"))["Config"]["Env"]
+        assert "GREETING=hi there" in _inspect(docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=solo", "--filter", f"label={TEST_LABEL}={TEST_RUN}"))["Config"]["Env"]
         assert status_json(repo)["solo"]["process"] == "running"
     finally:
         hybridiso(repo, "down", "--force", ok=None)

@@ -95,6 +95,9 @@ VARIANTS = {
     "host-network-with-services": spec(network_mode="host", services=SERVICES),
     "no-network": spec(network_mode="none", ports=()),
     "read-only-mount": spec(mounts=(Mount("/src/shop/.git", "/src/shop/.git", read_only=True),)),
+    # issue 12: an isolated agent's bridge is named for its firewall rules
+    "isolated": spec(bridge_name="hyb0123456789ab", read_only=True, tmpfs=("/tmp:rw,nosuid,nodev,exec,mode=1777",), cap_add=("NET_BIND_SERVICE",), services=SERVICES),
+    "internal": spec(network_internal=True),
 }
 
 
@@ -106,6 +109,8 @@ def test_every_variant_validates_against_compose_spec(variant: str) -> None:
     agent = doc["services"]["agent"]
     assert doc["name"] == s.project
     assert agent["security_opt"] == ["no-new-privileges:true"] and agent["init"] is True
+    assert agent["cap_drop"] == ["ALL"]  # least privilege for every agent (issue 12)
+    assert "privileged" not in text and "docker.sock" not in text and "seccomp" not in text
     assert "container_name" not in text
     assert agent["labels"]["dev.hybridiso.role"] == "agent"
     for m in agent.get("volumes", []):
@@ -114,6 +119,7 @@ def test_every_variant_validates_against_compose_spec(variant: str) -> None:
         if name != "agent":
             assert doc["services"][name]["networks"] == ["agent-net"]
             assert "agent-net" in doc["networks"]
+            assert doc["services"][name]["cap_drop"] == ["ALL"] and doc["services"][name]["pids_limit"] == 1024
 
 
 def test_full_variant_has_limits_ports_on_loopback_services_and_labels() -> None:
@@ -139,6 +145,18 @@ def test_full_variant_has_limits_ports_on_loopback_services_and_labels() -> None
         assert part["labels"]["dev.hybridiso.role"] == role
     mounts = {(m["source"], m["target"]) for m in agent["volumes"]}
     assert ("/src/shop/.git", "/src/shop/.git") in mounts
+
+
+def test_isolated_variant_names_its_bridge_and_keeps_the_root_read_only() -> None:
+    doc = validate(render_compose(VARIANTS["isolated"]))
+    agent = doc["services"]["agent"]
+    assert agent["read_only"] is True and agent["tmpfs"] == ["/tmp:rw,nosuid,nodev,exec,mode=1777"]
+    assert agent["cap_add"] == ["NET_BIND_SERVICE"] and agent["cap_drop"] == ["ALL"]
+    assert doc["networks"]["agent-net"]["driver_opts"] == {"com.docker.network.bridge.name": "hyb0123456789ab"}
+    assert "internal" not in doc["networks"]["agent-net"]
+    assert validate(render_compose(VARIANTS["internal"]))["networks"]["agent-net"]["internal"] is True
+    with pytest.raises(ValueError, match="interface name"):
+        spec(bridge_name="much-too-long-a-bridge")
 
 
 def test_postgres_healthcheck_reads_the_containers_own_variables() -> None:

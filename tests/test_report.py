@@ -179,13 +179,14 @@ def test_gc_removes_what_a_killed_compare_left_and_spares_a_running_one(tmp_path
     import os
 
     repo = repo_with_files(tmp_path, 20)
-    marker = tmp_path / "setup-ran"
-    write_manifest(repo, f'labels: {{dev.hybridiso.test: "1"}}\ndefaults:\n  setup: ["touch {marker}; sleep 30"]\nagents: []\n')
+    # a container agent's setup runs in its container (issue 12): the marker
+    # goes into its worktree, which is inside the comparison's workdir
+    write_manifest(repo, 'labels: {dev.hybridiso.test: "1"}\ndefaults:\n  setup: ["touch setup-ran; sleep 30"]\nagents: []\n')
     argv = [sys.executable, "-m", "hybridiso", "report", "--compare", "1", "--strategies", "container", "--image", busybox_image]
     proc = subprocess.Popen(argv, cwd=repo, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         end = time.time() + 60
-        while not marker.exists() and time.time() < end:
+        while not list(tmp_path.glob(".proj.hybridiso-compare-*/**/setup-ran")) and time.time() < end:
             time.sleep(0.05)
         [workdir] = tmp_path.glob(".proj.hybridiso-compare-*")
 

@@ -21,12 +21,20 @@
 
 The image must exist locally (there is no registry here); the default is the
 busybox image the test suite builds (python -m tests.support.images).
+
+    python docs/bench/bench_containers.py --against ../main [--rounds 12] [--agents 8]
+
+compares this checkout's code with another checkout's instead, alternating
+round by round on one repository: the wall time of `hybridiso up` and its CPU
+time (the process and the git it runs), which stays comparable on a busy
+machine where wall times do not.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -148,17 +156,50 @@ def compose_only(repo: Path) -> float:
     return elapsed
 
 
+def timed_up(repo: Path, checkout: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `hybridiso up` run from ``checkout``'s code."""
+    env = {**os.environ, "PYTHONPATH": checkout}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "hybridiso", "up"], cwd=repo, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"hybridiso up of {checkout} failed:\n{r.stderr}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-m", "hybridiso", "down"], cwd=repo, env=env, check=True, capture_output=True)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def against(repo: Path, image: str, other: str, rounds: int, agents: int) -> None:
+    here = str(Path(__file__).resolve().parents[2])
+    for n in (1, agents):
+        (repo / "hybridiso.yaml").write_text(manifest(image, [f"c{i}" for i in range(n)], free_port()))
+        for checkout in (here, other):  # warm-up
+            timed_up(repo, checkout)
+        got: dict[str, list[tuple[float, float]]] = {here: [], other: []}
+        for r in range(rounds if n == 1 else max(3, rounds // 2)):
+            for checkout in (here, other) if r % 2 == 0 else (other, here):
+                got[checkout].append(timed_up(repo, checkout))
+        (hw, hc), (ow, oc) = ((statistics.median(w for w, _ in got[c]), statistics.median(u for _, u in got[c])) for c in (here, other))
+        print(f"{n} agent(s), median of {len(got[here])}: {other}: wall {ow:.2f}s cpu {oc:.3f}s | this checkout: wall {hw:.2f}s cpu {hc:.3f}s "
+              f"| ratio wall {hw / ow:.2f}, cpu {hc / oc:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default="hybridiso-test/busybox:1")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--agents", type=int, default=8)
+    ap.add_argument("--against", metavar="CHECKOUT", help="compare this checkout's code with CHECKOUT's (wall and CPU time of up)")
     args = ap.parse_args()
     if subprocess.run(["docker", "image", "inspect", args.image], capture_output=True).returncode != 0:
         raise SystemExit(f"image {args.image} is not here: build it first (python -c 'from tests.support.images import ensure_busybox_image as e; e()')")
     root = Path(tempfile.mkdtemp(prefix="hybridiso-bench-c-"))
     try:
         repo = make_repo(root)
+        if args.against:
+            against(repo, args.image, str(Path(args.against).resolve()), args.rounds, args.agents)
+            return 0
         (repo / "hybridiso.yaml").write_text(manifest(args.image, ["one"], free_port()))
         hybridiso(repo, "up")  # warm-up: image layers and compose plugin in the page cache
         hybridiso(repo, "down")

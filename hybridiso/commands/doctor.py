@@ -20,6 +20,7 @@ from hybridiso.errors import UserError
 from hybridiso.manifest import ManifestError
 from hybridiso.planner import AgentPlan
 from hybridiso.process import run as run_process
+from hybridiso.planner import AgentPlan
 from hybridiso.project import Project
 from hybridiso.state import State
 
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     checks = [*check_git(), *check_docker(bool(containers), needs_compose), *manifest_checks]
     if project is not None and state is not None:
         checks += [check_disk(project), check_ports(project, state), *check_databases(project, state), *check_state(project, state)]
+        checks += [*check_isolation(containers), *check_leased_ports(project, state)]
     if args.json:
         output.print_json([asdict(c) for c in checks])
     else:
@@ -233,6 +235,35 @@ def check_databases(project: Project, state: State) -> list[Check]:
             continue
         checks.append(Check(f"postgres {where}", "ok", f"PostgreSQL {major}; pg_dump {pg_dump}"))
     return checks
+def check_isolation(containers: list[AgentPlan]) -> list[Check]:
+    """Network-isolated agents need the host's firewall (issue 12)."""
+    from hybridiso import netguard
+
+    isolated = [p.agent for p in containers if p.agent.network_isolated]
+    if not isolated:
+        return []
+    why = netguard.unavailable()
+    names = ", ".join(a.name for a in isolated)
+    if why is None:
+        return [Check("network isolation", "ok", f"iptables rules can be written for {names}")]
+    refused = [a.name for a in isolated if a.network_fallback == "refuse"]
+    if refused:
+        return [Check("network isolation", "fail", f"{why}: `up` refuses {', '.join(refused)}", netguard._HINT)]
+    return [Check("network isolation", "warn", f"{why}: {names} get their network_fallback instead", "run `hybridiso up` as root on the Docker host for real isolation")]
+
+
+def check_leased_ports(project: Project, state: State) -> list[Check]:
+    """A container agent's leased port that another program took (issue 11)."""
+    leases = {n: r.ports for n, r in state.agents.items() if r.strategy == "container" and r.ports}
+    if not leases:
+        return []
+    from hybridiso.strategies import container
+
+    taken = container.ports_taken_by_others(project, leases)
+    if not taken:
+        return [Check("leased ports", "ok", "no container agent's port is held by another program")]
+    detail = "; ".join(f"{a}.{n}={leases[a][n]} is held by {holder}" for a, held in sorted(taken.items()) for n, holder in sorted(held.items()))
+    return [Check("leased ports", "warn", detail, f"`hybridiso up {' '.join(sorted(taken))}` leases other ports (or stop those programs)")]
 
 
 def check_state(project: Project, state: State) -> list[Check]:

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import replace
 from typing import Any
 
 from hybridiso import costs, output, programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
+from hybridiso.planner import AgentPlan
+from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
+from hybridiso.state import AgentRecord
 
 HELP = "show the strategy each agent will get, the reason, and projected costs"
 
@@ -15,6 +19,18 @@ HELP = "show the strategy each agent will get, the reason, and projected costs"
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("plan", help=HELP, description=HELP + ". Changes nothing.")
     add_json_flag(p)
+
+
+def _boundary(project: Project, p: AgentPlan, record: AgentRecord | None) -> dict[str, object]:
+    """What a container agent's container will get (issue 12: plan says it)."""
+    from hybridiso.container_build import planned_boundary
+    from hybridiso.strategies.base import EnvContext
+
+    if record is None:  # not made yet: what up would give it now
+        record = AgentRecord(name=p.agent.name, strategy=p.strategy, branch=p.branch, path=p.path, base=project.manifest.base)
+    else:
+        record = copy.deepcopy(record)  # a plan changes nothing, not even in memory
+    return planned_boundary(EnvContext(project, p.agent, record))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 "projected_startup_seconds": est.startup_seconds,
                 "projection_source": projection.source,
                 "warnings": [*p.warnings, *missing.get(p.agent.name, [])],
+                "boundary": _boundary(project, p, record) if p.strategy == "container" else None,
                 "_ports_text": ports,
             }
         )
@@ -87,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         ["AGENT", "STRATEGY", "WHY", "BRANCH", "PORTS", "DISK*", "STARTUP*"],
     )
     output.message(f"* {projection.describe()}")
+    for r in rows:
+        boundary = r["boundary"]
+        if isinstance(boundary, dict):
+            from hybridiso.container_build import describe_boundary
+
+            output.message(f"  {r['agent']} gets: {describe_boundary(boundary)}")
     for w in plan.warnings:
         output.warn(w)
     if unchecked:

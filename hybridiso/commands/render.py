@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         output.print_table(rows, ["AGENT", "COMPOSE PROJECT", "FILE", "NOTE"])
         if not all(w["up"] for w in written):
             output.message("`docker compose -f FILE up` needs the agent's worktree: `hybridiso up AGENT` makes it")
+    for p in chosen:
+        if p.agent.network_isolated:
+            # the rules live in the host's firewall, not in the file (docs/containers.md)
+            output.warn(f"{p.agent.name}: started by hand, its container gets no network-isolation rules; `hybridiso up {p.agent.name}` writes them first")
     else:
         output.message("no container agents in the manifest")
     return 0

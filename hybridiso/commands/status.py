@@ -8,6 +8,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
@@ -46,6 +47,7 @@ class AgentStatus:
     disk_bytes: int | None = None
     problems: list[str] = field(default_factory=list)
     in_manifest: bool = True
+    boundary: dict[str, Any] | None = None  # a container agent's: what Docker says it got (issue 12)
 
 
 def collect(project: Project, state: State, names: list[str], with_disk: bool = True) -> list[AgentStatus]:
@@ -104,6 +106,7 @@ def _observe(
         process=obs.process,
         problems=list(obs.problems),
         in_manifest=in_manifest,
+        boundary=dict(obs.boundary) if obs.boundary is not None else None,
     )
     if creating:
         st.state = "creating (interrupted or failed; `up` redoes it)"
@@ -225,6 +228,10 @@ def run(args: argparse.Namespace) -> int:
         )
     output.print_table(table, ["AGENT", "STRATEGY", "STATE", "BRANCH", "AHEAD/BEHIND", "DIRTY", "PORTS", "DISK", "PATH"])
     for r in rows:
+        if r.boundary is not None:
+            from hybridiso.container_build import describe_boundary
+
+            output.message(f"  {r.agent} gets: {describe_boundary(r.boundary)}")
         for p in r.problems:
             output.message(f"  {r.agent}: {p}")
     for line in repo_problems(project, state, names):  # prunable worktrees, stale records and locks

@@ -153,13 +153,31 @@ def _lease_ports(project: Project, state: State, selected: list[AgentPlan]) -> d
     """Every selected agent's ports, never a port another repository on the
     machine has leased (FAULTS #37), before anything is created (#14)."""
     current = {n: r.ports for n, r in state.agents.items()}
+    taken = _taken_by_others(project, state, selected)
+    current = {n: {k: p for k, p in leased.items() if k not in taken.get(n, {})} for n, leased in current.items()}
     wanted = {p.agent.name: p.agent.ports for p in selected}
     leases = ports.lease_machine_wide(project.repo.common_dir, wanted, current, project.manifest.ports.bounds())
     if leases.note:
         output.warn(leases.note)
     for moved in leases.moved:
         output.warn(f"{moved}: it gets another port")
+    for name, held in taken.items():
+        for port_name, holder in held.items():
+            old = state.agents[name].ports[port_name]
+            output.warn(f"{name}: its port {port_name}={old} is taken by another program ({holder}); leased {leases.ports[name][port_name]} instead")
     return leases.ports
+
+
+def _taken_by_others(project: Project, state: State, selected: list[AgentPlan]) -> dict[str, dict[str, str]]:
+    """Container agents' leased ports that another program took while the
+    agent was not publishing them: leased again (issue 11).  (A worktree
+    agent's port in use is most likely its own server: it keeps it.)"""
+    leased = {p.agent.name: state.agents[p.agent.name].ports for p in selected if p.strategy == "container" and p.agent.name in state.agents}
+    if not any(leased.values()):
+        return {}
+    from hybridiso.strategies import container
+
+    return container.ports_taken_by_others(project, leased)
 
 
 def converge(

@@ -7,15 +7,18 @@ one registry line and one test.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from hybridiso.manifest import Agent
+from hybridiso.manifest import Agent, Command
 from hybridiso.project import Project
-from hybridiso.state import AgentRecord
+from hybridiso.state import AgentRecord, ProcessGroup
 from hybridiso.work import MainRepo, WorkReport
+
+if TYPE_CHECKING:
+    from hybridiso.setup_runner import LogFile
 
 
 @dataclass
@@ -46,6 +49,26 @@ class Observation:
     head: str | None
     process: str | None = None  # container state, e.g. "running (healthy)", "exited (1)"
     problems: tuple[str, ...] = ()
+    # what a container agent gets, read from Docker (user, capabilities, ...): status shows it
+    boundary: Mapping[str, Any] | None = None
+
+
+def host_setup(
+    ctx: EnvContext,
+    commands: Sequence[Command],
+    env: Mapping[str, str],
+    log: LogFile,
+    *,
+    run_label: str = "up",
+    on_start: Callable[[ProcessGroup], None] | None = None,
+) -> None:
+    """``setup:`` on the host, in the environment's directory: the default
+    ``run_setup`` of a strategy (worktree, clone; a container agent with
+    ``setup_on: host``).  Each command's process group goes to ``on_start``
+    before it runs (FAULTS #38)."""
+    from hybridiso import setup_runner
+
+    setup_runner.run_setup(commands, ctx.path, env, log, ctx.cancel, ctx.name, run=run_label, on_start=on_start)
 
 
 class Strategy(Protocol):
@@ -79,3 +102,16 @@ class Strategy(Protocol):
 
     def exec_argv(self, ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
         """argv and cwd that run ``argv`` inside the environment."""
+
+    def run_setup(
+        self,
+        ctx: EnvContext,
+        commands: Sequence[Command],
+        env: Mapping[str, str],
+        log: LogFile,
+        *,
+        run_label: str = "up",
+        on_start: Callable[[ProcessGroup], None] | None = None,
+    ) -> None:
+        """Run ``setup:`` where the environment's work runs (``host_setup``
+        for plain directories; a container agent in its image)."""

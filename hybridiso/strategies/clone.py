@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hybridiso import cleanup, envfile, git, output, safe_files
-from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.strategies.base import EnvContext, Observation, host_setup
 from hybridiso.work import MainRepo, SnapshotPlan, WorkReport, add_submodule_work, store_work
 
 NAME = "clone"
@@ -162,3 +162,6 @@ def _git_dir_problem(path: Path) -> tuple[str, str]:
 
 def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
     return list(argv), ctx.path
+
+
+run_setup = host_setup  # setup runs in the environment's directory, on the host

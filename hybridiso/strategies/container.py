@@ -3,29 +3,39 @@
 The worktree and the repository's common git dir are mounted at their host
 paths, so the ``.git`` file of the linked worktree (an absolute path) resolves
 inside the container and ``git status``/``git commit`` work there.  The
-container runs as the host user's uid:gid with ``no-new-privileges``, its own
-network, limits from ``resources:``, leased ports published on 127.0.0.1, and
-labels ``dev.hybridiso.*``: Docker itself is the state for containers.
+container runs as an unprivileged uid (container_user.py) with every
+capability dropped, ``no-new-privileges``, a pids limit, its own network
+(firewalled by netguard.py when the agent needs network isolation), limits
+from ``resources:``, leased ports published on 127.0.0.1, and labels
+``dev.hybridiso.*``: Docker itself is the state for containers.  ``setup:``
+runs in a one-off container of the same shape (``run_setup``).
 
 Files and branches are the worktree strategy's; this module adds the compose
 project around them.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import re
 import sys
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from hybridiso import compose_cli, docker_client, engine_apply, output
+from hybridiso import compose_cli, container_user, docker_client, engine_apply, netguard, output, port_holders, safe_files
+from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import Cancelled, UserError
+from hybridiso.manifest import Command
 from hybridiso.project import Project
-from hybridiso.state import PHASE_READY
+from hybridiso.state import PHASE_READY, ProcessGroup
 from hybridiso.strategies import worktree
-from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.setup_runner import LogFile
+from hybridiso.strategies.base import EnvContext, Observation, host_setup
 from hybridiso.work import MainRepo, WorkReport
 
 NAME = "container"
@@ -72,48 +82,75 @@ def render(ctx: EnvContext) -> Path:
 
 
 def create(ctx: EnvContext) -> None:
+    _refuse_if_unguarded(ctx)  # before anything of it exists
     # the file first: the agent's network depends on nothing else, so Docker
     # makes it while git checks the worktree out (and setup runs)
     path = render(ctx)
     _make_network_early(ctx, path)
     try:
         worktree.create(ctx)
+        from hybridiso.container_build import agent_user
+
+        t = time.monotonic()
+        container_user.hand_over(ctx, *agent_user(ctx))
+        ctx.record.timings["handover"] = round(time.monotonic() - t, 3)
     except BaseException:
         _await_network(ctx, wait_only=True)  # a rollback must not race it
         raise
 
 
+def _refuse_if_unguarded(ctx: EnvContext) -> str:
+    """The agent's network mode; an isolated agent this machine cannot
+    isolate fails here, never starts unisolated (FAULTS #33)."""
+    from hybridiso.container_build import network_mode
+
+    mode = network_mode(ctx)
+    if mode.startswith("refused: "):
+        raise netguard.Unavailable(
+            f"agent {ctx.name} needs network isolation ({', '.join(n for n in ctx.agent.workload.needs if n in ('network-isolation', 'untrusted-code')) if ctx.agent else 'network-isolation'}), "
+            f"which hybridiso enforces with firewall rules on the Docker host, and {mode.removeprefix('refused: ')}",
+            hint=netguard._HINT,
+        )
+    return mode
+
+
 _network_maker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hybridiso-network")
-_networks_pending: dict[str, Future[None]] = {}
+_networks_pending: dict[str, Future[bool]] = {}
 _pending_lock = threading.Lock()
 
 
-def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "") -> engine_apply.Plan | None:
+def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "", *, agent_only: bool = False) -> engine_apply.Plan | None:
+    """The rendered file as an Engine API body; with ``agent_only``, the
+    agent service's even when the project has services (its network and the
+    setup container)."""
     from hybridiso.manifest import read_yaml
 
-    return engine_apply.translate(read_yaml(path.read_text(encoding="utf-8")), path, image_id)
+    doc = read_yaml(path.read_text(encoding="utf-8"))
+    return (engine_apply.translate_agent if agent_only else engine_apply.translate)(doc, path, image_id)
 
 
 def _make_network_early(ctx: EnvContext, path: Path) -> None:
-    plan = _engine_plan(ctx, path)
+    # also for a project Compose starts: it adopts a network that carries its labels
+    plan = _engine_plan(ctx, path, agent_only=True)
     if plan is None or plan.network is None:
         return
-    future = _network_maker.submit(docker_client.ensure_network, plan.network, plan.network_labels)
+    future = _network_maker.submit(docker_client.ensure_network, plan.network, plan.network_labels, plan.network_options, plan.network_internal)
     with _pending_lock:
         _networks_pending[ctx.name] = future
 
 
-def _await_network(ctx: EnvContext, *, wait_only: bool = False) -> None:
+def _await_network(ctx: EnvContext, *, wait_only: bool = False) -> bool:
     """Wait for the network create() started, if any, raising its error;
-    with ``wait_only``, its error is not ours to raise (the caller is failing)."""
+    True when it made the network just now (so it has the file's shape).
+    With ``wait_only``, its error is not ours to raise (the caller is failing)."""
     with _pending_lock:
         future = _networks_pending.pop(ctx.name, None)
     if future is None:
-        return
+        return False
     if wait_only:
         wait([future])
-    else:
-        future.result()
+        return False
+    return bool(future.result())
 
 
 def start(ctx: EnvContext) -> str:
@@ -123,24 +160,23 @@ def start(ctx: EnvContext) -> str:
     docker_client.client()  # Docker unreachable: say so before anything else (FAULTS #12)
     docker_client.ensure_image(ctx.agent.image)
     ctx.record.extra["image"] = ctx.agent.image  # down fixes ownership with it, even once the manifest forgets the agent
-    from hybridiso.container_build import build_spec
-    from hybridiso.render import write_compose
-
-    spec = build_spec(ctx)
-    path = write_compose(spec, compose_file(ctx), ctx.project.store.anchor)
+    spec, path = _prepare(ctx)
     # ready means healthy where anything has a healthcheck: the manifest's,
     # the image's own HEALTHCHECK, or the services'
     image_id, image_healthcheck = docker_client.image_facts(spec.image)
     healthchecks = spec.healthcheck is not None or bool(spec.services) or image_healthcheck
-    action = _apply_through_engine(ctx, path, image_id, healthchecks)
-    if action is None:
-        before = {c.id: c.status for c in project_containers(ctx)}
-        try:
-            compose_cli.up(compose_project(ctx), path, wait=healthchecks)
-        except UserError:
-            _explain_unhealthy(ctx)
-            raise
-        action = _what_compose_did(before, {c.id: c.status for c in project_containers(ctx)})
+    try:
+        action = _apply_through_engine(ctx, path, image_id, healthchecks)
+        if action is None:
+            before = {c.id: c.status for c in project_containers(ctx)}
+            try:
+                compose_cli.up(compose_project(ctx), path, wait=healthchecks)
+            except UserError:
+                _explain_unhealthy(ctx)
+                raise
+            action = _what_compose_did(before, {c.id: c.status for c in project_containers(ctx)})
+    except UserError as e:
+        raise _port_taken(ctx, e) or e from None
     if healthchecks:
         _explain_unhealthy(ctx)  # the engine path's wait ends on unhealthy or exited too
     info = _agent_container(ctx)
@@ -148,6 +184,111 @@ def start(ctx: EnvContext) -> str:
         _require_running(ctx, info)
     check_git_inside(ctx, info)
     return action
+
+
+def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
+    """Everything the agent's containers (its own, and setup's) need before
+    one of them starts: the rendered file, its uid's access to the files
+    the host wrote, and its network -- isolated, and checked to be (FAULTS #33)."""
+    from hybridiso.container_build import build_spec
+    from hybridiso.render import write_compose
+
+    mode = _refuse_if_unguarded(ctx)
+    spec = build_spec(ctx)
+    path = write_compose(spec, compose_file(ctx), ctx.project.store.anchor)
+    uid, gid = container_user.parse_user(spec.user or "") or (os.getuid(), os.getgid())
+    if container_user.needs_grants(uid) and not ctx.record.container_grants:
+        # made by a hybridiso that ran containers as root, or a record rebuilt from reality
+        container_user.hand_over(ctx, uid, gid)
+    container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.extra.get("included", [])])
+    t = time.monotonic()
+    if not _network_ready(ctx, path, mode):
+        return _prepare(ctx)  # the engine's networks are out of reach: the manifest's weaker mode, rendered anew
+    ctx.record.timings["network"] = round(time.monotonic() - t, 3)  # waiting for it, its rules, its checks
+    ctx.record.network_guard = mode
+    return spec, path
+
+
+def _network_ready(ctx: EnvContext, path: Path, mode: str) -> bool:
+    """The agent's network exists in the shape the file says and, isolated,
+    has its rules in force and its bridge in this machine's namespace.
+    False when it turned out the engine's networks are elsewhere and the
+    manifest chose a weaker mode (recorded: render again)."""
+    from hybridiso.container_build import ISOLATED, guard_for
+
+    plan = _engine_plan(ctx, path, agent_only=True)
+    guard = guard_for(ctx) if mode == ISOLATED else None
+    if guard is not None:
+        netguard.apply(guard)  # before any container of the agent can send a packet
+    elif ctx.record.network_guard == ISOLATED:
+        netguard.remove({netguard.bridge_name(repo_id(ctx), ctx.name)})  # the manifest dropped the isolation
+    made = _await_network(ctx)  # its error (Docker refused the network) is this agent's
+    if plan is None or plan.network is None:
+        return True
+    if not made:  # it was there (an earlier up), or pruned since
+        if docker_client.network_differs(plan.network, plan.network_options, plan.network_internal):
+            # made before the agent was isolated (or the other way round): its
+            # containers go (named volumes stay), the network is made anew
+            for info in project_containers(ctx):
+                docker_client.remove_container(info.id)
+            docker_client.remove_network(plan.network)
+        docker_client.ensure_network(plan.network, plan.network_labels, plan.network_options, plan.network_internal)
+    if guard is None:
+        return True
+    bridge = docker_client.network_bridge(plan.network)
+    if bridge == guard.bridge and netguard.bridge_visible(bridge):
+        return True
+    # rootless Docker, Docker Desktop, a remote DOCKER_HOST: its networks
+    # are not this machine's, and rules here would not see their traffic
+    netguard.remove({guard.bridge})
+    docker_client.remove_network(plan.network)
+    assert ctx.agent is not None
+    where = f"its bridge {bridge} is not in this machine's network namespace" if bridge else "Docker did not make its network"
+    if ctx.agent.network_fallback == "refuse":
+        raise netguard.Unavailable(
+            f"agent {ctx.name} needs network isolation, and the Docker engine's networks are not this machine's ({where}: "
+            "rootless Docker, Docker Desktop or a remote DOCKER_HOST), so firewall rules here cannot isolate it",
+            hint=netguard._HINT,
+        )
+    output.warn(f"{ctx.name}: the Docker engine's networks are not this machine's ({where}); using network_fallback: {ctx.agent.network_fallback}")
+    ctx.record.network_guard = ctx.agent.network_fallback
+    return False
+
+
+_PORT_ERROR = re.compile(r"(?:Bind for [0-9.:\[\]]*?:|listen tcp[46]? [0-9.:\[\]]*?:)(\d+)(?: failed: port is already allocated|: bind: address already in use)")
+
+
+def _port_taken(ctx: EnvContext, error: UserError) -> UserError | None:
+    """Docker could not publish a leased port: name the port, the agent and
+    the program holding it, and what the next ``up`` does about it (issue 11)."""
+    m = _PORT_ERROR.search(error.message)
+    if m is None:
+        return None
+    port = int(m.group(1))
+    name = next((n for n, p in ctx.record.ports.items() if p == port), "?")
+    holder = port_holders.describe(port)
+    return UserError(
+        f"agent {ctx.name}'s port {name}={port} is taken by another program ({holder}), so its container cannot publish it",
+        hint=f"`hybridiso up {ctx.name}` leases it another port (or stop that program first to keep {port})",
+    )
+
+
+def ports_taken_by_others(project: Project, leases: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, str]]:
+    """For container agents' leases (``{agent: {name: port}}``): the ports
+    another program holds -- not the agent's own running container, whose
+    docker-proxy holds its ports -- with who holds them.  ``up`` leases those
+    again (issue 11)."""
+    busy = {agent: {n: p for n, p in ports.items() if not port_holders.free(p)} for agent, ports in leases.items()}
+    busy = {a: ps for a, ps in busy.items() if ps}
+    if not busy or not docker_client.reachable()[0]:
+        return {}
+    published = docker_client.published_ports({docker_client.LABEL_PROJECT: project_label(project)})
+    taken: dict[str, dict[str, str]] = {}
+    for agent, ports in busy.items():
+        for name, port in ports.items():
+            if published.get(port) != agent:
+                taken.setdefault(agent, {})[name] = port_holders.describe(port)
+    return taken
 
 
 def _what_compose_did(before: dict[str, str], after: dict[str, str]) -> str:
@@ -165,8 +306,9 @@ def _apply_through_engine(ctx: EnvContext, path: Path, image_id: str, healthchec
     """A project of one container starts through the Engine API (see
     engine_apply.py): what was done; None when the file needs Compose."""
     plan = _engine_plan(ctx, path, image_id)
-    _await_network(ctx)  # its error (Docker refused the network) is this agent's
-    action = docker_client.apply_container(plan) if plan is not None else None
+    if plan is None:
+        return None
+    action = docker_client.apply_container(plan)
     if action is None:
         return None
     if healthchecks:
@@ -232,9 +374,7 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
         code, text = 127, ""
     else:
         probe = "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"
-        code, text = docker_client.exec_in(
-            info.id, ["sh", "-c", probe], user=f"{os.getuid()}:{os.getgid()}", workdir=str(ctx.path), environment={"HOME": "/tmp"}
-        )
+        code, text = docker_client.exec_in(info.id, ["sh", "-c", probe], user=_exec_user(ctx), workdir=str(ctx.path), environment={"HOME": "/tmp"})
     if code == 0:
         ctx.record.extra["git_in_container"] = "ok"
         return
@@ -254,9 +394,18 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
     else:
         hint = (
             f"the worktree ({ctx.path}) and the common git dir ({ctx.project.repo.common_dir}) must be mounted at "
-            "their host paths, and the container must run as the files' owner"
+            f"their host paths, and the container's uid ({_exec_user(ctx)}) must be able to read them"
         )
     raise UserError(f"git inside agent {ctx.name}'s container cannot see the repository: {text.strip()[:400]}", hint=hint)
+
+
+def _exec_user(ctx: EnvContext) -> str:
+    """The uid:gid the agent's container runs as (never root: a record
+    rebuilt from reality gets the same uid again)."""
+    from hybridiso.container_build import agent_user
+
+    uid, gid = agent_user(ctx)
+    return f"{uid}:{gid}"
 
 
 def _read_lines(path: Path) -> set[str]:
@@ -288,6 +437,15 @@ def remove(ctx: EnvContext) -> None:
         fix_ownership(ctx.path, image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
     elif ctx.path.exists():
         output.warn(f"{ctx.name}: Docker is not reachable; its containers (if any) are left for `hybridiso gc`")
+    # its firewall rules go with its network (whatever the record says: a
+    # lost state file must not leave them); nothing happens without root
+    if netguard.unavailable() is not None and ctx.record.network_guard == "iptables":
+        output.warn(f"{ctx.name}: its network-isolation rules are left ({netguard.unavailable()}): `hybridiso gc --yes` as root removes them")
+    netguard.remove({netguard.bridge_name(repo_id(ctx), ctx.name)})
+    from hybridiso.container_build import agent_user
+
+    agent_user(ctx)  # a record rebuilt from reality: the uid it was given
+    container_user.take_back(ctx)
     worktree.remove(ctx)
     compose_file(ctx).unlink(missing_ok=True)
 
@@ -350,7 +508,53 @@ def observe(ctx: EnvContext) -> Observation:
     problems = base.problems
     if info is None and ctx.record.phase == PHASE_READY and base.exists:
         problems = (*problems, "its container is gone: `hybridiso up` starts it again")
-    return Observation(base.exists, base.registered, base.branch, base.head, process, problems)
+    boundary = None
+    if info is not None:
+        boundary = {**info.boundary, "network": _network_observed(ctx, info)}
+        if boundary["network"].startswith("NOT ISOLATED"):
+            problems = (*problems, f"network isolation is not in force ({boundary['network']}): `hybridiso up {ctx.name}` restores it")
+    return Observation(base.exists, base.registered, base.branch, base.head, process, problems, boundary)
+
+
+def _network_observed(ctx: EnvContext, info: docker_client.ContainerInfo) -> str:
+    """What the container's network is, read from Docker and the firewall."""
+    mode = str(info.boundary.get("network_mode", ""))
+    if mode in ("host", "none"):
+        return f"{mode} network"
+    if ctx.record.network_guard == "internal":
+        return "internal network (no outside traffic; the host is reachable)"
+    isolated = ctx.record.network_guard == "iptables" or (ctx.agent is not None and ctx.agent.network_isolated)
+    if not isolated:
+        return "its own network"
+    from hybridiso.container_build import guard_for
+
+    if netguard.unavailable() is not None:
+        return f"isolated, not verifiable here ({netguard.unavailable()})"
+    guard = guard_for(ctx, resolve=False)  # status never waits for DNS
+    try:
+        table = _firewall_table()
+    except netguard.Unavailable as e:
+        return f"isolated, not verifiable here ({e.message})"
+    if not netguard.hooked(guard, table):
+        return "NOT ISOLATED: its firewall rules are missing"
+    allowed = ", ".join(ctx.agent.egress) if ctx.agent and ctx.agent.egress else "nothing"
+    if not netguard.in_force(guard, table):
+        return f"isolated, with the egress rules of an earlier manifest (`hybridiso up` applies egress: {allowed})"
+    return f"isolated: no route to the host or outside; egress: {allowed}"
+
+
+_table_cache: dict[str, tuple[float, netguard.Table]] = {}
+
+
+def _firewall_table() -> netguard.Table:
+    """One read of the firewall for all agents of a status (it runs them in parallel)."""
+    with _pending_lock:
+        hit = _table_cache.get("v4")
+        if hit is not None and time.monotonic() - hit[0] < 2:
+            return hit[1]
+        table = netguard.read()
+        _table_cache["v4"] = (time.monotonic(), table)
+        return table
 
 
 def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
@@ -379,7 +583,92 @@ def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str], tty: bo
     args = ["docker", "exec", "-i"]
     if tty:
         args.append("-t")
-    args += ["-w", str(ctx.path), "-u", f"{os.getuid()}:{os.getgid()}"]
-    for key, value in env.items():
-        args += ["-e", f"{key}={value}"]
+    args += ["-w", str(ctx.path), "-u", _exec_user(ctx)]
+    # names only: the docker CLI takes each value from its own environment,
+    # which exec passes it, so no secret is in argv for `ps` to show (FAULTS #34)
+    for key in env:
+        args += ["-e", key]
     return [*args, info.id, *argv], None
+
+
+# --- setup, in the image (issue 12, part 4) -------------------------------------------
+
+SETUP_TAIL_BYTES = 16 << 10
+SETUP_TAIL_LINES = 20
+
+
+def run_setup(
+    ctx: EnvContext,
+    commands: Sequence[Command],
+    env: Mapping[str, str],
+    log: LogFile,
+    *,
+    run_label: str = "up",
+    on_start: Callable[[ProcessGroup], None] | None = None,
+) -> None:
+    """Run ``setup:`` where the agent runs: a one-off container per command
+    from the agent's own file (same image, mounts, uid, capabilities, limits,
+    network and variables; no published ports), labelled
+    ``dev.hybridiso.role=setup`` so rollback, ``down`` and ``gc`` remove a
+    survivor; output appended to ``log`` (0600).  ``setup_on: host`` runs it
+    on the host instead."""
+    assert ctx.agent is not None and ctx.agent.image
+    if ctx.agent.setup_on == "host":
+        host_setup(ctx, commands, env, log, run_label=run_label, on_start=on_start)
+        return
+    from hybridiso.setup_runner import argv_for, describe, open_log
+
+    docker_client.client()
+    docker_client.ensure_image(ctx.agent.image)
+    spec, path = _prepare(ctx)
+    image_id, _ = docker_client.image_facts(spec.image)
+    plan = _engine_plan(ctx, path, image_id, agent_only=True)
+    if plan is None:
+        raise UserError(f"agent {ctx.name}'s compose file has settings a setup container cannot take", hint="setup_on: host runs setup on the host")
+    fd = open_log(log)  # 0600: it may hold secrets setup printed; never through a symlink
+    try:
+        os.write(fd, f"=== {run_label} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} pid {os.getpid()} (in the image) ===\n".encode())
+        for command in commands:
+            _one_setup(ctx, plan, argv_for(command), describe(command), fd, log.path)
+    finally:
+        os.close(fd)
+
+
+def _setup_config(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str]) -> dict[str, Any]:
+    config = {k: v for k, v in plan.config.items() if k not in ("ExposedPorts", "NetworkingConfig")}
+    labels = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith("com.docker.compose.")}
+    labels[docker_client.LABEL_ROLE] = "setup"
+    host = {**config["HostConfig"], "PortBindings": {}}  # the agent's own container publishes them
+    config.update(Cmd=argv, Entrypoint=[], Labels=labels, HostConfig=host, Healthcheck={"Test": ["NONE"]}, AttachStdout=True, AttachStderr=True)
+    if plan.network:
+        config["NetworkingConfig"] = {"EndpointsConfig": {plan.network: {}}}
+    return config
+
+
+def _one_setup(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str], shown: str, fd: int, log: Path) -> None:
+    tail: collections.deque[bytes] = collections.deque()
+    size = 0
+
+    def sink(chunk: bytes) -> None:
+        nonlocal size
+        os.write(fd, chunk)
+        tail.append(chunk)
+        size += len(chunk)
+        while size > SETUP_TAIL_BYTES and len(tail) > 1:
+            size -= len(tail.popleft())
+
+    os.write(fd, f"$ {shown}  (in a container of {plan.config['Image']})\n".encode())
+    started = time.monotonic()
+    code = docker_client.run_streaming(_setup_config(ctx, plan, argv), sink=sink, cancel=ctx.cancel)
+    if code is None:
+        os.write(fd, b"# interrupted: the setup container was removed\n")
+        raise Cancelled(ctx.name)
+    os.write(fd, f"# exit {code} after {time.monotonic() - started:.2f}s\n".encode())
+    if code != 0:
+        text = b"".join(tail).decode("utf-8", "replace").splitlines()[-SETUP_TAIL_LINES:]
+        shown_tail = "\n".join("    " + (line if len(line) <= 300 else line[:300] + " ...") for line in text) or "    (no output)"
+        what = "the command is not in the image" if code == 127 else f"exit {code}"
+        raise UserError(
+            f"setup command failed for agent {ctx.name} in its container ({what}): {shown}\n  last output:\n{shown_tail}",
+            hint=f"full log: {log}; fix the command in hybridiso.yaml (or `setup_on: host` to run setup on the host) and run `hybridiso up` again",
+        )

@@ -9,7 +9,7 @@ from pathlib import Path
 from hybridiso import cleanup, git
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
-from hybridiso.strategies.base import EnvContext, Observation
+from hybridiso.strategies.base import EnvContext, Observation, host_setup
 from hybridiso.work import (
     MainRepo,
     SnapshotPlan,
@@ -211,3 +211,6 @@ def _stash_made_here(ctx: EnvContext, main: MainRepo, visited: set[str], head_re
 
 def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
     return list(argv), ctx.path
+
+
+run_setup = host_setup  # setup runs in the environment's directory, on the host
