@@ -976,15 +976,17 @@ def locate(path: Path) -> GitLocation:
     return GitLocation(Path(lines[0]), Path(lines[1]))
 
 
-def worktree_admin_dirs(common_dir: Path) -> dict[str, Path]:
-    """``<worktree path>/.git`` -> its admin dir ``worktrees/<id>``, read from
-    the admin side (each ``gitdir`` file), so a worktree whose own ``.git``
-    file is gone or garbage is still found.  One scan for every worktree;
-    only plain directories and regular files count (a symlink planted there
-    is not ours), and a path's parent is resolved, never a ``.git`` symlink."""
-    found: dict[str, Path] = {}
+def worktree_admin_dirs(common_dir: Path) -> dict[str, list[Path]]:
+    """``<worktree path>/.git`` -> the admin dirs ``worktrees/<id>`` naming
+    it, read from the admin side (each ``gitdir`` file), so a worktree whose
+    own ``.git`` file is gone or garbage is still found.  One scan for every
+    worktree; only plain directories and regular files count (a symlink
+    planted there is not ours), and a path's parent is resolved, never a
+    ``.git`` symlink.  git writes one entry per path: two mean an edited
+    ``gitdir`` (worktree_admin_dir refuses them)."""
+    found: dict[str, list[Path]] = {}
     try:
-        entries = list(os.scandir(Path(common_dir) / "worktrees"))
+        entries = sorted(os.scandir(Path(common_dir) / "worktrees"), key=lambda e: e.name)
     except OSError:
         return found
     for entry in entries:
@@ -1001,7 +1003,7 @@ def worktree_admin_dirs(common_dir: Path) -> dict[str, Path]:
             named = Path(target)
             if not named.is_absolute():  # worktree.useRelativePaths (git >= 2.48): relative to the entry
                 named = Path(entry.path) / named
-            found.setdefault(_own_dotgit(Path(os.path.normpath(named)).parent), Path(entry.path))
+            found.setdefault(_own_dotgit(Path(os.path.normpath(named)).parent), []).append(Path(entry.path))
     return found
 
 
@@ -1009,10 +1011,27 @@ def _own_dotgit(worktree: Path) -> str:
     return os.path.join(os.path.realpath(worktree), ".git")
 
 
-def worktree_admin_dir(common_dir: Path, env: Path, dirs: dict[str, Path] | None = None) -> Path | None:
+class AmbiguousWorktree(UserError):
+    """Two worktree entries name one path: removing either would be a guess."""
+
+
+def worktree_admin_dir(common_dir: Path, env: Path, dirs: dict[str, list[Path]] | None = None) -> Path | None:
     """The admin dir of the linked worktree at ``env`` (``dirs``: a scan
-    made before, for many lookups)."""
-    return (dirs if dirs is not None else worktree_admin_dirs(common_dir)).get(_own_dotgit(env))
+    made before, for many lookups).  Two entries naming it (an edited
+    ``gitdir`` file: git never writes that) are refused before anything is
+    read or saved, so a user's worktree is never taken for an agent's."""
+    entries = (dirs if dirs is not None else worktree_admin_dirs(common_dir)).get(_own_dotgit(env), [])
+    if len(entries) > 1:
+        raise ambiguous_worktree(env, entries)
+    return entries[0] if entries else None
+
+
+def ambiguous_worktree(path: Path, entries: Sequence[Path]) -> AmbiguousWorktree:
+    shown = ", ".join(str(e / "gitdir") for e in entries)
+    return AmbiguousWorktree(
+        f"{len(entries)} worktree entries name {path} ({shown}); hybridiso will not guess which one is its own",
+        hint="one of those files was edited: make it name its own worktree again, then run the command again",
+    )
 
 
 def head_of(git_dir: Path) -> tuple[str | None, str | None]:

@@ -148,7 +148,7 @@ class MainRepo:
     refs: dict[str, git.RefEntry]
     ref_tips: tuple[str, ...]  # the commit of every ref: what is safe in the main repository
     stash: tuple[git.ReflogEntry, ...]
-    admin_dirs: dict[str, Path]  # linked worktrees' admin dirs, by their .git path
+    admin_dirs: dict[str, list[Path]]  # linked worktrees' admin dirs, by their .git path
 
     @classmethod
     def load(cls, root: Path, common_dir: Path) -> MainRepo:

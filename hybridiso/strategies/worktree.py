@@ -78,11 +78,7 @@ def _one_entry(common: Path, path: Path) -> None:
     take a user's worktree metadata: refuse before touching anything."""
     entries = git.worktree_entries(common, path)
     if len(entries) > 1:
-        shown = ", ".join(str(e / "gitdir") for e in entries)
-        raise UserError(
-            f"{len(entries)} worktree entries name {path} ({shown}); hybridiso will not guess which one is its own",
-            hint="one of those files was edited: make it name its own worktree again, then run the command again",
-        )
+        raise git.ambiguous_worktree(path, entries)
 
 
 def observe(ctx: EnvContext) -> Observation:
