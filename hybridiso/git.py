@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -1143,6 +1144,18 @@ def blob_ids(cwd: Path, paths: Sequence[str]) -> dict[str, str]:
     r = _execute(cwd, ["hash-object", "--no-filters", "--stdin-paths"], input="\n".join(paths) + "\n")
     ids = r.stdout.split()
     return dict(zip(paths, ids, strict=True)) if r.returncode == 0 and len(ids) == len(paths) else {}
+
+
+def blob_head(cwd: Path, oid: str, size: int) -> bytes | None:
+    """The first ``size`` bytes of blob ``oid`` (None when git cannot read
+    it): bytes, unlike every other call here, for comparing file content."""
+    try:
+        proc = subprocess.run(
+            ["git", "cat-file", "blob", oid], cwd=cwd, env=process.no_git_env(), capture_output=True, stdin=subprocess.DEVNULL, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout[:size] if proc.returncode == 0 else None
 
 
 def tree_blobs(cwd: Path, rev: str) -> dict[str, str]:

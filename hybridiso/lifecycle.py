@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from hybridiso import backups, branches, envfile, git, includes, output, process_groups, ready_marker, service_branches, setup_runner, strategies
+from hybridiso import backups, branches, envfile, git, includes, output, process_groups, ready_marker, safe_files, service_branches, setup_runner, strategies
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.process import CommandError
 from hybridiso.manifest import Agent
@@ -27,6 +27,8 @@ __all__ = ["WorkReport"]  # re-exported: callers know it as lifecycle.WorkReport
 
 ENV_EXCLUDE = "/" + envfile.ENV_FILE
 PRECIOUS_DEFAULT = (".env", ".env.*", "*.local")
+# a half-written checkout file larger than this is kept as work, not compared
+MAX_CUT_SHORT_BYTES = 64 * 1024 * 1024
 BACKUP_PREFIX = backups.PREFIX
 
 
@@ -386,9 +388,25 @@ def _drop_checkout_leftovers(ctx: EnvContext, report: WorkReport) -> None:
     # regular files only: git hash-object would follow a symlink (to
     # /dev/zero, say) and read it; a symlink stays work
     same = git.blob_ids(ctx.path, [n for n in report.untracked if n in tree and _regular(ctx.path / n)])
-    report.untracked = [n for n in report.untracked if not (n in same and same[n] == tree[n])]
+    report.untracked = [n for n in report.untracked if not (n in same and (same[n] == tree[n] or _cut_short(ctx.path, n, tree[n])))]
     deleted = {n for code, n in git.status_porcelain(ctx.path) if "D" in code}
     report.modified = [n for n in report.modified if n not in deleted]
+    # where the checkout was going, not where anyone moved it: a clone killed
+    # during its first checkout is on the branch git clone makes
+    report.head = []
+
+
+def _cut_short(root: Path, rel: str, blob: str) -> bool:
+    """The file git was writing when it was killed: its bytes are the start
+    of the commit's blob, so all of it is in git already."""
+    try:
+        data = safe_files.read_bytes(root, rel, limit=MAX_CUT_SHORT_BYTES)
+    except (OSError, safe_files.UnsafePath):
+        return False
+    if data is None:
+        return False
+    start = git.blob_head(root, blob, len(data) + 1)
+    return start is not None and len(start) > len(data) and start.startswith(data)
 
 
 def _regular(path: Path) -> bool:
