@@ -139,7 +139,7 @@ def compare(
         for i in range(n):
             for strategy in usable:
                 name = f"{strategy[:4]}{i}"
-                extra = {"isolation": strategy}
+                extra: dict[str, object] = {"isolation": strategy}
                 if strategy == "container":
                     extra.update(image=image, command=["sh", "-c", "sleep 3600"])
                 agents.append(Agent.model_validate({"name": name, **extra}))

@@ -238,8 +238,8 @@ def revoke_fd(fd: int, uid: int, *, group: bool = False) -> None:
         if not any(e[0] in (_USER, _GROUP) for e in kept):
             os.removexattr(fd, name)
             if name == ACL_ACCESS:  # the mode's group bits showed the mask: show the group's again
-                group = next((p for t, p, _ in kept if t == _GROUP_OBJ), (st.st_mode >> 3) & 7)
-                os.chmod(fd, (stat.S_IMODE(st.st_mode) & ~0o070) | (group << 3))
+                group_bits = next((p for t, p, _ in kept if t == _GROUP_OBJ), (st.st_mode >> 3) & 7)
+                os.chmod(fd, (stat.S_IMODE(st.st_mode) & ~0o070) | (group_bits << 3))
         else:
             os.setxattr(fd, name, _encode(_with_mask(kept)))
 

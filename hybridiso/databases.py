@@ -671,7 +671,7 @@ def pg_dump_for(major: int) -> Path:
 
 def _pg_dump_major(path: str) -> int:
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([path, "--version"], check=False, capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         return 0
     m = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
@@ -744,7 +744,7 @@ def _dump(server_url: str, dbname: str, shown_name: str, target: DumpTarget) -> 
         fd = safe_files.open_regular(target.anchor, target.rel / partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode=0o600)
         try:
             argv, env = dump_command(pg_dump, dump_dir / service)
-            done = subprocess.run(argv, stdout=fd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+            done = subprocess.run(argv, check=False, stdout=fd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
             if done.returncode == 0:
                 os.fsync(fd)
         finally:

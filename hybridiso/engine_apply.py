@@ -153,7 +153,7 @@ def translate_agent(doc: Mapping[str, Any], file: Path, image_id: str = "") -> P
         tmpfs = [svc["tmpfs"]] if isinstance(svc["tmpfs"], str) else svc["tmpfs"]
         host["Tmpfs"] = {t.partition(":")[0]: t.partition(":")[2] for t in tmpfs}
     if svc.get("cpus") is not None:
-        host["NanoCpus"] = int(round(float(svc["cpus"]) * 1e9))
+        host["NanoCpus"] = round(float(svc["cpus"]) * 1e9)
     if svc.get("mem_limit") is not None:
         host["Memory"] = parse_size(svc["mem_limit"])  # binary units, as Compose
     if svc.get("pids_limit") is not None:

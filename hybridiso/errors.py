@@ -57,7 +57,7 @@ def error_handler() -> Iterator[None]:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         raise SystemExit(EXIT_OK) from None
-    except Exception:  # a bug: keep the screen short, keep the details
+    except Exception:  # noqa: BLE001 - a bug: keep the screen short, keep the details
         path = _bug_log_path()
         with open(path, "w", encoding="utf-8") as f:
             f.write(traceback.format_exc())

@@ -103,7 +103,7 @@ def agent_findings(project: Project, state: State, dry_run: bool) -> list[Findin
     with ThreadPoolExecutor(max_workers=8) as pool:
         facts = list(pool.map(lambda c: agent_facts(c, bases, main), contexts))
     findings = []
-    for ctx, f in zip(contexts, facts):
+    for ctx, f in zip(contexts, facts, strict=False):
         d = decide(f)
         finding = Finding(d.kind, ctx.name, d.remove, d.reason, owns(ctx, d) if d.remove else [])
         if d.remove:
@@ -143,10 +143,12 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
         cleanup.make_deletable(ctx.path)
         try:
             strategy.remove(ctx)
-        except Exception:
+        except Exception as e:  # noqa: BLE001 - whatever failed is reported, and the record stays
+            # its files go anyway (it was judged removable), but what the
+            # strategy could not remove (a container, a network) keeps the
+            # record, marked removing: the next gc retries it and says why
             left = cleanup.remove_tree(ctx.path)
-            if left:
-                return left
+            return [*left, f"removing it failed: {e}; `hybridiso gc --yes` retries"]
         if strategy.SHARES_REFS:
             git.worktree_forget(project.repo.common_dir, ctx.path)  # this env's entry only (FAULTS #28)
         service_branches.release(ctx)

@@ -735,7 +735,7 @@ def operation_in_progress(cwd: Path) -> str | None:
     )
     args = [a for name, _ in states for a in ("--git-path", name)]
     paths = out(cwd, "rev-parse", *args).splitlines()  # one process for all of them
-    for line, (_, what) in zip(paths, states):
+    for line, (_, what) in zip(paths, states, strict=False):
         p = Path(line)
         if (p if p.is_absolute() else Path(cwd) / p).exists():
             return what
@@ -1151,7 +1151,7 @@ def blob_head(cwd: Path, oid: str, size: int) -> bytes | None:
     it): bytes, unlike every other call here, for comparing file content."""
     try:
         proc = subprocess.run(
-            ["git", "cat-file", "blob", oid], cwd=cwd, env=process.no_git_env(), capture_output=True, stdin=subprocess.DEVNULL, timeout=120
+            ["git", "cat-file", "blob", oid], check=False, cwd=cwd, env=process.no_git_env(), capture_output=True, stdin=subprocess.DEVNULL, timeout=120
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -20,7 +20,7 @@ from hybridiso.process import CommandError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project, write_owner_marker
 from hybridiso.state import PHASE_READY, AgentRecord, ProcessGroup
-from hybridiso.strategies.base import EnvContext
+from hybridiso.strategies.base import EnvContext, Strategy
 from hybridiso.work import MainRepo, Tip, WorkReport, submodule_key
 
 __all__ = ["WorkReport"]  # re-exported: callers know it as lifecycle.WorkReport
@@ -316,7 +316,7 @@ def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
     return report
 
 
-def _files_and_git(ctx: EnvContext, strategy: strategies.Strategy, main: MainRepo | None) -> WorkReport:
+def _files_and_git(ctx: EnvContext, strategy: Strategy, main: MainRepo | None) -> WorkReport:
     try:
         report = strategy.inventory(ctx, main if main is not None else main_repo(ctx.project))
     except CommandError as e:

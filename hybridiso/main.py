@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in a bare repository, of the worktree you stand in)",
     )
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
-    for verb, module in COMMANDS.items():
+    for module in COMMANDS.values():
         importlib.import_module(f"hybridiso.commands.{module}").add_parser(sub)
     return parser
 

@@ -627,11 +627,11 @@ def _nul_problems(data: Any, lines: dict[Loc, int], loc: Loc = ()) -> list[Probl
     elif isinstance(data, dict):
         for k, v in data.items():
             if isinstance(k, str) and "\x00" in k:
-                found.append(Problem(line_for(lines, loc + (k,)), field_path(loc + (k,)), "the key contains a NUL character (\\0)"))
-            found += _nul_problems(v, lines, loc + (str(k),))
+                found.append(Problem(line_for(lines, (*loc, k)), field_path((*loc, k)), "the key contains a NUL character (\\0)"))
+            found += _nul_problems(v, lines, (*loc, str(k)))
     elif isinstance(data, list):
         for i, v in enumerate(data):
-            found += _nul_problems(v, lines, loc + (i,))
+            found += _nul_problems(v, lines, (*loc, i))
     return found
 
 
@@ -639,7 +639,7 @@ def _duplicate_problems(doc: yaml_loader.Document) -> list[Problem]:
     return [
         Problem(
             d.line,
-            field_path(d.loc + (d.key,)),
+            field_path((*d.loc, d.key)),
             f"duplicate key {d.key!r}: line {d.first_line} has it already (YAML keys are unique; the last one would win silently)",
         )
         for d in doc.duplicates

@@ -83,7 +83,7 @@ def run(
     timeout: float | None = None,
 ) -> Result:
     args = tuple(os.fspath(a) for a in argv)
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: PLW1510 - the caller decides, below
         args,
         cwd=cwd,
         env=dict(env) if env is not None else None,

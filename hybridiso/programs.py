@@ -162,7 +162,7 @@ def missing_images(images: list[str]) -> tuple[list[str], str | None]:
             with docker_client.api_errors(f"look up image {image}"):
                 present = docker_client.image_present(image)
         except UserError as e:  # an invalid reference, say: up would fail on it too
-            return missing + [image], e.message
+            return [*missing, image], e.message
         if not present:
             missing.append(image)
     return missing, None

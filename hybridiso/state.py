@@ -436,7 +436,7 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
             if len(args) == 2 and args[1] is Ellipsis:
                 return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
             if len(args) == len(value):
-                return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+                return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False)))
     elif is_dataclass(hint) and isinstance(hint, type):
         if isinstance(value, dict):
             return _dataclass(value, hint, where)

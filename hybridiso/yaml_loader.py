@@ -172,7 +172,7 @@ def _duplicate_keys(root: yaml.Node, loader: yaml.SafeLoader) -> list[DuplicateK
         seen_nodes.add(id(node))
         if isinstance(node, yaml.SequenceNode):
             for i, child in enumerate(node.value):
-                walk(child, loc + (i,))
+                walk(child, (*loc, i))
         elif isinstance(node, yaml.MappingNode):
             first: dict[Any, int] = {}
             for key_node, value_node in node.value:
@@ -186,7 +186,7 @@ def _duplicate_keys(root: yaml.Node, loader: yaml.SafeLoader) -> list[DuplicateK
                             first[key] = line
                     except TypeError:  # unhashable: the constructor says so
                         pass
-                    walk(value_node, loc + (str(key),))
+                    walk(value_node, (*loc, str(key)))
                 else:
                     walk(value_node, loc)
 
@@ -203,12 +203,12 @@ def _line_index(root: yaml.Node) -> dict[Loc, int]:
         out.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
-                child = loc + (str(key.value),)
+                child = (*loc, str(key.value))
                 walk(value, child)
                 out[child] = key.start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                walk(item, loc + (i,))
+                walk(item, (*loc, i))
 
     walk(root, ())
     return out

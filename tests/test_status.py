@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import hybridiso, status_json, write_manifest
-from tests.support.gitrepo import git, make_repo
+from tests.support.gitrepo import make_repo
 
 
 def _project(tmp_path: Path, agents: str) -> Path:
@@ -71,13 +71,13 @@ def test_an_environment_removed_while_status_runs(tmp_path: Path) -> None:
     hybridiso(repo, "up")
     victims = [env(repo, f"a{i}") for i in range(4)]
     copies = [tmp_path / f"copy{i}" for i in range(4)]
-    for v, c in zip(victims, copies):
+    for v, c in zip(victims, copies, strict=False):
         shutil.copytree(v, c, symlinks=True)
     stop = threading.Event()
 
     def churn() -> None:
         while not stop.is_set():
-            for v, c in zip(victims, copies):
+            for v, c in zip(victims, copies, strict=False):
                 shutil.rmtree(v, ignore_errors=True)
                 shutil.copytree(c, v, symlinks=True, dirs_exist_ok=True)
 

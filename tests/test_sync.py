@@ -27,7 +27,7 @@ def upstream_commit(tmp_path: Path, name: str, text: str) -> str:
     if not other.exists():
         git(tmp_path, "clone", "-q", str(tmp_path / "origin.git"), str(other))
     git(other, "pull", "-q", "--ff-only")
-    return commit_file(other, name, text) and git(other, "push", "-q", "origin", "main") or git(other, "rev-parse", "HEAD")
+    return (commit_file(other, name, text) and git(other, "push", "-q", "origin", "main")) or git(other, "rev-parse", "HEAD")
 
 
 def sync_rows(repo: Path, *args: str, ok: bool | None = True) -> tuple[dict[str, dict[str, Any]], str]:

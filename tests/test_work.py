@@ -506,7 +506,7 @@ def test_two_forced_removals_racing_remove_once_and_lose_nothing(tmp_path: Path)
     hybridiso(repo, "up")
     (env(repo, "a") / "README.md").write_text("raced\n")
     procs = [subprocess.Popen([sys.executable, "-m", "hybridiso", "down", "a", "--force"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     assert [code for _, _, code in results] == [0, 0], results
     assert sum("bring it back" in err for _, err, _ in results) == 1 and sum("a: no environment" in err for _, err, _ in results) == 1
     backups = git(repo, "for-each-ref", "--format=%(refname)", "refs/hybridiso/backup/a/").splitlines()

@@ -20,7 +20,6 @@ from hybridiso.errors import UserError
 from hybridiso.manifest import ManifestError
 from hybridiso.planner import AgentPlan
 from hybridiso.process import run as run_process
-from hybridiso.planner import AgentPlan
 from hybridiso.project import Project
 from hybridiso.state import State
 

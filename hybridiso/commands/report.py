@@ -7,10 +7,12 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from hybridiso import measure, output
 from hybridiso.commands.common import check_records, int_in, project_from_args
 from hybridiso.errors import UserError
+from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
 
 HELP = "measure disk, fetch and startup cost of each strategy (live envs, or --compare N throwaway ones)"
@@ -86,7 +88,7 @@ def _check_writable(path: Path) -> None:
         raise UserError(f"-o {path}: the directory {parent} is not writable")
 
 
-def _compare(project, n: int, wanted: list[str], image: str | None):  # type: ignore[no-untyped-def]
+def _compare(project: Project, n: int, wanted: list[str], image: str | None) -> dict[str, Any]:
     from hybridiso import report_data
     from hybridiso.compare import compare
 
@@ -99,7 +101,7 @@ def _compare(project, n: int, wanted: list[str], image: str | None):  # type: ig
     return report_data.from_comparison(result, str(project.root), project.manifest.base)
 
 
-def _live(project):  # type: ignore[no-untyped-def]
+def _live(project: Project) -> dict[str, Any]:
     from hybridiso import report_data, strategies
     from hybridiso.strategies.base import EnvContext
 
@@ -132,7 +134,7 @@ def _live(project):  # type: ignore[no-untyped-def]
     return report_data.live(str(project.root), project.manifest.base, disk.store_bytes, envs, disk.total_bytes)
 
 
-def _save(project, data) -> None:  # type: ignore[no-untyped-def]
+def _save(project: Project, data: dict[str, Any]) -> None:
     from hybridiso.state import atomic_write_text
 
     atomic_write_text(project.store.dir / "reports" / "latest.json", json.dumps(data, indent=2) + "\n", anchor=project.store.anchor)

@@ -36,6 +36,7 @@ from hybridiso import git, lifecycle, merged, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, check_records, context, int_in, project_from_args
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import UserError
+from hybridiso.process import CommandError
 from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_READY
@@ -143,7 +144,7 @@ def fetch_upstream(project: Project) -> str:
     t = time.monotonic()
     try:
         git.fetch(root, remote, prune=True)
-    except git.CommandError as e:
+    except CommandError as e:
         output.warn(f"git fetch {remote} failed; syncing onto the local {base}: {e.result.stderr.strip()[:300]}")
         return ""
     return f"fetched {remote} in {time.monotonic() - t:.2f}s"
@@ -221,7 +222,7 @@ def sync_one(ctx: EnvContext, base_commit: str, base_ref: str | None) -> Outcome
         _sync(ctx, o, base_commit, base_ref)
     except UserError as e:
         o.result, o.detail = "failed", e.message + (f"; {e.hint}" if e.hint else "")
-    except git.CommandError as e:
+    except CommandError as e:
         o.result, o.detail = "failed", str(e).splitlines()[0] + ": " + e.result.stderr.strip()[:200]
     o.seconds = time.monotonic() - started
     return o

@@ -235,7 +235,7 @@ def converge(
             cancel.set()
             output.message("hybridiso: interrupted; stopping and rolling back what this run half-created...")
             wait(pending)
-            for f, ctx in futures.items():
+            for ctx in futures.values():
                 if ctx.record.phase == PHASE_CREATING:
                     try:
                         lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
@@ -326,7 +326,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
         return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started, note=_note(ctx, action))
     except Cancelled:
         return Outcome(ctx.name, strategy, "Cancelled", False, time.monotonic() - started, "interrupted")
-    except Exception as e:  # one agent's failure must not hide the others'
+    except Exception as e:  # noqa: BLE001 - one agent's failure must not hide the others'
         error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         if action == "create" and (is_disk_full(e) or _space_left(Path(ctx.record.path)) < LOW_SPACE):
             # FAULTS #15: a half-made environment only takes more of the

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridiso import compose_cli, container_user, docker_client, engine_apply, netguard, output, port_holders, safe_files
+from hybridiso import compose_cli, container_user, docker_client, engine_apply, netguard, output, port_holders
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Command
@@ -500,7 +500,7 @@ def fix_ownership(path: Path, *, image: str | None = None, labels: dict[str, str
 
 def observe(ctx: EnvContext) -> Observation:
     base = worktree.observe(ctx)
-    ok, why = docker_client.reachable()
+    ok, _why = docker_client.reachable()
     if not ok:
         return Observation(base.exists, base.registered, base.branch, base.head, "docker unreachable", base.problems)
     info = _agent_container(ctx)

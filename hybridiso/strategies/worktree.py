@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hybridiso import cleanup, git
-from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.strategies.base import EnvContext, Observation, host_setup
 from hybridiso.work import (
