@@ -8,10 +8,9 @@ figures (issue: measured cost reports).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass
 
-from hybridiso import git
+from hybridiso import git, json_data
 from hybridiso.project import Project
 
 # seconds per MiB of checkout, measured on the design card's 2-core machine
@@ -79,7 +78,7 @@ MAX_AGE_DAYS = 14
 def latest_measurement(project: Project) -> Measured | None:
     path = project.store.dir / "reports" / "latest.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json_data.loads(path.read_text(encoding="utf-8"))
         when = _dt.datetime.fromisoformat(data["measured_at"])
         rows = data["strategies"]
     except (OSError, ValueError, KeyError, TypeError):

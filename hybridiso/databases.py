@@ -50,7 +50,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hybridiso import safe_files
+from hybridiso import json_data, safe_files
 from hybridiso.errors import UserError
 
 MAX_IDENT = 63
@@ -362,7 +362,7 @@ def _comment_baseline(cur, oid: int) -> Baseline | None:  # type: ignore[no-unty
     if not text or not text.startswith(COMMENT_PREFIX):
         return None
     try:
-        return Baseline.from_json(json.loads(text[len(COMMENT_PREFIX):]))
+        return Baseline.from_json(json_data.loads(text[len(COMMENT_PREFIX):]))
     except ValueError:
         return None
 

@@ -506,6 +506,13 @@ def remove(
     once the work is checked (and saved), before anything is deleted: the
     caller records that a removal began (a retry then finishes it).
     ``main``: the repository's refs as read before (valid until a removal)."""
+    if not ctx.project.proves_made(ctx.path, ctx.record.strategy, ctx.record.phase):
+        # a forged or stale record at somebody's directory: not even --force
+        raise UserError(
+            f"agent {ctx.name}: nothing shows hybridiso made {ctx.path} (no {envfile.ENV_FILE} of this project, "
+            "no git link of its own); nothing was removed",
+            hint=f"if it is yours, move it out of the workspace; `hybridiso down {ctx.name}` then forgets the record",
+        )
     # a killed run's setup would write on while (and after) we look (FAULTS #38)
     stop_setups(ctx)
     report = inspect_work(ctx, main)

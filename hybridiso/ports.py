@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridiso import output, safe_files
+from hybridiso import json_data, output, safe_files
 from hybridiso.errors import UserError
 from hybridiso.state import lock_is_free
 
@@ -166,7 +166,7 @@ def _unusable(where: Path, e: OSError) -> UserError:
 
 
 def _parse(raw: str) -> dict[int, Entry]:
-    data = json.loads(raw)
+    data = json_data.loads(raw)
     if not isinstance(data, dict) or data.get("version") != REGISTRY_VERSION or not isinstance(data.get("leases"), list):
         raise ValueError("not a hybridiso port registry")
     entries: dict[int, Entry] = {}
@@ -187,7 +187,7 @@ def _load(anchor: Path) -> Registry:
         return Registry({})
     try:
         return Registry(_parse(raw))
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
         aside = anchor / f"{REGISTRY_FILE}.corrupt-{int(time.time())}"
         with contextlib.suppress(OSError):
             os.replace(anchor / REGISTRY_FILE, aside)
@@ -238,7 +238,7 @@ def _records_of(repo: str) -> dict[str, Any] | str | None:
     if raw is None:
         return _KEEP  # lost state file: its records are rebuilt from the env files, ports included
     try:
-        agents = json.loads(raw).get("agents", {})
+        agents = json_data.loads(raw).get("agents", {})
     except (ValueError, AttributeError):
         return _KEEP  # a corrupt file is rebuilt from reality by its own next run
     return agents if isinstance(agents, dict) else _KEEP

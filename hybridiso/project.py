@@ -25,17 +25,16 @@ label ``dev.hybridiso.project``, the database branches' key, and the
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hybridiso import git, safe_files
+from hybridiso import envfile, git, json_data, safe_files
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.manifest import MANIFEST_NAME, Agent, Manifest, RepoContext, load_manifest
-from hybridiso.state import AgentRecord, StateStore
+from hybridiso.state import PHASE_READY, AgentRecord, StateStore
 
 # in a clone environment's git dir: the owning repository's common git dir
 OWNER_MARKER = "hybridiso-owner"
@@ -130,7 +129,75 @@ class Project:
                 return f"its path {expected} overlaps the repository ({mine})"
         if os.path.islink(expected):
             return f"{expected} is a symlink; hybridiso never follows one it did not make"
+        return self._checkout_problem(record) or self._branch_problem(name, record)
+
+    def _checkout_problem(self, record: AgentRecord) -> str | None:
+        """The checkout a record's includes were copied from is what precious
+        files are compared with: one of the repository's own worktrees,
+        never a place in the workspace (an env compared with itself would
+        make its ``.env.local`` look like an untouched copy)."""
+        if not record.checkout:
+            return None
+        if not isinstance(record.checkout, str) or not os.path.isabs(record.checkout):
+            return f"its recorded checkout {record.checkout!r} is not a path"
+        checkout = Path(os.path.realpath(record.checkout))
+        if checkout == Path(os.path.realpath(self.checkout)):
+            return None
+        workspace = Path(os.path.realpath(self.workspace))
+        if checkout == workspace or workspace in checkout.parents:
+            return f"its recorded checkout {checkout} is in the workspace, not one of the repository's worktrees"
+        try:
+            trees = {Path(os.path.realpath(t.path)) for t in git.worktree_list(self.root)}
+        except CommandError:
+            trees = set()
+        if checkout not in trees:
+            return f"its recorded checkout {checkout} is not a worktree of the repository"
         return None
+
+    def _branch_problem(self, name: str, record: AgentRecord) -> str | None:
+        """A branch hybridiso says it created (and so deletes once merged or
+        on ``down``) is the agent's own: its default ``hybridiso/<name>`` or
+        the ``branch:`` the manifest gives it, never any other ref."""
+        if not record.created_branch:
+            return None
+        allowed = {f"hybridiso/{name}"}
+        agent = next((a for a in self.manifest.agents if a.name == name), None)
+        if agent is not None:
+            allowed.add(agent.branch_name)
+        if record.branch not in allowed:
+            return f"its recorded branch {record.branch!r} is not one hybridiso makes for it ({', '.join(sorted(allowed))})"
+        return None
+
+    def proves_made(self, path: Path, strategy: str, phase: str) -> bool:
+        """True when ``path`` (an agent's place) is provably hybridiso's to
+        remove: absent or empty, marked by its env file for this project, a
+        linked worktree whose admin dir names it back, or a clone naming this
+        repository as its owner.  A clone still being made (before its mark
+        is written) is one when it has its own git dir.  Anything else at the
+        place of a record (a forged one) is somebody's directory."""
+        if not os.path.lexists(path):
+            return True
+        if not safe_files.is_plain_dir(path):
+            return False
+        if not any(True for _ in os.scandir(path)):
+            return True
+        if envfile.marked_for(path, self.id):
+            return True
+        dotgit = path / ".git"
+        if os.path.isfile(dotgit) and not os.path.islink(dotgit):
+            try:
+                return git.worktree_admin_dir(self.repo.common_dir, path) is not None
+            except UserError:
+                return False  # two entries name it: never a guess
+        if safe_files.is_plain_dir(dotgit):
+            try:
+                owner = safe_files.read_text(dotgit, OWNER_MARKER, limit=1 << 16)
+            except safe_files.UnsafePath:
+                return False
+            if owner is not None:
+                return Path(owner.strip()) == self.repo.common_dir
+            return strategy == "clone" and phase != PHASE_READY
+        return False
 
     def owns_worktree(self, path: Path, branch: str | None, records: dict[str, AgentRecord]) -> bool:
         """True when the worktree git lists at ``path`` is provably one
@@ -295,7 +362,7 @@ def _records(common_dir: Path) -> dict[str, dict[str, Any]]:
     anything unreadable is no records (the state module rebuilds it)."""
     try:
         text = safe_files.read_text(common_dir, STATE_FILE)
-        data = json.loads(text) if text else {}
+        data = json_data.loads(text) if text else {}
     except (OSError, UserError, ValueError):
         return {}
     agents = data.get("agents") if isinstance(data, dict) else None

@@ -30,7 +30,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from hybridiso import safe_files
+from hybridiso import json_data, safe_files
 from hybridiso.errors import UserError
 from hybridiso.names import STRATEGY_NAMES, agent_name_problem, branch_name_problem
 
@@ -287,7 +287,7 @@ _COMMIT_RE = re.compile(r"[0-9a-f]{7,64}")
 
 def parse_state(raw: bytes) -> State:
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json_data.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise StateCorrupt(f"not UTF-8 at byte {e.start}") from None
     except ValueError as e:  # json.JSONDecodeError
