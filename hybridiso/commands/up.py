@@ -29,6 +29,7 @@ from hybridiso.strategies.base import EnvContext
 
 HELP = "create or update agents' environments to match the manifest"
 MAX_JOBS = 256
+UP_TO_DATE = "Up to date"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -211,6 +212,7 @@ def converge(
     for o in refused:
         output.progress_line(False, o.name, o.strategy, o.action, None, width)
     save_error: UserError | None = None
+    unsaved = False
     if any(a == "create" for _, a in todo):
         output.message(f"[+] {sum(a == 'create' for _, a in todo)} to create, {sum(a == 'update' for _, a in todo)} to check")
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hybridiso-up") as pool:
@@ -225,6 +227,12 @@ def converge(
                     output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width, outcome.note)
                     if futures[f].record.extra.get("rolled_back"):
                         state.agents.pop(outcome.name, None)
+                    if outcome.ok and outcome.action == UP_TO_DATE:
+                        # nothing of it changed on disk: one save at the end
+                        # does for all of them (a save per agent wrote the
+                        # whole file N times: a no-op up was O(N^2))
+                        unsaved = True
+                        continue
                     try:
                         store.save(state)
                     except UserError as e:
@@ -248,7 +256,7 @@ def converge(
             store.save(state)
             _release_unrecorded(project, state, selected)
             raise
-    if save_error is not None:
+    if save_error is not None or unsaved:
         store.save(state)  # once more: space may have been freed by the rollbacks
     _release_unrecorded(project, state, selected)
     return outcomes
@@ -391,4 +399,4 @@ def _update(ctx: EnvContext) -> str:
         return "Restarted"
     if reran:
         return "Set up"
-    return "Updated" if changed else "Up to date"
+    return "Updated" if changed else UP_TO_DATE
