@@ -1197,4 +1197,8 @@ def create_refs(cwd: Path, creates: dict[str, str], deletes: dict[str, str] | No
     if r.returncode == 0:
         return None
     text = (r.stderr or r.stdout).strip().splitlines()
+    lock = next((m for m in map(_LOCK_PATH_RE.search, text) if m), None)
+    if lock is not None:
+        # git's last line says only "remove the file manually": name the file
+        return f"{lock.group('path')} exists (another git running, or one killed): if no git is running, remove it"
     return text[-1].removeprefix("fatal: ") if text else f"git update-ref exit {r.returncode}"
