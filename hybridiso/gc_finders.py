@@ -25,9 +25,8 @@ from hybridiso.envfile import ENV_FILE, marked_for
 from hybridiso.gc_rules import ORPHAN, ZOMBIE, AgentFacts, Decision, Finding, decide
 from hybridiso.project import Project
 from hybridiso.errors import UserError
-from hybridiso.state import AgentRecord, State
+from hybridiso.state import PHASE_READY, AgentRecord, State
 from hybridiso.strategies.base import EnvContext
-from hybridiso.strategies.clone import BASE_REMOTE
 from hybridiso.work import MainRepo, WorkReport
 
 
@@ -216,9 +215,21 @@ def orphan_findings(project: Project, state: State, dry_run: bool) -> list[Findi
         remove, reason = _judge_orphan(project, entry)
         f = Finding(ORPHAN, str(entry), remove, reason, [f"directory {entry}"] if remove else [])
         if remove:
-            f.apply = lambda p=entry: cleanup.remove_tree(p)
+            f.apply = _orphan_remover(project, entry)
         findings.append(f)
     return findings
+
+
+def _orphan_remover(project: Project, path: Path):  # type: ignore[no-untyped-def]
+    def apply() -> list[str]:
+        # the agent may have gone on working since it was judged: judged
+        # again right before deleting, as agent findings are
+        remove, reason = _judge_orphan(project, path)
+        if not remove:
+            raise UserError(f"work appeared in it since gc judged it ({reason}); kept it", hint="run `hybridiso gc` again")
+        return cleanup.remove_tree(path)
+
+    return apply
 
 
 def _judge_orphan(project: Project, path: Path) -> tuple[bool, str]:
@@ -235,20 +246,36 @@ def _judge_orphan(project: Project, path: Path) -> tuple[bool, str]:
     if not [n for n in names if n != ENV_FILE]:
         return True, "an agent directory hybridiso made, holding only its env file"
     if safe_files.is_plain_dir(path / ".git"):
-        dirty = [n for c, n in git.status_porcelain(path) if n != ENV_FILE]
-        if dirty:
-            return False, f"a clone nobody knows with {len(dirty)} uncommitted files; look inside"
-        if git.ok(path, "rev-parse", "-q", "--verify", "refs/stash"):
-            return False, "a clone nobody knows with stashed work (git stash list); look inside"
-        # every ref and HEAD (tags, notes, a detached HEAD), not only branches
-        unpushed = git.out(path, "rev-list", "--count", "--all", "--not", "--remotes")
-        if unpushed != "0":
-            return False, f"a clone nobody knows with {unpushed} commits on no remote; look inside"
-        precious = lifecycle.precious_work(project, None, path)
-        if precious:
-            return False, f"a clone nobody knows with ignored files that matter ({', '.join(precious[:3])}); look inside"
-        return True, f"a clean clone hybridiso made that no record knows (all commits are on its remotes, e.g. {BASE_REMOTE})"
+        work = orphan_clone_work(project, path)
+        if not work.empty:
+            return False, f"a clone nobody knows holding work that removing it would lose ({work.describe()}); look inside"
+        return True, "a clean clone hybridiso made that no record knows (all its commits are on the repository's own refs)"
     return False, f"{len(names)} entries that no git and no hybridiso record knows; delete it yourself if unneeded: rm -rf {path}"
+
+
+# what made a file precious (the record's include: patterns, the files it
+# copied) went with the state: every ignored file is, but one identical to
+# the checkout's file of that name (a copy nobody changed)
+ORPHAN_PRECIOUS = ("*",)
+
+
+def orphan_clone_work(project: Project, path: Path) -> WorkReport:
+    """The inventory ``down`` takes of a clone (lifecycle.inspect_work: every
+    ref, the stash, the HEAD reflogs, its linked worktrees, submodules,
+    files), for a clone whose record is gone: a record made up for it with
+    no agent branch (every branch of it is "other work") and every ignored
+    file precious.  Nothing it judges as work is ever removed."""
+    agent = next((a for a in project.manifest.agents if a.name == path.name), None)
+    record = AgentRecord(
+        name=path.name,
+        strategy="clone",
+        branch="",
+        path=str(path),
+        base=project.manifest.base,
+        phase=PHASE_READY,
+        include_patterns=list(ORPHAN_PRECIOUS),
+    )
+    return lifecycle.inspect_work(EnvContext(project, agent, record))
 
 
 BUILTIN_FINDERS = (agent_findings, prunable_findings, orphan_findings)

@@ -977,6 +977,43 @@ def locate(path: Path) -> GitLocation:
     return GitLocation(Path(lines[0]), Path(lines[1]))
 
 
+@dataclass(frozen=True)
+class LinkedWorktree:
+    """One entry ``worktrees/<id>`` of a repository's common dir."""
+
+    admin: Path  # the entry itself (its HEAD, logs/HEAD, index)
+    path: Path | None  # the worktree its ``gitdir`` file names (None: no readable gitdir file)
+    locked: bool  # ``git worktree lock``: git keeps it even when its path is gone
+
+
+def linked_worktrees(common_dir: Path) -> list[LinkedWorktree]:
+    """Every linked worktree entry of ``common_dir``, read from the admin
+    side (plain directories only; a ``gitdir`` that is a regular file)."""
+    found: list[LinkedWorktree] = []
+    try:
+        entries = sorted(os.scandir(Path(common_dir) / "worktrees"), key=lambda e: e.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        admin = Path(entry.path)
+        gitdir = admin / "gitdir"
+        named: Path | None = None
+        try:
+            if gitdir.is_file() and not gitdir.is_symlink() and gitdir.stat().st_size <= 4096:
+                target = gitdir.read_text(encoding="utf-8", errors="replace").strip()
+                if target:
+                    named = Path(target)
+                    if not named.is_absolute():  # worktree.useRelativePaths (git >= 2.48): relative to the entry
+                        named = admin / named
+                    named = Path(os.path.normpath(named)).parent
+        except OSError:
+            named = None
+        found.append(LinkedWorktree(admin, named, os.path.lexists(admin / "locked")))
+    return found
+
+
 def worktree_admin_dirs(common_dir: Path) -> dict[str, list[Path]]:
     """``<worktree path>/.git`` -> the admin dirs ``worktrees/<id>`` naming
     it, read from the admin side (each ``gitdir`` file), so a worktree whose
@@ -986,25 +1023,9 @@ def worktree_admin_dirs(common_dir: Path) -> dict[str, list[Path]]:
     ``.git`` symlink.  git writes one entry per path: two mean an edited
     ``gitdir`` (worktree_admin_dir refuses them)."""
     found: dict[str, list[Path]] = {}
-    try:
-        entries = sorted(os.scandir(Path(common_dir) / "worktrees"), key=lambda e: e.name)
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.is_dir(follow_symlinks=False):
-            continue
-        gitdir = Path(entry.path) / "gitdir"
-        try:
-            if not gitdir.is_file() or gitdir.is_symlink() or gitdir.stat().st_size > 4096:
-                continue
-            target = gitdir.read_text(encoding="utf-8", errors="replace").strip()
-        except OSError:
-            continue
-        if target:
-            named = Path(target)
-            if not named.is_absolute():  # worktree.useRelativePaths (git >= 2.48): relative to the entry
-                named = Path(entry.path) / named
-            found.setdefault(_own_dotgit(Path(os.path.normpath(named)).parent), []).append(Path(entry.path))
+    for wt in linked_worktrees(common_dir):
+        if wt.path is not None:
+            found.setdefault(_own_dotgit(wt.path), []).append(wt.admin)
     return found
 
 

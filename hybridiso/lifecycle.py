@@ -479,6 +479,10 @@ def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
         ways.append("commit it" + (" and merge it" if losing.commits else ""))
     if losing.refs or losing.stash or losing.detached or losing.head:
         ways.append("bring it onto the agent's branch (or push it)")
+    if losing.worktrees:
+        ways.append(f"bring the commits of its linked worktrees onto a branch and remove them (`git -C {ctx.path} worktree remove <path>`)")
+    if any(r.startswith("remote-tracking ref ") for r in losing.refs):
+        ways.append("fetch or push those commits into the repository (only its own refs prove a commit safe)")
     if losing.submodules:
         ways.append("push the submodules' commits")
     if losing.unreadable and losing.repair:

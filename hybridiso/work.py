@@ -39,6 +39,9 @@ LABELS = (
     ("stash", "stash entry", "stash entries"),
     ("detached", "commit on no branch (HEAD reflog)", "commits on no branch (HEAD reflog)"),
     ("head", "", ""),
+    # a clone's own linked worktrees placed outside it: removal deletes their
+    # admin dirs (HEAD, index, reflog) and leaves them broken
+    ("worktrees", "linked worktree of it elsewhere", "linked worktrees of it elsewhere"),
     ("submodules", "submodule with work", "submodules with work"),
     ("unreadable", "", ""),
     # database branches whose data changed, one line each (FAULTS #26):
@@ -88,6 +91,7 @@ class WorkReport:
     stash: list[str] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
     head: list[str] = field(default_factory=list)
+    worktrees: list[str] = field(default_factory=list)
     submodules: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     databases: list[str] = field(default_factory=list)
@@ -232,11 +236,12 @@ class StoreWork:
     stash: list[str] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
     head: list[str] = field(default_factory=list)
+    worktrees: list[str] = field(default_factory=list)
     tips: list[Tip] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.commits or self.refs or self.stash or self.detached or self.head)
+        return not (self.commits or self.refs or self.stash or self.detached or self.head or self.worktrees)
 
 
 def store_work(
@@ -249,9 +254,16 @@ def store_work(
     main: MainRepo | None,
     key_prefix: str = "",
 ) -> StoreWork:
-    """Every ref, the HEAD reflog and the stash of ``repo``, less what is
-    reachable from its refs under ``safe_prefixes`` (what it fetched) and,
-    with ``main``, from the main repository's refs.  ``branch`` (the agent's
+    """Every ref, the HEAD reflog and the stash of ``repo`` -- and the HEAD
+    and HEAD reflog of each of its own linked worktrees (``git worktree add``
+    in it: their admin dirs live in its git dir) --, less what is reachable
+    from its refs under ``safe_prefixes`` (what it fetched) and, with
+    ``main``, from the main repository's refs.  A clone passes no
+    ``safe_prefixes``: its remote-tracking refs are refs it can write
+    (``git update-ref refs/remotes/origin/x``), and what they say a remote
+    holds is no proof; only the main repository's refs are.  A linked
+    worktree placed outside ``repo`` is reported in ``worktrees``: removing
+    ``repo`` breaks it.  ``branch`` (the agent's
     own) is reported as ``commits``; ``count_tags`` says whether a tag the
     main repository lacks is work by itself (a clone's) or a tag is only
     what it fetched (a submodule's: its commits still count via the reflog)."""
@@ -259,6 +271,15 @@ def store_work(
     head, head_ref = git.head_of(git_dir)
     head_entries, branch_reflogs = git.head_and_branch_reflogs(git_dir, "--branches")
     reflog = ([head] if head else []) + [e.commit for e in head_entries]
+    outside: list[str] = []
+    for wt in git.linked_worktrees(git_dir):
+        wt_head, _ = git.head_of(wt.admin)
+        reflog += ([wt_head] if wt_head else []) + [e.commit for e in git.reflog(wt.admin, "HEAD")]
+        if wt.path is None:
+            continue
+        inside = _within(wt.path, repo)
+        if not inside and (os.path.lexists(wt.path) or wt.locked):
+            outside.append(f"{wt.path}" + (" (locked)" if wt.locked else "") + " (removal breaks it)")
     stash = git.reflog(git_dir, "refs/stash") if any(r.name == "refs/stash" for r in refs) else []
     safe = [r for r in refs if r.name.startswith(safe_prefixes)]
     own = [r for r in refs if not r.name.startswith(safe_prefixes) and r.name != "refs/stash"]
@@ -270,7 +291,7 @@ def store_work(
     if main is not None and graph:
         graph = _drop_reachable_in_main(graph, main)
     unique = set(graph)
-    found = StoreWork()
+    found = StoreWork(worktrees=outside)
     covered: set[str] = set()
     store = repo
     branch_ref = f"refs/heads/{branch}" if branch else None
@@ -297,6 +318,11 @@ def store_work(
     for i, tip in enumerate(newest_tips(graph, lost)):
         found.tips.append(Tip(f"{key_prefix}detached/{i}", tip, store, "detached"))
     return found
+
+
+def _within(path: Path, root: Path) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def _main_lacks(main: MainRepo, ref: git.RefEntry) -> bool:
@@ -356,7 +382,7 @@ def add_submodule_work(report: WorkReport, env: Path, prefix: str = "", depth: i
         key = f"submodules/{submodule_key(name)}/"
         found = store_work(sub, loc.git_dir, branch=None, safe_prefixes=("refs/remotes/",), count_tags=False, main=None, key_prefix=key)
         if files or not found.empty:
-            bits = [*found.refs, *found.stash, *(f"{c} (on no remote)" for c in found.detached[:3])]
+            bits = [*found.refs, *found.stash, *(f"{c} (on no remote)" for c in found.detached[:3]), *(f"linked worktree {w}" for w in found.worktrees)]
             if len(found.detached) > 3:
                 bits.append(f"+{len(found.detached) - 3} more commits")
             if files:

@@ -169,7 +169,7 @@ def test_gc_keeps_unmarked_directories_and_clones_in_the_workspace(tmp_path: Pat
     found = json.loads(hybridiso(repo, "gc", "--yes", "--json").stdout)
     by_name = {Path(f["target"]).name: f for f in found["findings"] if f["kind"] == ORPHAN}
     assert by_name["gone"]["result"] == "removed" and not (ws / "gone").exists()  # ours, marked, clean
-    assert by_name["gonework"]["action"] == "keep" and "commits on no remote" in by_name["gonework"]["reason"]
+    assert by_name["gonework"]["action"] == "keep" and "branch hybridiso/gonework (1 commit)" in by_name["gonework"]["reason"]  # down's inventory
     for name, files in users.items():
         assert by_name[name]["action"] == "keep", by_name[name]
         assert "not made by hybridiso" in by_name[name]["reason"]

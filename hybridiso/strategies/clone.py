@@ -112,15 +112,13 @@ def observe(ctx: EnvContext) -> Observation:
     return Observation(exists, registered, branch, head, None, problems)
 
 
-# what a clone fetched (from the local repository, or the user's origin) is
-# not the agent's work; everything else in it is
-SAFE_PREFIXES = (f"refs/remotes/{BASE_REMOTE}/", "refs/remotes/origin/")
-
-
 def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
     """A clone is a repository of its own: every ref (other branches, tags,
     notes, ...), the stash, the HEAD reflog and its submodules can hold
-    commits that exist nowhere else (issue 11, FAULTS #23)."""
+    commits that exist nowhere else (issue 11, FAULTS #23).  Only what the
+    main repository's refs reach is safe: the clone's own remote-tracking
+    refs (``hybridiso-base/*``, ``origin/*``) are refs the agent can move or
+    forge, and a branch it pushed may since have been deleted there."""
     report = WorkReport()
     path = ctx.path
     if not path.is_dir():
@@ -135,9 +133,10 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
         # saved into the main repository, on top of where the clone started
         report.snapshot = SnapshotPlan(main.common_dir, False, ctx.record.base_commit)
         return report
-    found = store_work(path, path / ".git", branch=ctx.record.branch, safe_prefixes=SAFE_PREFIXES, count_tags=True, main=main)
+    found = store_work(path, path / ".git", branch=ctx.record.branch, safe_prefixes=(), count_tags=True, main=main)
     report.commits, report.refs, report.stash = found.commits, found.refs, found.stash
     report.detached, report.head, report.tips = found.detached, found.head, found.tips
+    report.worktrees = found.worktrees
     add_submodule_work(report, path)
     return report
 
