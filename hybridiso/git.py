@@ -546,15 +546,35 @@ def ignored_entries(path: Path) -> list[Ignored]:
             entries.append(name)
     if not entries:
         return []
-    c = _execute(path, ["check-ignore", "-v", "-z", "--stdin"], input="\0".join(entries) + "\0")
+    rules = _ignore_rules(path, entries)
+    # a directory git lists whole because every file in it is ignored, by
+    # rules for its files, not for it (``config/local.json``): its files, one by one
+    whole = [e for e in entries if e.endswith("/") and e not in rules]
+    if whole:
+        r = _execute(path, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--", *(f":(literal){d}" for d in whole)])
+        if r.returncode != 0:
+            raise CommandError(r, os.fspath(path))
+        inner = [n for n in r.stdout.split("\0") if n]
+        rules.update(_ignore_rules(path, inner))
+        entries = [e for e in entries if e not in whole] + inner
+    return [Ignored(e, *rules.get(e, ("", ""))) for e in entries]
+
+
+def _ignore_rules(path: Path, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """name -> (source, pattern) of the rule ignoring it, for those ``names`` a rule ignores."""
+    if not names:
+        return {}
+    c = _execute(path, ["check-ignore", "-v", "-z", "--stdin"], input="\0".join(names) + "\0")
     if c.returncode not in (0, 1):
         raise CommandError(c, os.fspath(path))
     fields = c.stdout.split("\0")
     rules: dict[str, tuple[str, str]] = {}
     for i in range(0, len(fields) - 3, 4):
         source, _line, pattern, name = fields[i : i + 4]
+        if pattern.startswith("!"):
+            continue  # a negation: not what ignores it
         rules[name] = (source, pattern)
-    return [Ignored(e, *rules.get(e, ("", ""))) for e in entries]
+    return rules
 
 
 def changed_between(cwd: Path, a: str, b: str, paths: Sequence[str]) -> set[str] | None:

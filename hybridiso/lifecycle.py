@@ -415,33 +415,40 @@ def _nested_repositories(ctx: EnvContext, report: WorkReport) -> None:
         rel = name.rstrip("/")
         if name in report.modified and submodules_known:
             continue  # a gitlink: work.add_submodule_work saves what it holds
-        if _has_dotgit(ctx.path / rel, deep=name.endswith("/") and name in report.hidden):
-            found.append(rel)
+        repo = _nested_repo(ctx.path, rel, deep=name.endswith("/") and name in report.hidden)
+        if repo is not None:
+            found.append(repo)
     if found:
         shown = ", ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
         report.force_blocker = report.force_blocker or (
-            f"{shown} {'is a git repository' if len(found) == 1 else 'are git repositories'} of its own inside the environment, "
-            "whose commits a backup cannot hold: move it out of the environment (or push its commits somewhere) first"
+            f"{shown} {'is a git repository' if len(found) == 1 else 'are git repositories'} of its own inside the environment "
+            "(not a submodule), whose commits and files a backup cannot hold: move it out of the environment "
+            "(or push its commits somewhere and delete it) first"
         )
 
 
 MAX_NESTED_SCAN = 20000
 
 
-def _has_dotgit(path: Path, *, deep: bool) -> bool:
-    """``path`` (or, ``deep``, anything under it) holds a ``.git``."""
+def _nested_repo(env: Path, rel: str, *, deep: bool) -> str | None:
+    """``rel`` when it is a repository (holds a ``.git``); with ``deep``, the
+    first repository under it (``rel`` itself when it is too big to look
+    through: refusing is the safe side)."""
+    path = env / rel
     if path.is_symlink() or not path.is_dir():
-        return False
+        return None
     if os.path.lexists(path / ".git"):
-        return True
+        return rel
     if not deep:
-        return False
+        return None
     seen = 0
-    for _top, dirs, files in os.walk(path):
+    for top, dirs, files in os.walk(path):
         seen += len(dirs) + len(files)
-        if ".git" in dirs or ".git" in files or seen > MAX_NESTED_SCAN:
-            return True  # too big to look through: taken as one (refusing is safe)
-    return False
+        if ".git" in dirs or ".git" in files:
+            return os.path.relpath(top, env)
+        if seen > MAX_NESTED_SCAN:
+            return rel
+    return None
 
 
 def _only_checkout_leftovers(ctx: EnvContext) -> bool:
