@@ -447,6 +447,155 @@ def status_porcelain(path: Path, *, ignored: bool = False) -> list[tuple[str, st
     return entries
 
 
+# what the environment's own config could use to hide a change from
+# `git status` (an fsmonitor hook answering "nothing changed", a submodule
+# set to `ignore = all`): the work check never asks them
+_TRUST_NOTHING = ("-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false", "-c", "core.ignoreStat=false")
+
+
+def index_flags(path: Path, *, prefix: Sequence[str] = (), env: dict[str, str] | None = None) -> dict[str, str]:
+    """path -> ``ls-files -v`` tag of each index entry whose flags make git
+    stop looking at its file: lowercase (``--assume-unchanged``) and ``S``
+    (``--skip-worktree``, also what a sparse checkout sets)."""
+    r = _execute(path, [*prefix, "ls-files", "-v", "-z"], env=env)
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(path))
+    flags = {}
+    for item in r.stdout.split("\0"):
+        tag, _, name = item.partition(" ")
+        if name and (tag == "S" or tag.islower() or tag == "s"):
+            flags[name] = tag
+    return flags
+
+
+def _clear_flags(path: Path, prefix: Sequence[str], env: dict[str, str], flags: dict[str, str]) -> None:
+    """Clear the flags of ``flags`` in the index ``env`` names: every
+    assume-unchanged, and skip-worktree where the file is there (one a sparse
+    checkout left out is in the commit, not a deletion)."""
+    unassume = [n for n, t in flags.items() if t.islower()]
+    unskip = [n for n, t in flags.items() if t.upper() == "S" and os.path.lexists(path / n)]
+    for option, names in (("--no-assume-unchanged", unassume), ("--no-skip-worktree", unskip)):
+        if names:
+            r = _execute(path, [*prefix, "update-index", option, "-z", "--stdin"], env=env, input="\0".join(names) + "\0")
+            if r.returncode != 0:
+                raise CommandError(r, os.fspath(path))
+
+
+def work_status(path: Path) -> list[tuple[str, str]]:
+    """``status_porcelain`` that index flags and the checkout's own config
+    cannot fool (attack11 #1): files marked ``--assume-unchanged`` or
+    ``--skip-worktree`` are compared through a copy of the index with those
+    flags cleared (the real index is never touched)."""
+    flags = index_flags(path)
+    if not flags:
+        return _parse_status(_status(path, None))
+    index = Path(out(path, "rev-parse", "--git-path", "index"))
+    index = index if index.is_absolute() else path / index
+    tmp = index.with_name(f"hybridiso-check-index-{os.getpid()}-{secrets.token_hex(4)}")
+    env = {"GIT_INDEX_FILE": str(tmp)}
+    try:
+        tmp.write_bytes(index.read_bytes())
+        _clear_flags(path, [], env, flags)
+        return _parse_status(_status(path, env))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _status(path: Path, env: dict[str, str] | None) -> str:
+    args = [*_TRUST_NOTHING, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignore-submodules=none", "--no-renames"]
+    r = _execute(path, args, env=env)
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(path))
+    return r.stdout
+
+
+def _parse_status(text: str) -> list[tuple[str, str]]:
+    entries: list[tuple[str, str]] = []
+    parts = iter(text.split("\0"))
+    for item in parts:
+        if not item:
+            continue
+        code, name = item[:2], item[3:]
+        if code[0] in "RC":
+            next(parts, None)
+        entries.append((code, name))
+    return entries
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A file (or a directory, ending in ``/``) git ignores, and the rule
+    that does: ``source`` as ``check-ignore -v`` names it (a ``.gitignore``
+    relative to the checkout, an exclude file by its path), ``""`` when no
+    rule was named."""
+
+    entry: str
+    source: str
+    pattern: str
+
+
+def ignored_entries(path: Path) -> list[Ignored]:
+    """Every ignored file under ``path`` -- a wholly ignored directory as one
+    entry -- with the rule that ignores it: two git calls."""
+    r = _execute(path, ["ls-files", "-z", "--others", "--ignored", "--directory", "--exclude-standard"])
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(path))
+    entries: list[str] = []
+    for name in (n for n in r.stdout.split("\0") if n):
+        if not any(name.startswith(d) for d in entries if d.endswith("/")):
+            entries.append(name)
+    if not entries:
+        return []
+    rules = _ignore_rules(path, entries)
+    # a directory git lists whole because every file in it is ignored, by
+    # rules for its files, not for it (``config/local.json``): its files, one by one
+    whole = [e for e in entries if e.endswith("/") and e not in rules]
+    if whole:
+        r = _execute(path, ["ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--", *(f":(literal){d}" for d in whole)])
+        if r.returncode != 0:
+            raise CommandError(r, os.fspath(path))
+        inner = [n for n in r.stdout.split("\0") if n]
+        rules.update(_ignore_rules(path, inner))
+        entries = [e for e in entries if e not in whole] + inner
+    return [Ignored(e, *rules.get(e, ("", ""))) for e in entries]
+
+
+def _ignore_rules(path: Path, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """name -> (source, pattern) of the rule ignoring it, for those ``names`` a rule ignores."""
+    if not names:
+        return {}
+    c = _execute(path, ["check-ignore", "-v", "-z", "--stdin"], input="\0".join(names) + "\0")
+    if c.returncode not in (0, 1):
+        raise CommandError(c, os.fspath(path))
+    fields = c.stdout.split("\0")
+    rules: dict[str, tuple[str, str]] = {}
+    for i in range(0, len(fields) - 3, 4):
+        source, _line, pattern, name = fields[i : i + 4]
+        if pattern.startswith("!"):
+            continue  # a negation: not what ignores it
+        rules[name] = (source, pattern)
+    return rules
+
+
+def changed_between(cwd: Path, a: str, b: str, paths: Sequence[str]) -> set[str] | None:
+    """Which of ``paths`` differ between commits ``a`` and ``b`` (None when
+    git cannot tell: a commit missing)."""
+    if not paths:
+        return set()
+    r = _execute(cwd, ["diff", "--no-renames", "--name-only", "-z", a, b, "--", *paths])
+    return {n for n in r.stdout.split("\0") if n} if r.returncode == 0 else None
+
+
+def excludes_file(cwd: Path) -> str | None:
+    """The ``core.excludesFile`` git uses in ``cwd`` (its default included), resolved."""
+    r = _execute(cwd, ["config", "--path", "--get", "core.excludesFile"])
+    value = r.stdout.strip() if r.returncode == 0 else ""
+    if not value:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        value = os.path.join(base, "git", "ignore")
+    return os.path.realpath(os.path.join(cwd, value))
+
+
 def ahead_behind(cwd: Path, base: str, head: str) -> tuple[int, int]:
     r = _execute(cwd, ["rev-list", "--left-right", "--count", f"{base}...{head}"])
     if r.returncode != 0:
@@ -516,6 +665,8 @@ def _write_tree(cwd: Path, prefix: list[str], index: Path, extra_ignored: Sequen
     try:
         if index.is_file() and not index.is_symlink():
             tmp_index.write_bytes(index.read_bytes())
+            # a file the agent edited under --skip-worktree/--assume-unchanged is saved too (attack11 #1)
+            _clear_flags(cwd, prefix, env, index_flags(cwd, prefix=prefix, env=env))
         steps = [["add", "-A", "--", "."]]
         if extra_ignored:
             steps.append(["add", "-f", "--", *extra_ignored])
@@ -1182,6 +1333,20 @@ def blob_head(cwd: Path, oid: str, size: int) -> bytes | None:
 def tree_blobs(cwd: Path, rev: str) -> dict[str, str]:
     """path -> blob id of every file in ``rev``'s tree."""
     r = _execute(cwd, ["ls-tree", "-r", "-z", "--full-tree", rev])
+    blobs = {}
+    for item in r.stdout.split("\0") if r.returncode == 0 else []:
+        meta, _, name = item.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[1] == "blob":
+            blobs[name] = fields[2]
+    return blobs
+
+
+def tree_blobs_at(cwd: Path, rev: str, paths: Sequence[str]) -> dict[str, str]:
+    """path -> blob id in ``rev`` of each of ``paths`` it has (nothing when git cannot read ``rev``)."""
+    if not paths:
+        return {}
+    r = _execute(cwd, ["ls-tree", "-z", "--full-tree", rev, "--", *paths])
     blobs = {}
     for item in r.stdout.split("\0") if r.returncode == 0 else []:
         meta, _, name = item.partition("\t")

@@ -333,11 +333,14 @@ def _files_and_git(ctx: EnvContext, strategy: Strategy, main: MainRepo | None) -
     if not report.readable or not ctx.path.is_dir():
         return report
     try:
-        for code, name in git.status_porcelain(ctx.path):
+        # index flags (--skip-worktree, --assume-unchanged) hide nothing here (attack11 #1)
+        for code, name in git.work_status(ctx.path):
             if name == envfile.ENV_FILE:
                 continue
             (report.untracked if code == "??" else report.modified).append(name)
         report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record)
+        _sort_ignored(ctx, report)
+        _nested_repositories(ctx, report)
         if ctx.record.phase != PHASE_READY:
             _drop_checkout_leftovers(ctx, report)
     except CommandError as e:
@@ -348,6 +351,104 @@ def _files_and_git(ctx: EnvContext, strategy: Strategy, main: MainRepo | None) -
         report.unreadable.append(f"{ctx.path}: git cannot list its files ({why})")
         report.force_blocker = report.force_blocker or f"git cannot list its files ({why}); fix that in {ctx.path} first"
     return report
+
+
+def _sort_ignored(ctx: EnvContext, report: WorkReport) -> None:
+    """Ignored files are work unless the repository's own rules ignore them
+    (docs/lifecycle.md, "Ignored files"): a rule is the repository's when it
+    is a ``.gitignore`` with the same content in the commit the environment
+    was made from (or synced onto), a line of the repository's
+    ``info/exclude`` (or the env file's), or the repository's
+    ``core.excludesFile``.  A rule the environment added -- a ``.gitignore``
+    the commit lacks or that was changed, a line added to a clone's
+    ``info/exclude``, a ``core.excludesFile`` set in its config -- hides
+    nothing: what it ignores is ``hidden`` work.  What the repository's rules
+    ignore is named (``ignored``) and disposable, unless precious."""
+    entries = [e for e in git.ignored_entries(ctx.path) if e.entry != envfile.ENV_FILE and e.entry not in report.precious]
+    if not entries:
+        return
+    rules = _RepoRules(ctx, {e.source for e in entries})
+    for e in entries:
+        (report.ignored if rules.owns(e) else report.hidden).append(e.entry)
+
+
+class _RepoRules:
+    """Which ignore rules are the repository's own (see ``_sort_ignored``)."""
+
+    def __init__(self, ctx: EnvContext, sources: set[str]) -> None:
+        self.env = ctx.path
+        common = ctx.project.repo.common_dir
+        self.main_exclude = os.path.realpath(common / "info" / "exclude")
+        text = safe_files.read_text(common, "info/exclude") if os.path.isfile(self.main_exclude) else ""
+        self.main_lines = {line.strip() for line in (text or "").splitlines()} | {ENV_EXCLUDE}
+        self._excludes_file: str | None = None
+        self.root = ctx.project.root
+        per_dir = sorted(s for s in sources if s and not os.path.isabs(s) and PurePosixPath(s).name == ".gitignore" and not s.startswith(".git/"))
+        base = ctx.record.base_commit if isinstance(ctx.record.base_commit, str) and ctx.record.base_commit else "HEAD"
+        here = git.blob_ids(ctx.path, [s for s in per_dir if _regular(ctx.path / s)])
+        there = git.tree_blobs_at(ctx.path, base, per_dir)
+        self.same = {s for s in per_dir if s in here and here[s] == there.get(s)}
+
+    def owns(self, e: git.Ignored) -> bool:
+        if not e.source:
+            return False
+        if e.source in self.same:
+            return True
+        path = os.path.realpath(os.path.join(self.env, e.source))
+        if path == self.main_exclude:
+            return True  # the user's own repository's file (a worktree shares it)
+        if path == os.path.realpath(self.env / ".git" / "info" / "exclude"):
+            return e.pattern.strip() in self.main_lines  # a clone's copy of it
+        if self._excludes_file is None:
+            self._excludes_file = git.excludes_file(self.root) or ""
+        return path == self._excludes_file
+
+
+def _nested_repositories(ctx: EnvContext, report: WorkReport) -> None:
+    """A git repository inside the environment that is no submodule of it (a
+    ``git init``, a worktree of this or another repository): its commits live
+    in its own object store (or nowhere but its HEAD), which a backup cannot
+    hold, so even ``--force`` refuses, naming it (attack11 #2)."""
+    submodules_known = (ctx.path / ".gitmodules").is_file()
+    found = []
+    for name in [*report.untracked, *report.hidden, *report.modified]:
+        rel = name.rstrip("/")
+        if name in report.modified and submodules_known:
+            continue  # a gitlink: work.add_submodule_work saves what it holds
+        repo = _nested_repo(ctx.path, rel, deep=name.endswith("/") and name in report.hidden)
+        if repo is not None:
+            found.append(repo)
+    if found:
+        shown = ", ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+        report.force_blocker = report.force_blocker or (
+            f"{shown} {'is a git repository' if len(found) == 1 else 'are git repositories'} of its own inside the environment "
+            "(not a submodule), whose commits and files a backup cannot hold: move it out of the environment "
+            "(or push its commits somewhere and delete it) first"
+        )
+
+
+MAX_NESTED_SCAN = 20000
+
+
+def _nested_repo(env: Path, rel: str, *, deep: bool) -> str | None:
+    """``rel`` when it is a repository (holds a ``.git``); with ``deep``, the
+    first repository under it (``rel`` itself when it is too big to look
+    through: refusing is the safe side)."""
+    path = env / rel
+    if path.is_symlink() or not path.is_dir():
+        return None
+    if os.path.lexists(path / ".git"):
+        return rel
+    if not deep:
+        return None
+    seen = 0
+    for top, dirs, files in os.walk(path):
+        seen += len(dirs) + len(files)
+        if ".git" in dirs or ".git" in files:
+            return os.path.relpath(top, env)
+        if seen > MAX_NESTED_SCAN:
+            return rel
+    return None
 
 
 def _only_checkout_leftovers(ctx: EnvContext) -> bool:
@@ -409,6 +510,17 @@ def _cut_short(root: Path, rel: str, blob: str) -> bool:
     return start is not None and len(start) > len(data) and start.startswith(data)
 
 
+MAX_IGNORED_BACKUP_BYTES = 64 * 1024 * 1024
+
+
+def _small_file(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size <= MAX_IGNORED_BACKUP_BYTES)
+
+
 def _regular(path: Path) -> bool:
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
@@ -439,7 +551,11 @@ def save_backup(ctx: EnvContext, report: WorkReport) -> str | None:
     strategy = strategies.get(ctx.record.strategy)
     tips = list(report.tips)
     if ctx.path.is_dir() and report.readable:
-        snapshot = git.snapshot_worktree(ctx.path, report.precious)
+        # every file the inventory counted, ignored or not (attack11 #6), and
+        # the ignored files the repository's rules ignore, one by one (a file
+        # renamed to an ignored name may be the only copy of an edit)
+        report.ignored_saved = [n for n in report.ignored if not n.endswith("/") and _small_file(ctx.path / n)]
+        snapshot = git.snapshot_worktree(ctx.path, [*report.precious, *report.hidden, *report.ignored_saved])
         tips.insert(0, Tip("files", snapshot, None if strategy.SHARES_REFS else ctx.path, "files"))
     elif ctx.path.is_dir() and report.snapshot is not None:
         plan = report.snapshot
@@ -475,7 +591,7 @@ def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | Non
 
 def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
     ways = []
-    if losing.modified or losing.untracked or losing.precious or losing.commits:
+    if losing.modified or losing.untracked or losing.precious or losing.hidden or losing.commits:
         ways.append("commit it" + (" and merge it" if losing.commits else ""))
     if losing.refs or losing.stash or losing.detached or losing.head:
         ways.append("bring it onto the agent's branch (or push it)")
@@ -529,6 +645,7 @@ def remove(
         service_branches.ensure_dumpable(ctx, service_branches.check(ctx) if losing.databases else [])
         try:
             backup = save_backup(ctx, losing) if losing.in_git else None
+            report.ignored_saved = losing.ignored_saved
         except CommandError as e:
             raise UserError(
                 f"agent {ctx.name}: saving its work failed: {_last_words(e)}; nothing was removed",

@@ -34,6 +34,9 @@ LABELS = (
     ("modified", "modified", "modified"),
     ("untracked", "untracked", "untracked"),
     ("precious", "ignored but precious", "ignored but precious"),
+    # ignored only by a rule the environment itself added (a .gitignore the
+    # commit lacks, an info/exclude line the repository lacks: attack11 #1)
+    ("hidden", "ignored only by the environment's own rules", "ignored only by the environment's own rules"),
     ("commits", "commits not in base", "commits not in base"),  # the words tests and users know
     ("refs", "other ref with work", "other refs with work"),
     ("stash", "stash entry", "stash entries"),
@@ -49,6 +52,7 @@ LABELS = (
     ("databases", "", ""),
 )
 CATEGORIES = tuple(name for name, _, _ in LABELS)
+FILE_CATEGORIES = ("modified", "untracked", "precious", "hidden")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class WorkReport:
     modified: list[str] = field(default_factory=list)
     untracked: list[str] = field(default_factory=list)
     precious: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
     commits: list[str] = field(default_factory=list)
     refs: list[str] = field(default_factory=list)
     stash: list[str] = field(default_factory=list)
@@ -95,6 +100,10 @@ class WorkReport:
     submodules: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     databases: list[str] = field(default_factory=list)
+    # ignored by the repository's own rules: not work, but named when
+    # removed; ``ignored_saved``: those a --force backup holds all the same
+    ignored: list[str] = field(default_factory=list)
+    ignored_saved: list[str] = field(default_factory=list)
     # what stays in the repository anyway (said, never at risk): tags and
     # stash entries a worktree made live in the shared refs
     kept: list[str] = field(default_factory=list)
@@ -134,7 +143,7 @@ class WorkReport:
         return copy
 
     def files_only(self) -> WorkReport:
-        return self.without(*[c for c in CATEGORIES if c not in ("modified", "untracked", "precious")])
+        return self.without(*[c for c in CATEGORIES if c not in FILE_CATEGORIES])
 
 
 # --- the main repository, read once per command ------------------------------------

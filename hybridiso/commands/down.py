@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             del state.agents[name]
             project.store.save(state)
             ports.release(project.repo.common_dir, [name])  # the machine-wide lease too (FAULTS #37)
-            _notes(name, report)
+            _notes(name, report, removed=True)
             dumps = {r.name: str(r.dump) for r in released if r.dump}
             result: dict[str, object] = {"agent": name, "action": "removed", "backup_ref": backup, "database_dumps": dumps}
             line = f" {output.mark(True)} {name}: removed {ctx.path}"
@@ -117,6 +117,15 @@ def _removing(project: Project, state: State, record: AgentRecord) -> None:
     project.store.save(state)
 
 
-def _notes(name: str, report: WorkReport) -> None:
+def _notes(name: str, report: WorkReport, *, removed: bool = False) -> None:
     for note in report.kept:
         output.message(f"   {name}: note: {note}")
+    # not work (the repository's own rules ignore them), but never deleted unsaid (attack11 #1)
+    gone = [n for n in report.ignored if n not in report.ignored_saved]
+    if gone:
+        shown = ", ".join(gone[:5]) + (f" (+{len(gone) - 5} more)" if len(gone) > 5 else "")
+        verb = "deleted" if removed else "removing it deletes"
+        output.message(f"   {name}: note: {verb} what the repository's own ignore rules ignore: {shown}")
+    if report.ignored_saved:
+        shown = ", ".join(report.ignored_saved[:5]) + (f" (+{len(report.ignored_saved) - 5} more)" if len(report.ignored_saved) > 5 else "")
+        output.message(f"   {name}: note: ignored files kept in the backup too: {shown}")
