@@ -118,6 +118,9 @@ def create(ctx: EnvContext) -> None:
         exclude += ("" if not exclude or exclude.endswith("\n") else "\n") + _ENV_EXCLUDE + "\n"
     safe_files.write_atomic(gd, "info/exclude", exclude, mode=0o644, dir_mode=0o755)
     safe_files.write_atomic(anchor, _rel(ctx, dotgit_file(ctx)), f"gitdir: {gd}\n", mode=0o644)
+    # what it holds now is on the agent branch already: the first collect
+    # has nothing to fetch (and freezes nothing)
+    safe_files.write_atomic(anchor, _rel(ctx, area(ctx) / "collected"), _fingerprint(ctx, read_refs(gd)) + "\n")
 
 
 def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
@@ -367,10 +370,8 @@ def _write_shadow(ctx: EnvContext, refs: AgentRefs) -> Path:
     agent's refs as it read them and reaches the agent's objects and the
     repository's through alternates: what the host's fetch reads."""
     anchor = ctx.project.store.anchor
-    shadow = area(ctx) / "shadow"
+    shadow = area(ctx) / f"shadow-{os.getpid()}-{os.urandom(4).hex()}"  # one per collect: two commands may collect at once
     rel = _rel(ctx, shadow)
-    if os.path.lexists(shadow):
-        shutil.rmtree(shadow)
     safe_files.ensure_dir(anchor, rel / "refs", mode=0o700)
     safe_files.write_atomic(anchor, rel / "HEAD", "ref: refs/own/heads/none\n")
     safe_files.write_atomic(anchor, rel / "config", _shadow_config(git.object_format(ctx.project.root)))
@@ -408,7 +409,10 @@ def collect(ctx: EnvContext, freeze: Callable[[], contextlib.AbstractContextMana
         refs = read_refs(gd)  # what counts is what it holds while nothing of it runs
         fixed = check_objects(ctx)
         shadow = _write_shadow(ctx, refs)
-        git.fetch_from_shadow(root, shadow, prefix)
+        try:
+            git.fetch_from_shadow(root, shadow, prefix)
+        finally:
+            shutil.rmtree(shadow, ignore_errors=True)
     if fixed:
         output.warn(f"{ctx.name}: its git dir had {', '.join(fixed[:3])} changed by the agent; hybridiso put it back before reading it")
     after = {r.name: r.oid for r in git.list_refs(root, mirrored, branch_ref)}

@@ -478,6 +478,7 @@ def remove(ctx: EnvContext) -> None:
         docker_client.remove_volumes(inherited)
         image = ctx.agent.image if ctx.agent is not None else ctx.record.extra.get("image")
         fix_ownership(ctx.path, image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
+        fix_ownership(container_git.area(ctx), image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
     elif ctx.path.exists():
         output.warn(f"{ctx.name}: Docker is not reachable; its containers (if any) are left for `hybridiso gc`")
     # its firewall rules go with its network (whatever the record says: a
