@@ -118,9 +118,28 @@ def create(ctx: EnvContext) -> None:
         exclude += ("" if not exclude or exclude.endswith("\n") else "\n") + _ENV_EXCLUDE + "\n"
     safe_files.write_atomic(gd, "info/exclude", exclude, mode=0o644, dir_mode=0o755)
     safe_files.write_atomic(anchor, _rel(ctx, dotgit_file(ctx)), f"gitdir: {gd}\n", mode=0o644)
+    publish_base(ctx)
     # what it holds now is on the agent branch already: the first collect
     # has nothing to fetch (and freezes nothing)
     safe_files.write_atomic(anchor, _rel(ctx, area(ctx) / "collected"), _fingerprint(ctx, read_refs(gd)) + "\n")
+
+
+BASE_REMOTE = "host"
+
+
+def publish_base(ctx: EnvContext, commit: str | None = None) -> None:
+    """``refs/remotes/host/<base>`` in the agent's repository: the base the
+    host has (so ``git rebase host/main`` works inside).  Written as a file,
+    never through a symlink the agent made (then it is left out)."""
+    base = ctx.project.manifest.base
+    commit = commit or git.resolve_commit(ctx.project.root, base)
+    ref = f"refs/remotes/{BASE_REMOTE}/{base}"
+    if not commit or not valid_ref(ref) or not exists(ctx):
+        return
+    try:
+        safe_files.write_atomic(agent_git_dir(ctx), ref, commit + "\n", mode=0o644, dir_mode=0o755)
+    except (safe_files.UnsafePath, OSError) as e:
+        output.warn(f"{ctx.name}: could not show it the base {base} ({e}); its own repository has no {BASE_REMOTE}/{base}")
 
 
 def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:

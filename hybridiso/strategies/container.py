@@ -242,6 +242,7 @@ def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
     if container_user.needs_grants(uid) and not ctx.record.container_grants:
         # made by a hybridiso that ran containers as root, or a record rebuilt from reality
         _hand_over(ctx, uid, gid)
+    container_git.publish_base(ctx)
     container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.extra.get("included", [])])
     t = time.monotonic()
     if not _network_ready(ctx, path, mode):
@@ -744,6 +745,7 @@ def rebase_inside(ctx: EnvContext, onto: str, upstream: str | None) -> git.Rebas
     if ctx.record.extra.get("git_in_container") == "image has no git":
         return git.RebaseResult(False, error="its image has no git, and the host never rebases in the agent's own repository")
     user, where = _exec_user(ctx), str(ctx.path)
+    container_git.publish_base(ctx, onto)
     argv = ["git", "-c", "core.editor=true", "rebase", "-q", "--no-autostash"]
     argv += ["--onto", onto, upstream] if upstream is not None else [onto]
     code, text = docker_client.exec_in(info.id, argv, user=user, workdir=where)
