@@ -152,9 +152,11 @@ def test_an_isolated_agent_reaches_no_host_address_and_its_port_still_answers(tm
             assert refused(connect(repo, "iso", gateway(iso), 22))
             # no Docker socket: not mounted, and nothing else of the host is
             assert "No such file" in sh(repo, "iso", "ls /var/run/docker.sock /run/docker.sock")
-            mounts = {(m["Source"], m["Destination"]) for m in inspect(iso)["Mounts"]}
-            common = str(repo / ".git")
-            assert mounts == {(str(tmp_path / "r.agents" / "iso"), str(tmp_path / "r.agents" / "iso")), (common, common)}
+            mounts = {(m["Source"], m["Destination"], m["RW"]) for m in inspect(iso)["Mounts"]}
+            env, objects, own = tmp_path / "r.agents" / "iso", repo / ".git" / "objects", repo / ".git" / "hybridiso" / "containers" / "iso"
+            # its worktree, its own git dir, the repository's objects read-only, its .git read-only: never the common dir
+            assert mounts == {(str(env), str(env), True), (str(own / "git"), str(own / "git"), True),
+                              (str(objects), str(objects), False), (str(own / "dotgit"), str(env / ".git"), False)}
             # what isolation must not break: the published port answers on 127.0.0.1
             port = status_json(repo)["iso"]["ports"]["web"]
             assert get(f"http://127.0.0.1:{port}/index.html") == "hello\n"
