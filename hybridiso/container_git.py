@@ -104,7 +104,7 @@ def create(ctx: EnvContext) -> None:
         os.rename(gd, aside)
         output.warn(f"{ctx.name}: an earlier git dir of this agent was left at {aside}; it is kept there")
     commit = git.branch_commit(ctx.project.root, ctx.record.branch) or ctx.record.base_commit
-    git.init_agent_repo(gd, git.object_format(ctx.project.root), ctx.record.branch, commit, objects_dir(ctx))
+    _init(gd, ctx.record.branch, commit, objects_dir(ctx))
     admin = git.worktree_admin_dir(ctx.project.repo.common_dir, ctx.path)
     index = safe_files.read_bytes(admin, "index", limit=1 << 30) if admin is not None else None
     if index is not None:
@@ -140,6 +140,31 @@ def publish_base(ctx: EnvContext, commit: str | None = None) -> None:
         safe_files.write_atomic(agent_git_dir(ctx), ref, commit + "\n", mode=0o644, dir_mode=0o755)
     except (safe_files.UnsafePath, OSError) as e:
         output.warn(f"{ctx.name}: could not show it the base {base} ({e}); its own repository has no {BASE_REMOTE}/{base}")
+
+
+def _init(gd: Path, branch: str, commit: str, objects: Path) -> None:
+    """What ``git init --bare --template=`` makes, with ``core.bare=false``,
+    borrowing ``objects`` and on ``branch`` at ``commit`` (its object format
+    told by the id's length), written directly: no git process, and the
+    directory is new (nothing of anyone else's is in it)."""
+    fmt = "sha256" if len(commit) == 64 else "sha1"
+    version = 1 if fmt != "sha1" else 0
+    config = f"[core]\n\trepositoryformatversion = {version}\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
+    if fmt != "sha1":
+        config += f"[extensions]\n\tobjectformat = {fmt}\n"
+    os.mkdir(gd, 0o755)
+    for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info", "logs"):
+        os.makedirs(gd / sub, 0o755, exist_ok=True)
+    ref = f"refs/heads/{branch}"
+    files = {
+        "config": config,
+        "HEAD": f"ref: {ref}\n",
+        "description": "hybridiso: a container agent's own repository\n",
+        "objects/info/alternates": f"{objects}\n",
+        ref: f"{commit}\n",
+    }
+    for rel, text in files.items():
+        safe_files.write_atomic(gd, rel, text, mode=0o644, dir_mode=0o755)
 
 
 def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
@@ -393,7 +418,7 @@ def _write_shadow(ctx: EnvContext, refs: AgentRefs) -> Path:
     rel = _rel(ctx, shadow)
     safe_files.ensure_dir(anchor, rel / "refs", mode=0o700)
     safe_files.write_atomic(anchor, rel / "HEAD", "ref: refs/own/heads/none\n")
-    safe_files.write_atomic(anchor, rel / "config", _shadow_config(git.object_format(ctx.project.root)))
+    safe_files.write_atomic(anchor, rel / "config", _shadow_config("sha256" if any(len(oid) == 64 for oid in refs.refs.values()) else "sha1"))
     safe_files.write_atomic(anchor, rel / "objects/info/alternates", f"{agent_git_dir(ctx) / 'objects'}\n{objects_dir(ctx)}\n")
     safe_files.write_atomic(anchor, rel / "packed-refs", refs.packed())
     return shadow

@@ -1240,25 +1240,6 @@ def create_refs(cwd: Path, creates: dict[str, str], deletes: dict[str, str] | No
 # --- a container agent's own repository (strategies/container.py, container_git.py) -----
 
 
-def object_format(cwd: Path) -> str:
-    return out(cwd, "rev-parse", "--show-object-format") or "sha1"
-
-
-def init_agent_repo(git_dir: Path, fmt: str, branch: str, commit: str, alternates: Path) -> None:
-    """A new repository at ``git_dir`` (nothing of anyone else's is in it
-    yet: made before its container exists) borrowing ``alternates``'s
-    objects, on ``branch`` at ``commit``, with no hooks (empty template)."""
-    run(git_dir.parent, "init", "-q", "--bare", "--template=", f"--object-format={fmt}", str(git_dir))
-    g = f"--git-dir={git_dir}"
-    run(git_dir.parent, g, "config", "core.bare", "false")
-    run(git_dir.parent, g, "config", "core.logAllRefUpdates", "true")
-    info = git_dir / "objects" / "info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "alternates").write_text(f"{alternates}\n", encoding="utf-8")
-    run(git_dir.parent, g, "update-ref", "-m", "hybridiso: the agent branch", f"refs/heads/{branch}", commit)
-    run(git_dir.parent, g, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
-
-
 def fetch_from_shadow(root: Path, shadow: Path, prefix: str) -> None:
     """Every ref of ``shadow`` (a repository hybridiso wrote: its own config,
     refs it read as data, objects through alternates it checked) into
