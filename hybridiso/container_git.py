@@ -32,18 +32,18 @@ host's ``git status`` shows what is uncommitted.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridiso import git, output, safe_files
 from hybridiso.envfile import ENV_FILE
+from hybridiso.errors import UserError
 from hybridiso.strategies.base import EnvContext
 from hybridiso.work import MainRepo, Tip, WorkReport, closure, describe_commits, newest_tips, plural, ref_label
 
@@ -104,6 +104,8 @@ def create(ctx: EnvContext) -> None:
         os.rename(gd, aside)
         output.warn(f"{ctx.name}: an earlier git dir of this agent was left at {aside}; it is kept there")
     commit = git.branch_commit(ctx.project.root, ctx.record.branch) or ctx.record.base_commit
+    if not commit:
+        raise UserError(f"agent {ctx.name}'s branch {ctx.record.branch} has no commit to start its own repository at")
     _init(gd, ctx.record.branch, commit, objects_dir(ctx))
     admin = git.worktree_admin_dir(ctx.project.repo.common_dir, ctx.path)
     index = safe_files.read_bytes(admin, "index", limit=1 << 30) if admin is not None else None

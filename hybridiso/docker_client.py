@@ -328,9 +328,10 @@ def pause(container_id: str) -> bool:
 def unpause(container_id: str) -> None:
     from docker.errors import APIError
 
+    failures: tuple[type[BaseException], ...] = (APIError, *_failures())
     try:
         client().api.unpause(container_id)
-    except (APIError, *_failures()):
+    except failures:
         pass  # gone, or Docker went away: nothing of ours stays frozen by it
 
 
