@@ -5,7 +5,8 @@ unprivileged uid (container_user.py), every capability dropped but what
 ``cap_add`` names, ``no-new-privileges``, Docker's default seccomp profile
 (never switched off), a pids limit (``resources.pids`` or ``DEFAULT_PIDS``),
 a read-only root file system with a tmpfs ``/tmp`` when ``read_only: true``,
-and no Docker socket (nothing but the worktree and the git dir is mounted).
+and no Docker socket (nothing but the worktree, the agent's own git dir and the
+repository's objects, read-only, are mounted: container_git.py).
 A network-isolated agent's network has a bridge named for its firewall rules
 (netguard.py), or the weaker mode its manifest chose.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from hybridiso import container_user, docker_client, git, lifecycle, netguard
+from hybridiso import container_git, container_user, docker_client, git, lifecycle, netguard
 from hybridiso.container_spec import SERVICE_IMAGES, ContainerSpec, Healthcheck, Mount, PortMapping, ServiceSpec
 from hybridiso.render import expand_vars
 from hybridiso.strategies.base import EnvContext
@@ -141,11 +142,14 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         healthcheck = Healthcheck(
             tuple(expand_vars(part, env) for part in test), hc.interval, hc.timeout, hc.retries, hc.start_period
         )
-    common = str(project.repo.common_dir)
-    mounts = [Mount(str(ctx.path), str(ctx.path))]
-    if not str(ctx.path).startswith(common + os.sep):
-        # the worktree's .git file points into the common git dir by absolute path
-        mounts.append(Mount(common, common))
+    # the worktree, its own git dir, the repository's objects to read, and a
+    # .git that names its own git dir: never the common dir (container_git.py)
+    mounts = [
+        Mount(str(ctx.path), str(ctx.path)),
+        Mount(str(container_git.objects_dir(ctx)), str(container_git.objects_dir(ctx)), read_only=True),
+        Mount(str(container_git.agent_git_dir(ctx)), str(container_git.agent_git_dir(ctx))),
+        Mount(str(container_git.dotgit_file(ctx)), str(ctx.path / ".git"), read_only=True),
+    ]
     mode = network_mode(ctx)
     resources = agent.resources
     extra_hosts: tuple[str, ...] = ()

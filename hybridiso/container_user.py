@@ -11,27 +11,20 @@ Never root (issue 12, part 3):
   agents share (``project_gid``).
 
 When the container's uid is not the uid that made the files (the root
-case), ``hand_over`` lets it write what an agent works on, and nothing else:
+case), ``hand_over`` lets it write its worktree, and nothing else: the
+worktree's contents become the agent's (``lchown``), with a default ACL
+giving it ``rwx`` on every directory, so what the host writes there later
+(includes, the env file's read entry) stays writable for it; the
+worktree's top directory and its ``.git`` file stay root's, and the top
+directory gets the sticky bit: git on the host checks that both are its own
+("dubious ownership").  Inside the container ``.git`` is a read-only mount
+naming the agent's own git dir (container_git.py), which becomes the uid's
+whole; the common git dir is not mounted at all, so nothing of it is
+granted.
 
-- the worktree's contents become the agent's (``lchown``), with a default
-  ACL giving it ``rwx`` on every directory, so what the host writes there
-  later (``sync``, includes) stays writable for it; the worktree's top
-  directory and its ``.git`` file stay root's, and the top directory gets
-  the sticky bit: git on the host checks that both are its own ("dubious
-  ownership"), and the agent can neither rewrite ``.git`` nor swap it;
-- in the common git dir (still mounted whole: the narrower mount is issue 12
-  part 1), an ACL entry on ``objects/`` and its fan-out directories (sticky,
-  so no object another uid wrote can be replaced) and on the directories of
-  its branch's ref and reflog for the group all the repository's agents
-  share (``project_gid``: one entry however many agents), and entries for
-  the uid on the agent's own ``worktrees/<id>/`` (its ``gitdir`` and
-  ``commondir``, which tell the host's git where to look, stay root's,
-  sticky) and its branch's reflog.  Config, hooks, ``info/``,
-  the state dir, ``refs/`` itself (``refs/replace``!) and every other
-  worktree's metadata get nothing: the uid cannot write them.
-
-``take_back`` removes the ACL entries again at ``down``, the group's with
-the repository's last agent (``fix_ownership`` gives the files back).  ACLs
+``take_back`` removes the ACL entries an older hybridiso made in the common
+git dir (objects, its branch's directory and reflog) at ``down`` or the
+first ``up`` after upgrading (``fix_ownership`` gives the files back).  ACLs
 are set through the ``system.posix_acl_*`` extended attributes (no
 ``setfacl`` needed); a file system without POSIX ACLs is a clear error.
 """
@@ -271,18 +264,10 @@ def _at(anchor: Path, rel: str | Path, *, directory: bool = True) -> int | None:
 
 # --- handing a new environment over ---------------------------------------------------------
 
-
-def _worktree_gitdir(ctx: EnvContext) -> Path | None:
-    """The agent's ``worktrees/<id>/`` in the common dir, from its ``.git``
-    file (read without following a symlink), if it is one of ours."""
-    text = safe_files.read_text(ctx.path, ".git") or ""
-    if not text.startswith("gitdir: "):
-        return None
-    gitdir = Path(text[len("gitdir: "):].strip())
-    worktrees = ctx.project.repo.common_dir / "worktrees"
-    if gitdir.parent != worktrees or not safe_files.is_plain_dir(gitdir):
-        return None
-    return gitdir
+# what ``container_grants`` records once the worktree and the agent's own git
+# dir are its uid's (older records list the ACL entries an older hybridiso
+# made in the common dir: ``take_back`` removes those)
+HANDED_OVER = "worktree"
 
 
 def _hand_over_tree(top: int, uid: int, gid: int, keep: set[str], shown: Path) -> None:
@@ -317,102 +302,18 @@ def _give(dfd: int, uid: int, gid: int, keep: set[str], depth: int, shown: Path)
             os.close(sub)
 
 
-def _git_dirs(ctx: EnvContext) -> list[tuple[str, bool]]:
-    """The directories of the common dir the agent's git writes to commit
-    on its branch: (path relative to the common dir, whether new entries
-    there inherit the grant).  Never ``refs/`` itself: whoever may add
-    entries there can make ``refs/replace/`` (objects the host's git would
-    then see replaced), or ``refs/remotes/`` and ``refs/hybridiso/`` before
-    the host does, and own what the host writes into them later.  So
-    ``git stash`` (``refs/stash``) and tags fail inside, and a reftable
-    repository (all refs in one table set) gets no ref access at all: issue
-    12 part 1 decides what of the git dir a container sees."""
-    if safe_files.is_plain_dir(ctx.project.repo.common_dir / "reftable"):
-        return []
-    branch = Path("refs/heads", ctx.record.branch)
-    return [(str(branch.parent), True), (str(Path("logs") / branch.parent), True)]
-
-
-def _reflogs(ctx: EnvContext) -> list[str]:
-    if safe_files.is_plain_dir(ctx.project.repo.common_dir / "reftable"):
-        return []
-    return [str(Path("logs/refs/heads", ctx.record.branch))]
-
-
 def hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
-    """Let the agent's uid write its worktree and run git on its branch
-    (see the module's docstring); record what was granted."""
+    """Let the agent's uid write its worktree (see the module's docstring);
+    its own git dir is container_git.hand_over's.  Nothing of the common git
+    dir: the container never sees it."""
     if not needs_grants(uid):
         return
-    common = ctx.project.repo.common_dir
     top = os.open(ctx.path, _DIR)
     try:
         _hand_over_tree(top, uid, gid, {".git"}, ctx.path)
     finally:
         os.close(top)
-    gitdir = _worktree_gitdir(ctx)
-    with _acl_lock:
-        grants: list[str] = []
-        if gitdir is not None:
-            fd = _at(common, gitdir.relative_to(common))
-            if fd is not None:
-                try:
-                    _hand_over_tree(fd, uid, gid, {"gitdir", "commondir"}, gitdir)
-                finally:
-                    os.close(fd)
-        # shared by every agent of the repository: one entry for their group
-        objects = _at(common, "objects")
-        if objects is not None:
-            try:
-                if not _granted(objects, gid):  # a sibling agent did it already
-                    _grant_objects(objects, gid, common)
-                grants.append("objects")
-            finally:
-                os.close(objects)
-        for rel, inherit in _git_dirs(ctx):
-            safe_files.ensure_dir(common, rel, mode=0o755)
-            fd = _at(common, rel)
-            if fd is None:
-                continue
-            try:
-                grant_fd(fd, gid, _RWX, default=inherit, shown=common / rel, group=True)
-            finally:
-                os.close(fd)
-            grants.append(rel)
-        for log in _reflogs(ctx):
-            fd = _at(common, log, directory=False)
-            if fd is None:
-                continue
-            try:
-                grant_fd(fd, uid, _RW, shown=common / log)
-            finally:
-                os.close(fd)
-            grants.append(log)
-        ctx.record.container_grants = sorted(set(ctx.record.container_grants) | set(grants))
-
-
-def _granted(objects: int, gid: int) -> bool:
-    """The agents' group has its entry on ``objects/`` (and so, by the
-    default ACL, on every fan-out directory made since)."""
-    try:
-        return (_GROUP, _RWX, gid) in _decode(os.getxattr(objects, ACL_DEFAULT))
-    except OSError:
-        return False
-
-
-def _grant_objects(objects: int, gid: int, common: Path) -> None:
-    for name in sorted(n for n in os.listdir(objects) if len(n) == 2):
-        fd = _open_at(objects, name, directory=True)
-        if fd is None:
-            continue
-        try:
-            grant_fd(fd, gid, _RWX, default=True, shown=common / "objects" / name, group=True)
-            _sticky(fd)  # an object another uid wrote cannot be replaced
-        finally:
-            os.close(fd)
-    # last: its entry says the fan-out directories have theirs (_granted)
-    grant_fd(objects, gid, _RWX, default=True, shown=common / "objects", group=True)
-    _sticky(objects)
+    ctx.record.container_grants = [HANDED_OVER]
 
 
 def refresh(ctx: EnvContext, uid: int, gid: int, files: Iterable[str]) -> None:
@@ -441,25 +342,27 @@ def refresh(ctx: EnvContext, uid: int, gid: int, files: Iterable[str]) -> None:
 
 
 def take_back(ctx: EnvContext) -> None:
-    """Remove the agent's ACL entries from the common git dir (``down``), and
-    its group's once no other agent of the repository has that group."""
+    """Remove the ACL entries an older hybridiso gave the agent's uid (and
+    its group, with the repository's last such agent) in the common git dir,
+    as its record lists them (``down``, and the first ``up`` of this version)."""
     user = parse_user(ctx.record.container_user)
-    if user is None or not needs_grants(user[0]):
+    legacy = [g for g in ctx.record.container_grants if g != HANDED_OVER]
+    if user is None or not needs_grants(user[0]) or not legacy:
         return
     uid, gid = user
     common = ctx.project.repo.common_dir
-    # the repository's other container agents (gc saves records only at the
-    # end: one whose environment is already gone does not count)
-    others = [r for r in ctx.project.store.load().agents.values() if r.name != ctx.name and r.strategy == "container" and Path(r.path).exists()]
+    others = [
+        r for r in ctx.project.store.load().agents.values()
+        if r.name != ctx.name and r.strategy == "container" and Path(r.path).exists() and any(g != HANDED_OVER for g in r.container_grants)
+    ]
     group_left = not any((parse_user(r.container_user) or (0, 0))[1] == gid for r in others)
     with _acl_lock:
-        for rel in _reflogs(ctx):
-            _revoke_at(common, rel, uid, group=False)
-        if group_left:
-            # what the record says, and what hand_over grants (a rebuilt record knows nothing)
-            for rel in sorted({*ctx.record.container_grants, "objects", *(d for d, _ in _git_dirs(ctx))} - set(_reflogs(ctx))):
+        for rel in legacy:
+            if rel.startswith("logs/refs/heads/") and _at(common, rel, directory=False) is not None:
+                _revoke_at(common, rel, uid, group=False)  # its branch's reflog: the uid's own entry
+            elif group_left:
                 _revoke_at(common, rel, gid, group=True)
-        ctx.record.container_grants = []
+        ctx.record.container_grants = [g for g in ctx.record.container_grants if g == HANDED_OVER]
 
 
 def _revoke_at(common: Path, rel: str, ident: int, *, group: bool) -> None:

@@ -311,6 +311,30 @@ def exec_in(container_id: str, argv: list[str], *, user: str | None = None, work
     return int(result.exit_code if result.exit_code is not None else -1), out
 
 
+def pause(container_id: str) -> bool:
+    """Freeze every process of a running container (the cgroup freezer);
+    False when Docker would not (it stopped meanwhile, it is paused already)."""
+    from docker.errors import APIError
+
+    try:
+        client().api.pause(container_id)
+    except APIError:
+        return False
+    except _failures() as e:
+        raise UserError(f"Docker failed to pause a container: {_short(e)}") from None
+    return True
+
+
+def unpause(container_id: str) -> None:
+    from docker.errors import APIError
+
+    failures: tuple[type[BaseException], ...] = (APIError, *_failures())
+    try:
+        client().api.unpause(container_id)
+    except failures:
+        pass  # gone, or Docker went away: nothing of ours stays frozen by it
+
+
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_ONEOFF = "com.docker.compose.oneoff"

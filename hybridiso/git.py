@@ -43,11 +43,46 @@ class StaleLock(UserError):
     pass
 
 
+# --- work trees a container wrote ------------------------------------------------
+#
+# A container agent's files are written by code the user does not trust.  The
+# host's git still reads them (status, inventory, snapshots, sync), so every
+# git call whose directory is such a work tree runs with what a work tree can
+# make git execute switched off: no fsmonitor (a command from config), no
+# hooks, no recursion into submodules (a nested repository the agent made has
+# a config of its own).  The config of that work tree's repository is the
+# host's (the agent never sees it: strategies/container.py), so this is
+# defence in depth for the work tree itself.  It is decided here, in the one
+# function that runs git, by the directory a call runs in: no call site can
+# forget it.  ``distrust`` registers a work tree (the container strategy,
+# for every environment whose record says it is a container's).
+
+UNTRUSTED_CONFIG = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null", "-c", "submodule.recurse=false")
+_distrusted: set[str] = set()
+_distrust_lock = threading.Lock()
+
+
+def distrust(path: Path | str) -> None:
+    """Every later git call in ``path`` (or below it) runs with
+    ``UNTRUSTED_CONFIG``, and ``status_porcelain`` there ignores submodules."""
+    with _distrust_lock:
+        _distrusted.add(os.path.normpath(os.fspath(path)))
+
+
+def distrusted(cwd: Path | str) -> bool:
+    here = os.path.normpath(os.fspath(cwd))
+    with _distrust_lock:
+        if not _distrusted:
+            return False
+        return any(here == d or here.startswith(d + os.sep) for d in _distrusted)
+
+
 def _execute(cwd: Path | str, args: Sequence[str], env: dict[str, str] | None = None, input: str | None = None) -> Result:
     base = process.no_git_env()
     if env:
         base.update(env)
-    return process.run(["git", *args], cwd=cwd, env=base, check=False, input=input)
+    prefix = UNTRUSTED_CONFIG if distrusted(cwd) else ()
+    return process.run(["git", *prefix, *args], cwd=cwd, env=base, check=False, input=input)
 
 
 def run(cwd: Path | str, *args: str, check: bool = True) -> Result:
@@ -432,6 +467,8 @@ def update_ref(cwd: Path, ref: str, commit: str) -> None:
 def status_porcelain(path: Path, *, ignored: bool = False) -> list[tuple[str, str]]:
     """(two-letter code, path) for each changed, untracked (and ignored) file."""
     args = ["status", "--porcelain=v1", "-z", "--untracked-files=all"]
+    if distrusted(path):
+        args.append("--ignore-submodules=all")  # never enter a repository the agent made
     if ignored:
         args.append("--ignored=matching")
     text = run(path, *args).stdout
@@ -1388,3 +1425,40 @@ def create_refs(cwd: Path, creates: dict[str, str], deletes: dict[str, str] | No
         # git's last line says only "remove the file manually": name the file
         return f"{lock.group('path')} exists (another git running, or one killed): if no git is running, remove it"
     return text[-1].removeprefix("fatal: ") if text else f"git update-ref exit {r.returncode}"
+
+
+# --- a container agent's own repository (strategies/container.py, container_git.py) -----
+
+
+def fetch_from_shadow(root: Path, shadow: Path, prefix: str) -> None:
+    """Every ref of ``shadow`` (a repository hybridiso wrote: its own config,
+    refs it read as data, objects through alternates it checked) into
+    ``prefix`` of the repository at ``root``; refs gone there are pruned.
+    Objects are checked (``fetch.fsckObjects``) as they come in."""
+    run(
+        root, *UNTRUSTED_CONFIG, "-c", "fetch.fsckObjects=true", "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+        "fetch", "-q", "--prune", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+        str(shadow), f"+refs/*:{prefix}*",
+    )
+
+
+def move_ref(cwd: Path, ref: str, new: str, old: str | None, message: str) -> bool:
+    """``ref`` from ``old`` (None: whatever it is) to ``new``; False when it
+    was not at ``old`` any more (someone else moved it)."""
+    args = ["update-ref", "-m", message, ref, new] + ([old] if old else [])
+    if _execute(cwd, args).returncode != 0:
+        return False
+    _forget_worktrees()  # a branch a worktree has checked out moved: its listed HEAD did
+    return True
+
+
+def reset_index(path: Path) -> None:
+    """The index of the work tree ``path`` made HEAD's again, files untouched
+    (``git reset -q``, mixed): what differs shows as unstaged."""
+    run(path, "reset", "-q", "--no-refresh")
+
+
+def delete_refs_under(cwd: Path, prefix: str) -> None:
+    refs = list_refs(cwd, prefix)
+    if refs:
+        create_refs(cwd, {}, {r.name: r.oid for r in refs})

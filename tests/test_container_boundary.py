@@ -152,9 +152,11 @@ def test_an_isolated_agent_reaches_no_host_address_and_its_port_still_answers(tm
             assert refused(connect(repo, "iso", gateway(iso), 22))
             # no Docker socket: not mounted, and nothing else of the host is
             assert "No such file" in sh(repo, "iso", "ls /var/run/docker.sock /run/docker.sock")
-            mounts = {(m["Source"], m["Destination"]) for m in inspect(iso)["Mounts"]}
-            common = str(repo / ".git")
-            assert mounts == {(str(tmp_path / "r.agents" / "iso"), str(tmp_path / "r.agents" / "iso")), (common, common)}
+            mounts = {(m["Source"], m["Destination"], m["RW"]) for m in inspect(iso)["Mounts"]}
+            env, objects, own = tmp_path / "r.agents" / "iso", repo / ".git" / "objects", repo / ".git" / "hybridiso" / "containers" / "iso"
+            # its worktree, its own git dir, the repository's objects read-only, its .git read-only: never the common dir
+            assert mounts == {(str(env), str(env), True), (str(own / "git"), str(own / "git"), True),
+                              (str(objects), str(objects), False), (str(own / "dotgit"), str(env / ".git"), False)}
             # what isolation must not break: the published port answers on 127.0.0.1
             port = status_json(repo)["iso"]["ports"]["web"]
             assert get(f"http://127.0.0.1:{port}/index.html") == "hello\n"
@@ -380,8 +382,8 @@ def test_least_privilege_inside(tmp_path: Path, busybox_image: str) -> None:
 def test_git_works_and_the_agents_uid_cannot_touch_what_the_host_reads(tmp_path: Path, git_image: str) -> None:
     """The user story: an untrusted-code agent runs a script that tries each
     escape; each is refused, the host is unchanged, and its own commit (and
-    rebase) lands on its branch.  (Moving another agent's branch in the same
-    refs/heads/ directory is issue 12 part 1, the git mount, not the uid.)"""
+    rebase) lands on its branch.  (What it does with refs in its own git dir
+    is tests/test_container_git.py's.)"""
     repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
     write_manifest(
         repo,
@@ -403,13 +405,10 @@ agents:
         try:
             hybridiso(repo, "up")
             gw = gateway(container("dev"))
-            # the agents share one group, and the shared git dir carries one
-            # entry for it, however many agents there are
-            gids = {state(repo)["agents"][a]["container_user"].split(":")[1] for a in ("dev", "other")}
-            assert len(gids) == 1
-            acl = os.getxattr(common / "objects", "system.posix_acl_default")
-            named = [(int.from_bytes(acl[o:o + 2], "little"), int.from_bytes(acl[o + 4:o + 8], "little")) for o in range(4, len(acl), 8)]
-            assert [(tag, ident) for tag, ident in named if tag in (0x02, 0x08)] == [(0x08, int(gids.pop()))]
+            # the container never sees the common git dir, so nothing of it is
+            # granted to the agents' uids: no ACL entry on objects/
+            with pytest.raises(OSError):
+                os.getxattr(common / "objects", "system.posix_acl_default")
             watched = {p: p.read_bytes() for p in [common / "config", common / "hybridiso" / "state.json", common / "HEAD", common / "packed-refs"] if p.exists()}
             hooks = sorted(os.listdir(common / "hooks"))
             env = tmp_path / "r.agents" / "dev"
@@ -422,12 +421,12 @@ agents:
 try() {{ name=$1; shift; if ( "$@" ) >/dev/null 2>&1; then echo "ESCAPED $name"; else echo "refused $name"; fi; }}
 try host-gateway timeout 4 bash -c 'exec 3<>/dev/tcp/{gw}/{listener.port}'
 try host-docker0 timeout 4 bash -c 'exec 3<>/dev/tcp/172.17.0.1/{listener.port}'
-try git-config git config core.fsmonitor 'touch /tmp/PWNED'
+try git-config git config --file {common}/config core.fsmonitor 'touch /tmp/PWNED'
 try git-config-file sh -c 'echo "[core] fsmonitor = touch /tmp/PWNED" >> {common}/config'
 try hook sh -c 'printf "#!/bin/sh\\ntouch /tmp/PWNED\\n" > {common}/hooks/post-commit && chmod +x {common}/hooks/post-commit'
-try hooks-path git config core.hooksPath /tmp
+try hooks-path git config --file {common}/config core.hooksPath /tmp
 try state-file sh -c 'echo {{}} > {common}/hybridiso/state.json'
-try state-dir ls {common}/hybridiso
+try state-dir cat {common}/hybridiso/state.json
 try gitfile-write sh -c 'echo "gitdir: {common}" > .git'
 try gitfile-replace sh -c 'rm -f .git'
 try commondir sh -c 'echo /tmp > {common}/worktrees/{wt_id}/commondir'
@@ -438,11 +437,9 @@ try info-exclude sh -c 'echo x >> {common}/info/exclude'
 try refs-rename mv {common}/refs/heads {common}/refs/elsewhere
 try reflogs-rename mv {common}/logs/refs/heads {common}/logs/refs/elsewhere
 try objects-dir-rename mv {some_object.parent} {common}/objects/elsewhere
-try main-branch git update-ref refs/heads/main HEAD~0
-try replace-ref git update-ref refs/replace/$(git rev-parse main) HEAD
+try objects-write touch {some_object.parent}/planted
 try remotes-first mkdir {common}/refs/remotes
 try backups-first mkdir {common}/refs/hybridiso
-try tag git tag planted
 try become-root sh -c 'chown 0 a.txt'
 echo x > b.txt && git add b.txt && git commit -qm "agent work" && echo committed
 git log -1 --format=%s
@@ -453,8 +450,7 @@ git log -1 --format=%s
             assert not [line for line in lines if line.startswith("ESCAPED")], report
             names = ["host-gateway", "host-docker0", "git-config", "git-config-file", "hook", "hooks-path", "state-file", "state-dir",
                      "gitfile-write", "gitfile-replace", "commondir", "commondir-replace", "other-agent", "object-replace", "info-exclude",
-                     "refs-rename", "reflogs-rename", "objects-dir-rename", "main-branch", "replace-ref", "remotes-first", "backups-first", "tag",
-                     "become-root"]
+                     "refs-rename", "reflogs-rename", "objects-dir-rename", "objects-write", "remotes-first", "backups-first", "become-root"]
             assert [line.split()[1] for line in lines if line.startswith("refused")] == names
             assert "committed" in lines
             # the host is unchanged ...
@@ -469,7 +465,8 @@ git log -1 --format=%s
             (repo / "base.txt").write_text("base\n")
             git(repo, "add", "base.txt")
             git(repo, "commit", "-qm", "base moved")
-            out = hybridiso(repo, "exec", "dev", "--", "sh", "-c", "git rebase -q main && git log --format=%s -2").stdout.split("\n")
+            hybridiso(repo, "up")  # shows the agent the moved base, as host/main
+            out = hybridiso(repo, "exec", "dev", "--", "sh", "-c", "git rebase -q host/main && git log --format=%s -2").stdout.split("\n")
             assert out[:2] == ["agent work", "base moved"]
             # the host's git still works on the environment (it owns the top and .git)
             assert status_json(repo)["dev"]["ahead"] == 1

@@ -41,7 +41,7 @@ from hybridiso.project import Project
 from hybridiso.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_READY
 from hybridiso.strategies.base import EnvContext
-from hybridiso.strategies import clone
+from hybridiso.strategies import clone, container
 from hybridiso.strategies.clone import BASE_REMOTE
 
 HELP = "fetch once, then rebase each clean environment onto the updated base"
@@ -266,7 +266,12 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         o.result, o.detail = "merged", v.describe() + "; `hybridiso gc --yes` removes it"
         return
     else:
-        r = git.rebase(ctx.path, base_commit, old)
+        if record.strategy == "container":
+            # in its own repository, by its own git, as its uid: the host never
+            # runs git there, nor anything of the agent's (docs/containers.md)
+            r = container.rebase_inside(ctx, base_commit, old)
+        else:
+            r = git.rebase(ctx.path, base_commit, old)
         if not r.ok:
             o.result = "conflict" if r.conflicts else "failed"
             o.detail = (f"rebase aborted, nothing changed; conflicts in {', '.join(r.conflicts)}" if r.conflicts else r.error)

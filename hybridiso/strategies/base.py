@@ -32,6 +32,13 @@ class EnvContext:
     # (a setup's process group, FAULTS #38)
     persist: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.record.strategy == "container" and self.record.path.startswith("/"):
+            # a container wrote its files: the host's git never runs what they say (git.distrust)
+            from hybridiso import git
+
+            git.distrust(self.record.path)
+
     @property
     def path(self) -> Path:
         return Path(self.record.path)

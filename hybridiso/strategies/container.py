@@ -1,8 +1,10 @@
 """``container``: the agent's worktree bind-mounted into a Docker container.
 
-The worktree and the repository's common git dir are mounted at their host
-paths, so the ``.git`` file of the linked worktree (an absolute path) resolves
-inside the container and ``git status``/``git commit`` work there.  The
+The worktree is mounted at its host path with a git dir of the agent's own
+(container_git.py): the repository's objects read-only, never its common git
+dir, so ``git status``/``commit``/``stash``/``rebase`` work inside and nothing
+the host's git reads (config, hooks, refs, the state dir) is in reach; what
+the agent commits is collected into the agent branch by the host.  The
 container runs as an unprivileged uid (container_user.py) with every
 capability dropped, ``no-new-privileges``, a pids limit, its own network
 (firewalled by netguard.py when the agent needs network isolation), limits
@@ -23,11 +25,11 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridiso import compose_cli, container_user, docker_client, engine_apply, netguard, output, port_holders
+from hybridiso import compose_cli, container_git, container_user, docker_client, engine_apply, git, netguard, output, port_holders
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Command
@@ -92,11 +94,44 @@ def create(ctx: EnvContext) -> None:
         from hybridiso.container_build import agent_user
 
         t = time.monotonic()
-        container_user.hand_over(ctx, *agent_user(ctx))
+        container_git.create(ctx)  # before anything of the agent runs
+        _hand_over(ctx, *agent_user(ctx))
         ctx.record.timings["handover"] = round(time.monotonic() - t, 3)
     except BaseException:
         _await_network(ctx, wait_only=True)  # a rollback must not race it
         raise
+
+
+def _hand_over(ctx: EnvContext, uid: int, gid: int) -> None:
+    """The worktree and the agent's own git dir become what its uid writes
+    (root only; otherwise the container runs as the user who made them)."""
+    if not container_user.needs_grants(uid):
+        return
+    container_user.hand_over(ctx, uid, gid)
+    container_git.hand_over(ctx, uid, gid)
+
+
+@contextlib.contextmanager
+def frozen(ctx: EnvContext) -> Iterator[None]:
+    """Every running container of the agent that mounts its git dir (its
+    own, a setup's) paused while the host reads that git dir, so nothing
+    the host checked there changes before git has read it."""
+    paused: list[str] = []
+    if docker_client.reachable()[0]:
+        for info in docker_client.containers(agent_labels(ctx)):
+            if info.role in ("agent", "setup") and info.status == "running" and docker_client.pause(info.id):
+                paused.append(info.id)
+    try:
+        yield
+    finally:
+        for cid in paused:
+            docker_client.unpause(cid)
+
+
+def collect(ctx: EnvContext) -> bool:
+    """What the agent did in its own repository, brought into the main one
+    (container_git.collect); True when its branch moved."""
+    return container_git.collect(ctx, lambda: frozen(ctx))
 
 
 def _refuse_if_unguarded(ctx: EnvContext) -> str:
@@ -197,9 +232,17 @@ def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
     spec = build_spec(ctx)
     path = write_compose(spec, compose_file(ctx), ctx.project.store.anchor)
     uid, gid = container_user.parse_user(spec.user or "") or (os.getuid(), os.getgid())
+    if not container_git.exists(ctx):
+        # made by a hybridiso that mounted the common git dir: its commits are
+        # on its branch already; its container is recreated with the new mounts
+        container_git.create(ctx)
+        ctx.record.container_grants = [g for g in ctx.record.container_grants if g == container_user.HANDED_OVER]
+    if any(g != container_user.HANDED_OVER for g in ctx.record.container_grants):
+        container_user.take_back(ctx)  # an older hybridiso's ACL entries in the common dir: not needed any more
     if container_user.needs_grants(uid) and not ctx.record.container_grants:
         # made by a hybridiso that ran containers as root, or a record rebuilt from reality
-        container_user.hand_over(ctx, uid, gid)
+        _hand_over(ctx, uid, gid)
+    container_git.publish_base(ctx)
     container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.extra.get("included", [])])
     t = time.monotonic()
     if not _network_ready(ctx, path, mode):
@@ -393,8 +436,9 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
         )
     else:
         hint = (
-            f"the worktree ({ctx.path}) and the common git dir ({ctx.project.repo.common_dir}) must be mounted at "
-            f"their host paths, and the container's uid ({_exec_user(ctx)}) must be able to read them"
+            f"the worktree ({ctx.path}), the agent's own git dir ({container_git.agent_git_dir(ctx)}) and the repository's "
+            f"objects ({container_git.objects_dir(ctx)}) must be mounted at their host paths, and the container's uid "
+            f"({_exec_user(ctx)}) must be able to read them"
         )
     raise UserError(f"git inside agent {ctx.name}'s container cannot see the repository: {text.strip()[:400]}", hint=hint)
 
@@ -435,6 +479,7 @@ def remove(ctx: EnvContext) -> None:
         docker_client.remove_volumes(inherited)
         image = ctx.agent.image if ctx.agent is not None else ctx.record.extra.get("image")
         fix_ownership(ctx.path, image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
+        fix_ownership(container_git.area(ctx), image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
     elif ctx.path.exists():
         output.warn(f"{ctx.name}: Docker is not reachable; its containers (if any) are left for `hybridiso gc`")
     # its firewall rules go with its network (whatever the record says: a
@@ -447,6 +492,7 @@ def remove(ctx: EnvContext) -> None:
     agent_user(ctx)  # a record rebuilt from reality: the uid it was given
     container_user.take_back(ctx)
     worktree.remove(ctx)
+    container_git.remove(ctx)  # its work was judged (or saved) with the worktree's
     compose_file(ctx).unlink(missing_ok=True)
 
 
@@ -499,8 +545,10 @@ def fix_ownership(path: Path, *, image: str | None = None, labels: dict[str, str
 
 
 def observe(ctx: EnvContext) -> Observation:
-    base = worktree.observe(ctx)
     ok, _why = docker_client.reachable()
+    if ctx.path.is_dir():
+        collect(ctx)  # its branch as the agent left it (status, sync, gc)
+    base = worktree.observe(ctx)
     if not ok:
         return Observation(base.exists, base.registered, base.branch, base.head, "docker unreachable", base.problems)
     info = _agent_container(ctx)
@@ -558,7 +606,14 @@ def _firewall_table() -> netguard.Table:
 
 
 def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
-    return worktree.inventory(ctx, main)  # its files and branch are a worktree's
+    """A worktree's (its files, its branch), after what the agent did in its
+    own repository was collected; plus the refs it made there.  Submodules
+    are not entered: their git dirs are the agent's."""
+    collect(ctx)
+    main = MainRepo.load(main.root, main.common_dir)  # the collected refs
+    report = worktree.inventory(ctx, main, submodules=False)
+    container_git.add_work(ctx, main, report)
+    return report
 
 
 def exec_failure_code(ctx: EnvContext, program: str) -> int:
@@ -672,3 +727,33 @@ def _one_setup(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str], shown:
             f"setup command failed for agent {ctx.name} in its container ({what}): {shown}\n  last output:\n{shown_tail}",
             hint=f"full log: {log}; fix the command in hybridiso.yaml (or `setup_on: host` to run setup on the host) and run `hybridiso up` again",
         )
+
+
+# --- sync: the rebase runs inside (issue 12, part 1) ------------------------------------------
+
+
+def rebase_inside(ctx: EnvContext, onto: str, upstream: str | None) -> git.RebaseResult:
+    """``sync`` for a container agent: ``git rebase --onto ONTO UPSTREAM`` by
+    the agent's own git in its container, as its uid (the new base is in the
+    repository's objects, which it reads), then collected into the agent
+    branch.  The host never runs git in the agent's repository, nor writes
+    it: its config and hooks are the agent's.  A conflict is aborted there,
+    as on the host."""
+    info = _agent_container(ctx)
+    if info is None or info.status != "running":
+        return git.RebaseResult(False, error=f"its container is not running; `hybridiso up {ctx.name}` starts it, then sync again")
+    if ctx.record.extra.get("git_in_container") == "image has no git":
+        return git.RebaseResult(False, error="its image has no git, and the host never rebases in the agent's own repository")
+    user, where = _exec_user(ctx), str(ctx.path)
+    container_git.publish_base(ctx, onto)
+    argv = ["git", "-c", "core.editor=true", "rebase", "-q", "--no-autostash"]
+    argv += ["--onto", onto, upstream] if upstream is not None else [onto]
+    code, text = docker_client.exec_in(info.id, argv, user=user, workdir=where)
+    if code == 0:
+        collect(ctx)
+        return git.RebaseResult(True)
+    _, names = docker_client.exec_in(info.id, ["git", "diff", "--name-only", "--diff-filter=U", "-z"], user=user, workdir=where)
+    aborted, _ = docker_client.exec_in(info.id, ["git", "rebase", "--abort"], user=user, workdir=where)
+    conflicts = tuple(n for n in names.split("\0") if n.strip()) if aborted == 0 else ()
+    last = text.strip().splitlines()[-1] if text.strip() else f"exit {code}"
+    return git.RebaseResult(False, conflicts, last[:300])

@@ -91,7 +91,7 @@ def observe(ctx: EnvContext) -> Observation:
     return Observation(exists, wt is not None, wt.branch if wt else None, wt.head if wt else None, None, tuple(problems))
 
 
-def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
+def inventory(ctx: EnvContext, main: MainRepo, *, submodules: bool = True) -> WorkReport:
     """A worktree shares the repository's refs and objects: what it alone
     holds is its HEAD and HEAD reflog (in its admin dir
     ``worktrees/<id>``, deleted with it), its files and its submodules'
@@ -118,7 +118,7 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
     made_here = {e.commit for e in entries if e.subject.startswith("commit")}  # "commit:", "commit (amend):" ...
     report.kept += [f"tag {t} stays in the repository" for t in main.tags_at(made_here)]
     report.kept += _stash_made_here(ctx, main, {e.commit for e in entries}, head_ref)
-    if report.readable and path.is_dir():
+    if submodules and report.readable and path.is_dir():
         add_submodule_work(report, path)
     return report
 
