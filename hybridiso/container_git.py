@@ -51,6 +51,7 @@ _ENV_EXCLUDE = f"/{ENV_FILE}"  # as lifecycle.ENV_EXCLUDE (which imports the str
 AGENTS_PREFIX = "refs/hybridiso/agents/"
 MAX_REFS = 10_000
 MAX_STASH = 1_000
+MAX_LOGGED = 500  # reflog entries read per log: a detached HEAD's history, not all time
 _OID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _COMPONENT = re.compile(r"^[A-Za-z0-9_+@=,-][A-Za-z0-9._+@=,-]*$")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -219,6 +220,10 @@ class AgentRefs:
     head_ref: str | None = None
     head: str | None = None  # a detached HEAD's commit
     stash: list[str] = field(default_factory=list)  # newest first
+    # commits the agent's HEAD reflog reached (a detached HEAD it left), and
+    # those its branches' own reflogs held (history rewritten on purpose)
+    head_log: list[str] = field(default_factory=list)
+    branch_log: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # what was not read (and why)
 
     def packed(self) -> str:
@@ -226,6 +231,8 @@ class AgentRefs:
         its stash entries under ``stash/<n>``, a detached HEAD as ``head``."""
         lines = {f"refs/own/{name.removeprefix('refs/')}": oid for name, oid in self.refs.items() if name != "refs/stash"}
         lines.update({f"refs/stash/{i}": oid for i, oid in enumerate(self.stash)})
+        lines.update({f"refs/headlog/{i}": oid for i, oid in enumerate(self.head_log)})
+        lines.update({f"refs/branchlog/{i}": oid for i, oid in enumerate(self.branch_log)})
         if self.head:
             lines["refs/head"] = self.head
         return "".join(f"{oid} {name}\n" for name, oid in sorted(lines.items()))
@@ -283,7 +290,33 @@ def read_refs(gd: Path) -> AgentRefs:
     found.stash = [oid for oid in reversed(entries) if _OID.match(oid) and int(oid, 16) != 0][:MAX_STASH]
     if not found.stash and "refs/stash" in found.refs:
         found.stash = [found.refs["refs/stash"]]
+    found.head_log = _logged(gd, "logs/HEAD", found)
+    branches = sorted(n for n in found.refs if n.startswith("refs/heads/"))
+    seen: set[str] = set()
+    for name in branches:
+        for oid in _logged(gd, "logs/" + name, found):
+            if oid not in seen and len(found.branch_log) < MAX_LOGGED:
+                seen.add(oid)
+                found.branch_log.append(oid)
     return found
+
+
+def _logged(gd: Path, rel: str, found: AgentRefs) -> list[str]:
+    """Every commit a reflog of the agent's moved to (newest first, at most
+    ``MAX_LOGGED``), read as data like its refs."""
+    try:
+        log = safe_files.read_text(gd, rel) or ""
+    except safe_files.UnsafePath as e:
+        found.skipped.append(f"{rel}: {e.message}")
+        return []
+    oids: list[str] = []
+    for line in reversed(log.splitlines()):
+        fields = line.split(" ", 2)
+        if len(fields) == 3 and _OID.match(fields[1]) and int(fields[1], 16) != 0 and fields[1] not in oids:
+            oids.append(fields[1])
+            if len(oids) >= MAX_LOGGED:
+                break
+    return oids
 
 
 def _take(found: AgentRefs, name: str, oid: str) -> None:
@@ -455,6 +488,14 @@ def collect(ctx: EnvContext, freeze: Callable[[], contextlib.AbstractContextMana
         refs = read_refs(gd)  # what counts is what it holds while nothing of it runs
         fixed = check_objects(ctx)
         shadow = _write_shadow(ctx, refs)
+        logged = refs.head_log + refs.branch_log
+        if logged:
+            # a reflog may name commits the agent's git gc pruned: those are
+            # gone already, and would fail the whole fetch
+            present = git.existing_commits(shadow, logged)
+            refs.head_log = [c for c in refs.head_log if c in present]
+            refs.branch_log = [c for c in refs.branch_log if c in present]
+            safe_files.write_atomic(ctx.project.store.anchor, _rel(ctx, shadow) / "packed-refs", refs.packed())
         try:
             git.fetch_from_shadow(root, shadow, prefix)
         finally:
@@ -504,12 +545,22 @@ def add_work(ctx: EnvContext, main: MainRepo, report: WorkReport) -> None:
             report.stash.append(f"stash@{{{key.split('/')[1]}}} (in its container)")
             report.tips.append(Tip(key, entry.commit, None, "stash"))
     head = mine.get("head")
+    # history its branches rewrote on purpose (amend, rebase, reset) is not
+    # work, as for a worktree agent; what only its HEAD reflog reaches is
+    rewritten: set[str] = set()
+    for key in (k for k in mine if k.startswith("branchlog/")):
+        rewritten |= closure(graph, mine[key].commit)
+    reached: set[str] = set()
+    for key in (k for k in mine if k.startswith("headlog/")):
+        reached |= closure(graph, mine[key].commit)
     if head is not None and head.commit:
-        lost = closure(graph, head.commit) - covered
-        if lost:
-            report.detached += describe_commits(graph, lost)
-            for i, tip in enumerate(newest_tips(graph, lost)):
-                report.tips.append(Tip(f"detached/container-{i}", tip, None, "detached"))
+        reached |= closure(graph, head.commit)
+    lost = reached - covered - rewritten - closure(graph, main.branch(ctx.record.branch))
+    if lost:
+        report.detached += describe_commits(graph, lost)
+        for i, tip in enumerate(newest_tips(graph, lost)):
+            report.tips.append(Tip(f"detached/container-{i}", tip, None, "detached"))
+    if head is not None and head.commit:
         report.head.append("HEAD is detached in its container")
     elif (found := read_refs(agent_git_dir(ctx))).head_ref and found.head_ref != branch_ref:
         report.head.append(f"HEAD is on {ref_label(found.head_ref)} in its container, not on branch {ctx.record.branch}")

@@ -295,3 +295,41 @@ def test_sync_rebases_a_container_agent_inside_its_container(tmp_path: Path, git
         assert "rebase" not in hi(repo, "exec", "dev", "--", "git", "status").stdout.lower().split("\n")[0]
     finally:
         hi(repo, "down", "--force", ok=None)
+
+
+def test_commits_only_the_agents_head_reflog_reaches_are_work(tmp_path: Path, git_image: str, host_user: HostUser) -> None:
+    """A commit made inside on a detached HEAD, then left (the agent checked
+    its branch out again), is in no ref of its repository: only its HEAD
+    reflog reaches it.  down refuses over it, --force saves it, restore
+    brings it back; a commit its branch amended away is not work."""
+    repo = make_repo(host_user, host_user.base / "r", agent("dev", git_image))
+    hi = host_user.hi
+    try:
+        hi(repo, "up")
+        hi(repo, "exec", "dev", "--", "sh", "-c", """
+set -e
+echo one > one.txt && git add one.txt && git commit -qm draft
+echo one-fixed > one.txt && git add one.txt && git commit -q --amend -m final
+""")
+        # the branch's commit is work (down would delete the branch); the
+        # commit it amended away is history rewritten on purpose, not work
+        r = hi(repo, "down", ok=False)
+        assert r.returncode == 1 and "final" in r.stderr and "draft" not in r.stderr, r.stderr
+        hi(repo, "exec", "dev", "--", "sh", "-c", """
+set -e
+git checkout -q --detach
+echo lost > lost.txt && git add lost.txt && git commit -qm 'made on a detached HEAD'
+git checkout -q hybridiso/dev
+test ! -e lost.txt
+""")
+        r = hi(repo, "down", ok=False)
+        assert r.returncode == 1 and "no branch" in r.stderr and "made on a detached HEAD" in r.stderr, r.stderr
+        assert (host_user.base / "r.agents" / "dev").is_dir()
+        r = hi(repo, "down", "--force")
+        backup = next(line.split("hybridiso restore dev ")[1].split()[0] for line in r.stdout.splitlines() + r.stderr.splitlines() if "hybridiso restore dev " in line)
+        hi(repo, "restore", "dev", backup)
+        restored = [n for n in ref_map(host_user, repo) if n.startswith(f"refs/heads/restored/dev/{backup}/detached/")]
+        assert restored, ref_map(host_user, repo)
+        assert any(host_user.git(repo, "show", f"{n}:lost.txt") == "lost" for n in restored)
+    finally:
+        hi(repo, "down", "--force", ok=None)
