@@ -289,8 +289,11 @@ def test_sync_rebases_a_container_agent_inside_its_container(tmp_path: Path, git
         (repo / "a.txt").write_text("theirs\n")
         host_user.git(repo, "commit", "-qam", "base a")
         tip = host_user.git(repo, "rev-parse", "hybridiso/dev")
-        out = hi(repo, "sync", ok=False).stdout
+        r = hi(repo, "sync", ok=False)
+        out = r.stdout
         assert "conflict" in out and "a.txt" in out, out
+        # the way out is inside its container, onto the base as it sees it there
+        assert "`hybridiso exec dev -- git rebase host/main`" in r.stderr, r.stderr
         assert host_user.git(repo, "rev-parse", "hybridiso/dev") == tip
         assert "rebase" not in hi(repo, "exec", "dev", "--", "git", "status").stdout.lower().split("\n")[0]
     finally:

@@ -77,6 +77,7 @@ def test_rebase_clean_skip_dirty_abort_conflict(tmp_path: Path) -> None:
     # the table for people
     proc = hybridiso(repo, "sync", ok=False)
     assert "conflict" in proc.stdout and "up to date" in proc.stdout
+    assert "in clash's environment `git rebase main`, and resolve it by hand" in proc.stderr, proc.stderr
 
 
 def test_setup_reruns_only_where_a_lockfile_changed(tmp_path: Path) -> None:

@@ -118,12 +118,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"{len(bad)} of {len(outcomes)} agents could not be synced: "
             + "; ".join(f"{o.agent}: {o.detail}" for o in bad),
-            hint=(
-                f"for a conflict: in that environment `git rebase {project.manifest.base}` and resolve it by hand; "
-                "otherwise fix what is named, then `hybridiso sync` again"
-            ),
+            hint=_conflict_hint(project, [o for o in bad if o.result == "conflict"]),
         )
     return 0
+
+
+def _conflict_hint(project: Project, conflicts: list[Outcome]) -> str:
+    """How to resolve each conflict by hand: a container agent's branch is
+    rebased inside its container, onto the base as it sees it there."""
+    base = project.manifest.base
+    ways = [
+        f"`hybridiso exec {o.agent} -- git rebase host/{base}`" if o.strategy == "container" else f"in {o.agent}'s environment `git rebase {base}`"
+        for o in conflicts
+    ]
+    head = f"for a conflict: {'; '.join(ways)}, and resolve it by hand; " if ways else ""
+    return head + "otherwise fix what is named, then `hybridiso sync` again"
 
 
 def upstream_commit(project: Project) -> str | None:
