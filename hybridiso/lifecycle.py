@@ -126,6 +126,27 @@ def stop_setups(ctx: EnvContext) -> None:
     record.setup_processes = []
 
 
+def stop_execs(ctx: EnvContext, *, force: bool) -> None:
+    """A command ``hybridiso exec`` started in the environment still runs:
+    removing the directory under it would lose what it writes next.
+    Refused; ``--force`` stops it first (its whole tree, by its token)."""
+    group = process_groups.exec_group(ctx.project.id, ctx.name)
+    running = process_groups.exec_holders(group.token)
+    if not running:
+        return
+    if not force:
+        raise UserError(
+            f"agent {ctx.name}: a command `hybridiso exec` started still runs in {ctx.path}: {process_groups.listing(running)}; nothing was removed",
+            hint=f"wait for it to finish, or `hybridiso down --force {ctx.name}` stops it and saves the work first",
+        )
+    left = process_groups.stop([group])
+    if left:
+        raise UserError(
+            f"agent {ctx.name}: commands `hybridiso exec` started could not be stopped: {', '.join(left)}; nothing was removed",
+            hint="stop them yourself (kill -9 PID), then run the command again",
+        )
+
+
 def rollback(ctx: EnvContext, *, check_work: bool) -> None:
     """Undo a creation that never reached ``ready``: only what it made.
 
@@ -635,6 +656,7 @@ def remove(
         )
     # a killed run's setup would write on while (and after) we look (FAULTS #38)
     stop_setups(ctx)
+    stop_execs(ctx, force=force)
     report = inspect_work(ctx, main)
     losing = work_at_risk(ctx, keep_branch=keep_branch, report=report)
     backup: str | None = None

@@ -168,6 +168,40 @@ def stop(groups: Sequence[ProcessGroup], grace: float = 3.0) -> list[str]:
     return [describe(p) for procs in survivors(groups).values() for p in procs]
 
 
+def exec_token(project_id: str, agent: str) -> str:
+    """What ``hybridiso exec`` puts in its command's environment
+    (``TOKEN_VAR``): everything the command starts carries it, so ``down``
+    finds what still runs in the environment it would remove."""
+    return f"exec:{project_id}:{agent}"
+
+
+_exec_index: tuple[float, dict[str, list[Proc]]] | None = None
+EXEC_INDEX_SECONDS = 1.0
+
+
+def exec_holders(token: str) -> list[Proc]:
+    """The live processes carrying ``token``, from one pass over /proc that
+    a command removing many environments shares (for up to a second: a pass
+    reads every process's environment, ~10 ms per 100 processes)."""
+    global _exec_index
+    now = time.monotonic()
+    if _exec_index is None or now - _exec_index[0] > EXEC_INDEX_SECONDS:
+        index: dict[str, list[Proc]] = {}
+        for p in _processes():
+            for found in _tokens(p.pid):
+                if found.startswith("exec:"):
+                    index.setdefault(found, []).append(p)
+        _exec_index = (now, index)
+    return list(_exec_index[1].get(token, []))
+
+
+def exec_group(project_id: str, agent: str) -> ProcessGroup:
+    """The processes of every ``exec`` into ``agent``'s environment, as a
+    group ``survivors`` and ``stop`` know: matched by the token alone (no
+    process leads group 0)."""
+    return ProcessGroup(pgid=0, start=0, boot_id=boot_id(), token=exec_token(project_id, agent), command="hybridiso exec", started_at=0.0)
+
+
 def describe(proc: Proc) -> str:
     return f"pid {proc.pid} ({proc.name})"
 

@@ -230,3 +230,40 @@ def test_help_for_every_command(tmp_path: Path) -> None:
 def test_outside_a_repository_is_a_clear_error(tmp_path: Path) -> None:
     r = hybridiso(tmp_path, "status", ok=False)
     assert r.returncode == 1 and "not inside a git repository" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_down_never_removes_an_environment_an_exec_still_runs_in(tmp_path: Path) -> None:
+    """attack11 #11: `down` removed the directory under a running `exec`;
+    what the command wrote next was lost ("Directory nonexistent").  Now
+    down refuses naming it, and --force stops its whole tree first."""
+    import subprocess
+    import sys
+    import time
+
+    repo = make_repo(tmp_path / "repo")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    hybridiso(repo, "up")
+    env = tmp_path / "repo.agents" / "a"
+    started = env / "started"
+    # a tree: the shell starts a child that outlives it unless stopped
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridiso", "exec", "a", "--", "sh", "-c", "touch started; (sleep 30; echo late > late.txt) & wait"],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while not started.exists():
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        r = hybridiso(repo, "down", ok=False)
+        assert r.returncode == 1 and "`hybridiso exec` started still runs" in r.stderr and "pid " in r.stderr, r.stderr
+        assert env.is_dir()
+        r = hybridiso(repo, "down", "--force")
+        assert not env.exists()
+        proc.wait(timeout=30)  # exec returns once its command was stopped
+        out = subprocess.run(["pgrep", "-f", "sleep 30; echo late"], capture_output=True, text=True, check=False).stdout
+        assert out.strip() == "", f"a child of the exec survived: {out}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

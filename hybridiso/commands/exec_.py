@@ -5,7 +5,7 @@ import argparse
 import os
 import subprocess
 
-from hybridiso import lifecycle, output, strategies
+from hybridiso import lifecycle, output, process_groups, strategies
 from hybridiso.commands.common import check_names, context, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     env = lifecycle.environment_for(project, ctx.agent, ctx.record)
     argv, cwd = strategy.exec_argv(ctx, command, env)
     try:
-        code = subprocess.call(argv, cwd=cwd, env={**os.environ, **env})
+        # down finds (and with --force stops) what still runs in it
+        token = {process_groups.TOKEN_VAR: process_groups.exec_token(project.id, ctx.name)}
+        code = subprocess.call(argv, cwd=cwd, env={**os.environ, **env, **token})
     except FileNotFoundError:
         # the shell's codes: 127 not found, 126 cannot run
         output.message(f"hybridiso: error: command not found: {argv[0]}")
