@@ -647,7 +647,8 @@ def remove(
     once the work is checked (and saved), before anything is deleted: the
     caller records that a removal began (a retry then finishes it).
     ``main``: the repository's refs as read before (valid until a removal)."""
-    if not ctx.project.proves_made(ctx.path, ctx.record.strategy, ctx.record.phase):
+    # a removal this record began (and judged) may have taken the marks already
+    if not ctx.record.extra.get("removing") and not ctx.project.proves_made(ctx.path, ctx.record.strategy, ctx.record.phase):
         # a forged or stale record at somebody's directory: not even --force
         raise UserError(
             f"agent {ctx.name}: nothing shows hybridiso made {ctx.path} (no {envfile.ENV_FILE} of this project, "
