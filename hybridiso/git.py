@@ -1310,7 +1310,9 @@ def commits_not_in(cwd: Path, tips: Sequence[str], exclude: Sequence[str], *, gi
     if not tips:
         return {}
     prefix = [f"--git-dir={git_dir}"] if git_dir is not None else []
-    stdin = "\n".join([*dict.fromkeys(tips), "--not", *dict.fromkeys(exclude)]) + "\n"
+    # ``^ID`` lines, not ``--not``: git before 2.42 (Debian 12 has 2.39)
+    # dies on any option in --stdin mode
+    stdin = "\n".join([*dict.fromkeys(tips), *(f"^{e}" for e in dict.fromkeys(exclude))]) + "\n"
     r = _execute(cwd, [*prefix, "rev-list", "--ignore-missing", "--stdin", "--parents", "--format=%x00%s"], input=stdin)
     if r.returncode != 0:
         raise CommandError(r, os.fspath(cwd))
