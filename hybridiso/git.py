@@ -471,17 +471,7 @@ def status_porcelain(path: Path, *, ignored: bool = False) -> list[tuple[str, st
         args.append("--ignore-submodules=all")  # never enter a repository the agent made
     if ignored:
         args.append("--ignored=matching")
-    text = run(path, *args).stdout
-    entries: list[tuple[str, str]] = []
-    parts = iter(text.split("\0"))
-    for item in parts:
-        if not item:
-            continue
-        code, name = item[:2], item[3:]
-        if code[0] in "RC":
-            next(parts, None)  # the rename source follows
-        entries.append((code, name))
-    return entries
+    return _parse_status(run(path, *args).stdout)
 
 
 # what the environment's own config could use to hide a change from
@@ -554,7 +544,7 @@ def _parse_status(text: str) -> list[tuple[str, str]]:
             continue
         code, name = item[:2], item[3:]
         if code[0] in "RC":
-            next(parts, None)
+            next(parts, None)  # the rename source follows
         entries.append((code, name))
     return entries
 
