@@ -311,7 +311,7 @@ class Agent(_Model):
     @field_validator("egress")
     @classmethod
     def _egress(cls, v: list[str]) -> list[str]:
-        from hybridiso.netguard import parse_egress
+        from hybridiso.containers.netguard import parse_egress
 
         return [str(parse_egress(entry)) for entry in v]
 

@@ -97,7 +97,7 @@ class Project:
         (a hash of the repository's root path: the main worktree, or the bare
         dir), which the common dir fixes, so it is the same from every
         worktree, and running agents and their named volumes keep theirs."""
-        from hybridiso.container_spec import project_name as compose_name
+        from hybridiso.containers.spec import project_name as compose_name
 
         return compose_name(str(self.root), agent, self.name)
 

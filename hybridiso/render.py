@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from hybridiso.container_spec import AGENT_SERVICE, SERVICE_CAPABILITIES, SERVICE_PIDS, ContainerSpec
+from hybridiso.containers.spec import AGENT_SERVICE, SERVICE_CAPABILITIES, SERVICE_PIDS, ContainerSpec
 from hybridiso.resources import compose_dir, templates_dir
 from hybridiso.state import atomic_write_text
 

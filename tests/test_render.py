@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hybridiso import docker_client
-from hybridiso.engine_apply import unescape
-from hybridiso.container_spec import (
+from hybridiso.containers import docker_client
+from hybridiso.containers.engine_apply import unescape
+from hybridiso.containers.spec import (
     PROJECT_NAME_MAX,
     PROJECT_NAME_RE,
     SERVICE_IMAGES,

@@ -5,12 +5,13 @@ import argparse
 import os
 import subprocess
 
-from hybridiso import lifecycle, output, process_groups, strategies
+from hybridiso import output, process_groups, strategies
+from hybridiso.envs import lifecycle
 from hybridiso.commands.common import check_names, context, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.project import Project
-from hybridiso.reconcile import adopt_from_reality
+from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_READY, AgentRecord, lock_is_free
 
 HELP = "run a command in an agent's environment (its directory and env vars, or inside its container)"

@@ -6,7 +6,7 @@ import argparse
 from hybridiso import output, ports
 from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
 from hybridiso.errors import UserError
-from hybridiso.reconcile import adopt_from_reality
+from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import AgentRecord
 
 HELP = "write the compose file of each container agent without starting anything"

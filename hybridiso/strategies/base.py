@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from hybridiso.manifest import Agent, Command
 from hybridiso.project import Project
 from hybridiso.state import AgentRecord, ProcessGroup
-from hybridiso.work import MainRepo, WorkReport
+from hybridiso.work.inventory import MainRepo, WorkReport
 
 if TYPE_CHECKING:
     from hybridiso.setup_runner import LogFile
@@ -98,7 +98,7 @@ class Strategy(Protocol):
     def observe(self, ctx: EnvContext) -> Observation: ...
 
     def inventory(self, ctx: EnvContext, main: MainRepo) -> WorkReport:
-        """Everything git holds only in this environment (hybridiso/work.py):
+        """Everything git holds only in this environment (hybridiso/work/inventory.py):
         commits on its branch not in base, other refs, stash entries, HEAD
         reflog commits no ref holds, a HEAD on another branch, submodule
         work, and whether git can read it at all -- each piece that

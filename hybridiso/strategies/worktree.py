@@ -9,7 +9,7 @@ from pathlib import Path
 from hybridiso import cleanup, git
 from hybridiso.process import CommandError
 from hybridiso.strategies.base import EnvContext, Observation, host_setup
-from hybridiso.work import (
+from hybridiso.work.inventory import (
     MainRepo,
     SnapshotPlan,
     Tip,
