@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridiso.gc_rules import ORPHAN, ZOMBIE
+from hybridiso.gc.rules import ORPHAN, ZOMBIE
 from tests.support.cli import hybridiso, state, status_json, write_manifest
 from tests.support.gitrepo import commit_file, git, make_repo
 

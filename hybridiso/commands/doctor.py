@@ -14,7 +14,10 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 
-from hybridiso import costs, git, health, output, ports, programs
+from hybridiso import git, output, ports
+from hybridiso.report import costs
+from hybridiso.envs import health
+from hybridiso.envs import programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.manifest import ManifestError
@@ -217,7 +220,7 @@ def check_databases(project: Project, state: State) -> list[Check]:
     servers |= {db.server for r in state.agents.values() for db in r.databases.values()}
     if not servers:
         return []
-    from hybridiso import databases
+    from hybridiso.services import databases
 
     checks = []
     for server in sorted(servers):
@@ -236,7 +239,7 @@ def check_databases(project: Project, state: State) -> list[Check]:
     return checks
 def check_isolation(containers: list[AgentPlan]) -> list[Check]:
     """Network-isolated agents need the host's firewall (issue 12)."""
-    from hybridiso import netguard
+    from hybridiso.containers import netguard
 
     isolated = [p.agent for p in containers if p.agent.network_isolated]
     if not isolated:

@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import functools
 
-from hybridiso import lifecycle, output, ports
-from hybridiso.commands.common import add_json_flag, check_names, check_records, context, project_from_args
+from hybridiso import output, ports
+from hybridiso.envs import lifecycle
+from hybridiso.commands.common import add_json_flag, check_names, check_records, project_from_args
+from hybridiso.env_context import context
 from hybridiso.errors import UserError
 from hybridiso.project import Project
-from hybridiso.reconcile import adopt_from_reality
+from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import AgentRecord, State
-from hybridiso.work import MainRepo, WorkReport
+from hybridiso.work.inventory import MainRepo, WorkReport
 
 HELP = "remove agents' environments (refuses when work would be lost)"
 

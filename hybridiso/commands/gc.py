@@ -14,11 +14,11 @@ import argparse
 from hybridiso import cleanup, output
 from hybridiso.commands.common import add_json_flag, check_records, project_from_args
 from hybridiso.errors import UserError
-from hybridiso.gc_finders import BUILTIN_FINDERS
-from hybridiso.gc_leftovers import EARLY_FINDERS
-from hybridiso.gc_leftovers import FINDERS as LEFTOVER_FINDERS
-from hybridiso.gc_rules import Finding, summary
-from hybridiso.reconcile import adopt_from_reality
+from hybridiso.gc.finders import BUILTIN_FINDERS
+from hybridiso.gc.leftovers import EARLY_FINDERS
+from hybridiso.gc.leftovers import FINDERS as LEFTOVER_FINDERS
+from hybridiso.gc.rules import Finding, summary
+from hybridiso.envs.reconcile import adopt_from_reality
 
 HELP = "remove merged, deleted and orphaned environments (shows what it would do without --yes)"
 

@@ -6,11 +6,13 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-from hybridiso import costs, output, programs
+from hybridiso import output
+from hybridiso.report import costs
+from hybridiso.envs import programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
 from hybridiso.planner import AgentPlan
 from hybridiso.project import Project
-from hybridiso.reconcile import adopt_from_reality
+from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import AgentRecord
 
 HELP = "show the strategy each agent will get, the reason, and projected costs"
@@ -23,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def _boundary(project: Project, p: AgentPlan, record: AgentRecord | None) -> dict[str, object]:
     """What a container agent's container will get (issue 12: plan says it)."""
-    from hybridiso.container_build import planned_boundary
-    from hybridiso.strategies.base import EnvContext
+    from hybridiso.containers.build import planned_boundary
+    from hybridiso.env_context import EnvContext
 
     if record is None:  # not made yet: what up would give it now
         record = AgentRecord(name=p.agent.name, strategy=p.strategy, branch=p.branch, path=p.path, base=project.manifest.base)
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         boundary = r["boundary"]
         if isinstance(boundary, dict):
-            from hybridiso.container_build import describe_boundary
+            from hybridiso.containers.build import describe_boundary
 
             output.message(f"  {r['agent']} gets: {describe_boundary(boundary)}")
     for w in plan.warnings:

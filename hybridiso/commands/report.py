@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hybridiso import measure, output
+from hybridiso import output
+from hybridiso.report import measure
 from hybridiso.commands.common import check_records, int_in, project_from_args
 from hybridiso.errors import UserError
 from hybridiso.project import Project
-from hybridiso.reconcile import adopt_from_reality
+from hybridiso.envs.reconcile import adopt_from_reality
 
 HELP = "measure disk, fetch and startup cost of each strategy (live envs, or --compare N throwaway ones)"
 KNOWN = ("worktree", "clone", "container")
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridiso import report_format
+    from hybridiso.report import format as report_format
 
     # --compare measures any repository; it needs no hybridiso.yaml
     project = project_from_args(args, manifest_optional=args.compare is not None)
@@ -89,8 +90,8 @@ def _check_writable(path: Path) -> None:
 
 
 def _compare(project: Project, n: int, wanted: list[str], image: str | None) -> dict[str, Any]:
-    from hybridiso import report_data
-    from hybridiso.compare import compare
+    from hybridiso.report import data as report_data
+    from hybridiso.report.compare import compare
 
     if image is None:
         image = next((a.image for a in project.manifest.agents if a.image), None)
@@ -102,8 +103,9 @@ def _compare(project: Project, n: int, wanted: list[str], image: str | None) -> 
 
 
 def _live(project: Project) -> dict[str, Any]:
-    from hybridiso import report_data, strategies
-    from hybridiso.strategies.base import EnvContext
+    from hybridiso import strategies
+    from hybridiso.report import data as report_data
+    from hybridiso.env_context import EnvContext
 
     state = project.store.load()
     adopt_from_reality(project, state)

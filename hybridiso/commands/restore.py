@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from hybridiso import backups, output
+from hybridiso import output
+from hybridiso.work import backups
 from hybridiso.commands.common import add_json_flag, project_from_args
 from hybridiso.errors import UserError
 

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from hybridiso import git, output, strategies
-from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
-from hybridiso.measure import du_bytes
+from hybridiso.commands.common import add_json_flag, check_names, project_from_args
+from hybridiso.env_context import context
+from hybridiso.report.measure import du_bytes
 from hybridiso.envfile import ENV_FILE
-from hybridiso.health import repo_problems
-from hybridiso.lifecycle import log_path
+from hybridiso.envs.health import repo_problems
+from hybridiso.envs.lifecycle import log_path
 from hybridiso.project import Project
-from hybridiso.reconcile import adopt_from_reality
+from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.state import PHASE_READY, AgentRecord, SetAside, State, lock_holder
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     output.print_table(table, ["AGENT", "STRATEGY", "STATE", "BRANCH", "AHEAD/BEHIND", "DIRTY", "PORTS", "DISK", "PATH"])
     for r in rows:
         if r.boundary is not None:
-            from hybridiso.container_build import describe_boundary
+            from hybridiso.containers.build import describe_boundary
 
             output.message(f"  {r.agent} gets: {describe_boundary(r.boundary)}")
         for p in r.problems:

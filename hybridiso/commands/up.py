@@ -16,16 +16,19 @@ from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from hybridiso import branches, git, lifecycle, output, ports, ready_marker, safe_files, strategies
-from hybridiso.commands.common import add_json_flag, check_names, check_records, context, int_in, make_plan, project_from_args
+from hybridiso import git, output, ports, ready_marker, safe_files, strategies
+from hybridiso.envs import branches
+from hybridiso.envs import lifecycle
+from hybridiso.commands.common import add_json_flag, check_names, check_records, int_in, make_plan, project_from_args
+from hybridiso.env_context import context, environment_for
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
-from hybridiso.lifecycle import ENV_EXCLUDE
+from hybridiso.envs.lifecycle import ENV_EXCLUDE
 from hybridiso.planner import AgentPlan
 from hybridiso.project import Project, write_owner_marker
-from hybridiso.reconcile import adopt_from_reality
+from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext
 
 HELP = "create or update agents' environments to match the manifest"
 MAX_JOBS = 256
@@ -126,7 +129,8 @@ def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[Agen
     containers = [p for p in selected if p.strategy == "container"]
     if not containers:
         return selected, []
-    from hybridiso import compose_cli, docker_client
+    from hybridiso.containers import compose_cli
+    from hybridiso.containers import docker_client
 
     # An agent with containerised services is started by Compose v2: if it is
     # missing, say so before creating anything.  Its version check is a
@@ -380,7 +384,7 @@ def _update(ctx: EnvContext) -> str:
     if ctx.record.strategy == "clone" and safe_files.is_plain_dir(ctx.path / ".git"):
         # commands run from inside the clone act on this project (FAULTS #22)
         write_owner_marker(ctx.path / ".git", ctx.project.repo.common_dir)
-    changed = envfile.write_env_file(ctx.path, lifecycle.environment_for(ctx.project, ctx.agent, ctx.record))
+    changed = envfile.write_env_file(ctx.path, environment_for(ctx.project, ctx.agent, ctx.record))
     reran = lifecycle.run_setup(ctx)
     strategy = strategies.get(ctx.record.strategy)
     observation = strategy.observe(ctx)

@@ -29,7 +29,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridiso import compose_cli, container_git, container_user, docker_client, engine_apply, git, netguard, output, port_holders
+from hybridiso import git, output, port_holders
+from hybridiso.containers import compose_cli
+from hybridiso.containers import git_dir as container_git
+from hybridiso.containers import users as container_user
+from hybridiso.containers import docker_client
+from hybridiso.containers import engine_apply
+from hybridiso.containers import netguard
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Command
@@ -37,8 +43,9 @@ from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, ProcessGroup
 from hybridiso.strategies import worktree
 from hybridiso.setup_runner import LogFile
-from hybridiso.strategies.base import EnvContext, Observation, host_setup
-from hybridiso.work import MainRepo, WorkReport
+from hybridiso.env_context import EnvContext
+from hybridiso.strategies.base import Observation, host_setup
+from hybridiso.work.inventory import MainRepo, WorkReport
 
 NAME = "container"
 SHARES_REFS = True
@@ -77,8 +84,8 @@ def project_containers(ctx: EnvContext) -> list[docker_client.ContainerInfo]:
 
 def render(ctx: EnvContext) -> Path:
     """Write the agent's compose file (``hybridiso render`` and ``up``)."""
-    from hybridiso.container_build import build_spec
-    from hybridiso.render import write_compose
+    from hybridiso.containers.build import build_spec
+    from hybridiso.containers.compose_file import write_compose
 
     return write_compose(build_spec(ctx), compose_file(ctx), ctx.project.store.anchor)
 
@@ -91,7 +98,7 @@ def create(ctx: EnvContext) -> None:
     _make_network_early(ctx, path)
     try:
         worktree.create(ctx)
-        from hybridiso.container_build import agent_user
+        from hybridiso.containers.build import agent_user
 
         t = time.monotonic()
         container_git.create(ctx)  # before anything of the agent runs
@@ -137,7 +144,7 @@ def collect(ctx: EnvContext) -> bool:
 def _refuse_if_unguarded(ctx: EnvContext) -> str:
     """The agent's network mode; an isolated agent this machine cannot
     isolate fails here, never starts unisolated (FAULTS #33)."""
-    from hybridiso.container_build import network_mode
+    from hybridiso.containers.build import network_mode
 
     mode = network_mode(ctx)
     if mode.startswith("refused: "):
@@ -154,7 +161,7 @@ _networks_pending: dict[str, Future[bool]] = {}
 _pending_lock = threading.Lock()
 
 
-def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "", *, agent_only: bool = False) -> engine_apply.Plan | None:
+def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "", *, agent_only: bool = False) -> docker_client.ContainerPlan | None:
     """The rendered file as an Engine API body; with ``agent_only``, the
     agent service's even when the project has services (its network and the
     setup container)."""
@@ -225,8 +232,8 @@ def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
     """Everything the agent's containers (its own, and setup's) need before
     one of them starts: the rendered file, its uid's access to the files
     the host wrote, and its network -- isolated, and checked to be (FAULTS #33)."""
-    from hybridiso.container_build import build_spec
-    from hybridiso.render import write_compose
+    from hybridiso.containers.build import build_spec
+    from hybridiso.containers.compose_file import write_compose
 
     mode = _refuse_if_unguarded(ctx)
     spec = build_spec(ctx)
@@ -257,7 +264,7 @@ def _network_ready(ctx: EnvContext, path: Path, mode: str) -> bool:
     has its rules in force and its bridge in this machine's namespace.
     False when it turned out the engine's networks are elsewhere and the
     manifest chose a weaker mode (recorded: render again)."""
-    from hybridiso.container_build import ISOLATED, guard_for
+    from hybridiso.containers.build import ISOLATED, guard_for
 
     plan = _engine_plan(ctx, path, agent_only=True)
     guard = guard_for(ctx) if mode == ISOLATED else None
@@ -446,7 +453,7 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
 def _exec_user(ctx: EnvContext) -> str:
     """The uid:gid the agent's container runs as (never root: a record
     rebuilt from reality gets the same uid again)."""
-    from hybridiso.container_build import agent_user
+    from hybridiso.containers.build import agent_user
 
     uid, gid = agent_user(ctx)
     return f"{uid}:{gid}"
@@ -487,7 +494,7 @@ def remove(ctx: EnvContext) -> None:
     if netguard.unavailable() is not None and ctx.record.network_guard == "iptables":
         output.warn(f"{ctx.name}: its network-isolation rules are left ({netguard.unavailable()}): `hybridiso gc --yes` as root removes them")
     netguard.remove({netguard.bridge_name(repo_id(ctx), ctx.name)})
-    from hybridiso.container_build import agent_user
+    from hybridiso.containers.build import agent_user
 
     agent_user(ctx)  # a record rebuilt from reality: the uid it was given
     container_user.take_back(ctx)
@@ -574,7 +581,7 @@ def _network_observed(ctx: EnvContext, info: docker_client.ContainerInfo) -> str
     isolated = ctx.record.network_guard == "iptables" or (ctx.agent is not None and ctx.agent.network_isolated)
     if not isolated:
         return "its own network"
-    from hybridiso.container_build import guard_for
+    from hybridiso.containers.build import guard_for
 
     if netguard.unavailable() is not None:
         return f"isolated, not verifiable here ({netguard.unavailable()})"
@@ -689,7 +696,7 @@ def run_setup(
         os.close(fd)
 
 
-def _setup_config(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str]) -> dict[str, Any]:
+def _setup_config(ctx: EnvContext, plan: docker_client.ContainerPlan, argv: list[str]) -> dict[str, Any]:
     config = {k: v for k, v in plan.config.items() if k not in ("ExposedPorts", "NetworkingConfig")}
     labels = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith("com.docker.compose.")}
     labels[docker_client.LABEL_ROLE] = "setup"
@@ -700,7 +707,7 @@ def _setup_config(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str]) -> 
     return config
 
 
-def _one_setup(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str], shown: str, fd: int, log: Path) -> None:
+def _one_setup(ctx: EnvContext, plan: docker_client.ContainerPlan, argv: list[str], shown: str, fd: int, log: Path) -> None:
     tail: collections.deque[bytes] = collections.deque()
     size = 0
 

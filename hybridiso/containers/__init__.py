@@ -1,0 +1,1 @@
+"""containers: everything Docker. docker_client is the only module that imports the docker SDK; engine_apply starts a rendered spec through the API, compose_cli through the compose binary; spec, build, git_dir (a container's own git dir), users (uid mapping) and netguard (the network boundary)."""

@@ -1,0 +1,1 @@
+"""envs: one agent environment's life above the strategies: lifecycle (prepare, create, setup, rollback, remove), reconcile (state against reality), includes, health, the branch rules and the programs a setup needs."""

@@ -1,0 +1,1 @@
+"""report: what each strategy really costs. measure takes disk and time figures, compare runs the strategies side by side in scratch dirs, costs keeps the history, data and format turn results into tables, JSON and HTML."""
