@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -20,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
-from hybridiso import yaml_loader
+from hybridiso import egress, yaml_loader
 from hybridiso.errors import UserError
 from hybridiso.names import agent_name_problem, branch_name_problem, port_name_problem, service_name_problem
 
@@ -311,9 +310,7 @@ class Agent(_Model):
     @field_validator("egress")
     @classmethod
     def _egress(cls, v: list[str]) -> list[str]:
-        from hybridiso.containers.netguard import parse_egress
-
-        return [str(parse_egress(entry)) for entry in v]
+        return [str(egress.parse_egress(entry)) for entry in v]
 
     @field_validator("cap_add")
     @classmethod
@@ -646,8 +643,10 @@ def _duplicate_problems(doc: yaml_loader.Document) -> list[Problem]:
     ]
 
 
-def check_manifest_text(text: str, path: Path, repo: RepoContext | None = None) -> Checked:
-    """Parse and check ``text``; every problem at once in one ManifestError."""
+def check_fields(text: str, path: Path) -> tuple[Checked | None, list[Problem]]:
+    """Parse ``text`` and check every field on its own: the manifest (None
+    when it is unusable) and every problem found.  The checks across fields
+    and against the repository are manifest_file's."""
     try:
         doc = yaml_loader.load(text)
     except yaml_loader.Refused as e:
@@ -662,61 +661,7 @@ def check_manifest_text(text: str, path: Path, repo: RepoContext | None = None) 
     reported = {p.field for p in problems}
     problems += [p for p in _nul_problems(data, doc.lines) if p.field not in reported]
     problems += _duplicate_problems(doc)
-    if checked is not None:
-        from hybridiso import manifest_checks  # the checks use the planner, which imports this module
-
-        problems += manifest_checks.check(checked, repo)
-    if problems:
-        raise ManifestError(path, problems)
-    assert checked is not None
-    checked.manifest._lines = checked.lines
-    return checked
-
-
-def parse_manifest(text: str, path: Path, repo: RepoContext | None = None) -> Manifest:
-    """The manifest in ``text``.  With ``repo``, the workspace is checked
-    against the repository too (FAULTS #29)."""
-    return check_manifest_text(text, path, repo).manifest
-
-
-MAX_MANIFEST_BYTES = 16 << 20
-
-
-def _read_manifest_bytes(path: Path) -> bytes:
-    """The file's bytes; a FIFO (which would block), a device (/dev/zero
-    never ends) or a file over 16 MiB is refused, not read.  A symlink to a
-    regular file is the user's own arrangement and is followed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise UserError(f"no manifest at {path}", hint="run `hybridiso init` to write a starter hybridiso.yaml") from None
-    except OSError as e:
-        raise UserError(f"cannot read the manifest {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise UserError(f"the manifest {path} is a directory", hint="give the YAML file itself, e.g. -f DIR/hybridiso.yaml")
-        if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"the manifest {path} is not a regular file (a FIFO or a device?)", hint="give the YAML file itself")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as e:
-        raise UserError(f"cannot read the manifest {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise UserError(f"the manifest {path} is over {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest hybridiso can use")
-    return raw
-
-
-def load_manifest(path: Path, repo: RepoContext | None = None) -> Manifest:
-    raw = _read_manifest_bytes(path)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise UserError(f"the manifest {path} is not UTF-8 text (line {line} has the byte {raw[e.start]:#04x})", hint="save it as UTF-8") from None
-    return parse_manifest(text, path, repo)
+    return checked, problems
 
 
 def read_yaml(text: str) -> Any:

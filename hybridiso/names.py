@@ -13,6 +13,8 @@ before a final newline, so ``"ui\\n"`` passed the old ``^...$`` patterns
 from __future__ import annotations
 
 import bisect
+import hashlib
+import posixpath
 import re
 from collections.abc import Collection, Iterable
 
@@ -167,3 +169,32 @@ def env_var_for_port(name: str) -> str:
 def env_var_for_service(name: str) -> str:
     """The variable holding a service's URL: ``my-db`` -> ``MY_DB_URL``."""
     return re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_URL"
+
+
+# --- compose project names ----------------------------------------------------------
+
+# compose's rule for project names (compose-spec "name", docker compose -p)
+PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+PROJECT_NAME_MAX = 80
+
+
+def _slug(text: str, limit: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].strip("-") or "x"
+
+
+def compose_project_name(repo_root: str, agent: str, repo_name: str | None = None) -> str:
+    """``hybridiso-<repo>-<agent>-<hash>``: readable, valid for compose
+    (``^[a-z0-9][a-z0-9_-]*$``, at most 80 characters), and distinct for
+    distinct repos/agents even when the slugs collide, because the hash covers
+    the exact (normalised) repository path and agent name.  ``repo_root`` is
+    the repository's root as ``Project.root`` names it (the main worktree, or
+    a bare repository's dir): fixed by its common git dir, so the same from
+    every worktree (FAULTS #22).  ``repo_name`` is only the readable part
+    (default: the root's basename)."""
+    root = posixpath.normpath(repo_root)
+    digest = hashlib.sha256(f"{root}\0{agent}".encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    readable = posixpath.basename(root) if repo_name is None else repo_name
+    name = f"hybridiso-{_slug(readable, 20)}-{_slug(agent, 40)}-{digest}"
+    assert PROJECT_NAME_RE.match(name) and len(name) <= PROJECT_NAME_MAX, name
+    return name

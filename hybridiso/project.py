@@ -30,10 +30,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hybridiso import envfile, git, json_data, safe_files
+from hybridiso import envfile, git, json_data, names, safe_files
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
-from hybridiso.manifest import MANIFEST_NAME, Agent, Manifest, RepoContext, load_manifest
+from hybridiso.manifest import MANIFEST_NAME, Agent, Manifest, RepoContext
+from hybridiso.manifest_file import load_manifest
 from hybridiso.state import PHASE_READY, AgentRecord, StateStore
 
 # in a clone environment's git dir: the owning repository's common git dir
@@ -97,9 +98,7 @@ class Project:
         (a hash of the repository's root path: the main worktree, or the bare
         dir), which the common dir fixes, so it is the same from every
         worktree, and running agents and their named volumes keep theirs."""
-        from hybridiso.containers.spec import project_name as compose_name
-
-        return compose_name(str(self.root), agent, self.name)
+        return names.compose_project_name(str(self.root), agent, self.name)
 
     def env_path(self, agent: Agent | str) -> Path:
         """``workspace/<name>``; the last component is never resolved, so a

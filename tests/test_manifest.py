@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hybridiso.git import discover as git_discover
-from hybridiso.manifest import ManifestError, load_manifest, parse_manifest, parse_size
+from hybridiso.manifest import ManifestError, parse_size
+from hybridiso.manifest_file import load_manifest, parse_manifest
 from hybridiso.project import repo_context
 from tests.support.cli import hybridiso
 from tests.support.gitrepo import git, make_repo

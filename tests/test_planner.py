@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridiso.manifest import parse_manifest
+from hybridiso.manifest_file import parse_manifest
 from hybridiso.planner import Facts, decide, plan
 
 SERVICES = "services:\n  pg: {kind: postgres}\n  shared: {kind: postgres, url: 'postgresql://x/y', template: t}\n"

@@ -21,17 +21,17 @@ from hypothesis import strategies as st
 from hybridiso.containers import docker_client
 from hybridiso.containers.engine_apply import unescape
 from hybridiso.containers.spec import (
-    PROJECT_NAME_MAX,
-    PROJECT_NAME_RE,
     SERVICE_IMAGES,
     ContainerSpec,
     Healthcheck,
     Mount,
     PortMapping,
     ServiceSpec,
-    project_name,
 )
-from hybridiso.render import compose_labels, expand_vars, render_compose, render_template, write_compose
+from hybridiso.names import PROJECT_NAME_MAX, PROJECT_NAME_RE
+from hybridiso.names import compose_project_name as project_name
+from hybridiso.containers.compose_file import compose_labels, render_compose, write_compose
+from hybridiso.render import expand_vars, render_template
 from hybridiso.resources import compose_dir, templates_dir
 from tests.support.docker_fixtures import unavailable
 

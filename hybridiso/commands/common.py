@@ -9,7 +9,7 @@ from hybridiso import git, planner
 from hybridiso.errors import UserError
 from hybridiso.project import Project, load_project
 from hybridiso.state import PHASE_READY, State
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import unsafe_record
 
 
 def project_from_args(args: argparse.Namespace, *, manifest_optional: bool = False) -> Project:
@@ -89,22 +89,6 @@ def check_names(project: Project, names: Sequence[str], state: State | None = No
     return list(dict.fromkeys(names))
 
 
-class UnsafeRecord(UserError):
-    """A record hybridiso must not act on: its path is not the agent's own
-    place in the workspace (a tampered or corrupt state.json, FAULTS #30)."""
-
-
-def _unsafe_record(project: Project, problems: Sequence[tuple[str, str]]) -> UnsafeRecord:
-    lines = "; ".join(f"agent {name}: {why}" for name, why in problems)
-    return UnsafeRecord(
-        f"refusing to act on {len(problems)} record{'s' if len(problems) > 1 else ''} of {project.store.path}, "
-        f"nothing was touched: {lines}",
-        hint=f"if the state file was edited by mistake, restore it; otherwise move it aside "
-        f"(mv '{project.store.path}' '{project.store.path}.bad'): the next command rebuilds the records "
-        "from git and the workspace",
-    )
-
-
 def record_problems(project: Project, state: State, names: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """(agent, why) for each record (of ``names``, default all) whose path
     hybridiso must not act on."""
@@ -122,18 +106,7 @@ def check_records(project: Project, state: State, names: Sequence[str] | None = 
     anywhere but its agent's place in the workspace (FAULTS #30)."""
     problems = record_problems(project, state, names)
     if problems:
-        raise _unsafe_record(project, problems)
-
-
-def context(project: Project, state: State, name: str) -> EnvContext:
-    """The agent's environment, from a record whose path was checked: every
-    command acts on a record through here (FAULTS #30)."""
-    record = state.agents[name]
-    why = project.record_problem(name, record)
-    if why:
-        raise _unsafe_record(project, [(name, why)])
-    agent = next((a for a in project.manifest.agents if a.name == name), None)
-    return EnvContext(project, agent, record, persist=lambda: project.store.save(state))
+        raise unsafe_record(project, problems)
 
 
 def int_in(low: int, high: int) -> Callable[[str], int]:

@@ -6,7 +6,8 @@ import functools
 
 from hybridiso import output, ports
 from hybridiso.envs import lifecycle
-from hybridiso.commands.common import add_json_flag, check_names, check_records, context, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, check_records, project_from_args
+from hybridiso.env_context import context
 from hybridiso.errors import UserError
 from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality

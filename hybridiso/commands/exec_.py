@@ -6,8 +6,8 @@ import os
 import subprocess
 
 from hybridiso import output, process_groups, strategies
-from hybridiso.envs import lifecycle
-from hybridiso.commands.common import check_names, context, project_from_args
+from hybridiso.commands.common import check_names, project_from_args
+from hybridiso.env_context import context, environment_for
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.project import Project
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     strategy = strategies.get(ctx.record.strategy)
     if not strategy.observe(ctx).exists:
         raise UserError(f"agent {args.agent}'s directory {ctx.path} is missing", hint=f"hybridiso up {args.agent}")
-    env = lifecycle.environment_for(project, ctx.agent, ctx.record)
+    env = environment_for(project, ctx.agent, ctx.record)
     argv, cwd = strategy.exec_argv(ctx, command, env)
     try:
         # down finds (and with --force stops) what still runs in it

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from hybridiso import git, output, safe_files
 from hybridiso.errors import UserError
-from hybridiso.manifest import MANIFEST_NAME, parse_manifest
+from hybridiso.manifest import MANIFEST_NAME
+from hybridiso.manifest_file import parse_manifest
 from hybridiso.envs.programs import missing_programs
 from hybridiso.project import find_repo
 

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def _boundary(project: Project, p: AgentPlan, record: AgentRecord | None) -> dict[str, object]:
     """What a container agent's container will get (issue 12: plan says it)."""
     from hybridiso.containers.build import planned_boundary
-    from hybridiso.strategies.base import EnvContext
+    from hybridiso.env_context import EnvContext
 
     if record is None:  # not made yet: what up would give it now
         record = AgentRecord(name=p.agent.name, strategy=p.strategy, branch=p.branch, path=p.path, base=project.manifest.base)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from hybridiso import output, ports
-from hybridiso.commands.common import add_json_flag, check_names, context, make_plan, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, make_plan, project_from_args
+from hybridiso.env_context import context
 from hybridiso.errors import UserError
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import AgentRecord
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from hybridiso.strategies import container
-    from hybridiso.strategies.base import EnvContext
+    from hybridiso.env_context import EnvContext
 
     project = project_from_args(args)
     with project.store.locked("render"):

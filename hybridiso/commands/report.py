@@ -105,7 +105,7 @@ def _compare(project: Project, n: int, wanted: list[str], image: str | None) -> 
 def _live(project: Project) -> dict[str, Any]:
     from hybridiso import strategies
     from hybridiso.report import data as report_data
-    from hybridiso.strategies.base import EnvContext
+    from hybridiso.env_context import EnvContext
 
     state = project.store.load()
     adopt_from_reality(project, state)

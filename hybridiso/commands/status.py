@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from hybridiso import git, output, strategies
-from hybridiso.commands.common import add_json_flag, check_names, context, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, project_from_args
+from hybridiso.env_context import context
 from hybridiso.report.measure import environments_disk
 from hybridiso.envfile import ENV_FILE
 from hybridiso.envs.health import repo_problems

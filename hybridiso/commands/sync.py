@@ -35,14 +35,15 @@ from pathlib import Path
 from hybridiso import git, output, strategies
 from hybridiso.envs import lifecycle
 from hybridiso.gc import merged
-from hybridiso.commands.common import add_json_flag, check_names, check_records, context, int_in, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, check_records, int_in, project_from_args
+from hybridiso.env_context import context
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_READY
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext
 from hybridiso.strategies import clone, container
 from hybridiso.strategies.clone import BASE_REMOTE
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from hybridiso import git, output, ports, ready_marker, safe_files, strategies
 from hybridiso.envs import branches
 from hybridiso.envs import lifecycle
-from hybridiso.commands.common import add_json_flag, check_names, check_records, context, int_in, make_plan, project_from_args
+from hybridiso.commands.common import add_json_flag, check_names, check_records, int_in, make_plan, project_from_args
+from hybridiso.env_context import context, environment_for
 from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
 from hybridiso.envs.lifecycle import ENV_EXCLUDE
@@ -27,7 +28,7 @@ from hybridiso.planner import AgentPlan
 from hybridiso.project import Project, require_workspace, write_owner_marker
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext
 
 HELP = "create or update agents' environments to match the manifest"
 MAX_JOBS = 256
@@ -385,7 +386,7 @@ def _update(ctx: EnvContext) -> str:
     if ctx.record.strategy == "clone" and safe_files.is_plain_dir(ctx.path / ".git"):
         # commands run from inside the clone act on this project (FAULTS #22)
         write_owner_marker(ctx.path / ".git", ctx.project.repo.common_dir)
-    changed = envfile.write_env_file(ctx.path, lifecycle.environment_for(ctx.project, ctx.agent, ctx.record))
+    changed = envfile.write_env_file(ctx.path, environment_for(ctx.project, ctx.agent, ctx.record))
     reran = lifecycle.run_setup(ctx)
     strategy = strategies.get(ctx.record.strategy)
     observation = strategy.observe(ctx)

@@ -15,15 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from hybridiso import git
+from hybridiso import egress, git
 from hybridiso.containers import git_dir as container_git
 from hybridiso.containers import users as container_user
 from hybridiso.containers import docker_client
-from hybridiso.envs import lifecycle
 from hybridiso.containers import netguard
 from hybridiso.containers.spec import SERVICE_IMAGES, ContainerSpec, Healthcheck, Mount, PortMapping, ServiceSpec
 from hybridiso.render import expand_vars
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext, environment_for
 
 DEFAULT_PIDS = 4096  # processes and threads; a fork bomb stops here, a parallel build does not
 # the agent's scratch space on a read-only root: executable, as /tmp is on a host
@@ -79,9 +78,7 @@ def network_mode(ctx: EnvContext) -> str:
 
 
 def agent_user(ctx: EnvContext) -> tuple[int, int]:
-    from hybridiso.strategies.container import repo_id
-
-    return container_user.choose(ctx, repo_id(ctx))
+    return container_user.choose(ctx, ctx.project.id)
 
 
 def egress_allowed(ctx: EnvContext, *, resolve: bool = True) -> tuple[tuple[str, int, str], ...]:
@@ -93,7 +90,7 @@ def egress_allowed(ctx: EnvContext, *, resolve: bool = True) -> tuple[tuple[str,
     allowed: list[tuple[str, int, str]] = []
     pinned = {}
     for text in ctx.agent.egress:
-        entry = netguard.parse_egress(text)
+        entry = egress.parse_egress(text)
         addresses = ctx.record.egress_addresses.get(entry.host) if entry.is_name else None
         if addresses is None:
             if not resolve:
@@ -107,9 +104,7 @@ def egress_allowed(ctx: EnvContext, *, resolve: bool = True) -> tuple[tuple[str,
 
 
 def guard_for(ctx: EnvContext, *, resolve: bool = True) -> netguard.Guard:
-    from hybridiso.strategies.container import repo_id
-
-    project = repo_id(ctx)
+    project = ctx.project.id
     return netguard.Guard(project, ctx.name, netguard.bridge_name(project, ctx.name), egress_allowed(ctx, resolve=resolve))
 
 
@@ -128,7 +123,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         service_env[f"{name.upper().replace('-', '_')}_URL"] = url
         service_env.setdefault("DATABASE_URL" if svc.kind == "postgres" else "REDIS_URL", url)
     env = {
-        **lifecycle.environment_for(project, agent, record),
+        **environment_for(project, agent, record),
         **service_env,
         # taken once, when the agent is made: a later shell with other
         # GIT_AUTHOR_* must not change the config (and recreate a running agent)
@@ -163,7 +158,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         extra_hosts = tuple(f"{name}:{a}" for name, addresses in sorted(egress_pins(ctx).items()) for a in addresses)
     labels = {
         **project.manifest.labels,
-        docker_client.LABEL_PROJECT: container_repo_id(ctx),
+        docker_client.LABEL_PROJECT: ctx.project.id,
         docker_client.LABEL_AGENT: record.name,
         docker_client.LABEL_ROLE: "agent",
         docker_client.LABEL_COMPOSE_PROJECT: project.compose_project(record.name),
@@ -198,12 +193,6 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
 def egress_pins(ctx: EnvContext) -> dict[str, list[str]]:
     egress_allowed(ctx)  # resolves what is not pinned yet
     return dict(ctx.record.egress_addresses)
-
-
-def container_repo_id(ctx: EnvContext) -> str:
-    from hybridiso.strategies.container import repo_id
-
-    return repo_id(ctx)
 
 
 def planned_boundary(ctx: EnvContext) -> dict[str, object]:

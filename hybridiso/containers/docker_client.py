@@ -14,12 +14,9 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hybridiso.errors import DockerUnavailable, UserError
-
-if TYPE_CHECKING:
-    from hybridiso.containers.engine_apply import Plan
 
 LABEL_PREFIX = "dev.hybridiso"
 LABEL_PROJECT = f"{LABEL_PREFIX}.project"  # the repository (a stable id)
@@ -467,8 +464,25 @@ def run_streaming(config: Mapping[str, Any], *, sink: Any, cancel: threading.Eve
             reader.join(timeout=2)
 
 
-def apply_container(plan: Plan) -> str | None:
-    """Make ``plan`` (an engine_apply.Plan) true on its network, which must
+@dataclass(frozen=True)
+class ContainerPlan:
+    """One container to create (and the network it joins, if its own), as
+    engine_apply translates it from a compose file."""
+
+    project: str
+    service: str
+    container_name: str
+    config: dict[str, Any]  # the Engine API body of POST /containers/create
+    network: str | None  # the project network's full name; None with network_mode
+    network_labels: dict[str, str]
+    config_hash: str
+    has_healthcheck: bool
+    network_options: dict[str, str] = field(default_factory=dict)  # the driver's: com.docker.network.bridge.name
+    network_internal: bool = False
+
+
+def apply_container(plan: ContainerPlan) -> str | None:
+    """Make ``plan`` true on its network, which must
     exist: its one container exists with the same config and runs.  Returns what was done
     (created, recreated, started, unchanged), or None where Compose must
     reconcile: containers of other services in the project (orphans to

@@ -22,12 +22,11 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hybridiso.containers.spec import AGENT_SERVICE
-from hybridiso.containers.docker_client import COMPOSE_CONFIG_HASH
+from hybridiso.containers.docker_client import COMPOSE_CONFIG_HASH, ContainerPlan
 from hybridiso.manifest import parse_size
 
 
@@ -46,22 +45,6 @@ TRANSLATED_NETWORK = frozenset({"labels", "driver_opts", "internal"})
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
 _NANOS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One container to create (and the network it joins, if its own)."""
-
-    project: str
-    service: str
-    container_name: str
-    config: dict[str, Any]  # the Engine API body of POST /containers/create
-    network: str | None  # the project network's full name; None with network_mode
-    network_labels: dict[str, str]
-    config_hash: str
-    has_healthcheck: bool
-    network_options: dict[str, str] = field(default_factory=dict)  # the driver's: com.docker.network.bridge.name
-    network_internal: bool = False
 
 
 def duration_ns(text: str) -> int:
@@ -89,7 +72,7 @@ def _capabilities(names: Any) -> list[str] | None:
     return [n if n == "ALL" or n.startswith("CAP_") else f"CAP_{n}" for n in names or []] or None
 
 
-def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | None:
+def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> ContainerPlan | None:
     """The one container of a parsed compose file as an API body, or None
     when the file needs Compose itself.  ``image_id`` (what the image name
     resolves to now) is part of the config: a rebuilt image recreates the
@@ -99,7 +82,7 @@ def translate(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | 
     return translate_agent(doc, file, image_id)
 
 
-def translate_agent(doc: Mapping[str, Any], file: Path, image_id: str = "") -> Plan | None:
+def translate_agent(doc: Mapping[str, Any], file: Path, image_id: str = "") -> ContainerPlan | None:
     """The agent service of a parsed compose file as an API body, whatever
     else the file has (the one-off setup container of an agent with
     services); None when the agent service has what this module does not
@@ -196,4 +179,4 @@ def translate_agent(doc: Mapping[str, Any], file: Path, image_id: str = "") -> P
         }
     digest = hashlib.sha256(json.dumps([config, network, network_labels, options, internal], sort_keys=True).encode()).hexdigest()
     config["Labels"][COMPOSE_CONFIG_HASH] = digest  # ours, not what Compose would compute: its own `up` recreates it
-    return Plan(project, AGENT_SERVICE, container_name, config, network or None, network_labels, digest, bool(hc), options, internal)
+    return ContainerPlan(project, AGENT_SERVICE, container_name, config, network or None, network_labels, digest, bool(hc), options, internal)

@@ -44,7 +44,7 @@ from pathlib import Path
 from hybridiso import git, output, safe_files
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import UserError
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext
 from hybridiso.work.inventory import MainRepo, Tip, WorkReport, closure, describe_commits, newest_tips, plural, ref_label
 
 _ENV_EXCLUDE = f"/{ENV_FILE}"  # as lifecycle.ENV_EXCLUDE (which imports the strategies)

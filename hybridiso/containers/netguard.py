@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridiso import process
+from hybridiso.egress import Egress
 from hybridiso.errors import UserError
 
 CHAIN_FORWARD = "HYBRIDISO-FWD"
@@ -64,7 +65,6 @@ LOCK_NAME = "hybridiso-netguard.lock"
 COMMENT_PREFIX = "hybridiso"
 TIMEOUT = 30
 
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _COMMENT_RE = re.compile(r'--comment "?hybridiso project=(?P<project>[0-9a-f]+) agent=(?P<agent>[A-Za-z0-9_.-]+)"?')
 _CHAIN_RE = re.compile(r"^:(HYBRIDISO-[FI]-(?P<key>[0-9a-f]{12})) ")
 
@@ -74,54 +74,6 @@ class Unavailable(UserError):
 
 
 # --- egress: what an isolated agent may still reach --------------------------------
-
-
-@dataclass(frozen=True)
-class Egress:
-    """One ``egress:`` entry: ``HOST:PORT`` or ``HOST:PORT/udp``; HOST an
-    IPv4 address, a CIDR block or a host name (resolved when ``up`` applies
-    the rules, and pinned in the container's /etc/hosts: see container_build)."""
-
-    host: str
-    port: int
-    protocol: str = "tcp"
-
-    @property
-    def is_name(self) -> bool:
-        try:
-            ipaddress.ip_network(self.host, strict=False)
-            return False
-        except ValueError:
-            return True
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}" + ("/udp" if self.protocol == "udp" else "")
-
-
-def parse_egress(text: str) -> Egress:
-    """``10.0.0.5:5432``, ``10.0.0.0/24:443``, ``pypi.org:443``, ``10.0.0.53:53/udp``."""
-    spec, protocol = text, "tcp"
-    if "/" in text.rsplit(":", 1)[-1]:
-        spec, _, protocol = text.rpartition("/")
-        if protocol not in ("tcp", "udp"):
-            raise ValueError(f"{text!r}: the protocol after the port must be tcp or udp")
-    host, sep, port_text = spec.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT (for example 10.0.0.5:5432 or pypi.org:443)")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{text!r}: port {port} is not in 1-65535")
-    try:
-        net = ipaddress.ip_network(host[1:-1] if host.startswith("[") and host.endswith("]") else host, strict=False)
-    except ValueError:
-        if not _HOSTNAME_RE.match(host):
-            raise ValueError(f"{text!r}: {host!r} is neither an IPv4 address, a CIDR block nor a host name") from None
-        return Egress(host.lower(), port, protocol)
-    if net.version != 4:
-        raise ValueError(f"{text!r}: agent networks are IPv4 only, so an IPv6 destination is never reachable")
-    if net.is_loopback:
-        raise ValueError(f"{text!r}: 127.0.0.0/8 inside a container is its own loopback, always reachable; the host is not there")
-    return Egress(str(net) if "/" in host else str(net.network_address), port, protocol)
 
 
 def resolve(entry: Egress) -> list[str]:

@@ -42,7 +42,7 @@ from pathlib import Path
 from hybridiso import safe_files
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import UserError
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext
 
 UID_BASE = 1_600_000_000  # inside systemd's range for container uids (524288-1879048191)
 UID_SPAN = 10_000_000

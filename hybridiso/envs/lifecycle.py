@@ -24,7 +24,8 @@ from hybridiso.process import CommandError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project, write_owner_marker
 from hybridiso.state import PHASE_READY, AgentRecord, ProcessGroup
-from hybridiso.strategies.base import EnvContext, Strategy
+from hybridiso.env_context import EnvContext, environment_for
+from hybridiso.strategies.base import Strategy
 from hybridiso.work.inventory import MainRepo, Tip, WorkReport, submodule_key
 
 __all__ = ["WorkReport"]  # re-exported: callers know it as lifecycle.WorkReport
@@ -34,14 +35,6 @@ PRECIOUS_DEFAULT = (".env", ".env.*", "*.local")
 # a half-written checkout file larger than this is kept as work, not compared
 MAX_CUT_SHORT_BYTES = 64 * 1024 * 1024
 BACKUP_PREFIX = backups.PREFIX
-
-
-def environment_for(project: Project, agent: Agent | None, record: AgentRecord) -> dict[str, str]:
-    extra = project.manifest.env_for(agent) if agent is not None else {}
-    extra = {**extra, **record.extra.get("env", {})}
-    return envfile.agent_environment(
-        record.name, record.strategy, record.branch, Path(record.path), record.ports, extra, project.id
-    )
 
 
 def log_path(project: Project, name: str, what: str) -> Path:

@@ -24,13 +24,13 @@ from hybridiso.output import plural
 from hybridiso.envs import lifecycle
 from hybridiso.gc import merged
 from hybridiso.services import branches as service_branches
-from hybridiso.commands.common import context
+from hybridiso.env_context import context
 from hybridiso.envfile import ENV_FILE, marked_for
 from hybridiso.gc.rules import ORPHAN, ZOMBIE, AgentFacts, Decision, Finding, decide
 from hybridiso.project import Project
 from hybridiso.errors import UserError
 from hybridiso.state import PHASE_READY, AgentRecord, State
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext
 from hybridiso.work.inventory import MainRepo, WorkReport
 
 

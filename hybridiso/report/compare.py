@@ -26,7 +26,7 @@ from hybridiso.report import measure
 from hybridiso.manifest import Agent, Manifest
 from hybridiso.project import Project
 from hybridiso.state import AgentRecord, StateStore, lock_is_free
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext
 
 COMPARE_LABEL = "dev.hybridiso.compare"
 RUN_LOCK = "running.lock"  # held (flock) for the whole run: a killed run lets go of it

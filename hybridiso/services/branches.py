@@ -23,7 +23,7 @@ from hybridiso.errors import UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
 from hybridiso.state import DatabaseBranch
-from hybridiso.strategies.base import EnvContext
+from hybridiso.env_context import EnvContext
 
 if TYPE_CHECKING:
     from hybridiso.services.databases import DumpTarget

@@ -6,46 +6,18 @@ one registry line and one test.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hybridiso.manifest import Agent, Command
-from hybridiso.project import Project
-from hybridiso.state import AgentRecord, ProcessGroup
+from hybridiso.manifest import Command
+from hybridiso.env_context import EnvContext
+from hybridiso.state import ProcessGroup
 from hybridiso.work.inventory import MainRepo, WorkReport
 
 if TYPE_CHECKING:
     from hybridiso.setup_runner import LogFile
-
-
-@dataclass
-class EnvContext:
-    project: Project
-    agent: Agent | None  # None for an env whose agent left the manifest
-    record: AgentRecord
-    cancel: threading.Event = field(default_factory=threading.Event)
-    # saves the state this record is part of (the caller holds the lock):
-    # what must be on disk before a step that can outlive a kill -9 starts
-    # (a setup's process group, FAULTS #38)
-    persist: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.record.strategy == "container" and self.record.path.startswith("/"):
-            # a container wrote its files: the host's git never runs what they say (git.distrust)
-            from hybridiso import git
-
-            git.distrust(self.record.path)
-
-    @property
-    def path(self) -> Path:
-        return Path(self.record.path)
-
-    @property
-    def name(self) -> str:
-        return self.record.name
 
 
 @dataclass(frozen=True)

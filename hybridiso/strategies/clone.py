@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hybridiso import cleanup, envfile, git, output, safe_files
-from hybridiso.strategies.base import EnvContext, Observation, host_setup
+from hybridiso.env_context import EnvContext
+from hybridiso.strategies.base import Observation, host_setup
 from hybridiso.work.inventory import MainRepo, SnapshotPlan, WorkReport, add_submodule_work, store_work
 
 NAME = "clone"

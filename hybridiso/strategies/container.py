@@ -43,7 +43,8 @@ from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, ProcessGroup
 from hybridiso.strategies import worktree
 from hybridiso.setup_runner import LogFile
-from hybridiso.strategies.base import EnvContext, Observation, host_setup
+from hybridiso.env_context import EnvContext
+from hybridiso.strategies.base import Observation, host_setup
 from hybridiso.work.inventory import MainRepo, WorkReport
 
 NAME = "container"
@@ -84,7 +85,7 @@ def project_containers(ctx: EnvContext) -> list[docker_client.ContainerInfo]:
 def render(ctx: EnvContext) -> Path:
     """Write the agent's compose file (``hybridiso render`` and ``up``)."""
     from hybridiso.containers.build import build_spec
-    from hybridiso.render import write_compose
+    from hybridiso.containers.compose_file import write_compose
 
     return write_compose(build_spec(ctx), compose_file(ctx), ctx.project.store.anchor)
 
@@ -160,7 +161,7 @@ _networks_pending: dict[str, Future[bool]] = {}
 _pending_lock = threading.Lock()
 
 
-def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "", *, agent_only: bool = False) -> engine_apply.Plan | None:
+def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "", *, agent_only: bool = False) -> docker_client.ContainerPlan | None:
     """The rendered file as an Engine API body; with ``agent_only``, the
     agent service's even when the project has services (its network and the
     setup container)."""
@@ -232,7 +233,7 @@ def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
     one of them starts: the rendered file, its uid's access to the files
     the host wrote, and its network -- isolated, and checked to be (FAULTS #33)."""
     from hybridiso.containers.build import build_spec
-    from hybridiso.render import write_compose
+    from hybridiso.containers.compose_file import write_compose
 
     mode = _refuse_if_unguarded(ctx)
     spec = build_spec(ctx)
@@ -708,7 +709,7 @@ def run_setup(
         os.close(fd)
 
 
-def _setup_config(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str]) -> dict[str, Any]:
+def _setup_config(ctx: EnvContext, plan: docker_client.ContainerPlan, argv: list[str]) -> dict[str, Any]:
     config = {k: v for k, v in plan.config.items() if k not in ("ExposedPorts", "NetworkingConfig")}
     labels = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith("com.docker.compose.")}
     labels[docker_client.LABEL_ROLE] = "setup"
@@ -719,7 +720,7 @@ def _setup_config(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str]) -> 
     return config
 
 
-def _one_setup(ctx: EnvContext, plan: engine_apply.Plan, argv: list[str], shown: str, fd: int, log: Path) -> None:
+def _one_setup(ctx: EnvContext, plan: docker_client.ContainerPlan, argv: list[str], shown: str, fd: int, log: Path) -> None:
     tail: collections.deque[bytes] = collections.deque()
     size = 0
 

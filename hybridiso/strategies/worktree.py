@@ -8,7 +8,8 @@ from pathlib import Path
 
 from hybridiso import cleanup, git
 from hybridiso.process import CommandError
-from hybridiso.strategies.base import EnvContext, Observation, host_setup
+from hybridiso.env_context import EnvContext
+from hybridiso.strategies.base import Observation, host_setup
 from hybridiso.work.inventory import (
     MainRepo,
     SnapshotPlan,

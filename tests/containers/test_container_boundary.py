@@ -655,7 +655,7 @@ def test_a_port_lost_in_a_race_names_the_agent_the_port_and_the_holder(tmp_path:
     from hybridiso.project import load_project
     from hybridiso.state import AgentRecord
     from hybridiso.strategies import container as strategy
-    from hybridiso.strategies.base import EnvContext
+    from hybridiso.env_context import EnvContext
 
     port = free_port()
     first = docker("run", "-d", "--label", f"{TEST_LABEL}={TEST_RUN}", "-p", f"127.0.0.1:{port}:80", busybox_image, "sleep", "60")

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from hybridiso import egress
 from hybridiso.containers import netguard
-from hybridiso.manifest import ManifestError, parse_manifest
+from hybridiso.manifest import ManifestError
+from hybridiso.manifest_file import parse_manifest
 
 
 def test_egress_entries_are_addresses_blocks_or_names_with_a_port() -> None:
-    assert str(netguard.parse_egress("10.0.0.5:5432")) == "10.0.0.5:5432"
-    assert str(netguard.parse_egress("10.1.2.3/16:443")) == "10.1.0.0/16:443"
-    assert str(netguard.parse_egress("PyPI.org:443")) == "pypi.org:443"
-    udp = netguard.parse_egress("10.0.0.53:53/udp")
+    assert str(egress.parse_egress("10.0.0.5:5432")) == "10.0.0.5:5432"
+    assert str(egress.parse_egress("10.1.2.3/16:443")) == "10.1.0.0/16:443"
+    assert str(egress.parse_egress("PyPI.org:443")) == "pypi.org:443"
+    udp = egress.parse_egress("10.0.0.53:53/udp")
     assert (udp.host, udp.port, udp.protocol) == ("10.0.0.53", 53, "udp") and not udp.is_name
     for bad, why in (
         ("pypi.org", "is not HOST:PORT"),
@@ -28,7 +30,7 @@ def test_egress_entries_are_addresses_blocks_or_names_with_a_port() -> None:
         ("-bad-.org:80", "neither an IPv4 address"),
     ):
         with pytest.raises(ValueError, match=why):
-            netguard.parse_egress(bad)
+            egress.parse_egress(bad)
 
 
 def test_the_rules_are_written_as_iptables_save_prints_them() -> None:

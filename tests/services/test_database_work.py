@@ -530,7 +530,7 @@ def test_force_without_pg_dump_refuses_before_anything_is_removed(tmp_path: Path
     """No pg_dump for the server's version: `down --force` (here in-process,
     to hide the installed binaries) says what to install and removes nothing."""
     from hybridiso.envs import lifecycle
-    from hybridiso.commands.common import context
+    from hybridiso.env_context import context
     from hybridiso.project import load_project
 
     repo = _repo(tmp_path, postgres_server, tpl)

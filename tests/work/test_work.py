@@ -648,7 +648,7 @@ def test_a_branch_that_moves_while_down_removes_its_env_is_kept(tmp_path: Path, 
     """down deletes the agent branch only at the commit its work check saw:
     a commit made in the window between the check and the deletion stays."""
     from hybridiso.envs import lifecycle
-    from hybridiso.commands.common import context
+    from hybridiso.env_context import context
     from hybridiso.project import load_project
 
     repo = project(tmp_path, "worktree")
