@@ -252,5 +252,11 @@ def _compare_remover(workdir: Path) -> Callable[[], list[str]]:
 from hybridiso.gc.firewall import firewall_findings  # noqa: E402 - network-isolation rules (issue 12)
 
 # before every other finder: a setup still running writes into what they remove
-EARLY_FINDERS: tuple[Finder, ...] = (process_findings,)
+def _land_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    from hybridiso.gc.land_leftovers import land_findings
+
+    return land_findings(project, state, dry_run)
+
+
+EARLY_FINDERS: tuple[Finder, ...] = (process_findings, _land_findings)
 FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, dump_findings, compare_findings, firewall_findings)

@@ -130,6 +130,15 @@ def test_kill_9_during_a_check_then_the_next_land_resumes(tmp_path: Path) -> Non
     journal = repo / ".git" / "hybridiso" / "land" / "journal.json"
     assert journal.is_file()
 
+    # gc finds both, and says so without --yes
+    gc = hybridiso(repo, "gc", "--json")
+    import json
+
+    found = {f["kind"]: f for f in json.loads(gc.stdout)["findings"]}
+    assert found["land-scratch"]["action"] == "remove" and found["land-scratch"]["target"].startswith(str(repo / ".git" / "hybridiso" / "land" / "scratch" / "a-"))
+    assert found["land-check"]["action"] == "remove" and f"pid {check_pid}" in found["land-check"]["owns"][0]
+    assert _alive(check_pid) and len(scratch_entries(repo)) == 1  # nothing done without --yes
+
     data, proc2 = land_json(repo, ok=True)
     assert "the land run of pid" in proc2.stderr and "its check was stopped" in proc2.stderr and "1 scratch worktree removed" in proc2.stderr
     assert data["resumed"] and not _alive(check_pid)
@@ -137,6 +146,37 @@ def test_kill_9_during_a_check_then_the_next_land_resumes(tmp_path: Path) -> Non
     assert first_parents(repo)[:3] == ["b: file", "a: file", "manifest"]
     assert scratch_entries(repo) == [] and not journal.exists()
     assert [line for line in git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")] == [f"worktree {repo}"]
+
+
+def test_gc_removes_a_killed_lands_scratch_and_check(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    pidfile = tmp_path / "check.pid"
+    repo = train_repo(tmp_path, f'  check: ["echo $$ > {pidfile}; touch {started}; sleep 300"]\n', ["a"])
+    agent_commit(repo, "a", {"a.txt": "a\n"})
+    proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "land"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(started)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    check_pid = int(pidfile.read_text())
+    hybridiso(repo, "gc", "--yes")
+    assert not _alive(check_pid) and scratch_entries(repo) == []
+    assert [line for line in git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")] == [f"worktree {repo}"]
+
+
+def test_gc_and_land_agree_where_land_keeps_its_things(tmp_path: Path) -> None:
+    from hybridiso.gc.land_leftovers import land_dir
+    from hybridiso.land.store import LandStore
+    from hybridiso.project import load_project
+
+    repo = train_repo(tmp_path, "  check: []\n", ["a"])
+    project = load_project(repo, None)
+    store = LandStore(project.store)
+    assert store.dir == land_dir(project) and store.scratch_dir == land_dir(project) / "scratch"
+    assert store.lock_path == land_dir(project) / "lock" and store.journal_path == land_dir(project) / "journal.json"
 
 
 def test_a_second_land_waits_and_says_for_whom_while_status_is_not_blocked(tmp_path: Path) -> None:
