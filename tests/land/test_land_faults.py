@@ -211,3 +211,28 @@ def test_a_second_land_waits_and_says_for_whom_while_status_is_not_blocked(tmp_p
                 p.kill()
     assert first.returncode == 0, err1
     assert second.returncode == 0 and "nothing to land" in err2
+
+
+def test_push_after_each_landing_and_a_rejected_push_is_said(tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    repo = train_repo(tmp_path, '  check: ["true"]\n  push: origin\n', ["a", "b"])
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(repo, "remote", "add", "origin", str(remote))
+    git(repo, "push", "-q", "origin", "main")
+    agent_commit(repo, "a", {"a.txt": "a\n"})
+    data, _ = land_json(repo, ok=True)
+    assert by_agent(data)["a"]["pushed"] is True
+    assert git(remote, "rev-parse", "main") == git(repo, "rev-parse", "main")
+    # someone else pushes to the remote: b lands here, the push is refused and said
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(remote), str(other))
+    (other / "o.txt").write_text("o\n")
+    git(other, "add", "o.txt")
+    git(other, "commit", "-q", "-m", "other")
+    git(other, "push", "-q", "origin", "main")
+    theirs = git(remote, "rev-parse", "main")
+    agent_commit(repo, "b", {"b.txt": "b\n"})
+    data, proc = land_json(repo, ok=False)
+    b = by_agent(data)["b"]
+    assert b["result"] == "landed" and b["pushed"] is False and "push to origin rejected" in b["why"]
+    assert git(remote, "rev-parse", "main") == theirs  # never forced
