@@ -16,8 +16,9 @@ Never lose work, never break the target:
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -46,11 +47,17 @@ WOULD_LAND = "would-land"
 OK_RESULTS = (LANDED, EMPTY, WOULD_LAND)
 
 
+DONE = "done"  # what conclude() found
+TIP_MOVED = "tip-moved"
+TARGET_MOVED = "target-moved"
+
+
 @dataclass
 class Options:
     dry_run: bool = False
     stop_on_failure: bool = False
     keep_failed: bool = False
+    parallel: int = 1  # checks at once (speculative: parallel.py)
 
 
 @dataclass
@@ -72,6 +79,7 @@ class Outcome:
     tail: str = ""
     diffstat: str = ""
     pushed: bool | None = None
+    checks: int = 0  # check runs it took (with --parallel, also those stopped or redone after one ahead failed)
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Run:
     outcomes: list[Outcome] = field(default_factory=list)
     report: str = ""
     resumed: str = ""
+    parallel: int = 1
 
     @property
     def ok(self) -> bool:
@@ -97,6 +106,26 @@ class Candidate:
     strategy: str
     where: Path  # the repository whose branch it is (a clone's own)
     env: Path | None  # its environment, when it has one
+
+
+@dataclass
+class Build:
+    """A candidate applied onto ``base`` in ``scratch``: ``commit`` is what
+    the target moves to when its check is green."""
+
+    cand: Candidate
+    outcome: Outcome
+    base: str
+    tip: str
+    commit: str
+    scratch: Path
+
+
+Loop = Callable[["Train", Run, Sequence[Candidate], str, bool], None]
+
+
+def gave_up() -> str:
+    return f"the target or its branch kept moving: gave up after {MAX_ATTEMPTS} attempts, nothing landed"
 
 
 def target_ref(project: Project) -> tuple[str, str]:
@@ -144,10 +173,13 @@ class Train:
         self.root = project.root
         self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
         self.journal = Journal(os.getpid(), self.run_id)
+        self._journal_lock = threading.Lock()
 
     # --- the run ------------------------------------------------------------
 
-    def run(self, names: Sequence[str]) -> Run:
+    def run(self, names: Sequence[str], loop: Loop | None = None) -> Run:
+        """Land the candidates (``names``, or all), one after the other, or
+        by ``loop`` (the speculative one for --parallel)."""
         ref, before = target_ref(self.project)
         cands = candidates(self.project, self.state, names)
         run = Run(self.run_id, ref.removeprefix("refs/heads/"), self.options.dry_run, before)
@@ -162,20 +194,26 @@ class Train:
         self.store.write_journal(self.journal)
         stop = False
         try:
+            if loop is not None:  # --parallel: parallel.speculate
+                loop(self, run, cands, ref, bool(names))
+                return run
             for cand in cands:
                 if stop:
-                    run.outcomes.append(Outcome(cand.agent.name, cand.branch, self._method(cand), SKIPPED, why="an earlier candidate did not land (--stop-on-failure)"))
+                    run.outcomes.append(self.skipped(cand))
                     continue
                 outcome = self._one(run, cand, ref, explicit=bool(names))
                 if outcome is None:
                     continue
                 run.outcomes.append(outcome)
-                if outcome.result not in OK_RESULTS and (self.options.stop_on_failure or outcome.why.startswith("the target")):
+                if self.stops(outcome):
                     stop = True
         finally:
             self.store.clear_journal()
-        run.after = git.branch_commit(self.root, run.target) or ""
+            run.after = git.branch_commit(self.root, run.target) or ""
         return run
+
+    def skipped(self, cand: Candidate) -> Outcome:
+        return Outcome(cand.agent.name, cand.branch, self._method(cand), SKIPPED, why="an earlier candidate did not land (--stop-on-failure)")
 
     def _method(self, cand: Candidate) -> str:
         return self.project.manifest.land_method_for(cand.agent)
@@ -249,102 +287,166 @@ class Train:
             o.seconds = time.monotonic() - started
         if not o.result:
             return None  # not a candidate: nothing beyond the target
-        mark = o.result in OK_RESULTS and o.pushed is not False
-        output.message(f" {output.mark(mark)} {o.agent:<14} {o.result:<8} {o.why}".rstrip())
+        self.said(o)
         return o
 
+    def said(self, o: Outcome) -> None:
+        mark = o.result in OK_RESULTS and o.pushed is not False
+        output.message(f" {output.mark(mark)} {o.agent:<14} {o.result:<8} {o.why}".rstrip())
+
+    def stops(self, o: Outcome) -> bool:
+        """Whether the queue stops after this outcome: --stop-on-failure, or
+        a target that cannot move (its checkout is dirty)."""
+        return o.result not in OK_RESULTS and (self.options.stop_on_failure or o.why.startswith("the target"))
+
     def _land(self, run: Run, cand: Candidate, ref: str, o: Outcome, explicit: bool) -> None:
-        name = cand.agent.name
+        target = git.resolve_commit(self.root, ref) or ""
+        tip = self.admit(cand, target, o, explicit)
+        if tip is None:
+            return
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            o.attempts = attempt
+            build = self.build(run, cand, target, tip, o)
+            if build is None:
+                return
+            keep = False
+            try:
+                if not self.check(run, cand, build.scratch, build.commit, o):
+                    keep = self.keep_failed(build)
+                    return
+            finally:
+                if not keep:
+                    applying.remove_scratch(self.root, build.scratch)
+            step, value = self.conclude(run, build, ref)
+            if step == DONE:
+                return
+            if step == TIP_MOVED:
+                tip = value
+                o.commits = git.count_commits(self.root, target, tip)
+            else:
+                target = value
+        o.result, o.why = FAILED, gave_up()
+
+    # --- the steps of one candidate (the parallel train uses them too) -------
+
+    def admit(self, cand: Candidate, base: str, o: Outcome, explicit: bool) -> str | None:
+        """The candidate's tip when it has something to land on ``base``;
+        None otherwise, with ``o.result`` set (``""``: not a candidate)."""
         tip = self._tip(cand)
         if tip is None:
             if explicit:
                 o.result, o.why = MISSING, f"branch {cand.branch} does not exist"
-            return
-        target = git.resolve_commit(self.root, ref) or ""
+            return None
         o.tip = tip
-        o.commits = git.count_commits(self.root, target, tip)
-        if o.commits == 0 or git.is_ancestor(self.root, tip, target):
+        o.commits = git.count_commits(self.root, base, tip)
+        if o.commits == 0 or git.is_ancestor(self.root, tip, base):
             if explicit:
                 o.result, o.why = EMPTY, "nothing new beyond the target"
-            return
+            return None
         why = self._uncommitted(cand)
         if why:
             o.result, o.why = REFUSED, why
-            return
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            o.attempts = attempt
-            conflicts = applying.predict(self.root, target, tip)
-            if conflicts:
-                o.result, o.paths, o.why = CONFLICT, list(conflicts), f"conflicts with {run.target} in {', '.join(conflicts)}"
-                return
-            scratch = applying.new_scratch(self.store.scratch_dir, name)
-            keep = False
-            try:
-                self._phase(name, "apply")
-                _log(name, "apply", f"{o.method} {o.commits} commit{'s' if o.commits != 1 else ''} onto {run.target} ({_short(target)})")
-                made = applying.apply(self.root, scratch, o.method, target, tip, _message(o.method, name, cand.branch, self.root, target, tip))
-                if made.conflicts or made.error:
-                    o.result, o.paths = CONFLICT, list(made.conflicts)
-                    o.why = f"conflicts with {run.target} in {', '.join(made.conflicts)}" if made.conflicts else f"could not be applied: {made.error}"
-                    return
-                if made.commit is None:
-                    o.result, o.why = EMPTY, f"everything it changes is in {run.target} already"
-                    return
-                new = made.commit
-                if not self._check(run, cand, scratch, new, o):
-                    keep = self.options.keep_failed
-                    if keep:
-                        kept = self.store.kept_dir / scratch.name
-                        git.run(self.root, "worktree", "move", str(scratch), str(kept))
-                        o.kept = str(kept)
-                        o.why += f"; its scratch worktree is kept at {kept}"
-                    return
-            finally:
-                if not keep:
-                    applying.remove_scratch(self.root, scratch)
-            # the branch may have moved or gone while it was checked
-            now = self._tip(cand)
-            if now is None:
-                o.result, o.why = MISSING, f"branch {cand.branch} was deleted during its check; nothing landed"
-                return
-            if now != tip:
-                _log(name, "moved", f"{cand.branch} moved to {_short(now)} during its check: applying and checking that")
-                tip, o.tip = now, now
-                o.commits = git.count_commits(self.root, target, tip)
-                continue
-            blocked = self._refuse_dirty_target(run.target, target, new, raising=False)
-            if blocked:
-                o.result, o.why = REFUSED, blocked
-                return
-            self.journal.landing = Landing(name, cand.branch, str(cand.where), tip, new, ref, target)
-            self._phase(name, "landing")
-            if not git.run(self.root, "update-ref", "-m", f"hybridiso land {name}", ref, new, target, check=False).returncode == 0:
-                moved = git.resolve_commit(self.root, ref) or ""
-                _log(name, "moved", f"{run.target} moved to {_short(moved)} meanwhile: applying and checking on it")
-                self.journal.landing = None
-                self._phase(name, "apply")
-                target = moved
-                continue
-            self._follow_checkouts(run.target, target, new)
-            self._move_branch(cand, tip, new, o)
+            return None
+        return tip
+
+    def build(self, run: Run, cand: Candidate, base: str, tip: str, o: Outcome) -> Build | None:
+        """Predict, then apply ``tip`` onto ``base`` in a new scratch
+        worktree; None (``o.result`` set) on a conflict or when nothing is
+        new, the scratch worktree then removed."""
+        name = cand.agent.name
+        conflicts = applying.predict(self.root, base, tip)
+        if conflicts:
+            o.result, o.paths, o.why = CONFLICT, list(conflicts), f"conflicts with {run.target} in {', '.join(conflicts)}"
+            return None
+        scratch = applying.new_scratch(self.store.scratch_dir, name)
+        self._phase(name, "apply")
+        _log(name, "apply", f"{o.method} {o.commits} commit{'s' if o.commits != 1 else ''} onto {run.target} ({_short(base)})")
+        try:
+            made = applying.apply(self.root, scratch, o.method, base, tip, _message(o.method, name, cand.branch, self.root, base, tip))
+        except BaseException:
+            applying.remove_scratch(self.root, scratch)
+            raise
+        if made.commit is None:
+            applying.remove_scratch(self.root, scratch)
+            if made.conflicts or made.error:
+                o.result, o.paths = CONFLICT, list(made.conflicts)
+                o.why = f"conflicts with {run.target} in {', '.join(made.conflicts)}" if made.conflicts else f"could not be applied: {made.error}"
+            else:
+                o.result, o.why = EMPTY, f"everything it changes is in {run.target} already"
+            return None
+        return Build(cand, o, base, tip, made.commit, scratch)
+
+    def keep_failed(self, build: Build) -> bool:
+        """--keep-failed: the failed candidate's scratch worktree moves to
+        kept/ (True) instead of being removed."""
+        if not self.options.keep_failed:
+            return False
+        kept = self.store.kept_dir / build.scratch.name
+        git.run(self.root, "worktree", "move", str(build.scratch), str(kept))
+        build.outcome.kept = str(kept)
+        build.outcome.why += f"; its scratch worktree is kept at {kept}"
+        return True
+
+    def conclude(self, run: Run, build: Build, ref: str) -> tuple[str, str]:
+        """After a green check: land ``build`` (DONE, ``o.result`` set: landed,
+        or missing/refused), or say why it must be applied and checked again:
+        (TIP_MOVED, the branch's new tip) or (TARGET_MOVED, the target now)."""
+        cand, o, target, tip, new = build.cand, build.outcome, build.base, build.tip, build.commit
+        name = cand.agent.name
+        # the branch may have moved or gone while it was checked
+        now = self._tip(cand)
+        if now is None:
+            o.result, o.why = MISSING, f"branch {cand.branch} was deleted during its check; nothing landed"
+            return DONE, ""
+        if now != tip:
+            _log(name, "moved", f"{cand.branch} moved to {_short(now)} during its check: applying and checking that")
+            o.tip = now
+            return TIP_MOVED, now
+        blocked = self._refuse_dirty_target(run.target, target, new, raising=False)
+        if blocked:
+            o.result, o.why = REFUSED, blocked
+            return DONE, ""
+        self.journal.landing = Landing(name, cand.branch, str(cand.where), tip, new, ref, target)
+        self._phase(name, "landing")
+        if not git.run(self.root, "update-ref", "-m", f"hybridiso land {name}", ref, new, target, check=False).returncode == 0:
+            moved = git.resolve_commit(self.root, ref) or ""
+            _log(name, "moved", f"{run.target} moved to {_short(moved)} meanwhile: applying and checking on it")
             self.journal.landing = None
-            self._phase(name, "landed")
-            o.result, o.landed = LANDED, new
-            o.diffstat = git.run(self.root, "diff", "--shortstat", target, new, check=False).stdout.strip()
-            o.why = f"{run.target} {_short(target)} -> {_short(new)}" + (f"; {o.why}" if o.why else "")
-            self._push(run, new, o)
-            return
-        o.result, o.why = FAILED, f"the target or its branch kept moving: gave up after {MAX_ATTEMPTS} attempts, nothing landed"
+            self._phase(name, "apply")
+            return TARGET_MOVED, moved
+        self._follow_checkouts(run.target, target, new)
+        self._move_branch(cand, tip, new, o)
+        self.journal.landing = None
+        self._phase(name, "landed")
+        o.result, o.landed = LANDED, new
+        o.diffstat = git.run(self.root, "diff", "--shortstat", target, new, check=False).stdout.strip()
+        o.why = f"{run.target} {_short(target)} -> {_short(new)}" + (f"; {o.why}" if o.why else "")
+        self._push(run, new, o)
+        return DONE, ""
 
     # --- steps ----------------------------------------------------------------
 
-    def _phase(self, agent: str, phase: str, groups: list[ProcessGroup] | None = None) -> None:
-        self.journal.agent, self.journal.phase = agent, phase
-        if groups is not None:
-            self.journal.groups = groups
-        self.store.write_journal(self.journal)
+    def _phase(self, agent: str, phase: str) -> None:
+        with self._journal_lock:
+            self.journal.agent, self.journal.phase = agent, phase
+            self.store.write_journal(self.journal)
 
-    def _check(self, run: Run, cand: Candidate, scratch: Path, commit: str, o: Outcome) -> bool:
+    def _group(self, agent: str, group: ProcessGroup, running: bool) -> None:
+        """A check command started (on disk before it runs) or ended; with
+        --parallel, several run at once and the journal names them all."""
+        with self._journal_lock:
+            if running:
+                self.journal.groups.append(group)
+                self.journal.agent, self.journal.phase = agent, "check"
+            else:
+                self.journal.groups = [g for g in self.journal.groups if g.pgid != group.pgid]
+            self.store.write_journal(self.journal)
+
+    def check(self, run: Run, cand: Candidate, scratch: Path, commit: str, o: Outcome, started: Callable[[ProcessGroup], None] | None = None) -> bool:
+        """Run the candidate's check in ``scratch`` at ``commit``; False
+        (``o`` says why) when it fails.  ``started`` sees each command's
+        group before it runs, and may raise to stop it (--parallel cancels a
+        check whose base is no longer what would land)."""
         manifest = self.project.manifest
         commands = manifest.land_check_for(cand.agent)
         if not commands:
@@ -361,16 +463,31 @@ class Train:
             "HYBRIDISO_LAND_TARGET": run.target,
             "HYBRIDISO_LAND_COMMIT": commit,
         }
-        result = run_checks(
-            commands,
-            scratch,
-            env,
-            log,
-            timeout,
-            header=f"land {o.agent} {commit}",
-            on_start=lambda g: self._phase(o.agent, "check", [g]),
-            on_end=lambda g: self._phase(o.agent, "check", []),
-        )
+
+        mine: list[ProcessGroup] = []
+
+        def on_start(group: ProcessGroup) -> None:
+            if started is not None:
+                started(group)
+            mine.append(group)
+            self._group(o.agent, group, True)
+
+        o.checks += 1
+        try:
+            result = run_checks(
+                commands,
+                scratch,
+                env,
+                log,
+                timeout,
+                header=f"land {o.agent} {commit}",
+                on_start=on_start,
+                on_end=lambda g: self._group(o.agent, g, False),
+            )
+        finally:
+            for group in mine:  # a command timed out or stopped has no on_end: it is stopped now
+                if any(g.pgid == group.pgid for g in self.journal.groups):
+                    self._group(o.agent, group, False)
         o.check_seconds += result.seconds
         if result.ok:
             _log(o.agent, "check", f"passed in {result.seconds:.2f}s")

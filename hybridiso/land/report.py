@@ -38,6 +38,7 @@ def as_json(run: Run) -> dict[str, Any]:
         "run": run.id,
         "target": run.target,
         "dry_run": run.dry_run,
+        "parallel": run.parallel,
         "before": run.before,
         "after": run.after,
         "ok": run.ok,
