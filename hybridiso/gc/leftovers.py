@@ -129,7 +129,10 @@ def database_findings(project: Project, state: State, dry_run: bool) -> list[Fin
     from hybridiso.services import databases
     from hybridiso.services import branches as service_branches
 
+    from hybridiso.gc.land_leftovers import journal_databases
+
     owned = {db.name for r in state.agents.values() for db in r.databases.values()}
+    owned |= {name for _, name in journal_databases(project)}  # a killed land's check databases: its finder's
     prefix = service_branches.branch_prefix(project)
     findings = []
     for server in sorted(servers):

@@ -26,10 +26,12 @@ from hybridiso import git, output, process_groups
 from hybridiso.process import CommandError
 from hybridiso.errors import UserError
 from hybridiso.land import apply as applying
+from hybridiso.land import databases as check_dbs
 from hybridiso.land.check import run_checks
 from hybridiso.land.store import Journal, LandStore, Landing
 from hybridiso.manifest import Agent, Command
 from hybridiso.project import Project
+from hybridiso.services.branches import env_var as branches_env_var
 from hybridiso.setup_runner import LogFile
 from hybridiso.state import ProcessGroup, State
 
@@ -464,6 +466,12 @@ class Train:
             "HYBRIDISO_LAND_COMMIT": commit,
         }
 
+        try:
+            env.update(self._databases(o, check_dbs.plan(self.project, cand.agent)))
+        except UserError as e:
+            o.result, o.why = FAILED, f"check could not get its database: {e.message}"
+            self._drop_databases(o.agent)
+            return False
         mine: list[ProcessGroup] = []
 
         def on_start(group: ProcessGroup) -> None:
@@ -488,6 +496,7 @@ class Train:
             for group in mine:  # a command timed out or stopped has no on_end: it is stopped now
                 if any(g.pgid == group.pgid for g in self.journal.groups):
                     self._group(o.agent, group, False)
+            self._drop_databases(o.agent)
         o.check_seconds += result.seconds
         if result.ok:
             _log(o.agent, "check", f"passed in {result.seconds:.2f}s")
@@ -495,6 +504,32 @@ class Train:
         o.result, o.why, o.tail = FAILED, f"check {result.why}", result.tail
         _log(o.agent, "check", f"FAILED after {result.seconds:.2f}s ({result.why}); log: {log.path}")
         return False
+
+    def _databases(self, o: Outcome, planned: list[check_dbs.CheckDatabase]) -> dict[str, str]:
+        """Make the check's scratch databases, each in the journal before it
+        exists; the variables that point the check at them."""
+        env: dict[str, str] = {}
+        for db in planned:
+            with self._journal_lock:
+                self.journal.databases.append({**db.record, "agent": o.agent})
+                self.store.write_journal(self.journal)
+            env.update(check_dbs.create(db))
+            env.setdefault("DATABASE_URL", env[branches_env_var(db.service)])
+            _log(o.agent, "database", f"{db.name} from {db.template} for {db.service}")
+        return env
+
+    def _drop_databases(self, agent: str) -> None:
+        with self._journal_lock:
+            mine = [d for d in self.journal.databases if d.get("agent") == agent]
+        for d in mine:
+            try:
+                check_dbs.drop(d["server"], d["name"])
+            except UserError as e:
+                output.warn(f"the check database {d['name']} could not be dropped: {e.message} (gc will offer it)")
+                continue
+            with self._journal_lock:
+                self.journal.databases = [x for x in self.journal.databases if x is not d]
+                self.store.write_journal(self.journal)
 
     def _target_checkouts(self, target: str) -> list[Path]:
         return [wt.path for wt in git.worktree_list(self.root) if wt.branch == target and not wt.bare]
@@ -576,6 +611,15 @@ class Train:
             if journal.groups:
                 left = process_groups.stop(journal.groups)
                 said.append("its check was stopped" + (f" (still running: {', '.join(left)})" if left else ""))
+            dropped = 0
+            for d in journal.databases:
+                try:
+                    check_dbs.drop(d["server"], d["name"])
+                    dropped += 1
+                except UserError as e:
+                    said.append(f"its check database {d['name']} could not be dropped: {e.message}")
+            if dropped:
+                said.append(f"{dropped} check database{'s' if dropped != 1 else ''} dropped")
             landing = journal.landing
             if landing is not None:
                 said.append(self._finish(landing))

@@ -8,7 +8,8 @@
 - ``journal.json``: what a run is doing that a ``kill -9`` would leave
   half-done: the check's process group (stopped by the next run) and a
   landing whose target ref moved but whose agent branch did not yet (finished
-  by the next run).  Written atomically before the step it describes.
+  by the next run), and the checks' scratch databases (dropped by the next
+  run; land/databases.py).  Written atomically before the step it describes.
 - ``scratch/``: the scratch worktrees; everything in it belongs to the run
   holding the lock, so the next run (or ``gc``) removes what a killed run left.
 - ``kept/``: scratch worktrees of failed candidates kept by ``--keep-failed``.
@@ -54,6 +55,7 @@ class Journal:
     phase: str = ""
     groups: list[ProcessGroup] = field(default_factory=list)
     landing: Landing | None = None
+    databases: list[dict[str, str]] = field(default_factory=list)  # {server, name}: the checks' scratch databases
 
     @classmethod
     def from_json(cls, data: Any) -> Journal | None:
@@ -63,7 +65,8 @@ class Journal:
             groups = [g for g in (ProcessGroup.from_json(x) for x in data.get("groups") or []) if g is not None]
             raw = data.get("landing")
             landing = Landing(**{k: str(raw[k]) for k in Landing.__dataclass_fields__}) if isinstance(raw, dict) else None
-            return cls(int(data["pid"]), str(data["run"]), str(data.get("agent", "")), str(data.get("phase", "")), groups, landing)
+            dbs = [{"server": str(d["server"]), "name": str(d["name"])} for d in data.get("databases") or [] if isinstance(d, dict)]
+            return cls(int(data["pid"]), str(data["run"]), str(data.get("agent", "")), str(data.get("phase", "")), groups, landing, dbs)
         except (KeyError, TypeError, ValueError):
             return None
 
