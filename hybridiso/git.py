@@ -349,6 +349,17 @@ def worktree_add(repo: Path, path: Path, branch: str, start: str | None, *, trac
         _forget_worktrees()
 
 
+def worktree_add_detached(repo: Path, path: Path, commit: str) -> None:
+    """A scratch worktree with a detached HEAD at ``commit`` (``land``'s, issue 14)."""
+    _forget_worktrees()
+    try:
+        with _worktree_metadata:
+            run(repo, "worktree", "add", "--no-checkout", "--detach", "--", str(path), commit)
+        run(path, "reset", "-q", "--hard", "--no-recurse-submodules", "HEAD")
+    finally:
+        _forget_worktrees()
+
+
 def worktree_remove(repo: Path, path: Path, *, force: bool) -> None:
     args = ["worktree", "remove"]
     if force:

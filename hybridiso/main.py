@@ -29,6 +29,7 @@ COMMANDS = {
     "report": "report",
     "gc": "gc",
     "sync": "sync",
+    "land": "land",
     "doctor": "doctor",
     "demo": "demo",
 }
@@ -49,6 +50,7 @@ typical use:
   hybridiso render      write container agents' compose files, start nothing
   hybridiso report      what each strategy costs here (--compare N measures)
   hybridiso sync        fetch once, rebase every clean environment onto base
+  hybridiso land        land agents' work on base, each step checked first
   hybridiso gc          remove merged, deleted and orphaned environments
   hybridiso doctor      check git, Docker, disk and ports on this machine
   hybridiso demo        try it all on a sample repository in a temp dir

@@ -221,6 +221,62 @@ class Workload(_Model):
     needs: list[Need] = Field(default_factory=list)
 
 
+LandMethod = Literal["rebase", "merge", "squash"]
+DEFAULT_LAND_TIMEOUT = "30m"
+
+
+def _land_timeout(v: str | None) -> str | None:
+    if v is None:
+        return v
+    if not _DURATION_RE.fullmatch(v):
+        raise ValueError(f"{v!r} is not a duration (like 90s, 10m, 1h30m)")
+    seconds = duration_seconds(v)
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{v!r} is longer than 24h")
+    if seconds < 1:
+        raise ValueError(f"{v!r} is shorter than 1s")
+    return v
+
+
+LandTimeout = Annotated[str | None, AfterValidator(_land_timeout)]
+
+
+class AgentLand(_Model):
+    """What one agent may change of ``land:`` (issue 14): its own check, how
+    its work is applied, and how long its check may take.  Where it lands
+    and where that is pushed are the repository's, one for all."""
+
+    check: list[Command] | None = None
+    method: LandMethod | None = None
+    timeout: LandTimeout = None
+
+
+class Land(_Model):
+    """``hybridiso land`` (issue 14; docs/land.md)."""
+
+    check: list[Command] = Field(default_factory=list)
+    method: LandMethod = "rebase"
+    target: str | None = None  # default: base's branch
+    push: str | None = None  # a remote the target is pushed to after each landing
+    timeout: LandTimeout = DEFAULT_LAND_TIMEOUT
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        if v is not None:
+            problem = branch_name_problem(v)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("push")
+    @classmethod
+    def _push(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v.startswith("-") or any(c.isspace() for c in v)):
+            raise ValueError(f"{v!r} is not a remote name (like origin)")
+        return v
+
+
 # Docker's reference grammar (distribution/reference): [domain/]path[:tag][@digest],
 # path components lowercase; refused here, not after a pull that cannot work
 _DOMAIN = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?"
@@ -251,6 +307,7 @@ class Agent(_Model):
     cap_add: list[str] = Field(default_factory=list)
     setup_on: Literal["container", "host"] = "container"
     network_fallback: Literal["refuse", "none", "internal"] = "refuse"
+    land: AgentLand | None = None
 
     @field_validator("name")
     @classmethod
@@ -353,6 +410,7 @@ class Manifest(_Model):
     defaults: Defaults = Field(default_factory=Defaults)
     services: dict[ServiceName, Service] = Field(default_factory=dict)
     agents: list[Agent] = Field(default_factory=list)
+    land: Land = Field(default_factory=Land)
     # where each part is in the file, for problems found later (plan time)
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
 
@@ -401,6 +459,24 @@ class Manifest(_Model):
         """The agent lists a service that runs in its compose project (not a
         server with a url): Compose v2 starts such a project."""
         return any(self.services[s].runs_in_container for s in agent.services if s in self.services)
+
+    def land_check_for(self, agent: Agent) -> list[Command]:
+        own = agent.land.check if agent.land is not None else None
+        return list(own if own is not None else self.land.check)
+
+    def land_method_for(self, agent: Agent) -> LandMethod:
+        own = agent.land.method if agent.land is not None else None
+        return own or self.land.method
+
+    def land_timeout_for(self, agent: Agent) -> float:
+        """Seconds one check command of ``agent`` may run."""
+        own = agent.land.timeout if agent.land is not None else None
+        return float(duration_seconds(own or self.land.timeout or DEFAULT_LAND_TIMEOUT))
+
+    def land_target(self) -> str:
+        """The branch ``land`` moves: ``land.target``, else ``base`` (which
+        must then be a local branch: the queue says so)."""
+        return self.land.target or self.base.removeprefix("refs/heads/")
 
     def env_for(self, agent: Agent) -> dict[str, str]:
         return {**self.defaults.env, **agent.env}

@@ -129,7 +129,10 @@ def database_findings(project: Project, state: State, dry_run: bool) -> list[Fin
     from hybridiso.services import databases
     from hybridiso.services import branches as service_branches
 
+    from hybridiso.gc.land_leftovers import journal_databases
+
     owned = {db.name for r in state.agents.values() for db in r.databases.values()}
+    owned |= {name for _, name in journal_databases(project)}  # a killed land's check databases: its finder's
     prefix = service_branches.branch_prefix(project)
     findings = []
     for server in sorted(servers):
@@ -252,5 +255,11 @@ def _compare_remover(workdir: Path) -> Callable[[], list[str]]:
 from hybridiso.gc.firewall import firewall_findings  # noqa: E402 - network-isolation rules (issue 12)
 
 # before every other finder: a setup still running writes into what they remove
-EARLY_FINDERS: tuple[Finder, ...] = (process_findings,)
+def _land_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
+    from hybridiso.gc.land_leftovers import land_findings
+
+    return land_findings(project, state, dry_run)
+
+
+EARLY_FINDERS: tuple[Finder, ...] = (process_findings, _land_findings)
 FINDERS: tuple[Finder, ...] = (docker_findings, database_findings, dump_findings, compare_findings, firewall_findings)

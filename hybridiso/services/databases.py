@@ -597,6 +597,15 @@ def drop_branch(server_url: str, name: str, baseline: Baseline | None = None, *,
         return Dropped(True, dump, change.what if change else "")
 
 
+def drop_scratch(server_url: str, name: str) -> None:
+    """Drop ``name`` whatever its data: for databases that only ever held a
+    check's scratch (``land``), never an agent's branch."""
+    from psycopg import sql
+
+    with _connect(server_url) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @contextlib.contextmanager
 def _detached(cur, name: str, oid: int) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """Lock everybody out of ``name``, end its sessions, and rename it to a

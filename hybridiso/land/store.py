@@ -1,0 +1,152 @@
+"""Where ``land`` keeps its things, under the state dir
+(``<common git dir>/hybridiso/land/``), and its lock and journal.
+
+- ``lock``: one ``land`` at a time.  It is not the repository lock: a check
+  may run for half an hour, and ``up``/``status``/``exec`` in other shells
+  must not wait for it; the repository lock is taken only for the moment an
+  agent's branch and environment are moved (queue.py).
+- ``journal.json``: what a run is doing that a ``kill -9`` would leave
+  half-done: the check's process group (stopped by the next run) and a
+  landing whose target ref moved but whose agent branch did not yet (finished
+  by the next run), and the checks' scratch databases (dropped by the next
+  run; land/databases.py).  Written atomically before the step it describes.
+- ``scratch/``: the scratch worktrees; everything in it belongs to the run
+  holding the lock, so the next run (or ``gc``) removes what a killed run left.
+- ``kept/``: scratch worktrees of failed candidates kept by ``--keep-failed``.
+- ``runs/<run>/``: check logs (one per candidate) and the landing report.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from hybridiso import json_data, safe_files
+from hybridiso.state import ProcessGroup, StateStore, atomic_write_text, lock_holder
+
+LAND_DIR = PurePosixPath("hybridiso", "land")
+
+
+@dataclass
+class Landing:
+    """A candidate between moving the target and moving its branch."""
+
+    agent: str
+    branch: str
+    where: str  # the repository whose refs/heads/<branch> is the agent's (a clone's own)
+    tip: str  # the branch's commit that was checked
+    landed: str  # what the target moved to
+    target_ref: str
+    before: str  # the target before
+
+
+@dataclass
+class Journal:
+    pid: int
+    run: str
+    agent: str = ""
+    phase: str = ""
+    groups: list[ProcessGroup] = field(default_factory=list)
+    landing: Landing | None = None
+    databases: list[dict[str, str]] = field(default_factory=list)  # {server, name}: the checks' scratch databases
+
+    @classmethod
+    def from_json(cls, data: Any) -> Journal | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            groups = [g for g in (ProcessGroup.from_json(x) for x in data.get("groups") or []) if g is not None]
+            raw = data.get("landing")
+            landing = Landing(**{k: str(raw[k]) for k in Landing.__dataclass_fields__}) if isinstance(raw, dict) else None
+            dbs = [{"server": str(d["server"]), "name": str(d["name"])} for d in data.get("databases") or [] if isinstance(d, dict)]
+            return cls(int(data["pid"]), str(data["run"]), str(data.get("agent", "")), str(data.get("phase", "")), groups, landing, dbs)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+class LandStore:
+    def __init__(self, store: StateStore) -> None:
+        self.anchor = store.anchor  # the common git dir
+        self.rel = LAND_DIR
+        self.dir = self.anchor.joinpath(*LAND_DIR.parts)
+        self.scratch_dir = self.dir / "scratch"
+        self.kept_dir = self.dir / "kept"
+        self.runs_dir = self.dir / "runs"
+        self.lock_path = self.dir / "lock"
+        self.journal_path = self.dir / "journal.json"
+        self.results_path = self.dir / "last.json"
+
+    def ensure(self) -> None:
+        for d in ("scratch", "kept", "runs"):
+            safe_files.ensure_dir(self.anchor, self.rel / d)
+
+    @contextlib.contextmanager
+    def locked(self, what: str) -> Iterator[None]:
+        """One ``land`` at a time; the second says for whom it waits."""
+        fd = safe_files.open_regular(self.anchor, self.rel / "lock", os.O_RDWR | os.O_CREAT)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = lock_holder(self.lock_path) or "another hybridiso land"
+                print(f"hybridiso: waiting for the land lock held by {holder}", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} (hybridiso {what})\n".encode(), 0)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)
+
+    def held_by_other(self) -> str | None:
+        """Who holds the land lock now (None when nobody does)."""
+        return lock_holder(self.lock_path)
+
+    # --- journal --------------------------------------------------------------
+
+    def read_journal(self) -> Journal | None:
+        try:
+            raw = safe_files.read_text(self.anchor, self.rel / "journal.json")
+        except safe_files.UnsafePath:
+            return None
+        if raw is None:
+            return None
+        try:
+            return Journal.from_json(json_data.loads(raw))
+        except ValueError:
+            return None
+
+    def write_journal(self, journal: Journal) -> None:
+        atomic_write_text(self.journal_path, json.dumps(asdict(journal), indent=1), anchor=self.anchor)
+
+    def clear_journal(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.journal_path.unlink()
+
+    # --- results, for status ------------------------------------------------
+
+    def write_results(self, results: dict[str, dict[str, Any]]) -> None:
+        old = self.read_results()
+        old.update(results)
+        atomic_write_text(self.results_path, json.dumps(old, indent=1, sort_keys=True), anchor=self.anchor)
+
+    def read_results(self) -> dict[str, dict[str, Any]]:
+        try:
+            raw = safe_files.read_text(self.anchor, self.rel / "last.json")
+            data = json_data.loads(raw) if raw else {}
+        except (safe_files.UnsafePath, ValueError):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, dict)} if isinstance(data, dict) else {}
+
+    def run_dir(self, run: str) -> PurePosixPath:
+        return self.rel / "runs" / run
