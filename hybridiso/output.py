@@ -51,6 +51,11 @@ def progress_line(ok: bool, agent: str, strategy: str, action: str, seconds: flo
     message(f" {mark(ok)} {agent:<{width}} {strategy:<9} {action:<11} {timing}{f'  ({note})' if note else ''}".rstrip())
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 commit``, ``2 commits`` (``many`` for words without a plain -s)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"

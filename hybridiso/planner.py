@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hybridiso.manifest import Agent, Manifest, parse_size
+from hybridiso.output import plural
 
 CONTAINER_NEEDS = ("network-isolation", "resource-limits", "untrusted-code")
 
@@ -81,6 +82,7 @@ def plan(
     existing: Mapping[str, str] | None = None,
     clone_cost_bytes: int | None = None,
     cores: int | None = None,
+    held_by_agents: Mapping[str, str] | None = None,
 ) -> Plan:
     """Decide every agent's strategy.
 
@@ -88,16 +90,24 @@ def plan(
     not manage (the main worktree, the user's own).  ``existing``: the strategy
     an already-created agent has; it is kept, because switching a live
     environment silently would lose its state (the choice is saved per env).
+    ``held_by_agents``: branches the existing environments have checked out
+    (branch -> agent); they hold them whatever the manifest's order, as they
+    do for ``up`` (issue 16: an agent listed before the holder was planned a
+    worktree that ``up`` then refused).
     """
     existing = existing or {}
+    held = dict(held_by_agents or {})
     container_services = frozenset(n for n, s in manifest.services.items() if s.runs_in_container)
     taken: dict[str, str] = dict(checked_out_elsewhere)
     decided: list[tuple[Agent, Decision, list[str]]] = []
     for agent in manifest.agents:
         notes: list[str] = []
+        # what the others hold: every existing environment's branch, and
+        # those of the agents decided before this one
+        others = {**{b: f"agent {n}" for b, n in held.items() if n != agent.name}, **taken}
         if agent.name in existing:
             decision = Decision(existing[agent.name], f"already created as a {existing[agent.name]}")
-            wanted = decide(agent, Facts(container_services, taken))
+            wanted = decide(agent, Facts(container_services, others))
             if wanted.strategy != decision.strategy:
                 notes.append(
                     f"the manifest now asks for {wanted.strategy} ({wanted.reason}); "
@@ -106,17 +116,18 @@ def plan(
             else:
                 notes += _unused_settings(agent, wanted)
         else:
-            decision = decide(agent, Facts(container_services, taken))
+            decision = decide(agent, Facts(container_services, others))
             notes += _unused_settings(agent, decision)
         if decision.strategy in ("worktree", "container"):
-            holder = taken.get(agent.branch_name)
+            holder = others.get(agent.branch_name)
             if holder is not None and agent.name not in existing:
                 # FAULTS #2: `up` refuses it before any git call; say so now
                 notes.append(
                     f"branch {agent.branch_name!r} is checked out by {holder}, and a {decision.strategy} needs "
                     "it checked out too: `up` will refuse; give the agent another branch"
                 )
-            taken.setdefault(agent.branch_name, f"agent {agent.name}")
+            else:  # one refused gets nothing: the holder keeps its branch
+                taken.setdefault(agent.branch_name, f"agent {agent.name}")
         decided.append((agent, decision, notes))
 
     warnings: list[str] = []
@@ -129,7 +140,7 @@ def plan(
                 # only a choice made by the rules can be overridden; an explicit
                 # isolation: clone or a branch already checked out cannot
                 if d.strategy == "clone" and a.isolation == "auto" and "own-refs" in a.workload.needs and a.name not in existing:
-                    n.append(f"disk_budget {manifest.disk_budget} is too small for {len(clones)} clones; using a worktree instead")
+                    n.append(f"disk_budget {manifest.disk_budget} is too small for {plural(len(clones), 'clone')}; using a worktree instead")
                     decided[i] = (a, Decision("worktree", d.reason + " (but disk_budget pushes it to a worktree)"), n)
             warnings.append(
                 f"clones would need about {total // (1 << 20)} MiB, over disk_budget {manifest.disk_budget}"

@@ -222,6 +222,39 @@ def default_workspace(repo: git.RepoInfo) -> Path:
     return home.parent / f"{home.name}.agents"
 
 
+def workspace_problem(workspace: Path) -> str | None:
+    """Why environments cannot be made in ``workspace`` (None: they can),
+    found without making anything (``plan``): it, or the nearest directory
+    above it that exists, must be a directory this user can write."""
+    at = workspace
+    while not os.path.lexists(at) and at.parent != at:
+        at = at.parent
+    if not at.is_dir():
+        return f"the workspace {workspace} cannot be created: {at} is not a directory"
+    if not os.access(at, os.W_OK | os.X_OK):
+        return f"the workspace {workspace} cannot be created: {at} is not writable by this user (uid {os.getuid()})"
+    return None
+
+
+def require_workspace(workspace: Path) -> None:
+    """One error naming the path and a fix when environments cannot be made
+    in ``workspace``, before any agent is (issue 16: not one bare
+    PermissionError per agent).  Nothing is created."""
+    why = workspace_problem(workspace)
+    if why is None:
+        return
+    at = workspace
+    while not os.path.lexists(at) and at.parent != at:
+        at = at.parent
+    raise UserError(
+        why,
+        hint=(
+            f"set `workspace:` in hybridiso.yaml to a directory you can write, or let the owner of {at} "
+            f"make it yours: mkdir -p '{workspace}' && chown {os.getuid()}:{os.getgid()} '{workspace}'"
+        ),
+    )
+
+
 def find_repo(cwd: Path) -> git.RepoInfo:
     """The repository ``cwd`` belongs to, seen the same from everywhere."""
     repo = git.discover(cwd)

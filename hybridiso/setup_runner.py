@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from hybridiso import process_groups, safe_files
+from hybridiso.output import plural
 from hybridiso.errors import UserError
 from hybridiso.manifest import Command
 from hybridiso.state import ProcessGroup
@@ -226,7 +227,7 @@ def _write(fd: int, text: str) -> None:
 
 
 def _short(text: str, width: int = 200) -> str:
-    return text if len(text) <= width else text[:width] + f" [... {len(text) - width} more characters]"
+    return text if len(text) <= width else text[:width] + f" [... {plural(len(text) - width, 'more character')}]"
 
 
 def open_log(log: LogFile) -> int:
@@ -262,7 +263,7 @@ def tail(fd: int, begin: int, end: int) -> str:
     for i in range(len(lines) - 1, -1, -1):
         line = _printable(lines[i])
         if len(line) > LINE_WIDTH:
-            line = line[:LINE_WIDTH] + f" [... {len(line) - LINE_WIDTH} more characters]"
+            line = line[:LINE_WIDTH] + f" [... {plural(len(line) - LINE_WIDTH, 'more character')}]"
         if i == 0 and start > begin:
             line = "[...] " + line  # the window began inside this line
         if len(shown) == TAIL_LINES or (shown and total + len(line) > TAIL_CHARS):

@@ -18,25 +18,46 @@ def project_from_args(args: argparse.Namespace, *, manifest_optional: bool = Fal
 
 def checked_out_elsewhere(project: Project, state: State) -> dict[str, str]:
     """Branches checked out by worktrees that are not hybridiso environments."""
-    ours = {project.env_path(n) for n, r in state.agents.items() if project.record_problem(n, r) is None}
-    ours |= {project.env_path(a) for a in project.manifest.agents}
+    return _branch_holders(project, state)[0]
+
+
+def checked_out_by_agents(project: Project, state: State) -> dict[str, str]:
+    """Branches the agents' existing environments have checked out (a
+    worktree or container agent's worktree): branch -> agent."""
+    return _branch_holders(project, state)[1]
+
+
+def _branch_holders(project: Project, state: State) -> tuple[dict[str, str], dict[str, str]]:
+    ours = {project.env_path(n): n for n, r in state.agents.items() if project.record_problem(n, r) is None}
+    ours.update({project.env_path(a): a.name for a in project.manifest.agents})
     holders: dict[str, str] = {}
+    agents: dict[str, str] = {}
     for wt in git.worktree_list(project.root):
-        if wt.branch is None or wt.path in ours:
+        if wt.branch is None:
+            continue
+        if wt.path in ours:
+            agents[wt.branch] = ours[wt.path]
             continue
         holders[wt.branch] = "the main worktree" if wt.path == project.root else f"the worktree at {wt.path}"
-    return holders
+    return holders, agents
 
 
 def make_plan(project: Project, state: State) -> planner.Plan:
     check_branches(project, state)
     paths = {a.name: str(project.env_path(a)) for a in project.manifest.agents}
     existing = {n: r.strategy for n, r in state.agents.items()}
+    clone_cost = None
+    if project.manifest.disk_budget:  # what a clone takes here, as plan projects it (issue 16)
+        from hybridiso.report import costs
+
+        clone_cost = costs.project_costs(project, state.agents).for_strategy("clone").disk_bytes
     return planner.plan(
         project.manifest,
         paths,
         checked_out_elsewhere(project, state),
         existing=existing,
+        clone_cost_bytes=clone_cost,
+        held_by_agents=checked_out_by_agents(project, state),
     )
 
 

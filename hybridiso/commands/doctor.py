@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             # container agents, whether the manifest says so or the planner decides it
             containers = [p for p in make_plan(project, state).agents if p.strategy == "container"]
-            manifest_checks.append(Check("manifest", "ok", f"{len(project.manifest.agents)} agents in {project.manifest_path.name}"))
+            manifest_checks.append(Check("manifest", "ok", f"{output.plural(len(project.manifest.agents), 'agent')} in {project.manifest_path.name}"))
         except ManifestError as e:  # a branch git could not create beside the repository's
             manifest_checks.append(Check("manifest", "fail", _problems(e), _MANIFEST_FIX.format(e.path.name)))
         manifest_checks.append(check_setup_programs(project))
@@ -182,7 +182,7 @@ def check_disk(project: Project) -> Check:
     while not where.exists():
         where = where.parent
     free = shutil.disk_usage(where).free
-    tree = costs.checkout_bytes(project, project.manifest.base) or 0
+    tree = costs.project_costs(project).for_strategy("worktree").disk_bytes or 0  # as allocated (issue 16)
     need = tree * len(project.manifest.agents)
     detail = f"{output.human_bytes(free)} free at {where}; the agents' checkouts need about {output.human_bytes(need)}"
     if free < need:
@@ -282,7 +282,7 @@ def check_state(project: Project, state: State) -> list[Check]:
             )
         )
     else:
-        checks.append(Check("state file", "ok", f"{len(state.agents)} agents recorded"))
+        checks.append(Check("state file", "ok", f"{output.plural(len(state.agents), 'agent')} recorded"))
     creating = health.stale_creating(project, state)
     checks.append(
         Check("interrupted creations", "warn", ", ".join(creating), "`hybridiso up` finishes them, `hybridiso gc --yes` removes them")

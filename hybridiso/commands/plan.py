@@ -6,14 +6,14 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-from hybridiso import output
+from hybridiso import git, output
 from hybridiso.report import costs
-from hybridiso.envs import programs
+from hybridiso.envs import branches, programs
 from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
 from hybridiso.planner import AgentPlan
-from hybridiso.project import Project
+from hybridiso.project import Project, workspace_problem
 from hybridiso.envs.reconcile import adopt_from_reality
-from hybridiso.state import AgentRecord
+from hybridiso.state import PHASE_READY, AgentRecord
 
 HELP = "show the strategy each agent will get, the reason, and projected costs"
 
@@ -35,12 +35,35 @@ def _boundary(project: Project, p: AgentPlan, record: AgentRecord | None) -> dic
     return planned_boundary(EnvContext(project, p.agent, record))
 
 
+def up_would_refuse(project: Project, plan_agents: list[AgentPlan], made: set[str]) -> list[str]:
+    """What `up` checks before it makes anything, said by `plan` too (issue
+    16: plan must not accept what up refuses)."""
+    problems = []
+    if not project.repo.has_commits:
+        problems.append("the repository has no commits yet: make a first commit")
+    elif git.resolve_commit(project.root, project.manifest.base) is None:
+        problems.append(f"base {project.manifest.base!r} does not name a commit: set `base:` in hybridiso.yaml")
+    problems += branches.shadow_problems(branches.Refs.read(project.root), project.manifest.agents)
+    if any(p.agent.name not in made for p in plan_agents):
+        why = workspace_problem(project.workspace)
+        if why:
+            problems.append(f"{why}: set `workspace:` in hybridiso.yaml to a directory you can write")
+    return [f"`up` will refuse: {p}" for p in problems]
+
+
+def _shown(value: float | int | None, measured: bool, text: str) -> str:
+    if value is None:
+        return "unknown"
+    return text if measured else f"~{text}"
+
+
 def run(args: argparse.Namespace) -> int:
     project = project_from_args(args)
     state = project.store.load()
     adopt_from_reality(project, state)
     plan = make_plan(project, state)
-    projection = costs.project_costs(project)
+    projection = costs.project_costs(project, state.agents)
+    refused = up_would_refuse(project, list(plan.agents), {n for n, r in state.agents.items() if r.phase == PHASE_READY})
     missing: dict[str, list[str]] = {}
     for m in programs.setup_missing(project.manifest):  # FAULTS #40: before `up` fails on it
         missing.setdefault(m.agent, []).append(f"{m.problem()}: install it, or change setup: in hybridiso.yaml")
@@ -71,8 +94,12 @@ def run(args: argparse.Namespace) -> int:
                 "ports": {n: leased.get(n) for n in p.agent.ports},
                 "exists": record is not None,
                 "projected_disk_bytes": est.disk_bytes,
+                "projected_disk_measured": est.disk_measured,
                 "projected_startup_seconds": est.startup_seconds,
-                "projection_source": projection.source,
+                "projected_startup_measured": est.startup_measured,
+                "projection_source": projection.describe([p.strategy]),
+                "_disk_text": _shown(est.disk_bytes, est.disk_measured, output.human_bytes(est.disk_bytes)),
+                "_startup_text": _shown(est.startup_seconds, est.startup_measured, f"{est.startup_seconds or 0:.1f}s"),
                 "warnings": [*p.warnings, *missing.get(p.agent.name, [])],
                 "boundary": _boundary(project, p, record) if p.strategy == "container" else None,
                 "_ports_text": ports,
@@ -82,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
         output.print_json(
             {
                 "agents": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
-                "warnings": list(plan.warnings),
-                "projection": projection.describe(),
+                "warnings": [*refused, *plan.warnings],
+                "projection": projection.describe({r["strategy"] for r in rows}),
             }
         )
         return 0
@@ -98,21 +125,21 @@ def run(args: argparse.Namespace) -> int:
                 r["reason"],
                 r["branch"],
                 r["_ports_text"],
-                output.human_bytes(r["projected_disk_bytes"]),
-                "-" if r["projected_startup_seconds"] is None else f"{r['projected_startup_seconds']:.1f}s",
+                r["_disk_text"],
+                r["_startup_text"],
             ]
             for r in rows
         ],
         ["AGENT", "STRATEGY", "WHY", "BRANCH", "PORTS", "DISK*", "STARTUP*"],
     )
-    output.message(f"* {projection.describe()}")
+    output.message(f"* {projection.describe(sorted({r['strategy'] for r in rows}))}")
     for r in rows:
         boundary = r["boundary"]
         if isinstance(boundary, dict):
             from hybridiso.containers.build import describe_boundary
 
             output.message(f"  {r['agent']} gets: {describe_boundary(boundary)}")
-    for w in plan.warnings:
+    for w in [*refused, *plan.warnings]:
         output.warn(w)
     if unchecked:
         output.warn(f"container agents' images were not checked: {unchecked}")

@@ -120,7 +120,7 @@ def _live(project: Project) -> dict[str, Any]:
             "no live environments to measure",
             hint="`hybridiso up` first, or `hybridiso report --compare 3` to measure throwaway ones",
         )
-    disk = measure.disk_report(project.repo.common_dir, paths, exclude=[project.store.dir])
+    disk = measure.environments_disk(project.repo.common_dir, project.store.dir, paths)  # what status says too
     envs = [
         {
             "agent": name,

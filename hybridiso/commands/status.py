@@ -13,7 +13,7 @@ from typing import Any
 from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, project_from_args
 from hybridiso.env_context import context
-from hybridiso.report.measure import du_bytes
+from hybridiso.report.measure import environments_disk
 from hybridiso.envfile import ENV_FILE
 from hybridiso.envs.health import repo_problems
 from hybridiso.envs.lifecycle import log_path
@@ -22,6 +22,7 @@ from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
 from hybridiso.state import PHASE_READY, AgentRecord, SetAside, State, lock_holder
+from hybridiso.output import plural
 
 HELP = "show each agent's environment: strategy, branch, drift, dirty files, ports, disk"
 
@@ -30,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("status", help=HELP, description=HELP + ".")
     p.add_argument("agents", nargs="*", metavar="AGENT")
     p.add_argument("--no-disk", action="store_true", help="skip measuring disk use (faster on huge trees)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when any agent is not in the state the manifest asks for (for scripts and monitors)",
+    )
     add_json_flag(p)
 
 
@@ -45,10 +51,21 @@ class AgentStatus:
     dirty: int | None = None
     ports: dict[str, int] = field(default_factory=dict)
     process: str | None = None
-    disk_bytes: int | None = None
+    disk_bytes: int | None = None  # unique to this environment, as `report` counts it (issue 16)
+    disk_shared_bytes: int | None = None  # hard-linked to the object store or another environment
     problems: list[str] = field(default_factory=list)
     in_manifest: bool = True
     boundary: dict[str, Any] | None = None  # a container agent's: what Docker says it got (issue 12)
+    # what differs from what the manifest asks for (None: nothing); its
+    # text is among ``problems`` too.  `status --check` exits 1 on any.
+    off: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.off is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
 
 
 def collect(project: Project, state: State, names: list[str], with_disk: bool = True) -> list[AgentStatus]:
@@ -67,15 +84,19 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
             return _set_aside(aside, name in manifest_names)
         record = state.agents.get(name)
         if record is None:
-            return AgentStatus(name, "-", "not created", "-", str(project.env_path(name)))
+            st = AgentStatus(name, "-", "not created", "-", str(project.env_path(name)))
+            st.off = "not created yet: `hybridiso up` creates it"  # said by its state, not a problem
+            return st
         unsafe = project.record_problem(name, record)
         if unsafe:  # FAULTS #30: shown, never looked into
-            return AgentStatus(
+            problem = f"hybridiso will not act on this record: {unsafe}"
+            st = AgentStatus(
                 name, str(record.strategy), "refused", str(record.branch), str(record.path),
-                problems=[f"hybridiso will not act on this record: {unsafe}"], in_manifest=name in manifest_names,
+                problems=[problem], in_manifest=name in manifest_names,
             )
+            return _off(st, problem)
         try:
-            return _observe(project, state, record, name in manifest_names, base_commit, holder, with_disk)
+            return _observe(project, state, record, name in manifest_names, base_commit, holder)
         except (CommandError, OSError, UserError) as e:
             # never exit 3 (nor 1, for every row) for what happens to one
             # environment while we look at it: a concurrent `down` removed it,
@@ -83,11 +104,69 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
             return _unobservable(record, name in manifest_names, e)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, wanted))
+        rows = list(pool.map(one, wanted))
+    if with_disk:
+        _measure_disk(project, rows)
+    return rows
+
+
+def _measure_disk(project: Project, rows: list[AgentStatus]) -> None:
+    """Unique and shared bytes of every environment git can read, in one
+    count with the repository's store: the very figures `report` gives
+    (issue 16: a clone's hard-linked objects are shared, not its own)."""
+    measured = [r for r in rows if r.dirty is not None or (r.state.startswith("creating") and Path(r.path).is_dir())]
+    if not measured:
+        return
+    disk = environments_disk(project.repo.common_dir, project.store.dir, {r.agent: Path(r.path) for r in measured})
+    for r in measured:
+        share = disk.envs[r.agent]
+        r.disk_bytes, r.disk_shared_bytes = share.unique_bytes, share.shared_bytes
+        if not Path(r.path).is_dir():  # removed while we looked (a concurrent `down`)
+            _gone(r)
+
+
+def _off(st: AgentStatus, problem: str) -> AgentStatus:
+    """Mark ``st`` as not what the manifest asks for; the first reason
+    found is the one `--check` names."""
+    if problem not in st.problems:
+        st.problems.append(problem)
+    if st.off is None:
+        st.off = problem
+    return st
+
+
+# what a container's exit code says about how it ended
+_EXIT_MEANINGS = {
+    0: "its command finished",
+    1: "its command failed",
+    126: "its command could not be run",
+    127: "its command was not found in the image",
+    137: "it was killed (SIGKILL: out of memory, `docker kill`, or a `docker stop` that timed out)",
+    143: "it was stopped (SIGTERM: `docker stop`)",
+}
+
+
+def _process_problem(name: str, process: str | None) -> str | None:
+    """What is wrong with a container agent's container, from what Docker
+    says of it (``ContainerInfo.describe``); None when it runs as asked."""
+    if process is None or process in ("running", "running (healthy)", "running (starting)"):
+        return None
+    if process == "docker unreachable":
+        return "Docker is not reachable, so whether its container runs is not known"
+    if process == "no container":
+        return "its container is gone: `hybridiso up` starts it again"
+    m = re.fullmatch(r"exited \((-?\d+)\)", process)
+    if m:
+        code = int(m.group(1))
+        meaning = _EXIT_MEANINGS.get(code, "its command failed" if code < 128 else f"it was killed by signal {code - 128}")
+        return f"its container exited with code {code}: {meaning}; `docker logs` shows its output, `hybridiso up {name}` starts it again"
+    if process == "running (unhealthy)":
+        return f"its container is unhealthy (its healthcheck fails): `docker inspect` shows the check's runs, `hybridiso up {name}` recreates it"
+    return f"its container is {process}, not running: `hybridiso up {name}` starts it"
 
 
 def _observe(
-    project: Project, state: State, record: AgentRecord, in_manifest: bool, base_commit: str | None, holder: str | None, with_disk: bool
+    project: Project, state: State, record: AgentRecord, in_manifest: bool, base_commit: str | None, holder: str | None
 ) -> AgentStatus:
     name, base = record.name, project.manifest.base
     ctx = context(project, state, name)
@@ -95,7 +174,9 @@ def _observe(
     creating = record.phase != PHASE_READY
     if creating and holder is not None:
         # FAULTS #10: being made right now by the run that holds the lock
-        return AgentStatus(name, record.strategy, f"creating (in progress: {holder})", record.branch, record.path, ports=dict(record.ports), in_manifest=in_manifest)
+        st = AgentStatus(name, record.strategy, f"creating (in progress: {holder})", record.branch, record.path, ports=dict(record.ports), in_manifest=in_manifest)
+        st.off = f"being created by {holder}"  # not a problem: said by its state
+        return st
     obs = strategy.observe(ctx)
     st = AgentStatus(
         name,
@@ -108,24 +189,31 @@ def _observe(
         problems=list(obs.problems),
         in_manifest=in_manifest,
         boundary=dict(obs.boundary) if obs.boundary is not None else None,
+        # what the strategy found wrong (a worktree git does not list, network
+        # isolation not in force...) is each a way it is not as asked
+        off=obs.problems[0] if obs.problems else None,
     )
     if creating:
         st.state = "creating (interrupted or failed; `up` redoes it)"
+        _off(st, "its creation did not finish (interrupted, or it failed): `hybridiso up` makes it again")
         log = log_path(project, name, "setup")
         if log.exists():
             st.problems.append(f"setup log: {log}")
     if not obs.exists:
         if not creating:
             st.state = "missing"
-            st.problems.append("the directory was deleted; `up` recreates it, `gc` cleans up")
+            _off(st, "the directory was deleted; `up` recreates it, `gc` cleans up")
         return st
     if not in_manifest:
-        st.problems.append("not in the manifest any more; `hybridiso down` removes it")
+        _off(st, f"not in the manifest any more; `hybridiso down {name}` removes it")
+    process_problem = _process_problem(name, obs.process) if record.strategy == "container" else None
+    if process_problem is not None:
+        _off(st, process_problem)
     unreadable = git_link_problem(Path(record.path))
     if unreadable is not None:
         # FAULTS #24: git would look upward for another repository; never ask it
         st.state = "unreadable" if not creating else st.state
-        st.problems.append(f"git cannot read this environment: {unreadable}; its files are work and are left alone")
+        _off(st, f"git cannot read this environment: {unreadable}; its files are work and are left alone")
         return st
     if obs.registered:
         st.dirty = sum(1 for _, n in git.status_porcelain(ctx.path) if n != ENV_FILE)
@@ -133,13 +221,10 @@ def _observe(
             cwd = project.root if strategy.SHARES_REFS else ctx.path
             if strategy.SHARES_REFS or git.resolve_commit(ctx.path, base_commit):
                 st.ahead, st.behind = git.ahead_behind(cwd, base_commit, obs.head)
-                if st.behind:  # drift from base (issue 5)
-                    st.problems.append(f"{st.behind} commits behind {base}: `hybridiso sync` rebases it")
+                if st.behind:  # drift from base (issue 5): a note, not a fault
+                    st.problems.append(f"{plural(st.behind, 'commit')} behind {base}: `hybridiso sync` rebases it")
         if obs.branch and obs.branch != record.branch:
-            st.problems.append(f"checked out branch is {obs.branch!r}, expected {record.branch!r}")
-    if with_disk:
-        # a worktree's .git is a one-line file; a clone's .git is its own
-        st.disk_bytes = du_bytes(Path(record.path), exclude=".git" if strategy.SHARES_REFS else None)
+            _off(st, f"checked out branch is {obs.branch!r}, expected {record.branch!r}")
     if not Path(record.path).is_dir():  # removed while we looked (a concurrent `down`)
         return _gone(st)
     return st
@@ -172,9 +257,9 @@ def git_link_problem(path: Path) -> str | None:
 
 def _gone(st: AgentStatus) -> AgentStatus:
     st.state = "missing"
-    st.dirty = st.ahead = st.behind = st.disk_bytes = None
-    st.problems = ["the directory was removed while status looked at it (a `down` running now?)"]
-    return st
+    st.dirty = st.ahead = st.behind = st.disk_bytes = st.disk_shared_bytes = None
+    st.problems, st.off = [], None
+    return _off(st, "the directory was removed while status looked at it (a `down` running now?)")
 
 
 def _unobservable(record: AgentRecord, in_manifest: bool, error: Exception) -> AgentStatus:
@@ -182,15 +267,13 @@ def _unobservable(record: AgentRecord, in_manifest: bool, error: Exception) -> A
     if not Path(record.path).exists():
         return _gone(st)
     if isinstance(error, UserError):
-        st.problems.append(f"cannot be looked at: {error.message}")
-        return st
+        return _off(st, f"cannot be looked at: {error.message}")
     if isinstance(error, CommandError):
         lines = [line for line in error.result.stderr.strip().splitlines() if line.strip()]
         why = lines[-1].removeprefix("fatal: ") if lines else f"git exited {error.result.returncode}"
     else:
         why = getattr(error, "strerror", None) or str(error)
-    st.problems.append(f"git cannot read this environment ({why}); its files are work and are left alone")
-    return st
+    return _off(st, f"git cannot read this environment ({why}); its files are work and are left alone")
 
 
 def _set_aside(aside: SetAside, in_manifest: bool) -> AgentStatus:
@@ -201,7 +284,8 @@ def _set_aside(aside: SetAside, in_manifest: bool) -> AgentStatus:
         f"its record names strategy {strategy!r}, which this hybridiso does not know (a newer version made it?): "
         "it is kept in state.json and left alone; use that version, or check the directory and remove the record by hand"
     )
-    return AgentStatus(aside.name, str(strategy), "unknown strategy", str(branch), aside.path or "-", problems=[problem], in_manifest=in_manifest)
+    st = AgentStatus(aside.name, str(strategy), "unknown strategy", str(branch), aside.path or "-", in_manifest=in_manifest)
+    return _off(st, problem)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,20 +298,25 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         output.warn(note)
     if args.json:
-        output.print_json([asdict(r) for r in rows])
-        return 0
+        output.print_json([r.as_json() for r in rows])
+        return _verdict(rows, args.check)
     if not rows:
         output.message("no agents in the manifest; add some under `agents:` in hybridiso.yaml")
         return 0
+    # shared bytes only where some environment has them (a clone's objects
+    # hard-linked to the repository's): what `report` calls SHARED
+    shared = any(r.disk_shared_bytes for r in rows)
     table = []
     for r in rows:
         drift = "-" if r.ahead is None else f"+{r.ahead}/-{r.behind}"
         ports = ", ".join(f"{k}={v}" for k, v in r.ports.items()) or "-"
         state_text = r.state if r.process is None else f"{r.state}, {r.process}"
-        table.append(
-            [r.agent, r.strategy, state_text, r.branch, drift, "-" if r.dirty is None else r.dirty, ports, output.human_bytes(r.disk_bytes), r.path]
-        )
-    output.print_table(table, ["AGENT", "STRATEGY", "STATE", "BRANCH", "AHEAD/BEHIND", "DIRTY", "PORTS", "DISK", "PATH"])
+        disk = [output.human_bytes(r.disk_bytes)] + ([output.human_bytes(r.disk_shared_bytes)] if shared else [])
+        table.append([r.agent, r.strategy, state_text, r.branch, drift, "-" if r.dirty is None else r.dirty, ports, *disk, r.path])
+    headers = ["AGENT", "STRATEGY", "STATE", "BRANCH", "AHEAD/BEHIND", "DIRTY", "PORTS", "DISK", *(["SHARED"] if shared else []), "PATH"]
+    output.print_table(table, headers)
+    if shared:
+        output.message("DISK: bytes only this environment uses; SHARED: hard-linked to the repository's objects (as `hybridiso report` counts)")
     for r in rows:
         if r.boundary is not None:
             from hybridiso.containers.build import describe_boundary
@@ -237,4 +326,17 @@ def run(args: argparse.Namespace) -> int:
             output.message(f"  {r.agent}: {p}")
     for line in repo_problems(project, state, names):  # prunable worktrees, stale records and locks
         output.message(f"  {line}")
-    return 0
+    return _verdict(rows, args.check)
+
+
+def _verdict(rows: list[AgentStatus], check: bool) -> int:
+    """``--check``: exit 1, naming each agent that is not in the state the
+    manifest asks for and why (issue 16: never "all is well" when not)."""
+    off = [r for r in rows if not r.ok]
+    if not check or not off:
+        return 0
+    details = "\n".join(f"  {r.agent}: {r.off}" for r in off)
+    raise UserError(
+        f"{len(off)} of {plural(len(rows), 'agent')} {'is' if len(off) == 1 else 'are'} not in the state the manifest asks for:\n{details}",
+        hint="`hybridiso up` converges them (an agent the manifest no longer names: `hybridiso down AGENT`)",
+    )

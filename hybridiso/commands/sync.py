@@ -258,7 +258,7 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         clone.copy_ignore_rules(ctx)
     dirty = [n for _, n in git.status_porcelain(ctx.path) if n != ENV_FILE]
     if dirty:
-        o.detail = f"dirty: {len(dirty)} changed files ({', '.join(dirty[:3])}{', ...' if len(dirty) > 3 else ''})" + _under_way(ctx)
+        o.detail = f"dirty: {output.plural(len(dirty), 'changed file')} ({', '.join(dirty[:3])}{', ...' if len(dirty) > 3 else ''})" + _under_way(ctx)
         return
     env_base_ref = base_ref
     if record.strategy == "clone":

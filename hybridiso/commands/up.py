@@ -25,7 +25,7 @@ from hybridiso.errors import UserError, is_disk_full
 from hybridiso.errors import Cancelled
 from hybridiso.envs.lifecycle import ENV_EXCLUDE
 from hybridiso.planner import AgentPlan
-from hybridiso.project import Project, write_owner_marker
+from hybridiso.project import Project, require_workspace, write_owner_marker
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
 from hybridiso.env_context import EnvContext
@@ -189,6 +189,8 @@ def converge(
     project: Project, state: State, selected: list[AgentPlan], base_commit: str, jobs: int, refs: branches.Refs | None = None
 ) -> list[Outcome]:
     store = project.store
+    if any(p.agent.name not in state.agents or state.agents[p.agent.name].phase == PHASE_CREATING for p in selected):
+        require_workspace(project.workspace)  # one clear error, not a PermissionError per agent (issue 16)
     leases = _lease_ports(project, state, selected)  # fails before anything is created (FAULTS #14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
     refs = refs if refs is not None else branches.Refs.read(project.root)  # once for every agent's branch question

@@ -226,6 +226,19 @@ def remove_container(container_id: str) -> None:
             pass
 
 
+def stop_container(container_id: str, timeout: int = 3) -> bool:
+    """Stop one container (SIGTERM, then SIGKILL after ``timeout`` s); it
+    stays, with its logs.  False when it was gone already."""
+    from docker.errors import NotFound
+
+    with api_errors(f"stop container {container_id[:12]}"):
+        try:
+            client().api.stop(container_id, timeout=timeout)
+        except NotFound:
+            return False
+    return True
+
+
 def remove_labelled(labels: Mapping[str, str]) -> dict[str, int]:
     """Remove containers, then networks and volumes carrying ``labels``."""
     from docker.errors import NotFound

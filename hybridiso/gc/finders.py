@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hybridiso import cleanup, git, ports, safe_files, strategies
+from hybridiso.output import plural
 from hybridiso.envs import lifecycle
 from hybridiso.gc import merged
 from hybridiso.services import branches as service_branches
@@ -253,7 +254,7 @@ def _judge_orphan(project: Project, path: Path) -> tuple[bool, str]:
         if not work.empty:
             return False, f"a clone nobody knows holding work that removing it would lose ({work.describe()}); look inside"
         return True, "a clean clone hybridiso made that no record knows (all its commits are on the repository's own refs)"
-    return False, f"{len(names)} entries that no git and no hybridiso record knows; delete it yourself if unneeded: rm -rf {path}"
+    return False, f"{plural(len(names), 'entry', 'entries')} that no git and no hybridiso record knows; delete it yourself if unneeded: rm -rf {path}"
 
 
 # what made a file precious (the record's include: patterns, the files it

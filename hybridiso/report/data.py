@@ -11,6 +11,14 @@ from hybridiso.report.compare import Comparison
 
 SCHEMA_VERSION = 1
 METRICS = ("disk_bytes_per_env", "fetch_seconds", "startup_seconds")
+# one order of the strategies in every report, live or compare, every format
+# (issue 16: the two ordered them differently); strategies added later go
+# after these, by name
+STRATEGY_ORDER = ("worktree", "clone", "container")
+
+
+def strategy_key(name: str) -> tuple[int, str]:
+    return (STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
@@ -41,6 +49,7 @@ def from_comparison(c: Comparison, repo_path: str, base: str) -> dict[str, Any]:
                 "startup_seconds_each": r.startup_seconds,
             }
         )
+    rows.sort(key=lambda r: strategy_key(str(r["strategy"])))
     _ratios(rows)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -61,7 +70,7 @@ def live(repo_path: str, base: str, store_bytes: int, envs: list[dict[str, Any]]
     for e in envs:
         by_strategy.setdefault(e["strategy"], []).append(e)
     rows = []
-    for name, items in sorted(by_strategy.items()):
+    for name, items in sorted(by_strategy.items(), key=lambda kv: strategy_key(kv[0])):
         disks = sorted(e["disk_unique_bytes"] for e in items)
         startups = sorted(e["startup_seconds"] for e in items if e["startup_seconds"] is not None)
         rows.append(
@@ -84,7 +93,7 @@ def live(repo_path: str, base: str, store_bytes: int, envs: list[dict[str, Any]]
         "repository": {"path": repo_path, "base": base, "object_store_bytes": store_bytes},
         "machine": {"cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version()},
         "strategies": rows,
-        "envs": envs,
+        "envs": sorted(envs, key=lambda e: (strategy_key(e["strategy"]), e["agent"])),
         "skipped": {},
         "total_bytes": total_bytes,
     }

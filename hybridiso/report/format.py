@@ -4,9 +4,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hybridiso.output import human_bytes, table
+from hybridiso.output import human_bytes, plural, table
 
 HEADERS = ["STRATEGY", "ENVS", "DISK/ENV", "x", "FETCHES", "FETCH BYTES", "FETCH TIME", "x", "STARTUP", "x"]
+# one colour per strategy in every chart (issue 16: colours went by position,
+# so worktree was blue in one report and green in the next)
+STRATEGY_COLOURS = {"worktree": "#2f6fb0", "clone": "#c0692b", "container": "#3b8f5a"}
+OTHER_COLOUR = "#6b7480"  # a strategy this version has no colour for
 
 
 def _ratio(r: dict[str, Any], metric: str) -> str:
@@ -37,6 +41,9 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
 # up's steps, in the order they run; "start" is start-to-healthy for containers
 STEPS = ("create", "submodules", "services", "includes", "setup", "start")
 ENV_HEADERS = ["AGENT", "STRATEGY", "UNIQUE", "SHARED", "STARTUP", *(s.upper() for s in STEPS)]
+# columns of words, left-aligned in the HTML; the rest are figures, right-aligned
+TEXT_COLUMNS = (0,)
+ENV_TEXT_COLUMNS = (0, 1)
 
 
 def _env_rows(data: dict[str, Any]) -> list[list[str]]:
@@ -61,10 +68,10 @@ def _summary(data: dict[str, Any]) -> list[str]:
     repo = data["repository"]
     lines = [f"repository: {repo['path']} (base {repo['base']})"]
     if repo.get("files") is not None:
-        lines.append(f"tree: {repo['files']} files, {human_bytes(repo['tree_bytes'])}; object store {human_bytes(repo['object_store_bytes'])}")
+        lines.append(f"tree: {plural(repo['files'], 'file')}, {human_bytes(repo['tree_bytes'])}; object store {human_bytes(repo['object_store_bytes'])}")
     else:
         lines.append(f"object store {human_bytes(repo['object_store_bytes'])} (shared by worktrees and containers)")
-    lines.append(f"machine: {data['machine']['cores']} cores; measured {data['measured_at']}" + (f"; {data['n']} envs per strategy" if data.get("n") else ""))
+    lines.append(f"machine: {data['machine']['cores']} cores; measured {data['measured_at']}" + (f"; {plural(data['n'], 'env')} per strategy" if data.get("n") else ""))
     lines.append(f"all of it on disk, each inode once: {human_bytes(data['total_bytes'])}")
     for name, why in data.get("skipped", {}).items():
         lines.append(f"skipped {name}: {why}")
@@ -93,7 +100,17 @@ def as_json(data: dict[str, Any]) -> str:
 def _bars(data: dict[str, Any], metric: str, fmt: Any) -> list[dict[str, Any]]:
     rows = [r for r in data["strategies"] if r.get(metric) is not None]
     peak = max((r[metric] for r in rows), default=0) or 1
-    return [{"label": r["strategy"], "value": r[metric], "text": fmt(r[metric]), "width": round(360 * r[metric] / peak, 1), "ratio": _ratio(r, metric)} for r in rows]
+    return [
+        {
+            "label": r["strategy"],
+            "value": r[metric],
+            "text": fmt(r[metric]),
+            "width": round(360 * r[metric] / peak, 1),
+            "ratio": _ratio(r, metric),
+            "colour": STRATEGY_COLOURS.get(r["strategy"], OTHER_COLOUR),
+        }
+        for r in rows
+    ]
 
 
 def as_html(data: dict[str, Any]) -> str:
@@ -110,8 +127,11 @@ def as_html(data: dict[str, Any]) -> str:
         summary=_summary(data),
         headers=HEADERS,
         rows=_rows(data),
+        text_columns=TEXT_COLUMNS,
         env_headers=ENV_HEADERS,
         env_rows=_env_rows(data),
+        env_text_columns=ENV_TEXT_COLUMNS,
+        colours=STRATEGY_COLOURS,
         charts=[c for c in charts if c["bars"]],
     )
 

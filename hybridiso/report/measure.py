@@ -1,29 +1,15 @@
 """Measurements behind ``hybridiso report`` and ``status``: disk (inodes counted once, like
-``du``), fetch (time and bytes) and tree sizes."""
+``du``), fetch (time and bytes) and tree sizes.  ``status`` and ``report`` count disk
+through :func:`environments_disk` alone, so they always agree (issue 16)."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hybridiso import git
-
-
-def du_bytes(path: Path, exclude: str | None = None) -> int:
-    """``du -s -B1`` (C, fast), with :func:`inodes` as the fallback where
-    there is no ``du``.  ``exclude``: a file or directory name to skip."""
-    du = shutil.which("du")
-    if du:
-        argv = [du, "-s", "-B1"] + ([f"--exclude={exclude}"] if exclude else []) + ["--", os.fspath(path)]
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        first = proc.stdout.split()
-        if first and first[0].isdigit():
-            return int(first[0])
-    return sum(inodes(path, skip=frozenset({exclude}) if exclude else frozenset()).values())
 
 
 def inodes(path: Path, skip: frozenset[str] = frozenset()) -> dict[tuple[int, int], int]:
@@ -95,6 +81,14 @@ def disk_report(store: Path, envs: Mapping[str, Path], exclude: Sequence[Path] =
                 seen.add(k)
                 total += b
     return DiskReport(sum(store_inodes.values()), shares, total)
+
+
+def environments_disk(common_dir: Path, state_dir: Path, envs: Mapping[str, Path]) -> DiskReport:
+    """The disk of the environments at ``envs`` as ``status`` and ``report``
+    both say it (issue 16: one count, so the two never disagree): the
+    repository's git dir is the store, less hybridiso's own state dir; a
+    clone's objects hard-linked to it are shared, not the clone's."""
+    return disk_report(common_dir, envs, exclude=[state_dir])
 
 
 def tree_stats(repo: Path, ref: str) -> tuple[int, int]:

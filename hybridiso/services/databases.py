@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hybridiso import json_data, safe_files
+from hybridiso.output import plural
 from hybridiso.errors import UserError
 
 MAX_IDENT = 63
@@ -466,7 +467,7 @@ def _from_counters(server_url: str, name: str, ins: int, upd: int, dele: int) ->
     except UserError:
         return total
     tables = [f"{sch}.{rel}: {_counted(i, u, d)}" for sch, rel, i, u, d, catalog in rows if not catalog]
-    parts = tables[:5] + ([f"(+{len(tables) - 5} more tables)"] if len(tables) > 5 else [])
+    parts = tables[:5] + ([f"(+{plural(len(tables) - 5, 'more table')})"] if len(tables) > 5 else [])
     if any(catalog for *_, catalog in rows) or not tables:
         parts.append("the schema changed (tables, columns, functions, types, grants or large objects)")
     return "; ".join(parts)
@@ -528,7 +529,7 @@ def _compare_rows(cur, baseline: Baseline, span: int) -> Change | None:  # type:
     dropped = [oid for oid in baseline.counts if oid not in seen]
     if dropped:
         schema = True
-    parts = tables[:5] + ([f"(+{len(tables) - 5} more tables)"] if len(tables) > 5 else [])
+    parts = tables[:5] + ([f"(+{plural(len(tables) - 5, 'more table')})"] if len(tables) > 5 else [])
     if schema:
         parts.append("the schema changed (tables, columns, functions, types, grants or large objects)")
     if parts:

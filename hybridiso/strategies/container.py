@@ -371,8 +371,9 @@ def _apply_through_engine(ctx: EnvContext, path: Path, image_id: str, healthchec
                 hint=f"`docker inspect {plan.container_name}` and `docker logs {plan.container_name}` show why",
             )
         if final == "timeout":
+            stopped = docker_client.stop_container(plan.container_name)  # issue 16: not left running unready
             raise UserError(
-                f"container {plan.container_name} was not healthy after {READY_TIMEOUT}s",
+                f"container {plan.container_name} was not healthy after {READY_TIMEOUT}s" + ("; hybridiso stopped it (kept, with its logs)" if stopped else ""),
                 hint=f"`docker inspect {plan.container_name}` shows its healthcheck's runs",
             )
     return action
@@ -387,9 +388,13 @@ def _explain_unhealthy(ctx: EnvContext) -> None:
                 hint=f"`docker logs {info.name}` shows all it printed",
             )
         if info.health == "unhealthy":
+            # issue 16: never left running unhealthy beside a record still
+            # 'creating': stopped (kept, with its logs), and said so
+            stopped = docker_client.stop_container(info.id)
             raise UserError(
-                f"container {info.name} is unhealthy; its healthcheck's last run: {info.last_probe or '(none recorded)'}",
-                hint=f"fix the healthcheck in hybridiso.yaml or the program; `docker logs {info.name}` shows its output",
+                f"container {info.name} is unhealthy; its healthcheck's last run: {info.last_probe or '(none recorded)'}"
+                + ("; hybridiso stopped it (kept, with its logs)" if stopped else ""),
+                hint=f"fix the healthcheck in hybridiso.yaml or the program; `docker logs {info.name}` shows its output; `hybridiso up {ctx.name}` tries again",
             )
 
 
@@ -407,6 +412,10 @@ def _require_running(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
 def _last_words(container_id: str) -> str:
     text = docker_client.logs_tail(container_id)
     return "; its last output:\n" + "\n".join(f"    {line}" for line in text.splitlines()) if text else "; it printed nothing"
+
+
+_no_git_lock = threading.Lock()
+_no_git_said: set[str] = set()  # images this run found without git (several agents may start on one)
 
 
 def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) -> None:
@@ -430,8 +439,12 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
         return
     if code in (126, 127):
         ctx.record.extra["git_in_container"] = "image has no git"
-        output.warn(f"{ctx.name}: image {image} has no git; the agent cannot run git inside its container")
-        if info.image_id and not remembered:
+        with _no_git_lock:  # issue 16: said once per image id, not on every up (nor per agent)
+            first = not remembered and known not in _no_git_said
+            _no_git_said.add(known)
+        if first:
+            output.warn(f"{ctx.name}: image {image} has no git; the agent cannot run git inside its container")
+        if info.image_id and first:
             with contextlib.suppress(OSError):  # only a cache
                 with without_git.open("a", encoding="utf-8") as f:
                     f.write(known + "\n")
@@ -545,7 +558,7 @@ def fix_ownership(path: Path, *, image: str | None = None, labels: dict[str, str
             output.warn(f"chown in a helper container of {image} failed (exit {code}): {out.strip()[:200]}")
     if refused:
         raise UserError(
-            f"{len(refused)} files in {path} belong to another user (written by a container), e.g. {refused[0]}",
+            f"{output.plural(len(refused), 'file')} in {path} belong{'s' if len(refused) == 1 else ''} to another user (written by a container), e.g. {refused[0]}",
             hint=f"sudo chown -R {uid}:{gid} '{path}'",
         )
     return foreign

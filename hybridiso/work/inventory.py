@@ -24,7 +24,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import git
+from hybridiso import git, output
 
 MAX_SUBMODULE_DEPTH = 8
 
@@ -228,8 +228,7 @@ def ref_label(name: str) -> str:
     return name
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+plural = output.plural  # the one rule for "1 commit" / "2 commits" (issue 16)
 
 
 # --- a repository with its own object store (a clone, a submodule) ------------------
@@ -393,7 +392,7 @@ def add_submodule_work(report: WorkReport, env: Path, prefix: str = "", depth: i
         if files or not found.empty:
             bits = [*found.refs, *found.stash, *(f"{c} (on no remote)" for c in found.detached[:3]), *(f"linked worktree {w}" for w in found.worktrees)]
             if len(found.detached) > 3:
-                bits.append(f"+{len(found.detached) - 3} more commits")
+                bits.append(f"+{plural(len(found.detached) - 3, 'more commit')}")
             if files:
                 bits.append(f"{plural(len(files), 'changed file')}: {', '.join(files[:3])}")
             report.submodules.append(f"{name} ({'; '.join(bits)})")

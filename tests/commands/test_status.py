@@ -134,3 +134,51 @@ def test_an_interrupted_creation_is_not_called_in_progress(tmp_path: Path) -> No
         # the setup it started runs on in its own process group: end it, by its id
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _check(repo: Path) -> subprocess.CompletedProcess[str]:
+    return hybridiso(repo, "status", "--check", ok=None)
+
+
+def test_status_check_exits_1_when_an_agent_is_not_as_the_manifest_asks(tmp_path: Path) -> None:
+    """Issue 16: never "all is well" when it is not; `--check` makes it the
+    exit code, naming each agent and what is wrong."""
+    repo = _project(tmp_path, "agents:\n  - {name: a}\n  - {name: b, isolation: clone}\n  - {name: later}\n")
+    r = _check(repo)
+    assert r.returncode == 1 and "3 of 3 agents are not in the state the manifest asks for" in r.stderr
+    assert "  later: not created yet: `hybridiso up` creates it" in r.stderr
+    hybridiso(repo, "up")
+    assert _check(repo).returncode == 0
+    rows = json.loads(hybridiso(repo, "status", "--json").stdout)
+    assert [(r["agent"], r["ok"], r["off"]) for r in rows] == [("a", True, None), ("b", True, None), ("later", True, None)]
+    # base moves on: drift is said (one commit: no plural), but is not a fault
+    from tests.support.gitrepo import commit_file
+
+    commit_file(repo, "new.txt", "new\n")
+    r = hybridiso(repo, "status", "--check")
+    assert "  a: 1 commit behind main: `hybridiso sync` rebases it" in r.stderr
+    commit_file(repo, "new2.txt", "new\n")
+    assert "  a: 2 commits behind main" in hybridiso(repo, "status", "--check").stderr
+    # an environment deleted by hand (FAULTS #7)
+    shutil.rmtree(env(repo, "b"))
+    r = _check(repo)
+    assert r.returncode == 1 and "1 of 3 agents is not in the state the manifest asks for:\n  b: the directory was deleted" in r.stderr
+    assert "next step: `hybridiso up` converges them" in r.stderr
+    # without --check the same is said, and the exit code stays 0 (the table is data)
+    plain = hybridiso(repo, "status")
+    assert "  b: the directory was deleted" in plain.stderr
+    rows = {r["agent"]: r for r in json.loads(hybridiso(repo, "status", "--json").stdout)}
+    assert rows["b"]["ok"] is False and rows["b"]["off"].startswith("the directory was deleted") and rows["a"]["ok"] is True
+    # --json --check: the data on stdout, and the verdict as the exit code
+    r = hybridiso(repo, "status", "--json", "--check", ok=False)
+    assert r.returncode == 1 and json.loads(r.stdout)[1]["agent"] == "b"
+    hybridiso(repo, "up")
+    assert _check(repo).returncode == 0
+    # an agent the manifest no longer names is not what it asks for either
+    write_manifest(repo, "agents:\n  - {name: a}\n  - {name: b, isolation: clone}\n")
+    r = _check(repo)
+    assert r.returncode == 1 and "  later: not in the manifest any more; `hybridiso down later` removes it" in r.stderr
+    # and a branch switched by hand
+    subprocess.run(["git", "-C", str(env(repo, "a")), "switch", "-q", "-c", "elsewhere"], check=True)
+    r = hybridiso(repo, "status", "--check", "a", ok=False)
+    assert "1 of 1 agent is not in the state" in r.stderr and "a: checked out branch is 'elsewhere', expected 'hybridiso/a'" in r.stderr

@@ -99,10 +99,14 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     # idempotent
     again = hybridiso(repo, "up")
     assert "Created" not in again.stderr
+    assert "has no git" not in again.stderr  # said once per image id (issue 16), not on every up
     assert labelled("container", "web") == [cid]
     hybridiso(repo, "down")
     assert labelled("container", "web") == labelled("network", "web") == labelled("volume", "web") == []
-    assert "has no git" in hybridiso(repo, "up").stderr  # still said, from what was remembered
+    # made again: what was remembered skips the probe, and is not said again
+    remade = hybridiso(repo, "up")
+    assert "Created" in remade.stderr and "has no git" not in remade.stderr
+    assert state(repo)["agents"]["web"]["extra"]["git_in_container"] == "image has no git"
     hybridiso(repo, "down")
 
 
@@ -129,10 +133,19 @@ def test_crashed_container_is_shown_and_restarted(web_repo: Path) -> None:
     end = time.time() + 20
     while "exited" not in status_json(repo)["web"]["process"] and time.time() < end:
         time.sleep(0.2)
-    assert status_json(repo)["web"]["process"] == "exited (137)"
+    st = status_json(repo)["web"]
+    assert st["process"] == "exited (137)"
+    # said, and not "all is well" (issue 16): --check exits 1 naming it
+    said = "its container exited with code 137: it was killed (SIGKILL: out of memory, `docker kill`, or a `docker stop` that timed out)"
+    assert st["ok"] is False and st["problems"][0].startswith(said) and st["off"] == st["problems"][0]
+    r = hybridiso(repo, "status", "--check", ok=False)
+    assert r.returncode == 1 and f"1 of 1 agent is not in the state the manifest asks for:\n  web: {said}" in r.stderr
+    assert "`hybridiso up web` starts it again" in r.stderr
     r = hybridiso(repo, "up")
     assert "Restarted" in r.stderr
-    assert status_json(repo)["web"]["process"].startswith("running")
+    st = status_json(repo)["web"]
+    assert st["process"].startswith("running") and st["ok"] is True and st["problems"] == []
+    hybridiso(repo, "status", "--check")
     assert get(f"http://127.0.0.1:{status_json(repo)['web']['ports']['web']}/index.html")
 
 
@@ -196,7 +209,13 @@ def test_ready_means_healthy(tmp_path: Path, busybox_image: str, healthcheck_ima
         assert st["web"]["process"] == "running (healthy)" and st["slow"]["process"] == "running (healthy)"
         assert st["web"]["strategy"] == "container"
         assert get(f"http://127.0.0.1:{st['web']['ports']['web']}/index.html") == "hello\n"
-        assert st["sick"]["process"] == "running (unhealthy)" and st["sick"]["state"].startswith("creating")
+        # issue 16: not left running unhealthy beside a record still
+        # 'creating': stopped (kept, with its logs), and said so
+        assert "hybridiso stopped it (kept, with its logs)" in r.stderr and "`hybridiso up sick` tries again" in r.stderr
+        assert st["sick"]["process"].startswith("exited (") and st["sick"]["state"].startswith("creating")
+        assert st["sick"]["ok"] is False and any("its container exited with code" in p for p in st["sick"]["problems"])
+        assert docker("ps", "-aq", "--filter", "status=running", "--filter", "label=dev.hybridiso.agent=sick", "--filter", f"label={TEST_LABEL}={TEST_RUN}") == ""
+        assert len(labelled("container", "sick")) == 1  # kept, for `docker logs` and `docker inspect`
         info = json.loads(docker("inspect", labelled("container", "web")[0]))[0]
         assert info["Config"]["Healthcheck"]["Test"] == ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{st['web']['ports']['web']}/index.html"]
     finally:
@@ -400,4 +419,19 @@ def test_gc_removes_docker_resources_whose_agent_is_gone_and_only_those(tmp_path
         assert "docker" not in {f["kind"] for f in json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]}
     finally:
         hybridiso(other, "down", "--force", ok=None)
+        hybridiso(repo, "down", "--force", ok=None)
+
+
+def test_an_image_without_git_is_said_once_for_all_its_agents(tmp_path: Path, busybox_image: str, compose_v2: str) -> None:
+    repo = agents_repo(
+        tmp_path / "site",
+        "".join(f"  - {{name: {n}, isolation: container, image: {busybox_image}, command: [sleep, '3600']}}\n" for n in ("one", "two")),
+    )
+    try:
+        first = hybridiso(repo, "up")
+        assert first.stderr.count("has no git") == 1, first.stderr  # two agents, one image (issue 16)
+        again = hybridiso(repo, "up")
+        assert "has no git" not in again.stderr
+        assert {r["git_in_container"] for r in (a["extra"] for a in state(repo)["agents"].values())} == {"image has no git"}
+    finally:
         hybridiso(repo, "down", "--force", ok=None)

@@ -73,8 +73,13 @@ def test_live_report_json_shape(tmp_path: Path) -> None:
 def test_compare_measures_fetch_once_for_worktrees_n_times_for_clones(tmp_path: Path) -> None:
     repo = repo_with_files(tmp_path)
     write_manifest(repo, "agents:\n  - name: a\n")
-    before = hybridiso(repo, "plan").stderr
-    assert "* estimated from the size of the base tree (no measurement yet" in before and "measured" not in before
+    plan = hybridiso(repo, "plan")
+    before = plan.stderr
+    # nothing measured yet: disk estimated (~), startup unknown, and said so
+    assert "* ~ = estimated: disk from the base tree (301 files)" in before and "startup unknown until measured" in before
+    assert not re.search(r"measured \d{4}-", before)
+    row = next(line.split() for line in plan.stdout.splitlines() if line.startswith("a "))
+    assert row[-3].startswith("~") and row[-1] == "unknown", row
     r = hybridiso(repo, "report", "--compare", "3", "--strategies", "worktree,clone", "--format", "json")
     data = json.loads(r.stdout)
     rows = {x["strategy"]: x for x in data["strategies"]}
@@ -90,8 +95,14 @@ def test_compare_measures_fetch_once_for_worktrees_n_times_for_clones(tmp_path: 
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert git(repo, "log", "--oneline").count("\n") == 0  # still one commit
     # plan now uses the measurement, and says so
-    after = hybridiso(repo, "plan").stderr
+    plan = hybridiso(repo, "plan")
+    after = plan.stderr
     assert re.search(r"\* measured \d{4}-\d\d-\d\d \d\d:\d\d UTC by `report --compare 3`", after) and "estimated" not in after
+    row = next(line.split() for line in plan.stdout.splitlines() if line.startswith("a "))
+    assert "~" not in " ".join(row) and "unknown" not in row, row
+    shown = json.loads(hybridiso(repo, "plan", "--json").stdout)["agents"][0]
+    assert shown["projected_disk_bytes"] == rows["worktree"]["disk_bytes_per_env"] and shown["projected_disk_measured"] is True
+    assert shown["projected_startup_seconds"] == rows["worktree"]["startup_seconds"] and shown["projected_startup_measured"] is True
 
 
 def test_compare_needs_no_manifest_and_reports_the_branch_it_measured(tmp_path: Path) -> None:
