@@ -12,6 +12,7 @@ from typing import Any
 
 from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, project_from_args
+from hybridiso.land.store import LandStore
 from hybridiso.env_context import context
 from hybridiso.report.measure import du_bytes
 from hybridiso.envfile import ENV_FILE
@@ -213,8 +214,9 @@ def run(args: argparse.Namespace) -> int:
     rows = collect(project, state, names, with_disk=not args.no_disk)
     for note in notes:
         output.warn(note)
+    landed = LandStore(project.store).read_results()  # each agent's last `land` result (land/last.json)
     if args.json:
-        output.print_json([asdict(r) for r in rows])
+        output.print_json([{**asdict(r), "land": landed.get(r.agent)} for r in rows])
         return 0
     if not rows:
         output.message("no agents in the manifest; add some under `agents:` in hybridiso.yaml")
@@ -225,9 +227,10 @@ def run(args: argparse.Namespace) -> int:
         ports = ", ".join(f"{k}={v}" for k, v in r.ports.items()) or "-"
         state_text = r.state if r.process is None else f"{r.state}, {r.process}"
         table.append(
-            [r.agent, r.strategy, state_text, r.branch, drift, "-" if r.dirty is None else r.dirty, ports, output.human_bytes(r.disk_bytes), r.path]
+            [r.agent, r.strategy, state_text, r.branch, drift, "-" if r.dirty is None else r.dirty, ports, output.human_bytes(r.disk_bytes),
+             str(landed.get(r.agent, {}).get("result", "-")), r.path]
         )
-    output.print_table(table, ["AGENT", "STRATEGY", "STATE", "BRANCH", "AHEAD/BEHIND", "DIRTY", "PORTS", "DISK", "PATH"])
+    output.print_table(table, ["AGENT", "STRATEGY", "STATE", "BRANCH", "AHEAD/BEHIND", "DIRTY", "PORTS", "DISK", "LAND", "PATH"])
     for r in rows:
         if r.boundary is not None:
             from hybridiso.containers.build import describe_boundary
