@@ -8,7 +8,7 @@ changed (``down``, ``gc`` and rollback count it with the files and commits),
 ``dump``, saves a changed one with ``pg_dump`` under
 ``<state dir>/dumps/<agent>/`` first and says where.
 
-The SQL lives in ``hybridiso.databases`` (the only psycopg user); this module
+The SQL lives in ``services/databases.py`` (the only psycopg user); this module
 decides names and variables and keeps the record of what an agent owns
 (``AgentRecord.databases``).
 """
