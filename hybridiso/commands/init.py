@@ -31,6 +31,45 @@ SETUP_FOR_LOCKFILE = (
     ("composer.lock", "composer install"),
 )
 INCLUDE_CANDIDATES = (".env", ".env.local", ".envrc")
+NPM_DEFAULT_TEST = 'echo "Error: no test specified" && exit 1'
+
+
+def land_checks(root: Path) -> list[str]:
+    """The test commands this repository shows (for ``land.check``), the
+    project's own entry point first: make test, npm test, cargo test, go
+    test, pytest."""
+    import json
+    import re
+
+    found = []
+    for name in ("Makefile", "makefile", "GNUmakefile"):
+        text = _read(root / name)
+        if text is not None and re.search(r"^test\s*:", text, re.M):
+            found.append("make test")
+            break
+    package = _read(root / "package.json")
+    if package is not None:
+        try:
+            test = json.loads(package).get("scripts", {}).get("test")
+        except (ValueError, AttributeError):
+            test = None
+        if isinstance(test, str) and test.strip() and test.strip() != NPM_DEFAULT_TEST:
+            found.append("npm test")
+    if (root / "Cargo.toml").is_file():
+        found.append("cargo test")
+    if (root / "go.mod").is_file():
+        found.append("go test ./...")
+    pyproject = _read(root / "pyproject.toml") or ""
+    if "[tool.pytest" in pyproject or (root / "pytest.ini").is_file() or (root / "conftest.py").is_file() or "[pytest]" in (_read(root / "tox.ini") or "") or "[tool:pytest]" in (_read(root / "setup.cfg") or ""):
+        found.append("pytest -q")
+    return found
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace") if path.is_file() else None
+    except OSError:
+        return None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -56,12 +95,24 @@ def _starter(root: Path) -> tuple[str, list[tuple[str, str]]]:
             missing.append((cmd, gone[0].program))
         else:
             setup.append(cmd)
+    # land.check: the first test command found whose program is here; the
+    # others found are shown as comments (with why, when missing)
+    land_check: list[str] = []
+    land_missing: list[tuple[str, str]] = []
+    for cmd in land_checks(root):
+        gone = missing_programs("", [cmd], {})
+        if gone:
+            land_missing.append((cmd, gone[0].program))
+            missing.append((cmd, gone[0].program))
+        elif not land_check:
+            land_check.append(cmd)
     include = [name for name in INCLUDE_CANDIDATES if (root / name).exists() and git.check_ignored(root, [name])]
     base = git.current_branch(root) or "main"
     from hybridiso.render import render_template  # Jinja2 only when writing
 
     text = render_template(
-        "hybridiso.yaml.j2", base=base, setup=setup, setup_missing=missing, include=include, repo_name=root.name
+        "hybridiso.yaml.j2", base=base, setup=setup, setup_missing=[m for m in missing if m not in land_missing], include=include,
+        repo_name=root.name, land_check=land_check, land_missing=land_missing,
     )
     parse_manifest(text, root / MANIFEST_NAME)  # what we write must load
     return text, missing
@@ -72,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     # the main worktree's root, or in a bare repository the worktree you stand in
     text, missing = _starter(repo.checkout)
     for command, program in missing:
-        output.warn(f"{program} is not installed here: the setup command {command!r} its lockfile asks for is commented out; install {program}, then uncomment it")
+        what = "the land check" if command in land_checks(repo.checkout) else "the setup command"
+        output.warn(f"{program} is not installed here: {what} {command!r} is commented out; install {program}, then uncomment it")
     if args.print:
         sys.stdout.write(text)
         return 0

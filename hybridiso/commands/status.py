@@ -12,6 +12,7 @@ from typing import Any
 
 from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, project_from_args
+from hybridiso.land.store import LandStore
 from hybridiso.env_context import context
 from hybridiso.report.measure import environments_disk
 from hybridiso.envfile import ENV_FILE
@@ -297,8 +298,9 @@ def run(args: argparse.Namespace) -> int:
     rows = collect(project, state, names, with_disk=not args.no_disk)
     for note in notes:
         output.warn(note)
+    landed = LandStore(project.store).read_results()  # each agent's last `land` result (land/last.json)
     if args.json:
-        output.print_json([r.as_json() for r in rows])
+        output.print_json([{**r.as_json(), "land": landed.get(r.agent)} for r in rows])
         return _verdict(rows, args.check)
     if not rows:
         output.message("no agents in the manifest; add some under `agents:` in hybridiso.yaml")
@@ -312,8 +314,9 @@ def run(args: argparse.Namespace) -> int:
         ports = ", ".join(f"{k}={v}" for k, v in r.ports.items()) or "-"
         state_text = r.state if r.process is None else f"{r.state}, {r.process}"
         disk = [output.human_bytes(r.disk_bytes)] + ([output.human_bytes(r.disk_shared_bytes)] if shared else [])
-        table.append([r.agent, r.strategy, state_text, r.branch, drift, "-" if r.dirty is None else r.dirty, ports, *disk, r.path])
-    headers = ["AGENT", "STRATEGY", "STATE", "BRANCH", "AHEAD/BEHIND", "DIRTY", "PORTS", "DISK", *(["SHARED"] if shared else []), "PATH"]
+        land = str(landed.get(r.agent, {}).get("result", "-"))
+        table.append([r.agent, r.strategy, state_text, r.branch, drift, "-" if r.dirty is None else r.dirty, ports, *disk, land, r.path])
+    headers = ["AGENT", "STRATEGY", "STATE", "BRANCH", "AHEAD/BEHIND", "DIRTY", "PORTS", "DISK", *(["SHARED"] if shared else []), "LAND", "PATH"]
     output.print_table(table, headers)
     if shared:
         output.message("DISK: bytes only this environment uses; SHARED: hard-linked to the repository's objects (as `hybridiso report` counts)")

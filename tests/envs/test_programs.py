@@ -113,3 +113,35 @@ def test_plan_and_doctor_say_an_image_is_not_on_this_machine(tmp_path: Path, bus
     assert any("image 'hybridiso-test/no-such-image:404' is not on this machine: `up` pulls it" in w for w in rows["gone"]["warnings"])
     checks = {c["name"]: c for c in json.loads(hybridiso(repo, "doctor", "--json").stdout)}
     assert checks["images"]["status"] == "warn" and checks["images"]["detail"] == "not on this machine: hybridiso-test/no-such-image:404"
+
+
+def test_init_proposes_a_land_check_whose_program_is_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybridiso.manifest_file import parse_manifest
+
+    repo = make_repo(
+        tmp_path / "r",
+        {"Makefile": "build:\n\ttrue\n\ntest:\n\tpytest\n", "go.mod": "module x\n", "pyproject.toml": "[tool.pytest.ini_options]\n",
+         "package.json": '{"scripts": {"test": "echo \\"Error: no test specified\\" && exit 1"}}\n'},
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
+    for name in ("make", "pytest"):
+        fake = bin_dir / name
+        fake.write_text("#!/bin/sh\nexit 0\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    r = hybridiso(repo, "init", "--print")
+    m = parse_manifest(r.stdout, repo / "hybridiso.yaml")
+    assert m.land.check == ["make test"]  # the project's own entry point first; npm's default test script is no test
+    assert '  # check: ["go test ./..."]    # go is not installed here' in r.stdout
+    assert "go is not installed here: the land check 'go test ./...' is commented out" in r.stderr
+    assert "npm test" not in r.stdout
+    # make missing: the next one found that can run
+    (bin_dir / "make").unlink()
+    r = hybridiso(repo, "init", "--print")
+    assert parse_manifest(r.stdout, repo / "hybridiso.yaml").land.check == ["pytest -q"]
+    # nothing found: a commented example, and no land section
+    bare = make_repo(tmp_path / "bare", {"README.md": "x\n"})
+    text = hybridiso(bare, "init", "--print").stdout
+    assert parse_manifest(text, bare / "hybridiso.yaml").land.check == [] and '#   check: ["make test"]' in text

@@ -204,3 +204,21 @@ def test_target_dirtied_during_a_check_stops_the_queue_untouched(tmp_path: Path)
     assert got["a"]["result"] == "refused" and "README.md" in got["a"]["why"]
     assert got["b"]["result"] == "skipped"
     assert git(repo, "rev-parse", "main") == before and (repo / "README.md").read_text() == "edit\n"
+
+
+def test_status_shows_each_agents_last_land_result(tmp_path: Path) -> None:
+    import json
+
+    repo = four(tmp_path)
+    agent_commit(repo, "a", {"a.txt": "a\n"})
+    agent_commit(repo, "b", {"BROKEN": "x\n"})
+    data, _ = land_json(repo, ok=False)
+    rows = {r["agent"]: r for r in json.loads(hybridiso(repo, "status", "--json").stdout)}
+    assert rows["a"]["land"]["result"] == "landed" and rows["a"]["land"]["landed"] == git(repo, "rev-parse", "main")
+    assert rows["b"]["land"]["result"] == "failed" and rows["b"]["land"]["run"] == data["run"]
+    assert rows["c"]["land"] is None  # never a candidate
+    table = hybridiso(repo, "status").stdout.splitlines()
+    assert "LAND" in table[0].split()
+    col = table[0].index("LAND")  # columns are aligned; a state may hold spaces
+    got = {line.split()[0]: line[col:].split()[0] for line in table[2:] if line.split() and line.split()[0] in "abcd"}
+    assert got == {"a": "landed", "b": "failed", "c": "-", "d": "-"}
