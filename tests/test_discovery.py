@@ -355,7 +355,7 @@ def test_project_identity_is_one_id(tmp_path: Path) -> None:
     the same from every worktree (and the label keeps its historic value)."""
     import hashlib
 
-    from hybridiso.containers.spec import project_name
+    from hybridiso.names import compose_project_name as project_name
     from hybridiso.project import load_project
     from hybridiso.services.branches import project_key
     from hybridiso.strategies.container import project_label

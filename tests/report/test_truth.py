@@ -73,7 +73,8 @@ def test_status_report_and_du_agree_on_the_same_environments(tmp_path: Path) -> 
     assert "SHARED" in header
     c1 = next(r for r in rows if r[0] == "c1")
     human = {n: f"{status[n]['disk_bytes'] / (1 << 20):.1f}" for n in envs}
-    assert c1[-5] == human["c1"] and c1[-3] == f"{shared / (1 << 20):.1f}", c1
+    assert c1[-2] == "-"  # LAND: never a candidate
+    assert c1[-6] == human["c1"] and c1[-4] == f"{shared / (1 << 20):.1f}", c1
     print(
         "c1: status/report unique", unique, "shared", shared, "| du after the store", store_and_clone[1], "du alone", clone_alone,
         "| w1: status", status["w1"]["disk_bytes"], "du", du(envs["w1"])[0],
