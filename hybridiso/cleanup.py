@@ -1,4 +1,4 @@
-"""Delete a directory tree that fights back (FAULTS #8).
+"""Delete a directory tree that fights back (docs/faults.md row 8).
 
 Agents and their tools leave directories without write or search permission
 (``chmod 000``, read-only caches like Go's module cache) and containers leave

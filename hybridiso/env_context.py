@@ -24,7 +24,7 @@ class EnvContext:
     cancel: threading.Event = field(default_factory=threading.Event)
     # saves the state this record is part of (the caller holds the lock):
     # what must be on disk before a step that can outlive a kill -9 starts
-    # (a setup's process group, FAULTS #38)
+    # (a setup's process group, docs/faults.md row 38)
     persist: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -53,7 +53,7 @@ def environment_for(project: Project, agent: Agent | None, record: AgentRecord) 
 
 class UnsafeRecord(UserError):
     """A record hybridiso must not act on: its path is not the agent's own
-    place in the workspace (a tampered or corrupt state.json, FAULTS #30)."""
+    place in the workspace (a tampered or corrupt state.json, docs/faults.md row 30)."""
 
 
 def unsafe_record(project: Project, problems: Sequence[tuple[str, str]]) -> UnsafeRecord:
@@ -69,7 +69,7 @@ def unsafe_record(project: Project, problems: Sequence[tuple[str, str]]) -> Unsa
 
 def context(project: Project, state: State, name: str) -> EnvContext:
     """The agent's environment, from a record whose path was checked: every
-    command acts on a record through here (FAULTS #30)."""
+    command acts on a record through here (docs/faults.md row 30)."""
     record = state.agents[name]
     why = project.record_problem(name, record)
     if why:

@@ -6,7 +6,7 @@ repository's ``info/exclude``, so it never shows up as agent work.  Its
 ``HYBRIDISO_PROJECT`` (the project's id) and ``HYBRIDISO_AGENT`` lines are
 also hybridiso's mark on the directory: ``gc`` removes a directory in the
 workspace that no record knows only when it carries this project's mark
-for that very name (FAULTS #29).
+for that very name (docs/faults.md row 29).
 """
 from __future__ import annotations
 

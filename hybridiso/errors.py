@@ -35,7 +35,7 @@ class UserError(Exception):
 
 
 class DockerUnavailable(UserError):
-    """The Docker engine cannot be reached (FAULTS #12)."""
+    """The Docker engine cannot be reached (docs/faults.md row 12)."""
 
 
 def _bug_log_path() -> str:

@@ -7,7 +7,7 @@ so it was only ever a command runner here, and its import cost 60-120 ms of the
 - runs as an argv list in a given directory (paths with spaces/unicode are safe);
 - raises ``CommandError`` showing the command, exit code, stdout and stderr;
 - retries a bounded number of times when git reports lock contention
-  (``index.lock``, ``cannot lock ref``, ``config.lock``: FAULTS #11), and
+  (``index.lock``, ``cannot lock ref``, ``config.lock``: docs/faults.md row 11), and
   reports a lock file that is older than ``STALE_LOCK_SECONDS`` as stale.
 """
 from __future__ import annotations
@@ -155,7 +155,7 @@ _PROBE = ["rev-parse", "--is-bare-repository", "--is-inside-work-tree", "--absol
 
 def discover(start: Path) -> RepoInfo:
     """The repository around ``start``, the same from every directory of it
-    and of each of its worktrees (FAULTS #22)."""
+    and of each of its worktrees (docs/faults.md row 22)."""
     return _discover(start, hops=0)
 
 
@@ -331,7 +331,7 @@ def worktree_add(repo: Path, path: Path, branch: str, start: str | None, *, trac
     """Check out ``branch`` in a new worktree; create it at ``start`` when given.
 
     git reads every worktree's metadata while adding one, and fails on a
-    half-written one (FAULTS #11), so registering is serialised; the checkout,
+    half-written one (docs/faults.md row 11), so registering is serialised; the checkout,
     the expensive part, runs in the new worktree (its own index) in parallel.
     ``--no-track`` keeps git from writing upstream config for the new branch;
     ``track`` (``start`` is a remote-tracking branch) sets it up instead.
@@ -424,7 +424,7 @@ def worktree_forget(common_dir: Path, path: Path) -> bool:
     that one metadata directory and nothing else (what ``git worktree prune``
     would do for it alone).  Never a repository-wide prune, which would also
     take the metadata, index and detached commits of every worktree that is
-    only briefly missing (an unmounted disk: FAULTS #28).  Returns whether
+    only briefly missing (an unmounted disk: docs/faults.md row 28).  Returns whether
     there was an entry to drop."""
     if os.path.lexists(path):
         return False  # it is there: `git worktree remove` is the way
@@ -653,7 +653,7 @@ SNAPSHOT_MESSAGE = "hybridiso: work saved before forced removal"
 def snapshot_worktree(path: Path, extra_ignored: Sequence[str] = ()) -> str:
     """A commit of everything in the worktree, untracked files included, with HEAD
     as parent; the working tree, index and HEAD stay untouched.  Used to save
-    work before a forced removal (FAULTS #5)."""
+    work before a forced removal (docs/faults.md row 5)."""
     index = Path(out(path, "rev-parse", "--git-path", "index"))
     if not index.is_absolute():
         index = path / index
@@ -666,7 +666,7 @@ def snapshot_directory(work_tree: Path, git_dir: Path, patterns: Sequence[str], 
     """A commit (in ``git_dir``'s object store) of every file under
     ``work_tree`` that its ignore rules keep, plus the ignored ones matching
     ``patterns`` (gitignore syntax): the files of an environment whose own
-    git link is broken (FAULTS #24), read with a git dir we trust.  With a
+    git link is broken (docs/faults.md row 24), read with a git dir we trust.  With a
     worktree's own admin dir (``own_index``), its index and HEAD make it an
     exact snapshot; with the repository's git dir, it starts from nothing."""
     prefix = [f"--git-dir={git_dir}", f"--work-tree={work_tree}"]
@@ -750,7 +750,7 @@ def clone_local(source: Path, dest: Path, origin_name: str, common_dir: Path) ->
     """A local clone, no checkout yet, no network; returns how its objects
     were made.  ``--local`` hard-links the object files, and then refuses to
     copy where it cannot link ("Invalid cross-device link": the workspace on
-    another file system, or a bind mount between them, FAULTS #36), so there
+    another file system, or a bind mount between them, docs/faults.md row 36), so there
     it is ``--no-hardlinks``, which copies them: the clone is as independent,
     it only takes the space."""
     base = ["clone", "--no-checkout", "--origin", origin_name]
@@ -1057,7 +1057,7 @@ class RebaseResult:
 def rebase(cwd: Path, onto: str, upstream: str | None = None) -> RebaseResult:
     """Rebase the checked-out branch onto ``onto``; with ``upstream``, only the
     commits after it (``git rebase --onto ONTO UPSTREAM``: what lay below
-    ``upstream`` is left behind, FAULTS #35).  On a conflict, abort (the
+    ``upstream`` is left behind, docs/faults.md row 35).  On a conflict, abort (the
     branch and files are as before) and return the conflicting paths.  A rebase
     that cannot start because of a git lock is retried like ``run``."""
     args = ["-c", "core.editor=true", "rebase", "-q", "--no-autostash"]
@@ -1116,7 +1116,7 @@ def changed_paths(cwd: Path, a: str, b: str) -> set[str]:
 
 
 
-# --- work inventory and backups (issue 11, FAULTS #23-#27) ---------------------
+# --- work inventory and backups (issue 11, docs/faults.md rows 23-27) ---------------------
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
-    # treat `kill` like Ctrl-C: roll back what was half-made (FAULTS #9)
+    # treat `kill` like Ctrl-C: roll back what was half-made (docs/faults.md row 9)
     raise KeyboardInterrupt
 
 

@@ -1,10 +1,10 @@
 """The manifest, ``hybridiso.yaml``: pydantic models and a loader whose errors
 name the file, the line and the field, sorted, like compose's
-"The manifest 'x' is invalid because:" (STYLE.md #4, FAULTS #1-#4, #39).
+"The manifest 'x' is invalid because:" (docs/faults.md rows 1-4, 39).
 
 Every problem is reported in one message: field errors, the checks across
 fields (manifest_checks.py) and, when the repository is known, the
-workspace's place (FAULTS #29), all sorted by line.
+workspace's place (docs/faults.md row 29), all sorted by line.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ CAPABILITIES = frozenset(
 ) | {"ALL"}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
 # Bounds a host can plausibly honour; past them Docker overflows its int64
-# nanoseconds or bytes (FAULTS #39: numbers out of range are manifest errors).
+# nanoseconds or bytes (docs/faults.md row 39: numbers out of range are manifest errors).
 MAX_BYTES = 1 << 50  # 1 PiB
 MIN_MEMORY = 6 << 20  # Docker refuses a memory limit below 6 MiB
 MAX_CPUS = 1024
@@ -70,7 +70,7 @@ def parse_size(text: str | int) -> int:
 
 
 class _Model(BaseModel):
-    # allow_inf_nan: `.inf` and `.nan` are never a limit (FAULTS #39)
+    # allow_inf_nan: `.inf` and `.nan` are never a limit (docs/faults.md row 39)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -498,7 +498,7 @@ class Manifest(_Model):
 class RepoContext:
     """What the manifest check needs to know about the repository it is for:
     the workspace must not be the repository, hold it, or hold the home
-    directory (FAULTS #29)."""
+    directory (docs/faults.md row 29)."""
 
     root: Path  # the main worktree's root: a relative workspace starts here
     common_dir: Path  # the git dir every worktree shares

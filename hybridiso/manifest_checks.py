@@ -2,8 +2,8 @@
 
 Each check reads the manifest as far as it is valid (``manifest.Checked``)
 and skips what field errors took out, so one run reports every problem
-(FAULTS #1, #2, #39), sorted by line with the field errors.  The workspace
-check needs the repository (FAULTS #29); the check against the repository's
+(docs/faults.md rows 1, 2, 39), sorted by line with the field errors.  The workspace
+check needs the repository (docs/faults.md row 29); the check against the repository's
 existing branches needs git and runs at plan time (``existing_branch_problems``).
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _branch_loc(c: Checked, i: int, agent: Agent) -> tuple[str | int, ...]:
 def _branches(c: Checked) -> list[Problem]:
     m = c.manifest
     problems = []
-    # FAULTS #2: two worktree agents on one branch is impossible in git; say so
+    # docs/faults.md row 2: two worktree agents on one branch is impossible in git; say so
     # before any git call.  (With isolation: auto the planner gives the second a clone.)
     by_branch: dict[str, int] = {}
     for i, agent in enumerate(m.agents):
@@ -138,7 +138,7 @@ def _branches(c: Checked) -> list[Problem]:
                     "give one a different branch, or isolation: clone",
                 )
             )
-    # FAULTS #39: git keeps 'feat' as a file, so 'feat/x' cannot exist beside
+    # docs/faults.md row 39: git keeps 'feat' as a file, so 'feat/x' cannot exist beside
     # it (git's "cannot lock ref", after seconds of retries).  Each branch's
     # parents are looked up: linear in the agents, however many there are.
     owner: dict[str, int] = {}
@@ -198,7 +198,7 @@ def _service_variables(c: Checked) -> list[Problem]:
 
 def _agent_variables(c: Checked) -> list[Problem]:
     """Each name that becomes a variable of an agent names one thing: a port,
-    a service or an ``env:`` key (FAULTS #39); otherwise one silently wins."""
+    a service or an ``env:`` key (docs/faults.md row 39); otherwise one silently wins."""
     m = c.manifest
     problems = []
     reported_defaults: set[str] = set()
@@ -247,7 +247,7 @@ def _agent_variables(c: Checked) -> list[Problem]:
     return problems
 
 
-# --- the workspace (FAULTS #29) ---------------------------------------------------
+# --- the workspace (docs/faults.md row 29) ---------------------------------------------------
 
 
 def workspace_problems(c: Checked, repo: RepoContext) -> list[Problem]:

@@ -27,7 +27,7 @@ def check_manifest_text(text: str, path: Path, repo: RepoContext | None = None) 
 
 def parse_manifest(text: str, path: Path, repo: RepoContext | None = None) -> Manifest:
     """The manifest in ``text``.  With ``repo``, the workspace is checked
-    against the repository too (FAULTS #29)."""
+    against the repository too (docs/faults.md row 29)."""
     return check_manifest_text(text, path, repo).manifest
 
 

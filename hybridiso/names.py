@@ -4,11 +4,11 @@ or Docker call.
 Agent names become directory names, compose project name parts and env-var
 suffixes, so they follow compose's project-name rule (lowercase letters,
 digits, ``_`` and ``-``, starting with a letter or digit) and never contain a
-path separator (FAULTS #3: no path may escape the workspace).
+path separator (docs/faults.md row 3: no path may escape the workspace).
 
 Every rule matches the WHOLE name (``re.fullmatch``): ``$`` also matches
 before a final newline, so ``"ui\\n"`` passed the old ``^...$`` patterns
-(FAULTS #39).
+(docs/faults.md row 39).
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def compose_project_name(repo_root: str, agent: str, repo_name: str | None = Non
     the exact (normalised) repository path and agent name.  ``repo_root`` is
     the repository's root as ``Project.root`` names it (the main worktree, or
     a bare repository's dir): fixed by its common git dir, so the same from
-    every worktree (FAULTS #22).  ``repo_name`` is only the readable part
+    every worktree (docs/faults.md row 22).  ``repo_name`` is only the readable part
     (default: the root's basename)."""
     root = posixpath.normpath(repo_root)
     digest = hashlib.sha256(f"{root}\0{agent}".encode("utf-8", "surrogatepass")).hexdigest()[:8]

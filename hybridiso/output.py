@@ -1,6 +1,6 @@
 """Everything printed for people or machines.  The only module that imports tabulate.
 
-Data goes to stdout, messages and progress to stderr (STYLE.md #7).
+Data goes to stdout, messages and progress to stderr (the habit of git and compose: pipes get data, people get messages).
 """
 from __future__ import annotations
 

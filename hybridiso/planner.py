@@ -1,4 +1,4 @@
-"""The decision rules of DESIGN.md ("isolation: auto"), in one place.
+"""The decision rules of docs/architecture.md ("isolation: auto"), in one place.
 
 ``decide`` is pure: it gets an agent and the facts it depends on and returns a
 strategy with the one-line reason ``plan`` prints.  The rules are tested as a
@@ -121,7 +121,7 @@ def plan(
         if decision.strategy in ("worktree", "container"):
             holder = others.get(agent.branch_name)
             if holder is not None and agent.name not in existing:
-                # FAULTS #2: `up` refuses it before any git call; say so now
+                # docs/faults.md row 2: `up` refuses it before any git call; say so now
                 notes.append(
                     f"branch {agent.branch_name!r} is checked out by {holder}, and a {decision.strategy} needs "
                     "it checked out too: `up` will refuse; give the agent another branch"

@@ -1,5 +1,5 @@
 """Named ports leased per agent from the manifest's range, never the same
-port twice on the machine (FAULTS #14, #37).
+port twice on the machine (docs/faults.md rows 14, 37).
 
 An agent's leases live in its record (state.json, under the repository
 lock), so they stay stable across runs.  Other repositories on the machine
@@ -180,7 +180,7 @@ def _parse(raw: str) -> dict[int, Entry]:
 
 def _load(anchor: Path) -> Registry:
     try:
-        raw = safe_files.read_text(anchor, REGISTRY_FILE)  # a symlink or FIFO there: one clear error (FAULTS #31)
+        raw = safe_files.read_text(anchor, REGISTRY_FILE)  # a symlink or FIFO there: one clear error (docs/faults.md row 31)
     except OSError as e:
         raise _unusable(anchor / REGISTRY_FILE, e) from None
     if raw is None:

@@ -1,4 +1,4 @@
-"""Setup and check commands that outlive the run that started them (FAULTS #38).
+"""Setup and check commands that outlive the run that started them (docs/faults.md row 38).
 
 Every command runs in a session of its own (``setup_runner``), and its group
 is recorded before it is waited for (``state.ProcessGroup``).  When that run

@@ -1,6 +1,6 @@
 """A repository plus its manifest and state: what every command starts from.
 
-Discovery (FAULTS #22) gives the same project from every directory of the
+Discovery (docs/faults.md row 22) gives the same project from every directory of the
 repository, from each of its worktrees, and from inside an agent's
 environment:
 
@@ -105,7 +105,7 @@ class Project:
         symlink there is seen for what it is (``record_problem``)."""
         name = agent if isinstance(agent, str) else agent.name
         path = self.workspace / name
-        # names are validated, but never let a path leave the workspace (FAULTS #3)
+        # names are validated, but never let a path leave the workspace (docs/faults.md row 3)
         if not name or path.parent != self.workspace or path.name != name:
             raise UserError(f"agent {name!r} would live outside the workspace {self.workspace}")
         return path
@@ -114,7 +114,7 @@ class Project:
         """Why hybridiso must not act on ``record`` (from ``state.json``, which
         anyone can edit), or None.  Every path it acts on is the agent's own
         place in the workspace, never a symlink, never the repository
-        (FAULTS #30)."""
+        (docs/faults.md row 30)."""
         if record.name != name:
             return f"the record filed under {name!r} names agent {record.name!r}"
         try:
@@ -202,7 +202,7 @@ class Project:
         """True when the worktree git lists at ``path`` is provably one
         hybridiso made: the place in the workspace of an agent that is
         recorded there, declared in the manifest, or on its default branch
-        ``hybridiso/<name>``.  Anything else is the user's (FAULTS #28)."""
+        ``hybridiso/<name>``.  Anything else is the user's (docs/faults.md row 28)."""
         if path.parent != self.workspace:
             return False
         name = path.name
@@ -286,7 +286,7 @@ def load_project(cwd: Path, manifest_file: Path | None = None, *, manifest_optio
 
 def repo_context(repo: git.RepoInfo) -> RepoContext:
     """What the manifest check knows of the repository: where a relative
-    workspace starts, and what a workspace must keep clear of (FAULTS #29)."""
+    workspace starts, and what a workspace must keep clear of (docs/faults.md row 29)."""
     try:
         trees = tuple(wt.path for wt in git.worktree_list(repo.main_root))
     except CommandError:  # git cannot list them: the other checks still hold

@@ -4,7 +4,7 @@ A string command runs through ``/bin/sh -c`` (users write ``npm ci && ...``);
 a list runs as argv.  Each command runs in its own session (process group),
 recorded through ``on_start`` before it is waited for, so that an interrupted
 ``up`` stops it and everything it started, and a killed one leaves a record
-the next run stops (``process_groups``, FAULTS #38).
+the next run stops (``process_groups``, docs/faults.md row 38).
 
 The log (``logs/<agent>/setup.log``, 0600, opened without following a
 symlink) gets a header per run; the command's output goes straight to the
@@ -233,7 +233,7 @@ def _short(text: str, width: int = 200) -> str:
 def open_log(log: LogFile) -> int:
     """The log opened for appending (and reading its tail), 0600; one over
     ``ROTATE_AT`` is moved to ``<name>.1`` first.  A symlink, FIFO or device
-    there is refused (FAULTS #31)."""
+    there is refused (docs/faults.md row 31)."""
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
     fd = safe_files.open_regular(log.anchor, log.rel, flags)
     if os.fstat(fd).st_size > ROTATE_AT:

@@ -5,11 +5,11 @@ worktree of the repository and never committed.
   ``os.replace``).  A record is created with phase ``creating`` *before* any
   work starts, so it doubles as the journal: an interrupted ``up`` leaves a
   ``creating`` record that the next ``up`` rolls back; ``ready`` is written last
-  (STYLE.md #6: nothing is marked done before it is).
+  (nothing is marked done before it is).
 - ``lock``: one lock per repository (``flock``); a second run says whose it
-  waits for (FAULTS #10).
+  waits for (docs/faults.md row 10).
 - A corrupt or missing state file is moved aside and rebuilt from reality by
-  the reconciler; it is never a crash (FAULTS #18).
+  the reconciler; it is never a crash (docs/faults.md row 18).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ PHASE_READY = "ready"
 class DatabaseBranch:
     """A database branch an agent owns (``service_branches``).  ``baseline``
     is what ``databases.Baseline`` recorded when it was created: what "its
-    data changed" is measured against (FAULTS #26)."""
+    data changed" is measured against (docs/faults.md row 26)."""
 
     name: str
     server: str  # the service's URL; may hold a password (the state file is 0600)
@@ -62,7 +62,7 @@ class DatabaseBranch:
 class ProcessGroup:
     """A setup (or check) command started in its own session, recorded
     before it is waited for, so a run that is killed leaves a trace the next
-    ``up``, rollback or ``gc`` can stop (FAULTS #38).  ``token`` is in the
+    ``up``, rollback or ``gc`` can stop (docs/faults.md row 38).  ``token`` is in the
     environment of everything the command started
     (``process_groups.TOKEN_VAR``): it, not the pid, says what is ours, and
     finds what left the group too.  ``start`` (the leader's start time in
@@ -102,15 +102,15 @@ class AgentRecord:
     config_hash: str = ""
     setup_hash: str = ""
     # clones: how git made its objects, "hard-linked" or "copied" (the
-    # workspace on another file system, FAULTS #36); "" for other strategies
+    # workspace on another file system, docs/faults.md row 36); "" for other strategies
     clone_objects: str = ""
     # the remote-tracking branch (refs/remotes/origin/feature) the agent's
     # branch was created from and tracks: `branch: feature` that existed only
     # on a remote, as git worktree add does; "" otherwise
     track: str = ""
-    # service -> the database branch it got (FAULTS #26)
+    # service -> the database branch it got (docs/faults.md row 26)
     databases: dict[str, DatabaseBranch] = field(default_factory=dict)
-    # setup commands of a run that has not finished them (FAULTS #38)
+    # setup commands of a run that has not finished them (docs/faults.md row 38)
     setup_processes: list[ProcessGroup] = field(default_factory=list)
     # the include: patterns the agent had when it was created: its copies
     # stay precious after it leaves the manifest (issue 11)
@@ -118,7 +118,7 @@ class AgentRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     # the worktree the agent was made from (its manifest and include files):
     # for a bare repository with linked worktrees, what a command run from
-    # inside the agent's environment uses (project.find_repo, FAULTS #22)
+    # inside the agent's environment uses (project.find_repo, docs/faults.md row 22)
     checkout: str = ""
     # container agents (issue 12): the unprivileged "uid:gid" it runs as,
     # chosen once; the paths in the common git dir where that uid was given
@@ -134,7 +134,7 @@ class AgentRecord:
     def from_json(cls, name: str, data: Any) -> AgentRecord:
         """The record stored under ``name``, read field by field against the
         annotations (never ``cls(**data)``): a wrong type, a missing field or
-        a value out of range is ``StateCorrupt`` (FAULTS #18)."""
+        a value out of range is ``StateCorrupt`` (docs/faults.md row 18)."""
         return read_record(name, data)
 
 
@@ -211,12 +211,12 @@ class StateStore:
     def load(self) -> State:
         """The state on disk.  Whatever is in the file, this returns: a file
         that is not UTF-8 JSON of our shape is moved aside and the state is
-        rebuilt from reality by the caller's reconcile (FAULTS #18); a record
+        rebuilt from reality by the caller's reconcile (docs/faults.md row 18); a record
         of an unknown strategy is set aside alone."""
         try:
             raw = safe_files.read_bytes(self.anchor, self.path.relative_to(self.anchor))
         except safe_files.UnsafePath as e:
-            # never followed or read: set aside like a corrupt file (FAULTS #31)
+            # never followed or read: set aside like a corrupt file (docs/faults.md row 31)
             return State(rebuilt_from=f"{e.message}; rebuilt from git")
         if raw is None:
             return State()
@@ -468,7 +468,7 @@ def _hint_name(hint: Any) -> str:
 def _serialise(state: State) -> str:
     """The state as JSON.  Worker threads save their record while others
     still fill theirs in (setup process groups are saved before they are
-    waited for, FAULTS #38): a dict that grows while it is copied raises
+    waited for, docs/faults.md row 38): a dict that grows while it is copied raises
     RuntimeError, and copying again a moment later succeeds."""
     for attempt in range(20):
         try:

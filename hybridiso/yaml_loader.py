@@ -1,4 +1,4 @@
-"""The manifest's YAML reader: parsed once, with bounds (FAULTS #39).
+"""The manifest's YAML reader: parsed once, with bounds (docs/faults.md row 39).
 
 PyYAML builds a node graph first and Python values from it second.  This
 reader checks the graph between the two, so a hostile file is refused before

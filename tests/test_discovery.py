@@ -1,4 +1,4 @@
-"""Repository discovery and project identity (FAULTS #22, issue 11).
+"""Repository discovery and project identity (docs/faults.md row 22, issue 11).
 
 Every command acts on the repository it stands in, with the same project
 (manifest, workspace, state, names) from every directory of it: a deep

@@ -121,3 +121,18 @@ def test_citations_in_the_code_name_rows_that_exist() -> None:
 )
 def test_how_citations_are_read(text: str, numbers: list[int]) -> None:
     assert _cited_rows(text) == numbers
+
+
+def test_no_comment_cites_a_file_outside_the_repository() -> None:
+    """FAULTS.md, STYLE.md and DESIGN.md are the team's notes, not part of
+    the repository: a maintainer cannot open them, so nothing cites them."""
+    outside = re.compile(r"\bFAULTS\b|\bSTYLE\.md\b|\bDESIGN(?:\.md|'s)\b")
+    wrong = []
+    for top in ("hybridiso", "tests", "docs"):
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.suffix not in (".py", ".md") or not path.is_file() or path == Path(__file__).resolve():
+                continue
+            for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if outside.search(line):
+                    wrong.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not wrong, "citations of files not in the repository:\n  " + "\n  ".join(wrong)

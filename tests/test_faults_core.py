@@ -1,4 +1,4 @@
-"""FAULTS.md rows for the core, each created for real."""
+"""docs/faults.md rows for the core, each created for real."""
 from __future__ import annotations
 
 import json

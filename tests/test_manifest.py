@@ -162,7 +162,7 @@ def test_host_network_agent_cannot_reach_containerised_services() -> None:
     assert m.agents[0].services == ["shared"]
 
 
-# --- FAULTS #39: hostile YAML, names, numbers, all problems at once ------------------
+# --- docs/faults.md row 39: hostile YAML, names, numbers, all problems at once ------------------
 
 def billion_laughs(levels: int = 9) -> str:
     text = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
@@ -397,7 +397,7 @@ def test_auto_with_an_image_is_a_container_and_command_needs_an_image() -> None:
     assert "this agent gets a container (sets command:" in msg and "needs an 'image'" in msg
 
 
-# --- through the CLI: exit 1, one message, nothing created (FAULTS #4, #39) -------
+# --- through the CLI: exit 1, one message, nothing created (docs/faults.md rows 4, 39) -------
 
 def _snapshot(repo: Path) -> tuple[str, str, bool, bool]:
     return (

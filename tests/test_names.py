@@ -52,7 +52,7 @@ def test_port_names() -> None:
     assert env_var_for_port("admin_api") == "PORT_ADMIN_API"
 
 
-# FAULTS #39: `$` matches before a final newline, so "ui\n" passed ^...$
+# docs/faults.md row 39: `$` matches before a final newline, so "ui\n" passed ^...$
 @pytest.mark.parametrize("check", [agent_name_problem, port_name_problem, service_name_problem])
 def test_a_name_ending_in_a_newline_is_refused(check) -> None:  # type: ignore[no-untyped-def]
     assert check("web") is None

@@ -1,6 +1,6 @@
 """hybridiso acts only on what its records own (issue 11, "Paths").
 
-FAULTS rows: 28 (another tool's worktree whose path is briefly missing is
+docs/faults.md row 28 (another tool's worktree whose path is briefly missing is
 never pruned nor advised for removal), 29 (gc removes only directories it can
 prove it made), 30 (a record whose path lies outside the workspace is refused
 before anything is touched), 31 (includes never write through a symlink).
@@ -41,7 +41,7 @@ def refs(repo: Path) -> str:
     return git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
 
 
-# --- FAULTS #28: a user's worktree whose directory is briefly missing -----------------
+# --- docs/faults.md row 28: a user's worktree whose directory is briefly missing -----------------
 
 
 def test_users_worktree_on_an_unmounted_disk_keeps_its_metadata(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_an_edited_gitdir_never_makes_a_users_worktree_ours(tmp_path: Path) -> N
     assert git(mine, "rev-parse", "HEAD") == detached and not (tmp_path / "repo.agents" / "a").exists()
 
 
-# --- FAULTS #29: gc removes only what it can prove it made ------------------------------
+# --- docs/faults.md row 29: gc removes only what it can prove it made ------------------------------
 
 
 def test_gc_keeps_unmarked_directories_and_clones_in_the_workspace(tmp_path: Path) -> None:
@@ -197,7 +197,7 @@ def test_marker_is_private_and_names_the_project(tmp_path: Path) -> None:
     assert out == load_project(repo).id
 
 
-# --- FAULTS #30: records whose path is not the agent's place ------------------------------
+# --- docs/faults.md row 30: records whose path is not the agent's place ------------------------------
 
 
 @pytest.mark.parametrize("victim", ["outside", "repository", "symlink", "dotdot"])
@@ -257,7 +257,7 @@ def test_a_record_whose_name_differs_from_its_key_is_refused(tmp_path: Path) -> 
     assert "b" in hybridiso(repo, "status", "--json").stdout
 
 
-# --- FAULTS #31: includes never write through a symlink ------------------------------------
+# --- docs/faults.md row 31: includes never write through a symlink ------------------------------------
 
 
 def include_repo(tmp_path: Path, tracked: dict[str, str | Path], isolation: str = "worktree") -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""The decision rules of DESIGN.md, as a table."""
+"""The decision rules for "isolation: auto" (docs/architecture.md), as a table."""
 from __future__ import annotations
 
 from pathlib import Path

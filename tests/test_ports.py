@@ -36,7 +36,7 @@ def test_exhausted_range_lists_leases() -> None:
     assert "exhausted" in str(e.value) and f"a.web={lo}" in str(e.value)
 
 
-# --- FAULTS #37: two repositories on one machine -----------------------------------
+# --- docs/faults.md row 37: two repositories on one machine -----------------------------------
 
 import json  # noqa: E402
 import os  # noqa: E402

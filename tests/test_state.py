@@ -47,7 +47,7 @@ def _take(store: StateStore, order: list[str]) -> None:
         order.append("second")
 
 
-# --- FAULTS #18: whatever is in the file, load returns; never a crash -------------
+# --- docs/faults.md row 18: whatever is in the file, load returns; never a crash -------------
 
 GOOD = {"name": "a", "strategy": "worktree", "branch": "hybridiso/a", "path": "/ws/a", "base": "main", "ports": {"web": 20000}}
 

@@ -64,7 +64,7 @@ def make_plan(project: Project, state: State) -> planner.Plan:
 def check_branches(project: Project, state: State) -> None:
     """Agents' new branches that git could not create beside the
     repository's (``feat`` when ``feat/x`` exists): a manifest error with
-    the line, before anything is created (FAULTS #39)."""
+    the line, before anything is created (docs/faults.md row 39)."""
     from hybridiso.manifest import ManifestError
     from hybridiso.manifest_checks import existing_branch_problems
 
@@ -103,7 +103,7 @@ def record_problems(project: Project, state: State, names: Sequence[str] | None 
 
 def check_records(project: Project, state: State, names: Sequence[str] | None = None) -> None:
     """Refuse, before anything is touched, when a record to act on points
-    anywhere but its agent's place in the workspace (FAULTS #30)."""
+    anywhere but its agent's place in the workspace (docs/faults.md row 30)."""
     problems = record_problems(project, state, names)
     if problems:
         raise unsafe_record(project, problems)

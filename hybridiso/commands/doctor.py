@@ -96,7 +96,7 @@ def _problems(e: ManifestError) -> str:
 
 
 def check_setup_programs(project: Project) -> Check:
-    """FAULTS #40: a setup command whose program is missing fails every `up`."""
+    """docs/faults.md row 40: a setup command whose program is missing fails every `up`."""
     missing = programs.setup_missing(project.manifest)
     if not missing:
         return Check("setup programs", "ok", "every setup command's program is installed (or comes with the checkout)")
@@ -108,7 +108,7 @@ def check_setup_programs(project: Project) -> Check:
 
 
 def check_images(images: list[str]) -> Check:
-    """FAULTS #40/#13: an image that is not here must be pulled by `up`."""
+    """docs/faults.md rows 40, 13: an image that is not here must be pulled by `up`."""
     missing, unchecked = programs.missing_images(images)
     if unchecked and not missing:
         return Check("images", "warn", f"not checked: {unchecked}", "start Docker, then run doctor again")
@@ -195,7 +195,7 @@ def check_disk(project: Project) -> Check:
 def check_ports(project: Project, state: State) -> Check:
     lo, hi = project.manifest.ports.bounds()
     leased = state.leased_ports()
-    # other repositories' live leases on this machine are not free either (FAULTS #37)
+    # other repositories' live leases on this machine are not free either (docs/faults.md row 37)
     try:
         elsewhere = {p for p in ports.leased_elsewhere(project.repo.common_dir) if lo <= p <= hi and p not in leased}
     except UserError as e:
@@ -215,7 +215,7 @@ def check_ports(project: Project, state: State) -> Check:
 
 def check_databases(project: Project, state: State) -> list[Check]:
     """Each PostgreSQL server the agents branch databases on, and a pg_dump
-    for its version: ``down --force`` dumps changed branches with it (FAULTS #26)."""
+    for its version: ``down --force`` dumps changed branches with it (docs/faults.md row 26)."""
     servers = {svc.url for svc in project.manifest.services.values() if svc.kind == "postgres" and svc.url}
     servers |= {db.server for r in state.agents.values() for db in r.databases.values()}
     if not servers:
@@ -289,7 +289,7 @@ def check_state(project: Project, state: State) -> list[Check]:
         if creating
         else Check("interrupted creations", "ok", "none")
     )
-    prunable = health.prunable_worktrees(project, state)  # hybridiso's only (FAULTS #28)
+    prunable = health.prunable_worktrees(project, state)  # hybridiso's only (docs/faults.md row 28)
     checks.append(
         Check("prunable worktrees", "warn", ", ".join(str(p) for p in prunable), "`hybridiso gc --yes` removes these (and only these)")
         if prunable

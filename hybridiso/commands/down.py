@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             output.warn(state.rebuilt_from)
         adopt_from_reality(project, state)
         names = check_names(project, args.agents, state) or sorted(state.agents)
-        check_records(project, state, names)  # FAULTS #30: refused before anything is touched
+        check_records(project, state, names)  # docs/faults.md row 30: refused before anything is touched
         refused: list[str] = []
         main: MainRepo | None = None  # the repository's refs, read once until a removal changes them
         for name in names:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                     main = None  # refs changed (a backup, a deleted branch): read them again
             del state.agents[name]
             project.store.save(state)
-            ports.release(project.repo.common_dir, [name])  # the machine-wide lease too (FAULTS #37)
+            ports.release(project.repo.common_dir, [name])  # the machine-wide lease too (docs/faults.md row 37)
             _notes(name, report, removed=True)
             dumps = {r.name: str(r.dump) for r in released if r.dump}
             result: dict[str, object] = {"agent": name, "action": "removed", "backup_ref": backup, "database_dumps": dumps}
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             output.message(line)
             for r in released:
                 if r.dump:
-                    # FAULTS #26: say where the data went, and how it comes back
+                    # docs/faults.md row 26: say where the data went, and how it comes back
                     output.message(f"   database {r.name} changed ({r.change}); dumped to {r.dump} "
                                    f"(restore: createdb NAME && psql -d NAME -f {r.dump})")
                 elif r.left:

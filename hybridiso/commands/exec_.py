@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def refuse_unfinished(project: Project, record: AgentRecord) -> None:
     """An environment still ``creating`` is either being made by a running
     ``up`` or left half-made by one that died: the next ``up`` rolls it back,
-    so nothing may be started in it (FAULTS #25)."""
+    so nothing may be started in it (docs/faults.md row 25)."""
     if record.phase == PHASE_READY:
         return
     running = not lock_is_free(project.store.lock_path)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if state.rebuilt_from:
             output.warn(state.rebuilt_from)
         adopt_from_reality(project, state)  # a lost state file must not make envs look orphaned
-        check_records(project, state)  # FAULTS #30: a record pointing elsewhere stops gc before it touches anything
+        check_records(project, state)  # docs/faults.md row 30: a record pointing elsewhere stops gc before it touches anything
         findings: list[Finding] = []
         for finder in (*EARLY_FINDERS, *BUILTIN_FINDERS, *LEFTOVER_FINDERS):
             findings += finder(project, state, not act)

@@ -86,7 +86,7 @@ def _starter(root: Path) -> tuple[str, list[tuple[str, str]]]:
     """The manifest text, and the (setup command, missing program) pairs
     it leaves commented out."""
     proposed = [cmd for lock, cmd in SETUP_FOR_LOCKFILE if (root / lock).is_file()]
-    # FAULTS #40: propose only what can run here; a command whose program is
+    # docs/faults.md row 40: propose only what can run here; a command whose program is
     # missing is written as a comment that says so
     setup, missing = [], []
     for cmd in proposed:

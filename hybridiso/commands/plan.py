@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     projection = costs.project_costs(project, state.agents)
     refused = up_would_refuse(project, list(plan.agents), {n for n, r in state.agents.items() if r.phase == PHASE_READY})
     missing: dict[str, list[str]] = {}
-    for m in programs.setup_missing(project.manifest):  # FAULTS #40: before `up` fails on it
+    for m in programs.setup_missing(project.manifest):  # docs/faults.md row 40: before `up` fails on it
         missing.setdefault(m.agent, []).append(f"{m.problem()}: install it, or change setup: in hybridiso.yaml")
     containers = [p for p in plan.agents if p.strategy == "container" and p.agent.image]
     images, unchecked = programs.missing_images([p.agent.image for p in containers if p.agent.image])

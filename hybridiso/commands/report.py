@@ -109,7 +109,7 @@ def _live(project: Project) -> dict[str, Any]:
 
     state = project.store.load()
     adopt_from_reality(project, state)
-    check_records(project, state)  # FAULTS #30: measure only the agents' own places
+    check_records(project, state)  # docs/faults.md row 30: measure only the agents' own places
     paths = {}
     for name, record in state.agents.items():
         ctx = EnvContext(project, None, record)

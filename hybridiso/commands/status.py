@@ -89,7 +89,7 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
             st.off = "not created yet: `hybridiso up` creates it"  # said by its state, not a problem
             return st
         unsafe = project.record_problem(name, record)
-        if unsafe:  # FAULTS #30: shown, never looked into
+        if unsafe:  # docs/faults.md row 30: shown, never looked into
             problem = f"hybridiso will not act on this record: {unsafe}"
             st = AgentStatus(
                 name, str(record.strategy), "refused", str(record.branch), str(record.path),
@@ -174,7 +174,7 @@ def _observe(
     strategy = strategies.get(record.strategy)
     creating = record.phase != PHASE_READY
     if creating and holder is not None:
-        # FAULTS #10: being made right now by the run that holds the lock
+        # docs/faults.md row 10: being made right now by the run that holds the lock
         st = AgentStatus(name, record.strategy, f"creating (in progress: {holder})", record.branch, record.path, ports=dict(record.ports), in_manifest=in_manifest)
         st.off = f"being created by {holder}"  # not a problem: said by its state
         return st
@@ -212,7 +212,7 @@ def _observe(
         _off(st, process_problem)
     unreadable = git_link_problem(Path(record.path))
     if unreadable is not None:
-        # FAULTS #24: git would look upward for another repository; never ask it
+        # docs/faults.md row 24: git would look upward for another repository; never ask it
         st.state = "unreadable" if not creating else st.state
         _off(st, f"git cannot read this environment: {unreadable}; its files are work and are left alone")
         return st

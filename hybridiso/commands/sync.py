@@ -9,7 +9,7 @@ Under the repository lock:
    overwritten) or ``update-ref`` where it is not; a base with local commits of
    its own is left alone and said so.  An upstream that was rewritten
    (force-pushed) while base had nothing of its own is followed, with ``git
-   reset --keep`` where base is checked out, and said so (FAULTS #35).
+   reset --keep`` where base is checked out, and said so (docs/faults.md row 35).
    ``base: origin/main`` moves with the fetch;
 3. clones fetch base (and a mirror of ``refs/remotes/origin/*``) from the local
    repository, remote ``hybridiso-base``: no network, N cheap local fetches;
@@ -18,7 +18,7 @@ Under the repository lock:
    was last synced onto (the record's ``base_commit``, checked to be in the
    branch's history; else the fork point from base's reflog; else the merge
    base, said so), so commits that base dropped (a purged secret) are left
-   behind instead of being replayed (FAULTS #35); dirty ones are skipped; a
+   behind instead of being replayed (docs/faults.md row 35); dirty ones are skipped; a
    conflicting rebase is aborted (files and branch as before) and reported;
 5. setup re-runs only where its hash (commands + lockfiles) changed.
 """
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             output.warn(state.rebuilt_from)
         adopt_from_reality(project, state)
         names = check_names(project, args.agents, state) or sorted(state.agents)
-        check_records(project, state, names)  # FAULTS #30
+        check_records(project, state, names)  # docs/faults.md row 30
         before = upstream_commit(project)
         fetched = fetch_upstream(project)
         base_note = advance_base(project, before)
@@ -166,7 +166,7 @@ def advance_base(project: Project, before: str | None = None) -> str:
     """Fast-forward a base branch to its upstream.  The one other move: an
     upstream that was rewritten (force-pushed) while base had no commits of
     its own (all of them were the upstream's, ``before`` the fetch or in its
-    reflog) is followed, as ``git pull --rebase`` would (FAULTS #35)."""
+    reflog) is followed, as ``git pull --rebase`` would (docs/faults.md row 35)."""
     root, base = project.root, project.manifest.base
     if not git.branch_exists(root, base):
         return ""
@@ -318,8 +318,8 @@ _COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 def _follow_stale_copy(path: Path, branch: str, before: str | None, after: str | None) -> None:
     """Clones made before hybridiso deleted it keep git clone's local copy of
     base (``main``), which nothing moved: where it holds nothing of its own
-    (it is in what base was), it follows base, so what base dropped (FAULTS
-    #35) goes from it too.  One with commits of its own is the agent's."""
+    (it is in what base was), it follows base, so what base dropped (docs/faults.md
+    row 35) goes from it too.  One with commits of its own is the agent's."""
     tip = git.branch_commit(path, branch)
     if tip is None or before is None or after is None or tip == after or git.current_branch(path) == branch:
         return

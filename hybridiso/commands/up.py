@@ -4,7 +4,7 @@ Plan first, then act (like compose's convergence plan): every selected agent
 gets one action (create, resume, setup, start, noop); ports are leased for all
 of them before anything is created; creations run in parallel, with git's own
 lock contention retried in ``hybridiso.git``.  Ctrl-C rolls back what this run
-half-created and exits 130 (FAULTS #9).
+half-created and exits 130 (docs/faults.md row 9).
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             for note in p.warnings:
                 output.warn(f"{p.agent.name}: {note}")
             strategies.get(p.strategy)  # unknown/unavailable strategy: fail before acting
-        check_records(project, state, [p.agent.name for p in selected])  # FAULTS #30: before anything is touched
+        check_records(project, state, [p.agent.name for p in selected])  # docs/faults.md row 30: before anything is touched
         # a branch that would shadow a remote-tracking one is a manifest
         # problem: refused for every agent before anything is made
         refs = branches.refuse_shadowing(project.root, project.manifest.agents)
@@ -124,8 +124,8 @@ def _without_set_aside(state: State, selected: list[AgentPlan]) -> tuple[list[Ag
 
 
 def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:
-    """Container agents need the engine (FAULTS #12: the others go ahead
-    without it) and their images (FAULTS #13: checked before anything starts)."""
+    """Container agents need the engine (docs/faults.md row 12: the others go ahead
+    without it) and their images (docs/faults.md row 13: checked before anything starts)."""
     containers = [p for p in selected if p.strategy == "container"]
     if not containers:
         return selected, []
@@ -156,7 +156,7 @@ def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[Agen
 
 def _lease_ports(project: Project, state: State, selected: list[AgentPlan]) -> dict[str, dict[str, int]]:
     """Every selected agent's ports, never a port another repository on the
-    machine has leased (FAULTS #37), before anything is created (#14)."""
+    machine has leased (docs/faults.md row 37), before anything is created (#14)."""
     current = {n: r.ports for n, r in state.agents.items()}
     taken = _taken_by_others(project, state, selected)
     current = {n: {k: p for k, p in leased.items() if k not in taken.get(n, {})} for n, leased in current.items()}
@@ -191,7 +191,7 @@ def converge(
     store = project.store
     if any(p.agent.name not in state.agents or state.agents[p.agent.name].phase == PHASE_CREATING for p in selected):
         require_workspace(project.workspace)  # one clear error, not a PermissionError per agent (issue 16)
-    leases = _lease_ports(project, state, selected)  # fails before anything is created (FAULTS #14)
+    leases = _lease_ports(project, state, selected)  # fails before anything is created (docs/faults.md row 14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
     refs = refs if refs is not None else branches.Refs.read(project.root)  # once for every agent's branch question
     todo: list[tuple[EnvContext, str]] = []
@@ -200,8 +200,8 @@ def converge(
         try:
             todo.append(_prepare_one(project, state, p, base_commit, leases[p.agent.name], refs))
         except lifecycle.WorkKept as e:
-            # work was written into its unfinished environment since (FAULTS
-            # #25): this agent stays as it is, the others go on
+            # work was written into its unfinished environment since (docs/faults.md
+            # row 25): this agent stays as it is, the others go on
             refused.append(Outcome(p.agent.name, p.strategy, "Kept", False, 0.0, str(e)))
         except UserError as e:
             # one agent's problem (a directory in its way, its branch checked
@@ -299,7 +299,7 @@ def _prepare_one(
         carried = record  # a branch it made that had commits survived the rollback: still ours
         record = None
     if record is not None and not strategies.get(record.strategy).observe(context(project, state, name)).exists:
-        # deleted by hand (FAULTS #7): clear git's metadata, create it again
+        # deleted by hand (docs/faults.md row 7): clear git's metadata, create it again
         output.warn(f"{name}: its directory {record.path} is gone; creating it again")
         strategies.get(record.strategy).remove(context(project, state, name))
         del state.agents[name]
@@ -343,7 +343,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
     except Exception as e:  # noqa: BLE001 - one agent's failure must not hide the others'
         error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         if action == "create" and (is_disk_full(e) or _space_left(Path(ctx.record.path)) < LOW_SPACE):
-            # FAULTS #15: a half-made environment only takes more of the
+            # docs/faults.md row 15: a half-made environment only takes more of the
             # space that ran out; undo it now rather than on the next run
             error = "the disk is full (No space left on device)"
             try:
@@ -357,7 +357,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
 
 def _note(ctx: EnvContext, action: str) -> str:
     if action == "create" and ctx.record.clone_objects == git.CLONE_COPIED:
-        # FAULTS #36: say it, it costs the whole object store again on disk
+        # docs/faults.md row 36: say it, it costs the whole object store again on disk
         return "objects copied, not hard-linked: the workspace is on another file system than the repository"
     return ""
 
@@ -384,7 +384,7 @@ def _update(ctx: EnvContext) -> str:
     if ctx.cancel.is_set():  # Ctrl-C while it waited for a worker: touch nothing
         raise Cancelled(ctx.name)
     if ctx.record.strategy == "clone" and safe_files.is_plain_dir(ctx.path / ".git"):
-        # commands run from inside the clone act on this project (FAULTS #22)
+        # commands run from inside the clone act on this project (docs/faults.md row 22)
         write_owner_marker(ctx.path / ".git", ctx.project.repo.common_dir)
     changed = envfile.write_env_file(ctx.path, environment_for(ctx.project, ctx.agent, ctx.record))
     reran = lifecycle.run_setup(ctx)

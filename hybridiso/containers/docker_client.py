@@ -1,9 +1,9 @@
 """Everything hybridiso asks of the Docker engine.  The only module that imports ``docker``.
 
-Docker's labels are the state for containers (STYLE.md, compose v1's habit):
+Docker's labels are the state for containers (compose v1's habit):
 ``status`` and ``gc`` find our containers, networks and volumes through
 ``dev.hybridiso.*`` labels, not through the state file.  Connection and API
-errors become one-line ``UserError``s (FAULTS #12, #13).
+errors become one-line ``UserError``s (docs/faults.md rows 12, 13).
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def image_facts(image: str) -> tuple[str, bool]:
 
 
 def ensure_image(image: str) -> None:
-    """The image is there, or is pulled, or a clear error names it (FAULTS #13)."""
+    """The image is there, or is pulled, or a clear error names it (docs/faults.md row 13)."""
     if image_present(image):
         return
     from docker.errors import APIError, DockerException

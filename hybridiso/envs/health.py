@@ -1,11 +1,11 @@
 """Repository-level health that ``status`` flags and ``doctor`` checks (issue 5):
 prunable worktrees hybridiso made, interrupted (``creating``) records nobody
-is working on, and git lock files left behind by a crashed git (FAULTS #11).
+is working on, and git lock files left behind by a crashed git (docs/faults.md row 11).
 
 A prunable worktree that is not provably hybridiso's is the user's (or
 another tool's) business: its directory may only be on a disk that is not
 mounted right now, so it is never mentioned, let alone advised for removal
-(FAULTS #28).
+(docs/faults.md row 28).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ are copy-on-write (``FICLONE``) where the filesystem allows.
 
 The new environment is the agent's branch, which may track anything: a
 symlink ``.env -> ~/.ssh/config``, a symlinked parent directory, a FIFO.  So
-nothing is ever written through a symlink (FAULTS #31): every destination is
+nothing is ever written through a symlink (docs/faults.md row 31): every destination is
 reached with ``safe_files.open_dir`` (openat, ``O_NOFOLLOW``) and created
 with ``O_EXCL``.  A symlink, FIFO or device where an include would go is
 refused, naming it; a regular file (or directory) that the branch already

@@ -3,7 +3,7 @@
 A template method (like tox's ``ToxEnv``): the strategy lays down files and
 starts what runs; this module does what every environment needs around that
 (submodules, includes, env file, setup, timings) and the safety checks before
-removal (FAULTS #5: nothing the user made is lost).
+removal (docs/faults.md row 5: nothing the user made is lost).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def log_path(project: Project, name: str, what: str) -> Path:
 
 def log_file(project: Project, name: str, what: str) -> setup_runner.LogFile:
     """``logs/<agent>/<what>.log`` in the state dir, walked from the git dir
-    without following a symlink (FAULTS #31)."""
+    without following a symlink (docs/faults.md row 31)."""
     store = project.store
     rel = PurePosixPath(*store.logs_dir.relative_to(store.anchor).parts, name, f"{what}.log")
     return setup_runner.LogFile(store.anchor, rel)
@@ -94,11 +94,11 @@ def prepare(ctx: EnvContext, refs: branches.Refs | None = None, carried: AgentRe
 
 def _branch_free(ctx: EnvContext) -> None:
     """git checks a branch out in one worktree at a time: name the checkout
-    that holds it (FAULTS #2: never git's raw "already used by worktree")."""
+    that holds it (docs/faults.md row 2: never git's raw "already used by worktree")."""
     for wt in git.worktree_list(ctx.project.root):
         if wt.branch == ctx.record.branch and wt.path.resolve() != ctx.path.resolve():
             hint = (
-                # never a repository-wide `git worktree prune` (FAULTS #28)
+                # never a repository-wide `git worktree prune` (docs/faults.md row 28)
                 f"its directory is gone (moved, or on a disk not mounted now?): put it back, or if it is gone "
                 f"for good, `git worktree remove --force '{wt.path}'` frees the branch"
                 if wt.prunable
@@ -108,8 +108,8 @@ def _branch_free(ctx: EnvContext) -> None:
 
 
 def stop_setups(ctx: EnvContext) -> None:
-    """Stop what is left of setup commands a killed run recorded (FAULTS
-    #38: they would write on into the environment made again at the same
+    """Stop what is left of setup commands a killed run recorded (docs/faults.md
+    row 38: they would write on into the environment made again at the same
     path).  Only processes proven to be those commands are signalled."""
     record = ctx.record
     if not record.setup_processes:
@@ -150,14 +150,14 @@ def rollback(ctx: EnvContext, *, check_work: bool) -> None:
     ``check_work``: the creation is an earlier run's (a crash, a ``kill
     -9``), so anything may have been written into it since: when the
     inventory finds work, nothing is removed and ``WorkKept`` says what
-    (FAULTS #25).  This run's own half-made environments (Ctrl-C, a full
+    (docs/faults.md row 25).  This run's own half-made environments (Ctrl-C, a full
     disk) are rolled back without it: they hold only what this run made.
     Data written into its database branches is work either way (what setup
     wrote is part of what hybridiso made: setup re-takes the baseline)."""
     stop_setups(ctx)  # first: nothing may write into what is being removed
     changed = service_branches.changed(ctx)
     if changed:
-        # FAULTS #25/#26: data written into an unfinished environment is work
+        # docs/faults.md rows 25, 26: data written into an unfinished environment is work
         raise WorkKept(
             f"agent {ctx.name} was never finished, but {'; '.join(changed)}; nothing was rolled back",
             hint=f"`hybridiso down --force {ctx.name}` dumps the data and removes it; then `hybridiso up` creates it again",
@@ -203,7 +203,7 @@ def create(ctx: EnvContext) -> None:
     if record.strategy == "clone":
         clone_git_dir = git.git_dir(ctx.path)
         git.add_exclude(clone_git_dir, ENV_EXCLUDE)
-        # a command run from inside the clone acts on this project (FAULTS #22)
+        # a command run from inside the clone acts on this project (docs/faults.md row 22)
         write_owner_marker(clone_git_dir, project.repo.common_dir)
     t = time.monotonic()
     service_env = service_branches.provision(ctx)
@@ -262,7 +262,7 @@ def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
             # (a command that succeeded may leave a daemon on purpose)
             ctx.record.setup_processes = []
             # what setup wrote into an untouched database branch is part of
-            # what hybridiso made, not the agent's work (FAULTS #26): a
+            # what hybridiso made, not the agent's work (docs/faults.md row 26): a
             # failed or interrupted setup's too, so its rollback may drop it
             service_branches.rebaseline(ctx, quiet)
     ctx.record.setup_hash = digest
@@ -274,7 +274,7 @@ def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
 
 
 class WorkKept(UserError):
-    """A rollback found work in an unfinished environment and kept it (FAULTS #25)."""
+    """A rollback found work in an unfinished environment and kept it (docs/faults.md row 25)."""
 
 
 def precious_patterns(project: Project, agent: Agent | None, record: AgentRecord | None = None) -> list[str]:
@@ -363,7 +363,7 @@ def _files_and_git(ctx: EnvContext, strategy: Strategy, main: MainRepo | None) -
             _drop_checkout_leftovers(ctx, report)
     except CommandError as e:
         # e.g. a corrupt index, a submodule path made a symlink: its files
-        # cannot be listed, so nothing can tell they are safe (FAULTS #24)
+        # cannot be listed, so nothing can tell they are safe (docs/faults.md row 24)
         why = _last_words(e)
         report.readable = False
         report.unreadable.append(f"{ctx.path}: git cannot list its files ({why})")
@@ -502,7 +502,7 @@ def _drop_checkout_leftovers(ctx: EnvContext, report: WorkReport) -> None:
     """An unfinished creation (a ``kill -9`` during checkout) leaves files
     git never indexed: deletions of what it had not written yet, and files
     it wrote, identical to the commit it was checking out.  Neither is work;
-    anything else in it is (FAULTS #25)."""
+    anything else in it is (docs/faults.md row 25)."""
     tree = git.tree_blobs(ctx.path, "HEAD")
     # regular files only: git hash-object would follow a symlink (to
     # /dev/zero, say) and read it; a symlink stays work
@@ -652,7 +652,7 @@ def remove(
             "no git link of its own); nothing was removed",
             hint=f"if it is yours, move it out of the workspace; `hybridiso down {ctx.name}` then forgets the record",
         )
-    # a killed run's setup would write on while (and after) we look (FAULTS #38)
+    # a killed run's setup would write on while (and after) we look (docs/faults.md row 38)
     stop_setups(ctx)
     stop_execs(ctx, force=force)
     report = inspect_work(ctx, main)

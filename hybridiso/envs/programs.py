@@ -1,5 +1,5 @@
 """The programs that setup commands run, and whether this machine has them
-(FAULTS #40: said by ``init``, ``doctor`` and ``plan`` before ``up`` fails).
+(docs/faults.md row 40: said by ``init``, ``doctor`` and ``plan`` before ``up`` fails).
 
 A list command runs its first element.  A string runs through ``/bin/sh -c``:
 each simple command in it (split at ``&&``, ``||``, ``;``, ``|``, ``&``, and

@@ -1,4 +1,4 @@
-"""Reality wins over the state file (STYLE.md #5, FAULTS #18).
+"""Reality wins over the state file (compose's habit; docs/faults.md row 18).
 
 Records are adopted from what git shows: a manifest agent whose directory in
 the workspace is a registered worktree or a clone gets a record even when the

@@ -5,11 +5,11 @@ Three finders, run under the repository lock:
   facts gathered here (work in the env, merge verdict, upstream gone);
 - ``prunable_findings``: worktrees hybridiso made (an agent's place in the
   workspace) whose directory is gone and that no record owns (e.g. the state
-  file was lost too); anybody else's is never touched (FAULTS #28);
+  file was lost too); anybody else's is never touched (docs/faults.md row 28);
 - ``orphan_findings``: directories in the workspace that neither git nor the
   state knows; removed only when hybridiso can prove it made them (its env
   file's mark for this project and that name) and they hold no work
-  (FAULTS #29).
+  (docs/faults.md row 29).
 Each removable finding carries an ``apply`` that does the removal and returns
 what it could not remove.
 """
@@ -153,14 +153,14 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
             left = cleanup.remove_tree(ctx.path)
             return [*left, f"removing it failed: {e}; `hybridiso gc --yes` retries"]
         if strategy.SHARES_REFS:
-            git.worktree_forget(project.repo.common_dir, ctx.path)  # this env's entry only (FAULTS #28)
+            git.worktree_forget(project.repo.common_dir, ctx.path)  # this env's entry only (docs/faults.md row 28)
         service_branches.release(ctx)
         if d.delete_branch and f.tip:
             # only if nobody committed to it since we judged it
             git.delete_ref_if(project.root, f"refs/heads/{record.branch}", f.tip)
         del state.agents[record.name]
         project.store.save(state)
-        ports.release(project.repo.common_dir, [record.name])  # the machine-wide lease too (FAULTS #37)
+        ports.release(project.repo.common_dir, [record.name])  # the machine-wide lease too (docs/faults.md row 37)
         return []
 
     return apply
@@ -238,7 +238,7 @@ def _orphan_remover(project: Project, path: Path):  # type: ignore[no-untyped-de
 
 def _judge_orphan(project: Project, path: Path) -> tuple[bool, str]:
     """Remove only what hybridiso can prove it made (its env file names this
-    project and this directory's agent name: FAULTS #29) and that holds no
+    project and this directory's agent name: docs/faults.md row 29) and that holds no
     work.  Everything else in the workspace is somebody's: kept, and said why."""
     try:
         names = [p.name for p in path.iterdir()]

@@ -32,7 +32,7 @@ PROCESS = "process"
 
 
 def process_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
-    """Setup commands of a run that was killed (FAULTS #38): gc holds the
+    """Setup commands of a run that was killed (docs/faults.md row 38): gc holds the
     repository lock, so no run of ours is waiting for them.  Only processes
     proven to be those commands are listed (``process_groups``)."""
     from hybridiso import process_groups
@@ -151,7 +151,7 @@ def database_findings(project: Project, state: State, dry_run: bool) -> list[Fin
 def _leftover_database(server: str, name: str) -> Finding:
     """A branch no record owns is dropped only if its data did not change
     since it was created (its baseline survives as its comment): an agent's
-    data outlives a lost state file (FAULTS #26)."""
+    data outlives a lost state file (docs/faults.md row 26)."""
     from hybridiso.services import databases
 
     shown = f"database {name} on {databases.where(server)}"
@@ -183,7 +183,7 @@ def _database_dropper(server: str, name: str) -> Callable[[], list[str]]:
 def dump_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     """What a ``down --force`` killed while it dumped a database left in
     ``dumps/<agent>/``: the partial dump and the libpq service file that
-    holds the server's password (FAULTS #34).  Finished dumps are the
+    holds the server's password (docs/faults.md row 34).  Finished dumps are the
     user's: never touched."""
     from hybridiso import safe_files
     from hybridiso.services import databases

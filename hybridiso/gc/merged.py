@@ -1,7 +1,7 @@
 """Is an agent's branch merged into base?  Decided by content, not only ancestry.
 
 Hosting services merge in three ways, and only one leaves the branch an
-ancestor of base (issue 5, FAULTS #6):
+ancestor of base (issue 5, docs/faults.md row 6):
 - merge commit / fast-forward: the tip is an ancestor of base;
 - rebase merge: base has new commits with the same patches (``git cherry``
   marks every branch commit '-');

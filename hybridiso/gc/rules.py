@@ -2,8 +2,8 @@
 
 ``decide`` is pure (facts in, decision out) so the rules are tested as a table
 (tests/gc/test_gc.py).  The order matters and says what gc values most: work the
-user has not committed or merged is never removed (FAULTS #5, #6), nor
-anything else only the environment holds (FAULTS #23, #24); only then
+user has not committed or merged is never removed (docs/faults.md rows 5, 6), nor
+anything else only the environment holds (docs/faults.md rows 23, 24); only then
 do "gone", "interrupted", "merged" and "deleted upstream" make an environment
 removable.
 

@@ -2,7 +2,7 @@
 
 Each command runs in a session of its own behind setup_runner's gate: its
 process group is handed to ``on_start`` (the journal) before it runs, so a
-``kill -9`` of ``land`` leaves a record the next run stops (FAULTS #38).  A
+``kill -9`` of ``land`` leaves a record the next run stops (docs/faults.md row 38).  A
 command past its timeout is stopped with its whole group (and whatever
 carries its token), SIGTERM then SIGKILL.  Output goes to the candidate's
 log, never through memory; a failure shows its tail.

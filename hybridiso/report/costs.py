@@ -125,7 +125,7 @@ class Rates:
         if own:
             return statistics.median(own)
         # a worktree and a local clone lay files at about the same rate
-        # (DESIGN's table: 0.92 s and 0.88 s for 11.9k files); a container's
+        # (the design's measured table: 0.92 s and 0.88 s for 11.9k files); a container's
         # create is its worktree's
         laid = [r for s in ("worktree", "clone", "container") for r in self.per_file.get(s, [])]
         return statistics.median(laid) if laid else None
@@ -240,7 +240,7 @@ def _clone_objects_bytes(project: Project) -> int:
     """What a clone's object store adds to it: its own directories (the
     files in them are hard links into the repository's store, 256 fan-out
     directories where objects are loose), or everything when the workspace
-    is on another file system and the objects are copied (FAULTS #36)."""
+    is on another file system and the objects are copied (docs/faults.md row 36)."""
     from hybridiso.report.measure import inodes
 
     objects = project.repo.common_dir / "objects"

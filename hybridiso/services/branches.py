@@ -2,7 +2,7 @@
 gets its own database, ``CREATE DATABASE <name> TEMPLATE <template>``, and its
 URL in the agent's environment; ``down`` drops it.
 
-Data the agent wrote there is work (FAULTS #26): ``changed`` says what
+Data the agent wrote there is work (docs/faults.md row 26): ``changed`` says what
 changed (``down``, ``gc`` and rollback count it with the files and commits),
 ``release`` drops only a branch whose data did not change, or, with
 ``dump``, saves a changed one with ``pg_dump`` under
@@ -104,7 +104,7 @@ class BranchCheck:
 def ours(ctx: EnvContext, service: str, db: DatabaseBranch) -> bool:
     """A record may only name the branch its agent and service get (names
     are deterministic): a tampered state file naming ``postgres``, the
-    template or another agent's branch gets nothing done to it (FAULTS #30)."""
+    template or another agent's branch gets nothing done to it (docs/faults.md row 30)."""
     from hybridiso.services import databases
 
     return db.name == databases.branch_name(project_key(ctx.project), ctx.name, service)

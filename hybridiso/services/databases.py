@@ -3,12 +3,12 @@
 ``CREATE DATABASE <branch> TEMPLATE <template>`` fails while anyone is
 connected to the template ("being accessed by other users", SQLSTATE 55006).
 Our own agents are serialised with an advisory lock; anyone else's session is
-waited out with bounded retries, and then named in the error (FAULTS #19).
+waited out with bounded retries, and then named in the error (docs/faults.md row 19).
 
-Data an agent wrote into its branch is work (FAULTS #26): ``changes`` says
+Data an agent wrote into its branch is work (docs/faults.md row 26): ``changes`` says
 what changed since the branch was made, ``drop_branch`` refuses to drop a
 changed branch unless it may dump it first (``pg_dump``, into a 0600 file,
-the password never in argv: FAULTS #34).  How "changed" is decided:
+the password never in argv: docs/faults.md row 34).  How "changed" is decided:
 
 - PostgreSQL's cumulative statistics of a new database start at zero, so
   any row inserted, updated or deleted (DDL too: it writes catalog rows)
@@ -196,7 +196,7 @@ def list_branches(server_url: str, prefix: str = "hi_") -> list[str]:
         return [r[0] for r in cur.fetchall()]
 
 
-# --- what changed since a branch was made (FAULTS #26) ------------------------
+# --- what changed since a branch was made (docs/faults.md row 26) ------------------------
 
 BASELINE_VERSION = 1
 COMMENT_PREFIX = "hybridiso baseline "
@@ -548,7 +548,7 @@ def _delta(before: int, rows: int, written: int) -> list[str]:
     return out
 
 
-# --- dropping, and dumping first (FAULTS #26, #34) ----------------------------
+# --- dropping, and dumping first (docs/faults.md rows 26, 34) ----------------------------
 
 
 class DataChanged(UserError):
@@ -693,7 +693,7 @@ SERVICE = "hybridiso"
 
 def _service_file(server_url: str, dbname: str) -> str:
     """The connection as a libpq service file: its password reaches pg_dump
-    through a 0600 file, never through argv (FAULTS #34)."""
+    through a 0600 file, never through argv (docs/faults.md row 34)."""
     from psycopg.conninfo import conninfo_to_dict
 
     params = {k: str(v) for k, v in conninfo_to_dict(branch_url(server_url, dbname)).items() if v is not None}

@@ -44,7 +44,7 @@ def host_setup(
     """``setup:`` on the host, in the environment's directory: the default
     ``run_setup`` of a strategy (worktree, clone; a container agent with
     ``setup_on: host``).  Each command's process group goes to ``on_start``
-    before it runs (FAULTS #38)."""
+    before it runs (docs/faults.md row 38)."""
     from hybridiso import setup_runner
 
     setup_runner.run_setup(commands, ctx.path, env, log, ctx.cancel, ctx.name, run=run_label, on_start=on_start)

@@ -4,7 +4,7 @@
 clone is independent from then on: it has its own refs, config, hooks and
 remotes.  Where hard links are impossible (the workspace on another file
 system) the objects are copied (``--no-hardlinks``), and the record and ``up``
-say so (FAULTS #36).  ``origin`` points where the user's origin points, so the
+say so (docs/faults.md row 36).  ``origin`` points where the user's origin points, so the
 agent can push; the remote ``hybridiso-base`` is the local repository, which is
 where ``sync`` fetches from.  What the repository ignores through its own
 ``info/exclude`` and ``core.excludesFile`` the clone ignores too, so files
@@ -50,7 +50,7 @@ def create(ctx: EnvContext) -> None:
         git.set_upstream(path, branch, track.removeprefix("refs/remotes/"))
     if made and made != branch:
         # a stale copy of that branch nobody moves: it would keep whatever base
-        # later drops (a purged secret, FAULTS #35) and look like a branch of
+        # later drops (a purged secret, docs/faults.md row 35) and look like a branch of
         # the agent's; base lives in refs/remotes/hybridiso-base/ instead
         git.delete_branch(path, made)
 
@@ -116,7 +116,7 @@ def observe(ctx: EnvContext) -> Observation:
 def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
     """A clone is a repository of its own: every ref (other branches, tags,
     notes, ...), the stash, the HEAD reflog and its submodules can hold
-    commits that exist nowhere else (issue 11, FAULTS #23).  Only what the
+    commits that exist nowhere else (issue 11, docs/faults.md row 23).  Only what the
     main repository's refs reach is safe: the clone's own remote-tracking
     refs (``hybridiso-base/*``, ``origin/*``) are refs the agent can move or
     forge, and a branch it pushed may since have been deleted there."""
@@ -145,7 +145,7 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
 def _git_dir_problem(path: Path) -> tuple[str, str]:
     """(why git cannot read the clone, why --force cannot save it); ("", "")
     when it can.  A ``.git`` directory git cannot read may still hold the
-    only copy of commits: --force refuses to delete it (FAULTS #24)."""
+    only copy of commits: --force refuses to delete it (docs/faults.md row 24)."""
     dotgit = path / ".git"
     if not os.path.lexists(dotgit):
         return "its .git directory is missing, so git cannot read it", ""

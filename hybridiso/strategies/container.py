@@ -143,7 +143,7 @@ def collect(ctx: EnvContext) -> bool:
 
 def _refuse_if_unguarded(ctx: EnvContext) -> str:
     """The agent's network mode; an isolated agent this machine cannot
-    isolate fails here, never starts unisolated (FAULTS #33)."""
+    isolate fails here, never starts unisolated (docs/faults.md row 33)."""
     from hybridiso.containers.build import network_mode
 
     mode = network_mode(ctx)
@@ -199,7 +199,7 @@ def start(ctx: EnvContext) -> str:
     """Render the file and make Docker match it: created, recreated (the
     config changed), started (it had stopped) or unchanged."""
     assert ctx.agent is not None and ctx.agent.image
-    docker_client.client()  # Docker unreachable: say so before anything else (FAULTS #12)
+    docker_client.client()  # Docker unreachable: say so before anything else (docs/faults.md row 12)
     docker_client.ensure_image(ctx.agent.image)
     ctx.record.extra["image"] = ctx.agent.image  # down fixes ownership with it, even once the manifest forgets the agent
     spec, path = _prepare(ctx)
@@ -231,7 +231,7 @@ def start(ctx: EnvContext) -> str:
 def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
     """Everything the agent's containers (its own, and setup's) need before
     one of them starts: the rendered file, its uid's access to the files
-    the host wrote, and its network -- isolated, and checked to be (FAULTS #33)."""
+    the host wrote, and its network -- isolated, and checked to be (docs/faults.md row 33)."""
     from hybridiso.containers.build import build_spec
     from hybridiso.containers.compose_file import write_compose
 
@@ -419,7 +419,7 @@ _no_git_said: set[str] = set()  # images this run found without git (several age
 
 
 def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) -> None:
-    """FAULTS #21: git in the container (``info``, the agent's) must see the
+    """docs/faults.md row 21: git in the container (``info``, the agent's) must see the
     repository, or we say why."""
     if info is None or info.status != "running":
         return
@@ -532,7 +532,7 @@ def foreign_files(path: Path) -> list[str]:
 
 def fix_ownership(path: Path, *, image: str | None = None, labels: dict[str, str] | None = None) -> list[str]:
     """Give back to the host user anything a container left owned by another
-    uid (FAULTS #8), so removal cannot fail half-way.  Returns what it fixed.
+    uid (docs/faults.md row 8), so removal cannot fail half-way.  Returns what it fixed.
 
     Root chowns directly.  Anyone else cannot, so a throwaway container of
     the agent's own ``image`` does it as root, with only ``path`` mounted --
@@ -660,7 +660,7 @@ def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str], tty: bo
         args.append("-t")
     args += ["-w", str(ctx.path), "-u", _exec_user(ctx)]
     # names only: the docker CLI takes each value from its own environment,
-    # which exec passes it, so no secret is in argv for `ps` to show (FAULTS #34)
+    # which exec passes it, so no secret is in argv for `ps` to show (docs/faults.md row 34)
     for key in env:
         args += ["-e", key]
     return [*args, info.id, *argv], None

@@ -38,7 +38,7 @@ def create(ctx: EnvContext) -> None:
     """``ctx.path`` is absent or empty (lifecycle.prepare checked it)."""
     repo, path, branch = ctx.project.root, ctx.path, ctx.record.branch
     _one_entry(ctx.project.repo.common_dir, path)
-    # metadata left, directory gone: clear this env's entry, nobody else's (FAULTS #28)
+    # metadata left, directory gone: clear this env's entry, nobody else's (docs/faults.md row 28)
     git.worktree_forget(ctx.project.repo.common_dir, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # what git has decides, not whose the branch is: a branch hybridiso made
@@ -60,7 +60,7 @@ def remove(ctx: EnvContext) -> None:
     """Remove this env's directory and git's record of it, and only those:
     never a repository-wide ``git worktree prune``, which would also drop
     the metadata of the user's own worktrees that are briefly missing
-    (an unmounted disk: FAULTS #28)."""
+    (an unmounted disk: docs/faults.md row 28)."""
     repo, path, common = ctx.project.root, ctx.path, ctx.project.repo.common_dir
     _one_entry(common, path)
     if path.exists() and git.worktree_entry(common, path) is not None:
@@ -126,7 +126,7 @@ def inventory(ctx: EnvContext, main: MainRepo, *, submodules: bool = True) -> Wo
 
 def _link_problem(path: Path, admin: Path | None) -> str | None:
     """Why git cannot read the worktree through its own ``.git`` file (a
-    missing, replaced or garbage link: FAULTS #24), or None.  Read as git
+    missing, replaced or garbage link: docs/faults.md row 24), or None.  Read as git
     reads it, without running git: a ``gitdir:`` line naming this
     worktree's admin dir, whose own ``gitdir`` names this ``.git`` (a
     git that still fails on it fails ``git status`` next)."""

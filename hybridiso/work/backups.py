@@ -6,7 +6,7 @@ of work the environment had (hybridiso/work/inventory.py): ``files`` (a commit o
 files on top of its HEAD), ``refs/heads/<branch>``, ``refs/tags/<tag>``,
 ``stash/<n>``, ``detached/<n>``, ``submodules/<path>/...``.  Names are unique
 (the random part) and written create-only in one transaction, so two forced
-removals within a second keep both backups (FAULTS #27).  Objects from other
+removals within a second keep both backups (docs/faults.md row 27).  Objects from other
 stores (a clone, a submodule) are pushed in first under
 ``refs/hybridiso/incoming/``, create-only too, and those temporary refs are
 deleted by the same transaction that names the backup.

@@ -1,5 +1,5 @@
 """What removing an environment would lose: the one inventory that ``down``,
-``gc`` and ``up``'s rollback share (issue 11; FAULTS #5, #23, #24, #25).
+``gc`` and ``up``'s rollback share (issue 11; docs/faults.md rows 5, 23, 24, 25).
 
 An environment holds more than its branch.  Each strategy's ``inventory``
 (strategies/base.py) fills a ``WorkReport`` with what only the environment
@@ -47,7 +47,7 @@ LABELS = (
     ("worktrees", "linked worktree of it elsewhere", "linked worktrees of it elsewhere"),
     ("submodules", "submodule with work", "submodules with work"),
     ("unreadable", "", ""),
-    # database branches whose data changed, one line each (FAULTS #26):
+    # database branches whose data changed, one line each (docs/faults.md row 26):
     # saved by pg_dump, not in a backup ref
     ("databases", "", ""),
 )

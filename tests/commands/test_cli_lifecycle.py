@@ -38,7 +38,7 @@ def project(tmp_path: Path) -> Path:
 
 def test_up_status_exec_down(tmp_path: Path) -> None:
     """The whole lifecycle, run from a subdirectory of the repository, as a
-    user in the middle of their work would (FAULTS #22)."""
+    user in the middle of their work would (docs/faults.md row 22)."""
     repo = project(tmp_path)
     where = repo / "src" / "deep" / "dir"
     where.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """``hybridiso doctor`` and the health lines of ``status`` (issue 5).
 
-FAULTS #20 (a container agent's process crashes) does not apply to worktree
+docs/faults.md row 20 (a container agent's process crashes) does not apply to worktree
 and clone agents, which run no process of their own; the container work tests
 it where ``status`` shows container state.
 """
@@ -76,7 +76,7 @@ def test_status_flags_drift_and_leaves_a_foreign_prunable_worktree_alone(tmp_pat
     commit_file(repo, "y.txt", "y\n")
     proc = hybridiso(repo, "status")
     assert "2 commits behind main" in proc.stderr and "hybridiso sync" in proc.stderr
-    # FAULTS #28: not hybridiso's, so never advised for removal
+    # docs/faults.md row 28: not hybridiso's, so never advised for removal
     assert str(tmp_path / "mine") not in proc.stderr and "prunable" not in proc.stderr
     assert checks(repo)["prunable worktrees"]["status"] == "ok"
     rows = {r["agent"]: r for r in json.loads(hybridiso(repo, "status", "--json").stdout)}

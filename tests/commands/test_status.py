@@ -159,7 +159,7 @@ def test_status_check_exits_1_when_an_agent_is_not_as_the_manifest_asks(tmp_path
     assert "  a: 1 commit behind main: `hybridiso sync` rebases it" in r.stderr
     commit_file(repo, "new2.txt", "new\n")
     assert "  a: 2 commits behind main" in hybridiso(repo, "status", "--check").stderr
-    # an environment deleted by hand (FAULTS #7)
+    # an environment deleted by hand (docs/faults.md row 7)
     shutil.rmtree(env(repo, "b"))
     r = _check(repo)
     assert r.returncode == 1 and "1 of 3 agents is not in the state the manifest asks for:\n  b: the directory was deleted" in r.stderr

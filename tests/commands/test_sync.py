@@ -3,7 +3,7 @@
 Covers: one fetch then rebase of clean envs, dirty ones skipped, a conflict in
 one agent while the others succeed (aborted cleanly), setup re-run in exactly
 the agents whose lockfile changed, clones fed from the local repository,
-FAULTS #11 (a git lock left in one env) and #18 (state file lost).
+docs/faults.md row 11 (a git lock left in one env) and #18 (state file lost).
 """
 from __future__ import annotations
 
@@ -187,7 +187,7 @@ def test_down_after_sync_counts_only_the_clones_own_commits(tmp_path: Path) -> N
     assert git(repo, "show", "hybridiso/cl:mine.txt") == "agent work"
 
 
-# --- FAULTS #35: base force-pushed upstream --------------------------------------
+# --- docs/faults.md row 35: base force-pushed upstream --------------------------------------
 
 
 def _push_secret_then_purge(tmp_path: Path, repo: Path) -> tuple[str, str]:

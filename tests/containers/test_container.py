@@ -67,7 +67,7 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     repo = web_repo
     r = hybridiso(repo, "up")
     assert "web" in r.stderr and "Created" in r.stderr
-    assert "has no git" in r.stderr  # FAULTS #21: busybox has no git, and up says so
+    assert "has no git" in r.stderr  # docs/faults.md row 21: busybox has no git, and up says so
     # ... and remembers it by image id, so the next start skips the probe's exec
     image_id = docker("image", "inspect", "--format", "{{.Id}}", json.loads(docker("inspect", labelled("container", "web")[0]))[0]["Config"]["Image"])
     assert (repo / ".git" / "hybridiso" / "images-without-git").read_text().split() == [image_id]
@@ -320,7 +320,7 @@ def test_git_inside_the_container(tmp_path: Path, git_image: str, compose_v2: st
 
 
 def test_git_inside_works_when_the_hosts_repository_is_one_it_could_not_read(tmp_path: Path, git_image: str, compose_v2: str) -> None:
-    """FAULTS #21, and why the agent's own git dir helps: the host's git
+    """docs/faults.md row 21, and why the agent's own git dir helps: the host's git
     keeps refs in reftable (git 2.45+), which the image's git 2.39 cannot
     read.  The container never reads the host's refs now: its own
     repository (files refs, made by the host) borrows only the objects, so
@@ -362,7 +362,7 @@ def test_fix_ownership_returns_foreign_files_to_the_user(tmp_path: Path) -> None
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the test drops root's powers to act as a plain user; it needs them to start with")
 def test_down_gives_back_files_a_container_left_to_another_uid(web_repo: Path) -> None:
-    """FAULTS #8 in a container, end to end: a process in the container (a
+    """docs/faults.md row 8 in a container, end to end: a process in the container (a
     database, a build as root) leaves files of another uid in the worktree;
     `down`, run by a user who cannot chown, still removes everything."""
     repo = web_repo

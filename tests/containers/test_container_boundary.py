@@ -1,4 +1,4 @@
-"""A container agent is a trust boundary (issue 12, FAULTS #32-#34): every
+"""A container agent is a trust boundary (issue 12, docs/faults.md rows 32-34): every
 escape is tried from inside a real container agent on the real engine, and
 fails; what the agent needs (its published port, git on its branch, its own
 services, setup) still works.
@@ -250,7 +250,7 @@ def test_lost_rules_are_a_problem_up_repairs_and_gc_removes_orphans(tmp_path: Pa
 
 
 def test_without_iptables_an_isolated_agent_is_refused_or_gets_its_fallback(tmp_path: Path, busybox_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """FAULTS #33 where hybridiso cannot write the rules (here: iptables not
+    """docs/faults.md row 33 where hybridiso cannot write the rules (here: iptables not
     installed): never an unisolated start; the manifest's weaker mode only
     when it asks for one, and plan, status and doctor say what it gets."""
     bindir = tmp_path / "bin"

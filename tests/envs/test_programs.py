@@ -1,4 +1,4 @@
-"""FAULTS #40: a program that setup names is not installed: said by ``init``,
+"""docs/faults.md row 40: a program that setup names is not installed: said by ``init``,
 ``doctor`` and ``plan`` before ``up`` fails on it."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Setup commands: process groups that outlive a killed run (FAULTS #38) and
+"""Setup commands: process groups that outlive a killed run (docs/faults.md row 38) and
 bounded, separated, private logs (issue 11), with real processes and real
 `kill -9`s of a real `hybridiso up`."""
 from __future__ import annotations
@@ -256,7 +256,7 @@ def test_setup_output_cannot_drive_the_terminal(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])
 def test_a_planted_log_is_never_followed(tmp_path: Path, kind: str) -> None:
-    """FAULTS #31: the log (or its directory) replaced by a symlink to a file
+    """docs/faults.md row 31: the log (or its directory) replaced by a symlink to a file
     outside, or by a FIFO: one clear error, nothing outside written."""
     repo = make_repo(tmp_path / "r")
     write_manifest(repo, "agents:\n  - name: a\n    setup: ['echo secret-output']\n")

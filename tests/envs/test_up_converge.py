@@ -1,6 +1,6 @@
 """``up`` converging environments that reality changed under it (issue 11).
 
-FAULTS rows: #7 (an environment's directory deleted by hand: made again, its
+docs/faults.md row 7 (an environment's directory deleted by hand: made again, its
 branch still hybridiso's, never git's raw "a branch named ... already
 exists"), #2 (branches), and from "Bad input": a directory in one agent's way
 stops that agent only.  Branches start where git worktree add would start
@@ -29,7 +29,7 @@ def _branches(repo: Path) -> dict[str, str]:
     return dict(line.split() for line in out.splitlines())
 
 
-# --- FAULTS #7: a directory deleted by hand ----------------------------------------
+# --- docs/faults.md row 7: a directory deleted by hand ----------------------------------------
 
 
 @pytest.mark.parametrize("isolation", ["worktree", "clone"])
@@ -330,7 +330,7 @@ def test_branch_under_a_remote_whose_name_has_a_slash_is_refused(tmp_path: Path)
 
 @pytest.mark.docker
 def test_container_agent_whose_worktree_was_deleted_is_made_again(tmp_path: Path, busybox_image: str) -> None:
-    """FAULTS #7 for a container agent: its worktree deleted by hand while
+    """docs/faults.md row 7 for a container agent: its worktree deleted by hand while
     its container runs; up makes the worktree again on the same branch (with
     its commits) and the container runs on it."""
     from tests.support.docker_fixtures import agents_repo

@@ -1,6 +1,6 @@
 """``hybridiso gc`` on real repositories, with a local bare repository as origin.
 
-FAULTS rows covered here: 5 (dirty envs kept), 6 (unmerged kept, squash/rebase
+docs/faults.md row 5 (dirty envs kept), 6 (unmerged kept, squash/rebase
 merges found by content, a fresh branch is not merged), 7 (directory deleted by
 hand), 8 (removal that fails half-way), 18 (corrupt state file).
 """
@@ -149,7 +149,7 @@ def test_user_story_merge_two_delete_one_then_gc_and_sync(tmp_path: Path) -> Non
     assert removed_targets(gc_json(repo)) == set()  # a synced fresh branch is still not "merged"
 
 
-# --- FAULTS #6: merged by content, unmerged kept ------------------------------------
+# --- docs/faults.md row 6: merged by content, unmerged kept ------------------------------------
 
 
 def test_rebase_merge_and_squash_after_base_moved_are_merged(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_merged_clone_is_removed(tmp_path: Path) -> None:
     assert not env(repo, "c").exists()
 
 
-# --- FAULTS #5: dirty environments are kept ----------------------------------------
+# --- docs/faults.md row 5: dirty environments are kept ----------------------------------------
 
 
 def test_dirty_merged_env_is_kept(tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_dirty_merged_env_is_kept(tmp_path: Path) -> None:
     assert (env(repo, "mod") / "README.md").read_text() == "changed, not committed\n"
 
 
-# --- FAULTS #7 and #18: deleted by hand, state lost ---------------------------------
+# --- docs/faults.md rows 7 and 18: deleted by hand, state lost ---------------------------------
 
 
 def test_deleted_directory_prunes_metadata_keeps_unmerged_branch(tmp_path: Path) -> None:
@@ -290,7 +290,7 @@ def test_orphan_directories(tmp_path: Path) -> None:
     git(ws, "clone", "-q", str(repo), "stray-env")
     ignore(ws / "stray-env", ".env")
     (ws / "stray-env" / ".env").write_text("TOKEN=only-here\n")
-    # FAULTS #29: only a directory with hybridiso's mark for this project and
+    # docs/faults.md row 29: only a directory with hybridiso's mark for this project and
     # its own name is one hybridiso made (its record lost); the rest is the user's
     project_line = next(line for line in (env(repo, "a") / ".hybridiso.env").read_text().splitlines() if line.startswith("HYBRIDISO_PROJECT="))
     for name in ("stray-clone", "stray-work", "stray-stash", "stray-env"):
@@ -348,7 +348,7 @@ def test_branch_deleted_upstream(tmp_path: Path) -> None:
     assert env(repo, "dropped").is_dir() and branch_tip(repo, "hybridiso/dropped")
 
 
-# --- FAULTS #8: removal that fails half-way -------------------------------------------
+# --- docs/faults.md row 8: removal that fails half-way -------------------------------------------
 
 
 def test_removal_fixes_permissions_it_can(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Data an agent wrote into its database branch is work (FAULTS #26): seen by
+"""Data an agent wrote into its database branch is work (docs/faults.md row 26): seen by
 `down`, `gc` and rollback, refused, or dumped by `down --force` with the path
 said; against a real PostgreSQL server, with writers that stay connected
 (whose counters PostgreSQL has not flushed yet)."""
@@ -320,7 +320,7 @@ def test_what_setup_writes_is_not_the_agents_work(tmp_path: Path, postgres_serve
 
 
 def test_a_killed_up_whose_database_the_agent_wrote_is_not_rolled_back(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
-    """FAULTS #25 + #26: up is killed during setup; someone writes into the
+    """docs/faults.md row 25 + #26: up is killed during setup; someone writes into the
     branch with the URL the env file holds; the next up keeps it."""
     started, flag = tmp_path / "started", tmp_path / "slow"
     flag.touch()
@@ -351,7 +351,7 @@ def test_a_killed_up_whose_database_the_agent_wrote_is_not_rolled_back(tmp_path:
 
 
 def test_a_lost_state_file_keeps_the_baseline_in_the_database(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
-    """FAULTS #18 with #26: the state file is gone; the adopted record reads
+    """docs/faults.md row 18 with #26: the state file is gone; the adopted record reads
     the baseline back from the database's comment; gc keeps a changed branch
     whose agent is gone and drops an untouched one."""
     repo = make_repo(tmp_path / "shop")
@@ -441,7 +441,7 @@ def test_force_dump_holds_every_row_a_busy_writer_committed(tmp_path: Path, post
 
 
 def test_the_password_reaches_pg_dump_but_never_its_argv(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
-    """FAULTS #34: a server that demands a password (scram) for this role;
+    """docs/faults.md row 34: a server that demands a password (scram) for this role;
     `down --force` dumps with it, and no process ever shows it in argv."""
     secret = "s3cr=t pass#word"
     role = "hi_secret_role"
@@ -498,7 +498,7 @@ def test_doctor_reports_the_server_and_its_pg_dump(tmp_path: Path, postgres_serv
 
 
 def test_a_tampered_record_gets_nothing_done_to_databases_it_does_not_own(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
-    """FAULTS #30: state.json edited to name the server's `postgres`, the
+    """docs/faults.md row 30: state.json edited to name the server's `postgres`, the
     template and another agent's branch: down --force touches none of them."""
     repo = make_repo(tmp_path / "shop")
     write_manifest(repo, f'services:\n  db: {{kind: postgres, url: "{postgres_server.url}", template: {tpl}}}\n'
@@ -557,7 +557,7 @@ def test_force_without_pg_dump_refuses_before_anything_is_removed(tmp_path: Path
 
 
 def test_a_symlinked_dumps_directory_is_refused_before_anything_is_removed(tmp_path: Path, postgres_server: PostgresServer, tpl: str) -> None:
-    """FAULTS #31: the dumps directory replaced by a symlink to somewhere
+    """docs/faults.md row 31: the dumps directory replaced by a symlink to somewhere
     else: nothing is written there, nothing is removed."""
     repo = _repo(tmp_path, postgres_server, tpl)
     hybridiso(repo, "up")

@@ -140,7 +140,7 @@ def test_gc_drops_database_branches_no_agent_owns_and_only_those(tmp_path: Path,
     lost = next(n for n in mine if "_lost_db" in n)
     kept = next(n for n in mine if "_kept_db" in n)
     state_file = repo / ".git" / "hybridiso" / "state.json"
-    # FAULTS #18: the state file is lost; the rebuilt records own their databases again
+    # docs/faults.md row 18: the state file is lost; the rebuilt records own their databases again
     state_file.unlink()
     dry = json.loads(hybridiso(repo, "gc", "--json").stdout)
     assert [f for f in dry["findings"] if f["kind"] == "database"] == []

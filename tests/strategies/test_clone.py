@@ -1,5 +1,5 @@
 """The clone strategy on real repositories: what the repository ignores, the
-clone ignores (issue 11), and a workspace on another file system (FAULTS #36:
+clone ignores (issue 11), and a workspace on another file system (docs/faults.md row 36:
 a real tmpfs mounted for it) falls back to copying objects and says so.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_sync_gives_an_older_clone_the_repositorys_ignore_rules(tmp_path: Path) 
     assert victim.read_text() == "untouched\n"
 
 
-# --- FAULTS #36: the workspace on another file system -------------------------------
+# --- docs/faults.md row 36: the workspace on another file system -------------------------------
 
 
 @pytest.fixture

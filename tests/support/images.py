@@ -10,7 +10,7 @@ Cached by tag: built once per machine, reused by every later run.
   /data``, for data a recreated container must keep.
 - ``hybridiso-test/debian-git:1``: a minimal Debian rootfs made with
   debootstrap, with git, loaded with ``docker import``; for git inside the
-  container (FAULTS #21).
+  container (docs/faults.md row 21).
 - ``hybridiso-test/postgres:1`` and ``hybridiso-test/redis:1``: one Debian
   rootfs with postgresql, redis-server, psql and redis-cli, made with
   debootstrap; each tag starts its server the way the official ``postgres``

@@ -1,6 +1,6 @@
 """Backups (hybridiso/work/backups.py) and ``hybridiso restore`` on real repositories.
 
-FAULTS #27: backup names are unique and written create-only, so nothing ever
+docs/faults.md row 27: backup names are unique and written create-only, so nothing ever
 overwrites a backup; restoring creates new refs only, all or none.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Work outside the agent branch: ``down``, ``gc`` and rollback see it, ``--force``
 saves all of it, ``hybridiso restore`` brings every piece back (issue 11).
 
-FAULTS rows: 23 (stash, other branches and tags, detached HEAD, HEAD on another
+docs/faults.md row 23 (stash, other branches and tags, detached HEAD, HEAD on another
 branch, submodule commits), 24 (an environment git cannot read), 25 (work in an
 unfinished environment), 27 (two forced removals within a second), 5 (an
 include edited after its agent left the manifest).
@@ -267,7 +267,7 @@ def test_worktree_stash_and_tags_stay_in_the_repository_and_down_says_so(tmp_pat
     assert git(repo, "show", "stash@{0}:README.md") == "stashed in the worktree"
 
 
-# --- an environment git cannot read (FAULTS #24) -----------------------------------------
+# --- an environment git cannot read (docs/faults.md row 24) -----------------------------------------
 
 
 def break_link(e: Path, how: str) -> None:
@@ -370,7 +370,7 @@ def test_an_include_stays_precious_after_its_agent_left_the_manifest(tmp_path: P
     assert (repo / "secret.cfg").read_text() == "original\n"
 
 
-# --- work written into an unfinished environment (FAULTS #25) ------------------------------
+# --- work written into an unfinished environment (docs/faults.md row 25) ------------------------------
 
 
 def _killed_during_setup(repo: Path, tmp_path: Path) -> None:
@@ -480,7 +480,7 @@ def test_a_checkout_killed_half_way_is_not_work(tmp_path: Path) -> None:
     assert status_json(repo)["a"]["state"] == "ready"
 
 
-# --- two forced removals within a second (FAULTS #27) ------------------------------------
+# --- two forced removals within a second (docs/faults.md row 27) ------------------------------------
 
 
 def test_two_forced_removals_within_a_second_make_two_backups(tmp_path: Path) -> None:
