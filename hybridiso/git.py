@@ -30,10 +30,15 @@ from hybridiso.process import CommandError, Result
 
 LOCK_RETRIES = 8
 STALE_LOCK_SECONDS = 600.0
-# Lock contention, and reading another worktree's metadata while a concurrent
-# `worktree add` is still writing it ("failed to read .git/worktrees/x/commondir").
+# Lock contention (another git holds the lock file: "File exists"), and
+# reading another worktree's metadata while a concurrent `worktree add` is
+# still writing it ("failed to read .git/worktrees/x/commondir").  Only that is
+# waited out: "cannot lock ref" also says a ref is not at the expected old
+# value (a compare-and-swap that lost), that 'refs/heads/feat' is in the way of
+# 'feat/x', or that the lock cannot be made at all (permission, read-only or
+# full disk), and none of those goes away by trying again.
 _LOCK_RE = re.compile(
-    r"Unable to create '[^']+\.lock'|cannot lock ref|could not lock config file|index\.lock|\.lock': File exists"
+    r"\.lock': File exists|could not lock config file [^\n]*: File exists"
     r"|failed to read [^\n]*worktrees/[^\n]*(commondir|gitdir)"
 )
 _LOCK_PATH_RE = re.compile(r"Unable to create '(?P<path>[^']+\.lock)'")
