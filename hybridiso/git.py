@@ -861,15 +861,17 @@ def git_dir(cwd: Path) -> Path:
 
 
 def add_exclude(common_dir: Path, pattern: str) -> None:
-    """Keep ``pattern`` out of ``git status`` in every worktree sharing this git dir."""
-    exclude = common_dir / "info" / "exclude"
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    lines = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
-    if pattern not in lines:
-        with exclude.open("a", encoding="utf-8") as f:
-            if lines and not exclude.read_text(encoding="utf-8").endswith("\n"):
-                f.write("\n")
-            f.write(pattern + "\n")
+    """Keep ``pattern`` out of ``git status`` in every worktree sharing this
+    git dir.  ``info/exclude`` is never followed if it is a symlink or FIFO:
+    that is an ``UnsafePath`` error naming it (docs/faults.md row 31)."""
+    text = safe_files.read_text(common_dir, "info/exclude") or ""
+    if pattern in text.splitlines():
+        return
+    fd = safe_files.open_regular(common_dir, "info/exclude", os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode=0o644, dir_mode=0o755)
+    try:
+        os.write(fd, (("\n" if text and not text.endswith("\n") else "") + pattern + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def ignored_matches(cwd: Path, patterns: Sequence[str]) -> list[str]:

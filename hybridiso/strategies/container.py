@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridiso import git, output, port_holders
+from hybridiso import git, output, port_holders, safe_files
 from hybridiso.containers import compose_cli
 from hybridiso.containers import git_dir as container_git
 from hybridiso.containers import users as container_user
@@ -428,7 +428,7 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
     # fixed content): skip the probe's exec, but still say so
     known = f"{info.image_id} {ctx.project.manifest.env_for(ctx.agent).get('PATH', '') if ctx.agent else ''}"
     without_git = ctx.project.store.images_without_git
-    remembered = known in _read_lines(without_git)
+    remembered = known in _read_lines(ctx.project.store.anchor, without_git)
     if remembered:
         code, text = 127, ""
     else:
@@ -445,9 +445,7 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
         if first:
             output.warn(f"{ctx.name}: image {image} has no git; the agent cannot run git inside its container")
         if info.image_id and first:
-            with contextlib.suppress(OSError):  # only a cache
-                with without_git.open("a", encoding="utf-8") as f:
-                    f.write(known + "\n")
+            _remember_line(ctx.project.store.anchor, without_git, known)
         return
     if "unknown repository extension" in text:
         hint = (
@@ -472,11 +470,31 @@ def _exec_user(ctx: EnvContext) -> str:
     return f"{uid}:{gid}"
 
 
-def _read_lines(path: Path) -> set[str]:
+def _read_lines(anchor: Path, path: Path) -> set[str]:
+    """The lines of a cache file under the state dir; nothing when it is
+    missing, unreadable, or not a regular file (never followed: docs/faults.md
+    row 31)."""
     try:
-        return set(path.read_text(encoding="utf-8").splitlines())
-    except (OSError, UnicodeDecodeError):
+        return set((safe_files.read_text(anchor, path.relative_to(anchor)) or "").splitlines())
+    except OSError:  # UnsafePath is a UserError, not an OSError
         return set()
+    except safe_files.UnsafePath:
+        return set()
+
+
+def _remember_line(anchor: Path, path: Path, line: str) -> None:
+    """Append ``line`` to a cache file under the state dir; a symlink or FIFO
+    there is left alone (only a cache: it is asked again next time)."""
+    try:
+        fd = safe_files.open_regular(anchor, path.relative_to(anchor), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except (OSError, safe_files.UnsafePath):
+        return
+    try:
+        os.write(fd, (line + "\n").encode("utf-8"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _agent_container(ctx: EnvContext) -> docker_client.ContainerInfo | None:
