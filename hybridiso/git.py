@@ -1437,7 +1437,7 @@ def create_refs(cwd: Path, creates: dict[str, str], deletes: dict[str, str] | No
     return text[-1].removeprefix("fatal: ") if text else f"git update-ref exit {r.returncode}"
 
 
-# --- a container agent's own repository (strategies/container.py, container_git.py) -----
+# --- a container agent's own repository (strategies/container.py, containers/git_dir.py) -----
 
 
 def fetch_from_shadow(root: Path, shadow: Path, prefix: str) -> None:

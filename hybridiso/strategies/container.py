@@ -1,11 +1,11 @@
 """``container``: the agent's worktree bind-mounted into a Docker container.
 
 The worktree is mounted at its host path with a git dir of the agent's own
-(container_git.py): the repository's objects read-only, never its common git
+(containers/git_dir.py): the repository's objects read-only, never its common git
 dir, so ``git status``/``commit``/``stash``/``rebase`` work inside and nothing
 the host's git reads (config, hooks, refs, the state dir) is in reach; what
 the agent commits is collected into the agent branch by the host.  The
-container runs as an unprivileged uid (container_user.py) with every
+container runs as an unprivileged uid (containers/users.py) with every
 capability dropped, ``no-new-privileges``, a pids limit, its own network
 (firewalled by netguard.py when the agent needs network isolation), limits
 from ``resources:``, leased ports published on 127.0.0.1, and labels

@@ -143,3 +143,19 @@ def test_a_workspace_that_cannot_be_made_is_one_message_with_the_path_and_a_fix(
         for p in (workspace, locked):
             if p.exists():
                 p.chmod(0o755)
+
+
+@pytest.mark.parametrize("top", ["/sys", "/proc"])
+def test_a_workspace_the_permission_bits_allow_but_the_kernel_refuses(tmp_path: Path, top: str) -> None:
+    """Root may "write" /sys and /proc by the bits; mkdir there fails.  One
+    message naming the workspace, not "the disk is full" per agent."""
+    repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
+    workspace = Path(top) / f"hybridiso-test-ws-{os.getpid()}"
+    write_manifest(repo, f"workspace: {workspace}\nagents:\n  - {{name: a}}\n  - {{name: b, isolation: clone}}\n")
+    r = hybridiso(repo, "up", ok=False)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith(f"hybridiso: error: the workspace {workspace} cannot be created: "), r.stderr
+    assert len(lines) == 2 and lines[1].startswith("  next step: set `workspace:` in hybridiso.yaml"), r.stderr
+    assert "disk is full" not in r.stderr
+    assert state(repo).get("agents", {}) == {}
+    assert git(repo, "branch", "--list", "hybridiso/*") == ""
