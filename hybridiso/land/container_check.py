@@ -106,8 +106,10 @@ class ImageCheck:
             if svc is not None and svc.runs_in_container:
                 theirs.add(SERVICE_URLS[svc.kind].format(host=name))
 
+        own = {db.name for db in ctx.record.databases.values()}  # the agent's own branches: never the check's
+
         def reshape(spec: ContainerSpec) -> ContainerSpec:
-            variables = {k: v for k, v in spec.environment if v not in theirs}
+            variables = {k: v for k, v in spec.environment if v not in theirs and v.rpartition("/")[2].partition("?")[0] not in own}
             variables.update(env)
             mounts = (Mount(str(scratch), str(ctx.path)), Mount(str(scratch / ".git"), str(ctx.path / ".git"), read_only=True))
             return dataclasses.replace(

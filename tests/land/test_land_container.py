@@ -246,7 +246,7 @@ def test_a_container_agents_check_gets_a_fresh_database_and_its_own_stays_untouc
     pg_image = service_images[0]
     tpl = postgres_server.make_template("land_tpl_box")
     migrate = (
-        'echo "url=$DATABASE_URL"; psql -X -q -v ON_ERROR_STOP=1 -d "$DATABASE_URL" -f migrations/010.sql && '
+        'echo "url=$DATABASE_URL"; env | sed "s/^/env: /"; psql -X -q -v ON_ERROR_STOP=1 -d "$DATABASE_URL" -f migrations/010.sql && '
         'test "$(psql -X -Atq -d "$DATABASE_URL" -c "SELECT count(*) FROM items")" = 1 && echo migrated=yes'
     )
     repo = repo_with(
@@ -267,6 +267,7 @@ def test_a_container_agents_check_gets_a_fresh_database_and_its_own_stays_untouc
         assert got["result"] == "landed", proc.stderr + log_of(got)
         seen = lines(log_of(got))
         assert seen["migrated"] == "yes" and "(in a container of hybridiso-test/postgres:1)" in log_of(got)
+        assert own not in log_of(got)  # no variable of the check names the agent's own branch
         name = seen["url"].rsplit("/", 1)[1]
         assert "_land_" in name and name not in (own, tpl)
         # the migration ran only there: the agent's own branch and the template never saw it
