@@ -154,8 +154,7 @@ class ImageCheck:
         with contextlib.suppress(UserError):
             if self.plan.network:
                 docker_client.remove_network(self.plan.network)
-            if self.ctx.record.network_guard == "iptables":
-                netguard.remove({netguard.bridge_name(self.ctx.project.id, self.ctx.name)})
+            netguard.remove({netguard.bridge_name(self.ctx.project.id, self.ctx.name)})  # nothing without root
 
 
 def main() -> int:

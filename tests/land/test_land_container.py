@@ -219,6 +219,13 @@ def test_kill_9_of_land_during_a_container_check_leaves_it_to_gc(tmp_path: Path,
             try:
                 cid = _wait_for_container(agent)
                 supervisor = _supervisor(repo)
+                # the check's argv names no variable of it (docs/faults.md row 34): they are in its environment
+                cmdline = Path(f"/proc/{supervisor}/cmdline").read_bytes().split(b"\0")
+                assert cmdline[1:3] == [b"-m", b"hybridiso.land.container_check"] and b"HYBRIDISO_LAND_COMMIT" not in b" ".join(cmdline)
+                # while land runs, gc leaves its check container alone (the agent has no environment)
+                name = docker("inspect", "-f", "{{.Name}}", cid).lstrip("/")
+                running = json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]
+                assert not [f for f in running if f["action"] == "remove" and f"container {name}" in json.dumps(f)], running
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
                 if also_the_supervisor:
@@ -277,3 +284,61 @@ def test_a_container_agents_check_gets_a_fresh_database_and_its_own_stays_untouc
         assert check_containers() == []
     finally:
         down(repo)
+
+
+def _rules(bridge: str) -> list[str]:
+    out = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True, check=False).stdout
+    return [line for line in out.splitlines() if "HYBRIDISO" in line and bridge in line]
+
+
+def _bridge(repo: Path, agent: str) -> str:
+    from hybridiso.containers.netguard import bridge_name
+    from hybridiso.project import load_project
+
+    return bridge_name(load_project(repo).id, agent)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network isolation is enforced with iptables, which needs root")
+def test_an_agent_with_no_environment_is_checked_in_its_image_and_leaves_no_network(tmp_path: Path, marker_image: str) -> None:
+    """Its branch exists, its environment does not: still the image, never
+    the host; the network (and firewall rules) made for the check go with it."""
+    agents = box("iso", marker_image, ISOLATED) + f"  - name: auto\n    image: {marker_image}\n    resources: {{memory: 64m}}\n"
+    repo = repo_with(tmp_path, '  check: ["cat /etc/hybridiso-marker; cat /sys/fs/cgroup/memory/memory.limit_in_bytes"]\n  timeout: 60s\n', agents)
+    for agent in ("iso", "auto"):
+        agent_commit(repo, agent, {f"{agent}.txt": f"{agent}\n"})
+    data, proc = land_json(repo, ok=True)
+    got = by_agent(data)
+    for agent in ("iso", "auto"):
+        assert got[agent]["result"] == "landed" and images.MARKER_TEXT in log_of(got[agent]), proc.stderr
+    assert str(64 * 1024 * 1024) in log_of(got["auto"])  # isolation: auto, resources: -> a container, as up plans it
+    for agent in ("iso", "auto"):
+        assert docker("network", "ls", "-q", "--filter", f"label=dev.hybridiso.agent={agent}", "--filter", f"label={TEST_LABEL}={TEST_RUN}") == ""
+    assert _rules(_bridge(repo, "iso")) == [] and check_containers() == []
+
+
+def test_without_iptables_an_isolated_agents_check_is_refused_never_run_unisolated(tmp_path: Path, marker_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for d in os.environ["PATH"].split(":"):
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                if not name.startswith(("iptables", "ip6tables")) and not (bindir / name).exists():
+                    (bindir / name).symlink_to(Path(d) / name)
+    monkeypatch.setenv("PATH", str(bindir))
+    ran = "ran-on-the-host-or-anywhere"
+    repo = repo_with(tmp_path, f'  check: ["touch {tmp_path}/{ran}"]\n  timeout: 60s\n', box("iso", marker_image, ISOLATED))
+    agent_commit(repo, "iso", {"iso.txt": "iso\n"})
+    data, proc = land_json(repo, ok=False)
+    got = by_agent(data)["iso"]
+    assert got["result"] == "failed", proc.stderr
+    assert got["why"].startswith(f"check could not start in its image {marker_image}: agent iso needs network isolation"), got["why"]
+    assert "iptables-save is not installed" in got["why"]
+    assert not (tmp_path / ran).exists() and check_containers() == []
+    assert git(repo, "show", "main:iso.txt", check=False) == ""
+
+
+def test_gc_finds_check_containers_by_the_role_land_gives_them() -> None:
+    from hybridiso.gc.land_leftovers import CHECK_ROLE
+    from hybridiso.land.container_check import ROLE
+
+    assert CHECK_ROLE == ROLE == "land-check"  # gc may not import land: the label is pinned here
