@@ -342,3 +342,21 @@ def test_gc_finds_check_containers_by_the_role_land_gives_them() -> None:
     from hybridiso.land.container_check import ROLE
 
     assert CHECK_ROLE == ROLE == "land-check"  # gc may not import land: the label is pinned here
+
+
+def test_parallel_stops_a_container_check_whose_base_fell_and_checks_it_again(tmp_path: Path, marker_image: str) -> None:
+    """--parallel: b is checked on top of a while a is; a goes red, so b's
+    check (which would hang on top of a) is stopped, its container with it,
+    and b is checked again without a."""
+    agents = box("a", marker_image, '    land: {check: ["sleep 1; exit 1"]}\n') + box("b", marker_image)
+    repo = repo_with(tmp_path, '  check: ["if [ -e a.txt ]; then sleep 300; fi; cat /etc/hybridiso-marker"]\n  timeout: 10m\n', agents)
+    agent_commit(repo, "a", {"a.txt": "a\n"})
+    agent_commit(repo, "b", {"b.txt": "b\n"})
+    started = time.monotonic()
+    data, proc = land_json(repo, "--parallel", "2", ok=False)
+    assert time.monotonic() - started < 120, "b's first check was not stopped"
+    got = by_agent(data)
+    assert got["a"]["result"] == "failed" and got["b"]["result"] == "landed", proc.stderr
+    assert got["b"]["checks"] == 2 and "rebuild" in proc.stderr
+    assert images.MARKER_TEXT in log_of(got["b"])
+    assert check_containers() == [] and scratch_entries(repo) == []
