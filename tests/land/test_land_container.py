@@ -87,7 +87,8 @@ WHERE = (
     'echo "memory=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"; '
     'echo "quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d" " -f1 /sys/fs/cgroup/cpu.max)"; '
     'echo "main=$(cat main.txt)"; echo "mine=$(cat mine.txt)"; echo "db=${DATABASE_URL:-none}"; '
-    'echo "git=$(ls -la .git | cut -c1)"; touch written-by-the-check && echo wrote=yes'
+    'echo "git=$(ls -la .git | cut -c1)"; touch written-by-the-check && echo wrote=yes; '
+    '{ echo "gitdir: /tmp/evil" > .git || rm -f .git; } 2>/dev/null; echo "dotgit=$(cat .git)"'
 )
 
 
@@ -123,6 +124,7 @@ def test_a_container_agents_check_runs_in_its_image_with_its_limits_on_the_candi
         assert int(seen["memory"]) == 96 * 1024 * 1024
         assert int(seen["quota"]) == 50000  # 0.5 of a 100000 us period
         assert seen["db"] == "none" and seen["git"] == "-"  # a file, mounted read-only over the scratch's .git
+        assert seen["dotgit"].startswith("gitdir: ") and "evil" not in seen["dotgit"]  # the check cannot point it elsewhere
         assert "(in a container of hybridiso-test/busybox-marker:1)" in log_of(got)
         # the agent's own container ran on, untouched; the check's is gone
         assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=box", "--filter", "label=dev.hybridiso.role=agent") == agent != ""
