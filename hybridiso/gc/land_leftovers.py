@@ -33,6 +33,13 @@ def land_dir(project: Project) -> Path:
     return project.repo.common_dir / "hybridiso" / "land"
 
 
+def land_running(project: Project) -> bool:
+    """A ``land`` holds the land lock: a check of an agent that has no
+    environment may be using a network (and firewall rules) labelled for it
+    (land/container_check.py), which the Docker and firewall finders then leave."""
+    return safe_files.is_plain_dir(land_dir(project)) and lock_holder(land_dir(project) / "lock") is not None
+
+
 def _journal(project: Project) -> dict[str, Any]:
     try:
         raw = safe_files.read_text(project.repo.common_dir, "hybridiso/land/journal.json")

@@ -362,3 +362,31 @@ def test_parallel_stops_a_container_check_whose_base_fell_and_checks_it_again(tm
     assert got["b"]["checks"] == 2 and "rebuild" in proc.stderr
     assert images.MARKER_TEXT in log_of(got["b"])
     assert check_containers() == [] and scratch_entries(repo) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network isolation is enforced with iptables, which needs root")
+def test_gc_during_a_check_of_an_agent_with_no_environment_keeps_its_isolation(tmp_path: Path, marker_image: str) -> None:
+    """The agent has no record, so its network and rules look like an
+    agent's leftovers: while land runs, gc leaves them (a check behind them
+    would run unisolated); once land was killed, gc removes all of it."""
+    repo = repo_with(tmp_path, '  check: ["sleep 300"]\n  timeout: 10m\n', box("iso", marker_image, ISOLATED))
+    agent_commit(repo, "iso", {"iso.txt": "iso\n"})
+    bridge = _bridge(repo, "iso")
+    proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "land"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cid = _wait_for_container("iso")
+        assert _rules(bridge)
+        found = json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]
+        assert not [f for f in found if f["action"] == "remove" and f["kind"] in ("firewall", "docker", "land-container")], found
+        hybridiso(repo, "gc", "--yes")
+        assert _rules(bridge) and docker("inspect", "-f", "{{.State.Running}}", cid) == "true"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    found = json.loads(hybridiso(repo, "gc", "--json").stdout)["findings"]
+    assert {"firewall", "docker", "land-check"} <= {f["kind"] for f in found if f["action"] == "remove"}, found
+    hybridiso(repo, "gc", "--yes")
+    assert _rules(bridge) == [] and check_containers() == []
+    assert docker("network", "ls", "-q", "--filter", "label=dev.hybridiso.agent=iso", "--filter", f"label={TEST_LABEL}={TEST_RUN}") == ""
