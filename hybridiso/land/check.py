@@ -61,8 +61,8 @@ def run_checks(
             try:
                 image.prepare(cwd, env, log)
             except UserError as e:
-                _write(fd, f"hybridiso: {e.message}\n")
-                why = f"could not start in its image {image.image}: {e.message}"
+                _write(fd, f"hybridiso: {e}\n")
+                why = f"could not start in its image {image.image}: {e.message}" + (f" (next step: {e.hint})" if e.hint else "")
                 return CheckResult(False, time.monotonic() - started, why, tail(fd, begin, os.lseek(fd, 0, os.SEEK_END)))
         for command in commands:
             why, begin, end = _run_one(command, cwd, {**os.environ, **env}, fd, timeout, on_start, on_end, image)

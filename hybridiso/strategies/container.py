@@ -177,7 +177,8 @@ def one_off_plan(ctx: EnvContext, path: Path, reshape: Callable[[Any], Any]) -> 
     to ``path`` (never the agent's own file), on the agent's own network,
     isolated as the agent is and checked to be (docs/faults.md row 33), as
     ``_prepare`` makes it for setup.  The agent's environment (its worktree,
-    git dir, compose file) is not touched; ``ctx.record`` may be a copy."""
+    git dir, compose file, containers) is not touched: a network of another
+    shape is refused, never made anew; ``ctx.record`` may be a copy."""
     from hybridiso.containers.build import build_spec
     from hybridiso.containers.compose_file import write_compose
 
@@ -188,6 +189,13 @@ def one_off_plan(ctx: EnvContext, path: Path, reshape: Callable[[Any], Any]) -> 
         mode = _refuse_if_unguarded(ctx)
         spec = reshape(build_spec(ctx))
         write_compose(spec, path, ctx.project.store.anchor)
+        shape = _engine_plan(ctx, path, agent_only=True)
+        if shape is not None and shape.network and docker_client.network_differs(shape.network, shape.network_options, shape.network_internal):
+            # up would make it anew, removing the agent's containers: not land's to do
+            raise UserError(
+                f"agent {ctx.name}'s network was made for another isolation than the manifest gives it now",
+                hint=f"`hybridiso up {ctx.name}` makes it anew; then land again",
+            )
         if _network_ready(ctx, path, mode):
             break  # else: the engine's networks are out of reach, the manifest's weaker mode is rendered anew
     image_id, _ = docker_client.image_facts(spec.image)

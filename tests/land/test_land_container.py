@@ -390,3 +390,26 @@ def test_gc_during_a_check_of_an_agent_with_no_environment_keeps_its_isolation(t
     hybridiso(repo, "gc", "--yes")
     assert _rules(bridge) == [] and check_containers() == []
     assert docker("network", "ls", "-q", "--filter", "label=dev.hybridiso.agent=iso", "--filter", f"label={TEST_LABEL}={TEST_RUN}") == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network isolation is enforced with iptables, which needs root")
+def test_a_check_never_remakes_the_agents_network_under_its_running_container(tmp_path: Path, marker_image: str) -> None:
+    """The manifest isolated the agent after `up`: its network has the old
+    shape.  `up` would make it anew (removing its container); land refuses
+    the check instead, and the agent's container runs on."""
+    repo = repo_with(tmp_path, '  check: ["true"]\n  timeout: 60s\n', box("box", marker_image))
+    try:
+        hybridiso(repo, "up", "box")
+        agent = docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=box", "--filter", "label=dev.hybridiso.role=agent")
+        manifest = (repo / "hybridiso.yaml").read_text().replace('command: ["sleep", "3600"]\n', 'command: ["sleep", "3600"]\n' + ISOLATED)
+        write_manifest(repo, manifest)
+        git(repo, "commit", "-qam", "isolate box")
+        env_commit(tmp_path / "repo.agents" / "box", "box.txt", "box\n")
+        data, proc = land_json(repo, ok=False)
+        got = by_agent(data)["box"]
+        assert got["result"] == "failed" and "network was made for another isolation" in got["why"], got
+        assert "hybridiso up box" in got["tail"] or "hybridiso up box" in log_of(got)
+        assert docker("ps", "-q", "--filter", "label=dev.hybridiso.agent=box", "--filter", "label=dev.hybridiso.role=agent") == agent != ""
+        assert check_containers() == []
+    finally:
+        down(repo)
