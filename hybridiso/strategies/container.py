@@ -171,6 +171,40 @@ def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "", *, agent_only:
     return (engine_apply.translate_agent if agent_only else engine_apply.translate)(doc, path, image_id)
 
 
+def one_off_plan(ctx: EnvContext, path: Path, reshape: Callable[[Any], Any]) -> docker_client.ContainerPlan:
+    """A one-off container of the agent that is not its setup (land's check,
+    land/container_check.py): the agent's spec changed by ``reshape``, rendered
+    to ``path`` (never the agent's own file), on the agent's own network,
+    isolated as the agent is and checked to be (docs/faults.md row 33), as
+    ``_prepare`` makes it for setup.  The agent's environment (its worktree,
+    git dir, compose file, containers) is not touched: a network of another
+    shape is refused, never made anew; ``ctx.record`` may be a copy."""
+    from hybridiso.containers.build import build_spec
+    from hybridiso.containers.compose_file import write_compose
+
+    assert ctx.agent is not None and ctx.agent.image
+    docker_client.client()  # Docker unreachable: say so first (docs/faults.md row 12)
+    docker_client.ensure_image(ctx.agent.image)  # docs/faults.md row 13
+    while True:
+        mode = _refuse_if_unguarded(ctx)
+        spec = reshape(build_spec(ctx))
+        write_compose(spec, path, ctx.project.store.anchor)
+        shape = _engine_plan(ctx, path, agent_only=True)
+        if shape is not None and shape.network and docker_client.network_differs(shape.network, shape.network_options, shape.network_internal):
+            # up would make it anew, removing the agent's containers: not land's to do
+            raise UserError(
+                f"agent {ctx.name}'s network was made for another isolation than the manifest gives it now",
+                hint=f"`hybridiso up {ctx.name}` makes it anew; then land again",
+            )
+        if _network_ready(ctx, path, mode):
+            break  # else: the engine's networks are out of reach, the manifest's weaker mode is rendered anew
+    image_id, _ = docker_client.image_facts(spec.image)
+    plan = _engine_plan(ctx, path, image_id, agent_only=True)
+    if plan is None:
+        raise UserError(f"agent {ctx.name}'s compose file has settings a one-off container cannot take")
+    return plan
+
+
 def _make_network_early(ctx: EnvContext, path: Path) -> None:
     # also for a project Compose starts: it adopts a network that carries its labels
     plan = _engine_plan(ctx, path, agent_only=True)
@@ -728,9 +762,16 @@ def run_setup(
 
 
 def _setup_config(ctx: EnvContext, plan: docker_client.ContainerPlan, argv: list[str]) -> dict[str, Any]:
+    return one_off_config(plan, argv, "setup")
+
+
+def one_off_config(plan: docker_client.ContainerPlan, argv: list[str], role: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The Engine API body of a one-off container of the agent (setup's,
+    land's check) running ``argv``: the agent's container without its
+    published ports, Compose's labels or healthcheck, labelled ``role``."""
     config = {k: v for k, v in plan.config.items() if k not in ("ExposedPorts", "NetworkingConfig")}
-    labels = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith("com.docker.compose.")}
-    labels[docker_client.LABEL_ROLE] = "setup"
+    own = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith("com.docker.compose.")}
+    labels = {**own, **(labels or {}), docker_client.LABEL_ROLE: role}
     host = {**config["HostConfig"], "PortBindings": {}}  # the agent's own container publishes them
     config.update(Cmd=argv, Entrypoint=[], Labels=labels, HostConfig=host, Healthcheck={"Test": ["NONE"]}, AttachStdout=True, AttachStderr=True)
     if plan.network:
