@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -41,6 +40,7 @@ def run_checks(
     timeout: float,
     *,
     header: str,
+    project_id: str,
     on_start: Callable[[ProcessGroup], None],
     on_end: Callable[[ProcessGroup], None],
 ) -> CheckResult:
@@ -49,7 +49,7 @@ def run_checks(
     try:
         _write(fd, f"=== {header} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} pid {os.getpid()} ===\n")
         for command in commands:
-            why, begin, end = _run_one(command, cwd, {**os.environ, **env}, fd, timeout, on_start, on_end)
+            why, begin, end = _run_one(command, cwd, {**os.environ, **env}, fd, timeout, project_id, on_start, on_end)
             if why:
                 return CheckResult(False, time.monotonic() - started, why, tail(fd, begin, end))
         return CheckResult(True, time.monotonic() - started)
@@ -63,6 +63,7 @@ def _run_one(
     env: dict[str, str],
     fd: int,
     timeout: float,
+    project_id: str,
     on_start: Callable[[ProcessGroup], None],
     on_end: Callable[[ProcessGroup], None],
 ) -> tuple[str, int, int]:
@@ -74,7 +75,9 @@ def _run_one(
     if "/" not in argv[0] and not shutil.which(argv[0], path=env.get("PATH", os.defpath)):
         _write(fd, f"{argv[0]}: not found on PATH\n")
         return f"could not start: {argv[0]} is not found on PATH: {shown}", begin, os.lseek(fd, 0, os.SEEK_END)
-    token = secrets.token_hex(16)
+    # a token only land issues (land:<project>:<random>): the next run and gc
+    # stop a journal's group only when it carries one (docs/faults.md row 41)
+    token = process_groups.land_token(project_id)
     gate_r, gate_w = os.pipe()
     try:
         proc = subprocess.Popen(

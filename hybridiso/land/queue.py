@@ -16,6 +16,7 @@ Never lose work, never break the target:
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -318,7 +319,7 @@ class Train:
                     return
             finally:
                 if not keep:
-                    applying.remove_scratch(self.root, build.scratch)
+                    self.remove_scratch(build.scratch)
             step, value = self.conclude(run, build, ref)
             if step == DONE:
                 return
@@ -366,10 +367,10 @@ class Train:
         try:
             made = applying.apply(self.root, scratch, o.method, base, tip, _message(o.method, name, cand.branch, self.root, base, tip))
         except BaseException:
-            applying.remove_scratch(self.root, scratch)
+            self.remove_scratch(scratch)
             raise
         if made.commit is None:
-            applying.remove_scratch(self.root, scratch)
+            self.remove_scratch(scratch)
             if made.conflicts or made.error:
                 o.result, o.paths = CONFLICT, list(made.conflicts)
                 o.why = f"conflicts with {run.target} in {', '.join(made.conflicts)}" if made.conflicts else f"could not be applied: {made.error}"
@@ -427,6 +428,13 @@ class Train:
         return DONE, ""
 
     # --- steps ----------------------------------------------------------------
+
+    def remove_scratch(self, path: Path) -> str:
+        """Remove a scratch worktree land made; say what was left instead."""
+        left = applying.remove_scratch(self.root, self.store.anchor, self.store.scratch_dir, path)
+        if left:
+            output.warn(left)
+        return left
 
     def _phase(self, agent: str, phase: str) -> None:
         with self._journal_lock:
@@ -489,6 +497,7 @@ class Train:
                 log,
                 timeout,
                 header=f"land {o.agent} {commit}",
+                project_id=self.project.id,
                 on_start=on_start,
                 on_end=lambda g: self._group(o.agent, g, False),
             )
@@ -604,10 +613,15 @@ class Train:
 
     def recover(self) -> str:
         """Clean up after a run that was killed: stop its check, finish the
-        landing it was in the middle of, remove its scratch worktrees."""
+        landing it was in the middle of, remove its scratch worktrees.  The
+        journal is checked whole first: one that names what land never
+        made is refused before anything in it is acted on (docs/faults.md row 42)."""
         said = []
         journal = self.store.read_journal()
         if journal is not None:
+            why = check_journal(self.project, self.state, journal)
+            if why:
+                raise self.store.invalid(why)
             if journal.groups:
                 left = process_groups.stop(journal.groups)
                 said.append("its check was stopped" + (f" (still running: {', '.join(left)})" if left else ""))
@@ -624,13 +638,18 @@ class Train:
             if landing is not None:
                 said.append(self._finish(landing))
             said.insert(0, f"the land run of pid {journal.pid} was interrupted ({journal.agent or 'before a candidate'}, {journal.phase or 'starting'})")
-        removed = 0
-        if self.store.scratch_dir.is_dir():
-            for entry in sorted(self.store.scratch_dir.iterdir()):
-                applying.remove_scratch(self.root, entry)
+        removed, left = 0, []
+        scratch = self.store.scratch_dir
+        for entry in git.scratch_entries(self.root, scratch):
+            gone = not os.path.lexists(entry)
+            why = applying.remove_scratch(self.root, self.store.anchor, scratch, entry)
+            if why:
+                left.append(why)
+            elif not gone:
                 removed += 1
         if removed:
             said.append(f"{removed} scratch worktree{'s' if removed != 1 else ''} removed")
+        said.extend(left)
         self.store.clear_journal()
         text = "; ".join(said)
         if text:
@@ -646,6 +665,53 @@ class Train:
         if where == self.root or not moved:
             pass
         return f"{landing.agent} had landed; its branch " + ("now points at what landed" if moved else "had moved since, so it was left as it is")
+
+
+PHASES = ("", "apply", "check", "landing", "landed")
+_RUN = re.compile(r"\d{8}T\d{6}-\d+")
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def check_journal(project: Project, state: State, journal: Journal) -> str:
+    """Why ``journal`` is not one a land run of this repository wrote ('':
+    it may be); the journal is treated like the state file (docs/faults.md
+    row 42): each process group must carry a token land issued, each
+    database a check database's name on a server the manifest names, and
+    a landing must name a manifest agent, its branch, the repository (or
+    the agent's own recorded clone), the configured target and commits
+    that exist."""
+    names = {a.name for a in project.manifest.agents}
+    if not _RUN.fullmatch(journal.run):
+        return f"run {journal.run!r} is not a run id land gives"
+    if journal.agent and journal.agent not in names:
+        return f"agent {journal.agent!r} is not in the manifest"
+    if journal.phase not in PHASES:
+        return f"phase {journal.phase!r} is not one land writes"
+    for group in journal.groups:
+        if not process_groups.is_land_token(group.token, project.id):
+            return f"process group {group.pgid} does not carry a token land issued (land:{project.id}:...): it is not a check of land's"
+    for d in journal.databases:
+        if not check_dbs.is_ours(project, d["server"], d["name"]):
+            return f"database {d['name']!r} is not a check database of this repository on a server its manifest names"
+    landing = journal.landing
+    if landing is None:
+        return ""
+    if landing.agent not in names:
+        return f"its landing names agent {landing.agent!r}, not in the manifest"
+    agent = project.manifest.agent(landing.agent)
+    if landing.branch != agent.branch_name:
+        return f"its landing names branch {landing.branch!r}, not {agent.branch_name} (agent {agent.name}'s)"
+    ref = f"refs/heads/{project.manifest.land_target()}"
+    if landing.target_ref != ref:
+        return f"its landing names target {landing.target_ref!r}, not {ref}"
+    allowed = {str(project.root), *(str(c.where) for c in candidates(project, state, [agent.name]))}
+    if landing.where not in allowed:
+        return f"its landing names {landing.where!r}, neither this repository nor agent {agent.name}'s recorded environment"
+    for key in ("tip", "landed", "before"):
+        sha = getattr(landing, key)
+        if not _SHA.fullmatch(sha) or git.resolve_commit(project.root, sha) != sha:
+            return f"its landing's {key} {sha!r} is not a commit of this repository"
+    return ""
 
 
 def _describe(command: Command) -> str:
