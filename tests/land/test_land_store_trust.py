@@ -222,3 +222,41 @@ def test_a_journal_land_could_not_have_written_is_refused_with_one_message(tmp_p
     assert os.path.lexists(path)  # nothing acted on: not even removed
     hybridiso(repo, "gc", timeout=60)  # gc ignores it safely
     hybridiso(repo, "status", timeout=60)
+
+
+@pytest.mark.parametrize(
+    "plant",
+    ["last-fifo", "last-symlink", "last-garbage", "lock-fifo", "lock-symlink", "scratch-symlink", "runs-symlink", "kept-symlink", "land-symlink", "scratch-fifo"],
+)
+def test_the_other_land_store_files_planted_give_one_message_or_are_ignored(tmp_path: Path, plant: str) -> None:
+    repo = train_repo(tmp_path, '  check: ["true"]\n', ["a"])
+    agent_commit(repo, "a", {"a.txt": "a\n"})
+    land = _land_dir(repo)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "file").write_text("not land's\n")
+    what, _, kind = plant.partition("-")
+    path = {"last": land / "last.json", "lock": land / "lock", "land": land}.get(what, land / what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.symlink_to(elsewhere / "file" if what in ("last", "lock") else elsewhere)
+    else:
+        path.write_text('{"a": {"result": ["not", "a", "string"]}, "b": 7, "c": "x"}')
+    before = git(repo, "rev-parse", "main")
+    sub = repo / "deep" / "er"
+    sub.mkdir(parents=True)  # run from a subdirectory (docs/faults.md row 22)
+    proc = hybridiso(sub, "land", ok=None, timeout=60)
+    if what == "last":  # results for status: land's own to rewrite, never followed
+        assert proc.returncode == 0, proc.stderr
+        assert git(repo, "rev-parse", "main~1") == before
+        rows = json.loads(hybridiso(repo, "status", "--json").stdout)
+        assert {r["agent"]: r["land"] for r in rows}["a"]["result"] == "landed"
+    else:
+        assert proc.returncode == 1 and proc.stderr.count("hybridiso: error:") == 1, proc.stderr
+        assert f"{'a symlink' if kind == 'symlink' else 'a FIFO'}; hybridiso never reads or writes through one" in proc.stderr, proc.stderr
+        assert git(repo, "rev-parse", "main") == before
+    assert (elsewhere / "file").read_text() == "not land's\n" and sorted(p.name for p in elsewhere.iterdir()) == ["file"]
+    hybridiso(repo, "gc", ok=None, timeout=60)  # never a traceback (the helper fails on exit 3)
+    hybridiso(repo, "status", timeout=60)
