@@ -699,11 +699,17 @@ class Train:
         now = git.resolve_commit(self.root, landing.target_ref)
         if now is None or not git.is_ancestor(self.root, landing.landed, now):
             return f"{landing.agent} had not landed: it is a candidate again"
+        # killed between the compare-and-swap and the checkouts' files
+        # following: a checkout still on the landed commit follows now
+        # (read-tree refuses to lose a change; docs/faults.md row 43)
+        target = landing.target_ref.removeprefix("refs/heads/")
+        unfollowed = self._follow_checkouts(target, landing.before, landing.landed) if now == landing.landed else ""
         where = Path(landing.where)
         moved = git.run(where, "update-ref", f"refs/heads/{landing.branch}", landing.landed, landing.tip, check=False).returncode == 0
-        if where == self.root or not moved:
-            pass
-        return f"{landing.agent} had landed; its branch " + ("now points at what landed" if moved else "had moved since, so it was left as it is")
+        said = f"{landing.agent} had landed; its branch " + ("now points at what landed" if moved else "had moved since, so it was left as it is")
+        if unfollowed:
+            said += f"; {unfollowed}: run `git reset --keep {landing.landed}` there"
+        return said
 
 
 def _shown(files: Sequence[str]) -> str:

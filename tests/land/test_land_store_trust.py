@@ -260,3 +260,21 @@ def test_the_other_land_store_files_planted_give_one_message_or_are_ignored(tmp_
     assert (elsewhere / "file").read_text() == "not land's\n" and sorted(p.name for p in elsewhere.iterdir()) == ["file"]
     hybridiso(repo, "gc", ok=None, timeout=60)  # never a traceback (the helper fails on exit 3)
     hybridiso(repo, "status", timeout=60)
+
+
+def test_a_journal_land_wrote_is_still_finished_after_kill_9_between_the_two_refs(tmp_path: Path) -> None:
+    """The checks do not refuse what land itself writes: a landing whose
+    target moved but whose branch did not (kill -9 between the two) is
+    finished by the next run."""
+    repo = train_repo(tmp_path, '  check: ["true"]\n', ["a"])
+    before = git(repo, "rev-parse", "main")
+    tip = agent_commit(repo, "a", {"a.txt": "a\n"}, "a: file")
+    landed = git(repo, "commit-tree", git(repo, "rev-parse", f"{tip}^{{tree}}"), "-p", before, "-m", "Land a: hybridiso/a")
+    git(repo, "update-ref", "refs/heads/main", landed, before)  # the compare-and-swap happened, then kill -9: files still old
+    landing = {"agent": "a", "branch": "hybridiso/a", "where": str(repo), "tip": tip, "landed": landed, "target_ref": "refs/heads/main", "before": before}
+    _write_journal(repo, _journal(phase="landing", landing=landing))
+    data, proc = land_json(repo, ok=True)
+    assert "a had landed; its branch now points at what landed" in proc.stderr, proc.stderr
+    assert git(repo, "rev-parse", "hybridiso/a") == landed and git(repo, "rev-parse", "main") == landed
+    assert (repo / "a.txt").read_text() == "a\n" and git(repo, "status", "--porcelain") == ""  # the checkout's files followed
+    assert not (_land_dir(repo) / "journal.json").exists()
