@@ -816,6 +816,12 @@ def check_journal(project: Project, state: State, journal: Journal) -> str:
         sha = getattr(landing, key)
         if not _SHA.fullmatch(sha) or git.resolve_commit(project.root, sha) != sha:
             return f"its landing's {key} {sha!r} is not a commit of this repository"
+    # moving the branch from tip to landed must lose nothing: landed is on
+    # top of before and holds tip's changes (a merge of tip into it changes nothing)
+    if not git.is_ancestor(project.root, landing.before, landing.landed):
+        return f"its landing's landed {landing.landed[:10]} is not on top of before {landing.before[:10]}"
+    if git.merge_tree(project.root, landing.landed, landing.tip) != git.tree_of(project.root, landing.landed):
+        return f"its landing's landed {landing.landed[:10]} does not hold tip {landing.tip[:10]}'s changes: moving {landing.branch} there would lose them"
     return ""
 
 

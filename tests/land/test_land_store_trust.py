@@ -174,6 +174,7 @@ def test_a_forged_landing_never_moves_a_ref_outside_what_land_owns(tmp_path: Pat
         ({"tip": "HEAD"}, "is not a commit of this repository"),
         ({"landed": "0" * 40}, "is not a commit of this repository"),
         ({"agent": "nobody"}, "not in the manifest"),
+        ({}, "does not hold tip"),  # every name right: a's branch would go back to main, its commit off it
     ]
     for change, why in forged:
         journal = _write_journal(repo, _journal(phase="landing", landing={**good, **change}))
