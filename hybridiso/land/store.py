@@ -33,6 +33,7 @@ from hybridiso.errors import UserError
 from hybridiso.state import ProcessGroup, StateStore, atomic_write_text, lock_holder
 
 LAND_DIR = PurePosixPath("hybridiso", "land")
+RESULT_FIELDS = ("result", "run", "landed", "why")  # of each agent in last.json (report.remember)
 JOURNAL_LIMIT = 1 << 20  # a journal names a few groups and databases: bigger is not land's
 
 
@@ -206,7 +207,14 @@ class LandStore:
             data = json_data.loads(raw) if raw else {}
         except (safe_files.UnsafePath, ValueError):
             return {}
-        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, dict)} if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        # only what report.remember writes, printable: status prints it (docs/faults.md row 42)
+        return {
+            k: {f: v[f] for f in RESULT_FIELDS if isinstance(v.get(f), str) and v[f].isprintable()}
+            for k, v in data.items()
+            if isinstance(k, str) and isinstance(v, dict)
+        }
 
     def run_dir(self, run: str) -> PurePosixPath:
         return self.rel / "runs" / run

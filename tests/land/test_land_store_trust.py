@@ -244,7 +244,7 @@ def test_the_other_land_store_files_planted_give_one_message_or_are_ignored(tmp_
     elif kind == "symlink":
         path.symlink_to(elsewhere / "file" if what in ("last", "lock") else elsewhere)
     else:
-        path.write_text('{"a": {"result": ["not", "a", "string"]}, "b": 7, "c": "x"}')
+        path.write_text('{"a": {"result": ["not", "a", "string"]}, "b": 7, "c": "x", "d": {"result": "\\u001b]0;owned\\u0007", "x": 1}}')
     before = git(repo, "rev-parse", "main")
     sub = repo / "deep" / "er"
     sub.mkdir(parents=True)  # run from a subdirectory (docs/faults.md row 22)
@@ -254,6 +254,11 @@ def test_the_other_land_store_files_planted_give_one_message_or_are_ignored(tmp_
         assert git(repo, "rev-parse", "main~1") == before
         rows = json.loads(hybridiso(repo, "status", "--json").stdout)
         assert {r["agent"]: r["land"] for r in rows}["a"]["result"] == "landed"
+        from hybridiso.land.store import LandStore
+        from hybridiso.project import load_project
+
+        kept = LandStore(load_project(repo, None).store).read_results()
+        assert set(kept) <= {"a", "d"} and kept.get("d", {}) == {}  # a terminal escape in a result is never kept to print
     else:
         assert proc.returncode == 1 and proc.stderr.count("hybridiso: error:") == 1, proc.stderr
         assert f"{'a symlink' if kind == 'symlink' else 'a FIFO'}; hybridiso never reads or writes through one" in proc.stderr, proc.stderr
