@@ -584,7 +584,7 @@ class Train:
             if tracked:
                 return f"the target {target} is checked out at {path} with uncommitted changes: {_shown(tracked)}", f"commit or stash them in {path}"
             if old and new:
-                lost = in_the_way(path, old, new)
+                lost = in_the_way(self.root, path, old, new)
                 if lost:
                     return (
                         f"the target {target} is checked out at {path} with untracked or ignored files the landing would overwrite: {_shown(lost)}",
@@ -611,7 +611,7 @@ class Train:
             if cand.env is not None and self._uncommitted(cand):
                 o.why = f"its branch was left at {_short(tip)}: {self._uncommitted(cand)}"
                 return
-            lost = in_the_way(cand.env, tip, new) if cand.env is not None else []
+            lost = in_the_way(self.root, cand.env, tip, new) if cand.env is not None else []
             if lost:  # ignored files the landing would overwrite are work too (docs/faults.md row 43)
                 o.why = f"its branch was left at {_short(tip)}: untracked or ignored files in {cand.env} would be overwritten: {_shown(lost)}"
                 return
@@ -716,16 +716,18 @@ def _shown(files: Sequence[str]) -> str:
     return ", ".join(files[:10]) + (f" (+{len(files) - 10} more)" if len(files) > 10 else "")
 
 
-def in_the_way(checkout: Path, old: str, new: str) -> list[str]:
+def in_the_way(repo: Path, checkout: Path, old: str, new: str) -> list[str]:
     """What is on disk in ``checkout`` (at ``old``) but not tracked there,
     that moving its files to ``new`` would write over: an untracked or
     ignored file (``read-tree -m -u`` overwrites ignored ones silently), or a
     file or symlink where ``new`` has a directory.  Nothing is opened or
-    followed (lstat only)."""
-    changed = git.changed_paths(checkout, old, new)
+    followed (lstat only).  The commits are read in ``repo``, which has
+    them (a clone's environment gets ``new`` only later), never by running
+    git in the checkout."""
+    changed = git.changed_paths(repo, old, new)
     if not changed:
         return []
-    at_old = set(git.run(checkout, "ls-tree", "-r", "-z", "--name-only", old, check=False).stdout.split("\0"))
+    at_old = set(git.run(repo, "ls-tree", "-r", "-z", "--name-only", old, check=False).stdout.split("\0"))
     found: set[str] = set()
     for rel in sorted(changed):
         parts = rel.split("/")

@@ -93,8 +93,9 @@ def test_a_rebase_or_merge_in_progress_on_the_target_refuses_to_move_it(tmp_path
     assert by_agent(dry)["a"]["result"] == "refused" and what in by_agent(dry)["a"]["why"]
 
 
-def test_an_agents_ignored_file_is_never_overwritten_when_its_env_follows(tmp_path: Path) -> None:
-    repo = train_repo(tmp_path, '  check: ["true"]\n', ["a"])
+@pytest.mark.parametrize("strategy", ["worktree", "clone"])
+def test_an_agents_ignored_file_is_never_overwritten_when_its_env_follows(tmp_path: Path, strategy: str) -> None:
+    repo = train_repo(tmp_path, '  check: ["true"]\n', ["a"], {"a": f"    isolation: {strategy}"})
     (repo / ".gitignore").write_text("*.log\n")
     git(repo, "add", ".gitignore")
     git(repo, "commit", "-q", "-m", "ignore logs")
@@ -114,7 +115,7 @@ def test_an_agents_ignored_file_is_never_overwritten_when_its_env_follows(tmp_pa
     a = by_agent(data)["a"]
     assert a["result"] == "landed" and "would be overwritten: notes.log" in a["why"]
     assert (env / "notes.log").read_text() == "the agent's notes\n"
-    assert git(repo, "rev-parse", "hybridiso/a") == tip and git(env, "rev-parse", "HEAD") == tip  # left where its files are
+    assert git(env, "rev-parse", "hybridiso/a") == tip and git(env, "rev-parse", "HEAD") == tip  # left where its files are
     _consistent(env)
     assert git(repo, "show", "main:a.txt") == "a"
 
