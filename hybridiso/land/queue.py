@@ -748,12 +748,12 @@ def in_the_way(repo: Path, checkout: Path, old: str, new: str) -> list[str]:
 
 
 _OPERATIONS = (("rebase-merge/head-name", "a rebase"), ("rebase-apply/head-name", "a rebase"))
-_ON_BRANCH = (("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"), ("BISECT_LOG", "a bisect"))
+_ON_BRANCH = (("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"))
 
 
 def _operations_on(repo: Path, common_dir: Path, target: str) -> list[tuple[Path, str]]:
     """(worktree, what) for each rebase of ``target``, and each merge,
-    cherry-pick, revert or bisect on a checkout of it, in progress: moving
+    cherry-pick or revert on a checkout of it, in progress: moving
     the target under them would be overwritten by, or lose, their result.
     Each worktree's git dir is found from git's records (the first listed is
     the main one), never by running git in it."""
