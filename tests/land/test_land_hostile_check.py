@@ -72,3 +72,38 @@ def test_a_check_that_keeps_moving_the_target_lands_nothing_and_says_so(tmp_path
     assert "main moved to" in proc.stderr and "meanwhile" in proc.stderr
     assert "a: file" not in git(repo, "log", "--format=%s", "main") and git(repo, "rev-parse", "hybridiso/a") == tip
     assert scratch_entries(repo) == []
+
+
+def test_down_of_the_candidate_during_its_check_loses_nothing_and_lands_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.cli import hybridiso
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    repo = train_repo(tmp_path, f'  check: ["touch {started}; while [ ! -e {release} ]; do sleep 0.1; done"]\n', ["a"])
+    hybridiso(repo, "up", "a")
+    env = tmp_path / "repo.agents" / "a"
+    (env / "a.txt").write_text("a\n")
+    git(env, "add", "a.txt")
+    git(env, "commit", "-q", "-m", "a: file")
+    tip = git(env, "rev-parse", "HEAD")
+    before = git(repo, "rev-parse", "main")
+    land = subprocess.Popen([sys.executable, "-m", "hybridiso", "land"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline and land.poll() is None
+            time.sleep(0.05)
+        refused = hybridiso(repo, "down", "a", ok=False)  # its commit is not on main yet: work
+        assert "has work that `down` would lose" in refused.stderr
+        forced = hybridiso(repo, "down", "a", "--force")
+        release.touch()
+        out, err = land.communicate(timeout=60)
+    finally:
+        if land.poll() is None:
+            land.kill()
+    assert land.returncode == 1 and "branch hybridiso/a was deleted during its check; nothing landed" in err, err
+    assert git(repo, "rev-parse", "main") == before
+    saved = [line.split()[-1] for line in git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/hybridiso/backup/a/").splitlines()]
+    assert any(git(repo, "rev-parse", ref) == tip for ref in saved), forced.stderr  # the work is in the backup down made
