@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -46,6 +45,7 @@ def run_checks(
     timeout: float,
     *,
     header: str,
+    project_id: str,
     on_start: Callable[[ProcessGroup], None],
     on_end: Callable[[ProcessGroup], None],
     image: ImageCheck | None = None,
@@ -65,7 +65,7 @@ def run_checks(
                 why = f"could not start in its image {image.image}: {e.message}" + (f" (next step: {e.hint})" if e.hint else "")
                 return CheckResult(False, time.monotonic() - started, why, tail(fd, begin, os.lseek(fd, 0, os.SEEK_END)))
         for command in commands:
-            why, begin, end = _run_one(command, cwd, {**os.environ, **env}, fd, timeout, on_start, on_end, image)
+            why, begin, end = _run_one(command, cwd, {**os.environ, **env}, fd, timeout, project_id, on_start, on_end, image)
             if why:
                 return CheckResult(False, time.monotonic() - started, why, tail(fd, begin, end))
         return CheckResult(True, time.monotonic() - started)
@@ -81,13 +81,16 @@ def _run_one(
     env: dict[str, str],
     fd: int,
     timeout: float,
+    project_id: str,
     on_start: Callable[[ProcessGroup], None],
     on_end: Callable[[ProcessGroup], None],
     image: ImageCheck | None = None,
 ) -> tuple[str, int, int]:
     """Why the command failed ('' when it passed) and where its output is."""
     shown = describe(command)
-    token = secrets.token_hex(16)
+    # a token only land issues (land:<project>:<random>): the next run and gc
+    # stop a journal's group only when it carries one (docs/faults.md row 41)
+    token = process_groups.land_token(project_id)
     if image is not None:
         _write(fd, f"$ {shown}  (in a container of {image.image})\n")
         argv, extra = image.command(command, token)  # its supervisor, a host process like any check's
