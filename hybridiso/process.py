@@ -11,6 +11,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hybridiso.errors import DISK_FULL_TEXTS, UserError
+
 # GIT_* variables leaked from a hook or a parent git (GIT_DIR, GIT_INDEX_FILE...)
 # would point our git calls at the wrong repository.  Keep only the ones that
 # configure transport or config, as pre-commit's no_git_env does.
@@ -53,17 +55,36 @@ class Result:
     stderr: str
 
 
-class CommandError(Exception):
+class CommandError(UserError):
+    """An external command (git, docker compose, ...) failed.
+
+    The user can act on it: the message names the command, where it ran and
+    the last thing it said on stderr, and the next step is to run it there
+    and fix what it says.  ``details`` keeps all of its output."""
+
     def __init__(self, result: Result, cwd: str | None) -> None:
         self.result = result
         self.cwd = cwd
-        super().__init__(str(self))
+        where = f" in {cwd}" if cwd else ""
+        said = self.last_words
+        super().__init__(
+            f"`{shlex.join(result.argv)}` failed (exit {result.returncode}){where}" + (f": {said}" if said else ""),
+            hint=_next_step(result, cwd),
+        )
 
-    def __str__(self) -> str:
+    @property
+    def last_words(self) -> str:
+        """The last line of its stderr that is not a hint (git's
+        ``fatal:``/``error:`` line), or ''."""
+        lines = [line.strip() for line in self.result.stderr.splitlines() if line.strip()]
+        said = [line for line in lines if not line.startswith("hint:")]
+        return (said or lines or [""])[-1]
+
+    @property
+    def details(self) -> str:
+        """The command, its exit code, its directory, all its stdout and stderr."""
         r = self.result
-        lines = [
-            f"command failed (exit {r.returncode}): {shlex.join(r.argv)}",
-        ]
+        lines = [f"command failed (exit {r.returncode}): {shlex.join(r.argv)}"]
         if self.cwd:
             lines.append(f"  in: {self.cwd}")
         if r.stdout.strip():
@@ -71,6 +92,17 @@ class CommandError(Exception):
         if r.stderr.strip():
             lines.append("  stderr: " + r.stderr.strip().replace("\n", "\n          "))
         return "\n".join(lines)
+
+
+def _next_step(result: Result, cwd: str | None) -> str:
+    text = result.stderr
+    if "Permission denied" in text or "Read-only file system" in text or "Operation not permitted" in text:
+        return "make the files it names writable by you (owned by root? mounted read-only? immutable?), then run hybridiso again"
+    if any(t in text for t in DISK_FULL_TEXTS):
+        return "free some space on that file system, then run hybridiso again"
+    shown = shlex.join(result.argv)
+    here = f"cd {shlex.quote(cwd)} && " if cwd else ""
+    return f"run `{here}{shown}` to see all it says, fix that, then run hybridiso again"
 
 
 def run(

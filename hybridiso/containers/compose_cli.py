@@ -49,7 +49,7 @@ def _compose(project: str, file: Path, *args: str, timeout: float | None = None)
     try:
         return run(argv, timeout=timeout).stdout
     except CommandError as e:
-        raise UserError(f"docker compose failed for project {project}:\n{e}") from None
+        raise UserError(f"docker compose failed for project {project}:\n{e.details}") from None
 
 
 def up(project: str, file: Path, *, wait: bool, timeout: int = 120) -> None:

@@ -495,7 +495,7 @@ def _only_checkout_leftovers(ctx: EnvContext) -> bool:
 
 
 def _last_words(e: CommandError) -> str:
-    return (e.result.stderr.strip().splitlines() or [f"git exit {e.result.returncode}"])[-1].removeprefix("fatal: ").removeprefix("error: ")
+    return (e.last_words or f"git exit {e.result.returncode}").removeprefix("fatal: ").removeprefix("error: ")
 
 
 def _drop_checkout_leftovers(ctx: EnvContext, report: WorkReport) -> None:
