@@ -130,10 +130,3 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(result, os.fspath(cwd) if cwd is not None else None)
     return result
-
-
-def which_or_none(name: str) -> str | None:
-    import shutil
-
-    return shutil.which(name)
-
