@@ -78,7 +78,6 @@ def _process_stopper(project: Project, state: State, name: str) -> Callable[[], 
 
 def docker_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     from hybridiso.containers import docker_client
-    from hybridiso.strategies.container import project_label
 
     uses_docker = any(a.image for a in project.manifest.agents) or any(r.strategy == "container" for r in state.agents.values())
     ok, why = docker_client.reachable()
@@ -86,7 +85,7 @@ def docker_findings(project: Project, state: State, dry_run: bool) -> list[Findi
         if uses_docker:
             output.warn(f"gc: Docker resources were not checked: {why}")
         return []
-    repo = {docker_client.LABEL_PROJECT: project_label(project)}
+    repo = {docker_client.LABEL_PROJECT: project.id}
     found = docker_client.labelled_resources(repo)
     by_agent: dict[str, list[str]] = {}
     for kind, items in found.items():
