@@ -143,6 +143,16 @@ def _service_name(name: str) -> str:
 ServiceName = Annotated[str, AfterValidator(_service_name)]
 
 
+def _branch_name(name: str) -> str:
+    problem = branch_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+BranchName = Annotated[str, AfterValidator(_branch_name)]  # what `git check-ref-format --branch` accepts
+
+
 class Defaults(_Model):
     setup: list[Command] = Field(default_factory=list)
     include: list[IncludePattern] = Field(default_factory=list)
@@ -256,18 +266,9 @@ class Land(_Model):
 
     check: list[Command] = Field(default_factory=list)
     method: LandMethod = "rebase"
-    target: str | None = None  # default: base's branch
+    target: BranchName | None = None  # default: base's branch
     push: str | None = None  # a remote the target is pushed to after each landing
     timeout: LandTimeout = DEFAULT_LAND_TIMEOUT
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: str | None) -> str | None:
-        if v is not None:
-            problem = branch_name_problem(v)
-            if problem:
-                raise ValueError(problem)
-        return v
 
     @field_validator("push")
     @classmethod
@@ -289,7 +290,7 @@ _IMAGE_RE = re.compile(
 
 class Agent(_Model):
     name: str
-    branch: str | None = None
+    branch: BranchName | None = None
     isolation: Isolation = "auto"
     image: str | None = None
     command: list[str] | None = None
@@ -315,15 +316,6 @@ class Agent(_Model):
         problem = agent_name_problem(v)
         if problem:
             raise ValueError(problem)
-        return v
-
-    @field_validator("branch")
-    @classmethod
-    def _branch(cls, v: str | None) -> str | None:
-        if v is not None:
-            problem = branch_name_problem(v)
-            if problem:
-                raise ValueError(problem)
         return v
 
     @field_validator("image")
@@ -744,8 +736,3 @@ def read_yaml(text: str) -> Any:
     """Safe-load YAML text that hybridiso wrote itself (the compose files it
     renders and reads back): the fast C loader, no bounds needed."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-
-
-def load_manifest_data(value: Any) -> Manifest:
-    """Validate already-parsed data (used by tests and ``init``)."""
-    return Manifest.model_validate(value)
