@@ -55,6 +55,11 @@ class AgentsFailed(UserError):
         self.failures = list(failures)
 
 
+class BugsReported(Exception):
+    """A command went on past a bug in one agent's job (the others' must not
+    be lost) and said it, crash log included: it exits 3 all the same."""
+
+
 class DockerUnavailable(UserError):
     """The Docker engine cannot be reached (docs/faults.md row 12)."""
 
@@ -105,6 +110,26 @@ def write_crash_log(trace: str) -> str:
     return path
 
 
+def job_problem(exc: BaseException) -> tuple[str, bool]:
+    """What to say about an exception one agent's job raised while the
+    others go on, and whether it is a bug: a user error's message, an
+    OSError as Python says it; anything else is a bug, whose traceback goes
+    to a crash log that the message names."""
+    if isinstance(exc, UserError):
+        return str(exc), False
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}", False
+    where = _crash_log_said("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return f"internal error (this is a bug): {type(exc).__name__}: {exc}; {where}", True
+
+
+def _crash_log_said(trace: str) -> str:
+    try:
+        return f"traceback written to {write_crash_log(trace)}"
+    except OSError as e:  # a full disk, say: the bug is still said
+        return f"its traceback could not be written ({e})"
+
+
 @contextlib.contextmanager
 def error_handler() -> Iterator[None]:
     """Turn exceptions into the exit codes documented in docs/cli.md."""
@@ -113,17 +138,16 @@ def error_handler() -> Iterator[None]:
     except UserError as e:
         print(f"hybridiso: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USER) from None
+    except BugsReported as e:
+        print(f"hybridiso: error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_BUG) from None
     except KeyboardInterrupt:
         print("hybridiso: interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         raise SystemExit(EXIT_OK) from None
     except Exception:  # noqa: BLE001 - a bug: keep the screen short, keep the details
-        path = write_crash_log(traceback.format_exc())
-        print(
-            f"hybridiso: internal error (this is a bug); traceback written to {path}",
-            file=sys.stderr,
-        )
+        print(f"hybridiso: internal error (this is a bug); {_crash_log_said(traceback.format_exc())}", file=sys.stderr)
         raise SystemExit(EXIT_BUG) from None
 
 

@@ -433,6 +433,11 @@ def worktree_forget(common_dir: Path, path: Path) -> bool:
         return False
     try:
         _remove_entry(entry)
+    except OSError as e:  # immutable, a read-only mount: said, and the next run finishes it (docs/faults.md row 8)
+        raise UserError(
+            f"git's record of the worktree {path} could not be removed: {e.filename or entry}: {e.strerror or e}",
+            hint=f"make {entry} writable by you (immutable? a read-only mount?), then run the same hybridiso command again",
+        ) from None
     finally:
         _forget_worktrees()
     return True

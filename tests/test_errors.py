@@ -166,3 +166,58 @@ def test_the_crash_log_does_not_wait_for_a_docker_that_does_not_answer(tmp_path:
         server.close()
     assert "\ndocker: not known (TimeoutExpired)\n" in log.read_text()
     assert took < 12, took  # a crash is reported in seconds, not after Docker's own minute
+
+
+_BROKEN_CREATE = (
+    "import sys\n"
+    "from hybridiso.envs import lifecycle\n"
+    "real = lifecycle.create\n"
+    "def create(ctx):\n"
+    "    if ctx.name == 'b':\n"
+    "        raise TypeError('a bug in creating b')\n"
+    "    real(ctx)\n"
+    "lifecycle.create = create\n"
+    "from hybridiso.main import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_a_bug_in_one_agents_job_is_said_with_its_crash_log_and_exits_3(tmp_path: Path) -> None:
+    """The others are made all the same; the bug is not a user error."""
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\n  - name: b\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _BROKEN_CREATE, "up"],
+        cwd=repo, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    assert proc.returncode == 3, proc.stderr
+    m = re.search(r"\n  b: internal error \(this is a bug\): TypeError: a bug in creating b; traceback written to (\S+)\n", proc.stderr)
+    assert m is not None, proc.stderr
+    log = Path(m.group(1))
+    assert log.parent == tmp and stat.S_IMODE(log.stat().st_mode) == 0o600
+    text = log.read_text()
+    assert "\nhybridiso: " in text and "TypeError: a bug in creating b" in text and "in create" in text
+    assert (tmp_path / "r.agents" / "a" / "README.md").exists()
+    assert "Created" in proc.stderr
+
+
+def test_git_metadata_that_cannot_be_removed_is_a_clear_error_and_the_next_down_finishes(tmp_path: Path) -> None:
+    """docs/faults.md row 8: the worktree's metadata dir is immutable (root
+    cannot delete it either): down says what is left, exit 1, and finishes
+    once it can."""
+    repo = make_repo(tmp_path / "r")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    hybridiso(repo, "up")
+    entry = repo / ".git" / "worktrees" / "a"
+    subprocess.run(["chattr", "+i", str(entry)], check=True)
+    try:
+        r = hybridiso(repo, "down", ok=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(entry)], check=True)
+    assert r.returncode == 1 and "internal error" not in r.stderr, r.stderr
+    assert f"git's record of the worktree {tmp_path / 'r.agents' / 'a'} could not be removed: " in r.stderr
+    assert "Operation not permitted" in r.stderr and f"next step: make {entry} writable by you" in r.stderr
+    hybridiso(repo, "down")
+    assert not entry.exists() and "r.agents/a" not in git(repo, "worktree", "list")

@@ -35,7 +35,7 @@ from hybridiso.envs import branches
 from hybridiso.envs import lifecycle
 from hybridiso.commands.common import add_json_flag, check_names, check_records, int_in, make_plan, project_from_args
 from hybridiso.env_context import context, environment_for
-from hybridiso.errors import AgentsFailed, UserError, is_disk_full
+from hybridiso.errors import AgentsFailed, BugsReported, UserError, is_disk_full, job_problem
 from hybridiso.errors import Cancelled
 from hybridiso.envs.lifecycle import ENV_EXCLUDE
 from hybridiso.planner import AgentPlan
@@ -71,6 +71,7 @@ class Outcome:
     path: str | None = None
     ports: dict[str, int] | None = None
     note: str = ""  # said on the progress line, e.g. how a clone's objects were made
+    bug: bool = False  # the error is a bug in hybridiso (its crash log is named): exit 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,10 +117,13 @@ def run(args: argparse.Namespace) -> int:
             record = state.agents.get(o.name)
             if record is not None:
                 o.path, o.ports = record.path, dict(record.ports)
-        output.print_json([o.__dict__ for o in outcomes])
+        output.print_json([{k: v for k, v in o.__dict__.items() if k != "bug"} for o in outcomes])
     failed = [o for o in outcomes if not o.ok]
     if failed:
-        raise AgentsFailed("failed", [(o.name, o.error or o.action) for o in failed], len(outcomes))
+        error = AgentsFailed("failed", [(o.name, o.error or o.action) for o in failed], len(outcomes))
+        if any(o.bug for o in failed):
+            raise BugsReported(str(error))
+        raise error
     return 0
 
 
@@ -309,7 +313,7 @@ def _interrupted(
                 lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
             except Exception as e:  # noqa: BLE001 - the others still roll back; said, never dropped
                 # the record stays, marked creating: the next `up` rolls it back again
-                message = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                message = e.message if isinstance(e, UserError) else job_problem(e)[0]
                 output.warn(f"{ctx.name}: could not roll back: {message}; `hybridiso up` retries, `hybridiso gc --yes` removes it")
                 continue
             state.agents.pop(ctx.name, None)
@@ -393,18 +397,20 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
     except Cancelled:
         return Outcome(ctx.name, strategy, "Cancelled", False, time.monotonic() - started, "interrupted")
     except Exception as e:  # noqa: BLE001 - one agent's failure must not hide the others'
-        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        error, bug = job_problem(e)
         if action == CREATE and (is_disk_full(e) or _space_left(Path(ctx.record.path)) < LOW_SPACE):
             # docs/faults.md row 15: a half-made environment only takes more of the
             # space that ran out; undo it now rather than on the next run
-            error = "the disk is full (No space left on device)"
+            error = "the disk is full (No space left on device)" + (f"; and {error}" if bug else "")
             try:
                 lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
                 ctx.record.extra["rolled_back"] = True
                 error += "; what it had made is rolled back"
-            except Exception:  # noqa: BLE001 - the record stays marked creating: the next up retries
-                error += "; rolling back failed too: the next `hybridiso up` retries"
-        return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error)
+            except Exception as rollback_error:  # noqa: BLE001 - the record stays marked creating: the next up retries
+                said, rollback_bug = job_problem(rollback_error)
+                bug = bug or rollback_bug
+                error += f"; rolling back failed too ({said}): the next `hybridiso up` retries"
+        return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error, bug=bug)
 
 
 def _note(ctx: EnvContext, action: str) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hybridiso import git, output, strategies
 from hybridiso.envs import includes
+from hybridiso.errors import job_problem
 from hybridiso.envs import lifecycle
 from hybridiso.report import measure
 from hybridiso.manifest import Agent, Manifest
@@ -248,7 +249,7 @@ def _tear_down(workdir: Path, running: int, contexts: list[EnvContext], progress
         try:
             strategies.get(c.record.strategy).remove(c)
         except Exception as e:  # noqa: BLE001 - removal must go on for the others; said, never dropped
-            output.warn(f"report --compare: {c.record.strategy} environment {c.name} was not removed cleanly ({e}); `hybridiso gc` finds what is left")
+            output.warn(f"report --compare: {c.record.strategy} environment {c.name} was not removed cleanly ({job_problem(e)[0]}); `hybridiso gc` finds what is left")
     _remove_labelled(workdir.name)
     shutil.rmtree(workdir, ignore_errors=True)
     os.close(running)
