@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -133,24 +133,21 @@ EnvKey = Annotated[str, AfterValidator(_env_key)]
 IncludePattern = Annotated[str, AfterValidator(_pattern)]
 
 
-def _service_name(name: str) -> str:
-    problem = service_name_problem(name)
-    if problem:
-        raise ValueError(problem)
-    return name
+def _refusing(problem_of: Callable[[str], str | None]) -> AfterValidator:
+    """A name's validator: what ``problem_of`` finds wrong with it is the error."""
+
+    def check(name: str) -> str:
+        problem = problem_of(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+    return AfterValidator(check)
 
 
-ServiceName = Annotated[str, AfterValidator(_service_name)]
-
-
-def _branch_name(name: str) -> str:
-    problem = branch_name_problem(name)
-    if problem:
-        raise ValueError(problem)
-    return name
-
-
-BranchName = Annotated[str, AfterValidator(_branch_name)]  # what `git check-ref-format --branch` accepts
+ServiceName = Annotated[str, _refusing(service_name_problem)]
+BranchName = Annotated[str, _refusing(branch_name_problem)]  # what `git check-ref-format --branch` accepts
+AgentName = Annotated[str, _refusing(agent_name_problem)]  # the compose project-name rule, and a directory name
 
 
 class Defaults(_Model):
@@ -289,7 +286,7 @@ _IMAGE_RE = re.compile(
 
 
 class Agent(_Model):
-    name: str
+    name: AgentName
     branch: BranchName | None = None
     isolation: Isolation = "auto"
     image: str | None = None
@@ -309,14 +306,6 @@ class Agent(_Model):
     setup_on: Literal["container", "host"] = "container"
     network_fallback: Literal["refuse", "none", "internal"] = "refuse"
     land: AgentLand | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        problem = agent_name_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
 
     @field_validator("image")
     @classmethod
