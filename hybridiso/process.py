@@ -65,10 +65,10 @@ class CommandError(UserError):
     def __init__(self, result: Result, cwd: str | None) -> None:
         self.result = result
         self.cwd = cwd
-        where = f" in {cwd}" if cwd else ""
+        where = f" in {_printable(cwd)}" if cwd else ""
         said = self.last_words
         super().__init__(
-            f"`{shlex.join(result.argv)}` failed (exit {result.returncode}){where}" + (f": {said}" if said else ""),
+            f"`{_printable(shlex.join(result.argv))}` failed (exit {result.returncode}){where}" + (f": {said}" if said else ""),
             hint=_next_step(result, cwd),
         )
 
@@ -78,7 +78,7 @@ class CommandError(UserError):
         ``fatal:``/``error:`` line), or ''."""
         lines = [line.strip() for line in self.result.stderr.splitlines() if line.strip()]
         said = [line for line in lines if not line.startswith("hint:")]
-        return (said or lines or [""])[-1]
+        return _printable((said or lines or [""])[-1])
 
     @property
     def details(self) -> str:
@@ -91,7 +91,13 @@ class CommandError(UserError):
             lines.append("  stdout: " + r.stdout.strip().replace("\n", "\n          "))
         if r.stderr.strip():
             lines.append("  stderr: " + r.stderr.strip().replace("\n", "\n          "))
-        return "\n".join(lines)
+        return "\n".join(_printable(line) for line in "\n".join(lines).split("\n"))
+
+
+def _printable(text: str) -> str:
+    """``text`` for the terminal: a name an agent chose (a file, a ref) may
+    hold escape sequences; they are shown, never obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _next_step(result: Result, cwd: str | None) -> str:
@@ -100,8 +106,8 @@ def _next_step(result: Result, cwd: str | None) -> str:
         return "make the files it names writable by you (owned by root? mounted read-only? immutable?), then run hybridiso again"
     if any(t in text for t in DISK_FULL_TEXTS):
         return "free some space on that file system, then run hybridiso again"
-    shown = shlex.join(result.argv)
-    here = f"cd {shlex.quote(cwd)} && " if cwd else ""
+    shown = _printable(shlex.join(result.argv))
+    here = f"cd {_printable(shlex.quote(cwd))} && " if cwd else ""
     return f"run `{here}{shown}` to see all it says, fix that, then run hybridiso again"
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from hybridiso.errors import UserError
 from tests.support.cli import hybridiso, write_manifest
 from tests.support.gitrepo import git, make_repo
 
@@ -221,3 +222,20 @@ def test_git_metadata_that_cannot_be_removed_is_a_clear_error_and_the_next_down_
     assert "Operation not permitted" in r.stderr and f"next step: make {entry} writable by you" in r.stderr
     hybridiso(repo, "down")
     assert not entry.exists() and "r.agents/a" not in git(repo, "worktree", "list")
+
+
+def test_what_a_failing_command_said_is_shown_not_obeyed(tmp_path: Path) -> None:
+    """git repeats a name an agent chose (here: an escape sequence) in its
+    error: the message shows it escaped, so it cannot drive the terminal."""
+    import pytest
+
+    from hybridiso.process import CommandError, run
+
+    repo = make_repo(tmp_path / "r")
+    with pytest.raises(CommandError) as caught:
+        run(["git", "rev-parse", "--verify", "\x1b]0;owned\x07main\x1b[2J"], cwd=repo)
+    e = caught.value
+    assert "\x1b" not in str(e) and "\x07" not in str(e)
+    assert e.last_words == "fatal: Needed a single revision"
+    assert e.message.startswith("`git rev-parse --verify ") and f"failed (exit 128) in {repo}: fatal: Needed a single revision" in e.message
+    assert isinstance(e, UserError) and e.hint is not None and f"cd {repo} && git rev-parse" in e.hint
