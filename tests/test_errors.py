@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from hybridiso.errors import UserError
 from tests.support.cli import hybridiso, write_manifest
 from tests.support.gitrepo import git, make_repo
@@ -227,8 +229,6 @@ def test_git_metadata_that_cannot_be_removed_is_a_clear_error_and_the_next_down_
 def test_what_a_failing_command_said_is_shown_not_obeyed(tmp_path: Path) -> None:
     """git repeats a name an agent chose (here: an escape sequence) in its
     error: the message shows it escaped, so it cannot drive the terminal."""
-    import pytest
-
     from hybridiso.process import CommandError, run
 
     repo = make_repo(tmp_path / "r")
@@ -239,3 +239,25 @@ def test_what_a_failing_command_said_is_shown_not_obeyed(tmp_path: Path) -> None
     assert e.last_words == "fatal: Needed a single revision"
     assert e.message.startswith("`git rev-parse --verify ") and f"failed (exit 128) in {repo}: fatal: Needed a single revision" in e.message
     assert isinstance(e, UserError) and e.hint is not None and f"cd {repo} && git rev-parse" in e.hint
+
+
+def test_a_compose_that_does_not_finish_in_time_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker compose talking to an engine that accepts and never answers:
+    past its timeout it is one clear error, never a TimeoutExpired traceback."""
+    from hybridiso.containers import compose_cli
+
+    compose_cli.compose_command()  # a UserError (a failure) where Compose v2 is missing: CI has it
+    sock_path = tmp_path / "mute.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(8)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{sock_path}")
+    compose = tmp_path / "compose.yaml"
+    compose.write_text("services:\n  a:\n    image: busybox\n")
+    try:
+        with pytest.raises(UserError) as caught:
+            compose_cli._compose("hybridiso-mute", compose, "ps", timeout=2)
+    finally:
+        server.close()
+    assert "docker compose ps did not finish in 2 s for project hybridiso-mute" in caught.value.message
+    assert caught.value.hint is not None and "docker compose -p hybridiso-mute ps" in caught.value.hint
