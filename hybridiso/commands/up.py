@@ -71,6 +71,7 @@ class Outcome:
     path: str | None = None
     ports: dict[str, int] | None = None
     note: str = ""  # said on the progress line, e.g. how a clone's objects were made
+    why: str = ""  # why the plan gave it its job (Job.why)
     bug: bool = False  # the error is a bug in hybridiso (its crash log is named): exit 3
 
 
@@ -268,16 +269,17 @@ def _execute(project: Project, state: State, plan: list[Job], workers: int, widt
     if any(j.action == CREATE for j in plan):
         output.message(f"[+] {sum(j.action == CREATE for j in plan)} to create, {sum(j.action == UPDATE for j in plan)} to check")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hybridiso-up") as pool:
-        futures: dict[Future[Outcome], EnvContext] = {pool.submit(_one, job.ctx, job.action): job.ctx for job in plan}
+        futures: dict[Future[Outcome], Job] = {pool.submit(_one, job.ctx, job.action): job for job in plan}
         pending = set(futures)
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for f in done:
                     outcome = f.result()
+                    outcome.why = futures[f].why
                     outcomes.append(outcome)
                     output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width, outcome.note)
-                    if futures[f].record.extra.get("rolled_back"):
+                    if futures[f].ctx.record.extra.get("rolled_back"):
                         state.agents.pop(outcome.name, None)
                     if outcome.ok and outcome.action == UP_TO_DATE:
                         # nothing of it changed on disk: one save at the end
@@ -293,7 +295,7 @@ def _execute(project: Project, state: State, plan: list[Job], workers: int, widt
                         save_error = e
         except KeyboardInterrupt:
             cancel.set()
-            _interrupted(project, state, pending, list(futures.values()), selected)
+            _interrupted(project, state, pending, [job.ctx for job in futures.values()], selected)
             raise
     if save_error is not None or unsaved:
         store.save(state)  # once more: space may have been freed by the rollbacks
