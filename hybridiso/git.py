@@ -439,6 +439,11 @@ def worktree_forget(common_dir: Path, path: Path) -> bool:
         return False
     try:
         _remove_entry(entry)
+    except OSError as e:  # immutable, a read-only mount: said, and the next run finishes it (docs/faults.md row 8)
+        raise UserError(
+            f"git's record of the worktree {path} could not be removed: {e.filename or entry}: {e.strerror or e}",
+            hint=f"make {entry} writable by you (immutable? a read-only mount?), then run the same hybridiso command again",
+        ) from None
     finally:
         _forget_worktrees()
     return True
@@ -553,10 +558,6 @@ def create_branch(cwd: Path, branch: str, start: str) -> None:
 
 def delete_branch(cwd: Path, branch: str) -> None:
     run(cwd, "branch", "-D", "--", branch)
-
-
-def update_ref(cwd: Path, ref: str, commit: str) -> None:
-    run(cwd, "update-ref", ref, commit)
 
 
 def status_porcelain(path: Path, *, ignored: bool = False) -> list[tuple[str, str]]:
@@ -697,15 +698,6 @@ def _ignore_rules(path: Path, names: Sequence[str]) -> dict[str, tuple[str, str]
             continue  # a negation: not what ignores it
         rules[name] = (source, pattern)
     return rules
-
-
-def changed_between(cwd: Path, a: str, b: str, paths: Sequence[str]) -> set[str] | None:
-    """Which of ``paths`` differ between commits ``a`` and ``b`` (None when
-    git cannot tell: a commit missing)."""
-    if not paths:
-        return set()
-    r = _execute(cwd, ["diff", "--no-renames", "--name-only", "-z", a, b, "--", *paths])
-    return {n for n in r.stdout.split("\0") if n} if r.returncode == 0 else None
 
 
 def excludes_file(cwd: Path) -> str | None:
@@ -930,10 +922,6 @@ def checkout(cwd: Path, branch: str) -> None:
     run(cwd, "checkout", "-q", branch)
 
 
-def fetch_into(cwd: Path, source: Path | str, refspec: str) -> None:
-    run(cwd, "fetch", "-q", "--no-tags", "--", str(source), refspec)
-
-
 def git_dir(cwd: Path) -> Path:
     p = Path(out(cwd, "rev-parse", "--git-dir"))
     return p if p.is_absolute() else (cwd / p).resolve()
@@ -951,14 +939,6 @@ def add_exclude(common_dir: Path, pattern: str) -> None:
         os.write(fd, (("\n" if text and not text.endswith("\n") else "") + pattern + "\n").encode("utf-8"))
     finally:
         os.close(fd)
-
-
-def ignored_matches(cwd: Path, patterns: Sequence[str]) -> list[str]:
-    """Files in ``cwd`` that git ignores and that match one of ``patterns``."""
-    if not patterns:
-        return []
-    r = run(cwd, "ls-files", "--others", "--ignored", "--exclude-standard", "-z", "--", *patterns)
-    return [p for p in r.stdout.split("\0") if p]
 
 
 def check_ignored(cwd: Path, paths: Sequence[str]) -> set[str]:
@@ -1027,11 +1007,6 @@ def reset_keep(cwd: Path, commit: str) -> bool:
 def count_commits(cwd: Path, exclude: str, include: str) -> int:
     r = _execute(cwd, ["rev-list", "--count", f"{exclude}..{include}"])
     return int(r.stdout.strip()) if r.returncode == 0 else 0
-
-
-def same_content(cwd: Path, a: str, b: str) -> bool:
-    """True when the trees of ``a`` and ``b`` are identical."""
-    return _execute(cwd, ["diff", "--quiet", a, b]).returncode == 0
 
 
 def cherry_marks(cwd: Path, upstream: str, head: str) -> list[str]:
@@ -1112,10 +1087,6 @@ def refs_under(cwd: Path, *prefixes: str) -> list[tuple[str, str]]:
 
 def remote_names(cwd: Path) -> list[str]:
     return [line for line in out(cwd, "remote").splitlines() if line]
-
-
-def ref_exists(cwd: Path, ref: str) -> bool:
-    return _execute(cwd, ["show-ref", "--verify", "-q", ref]).returncode == 0
 
 
 def has_refs_under(cwd: Path, prefix: str) -> bool:
@@ -1199,7 +1170,6 @@ def changed_paths(cwd: Path, a: str, b: str) -> set[str]:
     """Paths whose content differs between commits ``a`` and ``b``."""
     r = _execute(cwd, ["diff", "--name-only", "--no-renames", "-z", a, b])
     return {p for p in r.stdout.split("\0") if p} if r.returncode == 0 else set()
-
 
 
 # --- work inventory and backups (issue 11, docs/faults.md rows 23-27) ---------------------
@@ -1458,21 +1428,18 @@ def blob_head(cwd: Path, oid: str, size: int) -> bytes | None:
 
 def tree_blobs(cwd: Path, rev: str) -> dict[str, str]:
     """path -> blob id of every file in ``rev``'s tree."""
-    r = _execute(cwd, ["ls-tree", "-r", "-z", "--full-tree", rev])
-    blobs = {}
-    for item in r.stdout.split("\0") if r.returncode == 0 else []:
-        meta, _, name = item.partition("\t")
-        fields = meta.split()
-        if len(fields) == 3 and fields[1] == "blob":
-            blobs[name] = fields[2]
-    return blobs
+    return _blobs(_execute(cwd, ["ls-tree", "-r", "-z", "--full-tree", rev]))
 
 
 def tree_blobs_at(cwd: Path, rev: str, paths: Sequence[str]) -> dict[str, str]:
     """path -> blob id in ``rev`` of each of ``paths`` it has (nothing when git cannot read ``rev``)."""
     if not paths:
         return {}
-    r = _execute(cwd, ["ls-tree", "-z", "--full-tree", rev, "--", *paths])
+    return _blobs(_execute(cwd, ["ls-tree", "-z", "--full-tree", rev, "--", *paths]))
+
+
+def _blobs(r: Result) -> dict[str, str]:
+    """path -> blob id of the files ``ls-tree -z`` listed (nothing when it failed)."""
     blobs = {}
     for item in r.stdout.split("\0") if r.returncode == 0 else []:
         meta, _, name = item.partition("\t")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -133,14 +133,21 @@ EnvKey = Annotated[str, AfterValidator(_env_key)]
 IncludePattern = Annotated[str, AfterValidator(_pattern)]
 
 
-def _service_name(name: str) -> str:
-    problem = service_name_problem(name)
-    if problem:
-        raise ValueError(problem)
-    return name
+def _refusing(problem_of: Callable[[str], str | None]) -> AfterValidator:
+    """A name's validator: what ``problem_of`` finds wrong with it is the error."""
+
+    def check(name: str) -> str:
+        problem = problem_of(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+    return AfterValidator(check)
 
 
-ServiceName = Annotated[str, AfterValidator(_service_name)]
+ServiceName = Annotated[str, _refusing(service_name_problem)]
+BranchName = Annotated[str, _refusing(branch_name_problem)]  # what `git check-ref-format --branch` accepts
+AgentName = Annotated[str, _refusing(agent_name_problem)]  # the compose project-name rule, and a directory name
 
 
 class Defaults(_Model):
@@ -256,18 +263,9 @@ class Land(_Model):
 
     check: list[Command] = Field(default_factory=list)
     method: LandMethod = "rebase"
-    target: str | None = None  # default: base's branch
+    target: BranchName | None = None  # default: base's branch
     push: str | None = None  # a remote the target is pushed to after each landing
     timeout: LandTimeout = DEFAULT_LAND_TIMEOUT
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: str | None) -> str | None:
-        if v is not None:
-            problem = branch_name_problem(v)
-            if problem:
-                raise ValueError(problem)
-        return v
 
     @field_validator("push")
     @classmethod
@@ -288,8 +286,8 @@ _IMAGE_RE = re.compile(
 
 
 class Agent(_Model):
-    name: str
-    branch: str | None = None
+    name: AgentName
+    branch: BranchName | None = None
     isolation: Isolation = "auto"
     image: str | None = None
     command: list[str] | None = None
@@ -308,23 +306,6 @@ class Agent(_Model):
     setup_on: Literal["container", "host"] = "container"
     network_fallback: Literal["refuse", "none", "internal"] = "refuse"
     land: AgentLand | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        problem = agent_name_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
-
-    @field_validator("branch")
-    @classmethod
-    def _branch(cls, v: str | None) -> str | None:
-        if v is not None:
-            problem = branch_name_problem(v)
-            if problem:
-                raise ValueError(problem)
-        return v
 
     @field_validator("image")
     @classmethod
@@ -744,8 +725,3 @@ def read_yaml(text: str) -> Any:
     """Safe-load YAML text that hybridiso wrote itself (the compose files it
     renders and reads back): the fast C loader, no bounds needed."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-
-
-def load_manifest_data(value: Any) -> Manifest:
-    """Validate already-parsed data (used by tests and ``init``)."""
-    return Manifest.model_validate(value)

@@ -8,7 +8,7 @@ existing branches needs git and runs at plan time (``existing_branch_problems``)
 """
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from hybridiso.manifest import Agent, Checked, Manifest, Problem, RepoContext
@@ -20,15 +20,9 @@ HYBRIDISO_VARS = ("HYBRIDISO_AGENT", "HYBRIDISO_STRATEGY", "HYBRIDISO_BRANCH", "
 
 
 def check(c: Checked, repo: RepoContext | None) -> list[Problem]:
-    problems = [
-        *_agent_names(c),
-        *_services_known(c),
-        *_container_rules(c),
-        *_branches(c),
-        *_postgres_templates(c),
-        *_service_variables(c),
-        *_agent_variables(c),
-    ]
+    """Every rule's problems (the manifest sorts them by line), then the
+    workspace's when the repository is known."""
+    problems = [problem for rule in RULES for problem in rule(c)]
     if repo is not None:
         problems += workspace_problems(c, repo)
     return problems
@@ -76,35 +70,48 @@ def _decidable(c: Checked, i: int, agent: Agent) -> bool:
     return c.agent_clean(i, *_DECISION_FIELDS) and all(c.clean(("services", s)) for s in agent.services)
 
 
-def _container_rules(c: Checked) -> list[Problem]:
+def _containers_have_images(c: Checked) -> list[Problem]:
+    """An agent the rules give a container needs an image to run."""
     m = c.manifest
     problems = []
     container_services = frozenset(n for n, s in m.services.items() if s.runs_in_container)
     for i, agent in enumerate(m.agents):
-        if not _decidable(c, i, agent):
+        if not _decidable(c, i, agent) or agent.image:
             continue
-        where = f"agents[{c.agent_pos[i]}]"
-        in_containers = [s for s in agent.services if s in m.services and m.services[s].runs_in_container]
-        if not agent.image:
-            decision = decide(agent, Facts(container_services))
-            if decision.strategy == "container":
-                problems.append(
-                    Problem(
-                        c.line(c.agent_loc(i)),
-                        f"{where}.image",
-                        f"this agent gets a container ({decision.reason}), and a container needs an 'image' "
-                        "(for example python:3.12-slim)",
-                    )
-                )
-        if agent.healthcheck is not None and not agent.image:
+        decision = decide(agent, Facts(container_services))
+        if decision.strategy == "container":
             problems.append(
-                Problem(c.line(c.agent_loc(i, "healthcheck")), f"{where}.healthcheck", "a healthcheck runs in the agent's container: give the agent an 'image'")
+                Problem(
+                    c.line(c.agent_loc(i)),
+                    f"agents[{c.agent_pos[i]}].image",
+                    f"this agent gets a container ({decision.reason}), and a container needs an 'image' "
+                    "(for example python:3.12-slim)",
+                )
             )
-        if "host-network" in agent.workload.needs and agent.image and in_containers:
+    return problems
+
+
+def _healthchecks_have_images(c: Checked) -> list[Problem]:
+    return [
+        Problem(c.line(c.agent_loc(i, "healthcheck")), f"agents[{c.agent_pos[i]}].healthcheck", "a healthcheck runs in the agent's container: give the agent an 'image'")
+        for i, agent in enumerate(c.manifest.agents)
+        if _decidable(c, i, agent) and agent.healthcheck is not None and not agent.image
+    ]
+
+
+def _host_network_reaches_services(c: Checked) -> list[Problem]:
+    """A host-network container cannot reach services on the agent's own network."""
+    m = c.manifest
+    problems = []
+    for i, agent in enumerate(m.agents):
+        if not _decidable(c, i, agent) or "host-network" not in agent.workload.needs or not agent.image:
+            continue
+        in_containers = [s for s in agent.services if s in m.services and m.services[s].runs_in_container]
+        if in_containers:
             problems.append(
                 Problem(
                     c.line(c.agent_loc(i, "services")),
-                    f"{where}.services",
+                    f"agents[{c.agent_pos[i]}].services",
                     f"{', '.join(in_containers)} would run in containers on the agent's own network, which a "
                     "host-network container cannot reach: drop 'host-network' from workload.needs, or give "
                     "the service a 'url' on a server the host reaches",
@@ -118,11 +125,12 @@ def _branch_loc(c: Checked, i: int, agent: Agent) -> tuple[str | int, ...]:
     return c.agent_loc(i, "branch") if agent.branch else c.agent_loc(i, "name")
 
 
-def _branches(c: Checked) -> list[Problem]:
+def _one_worktree_per_branch(c: Checked) -> list[Problem]:
+    """docs/faults.md row 2: two worktree agents on one branch is impossible in
+    git; said before any git call.  (With isolation: auto the planner gives
+    the second a clone.)"""
     m = c.manifest
     problems = []
-    # docs/faults.md row 2: two worktree agents on one branch is impossible in git; say so
-    # before any git call.  (With isolation: auto the planner gives the second a clone.)
     by_branch: dict[str, int] = {}
     for i, agent in enumerate(m.agents):
         if agent.isolation not in ("worktree", "container") or not c.agent_clean(i, "branch", "isolation"):
@@ -138,9 +146,15 @@ def _branches(c: Checked) -> list[Problem]:
                     "give one a different branch, or isolation: clone",
                 )
             )
-    # docs/faults.md row 39: git keeps 'feat' as a file, so 'feat/x' cannot exist beside
-    # it (git's "cannot lock ref", after seconds of retries).  Each branch's
-    # parents are looked up: linear in the agents, however many there are.
+    return problems
+
+
+def _branches_do_not_nest(c: Checked) -> list[Problem]:
+    """docs/faults.md row 39: git keeps 'feat' as a file, so 'feat/x' cannot
+    exist beside it (git's "cannot lock ref", after seconds of retries).  Each
+    branch's parents are looked up: linear in the agents, however many there are."""
+    m = c.manifest
+    problems = []
     owner: dict[str, int] = {}
     for i, agent in enumerate(m.agents):
         if c.agent_clean(i, "branch", "name"):
@@ -206,29 +220,9 @@ def _agent_variables(c: Checked) -> list[Problem]:
         # env: keys with errors were taken out one by one: the rest are checked
         if not c.agent_clean(i, "ports", "services"):
             continue
+        made, clashes = _variables_made(c, i, agent)
+        problems += clashes
         where = f"agents[{c.agent_pos[i]}]"
-        made: dict[str, str] = {v: "hybridiso" for v in HYBRIDISO_VARS}
-        for port in agent.ports:
-            made[env_var_for_port(port)] = f"port {port!r}"
-        for s in agent.services:
-            var = env_var_for_service(s)
-            if var in made:
-                problems.append(
-                    Problem(c.line(c.agent_loc(i, "services")), f"{where}.services", f"service {s!r} sets {var}, which {made[var]} sets too: rename one")
-                )
-            made.setdefault(var, f"service {s!r}")
-        for kind, var in (("postgres", "DATABASE_URL"), ("redis", "REDIS_URL")):
-            first = next((s for s in agent.services if s in m.services and m.services[s].kind == kind), None)
-            if first is None:
-                continue
-            if made.setdefault(var, f"service {first!r}") != f"service {first!r}":
-                problems.append(
-                    Problem(
-                        c.line(c.agent_loc(i, "services")),
-                        f"{where}.services",
-                        f"{var} is the URL of {kind} service {first!r}, but {made[var]} sets it too: rename that service",
-                    )
-                )
         for key in agent.env:
             if key in made:
                 problems.append(
@@ -245,6 +239,53 @@ def _agent_variables(c: Checked) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def _variables_made(c: Checked, i: int, agent: Agent) -> tuple[dict[str, str], list[Problem]]:
+    """The variables hybridiso sets for agent ``i`` (name -> what sets it),
+    and where its ports and services would set one twice."""
+    m = c.manifest
+    where = f"agents[{c.agent_pos[i]}]"
+    problems = []
+    made: dict[str, str] = {v: "hybridiso" for v in HYBRIDISO_VARS}
+    for port in agent.ports:
+        made[env_var_for_port(port)] = f"port {port!r}"
+    for s in agent.services:
+        var = env_var_for_service(s)
+        if var in made:
+            problems.append(
+                Problem(c.line(c.agent_loc(i, "services")), f"{where}.services", f"service {s!r} sets {var}, which {made[var]} sets too: rename one")
+            )
+        made.setdefault(var, f"service {s!r}")
+    for kind, var in (("postgres", "DATABASE_URL"), ("redis", "REDIS_URL")):
+        first = next((s for s in agent.services if s in m.services and m.services[s].kind == kind), None)
+        if first is None:
+            continue
+        if made.setdefault(var, f"service {first!r}") != f"service {first!r}":
+            problems.append(
+                Problem(
+                    c.line(c.agent_loc(i, "services")),
+                    f"{where}.services",
+                    f"{var} is the URL of {kind} service {first!r}, but {made[var]} sets it too: rename that service",
+                )
+            )
+    return made, problems
+
+
+# The rules across fields, in the order they run: each is small, named for
+# what must hold, and reads only what field errors left valid.
+RULES: tuple[Callable[[Checked], list[Problem]], ...] = (
+    _agent_names,
+    _services_known,
+    _containers_have_images,
+    _healthchecks_have_images,
+    _host_network_reaches_services,
+    _one_worktree_per_branch,
+    _branches_do_not_nest,
+    _postgres_templates,
+    _service_variables,
+    _agent_variables,
+)
 
 
 # --- the workspace (docs/faults.md row 29) ---------------------------------------------------

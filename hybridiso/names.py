@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import os
 import posixpath
 import re
 from collections.abc import Collection, Iterable
+from pathlib import Path
 
 AGENT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 PORT_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,29}")
@@ -198,3 +200,12 @@ def compose_project_name(repo_root: str, agent: str, repo_name: str | None = Non
     name = f"hybridiso-{_slug(readable, 20)}-{_slug(agent, 40)}-{digest}"
     assert PROJECT_NAME_RE.match(name) and len(name) <= PROJECT_NAME_MAX, name
     return name
+
+
+def project_id(common_dir: Path) -> str:
+    """The repository's one id (``Project.id``): 12 hex digits of the sha256
+    of its resolved common git dir.  It is the ``dev.hybridiso.project``
+    label, the database branches' key, ``HYBRIDISO_PROJECT`` and the
+    machine-wide port registry's key; the value the label always had, so
+    existing containers, networks and volumes stay this project's."""
+    return hashlib.sha256(os.fsencode(Path(common_dir).resolve())).hexdigest()[:12]

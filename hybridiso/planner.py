@@ -7,7 +7,7 @@ table in tests/test_planner.py.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hybridiso.manifest import Agent, Manifest, parse_size
@@ -174,10 +174,3 @@ def _unused_settings(agent: Agent, decision: Decision) -> list[str]:
             "set isolation: clone if its refs must be its own (the image is then not used)"
         )
     return notes
-
-
-def select(plan_: Plan, names: Sequence[str]) -> list[AgentPlan]:
-    if not names:
-        return list(plan_.agents)
-    by_name = {p.agent.name: p for p in plan_.agents}
-    return [by_name[n] for n in names if n in by_name]

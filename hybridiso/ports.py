@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -37,6 +36,7 @@ from typing import Any
 
 from hybridiso import json_data, output, safe_files
 from hybridiso.errors import UserError
+from hybridiso.names import project_id
 from hybridiso.state import lock_is_free
 
 REGISTRY_VERSION = 1
@@ -104,13 +104,6 @@ def lease(
 # --- the machine-wide registry ------------------------------------------------------
 
 
-def project_id(common_dir: Path) -> str:
-    """The repository's id: sha256 of its resolved common git dir, 12 hex,
-    byte for byte the formula of task A's ``project.project_id`` (Project.id),
-    which replaces this function at the merge."""
-    return hashlib.sha256(os.fsencode(Path(common_dir).resolve())).hexdigest()[:12]
-
-
 def state_home() -> Path:
     """``$XDG_STATE_HOME`` when it is an absolute path (the XDG spec ignores
     relative ones), else ``~/.local/state``."""
@@ -118,14 +111,10 @@ def state_home() -> Path:
     return Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
 
 
-def registry_path() -> Path:
-    return state_home() / REGISTRY_FILE
-
-
 @dataclass(frozen=True)
 class Entry:
     port: int
-    project: str  # project id (project_id)
+    project: str  # the repository's id (names.project_id, Project.id)
     repo: str  # the repository's common git dir
     agent: str
     name: str  # the port's name (web -> PORT_WEB)

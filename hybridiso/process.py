@@ -11,6 +11,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hybridiso.errors import DISK_FULL_TEXTS, UserError
+
 # GIT_* variables leaked from a hook or a parent git (GIT_DIR, GIT_INDEX_FILE...)
 # would point our git calls at the wrong repository.  Keep only the ones that
 # configure transport or config, as pre-commit's no_git_env does.
@@ -53,24 +55,60 @@ class Result:
     stderr: str
 
 
-class CommandError(Exception):
+class CommandError(UserError):
+    """An external command (git, docker compose, ...) failed.
+
+    The user can act on it: the message names the command, where it ran and
+    the last thing it said on stderr, and the next step is to run it there
+    and fix what it says.  ``details`` keeps all of its output."""
+
     def __init__(self, result: Result, cwd: str | None) -> None:
         self.result = result
         self.cwd = cwd
-        super().__init__(str(self))
+        where = f" in {_printable(cwd)}" if cwd else ""
+        said = self.last_words
+        super().__init__(
+            f"`{_printable(shlex.join(result.argv))}` failed (exit {result.returncode}){where}" + (f": {said}" if said else ""),
+            hint=_next_step(result, cwd),
+        )
 
-    def __str__(self) -> str:
+    @property
+    def last_words(self) -> str:
+        """The last line of its stderr that is not a hint (git's
+        ``fatal:``/``error:`` line), or ''."""
+        lines = [line.strip() for line in self.result.stderr.splitlines() if line.strip()]
+        said = [line for line in lines if not line.startswith("hint:")]
+        return _printable((said or lines or [""])[-1])
+
+    @property
+    def details(self) -> str:
+        """The command, its exit code, its directory, all its stdout and stderr."""
         r = self.result
-        lines = [
-            f"command failed (exit {r.returncode}): {shlex.join(r.argv)}",
-        ]
+        lines = [f"command failed (exit {r.returncode}): {shlex.join(r.argv)}"]
         if self.cwd:
             lines.append(f"  in: {self.cwd}")
         if r.stdout.strip():
             lines.append("  stdout: " + r.stdout.strip().replace("\n", "\n          "))
         if r.stderr.strip():
             lines.append("  stderr: " + r.stderr.strip().replace("\n", "\n          "))
-        return "\n".join(lines)
+        return "\n".join(_printable(line) for line in "\n".join(lines).split("\n"))
+
+
+def _printable(text: str) -> str:
+    """``text`` for the terminal: a name an agent chose (a file, a ref) may
+    hold escape sequences; they are shown, never obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _next_step(result: Result, cwd: str | None) -> str:
+    text = result.stderr
+    if "Permission denied" in text or "Read-only file system" in text or "Operation not permitted" in text:
+        return "make the files it names writable by you (owned by root? mounted read-only? immutable?), then run hybridiso again"
+    if any(t in text for t in DISK_FULL_TEXTS):
+        return "free some space on that file system, then run hybridiso again"
+    shown = _printable(shlex.join(result.argv))
+    here = f"cd {_printable(shlex.quote(cwd))} && " if cwd else ""
+    return f"run `{here}{shown}` to see all it says, fix that, then run hybridiso again"
 
 
 def run(
@@ -98,10 +136,3 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(result, os.fspath(cwd) if cwd is not None else None)
     return result
-
-
-def which_or_none(name: str) -> str | None:
-    import shutil
-
-    return shutil.which(name)
-

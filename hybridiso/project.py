@@ -24,7 +24,6 @@ label ``dev.hybridiso.project``, the database branches' key, and the
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -41,13 +40,6 @@ from hybridiso.state import PHASE_READY, AgentRecord, StateStore
 # in a clone environment's git dir: the owning repository's common git dir
 OWNER_MARKER = "hybridiso-owner"
 STATE_FILE = "hybridiso/state.json"  # under the common dir (state.StateStore)
-
-
-def project_id(common_dir: Path) -> str:
-    """12 hex digits of the sha256 of the resolved common git dir: the value
-    the ``dev.hybridiso.project`` label always had, so existing containers,
-    networks and volumes stay this project's."""
-    return hashlib.sha256(os.fsencode(common_dir)).hexdigest()[:12]
 
 
 def project_name(repo: git.RepoInfo) -> str:
@@ -88,7 +80,7 @@ class Project:
 
     @property
     def id(self) -> str:
-        return project_id(self.repo.common_dir)
+        return names.project_id(self.repo.common_dir)
 
     @property
     def name(self) -> str:

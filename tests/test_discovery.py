@@ -358,7 +358,6 @@ def test_project_identity_is_one_id(tmp_path: Path) -> None:
     from hybridiso.names import compose_project_name as project_name
     from hybridiso.project import load_project
     from hybridiso.services.branches import project_key
-    from hybridiso.strategies.container import project_label
 
     repo = shop(tmp_path)
     hybridiso(repo, "up", "ui")
@@ -366,9 +365,9 @@ def test_project_identity_is_one_id(tmp_path: Path) -> None:
     ids = set()
     for where in (repo, repo / "src", side, tmp_path / "shop.agents" / "ui"):
         p = load_project(where)
-        ids.add((p.id, project_label(p), project_key(p), p.compose_project("box"), p.workspace))
+        ids.add((p.id, project_key(p), p.compose_project("box"), p.workspace))
     assert len(ids) == 1, ids
-    pid, _, key, compose, _ = ids.pop()
+    pid, key, compose, _ = ids.pop()
     # the values existing containers, volumes and databases already carry
     assert pid == hashlib.sha256(str((repo / ".git").resolve()).encode()).hexdigest()[:12]
     assert key == f"shop_{pid[:6]}"

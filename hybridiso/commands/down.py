@@ -8,7 +8,7 @@ from hybridiso import output, ports
 from hybridiso.envs import lifecycle
 from hybridiso.commands.common import add_json_flag, check_names, check_records, project_from_args
 from hybridiso.env_context import context
-from hybridiso.errors import UserError
+from hybridiso.errors import AgentsFailed, UserError
 from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import AgentRecord, State
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         adopt_from_reality(project, state)
         names = check_names(project, args.agents, state) or sorted(state.agents)
         check_records(project, state, names)  # docs/faults.md row 30: refused before anything is touched
-        refused: list[str] = []
+        refused: list[tuple[str, UserError]] = []
         main: MainRepo | None = None  # the repository's refs, read once until a removal changes them
         for name in names:
             if name not in state.agents:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                     output.message(f" - {name}: would remove {ctx.path}{saved}")
                 else:
                     e = lifecycle.refusal(ctx, losing)
-                    refused.append(str(e))
+                    refused.append((name, e))
                     results.append({"agent": name, "action": "would refuse", "work": losing.describe(), "reason": e.message})
                     output.message(f" - {name}: would refuse: it has {losing.describe()}")
                 continue
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                     ctx, force=args.force, keep_branch=args.keep_branch, starting=functools.partial(_removing, project, state, ctx.record), main=main
                 )
             except UserError as e:
-                refused.append(str(e))
+                refused.append((name, e))
                 results.append({"agent": name, "action": "refused", "reason": e.message})
                 continue
             finally:
@@ -106,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
                     output.warn(f"{name}: database {r.name} was not dropped: {r.left}{later}")
     if args.json:
         output.print_json(results)
+    if len(refused) == 1 and len(names) == 1:
+        raise refused[0][1]  # the one agent asked for: its own error says it all
     if refused:
-        raise UserError("\n".join(refused))
+        raise AgentsFailed("could not be removed" if not args.dry_run else "would be refused", refused, len(names))
     return 0
 
 

@@ -9,7 +9,6 @@ from hybridiso import output, process_groups, strategies
 from hybridiso.commands.common import check_names, project_from_args
 from hybridiso.env_context import context, environment_for
 from hybridiso.errors import UserError
-from hybridiso.process import CommandError
 from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_READY, AgentRecord, lock_is_free
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             code = container.exec_failure_code(ctx, command[0])
         try:
             container.collect(ctx)  # what it committed is on the agent branch when exec returns
-        except (UserError, CommandError) as e:
+        except UserError as e:  # a CommandError too
             output.warn(f"{ctx.name}: its commits were not brought to its branch ({str(e).splitlines()[0][:200]}); `hybridiso status` tries again")
     return code
 

@@ -78,10 +78,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--force", action="store_true", help="overwrite an existing hybridiso.yaml")
 
 
-def starter_manifest(root: Path) -> str:
-    return _starter(root)[0]
-
-
 def _starter(root: Path) -> tuple[str, list[tuple[str, str]]]:
     """The manifest text, and the (setup command, missing program) pairs
     it leaves commented out."""
@@ -139,4 +135,3 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {target}: {e.strerror}") from None
     output.message(f"wrote {target}; next: `hybridiso plan`, then `hybridiso up`")
     return 0
-

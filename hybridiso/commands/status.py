@@ -20,7 +20,7 @@ from hybridiso.envs.health import repo_problems
 from hybridiso.envs.lifecycle import log_path
 from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
-from hybridiso.errors import UserError
+from hybridiso.errors import AgentsFailed, UserError
 from hybridiso.process import CommandError
 from hybridiso.state import PHASE_READY, AgentRecord, SetAside, State, lock_holder
 from hybridiso.output import plural
@@ -98,7 +98,7 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
             return _off(st, problem)
         try:
             return _observe(project, state, record, name in manifest_names, base_commit, holder)
-        except (CommandError, OSError, UserError) as e:
+        except (OSError, UserError) as e:  # a CommandError is a UserError
             # never exit 3 (nor 1, for every row) for what happens to one
             # environment while we look at it: a concurrent `down` removed it,
             # git cannot read it, Docker failed to answer about its container
@@ -270,11 +270,10 @@ def _unobservable(record: AgentRecord, in_manifest: bool, error: Exception) -> A
     st = AgentStatus(record.name, record.strategy, "unreadable", record.branch, record.path, ports=dict(record.ports), in_manifest=in_manifest)
     if not Path(record.path).exists():
         return _gone(st)
-    if isinstance(error, UserError):
+    if isinstance(error, CommandError):  # before UserError, which it is
+        why = error.last_words.removeprefix("fatal: ") or f"git exited {error.result.returncode}"
+    elif isinstance(error, UserError):
         return _off(st, f"cannot be looked at: {error.message}")
-    if isinstance(error, CommandError):
-        lines = [line for line in error.result.stderr.strip().splitlines() if line.strip()]
-        why = lines[-1].removeprefix("fatal: ") if lines else f"git exited {error.result.returncode}"
     else:
         why = getattr(error, "strerror", None) or str(error)
     return _off(st, f"git cannot read this environment ({why}); its files are work and are left alone")
@@ -341,8 +340,9 @@ def _verdict(rows: list[AgentStatus], check: bool) -> int:
     off = [r for r in rows if not r.ok]
     if not check or not off:
         return 0
-    details = "\n".join(f"  {r.agent}: {r.off}" for r in off)
-    raise UserError(
-        f"{len(off)} of {plural(len(rows), 'agent')} {'is' if len(off) == 1 else 'are'} not in the state the manifest asks for:\n{details}",
+    raise AgentsFailed(
+        f"{'is' if len(off) == 1 else 'are'} not in the state the manifest asks for",
+        [(r.agent, r.off or "") for r in off],
+        len(rows),
         hint="`hybridiso up` converges them (an agent the manifest no longer names: `hybridiso down AGENT`)",
     )

@@ -38,7 +38,7 @@ from hybridiso.gc import merged
 from hybridiso.commands.common import add_json_flag, check_names, check_records, int_in, project_from_args
 from hybridiso.env_context import context
 from hybridiso.envfile import ENV_FILE
-from hybridiso.errors import UserError
+from hybridiso.errors import AgentsFailed, UserError
 from hybridiso.process import CommandError
 from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
@@ -118,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
             output.message("no environments to sync: `hybridiso up` creates them")
     bad = [o for o in outcomes if o.result in ("conflict", "failed") or o.setup == "failed"]
     if bad:
-        raise UserError(
-            f"{len(bad)} of {len(outcomes)} agents could not be synced: "
-            + "; ".join(f"{o.agent}: {o.detail}" for o in bad),
+        raise AgentsFailed(
+            "could not be synced",
+            [(o.agent, o.detail) for o in bad],
+            len(outcomes),
             hint=_conflict_hint(project, [o for o in bad if o.result == "conflict"]),
         )
     return 0
@@ -232,10 +233,8 @@ def sync_one(ctx: EnvContext, base_commit: str, base_ref: str | None) -> Outcome
     o = Outcome(record.name, record.strategy, "skipped")
     try:
         _sync(ctx, o, base_commit, base_ref)
-    except UserError as e:
+    except UserError as e:  # a failing git too: its command and last words
         o.result, o.detail = "failed", e.message + (f"; {e.hint}" if e.hint else "")
-    except CommandError as e:
-        o.result, o.detail = "failed", str(e).splitlines()[0] + ": " + e.result.stderr.strip()[:200]
     o.seconds = time.monotonic() - started
     return o
 

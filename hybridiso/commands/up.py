@@ -1,10 +1,24 @@
 """``hybridiso up [AGENT...]``: converge the machine to the manifest.
 
-Plan first, then act (like compose's convergence plan): every selected agent
-gets one action (create, resume, setup, start, noop); ports are leased for all
-of them before anything is created; creations run in parallel, with git's own
-lock contention retried in ``hybridiso.git``.  Ctrl-C rolls back what this run
-half-created and exits 130 (docs/faults.md row 9).
+Plan first, then act, as compose separates its convergence plan from
+executing it.  ``run`` checks what must hold for every agent before anything
+is touched (the base, the records, branches that would shadow remote ones,
+Docker and images for container agents).  ``converge`` then
+
+1. plans (``plan_jobs``): leases every agent's ports (an exhausted range
+   fails before anything is made), and gives each agent one job with its
+   reason -- ``create`` (no environment yet; or its directory was deleted by
+   hand; or an earlier run was interrupted half-way, which is rolled back
+   first) or ``update`` (it exists: env file, setup if its inputs changed,
+   restart what should run) -- or refuses it alone (a directory in its way,
+   work written into its unfinished environment); the journal (every
+   record about to be created, phase ``creating``) is saved before any job
+   runs;
+2. executes the jobs on a thread pool (``_execute``), saving the state as
+   each finishes; git's own lock contention is retried in ``hybridiso.git``;
+3. on Ctrl-C or SIGTERM (``_interrupted``): cancels what has not started,
+   waits for the rest, rolls back what this run half-created, and exits 130
+   (docs/faults.md row 9).
 """
 from __future__ import annotations
 
@@ -21,7 +35,7 @@ from hybridiso.envs import branches
 from hybridiso.envs import lifecycle
 from hybridiso.commands.common import add_json_flag, check_names, check_records, int_in, make_plan, project_from_args
 from hybridiso.env_context import context, environment_for
-from hybridiso.errors import UserError, is_disk_full
+from hybridiso.errors import AgentsFailed, BugsReported, UserError, is_disk_full, job_problem
 from hybridiso.errors import Cancelled
 from hybridiso.envs.lifecycle import ENV_EXCLUDE
 from hybridiso.planner import AgentPlan
@@ -57,6 +71,8 @@ class Outcome:
     path: str | None = None
     ports: dict[str, int] | None = None
     note: str = ""  # said on the progress line, e.g. how a clone's objects were made
+    why: str = ""  # why the plan gave it its job (Job.why)
+    bug: bool = False  # the error is a bug in hybridiso (its crash log is named): exit 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,11 +118,13 @@ def run(args: argparse.Namespace) -> int:
             record = state.agents.get(o.name)
             if record is not None:
                 o.path, o.ports = record.path, dict(record.ports)
-        output.print_json([o.__dict__ for o in outcomes])
+        output.print_json([{k: v for k, v in o.__dict__.items() if k != "bug"} for o in outcomes])
     failed = [o for o in outcomes if not o.ok]
     if failed:
-        details = "\n".join(f"  {o.name}: {o.error}" for o in failed)
-        raise UserError(f"{len(failed)} of {len(outcomes)} agents failed:\n{details}")
+        error = AgentsFailed("failed", [(o.name, o.error or o.action) for o in failed], len(outcomes))
+        if any(o.bug for o in failed):
+            raise BugsReported(str(error))
+        raise error
     return 0
 
 
@@ -185,53 +203,83 @@ def _taken_by_others(project: Project, state: State, selected: list[AgentPlan]) 
     return container.ports_taken_by_others(project, leased)
 
 
+CREATE = "create"
+UPDATE = "update"
+
+
+@dataclass
+class Job:
+    """What ``up`` will do to one agent (``CREATE`` or ``UPDATE``), and why."""
+
+    ctx: EnvContext
+    action: str
+    why: str
+
+
 def converge(
     project: Project, state: State, selected: list[AgentPlan], base_commit: str, jobs: int, refs: branches.Refs | None = None
 ) -> list[Outcome]:
-    store = project.store
+    plan, refused = plan_jobs(project, state, selected, base_commit, refs)
+    project.store.save(state)  # the journal: every creation is on disk before it starts
+    width = max([*(len(j.ctx.name) for j in plan), *(len(o.name) for o in refused)], default=8)
+    for o in refused:
+        output.progress_line(False, o.name, o.strategy, o.action, None, width)
+    outcomes = refused + _execute(project, state, plan, jobs if jobs > 0 else max(2, os.cpu_count() or 1), width, selected)
+    _release_unrecorded(project, state, selected)
+    return outcomes
+
+
+def plan_jobs(
+    project: Project, state: State, selected: list[AgentPlan], base_commit: str, refs: branches.Refs | None = None
+) -> tuple[list[Job], list[Outcome]]:
+    """Every selected agent's job, its ports leased and its record ready to be
+    saved as the journal; or its refusal, which stops that agent only."""
     if any(p.agent.name not in state.agents or state.agents[p.agent.name].phase == PHASE_CREATING for p in selected):
         require_workspace(project.workspace)  # one clear error, not a PermissionError per agent (issue 16)
     leases = _lease_ports(project, state, selected)  # fails before anything is created (docs/faults.md row 14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
     refs = refs if refs is not None else branches.Refs.read(project.root)  # once for every agent's branch question
-    todo: list[tuple[EnvContext, str]] = []
+    plan: list[Job] = []
     refused: list[Outcome] = []
     for p in selected:
         try:
-            todo.append(_prepare_one(project, state, p, base_commit, leases[p.agent.name], refs))
+            plan.append(_prepare_one(project, state, p, base_commit, leases[p.agent.name], refs))
         except lifecycle.WorkKept as e:
             # work was written into its unfinished environment since (docs/faults.md
             # row 25): this agent stays as it is, the others go on
             refused.append(Outcome(p.agent.name, p.strategy, "Kept", False, 0.0, str(e)))
         except UserError as e:
             # one agent's problem (a directory in its way, its branch checked
-            # out elsewhere) stops that agent only; the others are created
+            # out elsewhere, a git command failing for it) stops that agent
+            # only; the others are created
             refused.append(Outcome(p.agent.name, p.strategy, "Failed", False, 0.0, str(e)))
-    store.save(state)  # the journal: every creation is on disk before it starts
+    return plan, refused
 
-    outcomes: list[Outcome] = list(refused)
-    jobs = jobs if jobs > 0 else max(2, os.cpu_count() or 1)
+
+def _execute(project: Project, state: State, plan: list[Job], workers: int, width: int, selected: list[AgentPlan]) -> list[Outcome]:
+    """Run the jobs, ``workers`` at a time, saving the state as each
+    finishes; Ctrl-C goes to ``_interrupted``."""
+    store = project.store
+    outcomes: list[Outcome] = []
     cancel = threading.Event()
-    for ctx, _ in todo:
-        ctx.cancel = cancel
-    width = max([*(len(c.name) for c, _ in todo), *(len(o.name) for o in refused)], default=8)
-    for o in refused:
-        output.progress_line(False, o.name, o.strategy, o.action, None, width)
+    for job in plan:
+        job.ctx.cancel = cancel
     save_error: UserError | None = None
     unsaved = False
-    if any(a == "create" for _, a in todo):
-        output.message(f"[+] {sum(a == 'create' for _, a in todo)} to create, {sum(a == 'update' for _, a in todo)} to check")
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hybridiso-up") as pool:
-        futures: dict[Future[Outcome], EnvContext] = {pool.submit(_one, ctx, action): ctx for ctx, action in todo}
+    if any(j.action == CREATE for j in plan):
+        output.message(f"[+] {sum(j.action == CREATE for j in plan)} to create, {sum(j.action == UPDATE for j in plan)} to check")
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hybridiso-up") as pool:
+        futures: dict[Future[Outcome], Job] = {pool.submit(_one, job.ctx, job.action): job for job in plan}
         pending = set(futures)
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for f in done:
                     outcome = f.result()
+                    outcome.why = futures[f].why
                     outcomes.append(outcome)
                     output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width, outcome.note)
-                    if futures[f].record.extra.get("rolled_back"):
+                    if futures[f].ctx.record.extra.get("rolled_back"):
                         state.agents.pop(outcome.name, None)
                     if outcome.ok and outcome.action == UP_TO_DATE:
                         # nothing of it changed on disk: one save at the end
@@ -247,25 +295,32 @@ def converge(
                         save_error = e
         except KeyboardInterrupt:
             cancel.set()
-            output.message("hybridiso: interrupted; stopping and rolling back what this run half-created...")
-            wait(pending)
-            for ctx in futures.values():
-                if ctx.record.phase == PHASE_CREATING:
-                    try:
-                        lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
-                    except Exception as e:  # noqa: BLE001 - the others still roll back
-                        # the record stays, marked creating: the next `up` rolls it back again
-                        message = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-                        output.warn(f"{ctx.name}: could not roll back: {message}; `hybridiso up` retries, `hybridiso gc --yes` removes it")
-                        continue
-                    state.agents.pop(ctx.name, None)
-            store.save(state)
-            _release_unrecorded(project, state, selected)
+            _interrupted(project, state, pending, [job.ctx for job in futures.values()], selected)
             raise
     if save_error is not None or unsaved:
         store.save(state)  # once more: space may have been freed by the rollbacks
-    _release_unrecorded(project, state, selected)
     return outcomes
+
+
+def _interrupted(
+    project: Project, state: State, pending: set[Future[Outcome]], contexts: list[EnvContext], selected: list[AgentPlan]
+) -> None:
+    """Ctrl-C (or SIGTERM) during the jobs: wait for the running ones (told to
+    stop), then roll back what this run half-created (docs/faults.md row 9)."""
+    output.message("hybridiso: interrupted; stopping and rolling back what this run half-created...")
+    wait(pending)
+    for ctx in contexts:
+        if ctx.record.phase == PHASE_CREATING:
+            try:
+                lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
+            except Exception as e:  # noqa: BLE001 - the others still roll back; said, never dropped
+                # the record stays, marked creating: the next `up` rolls it back again
+                message = e.message if isinstance(e, UserError) else job_problem(e)[0]
+                output.warn(f"{ctx.name}: could not roll back: {message}; `hybridiso up` retries, `hybridiso gc --yes` removes it")
+                continue
+            state.agents.pop(ctx.name, None)
+    project.store.save(state)
+    _release_unrecorded(project, state, selected)
 
 
 def _release_unrecorded(project: Project, state: State, selected: list[AgentPlan]) -> None:
@@ -279,13 +334,14 @@ def _release_unrecorded(project: Project, state: State, selected: list[AgentPlan
 
 def _prepare_one(
     project: Project, state: State, p: AgentPlan, base_commit: str, leased: dict[str, int], refs: branches.Refs
-) -> tuple[EnvContext, str]:
-    """One agent's action, with its record ready to be saved as the journal.
+) -> Job:
+    """One agent's job, with its record ready to be saved as the journal.
     A UserError is this agent's failure; its record is left as it was (a
     half-made one stays ``creating`` for the next run) or not made at all."""
     name = p.agent.name
     record = state.agents.get(name)
     carried: AgentRecord | None = None
+    why = "no environment yet"
     if record is not None and record.phase == PHASE_CREATING:
         # an earlier run was interrupted half-way: undo it, then create anew
         try:
@@ -298,15 +354,17 @@ def _prepare_one(
         project.store.save(state)
         carried = record  # a branch it made that had commits survived the rollback: still ours
         record = None
+        why = "an earlier run was interrupted while creating it: rolled back, made anew"
     if record is not None and not strategies.get(record.strategy).observe(context(project, state, name)).exists:
         # deleted by hand (docs/faults.md row 7): clear git's metadata, create it again
         output.warn(f"{name}: its directory {record.path} is gone; creating it again")
         strategies.get(record.strategy).remove(context(project, state, name))
         del state.agents[name]
         carried, record = record, None
+        why = "its directory was deleted"
     if record is not None:
         record.ports = leased
-        return context(project, state, name), "update"
+        return Job(context(project, state, name), UPDATE, "it exists: env file, setup if its inputs changed, what should run")
     record = AgentRecord(
         name=name,
         strategy=p.strategy,
@@ -325,14 +383,14 @@ def _prepare_one(
     except BaseException:
         del state.agents[name]  # nothing was made for it
         raise
-    return ctx, "create"
+    return Job(ctx, CREATE, why)
 
 
 def _one(ctx: EnvContext, action: str) -> Outcome:
     started = time.monotonic()
     strategy = ctx.record.strategy
     try:
-        if action == "create":
+        if action == CREATE:
             lifecycle.create(ctx)
             verb = "Created"
         else:
@@ -341,22 +399,24 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
     except Cancelled:
         return Outcome(ctx.name, strategy, "Cancelled", False, time.monotonic() - started, "interrupted")
     except Exception as e:  # noqa: BLE001 - one agent's failure must not hide the others'
-        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-        if action == "create" and (is_disk_full(e) or _space_left(Path(ctx.record.path)) < LOW_SPACE):
+        error, bug = job_problem(e)
+        if action == CREATE and (is_disk_full(e) or _space_left(Path(ctx.record.path)) < LOW_SPACE):
             # docs/faults.md row 15: a half-made environment only takes more of the
             # space that ran out; undo it now rather than on the next run
-            error = "the disk is full (No space left on device)"
+            error = "the disk is full (No space left on device)" + (f"; and {error}" if bug else "")
             try:
                 lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
                 ctx.record.extra["rolled_back"] = True
                 error += "; what it had made is rolled back"
-            except Exception:  # noqa: BLE001 - the record stays marked creating: the next up retries
-                error += "; rolling back failed too: the next `hybridiso up` retries"
-        return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error)
+            except Exception as rollback_error:  # noqa: BLE001 - the record stays marked creating: the next up retries
+                said, rollback_bug = job_problem(rollback_error)
+                bug = bug or rollback_bug
+                error += f"; rolling back failed too ({said}): the next `hybridiso up` retries"
+        return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error, bug=bug)
 
 
 def _note(ctx: EnvContext, action: str) -> str:
-    if action == "create" and ctx.record.clone_objects == git.CLONE_COPIED:
+    if action == CREATE and ctx.record.clone_objects == git.CLONE_COPIED:
         # docs/faults.md row 36: say it, it costs the whole object store again on disk
         return "objects copied, not hard-linked: the workspace is on another file system than the repository"
     return ""

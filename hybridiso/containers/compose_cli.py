@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,7 +50,12 @@ def _compose(project: str, file: Path, *args: str, timeout: float | None = None)
     try:
         return run(argv, timeout=timeout).stdout
     except CommandError as e:
-        raise UserError(f"docker compose failed for project {project}:\n{e}") from None
+        raise UserError(f"docker compose failed for project {project}:\n{e.details}") from None
+    except subprocess.TimeoutExpired as e:  # an engine that stopped answering: said, not a crash
+        raise UserError(
+            f"docker compose {' '.join(args[:1])} did not finish in {e.timeout:g} s for project {project}",
+            hint=f"see what `docker compose -p {project} ps` says; once the engine answers, run the same hybridiso command again",
+        ) from None
 
 
 def up(project: str, file: Path, *, wait: bool, timeout: int = 120) -> None:

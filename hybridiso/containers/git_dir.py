@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,12 +264,7 @@ def read_refs(gd: Path) -> AgentRefs:
     except OSError:
         return found
     try:
-        refs = _open_sub(top, "refs")
-        if refs is not None:
-            try:
-                _walk_refs(found, refs, "refs", 0)
-            finally:
-                os.close(refs)
+        _visit_sub(top, "refs", _walk_refs, found, "refs", 0)
     finally:
         os.close(top)
     try:
@@ -336,22 +331,35 @@ def _open_sub(dfd: int, name: str) -> int | None:
         return None
 
 
-def _walk_refs(found: AgentRefs, dfd: int, prefix: str, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        return
+def _entries(dfd: int) -> Iterator[tuple[str, os.stat_result]]:
+    """Each entry of the directory open at ``dfd``, in order, with what it is
+    itself (a symlink is a symlink); one removed meanwhile is skipped."""
     for name in sorted(os.listdir(dfd)):
-        full = f"{prefix}/{name}"
         try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            yield name, os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             continue
+
+
+def _visit_sub(dfd: int, name: str, visit: Callable[..., None], *args: object) -> None:
+    """``visit(subdir_fd, *args)`` for the subdirectory ``name``, opened
+    without following a symlink (not at all when it cannot be opened)."""
+    sub = _open_sub(dfd, name)
+    if sub is None:
+        return
+    try:
+        visit(sub, *args)
+    finally:
+        os.close(sub)
+
+
+def _walk_refs(dfd: int, found: AgentRefs, prefix: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        return
+    for name, st in _entries(dfd):
+        full = f"{prefix}/{name}"
         if stat.S_ISDIR(st.st_mode):
-            sub = _open_sub(dfd, name)
-            if sub is not None:
-                try:
-                    _walk_refs(found, sub, full, depth + 1)
-                finally:
-                    os.close(sub)
+            _visit_sub(dfd, name, _walk_refs, found, full, depth + 1)
         elif stat.S_ISREG(st.st_mode) and not name.endswith(".lock"):
             try:
                 fd = os.open(name, _FILE, dir_fd=dfd)
@@ -418,18 +426,9 @@ def _remove_odd(dfd: int, name: str, fixed: list[str], *, directory: bool) -> No
 def _check_tree(dfd: int, shown: str, fixed: list[str], depth: int) -> None:
     if depth > 4:  # objects/pack/..., objects/xx/...: git nests no deeper
         return
-    for name in os.listdir(dfd):
-        try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
+    for name, st in _entries(dfd):
         if stat.S_ISDIR(st.st_mode):
-            sub = _open_sub(dfd, name)
-            if sub is not None:
-                try:
-                    _check_tree(sub, f"{shown}/{name}", fixed, depth + 1)
-                finally:
-                    os.close(sub)
+            _visit_sub(dfd, name, _check_tree, f"{shown}/{name}", fixed, depth + 1)
         elif not stat.S_ISREG(st.st_mode):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=dfd)

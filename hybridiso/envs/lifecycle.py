@@ -34,7 +34,6 @@ ENV_EXCLUDE = "/" + envfile.ENV_FILE
 PRECIOUS_DEFAULT = (".env", ".env.*", "*.local")
 # a half-written checkout file larger than this is kept as work, not compared
 MAX_CUT_SHORT_BYTES = 64 * 1024 * 1024
-BACKUP_PREFIX = backups.PREFIX
 
 
 def log_path(project: Project, name: str, what: str) -> Path:
@@ -495,7 +494,7 @@ def _only_checkout_leftovers(ctx: EnvContext) -> bool:
 
 
 def _last_words(e: CommandError) -> str:
-    return (e.result.stderr.strip().splitlines() or [f"git exit {e.result.returncode}"])[-1].removeprefix("fatal: ").removeprefix("error: ")
+    return (e.last_words or f"git exit {e.result.returncode}").removeprefix("fatal: ").removeprefix("error: ")
 
 
 def _drop_checkout_leftovers(ctx: EnvContext, report: WorkReport) -> None:
@@ -615,7 +614,7 @@ def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
         ways.append("bring it onto the agent's branch (or push it)")
     if losing.worktrees:
         ways.append(f"bring the commits of its linked worktrees onto a branch and remove them (`git -C {ctx.path} worktree remove <path>`)")
-    if any(r.startswith("remote-tracking ref ") for r in losing.refs):
+    if any(t.category == "refs" and t.key.startswith("refs/remotes/") for t in losing.tips):  # the refs, not how they are shown
         ways.append("fetch or push those commits into the repository (only its own refs prove a commit safe)")
     if losing.submodules:
         ways.append("push the submodules' commits")

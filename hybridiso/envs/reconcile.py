@@ -98,7 +98,3 @@ def _ports_from_env(env: dict[str, str], names: list[str]) -> dict[str, int]:
         if value.isdigit():
             ports[name] = int(value)
     return ports
-
-
-def env_exists(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())

@@ -146,7 +146,7 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
         cleanup.make_deletable(ctx.path)
         try:
             strategy.remove(ctx)
-        except Exception as e:  # noqa: BLE001 - whatever failed is reported, and the record stays
+        except (UserError, OSError) as e:  # what failed is reported, and the record stays (a bug is a bug: exit 3)
             # its files go anyway (it was judged removable), but what the
             # strategy could not remove (a container, a network) keeps the
             # record, marked removing: the next gc retries it and says why

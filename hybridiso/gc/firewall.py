@@ -21,14 +21,12 @@ FIREWALL = "firewall"
 
 
 def firewall_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
-    from hybridiso.strategies.container import project_label
-
     why = netguard.unavailable()
     if why is not None:
         if any(a.network_isolated for a in project.manifest.agents):
             output.warn(f"gc: network-isolation rules were not checked: {why}")
         return []
-    ours = project_label(project)
+    ours = project.id
     known = {netguard.bridge_name(ours, a.name): a.name for a in project.manifest.agents}
     from hybridiso.gc.land_leftovers import land_running
 

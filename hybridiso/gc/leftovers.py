@@ -78,7 +78,6 @@ def _process_stopper(project: Project, state: State, name: str) -> Callable[[], 
 
 def docker_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     from hybridiso.containers import docker_client
-    from hybridiso.strategies.container import project_label
 
     uses_docker = any(a.image for a in project.manifest.agents) or any(r.strategy == "container" for r in state.agents.values())
     ok, why = docker_client.reachable()
@@ -90,7 +89,7 @@ def docker_findings(project: Project, state: State, dry_run: bool) -> list[Findi
 
     # while a land runs, an agent with no environment may have a check's network
     spared = {a.name for a in project.manifest.agents} if land_running(project) else set()
-    repo = {docker_client.LABEL_PROJECT: project_label(project)}
+    repo = {docker_client.LABEL_PROJECT: project.id}
     found = docker_client.labelled_resources(repo)
     by_agent: dict[str, list[str]] = {}
     for kind, items in found.items():

@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import git, strategies
+from hybridiso import git, output, strategies
 from hybridiso.envs import includes
+from hybridiso.errors import job_problem
 from hybridiso.envs import lifecycle
 from hybridiso.report import measure
 from hybridiso.manifest import Agent, Manifest
@@ -112,6 +113,8 @@ def compare(
     image: str | None = None,
     progress: Callable[[str], None] = lambda s: None,
 ) -> Comparison:
+    """The phases, in order: copy the repository, plan the agents, build
+    them, measure disk and fetches, and tear everything down (always)."""
     started = time.perf_counter()
     base = git.current_branch(user.root) if git.resolve_commit(user.root, user.manifest.base) is None else user.manifest.base
     base = base or "HEAD"
@@ -120,94 +123,136 @@ def compare(
     fcntl.flock(running, fcntl.LOCK_EX)  # `gc` leaves this run alone while it is held
     contexts: list[EnvContext] = []
     try:
-        upstream = workdir / "upstream.git"
-        main = workdir / "main"
-        git.run(workdir, "clone", "-q", "--bare", "--local", "--", str(user.root), str(upstream))
-        git.run(workdir, "clone", "-q", "--local", "--branch", base, "--", str(upstream), str(main))
-        for rel in includes.ignored_files_matching(user.checkout, includes.patterns_for(user.checkout, user.manifest.defaults.include)):
-            includes.copy_file(user.checkout, rel, main)
-        repo = git.discover(main)
-        agents: list[Agent] = []
-        skipped: dict[str, str] = {}
-        plan: list[tuple[str, str]] = []
-        usable = []
-        for strategy in wanted:
-            why = _container_unavailable(image) if strategy == "container" else None
-            if why:
-                skipped[strategy] = why
-            else:
-                usable.append(strategy)
-        # round-robin (work0, clon0, cont0, work1, ...): warm caches and a
-        # machine whose speed drifts during the run weigh on every strategy alike
-        for i in range(n):
-            for strategy in usable:
-                name = f"{strategy[:4]}{i}"
-                extra: dict[str, object] = {"isolation": strategy}
-                if strategy == "container":
-                    extra.update(image=image, command=["sh", "-c", "sleep 3600"])
-                agents.append(Agent.model_validate({"name": name, **extra}))
-                plan.append((strategy, name))
-        manifest = Manifest.model_validate(
-            {
-                **user.manifest.model_dump(exclude={"agents", "workspace", "base", "labels"}),
-                "base": base,
-                # this run's id: a comparison running beside it keeps its own
-                "labels": {**user.manifest.labels, COMPARE_LABEL: workdir.name},
-                "agents": [a.model_dump(exclude_defaults=True) for a in agents],
-            }
-        )
-        project = Project(repo, manifest, main / "hybridiso.yaml", workdir / "ws", StateStore(repo.common_dir))
-        base_commit = git.resolve_commit(main, base)
+        upstream, main = _copy_repository(user, workdir, base)
+        project, plan, skipped = _plan(user, workdir, main, base, n, wanted, image)
         results = {s: StrategyResult(s) for s in wanted if s not in skipped}
-        for strategy, name in plan:
-            agent = manifest.agent(name)
-            record = AgentRecord(name=name, strategy=strategy, branch=agent.branch_name, path=str(project.env_path(agent)), base=base, base_commit=base_commit)
-            ctx = EnvContext(project, agent, record)
-            lifecycle.prepare(ctx)
-            contexts.append(ctx)
-            t = time.perf_counter()
-            lifecycle.create(ctx)
-            results[strategy].startup_seconds.append(round(time.perf_counter() - t, 3))
-            results[strategy].envs.append(name)
-            progress(f"built {strategy} {name} in {results[strategy].startup_seconds[-1]:.2f}s")
-        os.sync()
-        disk = measure.disk_report(repo.common_dir, {c.name: c.path for c in contexts}, exclude=[project.store.dir])
-        for c in contexts:
-            share = disk.envs[c.name]
-            results[c.record.strategy].unique_bytes.append(share.unique_bytes)
-            results[c.record.strategy].shared_bytes.append(share.shared_bytes)
+        _build(project, plan, results, contexts, progress)
+        disk = _measure_disk(project, results, contexts)
         progress("moving the upstream and measuring fetches")
         _move_upstream(workdir, upstream, base)
-        shared_fetch: measure.Fetch | None = None
-        for strategy, result in results.items():
-            if strategy in ("worktree", "container"):
-                if shared_fetch is None:
-                    shared_fetch = measure.timed_fetch(main, "origin")
-                # the same single fetch of the shared object store serves
-                # every worktree and container env: count it for each group
-                result.fetches, result.fetch_seconds, result.fetch_bytes = 1, shared_fetch.seconds, shared_fetch.bytes
-                result.fetch_note = "one fetch of the shared object store serves every worktree and container"
-            elif strategy == "clone":
-                for c in (c for c in contexts if c.record.strategy == "clone"):
-                    f = measure.timed_fetch(c.path, "origin")
-                    result.fetches += 1
-                    result.fetch_seconds += f.seconds
-                    result.fetch_bytes += f.bytes
-                result.fetch_seconds = round(result.fetch_seconds, 4)
-                result.fetch_note = "each clone fetches the upstream on its own"
+        _measure_fetches(main, results, contexts)
         return Comparison(
             n, results, skipped, disk.store_bytes, disk.total_bytes, *measure.tree_stats(main, base), round(time.perf_counter() - started, 2), base
         )
     finally:
-        progress("removing the throwaway environments")
-        for c in contexts:
-            try:
-                strategies.get(c.record.strategy).remove(c)
-            except Exception:  # noqa: BLE001 - removal must go on for the others
-                pass
-        _remove_labelled(workdir.name)
-        shutil.rmtree(workdir, ignore_errors=True)
-        os.close(running)
+        _tear_down(workdir, running, contexts, progress)
+
+
+def _copy_repository(user: Project, workdir: Path, base: str) -> tuple[Path, Path]:
+    """A bare copy of the user's repository as the upstream, and a checkout of
+    it (with the includes) as the repository the agents come from."""
+    upstream = workdir / "upstream.git"
+    main = workdir / "main"
+    git.run(workdir, "clone", "-q", "--bare", "--local", "--", str(user.root), str(upstream))
+    git.run(workdir, "clone", "-q", "--local", "--branch", base, "--", str(upstream), str(main))
+    for rel in includes.ignored_files_matching(user.checkout, includes.patterns_for(user.checkout, user.manifest.defaults.include)):
+        includes.copy_file(user.checkout, rel, main)
+    return upstream, main
+
+
+def _plan(
+    user: Project, workdir: Path, main: Path, base: str, n: int, wanted: Sequence[str], image: str | None
+) -> tuple[Project, list[tuple[str, str]], dict[str, str]]:
+    """The throwaway project: ``n`` agents of every strategy that can run
+    here, as ``(strategy, agent)`` in build order; the others, with why not."""
+    skipped: dict[str, str] = {}
+    usable = []
+    for strategy in wanted:
+        why = _container_unavailable(image) if strategy == "container" else None
+        if why:
+            skipped[strategy] = why
+        else:
+            usable.append(strategy)
+    agents: list[Agent] = []
+    plan: list[tuple[str, str]] = []
+    # round-robin (work0, clon0, cont0, work1, ...): warm caches and a
+    # machine whose speed drifts during the run weigh on every strategy alike
+    for i in range(n):
+        for strategy in usable:
+            name = f"{strategy[:4]}{i}"
+            extra: dict[str, object] = {"isolation": strategy}
+            if strategy == "container":
+                extra.update(image=image, command=["sh", "-c", "sleep 3600"])
+            agents.append(Agent.model_validate({"name": name, **extra}))
+            plan.append((strategy, name))
+    manifest = Manifest.model_validate(
+        {
+            **user.manifest.model_dump(exclude={"agents", "workspace", "base", "labels"}),
+            "base": base,
+            # this run's id: a comparison running beside it keeps its own
+            "labels": {**user.manifest.labels, COMPARE_LABEL: workdir.name},
+            "agents": [a.model_dump(exclude_defaults=True) for a in agents],
+        }
+    )
+    repo = git.discover(main)
+    project = Project(repo, manifest, main / "hybridiso.yaml", workdir / "ws", StateStore(repo.common_dir))
+    return project, plan, skipped
+
+
+def _build(
+    project: Project, plan: list[tuple[str, str]], results: dict[str, StrategyResult], contexts: list[EnvContext], progress: Callable[[str], None]
+) -> None:
+    """Create every planned environment, one at a time, timing each; each
+    joins ``contexts`` before it is made, so the teardown finds it."""
+    base = project.manifest.base
+    base_commit = git.resolve_commit(project.root, base)
+    for strategy, name in plan:
+        agent = project.manifest.agent(name)
+        record = AgentRecord(name=name, strategy=strategy, branch=agent.branch_name, path=str(project.env_path(agent)), base=base, base_commit=base_commit)
+        ctx = EnvContext(project, agent, record)
+        lifecycle.prepare(ctx)
+        contexts.append(ctx)
+        t = time.perf_counter()
+        lifecycle.create(ctx)
+        results[strategy].startup_seconds.append(round(time.perf_counter() - t, 3))
+        results[strategy].envs.append(name)
+        progress(f"built {strategy} {name} in {results[strategy].startup_seconds[-1]:.2f}s")
+
+
+def _measure_disk(project: Project, results: dict[str, StrategyResult], contexts: list[EnvContext]) -> measure.DiskReport:
+    os.sync()
+    disk = measure.disk_report(project.repo.common_dir, {c.name: c.path for c in contexts}, exclude=[project.store.dir])
+    for c in contexts:
+        share = disk.envs[c.name]
+        results[c.record.strategy].unique_bytes.append(share.unique_bytes)
+        results[c.record.strategy].shared_bytes.append(share.shared_bytes)
+    return disk
+
+
+def _measure_fetches(main: Path, results: dict[str, StrategyResult], contexts: list[EnvContext]) -> None:
+    """After the upstream moved: what bringing each strategy's environments
+    up to date costs."""
+    shared_fetch: measure.Fetch | None = None
+    for strategy, result in results.items():
+        if strategy in ("worktree", "container"):
+            if shared_fetch is None:
+                shared_fetch = measure.timed_fetch(main, "origin")
+            # the same single fetch of the shared object store serves
+            # every worktree and container env: count it for each group
+            result.fetches, result.fetch_seconds, result.fetch_bytes = 1, shared_fetch.seconds, shared_fetch.bytes
+            result.fetch_note = "one fetch of the shared object store serves every worktree and container"
+        elif strategy == "clone":
+            for c in (c for c in contexts if c.record.strategy == "clone"):
+                f = measure.timed_fetch(c.path, "origin")
+                result.fetches += 1
+                result.fetch_seconds += f.seconds
+                result.fetch_bytes += f.bytes
+            result.fetch_seconds = round(result.fetch_seconds, 4)
+            result.fetch_note = "each clone fetches the upstream on its own"
+
+
+def _tear_down(workdir: Path, running: int, contexts: list[EnvContext], progress: Callable[[str], None]) -> None:
+    """Remove every environment made (even after a failure or Ctrl-C), what
+    Docker kept of them, and the workdir; then let go of the run's lock."""
+    progress("removing the throwaway environments")
+    for c in contexts:
+        try:
+            strategies.get(c.record.strategy).remove(c)
+        except Exception as e:  # noqa: BLE001 - removal must go on for the others; said, never dropped
+            output.warn(f"report --compare: {c.record.strategy} environment {c.name} was not removed cleanly ({job_problem(e)[0]}); `hybridiso gc` finds what is left")
+    _remove_labelled(workdir.name)
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.close(running)
 
 
 def _container_unavailable(image: str | None) -> str | None:

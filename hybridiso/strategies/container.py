@@ -52,17 +52,6 @@ SHARES_REFS = True
 AGENT_SERVICE = "agent"
 
 
-def project_label(project: Project) -> str:
-    """The ``dev.hybridiso.project`` label: the project's one id
-    (``Project.id``, from its common git dir: the same from every worktree,
-    two checkouts never share it)."""
-    return project.id
-
-
-def repo_id(ctx: EnvContext) -> str:
-    return ctx.project.id
-
-
 def compose_project(ctx: EnvContext) -> str:
     return ctx.project.compose_project(ctx.name)
 
@@ -73,7 +62,7 @@ def compose_file(ctx: EnvContext) -> Path:
 
 def agent_labels(ctx: EnvContext) -> dict[str, str]:
     """Every Docker object of the agent (``down`` and ``gc`` remove them all)."""
-    return {docker_client.LABEL_PROJECT: repo_id(ctx), docker_client.LABEL_AGENT: ctx.name}
+    return {docker_client.LABEL_PROJECT: ctx.project.id, docker_client.LABEL_AGENT: ctx.name}
 
 
 def project_containers(ctx: EnvContext) -> list[docker_client.ContainerInfo]:
@@ -305,7 +294,7 @@ def _network_ready(ctx: EnvContext, path: Path, mode: str) -> bool:
     if guard is not None:
         netguard.apply(guard)  # before any container of the agent can send a packet
     elif ctx.record.network_guard == ISOLATED:
-        netguard.remove({netguard.bridge_name(repo_id(ctx), ctx.name)})  # the manifest dropped the isolation
+        netguard.remove({netguard.bridge_name(ctx.project.id, ctx.name)})  # the manifest dropped the isolation
     made = _await_network(ctx)  # its error (Docker refused the network) is this agent's
     if plan is None or plan.network is None:
         return True
@@ -366,7 +355,7 @@ def ports_taken_by_others(project: Project, leases: Mapping[str, Mapping[str, in
     busy = {a: ps for a, ps in busy.items() if ps}
     if not busy or not docker_client.reachable()[0]:
         return {}
-    published = docker_client.published_ports({docker_client.LABEL_PROJECT: project_label(project)})
+    published = docker_client.published_ports({docker_client.LABEL_PROJECT: project.id})
     taken: dict[str, dict[str, str]] = {}
     for agent, ports in busy.items():
         for name, port in ports.items():
@@ -558,7 +547,7 @@ def remove(ctx: EnvContext) -> None:
     # lost state file must not leave them); nothing happens without root
     if netguard.unavailable() is not None and ctx.record.network_guard == "iptables":
         output.warn(f"{ctx.name}: its network-isolation rules are left ({netguard.unavailable()}): `hybridiso gc --yes` as root removes them")
-    netguard.remove({netguard.bridge_name(repo_id(ctx), ctx.name)})
+    netguard.remove({netguard.bridge_name(ctx.project.id, ctx.name)})
     from hybridiso.containers.build import agent_user
 
     agent_user(ctx)  # a record rebuilt from reality: the uid it was given
