@@ -151,7 +151,7 @@ def error_handler() -> Iterator[None]:
         raise SystemExit(EXIT_BUG) from None
 
 
-DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "Out of diskspace")  # the last: git's
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -160,7 +160,11 @@ def is_disk_full(exc: BaseException) -> bool:
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return any(text in str(exc) for text in DISK_FULL_TEXTS)
+    # a command's message holds its last line only; what it said before
+    # (git: "No space left on device", then "fatal: could not ...") is in
+    # its details (process.CommandError, which imports this module)
+    said = f"{exc}\n{getattr(exc, 'details', '')}"
+    return any(text in said for text in DISK_FULL_TEXTS)
 
 
 class Cancelled(Exception):

@@ -292,7 +292,7 @@ def test_disk_full_during_up_rolls_back_and_keeps_the_state_valid(small_disk: Pa
     # one at a time, so exactly the first fits in what is left
     r = hybridiso(repo, "up", "-j", "1", ok=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
-    assert r.stderr.count("the disk is full (No space left on device); what it had made is rolled back") == 2
+    assert r.stderr.count("the disk is full (No space left on device); what it had made is rolled back") == 2, r.stderr
     agents = json.loads((repo / ".git" / "hybridiso" / "state.json").read_text())["agents"]  # valid JSON
     assert list(agents) == ["a"] and agents["a"]["phase"] == "ready"
     assert sorted(p.name for p in (small_disk / "r.agents").iterdir()) == ["a"]  # nothing half-made left

@@ -234,7 +234,12 @@ def plan_jobs(
 ) -> tuple[list[Job], list[Outcome]]:
     """Every selected agent's job, its ports leased and its record ready to be
     saved as the journal; or its refusal, which stops that agent only."""
-    if any(p.agent.name not in state.agents or state.agents[p.agent.name].phase == PHASE_CREATING for p in selected):
+    if any(
+        p.agent.name not in state.agents
+        or state.agents[p.agent.name].phase == PHASE_CREATING
+        or not os.path.isdir(state.agents[p.agent.name].path)  # deleted by hand: made again
+        for p in selected
+    ):
         require_workspace(project.workspace)  # one clear error, not a PermissionError per agent (issue 16)
     leases = _lease_ports(project, state, selected)  # fails before anything is created (docs/faults.md row 14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
@@ -402,7 +407,10 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
         error, bug = job_problem(e)
         if action == CREATE and (is_disk_full(e) or _space_left(Path(ctx.record.path)) < LOW_SPACE):
             # docs/faults.md row 15: a half-made environment only takes more of the
-            # space that ran out; undo it now rather than on the next run
+            # space that ran out; undo it now rather than on the next run (git
+            # does not always say so: "Could not reset index file").  A
+            # workspace the kernel refuses also shows no space free (/sys):
+            # require_workspace stops that before any agent is made
             error = "the disk is full (No space left on device)" + (f"; and {error}" if bug else "")
             try:
                 lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made

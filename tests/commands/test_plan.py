@@ -105,6 +105,10 @@ def test_plan_checks_the_workspace_when_a_made_environment_is_gone(tmp_path: Pat
     try:
         r = hybridiso_as_plain_user(repo, "plan")
         assert "`up` will refuse: the workspace" in r.stderr, r.stderr
+        up = hybridiso_as_plain_user(repo, "up")
+        lines = [line for line in up.stderr.splitlines() if line.strip()]
+        assert up.returncode == 1 and lines[0].startswith(f"hybridiso: error: the workspace {tmp_path / 'r.agents'} cannot be created"), up.stderr
+        assert len(lines) == 2, up.stderr  # one message and its next step, not git's error per agent
     finally:
         (tmp_path / "r.agents").chmod(0o755)
 
