@@ -80,7 +80,9 @@ def docker_findings(project: Project, state: State, dry_run: bool) -> list[Findi
     from hybridiso.containers import docker_client
     from hybridiso.strategies.container import project_label
 
-    uses_docker = any(a.image for a in project.manifest.agents) or any(r.strategy == "container" for r in state.agents.values())
+    from hybridiso import strategies
+
+    uses_docker = any(a.image for a in project.manifest.agents) or any(strategies.uses_docker(r.strategy) for r in state.agents.values())
     ok, why = docker_client.reachable()
     if not ok:
         if uses_docker:
