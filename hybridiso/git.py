@@ -30,10 +30,15 @@ from hybridiso.process import CommandError, Result
 
 LOCK_RETRIES = 8
 STALE_LOCK_SECONDS = 600.0
-# Lock contention, and reading another worktree's metadata while a concurrent
-# `worktree add` is still writing it ("failed to read .git/worktrees/x/commondir").
+# Lock contention (another git holds the lock file: "File exists"), and
+# reading another worktree's metadata while a concurrent `worktree add` is
+# still writing it ("failed to read .git/worktrees/x/commondir").  Only that is
+# waited out: "cannot lock ref" also says a ref is not at the expected old
+# value (a compare-and-swap that lost), that 'refs/heads/feat' is in the way of
+# 'feat/x', or that the lock cannot be made at all (permission, read-only or
+# full disk), and none of those goes away by trying again.
 _LOCK_RE = re.compile(
-    r"Unable to create '[^']+\.lock'|cannot lock ref|could not lock config file|index\.lock|\.lock': File exists"
+    r"\.lock': File exists|could not lock config file [^\n]*: File exists"
     r"|failed to read [^\n]*worktrees/[^\n]*(commondir|gitdir)"
 )
 _LOCK_PATH_RE = re.compile(r"Unable to create '(?P<path>[^']+\.lock)'")
@@ -856,15 +861,17 @@ def git_dir(cwd: Path) -> Path:
 
 
 def add_exclude(common_dir: Path, pattern: str) -> None:
-    """Keep ``pattern`` out of ``git status`` in every worktree sharing this git dir."""
-    exclude = common_dir / "info" / "exclude"
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    lines = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
-    if pattern not in lines:
-        with exclude.open("a", encoding="utf-8") as f:
-            if lines and not exclude.read_text(encoding="utf-8").endswith("\n"):
-                f.write("\n")
-            f.write(pattern + "\n")
+    """Keep ``pattern`` out of ``git status`` in every worktree sharing this
+    git dir.  ``info/exclude`` is never followed if it is a symlink or FIFO:
+    that is an ``UnsafePath`` error naming it (docs/faults.md row 31)."""
+    text = safe_files.read_text(common_dir, "info/exclude") or ""
+    if pattern in text.splitlines():
+        return
+    fd = safe_files.open_regular(common_dir, "info/exclude", os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode=0o644, dir_mode=0o755)
+    try:
+        os.write(fd, (("\n" if text and not text.endswith("\n") else "") + pattern + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def ignored_matches(cwd: Path, patterns: Sequence[str]) -> list[str]:
@@ -1430,7 +1437,7 @@ def create_refs(cwd: Path, creates: dict[str, str], deletes: dict[str, str] | No
     return text[-1].removeprefix("fatal: ") if text else f"git update-ref exit {r.returncode}"
 
 
-# --- a container agent's own repository (strategies/container.py, container_git.py) -----
+# --- a container agent's own repository (strategies/container.py, containers/git_dir.py) -----
 
 
 def fetch_from_shadow(root: Path, shadow: Path, prefix: str) -> None:

@@ -25,10 +25,19 @@ from hybridiso.state import ProcessGroup, State, lock_holder
 LAND_SCRATCH = "land-scratch"
 LAND_CHECK = "land-check"
 LAND_DATABASE = "land-database"
+LAND_CONTAINER = "land-container"
+CHECK_ROLE = "land-check"  # the dev.hybridiso.role of a container agent's check (land/container_check.py)
 
 
 def land_dir(project: Project) -> Path:
     return project.repo.common_dir / "hybridiso" / "land"
+
+
+def land_running(project: Project) -> bool:
+    """A ``land`` holds the land lock: a check of an agent that has no
+    environment may be using a network (and firewall rules) labelled for it
+    (land/container_check.py), which the Docker and firewall finders then leave."""
+    return safe_files.is_plain_dir(land_dir(project)) and lock_holder(land_dir(project) / "lock") is not None
 
 
 def _journal(project: Project) -> dict[str, Any]:
@@ -77,11 +86,38 @@ def land_findings(project: Project, state: State, dry_run: bool) -> list[Finding
                 apply=lambda: process_groups.stop(groups),
             )
         )
+    findings += _check_containers(project)  # after its supervisor's group: stopping that removes them too
     for server, name in journal_databases(project):
         findings.append(Finding(LAND_DATABASE, f"database {name}", True, "scratch database of a check of a land run that was killed", [f"database {name}"], apply=_dropper(server, name)))
     for entry in entries:
         findings.append(Finding(LAND_SCRATCH, str(entry), True, "scratch worktree of a land run that was killed", [f"worktree {entry}"], apply=_remover(project, entry)))
     return findings
+
+
+def _check_containers(project: Project) -> list[Finding]:
+    """A container agent's check containers whose supervisor is gone."""
+    if not any(a.image for a in project.manifest.agents):
+        return []
+    from hybridiso.containers import docker_client
+
+    if not docker_client.reachable()[0]:
+        return []  # the docker finder says so
+    found = docker_client.containers({docker_client.LABEL_PROJECT: project.id, docker_client.LABEL_ROLE: CHECK_ROLE})
+    return [
+        Finding(LAND_CONTAINER, f"container {c.name}", True, f"check container of agent {c.agent} from a land run that was killed", [f"container {c.name}"], apply=_container_remover(project.id, c.id, c.name))
+        for c in found
+    ]
+
+
+def _container_remover(project_id: str, cid: str, name: str) -> Callable[[], list[str]]:
+    def apply() -> list[str]:
+        from hybridiso.containers import docker_client
+
+        docker_client.remove_container(cid)
+        left = docker_client.containers({docker_client.LABEL_PROJECT: project_id, docker_client.LABEL_ROLE: CHECK_ROLE})
+        return [f"container {name}"] if any(c.id == cid for c in left) else []
+
+    return apply
 
 
 def _dropper(server: str, name: str) -> Callable[[], list[str]]:

@@ -482,6 +482,9 @@ class Train:
             self._group(o.agent, group, True)
 
         o.checks += 1
+        from hybridiso.land import container_check  # a container agent's check runs in its image
+
+        image = container_check.for_candidate(self.project, self.state, cand.agent)
         try:
             result = run_checks(
                 commands,
@@ -492,6 +495,7 @@ class Train:
                 header=f"land {o.agent} {commit}",
                 on_start=on_start,
                 on_end=lambda g: self._group(o.agent, g, False),
+                image=image,
             )
         finally:
             for group in mine:  # a command timed out or stopped has no on_end: it is stopped now
