@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import envfile
+from hybridiso import envfile, names
 from hybridiso.errors import UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
@@ -28,7 +28,7 @@ class EnvContext:
     persist: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.record.strategy == "container" and self.record.path.startswith("/"):
+        if self.record.strategy in names.UNTRUSTED_FILES and self.record.path.startswith("/"):
             # a container wrote its files: the host's git never runs what they say (git.distrust)
             from hybridiso import git
 

@@ -17,15 +17,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
-from hybridiso import egress, yaml_loader
+from hybridiso import egress, names, yaml_loader
 from hybridiso.errors import UserError
 from hybridiso.names import agent_name_problem, branch_name_problem, port_name_problem, service_name_problem
 
 MANIFEST_NAME = "hybridiso.yaml"
 
-Isolation = Literal["auto", "worktree", "clone", "container"]
+
+
+def _isolation(value: Any) -> Any:
+    """``auto`` or a strategy's name, read from the one table of them
+    (``names.STRATEGY_NAMES``, which the registry is checked against) when
+    the manifest is read, so a strategy added there is accepted here."""
+    accepted = ("auto", *names.STRATEGY_NAMES)
+    if value not in accepted:
+        quoted = [repr(a) for a in accepted]
+        raise ValueError(f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}")
+    return value
+
+
+Isolation = Annotated[str, BeforeValidator(_isolation)]
 Need = Literal[
     "network-isolation",
     "resource-limits",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from hybridiso.manifest import Agent, Checked, Manifest, Problem, RepoContext
+from hybridiso import names
 from hybridiso.names import env_var_for_port, env_var_for_service, ref_conflicts_with_existing
 from hybridiso.planner import Facts, decide
 
@@ -133,7 +134,8 @@ def _one_worktree_per_branch(c: Checked) -> list[Problem]:
     problems = []
     by_branch: dict[str, int] = {}
     for i, agent in enumerate(m.agents):
-        if agent.isolation not in ("worktree", "container") or not c.agent_clean(i, "branch", "isolation"):
+        shares_refs = agent.isolation in names.STRATEGY_NAMES and agent.isolation not in names.OWN_REPOSITORY
+        if not shares_refs or not c.agent_clean(i, "branch", "isolation"):
             continue
         first = by_branch.setdefault(agent.branch_name, i)
         if first != i:

@@ -28,11 +28,20 @@ PORT_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,29}")
 SERVICE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,29}")
 RESERVED_SERVICE_NAMES = frozenset({"agent"})
 
-# The isolation strategies, by name: the state file is read against this list
-# (a record naming another strategy is set aside, not a crash).  The registry
-# in hybridiso/strategies/__init__.py and the manifest's ``isolation`` values
-# are tested to agree with it (tests/test_names.py).
-STRATEGY_NAMES = ("worktree", "clone", "container")
+# The isolation strategies, by name, in the order reports show them: the one
+# list the core reads (the manifest's ``isolation`` accepts these and
+# ``auto``; the state file is read against it, and a record naming another
+# strategy is set aside, not a crash).  The core sits below the strategies
+# and cannot import them: the registry (hybridiso/strategies/__init__.py)
+# is checked against this table when it is imported.  Read it as
+# ``names.STRATEGY_NAMES`` (not a copy bound at import), so a strategy
+# registered at run time (tests/strategies/test_new_strategy.py) is one.
+STRATEGY_NAMES: tuple[str, ...] = ("worktree", "clone", "container")
+# What the core must know of some strategies without importing them; each
+# strategy module says the same of itself (``not SHARES_REFS``,
+# ``UNTRUSTED_FILES``) and the registry checks they agree.
+OWN_REPOSITORY: frozenset[str] = frozenset({"clone"})  # its environment is a repository of its own
+UNTRUSTED_FILES: frozenset[str] = frozenset({"container"})  # the host's git never trusts its files
 
 # git stores a branch as the file refs/heads/<name> and takes <name>.lock
 # while it updates it: a component needs room for '.lock' in the file

@@ -14,6 +14,11 @@ from hybridiso.manifest import Agent, Manifest, parse_size
 from hybridiso.output import plural
 
 CONTAINER_NEEDS = ("network-isolation", "resource-limits", "untrusted-code")
+# the rules' names for two strategies other modules ask about: the cheapest
+# one (every agent's checkout at the least: doctor's disk check), and the one
+# ``disk_budget`` weighs (a repository of its own per agent)
+CHEAPEST = "worktree"
+BUDGETED = "clone"
 
 
 @dataclass(frozen=True)
@@ -133,15 +138,15 @@ def plan(
     warnings: list[str] = []
     if manifest.disk_budget and clone_cost_bytes:
         budget = parse_size(manifest.disk_budget)
-        clones = [(a, d, n) for a, d, n in decided if d.strategy == "clone" and a.name not in existing]
+        clones = [(a, d, n) for a, d, n in decided if d.strategy == BUDGETED and a.name not in existing]
         total = clone_cost_bytes * len(clones)
         if clones and total > budget:
             for i, (a, d, n) in enumerate(decided):
                 # only a choice made by the rules can be overridden; an explicit
                 # isolation: clone or a branch already checked out cannot
-                if d.strategy == "clone" and a.isolation == "auto" and "own-refs" in a.workload.needs and a.name not in existing:
+                if d.strategy == BUDGETED and a.isolation == "auto" and "own-refs" in a.workload.needs and a.name not in existing:
                     n.append(f"disk_budget {manifest.disk_budget} is too small for {plural(len(clones), 'clone')}; using a worktree instead")
-                    decided[i] = (a, Decision("worktree", d.reason + " (but disk_budget pushes it to a worktree)"), n)
+                    decided[i] = (a, Decision(CHEAPEST, d.reason + " (but disk_budget pushes it to a worktree)"), n)
             warnings.append(
                 f"clones would need about {total // (1 << 20)} MiB, over disk_budget {manifest.disk_budget}"
             )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -160,12 +161,13 @@ class Project:
             return f"its recorded branch {record.branch!r} is not one hybridiso makes for it ({', '.join(sorted(allowed))})"
         return None
 
-    def proves_made(self, path: Path, strategy: str, phase: str) -> bool:
+    def proves_made(self, path: Path, own_repository: bool, phase: str) -> bool:
         """True when ``path`` (an agent's place) is provably hybridiso's to
         remove: absent or empty, marked by its env file for this project, a
         linked worktree whose admin dir names it back, or a clone naming this
         repository as its owner.  A clone still being made (before its mark
-        is written) is one when it has its own git dir.  Anything else at the
+        is written) is one when it has its own git dir (``own_repository``:
+        its strategy makes a repository of its own).  Anything else at the
         place of a record (a forged one) is somebody's directory."""
         if not os.path.lexists(path):
             return True
@@ -188,7 +190,7 @@ class Project:
                 return False
             if owner is not None:
                 return Path(owner.strip()) == self.repo.common_dir
-            return strategy == "clone" and phase != PHASE_READY
+            return own_repository and phase != PHASE_READY
         return False
 
     def owns_worktree(self, path: Path, branch: str | None, records: dict[str, AgentRecord]) -> bool:
@@ -336,7 +338,7 @@ def _clone_owner(repo: git.RepoInfo) -> git.RepoInfo | None:
     owner_common = Path(text.strip())
     record = None
     if owner_common.is_absolute() and safe_files.is_plain_dir(owner_common):
-        record = _record_at(_records(owner_common), repo.toplevel, strategies=("clone",))
+        record = _record_at(_records(owner_common), repo.toplevel, strategies=names.OWN_REPOSITORY)
     if record is None:
         raise UserError(
             f"{repo.toplevel} is marked as an agent's clone of the repository at {owner_common}, "
@@ -404,7 +406,7 @@ def _records(common_dir: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in agents.items() if isinstance(v, dict)} if isinstance(agents, dict) else {}
 
 
-def _record_at(records: dict[str, dict[str, Any]], path: Path, strategies: tuple[str, ...] = ()) -> dict[str, Any] | None:
+def _record_at(records: dict[str, dict[str, Any]], path: Path, strategies: Collection[str] = ()) -> dict[str, Any] | None:
     for record in records.values():
         where = record.get("path")
         if isinstance(where, str) and os.path.normpath(where) == str(path) and (not strategies or record.get("strategy") in strategies):

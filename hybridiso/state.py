@@ -30,9 +30,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from hybridiso import json_data, safe_files
+from hybridiso import json_data, names, safe_files
 from hybridiso.errors import UserError
-from hybridiso.names import STRATEGY_NAMES, agent_name_problem, branch_name_problem
+from hybridiso.names import agent_name_problem, branch_name_problem
 
 STATE_VERSION = 1
 
@@ -302,11 +302,11 @@ def parse_state(raw: bytes) -> State:
     state = State()
     for name, item in agents.items():
         strategy = item.get("strategy") if isinstance(item, dict) else None
-        if isinstance(strategy, str) and strategy not in STRATEGY_NAMES:
+        if isinstance(strategy, str) and strategy not in names.STRATEGY_NAMES:
             state.set_aside[name] = SetAside(
                 name,
                 f"the state file's record of agent {name!r} names strategy {strategy!r}, which this hybridiso does "
-                f"not know (known: {', '.join(STRATEGY_NAMES)}; a newer version made it?)",
+                f"not know (known: {', '.join(names.STRATEGY_NAMES)}; a newer version made it?)",
                 item,
             )
             continue
@@ -336,7 +336,7 @@ def read_record(name: str, data: Any) -> AgentRecord:
         raise StateCorrupt(f"{where}: {branch_name_problem(record.branch)}")
     if record.base_commit is not None and not _COMMIT_RE.fullmatch(record.base_commit):
         raise StateCorrupt(f"{where}: base_commit {record.base_commit!r} is not a commit id")
-    if record.strategy not in STRATEGY_NAMES:
+    if record.strategy not in names.STRATEGY_NAMES:
         raise StateCorrupt(f"{where}: unknown strategy {record.strategy!r}")
     if record.phase not in PHASES:
         raise StateCorrupt(f"{where}: unknown phase {record.phase!r}")

@@ -110,9 +110,39 @@ def test_service_names_follow_compose_and_map_to_one_variable() -> None:
 
 
 def test_strategy_names_agree_with_the_registry_and_the_manifest() -> None:
-    from typing import get_args
+    """One table of names (names.STRATEGY_NAMES): the registry has a module
+    for each, in its order, saying of itself what the table tells the core,
+    and the manifest accepts exactly those and ``auto``."""
+    from pydantic import ValidationError
 
-    from hybridiso.manifest import Isolation
-    from hybridiso.strategies import STRATEGIES
+    from hybridiso.manifest import Manifest
+    from hybridiso.strategies import STRATEGIES, disagreements
 
-    assert set(STRATEGY_NAMES) == set(STRATEGIES) == set(get_args(Isolation)) - {"auto"}
+    assert tuple(STRATEGIES) == STRATEGY_NAMES
+    assert disagreements(STRATEGIES) == []
+    for name in ("auto", *STRATEGY_NAMES):
+        agent = {"name": "a", "isolation": name, "image": "busybox:latest"}
+        assert Manifest.model_validate({"version": 1, "agents": [agent]}).agents[0].isolation == name
+    for name in ("vm", "Worktree", "", 5):
+        with pytest.raises(ValidationError, match="Input should be 'auto', 'worktree', 'clone' or 'container'"):
+            Manifest.model_validate({"version": 1, "agents": [{"name": "a", "isolation": name}]})
+
+
+def test_the_registry_check_names_each_disagreement() -> None:
+    """A strategy added to the registry and not the names table (or saying
+    otherwise of itself than the table does) is caught when hybridiso starts."""
+    from types import SimpleNamespace
+
+    from hybridiso.strategies import STRATEGIES, Strategy, disagreements
+
+    extra = SimpleNamespace(NAME="copy", SHARES_REFS=True, UNTRUSTED_FILES=False)
+    grown: dict[str, Strategy] = {**STRATEGIES, "copy": extra}  # type: ignore[dict-item]
+    assert disagreements(grown) == ["the registry has worktree, clone, container, copy, names.STRATEGY_NAMES has worktree, clone, container"]
+    lying = SimpleNamespace(NAME="clone", SHARES_REFS=True, UNTRUSTED_FILES=True)
+    swapped: dict[str, Strategy] = {**STRATEGIES, "clone": lying}  # type: ignore[dict-item]
+    assert disagreements(swapped) == [
+        "clone: UNTRUSTED_FILES is True, names.UNTRUSTED_FILES says otherwise",
+        "clone: SHARES_REFS is True, names.OWN_REPOSITORY says otherwise",
+    ]
+    misnamed: dict[str, Strategy] = {**STRATEGIES, "worktree": STRATEGIES["clone"]}
+    assert "worktree is registered under another name than its NAME 'clone'" in disagreements(misnamed)

@@ -50,7 +50,7 @@ def make_plan(project: Project, state: State) -> planner.Plan:
     if project.manifest.disk_budget:  # what a clone takes here, as plan projects it (issue 16)
         from hybridiso.report import costs
 
-        clone_cost = costs.project_costs(project, state.agents).for_strategy("clone").disk_bytes
+        clone_cost = costs.project_costs(project, state.agents).for_strategy(planner.BUDGETED).disk_bytes
     return planner.plan(
         project.manifest,
         paths,

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 
-from hybridiso import git, output, ports
+from hybridiso import git, output, planner, ports, strategies
 from hybridiso.report import costs
 from hybridiso.envs import health
 from hybridiso.envs import programs
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if project is not None and state is not None:
         try:
             # container agents, whether the manifest says so or the planner decides it
-            containers = [p for p in make_plan(project, state).agents if p.strategy == "container"]
+            containers = [p for p in make_plan(project, state).agents if strategies.uses_docker(p.strategy)]
             manifest_checks.append(Check("manifest", "ok", f"{output.plural(len(project.manifest.agents), 'agent')} in {project.manifest_path.name}"))
         except ManifestError as e:  # a branch git could not create beside the repository's
             manifest_checks.append(Check("manifest", "fail", _problems(e), _MANIFEST_FIX.format(e.path.name)))
@@ -182,7 +182,7 @@ def check_disk(project: Project) -> Check:
     while not where.exists():
         where = where.parent
     free = shutil.disk_usage(where).free
-    tree = costs.project_costs(project).for_strategy("worktree").disk_bytes or 0  # as allocated (issue 16)
+    tree = costs.project_costs(project).for_strategy(planner.CHEAPEST).disk_bytes or 0  # as allocated (issue 16)
     need = tree * len(project.manifest.agents)
     detail = f"{output.human_bytes(free)} free at {where}; the agents' checkouts need about {output.human_bytes(need)}"
     if free < need:
@@ -256,12 +256,10 @@ def check_isolation(containers: list[AgentPlan]) -> list[Check]:
 
 def check_leased_ports(project: Project, state: State) -> list[Check]:
     """A container agent's leased port that another program took (issue 11)."""
-    leases = {n: r.ports for n, r in state.agents.items() if r.strategy == "container" and r.ports}
+    leases = {n: r.ports for n, r in state.agents.items() if strategies.uses_docker(r.strategy) and r.ports}
     if not leases:
         return []
-    from hybridiso.strategies import container
-
-    taken = container.ports_taken_by_others(project, leases)
+    taken = strategies.ports_taken_by_others(project, leases, {n: r.strategy for n, r in state.agents.items()})
     if not taken:
         return [Check("leased ports", "ok", "no container agent's port is held by another program")]
     detail = "; ".join(f"{a}.{n}={leases[a][n]} is held by {holder}" for a, held in sorted(taken.items()) for n, holder in sorted(held.items()))

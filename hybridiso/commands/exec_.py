@@ -59,17 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except PermissionError:
         output.message(f"hybridiso: error: command not executable: {argv[0]}")
         return 126
-    if ctx.record.strategy == "container":
-        from hybridiso.strategies import container
-
-        if code == 126:
-            # older engines (20.10) say 126 for a command that is not there at all
-            code = container.exec_failure_code(ctx, command[0])
-        try:
-            container.collect(ctx)  # what it committed is on the agent branch when exec returns
-        except UserError as e:  # a CommandError too
-            output.warn(f"{ctx.name}: its commits were not brought to its branch ({str(e).splitlines()[0][:200]}); `hybridiso status` tries again")
-    return code
+    return strategy.after_exec(ctx, command, code)  # a container's commits are on the agent branch when exec returns
 
 
 def refuse_unfinished(project: Project, record: AgentRecord) -> None:

@@ -7,7 +7,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from hybridiso import git, output, ports
+from hybridiso import git, output, ports, strategies
 from hybridiso.errors import UserError
 from hybridiso.report import costs
 from hybridiso.envs import branches, programs
@@ -25,16 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_json_flag(p)
 
 
-def _boundary(project: Project, p: AgentPlan, record: AgentRecord | None) -> dict[str, object]:
-    """What a container agent's container will get (issue 12: plan says it)."""
-    from hybridiso.containers.build import planned_boundary
+def _boundary(project: Project, p: AgentPlan, record: AgentRecord | None) -> dict[str, object] | None:
+    """What a container agent's container will get (issue 12: plan says it);
+    None for the others (and a strategy this version does not know)."""
     from hybridiso.env_context import EnvContext
 
+    strategy = strategies.find(p.strategy)
+    if strategy is None or not strategy.USES_DOCKER:
+        return None
     if record is None:  # not made yet: what up would give it now
         record = AgentRecord(name=p.agent.name, strategy=p.strategy, branch=p.branch, path=p.path, base=project.manifest.base)
     else:
         record = copy.deepcopy(record)  # a plan changes nothing, not even in memory
-    return planned_boundary(EnvContext(project, p.agent, record))
+    return strategy.planned_boundary(EnvContext(project, p.agent, record))
 
 
 def up_would_refuse(project: Project, state: State, plan_agents: list[AgentPlan]) -> list[str]:
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     missing: dict[str, list[str]] = {}
     for m in programs.setup_missing(project.manifest):  # docs/faults.md row 40: before `up` fails on it
         missing.setdefault(m.agent, []).append(f"{m.problem()}: install it, or change setup: in hybridiso.yaml")
-    containers = [p for p in plan.agents if p.strategy == "container" and p.agent.image]
+    containers = [p for p in plan.agents if strategies.uses_docker(p.strategy) and p.agent.image]
     images, unchecked = programs.missing_images([p.agent.image for p in containers if p.agent.image])
     for p in containers:
         if p.agent.image in images:
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 "_disk_text": _shown(est.disk_bytes, est.disk_measured, output.human_bytes(est.disk_bytes)),
                 "_startup_text": _shown(est.startup_seconds, est.startup_measured, f"{est.startup_seconds or 0:.1f}s"),
                 "warnings": [*p.warnings, *missing.get(p.agent.name, [])],
-                "boundary": _boundary(project, p, record) if p.strategy == "container" else None,
+                "boundary": _boundary(project, p, record),
                 "_ports_text": ports,
             }
         )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybridiso import output, ports
+from hybridiso import output, ports, strategies
 from hybridiso.commands.common import add_json_flag, check_names, make_plan, project_from_args
 from hybridiso.env_context import context
 from hybridiso.errors import UserError
@@ -24,7 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridiso.strategies import container
     from hybridiso.env_context import EnvContext
 
     project = project_from_args(args)
@@ -37,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         for p in plan.agents:
             if names and p.agent.name not in names:
                 continue
-            if p.strategy != "container":
+            if not strategies.uses_docker(p.strategy):  # the agents with a compose file
                 if names:
                     raise UserError(f"agent {p.agent.name} is a {p.strategy}, not a container: it has no compose file")
                 continue
@@ -61,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
                     base=project.manifest.base, ports=provisional[name],
                 )
                 ctx = EnvContext(project, p.agent, record)
-            path = container.render(ctx)
+            path = strategies.get(p.strategy).render(ctx)
+            if path is None:
+                continue
             is_up = name in state.agents
             written.append(
                 {

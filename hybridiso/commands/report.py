@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hybridiso import output
+from hybridiso import output, strategies
 from hybridiso.report import measure
 from hybridiso.commands.common import check_records, int_in, project_from_args
 from hybridiso.errors import UserError
@@ -17,7 +17,6 @@ from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
 
 HELP = "measure disk, fetch and startup cost of each strategy (live envs, or --compare N throwaway ones)"
-KNOWN = ("worktree", "clone", "container")
 MAX_COMPARE = 50
 
 
@@ -36,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--strategies",
         type=_strategy_list,
-        default=list(KNOWN),
+        default=list(strategies.STRATEGIES),
         help="comma-separated (default: all three; container needs Docker and an image)",
     )
     p.add_argument("--image", help="image for container envs in --compare (default: the manifest's first container agent's)")
@@ -73,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _strategy_list(text: str) -> list[str]:
     wanted = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in KNOWN]
+    unknown = [s for s in wanted if s not in strategies.STRATEGIES]
     if unknown or not wanted:
-        raise argparse.ArgumentTypeError(f"unknown strategies: {', '.join(unknown) or '(none given)'} (known: {', '.join(KNOWN)})")
+        raise argparse.ArgumentTypeError(f"unknown strategies: {', '.join(unknown) or '(none given)'} (known: {', '.join(strategies.STRATEGIES)})")
     return wanted
 
 
@@ -103,7 +102,6 @@ def _compare(project: Project, n: int, wanted: list[str], image: str | None) -> 
 
 
 def _live(project: Project) -> dict[str, Any]:
-    from hybridiso import strategies
     from hybridiso.report import data as report_data
     from hybridiso.env_context import EnvContext
 

@@ -207,7 +207,7 @@ def _observe(
         return st
     if not in_manifest:
         _off(st, f"not in the manifest any more; `hybridiso down {name}` removes it")
-    process_problem = _process_problem(name, obs.process) if record.strategy == "container" else None
+    process_problem = _process_problem(name, obs.process)  # None where nothing runs (obs.process is None)
     if process_problem is not None:
         _off(st, process_problem)
     unreadable = git_link_problem(Path(record.path))

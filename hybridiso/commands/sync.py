@@ -44,8 +44,6 @@ from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.state import PHASE_READY
 from hybridiso.env_context import EnvContext
-from hybridiso.strategies import clone, container
-from hybridiso.strategies.clone import BASE_REMOTE
 
 HELP = "fetch once, then rebase each clean environment onto the updated base"
 
@@ -131,10 +129,7 @@ def _conflict_hint(project: Project, conflicts: list[Outcome]) -> str:
     """How to resolve each conflict by hand: a container agent's branch is
     rebased inside its container, onto the base as it sees it there."""
     base = project.manifest.base
-    ways = [
-        f"`hybridiso exec {o.agent} -- git rebase host/{base}`" if o.strategy == "container" else f"in {o.agent}'s environment `git rebase {base}`"
-        for o in conflicts
-    ]
+    ways = [strategies.get(o.strategy).rebase_by_hand(o.agent, base) for o in conflicts]
     head = f"for a conflict: {'; '.join(ways)}, and resolve it by hand; " if ways else ""
     return head + "otherwise fix what is named, then `hybridiso sync` again"
 
@@ -244,25 +239,22 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
     if record.phase != PHASE_READY:
         o.detail = "creation did not finish (it failed or was interrupted); `hybridiso up` retries it"
         return
-    obs = strategies.get(record.strategy).observe(ctx)
+    strategy = strategies.get(record.strategy)
+    obs = strategy.observe(ctx)
     if not obs.exists or not obs.registered:
         o.result, o.detail = "missing", "directory is gone or not a git environment; `hybridiso gc` or `up`"
         return
     if obs.branch != record.branch:
         o.detail = f"checked out {obs.branch or 'a detached HEAD'}, not {record.branch}" + _under_way(ctx)
         return
-    if record.strategy == "clone":
-        # the repository's ignore rules may have changed (or predate them in
-        # the clone): refreshed first, so files it ignores are not "dirty"
-        clone.copy_ignore_rules(ctx)
+    strategy.before_sync(ctx)  # a clone's ignore rules: what it ignores is not "dirty"
     dirty = [n for _, n in git.status_porcelain(ctx.path) if n != ENV_FILE]
     if dirty:
         o.detail = f"dirty: {output.plural(len(dirty), 'changed file')} ({', '.join(dirty[:3])}{', ...' if len(dirty) > 3 else ''})" + _under_way(ctx)
         return
-    env_base_ref = base_ref
-    if record.strategy == "clone":
-        env_base_ref = update_clone(ctx, base_commit, base_ref)
-    head = (obs.head if record.strategy != "clone" else None) or git.resolve_commit(ctx.path, "HEAD") or ""
+    env_base_ref = strategy.take_base(ctx, base_commit, base_ref)  # a clone fetches it from the local repository
+    # a repository of its own is read after it took base; the others' HEAD is git's worktree list's
+    head = (obs.head if strategy.SHARES_REFS else None) or git.resolve_commit(ctx.path, "HEAD") or ""
     o.before = o.after = head[:8]
     old, o.old_base_from = old_base(ctx.path, head, record.base_commit, base_commit, env_base_ref)
     o.old_base = (old or "")[:8]
@@ -277,12 +269,9 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
         o.result, o.detail = "merged", v.describe() + "; `hybridiso gc --yes` removes it"
         return
     else:
-        if record.strategy == "container":
-            # in its own repository, by its own git, as its uid: the host never
-            # runs git there, nor anything of the agent's (docs/containers.md)
-            r = container.rebase_inside(ctx, base_commit, old)
-        else:
-            r = git.rebase(ctx.path, base_commit, old)
+        # a container's in its own repository, by its own git, as its uid: the
+        # host never runs git there, nor anything of the agent's (docs/containers.md)
+        r = strategy.rebase(ctx, base_commit, old)
         if not r.ok:
             o.result = "conflict" if r.conflicts else "failed"
             o.detail = (f"rebase aborted, nothing changed; conflicts in {', '.join(r.conflicts)}" if r.conflicts else r.error)
@@ -312,18 +301,6 @@ def _under_way(ctx: EnvContext) -> str:
 
 
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-
-
-def _follow_stale_copy(path: Path, branch: str, before: str | None, after: str | None) -> None:
-    """Clones made before hybridiso deleted it keep git clone's local copy of
-    base (``main``), which nothing moved: where it holds nothing of its own
-    (it is in what base was), it follows base, so what base dropped (docs/faults.md
-    row 35) goes from it too.  One with commits of its own is the agent's."""
-    tip = git.branch_commit(path, branch)
-    if tip is None or before is None or after is None or tip == after or git.current_branch(path) == branch:
-        return
-    if git.is_ancestor(path, tip, before):
-        git.run(path, "update-ref", f"refs/heads/{branch}", after, tip)
 
 
 def old_base(cwd: Path, head: str, recorded: str | None, new_base: str, base_ref: str | None) -> tuple[str | None, str]:
@@ -366,24 +343,3 @@ def _rebase_note(o: Outcome, left_out: list[str]) -> str:
         )
     return "; ".join(notes)
 
-
-def update_clone(ctx: EnvContext, base_commit: str, base_ref: str | None) -> str | None:
-    """A clone takes base from the local repository (remote ``hybridiso-base``),
-    never from the network; its view of ``origin`` is mirrored from the local
-    repository's fresh one, so ``gc`` sees upstream branches that were deleted.
-    Returns the clone's name for base's ref (None for a commit id)."""
-    path, root = ctx.path, ctx.project.root
-    mine = None
-    if base_ref:
-        short = base_ref.removeprefix("refs/heads/") if base_ref.startswith("refs/heads/") else base_ref.removeprefix("refs/")
-        mine = f"refs/remotes/{BASE_REMOTE}/{short}"
-        before = git.resolve_commit(path, mine)
-        git.fetch(path, BASE_REMOTE, f"+{base_ref}:{mine}")
-        if base_ref.startswith("refs/heads/"):
-            _follow_stale_copy(path, short, before, git.resolve_commit(path, mine))
-    elif not git.has_object(path, base_commit):
-        git.fetch(path, BASE_REMOTE, base_commit)
-    origin = git.remote_url(root, "origin")
-    if origin and git.remote_url(path, "origin") == origin and git.has_refs_under(root, "refs/remotes/origin/"):
-        git.fetch(path, BASE_REMOTE, "+refs/remotes/origin/*:refs/remotes/origin/*", prune=True)
-    return mine

@@ -144,7 +144,7 @@ def _without_set_aside(state: State, selected: list[AgentPlan]) -> tuple[list[Ag
 def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[AgentPlan], list[Outcome]]:
     """Container agents need the engine (docs/faults.md row 12: the others go ahead
     without it) and their images (docs/faults.md row 13: checked before anything starts)."""
-    containers = [p for p in selected if p.strategy == "container"]
+    containers = [p for p in selected if strategies.uses_docker(p.strategy)]
     if not containers:
         return selected, []
     from hybridiso.containers import compose_cli
@@ -164,7 +164,7 @@ def check_docker(project: Project, selected: list[AgentPlan]) -> tuple[list[Agen
         refused = [Outcome(p.agent.name, p.strategy, "Failed", False, 0.0, why) for p in containers]
         for o in refused:
             output.progress_line(False, o.name, o.strategy, "Failed", None)
-        return [p for p in selected if p.strategy != "container"], refused
+        return [p for p in selected if not strategies.uses_docker(p.strategy)], refused
     if compose_found is not None:
         compose_found.result()
     for image in sorted({p.agent.image for p in containers if p.agent.image}):
@@ -195,12 +195,10 @@ def _taken_by_others(project: Project, state: State, selected: list[AgentPlan]) 
     """Container agents' leased ports that another program took while the
     agent was not publishing them: leased again (issue 11).  (A worktree
     agent's port in use is most likely its own server: it keeps it.)"""
-    leased = {p.agent.name: state.agents[p.agent.name].ports for p in selected if p.strategy == "container" and p.agent.name in state.agents}
+    leased = {p.agent.name: state.agents[p.agent.name].ports for p in selected if p.agent.name in state.agents}
     if not any(leased.values()):
         return {}
-    from hybridiso.strategies import container
-
-    return container.ports_taken_by_others(project, leased)
+    return strategies.ports_taken_by_others(project, leased, {p.agent.name: p.strategy for p in selected})
 
 
 CREATE = "create"
@@ -451,12 +449,12 @@ def _update(ctx: EnvContext) -> str:
 
     if ctx.cancel.is_set():  # Ctrl-C while it waited for a worker: touch nothing
         raise Cancelled(ctx.name)
-    if ctx.record.strategy == "clone" and safe_files.is_plain_dir(ctx.path / ".git"):
-        # commands run from inside the clone act on this project (docs/faults.md row 22)
+    strategy = strategies.get(ctx.record.strategy)
+    if not strategy.SHARES_REFS and safe_files.is_plain_dir(ctx.path / ".git"):
+        # commands run from inside a clone act on this project (docs/faults.md row 22)
         write_owner_marker(ctx.path / ".git", ctx.project.repo.common_dir)
     changed = envfile.write_env_file(ctx.path, environment_for(ctx.project, ctx.agent, ctx.record))
     reran = lifecycle.run_setup(ctx)
-    strategy = strategies.get(ctx.record.strategy)
     observation = strategy.observe(ctx)
     did = None
     if observation.process is not None:

@@ -353,7 +353,8 @@ def take_back(ctx: EnvContext) -> None:
     common = ctx.project.repo.common_dir
     others = [
         r for r in ctx.project.store.load().agents.values()
-        if r.name != ctx.name and r.strategy == "container" and Path(r.path).exists() and any(g != HANDED_OVER for g in r.container_grants)
+        # only a container agent's record has grants (strategies/container.py)
+        if r.name != ctx.name and Path(r.path).exists() and any(g != HANDED_OVER for g in r.container_grants)
     ]
     group_left = not any((parse_user(r.container_user) or (0, 0))[1] == gid for r in others)
     with _acl_lock:

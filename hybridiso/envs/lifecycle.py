@@ -199,7 +199,7 @@ def create(ctx: EnvContext) -> None:
     t = time.monotonic()
     if git.init_submodules(ctx.path):
         record.timings["submodules"] = round(time.monotonic() - t, 3)
-    if record.strategy == "clone":
+    if not strategy.SHARES_REFS:  # a repository of its own
         clone_git_dir = git.git_dir(ctx.path)
         git.add_exclude(clone_git_dir, ENV_EXCLUDE)
         # a command run from inside the clone acts on this project (docs/faults.md row 22)
@@ -644,7 +644,8 @@ def remove(
     caller records that a removal began (a retry then finishes it).
     ``main``: the repository's refs as read before (valid until a removal)."""
     # a removal this record began (and judged) may have taken the marks already
-    if not ctx.record.extra.get("removing") and not ctx.project.proves_made(ctx.path, ctx.record.strategy, ctx.record.phase):
+    own_repository = not strategies.get(ctx.record.strategy).SHARES_REFS
+    if not ctx.record.extra.get("removing") and not ctx.project.proves_made(ctx.path, own_repository, ctx.record.phase):
         # a forged or stale record at somebody's directory: not even --force
         raise UserError(
             f"agent {ctx.name}: nothing shows hybridiso made {ctx.path} (no {envfile.ENV_FILE} of this project, "

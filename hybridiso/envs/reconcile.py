@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hybridiso import envfile, git, ready_marker
+from collections.abc import Mapping
+
+from hybridiso import envfile, git, ready_marker, strategies
 from hybridiso.services import branches as service_branches
 from hybridiso.names import env_var_for_port
 from hybridiso.project import Project
 from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, DatabaseBranch, State
-from hybridiso.strategies.clone import BASE_REMOTE
+from hybridiso.strategies.base import Strategy
 
 
 def adopt_from_reality(project: Project, state: State) -> list[str]:
@@ -36,24 +38,20 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
     admin = ready_marker.worktree_admin_dirs(project.repo.common_dir)
     for agent in missing:
         path = project.env_path(agent)
-        found = _found(path, worktrees.get(path), agent.branch_name)
+        env = envfile.read_env_file(path)
+        finished = ready_marker.is_marked(project.repo.common_dir, path, agent.name, admin)
+        found = _found(path, worktrees.get(path), env, agent.branch_name, finished)
         if found is None:
             continue
         strategy, branch = found
-        env = envfile.read_env_file(path)
-        if env.get("HYBRIDISO_STRATEGY") == "container" and strategy == "worktree":
-            strategy = "container"
         ports = _ports_from_env(env, agent.ports)
-        finished = ready_marker.is_marked(project.repo.common_dir, path, agent.name, admin)
-        if not finished and strategy == "clone":
-            branch = agent.branch_name  # git clone's own branch until the checkout: not the agent's
         state.agents[agent.name] = AgentRecord(
             name=agent.name,
-            strategy=strategy,
+            strategy=strategy.NAME,
             branch=branch,
             path=str(path),
             base=project.manifest.base,
-            base_commit=git.branch_created_at(path if strategy == "clone" else project.root, branch)
+            base_commit=git.branch_created_at(project.root if strategy.SHARES_REFS else path, branch)
             or git.resolve_commit(project.root, project.manifest.base),
             phase=PHASE_READY if finished else PHASE_CREATING,
             # only its default branch is surely hybridiso's: an explicit `branch:`
@@ -75,19 +73,16 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
     return adopted
 
 
-def _found(path: Path, wt: git.Worktree | None, branch_name: str) -> tuple[str, str] | None:
-    """(strategy, branch) of the environment git shows at ``path``, if any.
-    A clone whose branch is not checked out yet (git clone was killed) is
-    still ours when it has the remote every hybridiso clone starts with."""
-    if wt is not None and path.is_dir():
-        return ("worktree", wt.branch) if wt.branch else None
-    if not (path / ".git").is_dir() or (path / ".git").is_symlink():
-        return None
-    branch = git.current_branch(path)
-    if branch is not None:
-        return "clone", branch
-    if git.remote_url(path, BASE_REMOTE) is not None:
-        return "clone", branch_name
+def _found(path: Path, wt: git.Worktree | None, env: Mapping[str, str], branch_name: str, finished: bool) -> tuple[Strategy, str] | None:
+    """(strategy, branch) of the environment git shows at ``path``, if any:
+    each strategy is asked (``adopt``), first the one its env file names
+    (what wrote it: a container agent's worktree is a worktree too), then
+    the others in the registry's order."""
+    named = env.get("HYBRIDISO_STRATEGY", "")
+    for strategy in sorted(strategies.STRATEGIES.values(), key=lambda s: s.NAME != named):
+        branch = strategy.adopt(path, wt, env, branch_name, finished)
+        if branch is not None:
+            return strategy, branch
     return None
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hybridiso import cleanup, git, ports, safe_files, strategies
+from hybridiso.strategies import clone
 from hybridiso.output import plural
 from hybridiso.envs import lifecycle
 from hybridiso.gc import merged
@@ -120,12 +121,9 @@ def owns(ctx: EnvContext, d: Decision) -> list[str]:
     things = []
     if ctx.path.exists():
         things.append(f"directory {r.path}")
-    if r.strategy != "clone":
-        things.append("worktree metadata")
+    things += strategies.get(r.strategy).REMOVES  # worktree metadata, containers, ...
     if d.delete_branch:
         things.append(f"branch {r.branch}")
-    if r.strategy == "container":
-        things.append("containers, networks and volumes labelled for it")
     things += [f"port {n}={p}" for n, p in sorted(r.ports.items())]
     things += [f"database branch {db.name}" for db in r.databases.values()]
     return things
@@ -272,7 +270,7 @@ def orphan_clone_work(project: Project, path: Path) -> WorkReport:
     agent = next((a for a in project.manifest.agents if a.name == path.name), None)
     record = AgentRecord(
         name=path.name,
-        strategy="clone",
+        strategy=clone.NAME,  # a plain repository in the workspace: judged as a clone
         branch="",
         path=str(path),
         base=project.manifest.base,

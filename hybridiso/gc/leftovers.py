@@ -79,7 +79,9 @@ def _process_stopper(project: Project, state: State, name: str) -> Callable[[], 
 def docker_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     from hybridiso.containers import docker_client
 
-    uses_docker = any(a.image for a in project.manifest.agents) or any(r.strategy == "container" for r in state.agents.values())
+    from hybridiso import strategies
+
+    uses_docker = any(a.image for a in project.manifest.agents) or any(strategies.uses_docker(r.strategy) for r in state.agents.values())
     ok, why = docker_client.reachable()
     if not ok:
         if uses_docker:

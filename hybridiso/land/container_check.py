@@ -64,7 +64,9 @@ def strategy_of(project: Project, state: State, agent: Agent) -> str:
 
 def for_candidate(project: Project, state: State, agent: Agent) -> ImageCheck | None:
     """How the candidate's check runs in its image; None: on the host."""
-    if not agent.image or strategy_of(project, state, agent) != "container":
+    from hybridiso import strategies
+
+    if not agent.image or not strategies.uses_docker(strategy_of(project, state, agent)):
         return None
     return ImageCheck(project, state, agent)
 
@@ -75,7 +77,8 @@ class ImageCheck:
         # no environment yet: the agent's network exists for this check only
         self.own_network = record is None
         if record is None:
-            record = AgentRecord(name=agent.name, strategy="container", branch=agent.branch_name, path="", base=project.manifest.base)
+            strategy = strategy_of(project, state, agent)  # the one up would give it: for_candidate checked it runs under Docker
+            record = AgentRecord(name=agent.name, strategy=strategy, branch=agent.branch_name, path="", base=project.manifest.base)
         else:
             record = copy.deepcopy(record)  # what shaping the container notes is not the agent's record
         record.path = str(project.env_path(agent))  # where its worktree is mounted (never a record's say)

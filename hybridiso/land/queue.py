@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from hybridiso import git, output, process_groups, safe_files
+from hybridiso import git, output, planner, process_groups, safe_files, strategies
 from hybridiso.process import CommandError
 from hybridiso.errors import UserError
 from hybridiso.land import apply as applying
@@ -150,13 +150,14 @@ def candidates(project: Project, state: State, names: Sequence[str]) -> list[Can
     found = []
     for agent in agents:
         record = state.agents.get(agent.name)
-        strategy = record.strategy if record else "worktree"
+        strategy = record.strategy if record else planner.CHEAPEST
         env = project.env_path(agent) if record and project.record_problem(agent.name, record) is None else None
         if env is not None and not env.exists():
             env = None
-        if env is not None and strategy == "container":
+        known = strategies.find(strategy)
+        if env is not None and known is not None and known.UNTRUSTED_FILES:
             git.distrust(env)
-        where = env if strategy == "clone" and env is not None else project.root
+        where = env if known is not None and not known.SHARES_REFS and env is not None else project.root
         found.append(Candidate(agent, agent.branch_name, strategy, where, env))
     return found
 

@@ -158,7 +158,7 @@ def _plan(
     skipped: dict[str, str] = {}
     usable = []
     for strategy in wanted:
-        why = _container_unavailable(image) if strategy == "container" else None
+        why = _container_unavailable(image) if strategies.get(strategy).USES_DOCKER else None
         if why:
             skipped[strategy] = why
         else:
@@ -171,7 +171,7 @@ def _plan(
         for strategy in usable:
             name = f"{strategy[:4]}{i}"
             extra: dict[str, object] = {"isolation": strategy}
-            if strategy == "container":
+            if strategies.get(strategy).USES_DOCKER:
                 extra.update(image=image, command=["sh", "-c", "sleep 3600"])
             agents.append(Agent.model_validate({"name": name, **extra}))
             plan.append((strategy, name))
@@ -224,15 +224,15 @@ def _measure_fetches(main: Path, results: dict[str, StrategyResult], contexts: l
     up to date costs."""
     shared_fetch: measure.Fetch | None = None
     for strategy, result in results.items():
-        if strategy in ("worktree", "container"):
+        if strategies.get(strategy).SHARES_REFS:
             if shared_fetch is None:
                 shared_fetch = measure.timed_fetch(main, "origin")
             # the same single fetch of the shared object store serves
             # every worktree and container env: count it for each group
             result.fetches, result.fetch_seconds, result.fetch_bytes = 1, shared_fetch.seconds, shared_fetch.bytes
             result.fetch_note = "one fetch of the shared object store serves every worktree and container"
-        elif strategy == "clone":
-            for c in (c for c in contexts if c.record.strategy == "clone"):
+        else:  # a repository of its own fetches on its own
+            for c in (c for c in contexts if c.record.strategy == strategy):
                 f = measure.timed_fetch(c.path, "origin")
                 result.fetches += 1
                 result.fetch_seconds += f.seconds

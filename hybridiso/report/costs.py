@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import git, json_data, output, safe_files
+from hybridiso import git, json_data, output, safe_files, strategies
 from hybridiso.output import plural
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, AgentRecord
@@ -127,7 +127,7 @@ class Rates:
         # a worktree and a local clone lay files at about the same rate
         # (the design's measured table: 0.92 s and 0.88 s for 11.9k files); a container's
         # create is its worktree's
-        laid = [r for s in ("worktree", "clone", "container") for r in self.per_file.get(s, [])]
+        laid = [r for s in strategies.STRATEGIES for r in self.per_file.get(s, [])]
         return statistics.median(laid) if laid else None
 
 
@@ -169,8 +169,8 @@ class Projection:
         if totals:
             return Estimate(disk, round(statistics.median(totals), 2), startup_measured=True)
         rate = self.rates.rate(strategy)
-        if rate is None or self.tree is None or strategy == "container":
-            return Estimate(disk, None)  # a container's start is never guessed
+        if rate is None or self.tree is None or strategies.uses_docker(strategy):
+            return Estimate(disk, None)  # a container's start (engine, image) is never guessed
         return Estimate(disk, round(max(0.01, rate * self.tree.files), 2))
 
     def _disk(self, strategy: str) -> int | None:
@@ -178,14 +178,16 @@ class Projection:
         if t is None:
             return None
         env_files = 2 * t.block  # the .git link and the env file hybridiso writes
-        if strategy == "clone":
+        known = strategies.find(strategy)
+        if known is not None and not known.SHARES_REFS:  # a repository of its own: its git dir and objects
             git_dir = _blocks(t.index_bytes, t.block) + CLONE_GIT_BLOCKS * t.block
             return t.allocated_bytes + t.block + git_dir + self.objects_bytes
         return t.allocated_bytes + env_files
 
-    def describe(self, strategies: Iterable[str] = ("worktree", "clone", "container")) -> str:
-        """The footnote for figures of ``strategies``: where each kind came from."""
-        estimates = [self.for_strategy(s) for s in strategies]
+    def describe(self, names: Iterable[str] | None = None) -> str:
+        """The footnote for figures of the strategies ``names`` (default: all):
+        where each kind came from."""
+        estimates = [self.for_strategy(s) for s in (strategies.STRATEGIES if names is None else names)]
         parts = [self.measured.describe()] if self.measured is not None else []
         if self.tree is None:
             return "; ".join(parts or ["unknown: the base names no tree to measure"])

@@ -7,18 +7,19 @@ import os
 import platform
 from typing import Any
 
+from hybridiso import strategies
 from hybridiso.report.compare import Comparison
 
 SCHEMA_VERSION = 1
 METRICS = ("disk_bytes_per_env", "fetch_seconds", "startup_seconds")
 # one order of the strategies in every report, live or compare, every format
-# (issue 16: the two ordered them differently); strategies added later go
-# after these, by name
-STRATEGY_ORDER = ("worktree", "clone", "container")
+# (issue 16: the two ordered them differently): the registry's; a name it
+# does not know goes after these, by name
 
 
 def strategy_key(name: str) -> tuple[int, str]:
-    return (STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
+    order = list(strategies.STRATEGIES)
+    return (order.index(name) if name in order else len(order), name)
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:

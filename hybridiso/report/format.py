@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hybridiso import strategies
 from hybridiso.output import human_bytes, plural, table
 
 HEADERS = ["STRATEGY", "ENVS", "DISK/ENV", "x", "FETCHES", "FETCH BYTES", "FETCH TIME", "x", "STARTUP", "x"]
-# one colour per strategy in every chart (issue 16: colours went by position,
-# so worktree was blue in one report and green in the next)
-STRATEGY_COLOURS = {"worktree": "#2f6fb0", "clone": "#c0692b", "container": "#3b8f5a"}
+# one colour per strategy in every chart (issue 16: colours went by position
+# in the report, so worktree was blue in one report and green in the next):
+# by the strategy's place in the registry, which never changes between reports
+PALETTE = ("#2f6fb0", "#c0692b", "#3b8f5a", "#8a4fb3", "#b38f2f", "#2fa3a3")
+STRATEGY_COLOURS = dict(zip(strategies.STRATEGIES, PALETTE, strict=False))
 OTHER_COLOUR = "#6b7480"  # a strategy this version has no colour for
 
 

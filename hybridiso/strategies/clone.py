@@ -15,16 +15,20 @@ has the measurements behind the choice of ``--local`` over ``--shared``,
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from hybridiso import cleanup, envfile, git, output, safe_files
 from hybridiso.env_context import EnvContext
-from hybridiso.strategies.base import Observation, host_setup
+from hybridiso.strategies import base
+from hybridiso.strategies.base import Observation
 from hybridiso.work.inventory import MainRepo, SnapshotPlan, WorkReport, add_submodule_work, store_work
 
 NAME = "clone"
 SHARES_REFS = False
+USES_DOCKER = False
+UNTRUSTED_FILES = False
+REMOVES: tuple[str, ...] = ()  # its refs, config and objects are in its directory
 BASE_REMOTE = "hybridiso-base"
 
 
@@ -96,10 +100,6 @@ def _from(repo: Path, url: str) -> str:
     return str((repo / url).resolve())
 
 
-def start(ctx: EnvContext) -> str | None:
-    return None
-
-
 def remove(ctx: EnvContext) -> None:
     cleanup.remove_tree_or_explain(ctx.path, f"agent {ctx.name}")
 
@@ -160,8 +160,65 @@ def _git_dir_problem(path: Path) -> tuple[str, str]:
     return "", ""
 
 
-def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
-    return list(argv), ctx.path
+def adopt(path: Path, worktree: git.Worktree | None, env: Mapping[str, str], branch_name: str, finished: bool) -> str | None:
+    """A repository of its own at ``path``.  One whose branch is not checked
+    out yet (git clone was killed) is still ours when it has the remote
+    every hybridiso clone starts with; until its checkout finished, its
+    branch is git clone's own, not the agent's."""
+    if worktree is not None or not (path / ".git").is_dir() or (path / ".git").is_symlink():
+        return None
+    branch = git.current_branch(path)
+    if branch is None and git.remote_url(path, BASE_REMOTE) is None:
+        return None
+    return branch if branch is not None and finished else branch_name
 
 
-run_setup = host_setup  # setup runs in the environment's directory, on the host
+def take_base(ctx: EnvContext, base_commit: str, base_ref: str | None) -> str | None:
+    """``sync``: a clone takes base from the local repository (remote
+    ``hybridiso-base``), never from the network; its view of ``origin`` is
+    mirrored from the local repository's fresh one, so ``gc`` sees upstream
+    branches that were deleted.  Returns the clone's name for base's ref
+    (None for a commit id)."""
+    path, root = ctx.path, ctx.project.root
+    mine = None
+    if base_ref:
+        short = base_ref.removeprefix("refs/heads/") if base_ref.startswith("refs/heads/") else base_ref.removeprefix("refs/")
+        mine = f"refs/remotes/{BASE_REMOTE}/{short}"
+        before = git.resolve_commit(path, mine)
+        git.fetch(path, BASE_REMOTE, f"+{base_ref}:{mine}")
+        if base_ref.startswith("refs/heads/"):
+            _follow_stale_copy(path, short, before, git.resolve_commit(path, mine))
+    elif not git.has_object(path, base_commit):
+        git.fetch(path, BASE_REMOTE, base_commit)
+    origin = git.remote_url(root, "origin")
+    if origin and git.remote_url(path, "origin") == origin and git.has_refs_under(root, "refs/remotes/origin/"):
+        git.fetch(path, BASE_REMOTE, "+refs/remotes/origin/*:refs/remotes/origin/*", prune=True)
+    return mine
+
+
+def _follow_stale_copy(path: Path, branch: str, before: str | None, after: str | None) -> None:
+    """Clones made before hybridiso deleted it keep git clone's local copy of
+    base (``main``), which nothing moved: where it holds nothing of its own
+    (it is in what base was), it follows base, so what base dropped (docs/faults.md
+    row 35) goes from it too.  One with commits of its own is the agent's."""
+    tip = git.branch_commit(path, branch)
+    if tip is None or before is None or after is None or tip == after or git.current_branch(path) == branch:
+        return
+    if git.is_ancestor(path, tip, before):
+        git.run(path, "update-ref", f"refs/heads/{branch}", after, tip)
+
+
+# the repository's ignore rules may have changed (or predate them in the
+# clone): refreshed before sync judges its files, so what it ignores is not "dirty"
+before_sync = copy_ignore_rules
+
+# a directory on the host: the rest is the shared default
+start = base.start_nothing
+exec_argv = base.exec_in_directory
+after_exec = base.exit_code_as_is
+run_setup = base.host_setup  # setup runs in the environment's directory, on the host
+rebase = base.host_rebase
+rebase_by_hand = base.rebase_in_directory
+ports_taken_by_others = base.no_ports_taken
+render = base.no_compose_file
+planned_boundary = base.no_boundary

@@ -38,17 +38,22 @@ from hybridiso.containers import engine_apply
 from hybridiso.containers import netguard
 from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import Cancelled, UserError
+from hybridiso.process import CommandError
 from hybridiso.manifest import Command
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, ProcessGroup
 from hybridiso.strategies import worktree
 from hybridiso.setup_runner import LogFile
 from hybridiso.env_context import EnvContext
+from hybridiso.strategies import base
 from hybridiso.strategies.base import Observation, host_setup
 from hybridiso.work.inventory import MainRepo, WorkReport
 
 NAME = "container"
 SHARES_REFS = True
+USES_DOCKER = True
+UNTRUSTED_FILES = True  # its processes write the worktree and its git dir
+REMOVES: tuple[str, ...] = ("worktree metadata", "containers, networks and volumes labelled for it")
 AGENT_SERVICE = "agent"
 
 
@@ -77,6 +82,21 @@ def render(ctx: EnvContext) -> Path:
     from hybridiso.containers.compose_file import write_compose
 
     return write_compose(build_spec(ctx), compose_file(ctx), ctx.project.store.anchor)
+
+
+def planned_boundary(ctx: EnvContext) -> dict[str, object]:
+    """What the agent's container will get (issue 12: ``plan`` says it)."""
+    from hybridiso.containers.build import planned_boundary as planned
+
+    return planned(ctx)
+
+
+def adopt(path: Path, worktree_entry: git.Worktree | None, env: Mapping[str, str], branch_name: str, finished: bool) -> str | None:
+    """A worktree whose env file says it is a container agent's (its
+    containers are never recorded: Docker's labels find them)."""
+    if env.get("HYBRIDISO_STRATEGY") != NAME:
+        return None
+    return worktree.adopt(path, worktree_entry, env, branch_name, finished)
 
 
 def create(ctx: EnvContext) -> None:
@@ -609,20 +629,20 @@ def observe(ctx: EnvContext) -> Observation:
     ok, _why = docker_client.reachable()
     if ctx.path.is_dir():
         collect(ctx)  # its branch as the agent left it (status, sync, gc)
-    base = worktree.observe(ctx)
+    files = worktree.observe(ctx)
     if not ok:
-        return Observation(base.exists, base.registered, base.branch, base.head, "docker unreachable", base.problems)
+        return Observation(files.exists, files.registered, files.branch, files.head, "docker unreachable", files.problems)
     info = _agent_container(ctx)
     process = info.describe() if info is not None else "no container"
-    problems = base.problems
-    if info is None and ctx.record.phase == PHASE_READY and base.exists:
+    problems = files.problems
+    if info is None and ctx.record.phase == PHASE_READY and files.exists:
         problems = (*problems, "its container is gone: `hybridiso up` starts it again")
     boundary = None
     if info is not None:
         boundary = {**info.boundary, "network": _network_observed(ctx, info)}
         if boundary["network"].startswith("NOT ISOLATED"):
             problems = (*problems, f"network isolation is not in force ({boundary['network']}): `hybridiso up {ctx.name}` restores it")
-    return Observation(base.exists, base.registered, base.branch, base.head, process, problems, boundary)
+    return Observation(files.exists, files.registered, files.branch, files.head, process, problems, boundary)
 
 
 def _network_observed(ctx: EnvContext, info: docker_client.ContainerInfo) -> str:
@@ -675,6 +695,23 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
     report = worktree.inventory(ctx, main, submodules=False)
     container_git.add_work(ctx, main, report)
     return report
+
+
+def after_exec(ctx: EnvContext, argv: Sequence[str], code: int) -> int:
+    """What the agent committed is on its branch when ``exec`` returns."""
+    if code == 126:
+        # older engines (20.10) say 126 for a command that is not there at all
+        code = exec_failure_code(ctx, argv[0])
+    try:
+        collect(ctx)
+    except (UserError, CommandError) as e:
+        output.warn(f"{ctx.name}: its commits were not brought to its branch ({str(e).splitlines()[0][:200]}); `hybridiso status` tries again")
+    return code
+
+
+def rebase_by_hand(agent: str, base_name: str) -> str:
+    """Inside its container, onto the base as it sees it there."""
+    return f"`hybridiso exec {agent} -- git rebase host/{base_name}`"
 
 
 def exec_failure_code(ctx: EnvContext, program: str) -> int:
@@ -825,3 +862,9 @@ def rebase_inside(ctx: EnvContext, onto: str, upstream: str | None) -> git.Rebas
     conflicts = tuple(n for n in names.split("\0") if n.strip()) if aborted == 0 else ()
     last = text.strip().splitlines()[-1] if text.strip() else f"exit {code}"
     return git.RebaseResult(False, conflicts, last[:300])
+
+
+rebase = rebase_inside
+# the files are the worktree strategy's, and sync reads base where it does
+before_sync = base.nothing_to_refresh
+take_base = base.base_as_is

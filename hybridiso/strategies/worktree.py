@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from hybridiso import cleanup, git
 from hybridiso.process import CommandError
 from hybridiso.env_context import EnvContext
-from hybridiso.strategies.base import Observation, host_setup
+from hybridiso.strategies import base
+from hybridiso.strategies.base import Observation
 from hybridiso.work.inventory import (
     MainRepo,
     SnapshotPlan,
@@ -25,6 +26,9 @@ from hybridiso.work.inventory import (
 
 NAME = "worktree"
 SHARES_REFS = True
+USES_DOCKER = False
+UNTRUSTED_FILES = False
+REMOVES: tuple[str, ...] = ("worktree metadata",)
 
 
 def _find(ctx: EnvContext) -> git.Worktree | None:
@@ -50,10 +54,6 @@ def create(ctx: EnvContext) -> None:
         git.worktree_add(repo, path, branch, ctx.record.track, track=True)  # `branch: feature` only origin has
     else:
         git.worktree_add(repo, path, branch, ctx.record.base_commit)
-
-
-def start(ctx: EnvContext) -> str | None:
-    return None
 
 
 def remove(ctx: EnvContext) -> None:
@@ -205,8 +205,22 @@ def _stash_made_here(ctx: EnvContext, main: MainRepo, visited: set[str], head_re
     return [f"{entries} made here ({', '.join(mine)}) stay in the repository's shared stash (`git stash list`)"]
 
 
-def exec_argv(ctx: EnvContext, argv: Sequence[str], env: dict[str, str]) -> tuple[list[str], Path | None]:
-    return list(argv), ctx.path
+def adopt(path: Path, worktree: git.Worktree | None, env: Mapping[str, str], branch_name: str, finished: bool) -> str | None:
+    """A worktree git lists at ``path``, on a branch."""
+    if worktree is not None and path.is_dir():
+        return worktree.branch
+    return None
 
 
-run_setup = host_setup  # setup runs in the environment's directory, on the host
+# a plain directory on the host: every other member is the shared default
+start = base.start_nothing
+exec_argv = base.exec_in_directory
+after_exec = base.exit_code_as_is
+run_setup = base.host_setup  # setup runs in the environment's directory, on the host
+before_sync = base.nothing_to_refresh
+take_base = base.base_as_is
+rebase = base.host_rebase
+rebase_by_hand = base.rebase_in_directory
+ports_taken_by_others = base.no_ports_taken
+render = base.no_compose_file
+planned_boundary = base.no_boundary
