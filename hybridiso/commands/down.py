@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 results.append({"agent": name, "action": "refused", "reason": e.message})
                 continue
             finally:
-                if ctx.record.extra.get("removing"):
+                if ctx.record.removing:
                     main = None  # refs changed (a backup, a deleted branch): read them again
             del state.agents[name]
             project.store.save(state)
@@ -115,7 +115,7 @@ def _removing(project: Project, state: State, record: AgentRecord) -> None:
     """On disk before anything is deleted: a removal that stops half-way
     (files it cannot delete) is finished by the next run, whose work check
     then no longer counts the .git link it already took (lifecycle.work_at_risk)."""
-    record.extra["removing"] = True
+    record.removing = True
     project.store.save(state)
 
 

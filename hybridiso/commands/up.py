@@ -231,7 +231,7 @@ def converge(
                     outcome = f.result()
                     outcomes.append(outcome)
                     output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width, outcome.note)
-                    if futures[f].record.extra.get("rolled_back"):
+                    if futures[f].record.rolled_back:
                         state.agents.pop(outcome.name, None)
                     if outcome.ok and outcome.action == UP_TO_DATE:
                         # nothing of it changed on disk: one save at the end
@@ -348,7 +348,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
             error = "the disk is full (No space left on device)"
             try:
                 lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
-                ctx.record.extra["rolled_back"] = True
+                ctx.record.rolled_back = True
                 error += "; what it had made is rolled back"
             except Exception:  # noqa: BLE001 - the record stays marked creating: the next up retries
                 error += "; rolling back failed too: the next `hybridiso up` retries"

@@ -55,6 +55,13 @@ def _git_identity(ctx: EnvContext) -> dict[str, str]:
     return env
 
 
+def _taken_identity(ctx: EnvContext) -> dict[str, str]:
+    """The identity recorded when the agent was made, taken now if it never was."""
+    if ctx.record.git_identity is None:
+        ctx.record.git_identity = _git_identity(ctx)
+    return ctx.record.git_identity
+
+
 def network_mode(ctx: EnvContext) -> str:
     """How the agent's network is shaped: one of the modes above, or
     ``refused: <why>`` for an isolated agent this machine cannot isolate
@@ -127,7 +134,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         **service_env,
         # taken once, when the agent is made: a later shell with other
         # GIT_AUTHOR_* must not change the config (and recreate a running agent)
-        **ctx.record.extra.setdefault("git_identity", _git_identity(ctx)),
+        **_taken_identity(ctx),
         "HOME": "/tmp",  # the agent's uid has no home in the image
     }
     if container_user.needs_grants(uid) and "GIT_CONFIG_COUNT" not in env:

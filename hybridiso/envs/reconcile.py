@@ -63,7 +63,8 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
             ports=ports,
             setup_hash="",
             # a half-made one is rolled back by the next up: it owns its directory
-            extra={"adopted": True, **({} if finished else {"owns_path": True})},
+            adopted=True,
+            owns_path=not finished,
         )
         # database branch names are deterministic: the record owns them again
         # (so `down` drops them and gc never takes them for leftovers)

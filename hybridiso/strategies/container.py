@@ -40,7 +40,7 @@ from hybridiso.envfile import ENV_FILE
 from hybridiso.errors import Cancelled, UserError
 from hybridiso.manifest import Command
 from hybridiso.project import Project
-from hybridiso.state import PHASE_READY, ProcessGroup
+from hybridiso.state import GIT_IN_CONTAINER_MISSING, GIT_IN_CONTAINER_OK, PHASE_READY, ProcessGroup
 from hybridiso.strategies import worktree
 from hybridiso.setup_runner import LogFile
 from hybridiso.env_context import EnvContext
@@ -201,7 +201,7 @@ def start(ctx: EnvContext) -> str:
     assert ctx.agent is not None and ctx.agent.image
     docker_client.client()  # Docker unreachable: say so before anything else (docs/faults.md row 12)
     docker_client.ensure_image(ctx.agent.image)
-    ctx.record.extra["image"] = ctx.agent.image  # down fixes ownership with it, even once the manifest forgets the agent
+    ctx.record.image = ctx.agent.image  # down fixes ownership with it, even once the manifest forgets the agent
     spec, path = _prepare(ctx)
     # ready means healthy where anything has a healthcheck: the manifest's,
     # the image's own HEALTHCHECK, or the services'
@@ -250,7 +250,7 @@ def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
         # made by a hybridiso that ran containers as root, or a record rebuilt from reality
         _hand_over(ctx, uid, gid)
     container_git.publish_base(ctx)
-    container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.extra.get("included", [])])
+    container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.included])
     t = time.monotonic()
     if not _network_ready(ctx, path, mode):
         return _prepare(ctx)  # the engine's networks are out of reach: the manifest's weaker mode, rendered anew
@@ -435,10 +435,10 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
         probe = "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"
         code, text = docker_client.exec_in(info.id, ["sh", "-c", probe], user=_exec_user(ctx), workdir=str(ctx.path), environment={"HOME": "/tmp"})
     if code == 0:
-        ctx.record.extra["git_in_container"] = "ok"
+        ctx.record.git_in_container = GIT_IN_CONTAINER_OK
         return
     if code in (126, 127):
-        ctx.record.extra["git_in_container"] = "image has no git"
+        ctx.record.git_in_container = GIT_IN_CONTAINER_MISSING
         with _no_git_lock:  # issue 16: said once per image id, not on every up (nor per agent)
             first = not remembered and known not in _no_git_said
             _no_git_said.add(known)
@@ -497,7 +497,7 @@ def remove(ctx: EnvContext) -> None:
                 pass  # labels below catch what compose could not
         docker_client.remove_labelled(agent_labels(ctx))
         docker_client.remove_volumes(inherited)
-        image = ctx.agent.image if ctx.agent is not None else ctx.record.extra.get("image")
+        image = ctx.agent.image if ctx.agent is not None else (ctx.record.image or None)
         fix_ownership(ctx.path, image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
         fix_ownership(container_git.area(ctx), image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
     elif ctx.path.exists():
@@ -762,7 +762,7 @@ def rebase_inside(ctx: EnvContext, onto: str, upstream: str | None) -> git.Rebas
     info = _agent_container(ctx)
     if info is None or info.status != "running":
         return git.RebaseResult(False, error=f"its container is not running; `hybridiso up {ctx.name}` starts it, then sync again")
-    if ctx.record.extra.get("git_in_container") == "image has no git":
+    if ctx.record.git_in_container == GIT_IN_CONTAINER_MISSING:
         return git.RebaseResult(False, error="its image has no git, and the host never rebases in the agent's own repository")
     user, where = _exec_user(ctx), str(ctx.path)
     container_git.publish_base(ctx, onto)
