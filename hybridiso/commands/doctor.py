@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from hybridiso import git, output, ports
 from hybridiso.report import costs
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         checks += [check_disk(project), check_ports(project, state), *check_databases(project, state), *check_state(project, state)]
         checks += [*check_isolation(containers), *check_leased_ports(project, state)]
     if args.json:
-        output.print_json([asdict(c) for c in checks])
+        output.print_json(checks)
     else:
         rows = [[c.status, c.name, c.detail, c.fix or "-"] for c in checks]
         output.print_table(rows, ["STATUS", "CHECK", "FOUND", "FIX"])

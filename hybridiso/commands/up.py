@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Literal
 
 from hybridiso import git, output, ports, ready_marker, safe_files, strategies
 from hybridiso.envs import branches
@@ -32,7 +33,12 @@ from hybridiso.env_context import EnvContext
 
 HELP = "create or update agents' environments to match the manifest"
 MAX_JOBS = 256
-UP_TO_DATE = "Up to date"
+
+# what up does with an agent: make its environment, or check the one it has
+UpAction = Literal["create", "update"]
+# what it did (the progress line's word, and up --json's "action")
+UpResult = Literal["Created", "Recreated", "Restarted", "Set up", "Updated", "Up to date", "Failed", "Kept", "Cancelled"]
+UP_TO_DATE: UpResult = "Up to date"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 class Outcome:
     name: str
     strategy: str
-    action: str
+    action: UpResult
     ok: bool
     seconds: float
     error: str | None = None
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             record = state.agents.get(o.name)
             if record is not None:
                 o.path, o.ports = record.path, dict(record.ports)
-        output.print_json([o.__dict__ for o in outcomes])
+        output.print_json(outcomes)
     failed = [o for o in outcomes if not o.ok]
     if failed:
         details = "\n".join(f"  {o.name}: {o.error}" for o in failed)
@@ -194,7 +200,7 @@ def converge(
     leases = _lease_ports(project, state, selected)  # fails before anything is created (docs/faults.md row 14)
     git.add_exclude(project.repo.common_dir, ENV_EXCLUDE)
     refs = refs if refs is not None else branches.Refs.read(project.root)  # once for every agent's branch question
-    todo: list[tuple[EnvContext, str]] = []
+    todo: list[tuple[EnvContext, UpAction]] = []
     refused: list[Outcome] = []
     for p in selected:
         try:
@@ -279,7 +285,7 @@ def _release_unrecorded(project: Project, state: State, selected: list[AgentPlan
 
 def _prepare_one(
     project: Project, state: State, p: AgentPlan, base_commit: str, leased: dict[str, int], refs: branches.Refs
-) -> tuple[EnvContext, str]:
+) -> tuple[EnvContext, UpAction]:
     """One agent's action, with its record ready to be saved as the journal.
     A UserError is this agent's failure; its record is left as it was (a
     half-made one stays ``creating`` for the next run) or not made at all."""
@@ -328,13 +334,13 @@ def _prepare_one(
     return ctx, "create"
 
 
-def _one(ctx: EnvContext, action: str) -> Outcome:
+def _one(ctx: EnvContext, action: UpAction) -> Outcome:
     started = time.monotonic()
     strategy = ctx.record.strategy
     try:
         if action == "create":
             lifecycle.create(ctx)
-            verb = "Created"
+            verb: UpResult = "Created"
         else:
             verb = _update(ctx)
         return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started, note=_note(ctx, action))
@@ -355,7 +361,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
         return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error)
 
 
-def _note(ctx: EnvContext, action: str) -> str:
+def _note(ctx: EnvContext, action: UpAction) -> str:
     if action == "create" and ctx.record.clone_objects == git.CLONE_COPIED:
         # docs/faults.md row 36: say it, it costs the whole object store again on disk
         return "objects copied, not hard-linked: the workspace is on another file system than the repository"
@@ -376,7 +382,7 @@ def _space_left(path: Path) -> int:
     return LOW_SPACE
 
 
-def _update(ctx: EnvContext) -> str:
+def _update(ctx: EnvContext) -> UpResult:
     """An existing env: refresh its env file, re-run setup if its inputs
     changed, restart what should run."""
     from hybridiso import envfile

@@ -615,7 +615,7 @@ def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
         ways.append("bring it onto the agent's branch (or push it)")
     if losing.worktrees:
         ways.append(f"bring the commits of its linked worktrees onto a branch and remove them (`git -C {ctx.path} worktree remove <path>`)")
-    if any(r.startswith("remote-tracking ref ") for r in losing.refs):
+    if any(t.category == "refs" and t.key.startswith("refs/remotes/") for t in losing.tips):
         ways.append("fetch or push those commits into the repository (only its own refs prove a commit safe)")
     if losing.submodules:
         ways.append("push the submodules' commits")

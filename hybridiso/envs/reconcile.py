@@ -22,7 +22,7 @@ from hybridiso import envfile, git, ready_marker
 from hybridiso.services import branches as service_branches
 from hybridiso.names import env_var_for_port
 from hybridiso.project import Project
-from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, DatabaseBranch, State
+from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
 from hybridiso.strategies.clone import BASE_REMOTE
 
 
@@ -70,7 +70,7 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
         # (so `down` drops them and gc never takes them for leftovers)
         # (their baselines are read back from the databases' comments)
         state.agents[agent.name].databases = {
-            svc: DatabaseBranch(b["name"], b["server"]) for svc, b in service_branches.planned_branches(project, agent).items()
+            svc: b.record() for svc, b in service_branches.planned_branches(project, agent).items()
         }
         adopted.append(agent.name)
     return adopted

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from hybridiso import git, json_data, process_groups, safe_files
-from hybridiso.gc.rules import Finding
+from hybridiso.gc.rules import Finding, Kind
 from hybridiso.process import CommandError
 from hybridiso.project import Project
 from hybridiso.state import ProcessGroup, State, lock_holder
 
-LAND_SCRATCH = "land-scratch"
-LAND_CHECK = "land-check"
-LAND_DATABASE = "land-database"
+LAND_SCRATCH: Kind = "land-scratch"
+LAND_CHECK: Kind = "land-check"
+LAND_DATABASE: Kind = "land-database"
 
 
 def land_dir(project: Project) -> Path:

@@ -38,7 +38,7 @@ def plan(project: Project, agent: Agent) -> list[CheckDatabase]:
     planned = []
     for service, b in sorted(branches.planned_branches(project, agent).items()):
         name = f"{branches.branch_prefix(project)}land_{secrets.token_hex(4)}_{service.lower()}"
-        planned.append(CheckDatabase(service, b["server"], b["template"], _cut(name)))
+        planned.append(CheckDatabase(service, b.server, b.template, _cut(name)))
     return planned
 
 

@@ -17,6 +17,7 @@ from hybridiso.state import ProcessGroup
 from hybridiso.work.inventory import MainRepo, WorkReport
 
 if TYPE_CHECKING:
+    from hybridiso.containers.docker_client import ContainerInfo, StartAction
     from hybridiso.setup_runner import LogFile
 
 
@@ -30,6 +31,10 @@ class Observation:
     problems: tuple[str, ...] = ()
     # what a container agent gets, read from Docker (user, capabilities, ...): status shows it
     boundary: Mapping[str, Any] | None = None
+    # a container agent's container as Docker lists it (None: none, or Docker
+    # was not asked): what ``process`` says in words, for code to read
+    container: ContainerInfo | None = None
+    docker_reachable: bool = True
 
 
 def host_setup(
@@ -59,7 +64,7 @@ class Strategy(Protocol):
     def create(self, ctx: EnvContext) -> None:
         """Lay down the environment's files and branch at ``ctx.path``."""
 
-    def start(self, ctx: EnvContext) -> str | None:
+    def start(self, ctx: EnvContext) -> StartAction | None:
         """Make what should run match its config and run (containers): returns
         what it did (created, recreated, started, unchanged); None for plain
         directories, which run nothing."""

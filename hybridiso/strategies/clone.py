@@ -96,7 +96,7 @@ def _from(repo: Path, url: str) -> str:
     return str((repo / url).resolve())
 
 
-def start(ctx: EnvContext) -> str | None:
+def start(ctx: EnvContext) -> None:
     return None
 
 

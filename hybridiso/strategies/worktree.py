@@ -52,7 +52,7 @@ def create(ctx: EnvContext) -> None:
         git.worktree_add(repo, path, branch, ctx.record.base_commit)
 
 
-def start(ctx: EnvContext) -> str | None:
+def start(ctx: EnvContext) -> None:
     return None
 
 
