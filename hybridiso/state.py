@@ -294,7 +294,7 @@ class StateStore:
                     print(f"hybridiso: waiting for the repository lock held by {holder}", file=sys.stderr, flush=True)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} (hybridiso {command})\n".encode(), 0)
+            os.pwrite(fd, f"{LockHolder(os.getpid(), command).describe()}\n".encode(), 0)
             yield
         finally:
             with contextlib.suppress(OSError):
@@ -568,6 +568,32 @@ def lock_is_free(path: Path) -> bool:
     finally:
         os.close(fd)  # also releases the probe's lock
     return True
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a lock, as its file says: the line ``describe`` wrote
+    there is what a waiting run shows, and what ``read`` reads back."""
+
+    pid: int
+    command: str  # the hybridiso command: up, down, land, ...
+
+    def describe(self) -> str:
+        return f"pid {self.pid} (hybridiso {self.command})"
+
+    @classmethod
+    def read(cls, text: str) -> LockHolder | None:
+        m = _HOLDER_RE.fullmatch(text.strip())
+        return cls(int(m.group(1)), m.group(2)) if m else None
+
+
+_HOLDER_RE = re.compile(r"pid (\d+) \(hybridiso ([a-z-]+)\)")
+
+
+def holder_of(path: Path) -> LockHolder | None:
+    """The hybridiso run that holds the lock at ``path`` now, if its file names one."""
+    holder = lock_holder(path)
+    return LockHolder.read(holder) if holder is not None else None
 
 
 def lock_holder(path: Path) -> str | None:

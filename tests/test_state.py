@@ -309,3 +309,21 @@ def test_a_process_group_that_would_signal_too_much_is_not_trusted(tmp_path: Pat
         store.path.write_text(json.dumps({"version": V, "agents": {"a": {**GOOD, "setup_processes": [group]}}}))
         state = store.load()
         assert "a" not in state.agents and state.rebuilt_from, (pgid, token)
+
+
+def test_the_lock_file_names_its_holder_in_words_and_is_read_back_as_a_record(tmp_path: Path) -> None:
+    # status tells an `up` in progress from a creation an earlier run left
+    # by the holder's command, read as a LockHolder, not by a regex over the words
+    from hybridiso.state import LockHolder, holder_of, lock_holder
+
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    assert holder_of(store.lock_path) is None
+    with store.locked("up", wait_message=False):
+        import os
+
+        assert lock_holder(store.lock_path) == f"pid {os.getpid()} (hybridiso up)"
+        assert holder_of(store.lock_path) == LockHolder(os.getpid(), "up")
+    assert holder_of(store.lock_path) is None
+    assert LockHolder.read("pid 12 (hybridiso land)") == LockHolder(12, "land")
+    assert LockHolder.read("pid 12 (somebody else)") is None

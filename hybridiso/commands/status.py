@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.errors import UserError
 from hybridiso.process import CommandError
-from hybridiso.state import PHASE_READY, AgentRecord, SetAside, State, lock_holder
+from hybridiso.state import PHASE_READY, AgentRecord, LockHolder, SetAside, State, holder_of
 from hybridiso.strategies.base import Observation
 from hybridiso.output import NOT_IN_JSON, plural
 
@@ -79,7 +78,7 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
     wanted = [n for n in manifest_names + recorded if not names or n in names]
     # an `up` running now holds the lock: its 'creating' records are in
     # progress, not interrupted, and their directories may not exist yet
-    holder = _creator(lock_holder(project.store.lock_path))
+    holder = _creator(holder_of(project.store.lock_path))
 
     def one(name: str) -> AgentStatus:
         aside = state.set_aside.get(name)
@@ -235,12 +234,11 @@ def _observe(
     return st
 
 
-def _creator(holder: str | None) -> str | None:
+def _creator(holder: LockHolder | None) -> str | None:
     """The running `up` that holds the lock ("hybridiso up, pid N"), if one
     does: only `up` creates environments; under any other holder a
     'creating' record was left by an earlier run."""
-    m = re.fullmatch(r"pid (\d+) \(hybridiso up\)", holder or "")
-    return f"hybridiso up, pid {m.group(1)}" if m else None
+    return f"hybridiso up, pid {holder.pid}" if holder is not None and holder.command == "up" else None
 
 
 def git_link_problem(path: Path) -> str | None:
