@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Literal
 
 from hybridiso import git, output, ports
 from hybridiso.report import costs
@@ -39,10 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_json_flag(p)
 
 
+CheckStatus = Literal["ok", "warn", "fail"]
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
-    status: str  # ok | warn | fail
+    status: CheckStatus
     detail: str
     fix: str = ""
 
@@ -147,9 +151,9 @@ def check_git() -> list[Check]:
 
 
 def check_docker(needed: bool, compose_needed: bool = False) -> list[Check]:
-    bad = "fail" if needed else "warn"
+    bad: CheckStatus = "fail" if needed else "warn"
     why = "container agents need it" if needed else "only container agents need it"
-    compose_bad = "fail" if compose_needed else "warn"
+    compose_bad: CheckStatus = "fail" if compose_needed else "warn"
     compose_why = "agents with services need it" if compose_needed else "only agents with containerised services need it"
     if not shutil.which("docker"):
         return [Check("docker", bad, f"the docker CLI is not installed ({why})", "install Docker Engine and the compose plugin")]

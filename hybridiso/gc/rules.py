@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 from hybridiso.gc.merged import Verdict
 from hybridiso.output import NOT_IN_JSON
+from hybridiso.state import PHASE_READY, Phase
 
 if TYPE_CHECKING:
     from hybridiso.project import Project
@@ -44,7 +45,7 @@ Result = Literal["removed", "kept", "failed"]
 @dataclass(frozen=True)
 class AgentFacts:
     name: str
-    phase: str  # creating | ready
+    phase: Phase
     exists: bool  # the directory is there
     registered: bool  # git knows it (a listed worktree, a clone's .git)
     # everything but the branch's own commits that removal would lose
@@ -81,7 +82,7 @@ def decide(f: AgentFacts) -> Decision:
         return Decision(True, LEFTOVERS, "what an earlier removal could not delete", branch_ok)
     if not f.registered:
         return Decision(False, KEPT, "directory exists but git does not know it; look inside, then delete it yourself")
-    if f.phase != "ready":
+    if f.phase != PHASE_READY:
         return Decision(True, INTERRUPTED, "creation never finished (it failed or was interrupted)" + keep_branch_note, branch_ok)
     if f.verdict is None:
         return Decision(False, KEPT, f"branch {f.branch} not found; look at the environment by hand")
