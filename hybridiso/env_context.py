@@ -45,7 +45,7 @@ class EnvContext:
 
 def environment_for(project: Project, agent: Agent | None, record: AgentRecord) -> dict[str, str]:
     extra = project.manifest.env_for(agent) if agent is not None else {}
-    extra = {**extra, **record.extra.get("env", {})}
+    extra = {**extra, **record.service_env}
     return envfile.agent_environment(
         record.name, record.strategy, record.branch, Path(record.path), record.ports, extra, project.id
     )

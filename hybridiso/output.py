@@ -4,11 +4,14 @@ Data goes to stdout, messages and progress to stderr (the habit of git and compo
 """
 from __future__ import annotations
 
+import enum
 import json
 import sys
-from collections.abc import Sequence
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, is_dataclass
+from pathlib import PurePath
 from typing import Any
-
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "simple") -> str:
@@ -23,8 +26,48 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
+    """What ``--json`` prints, every command's: ``json_value(data)``."""
+    json.dump(json_value(data), sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+# field(metadata=NOT_IN_JSON): a field --json leaves out (a callback, what
+# only the code reads); OMIT_IF_NONE: one it leaves out while it is None
+NOT_IN_JSON: Mapping[str, Any] = types.MappingProxyType({"json": "never"})
+OMIT_IF_NONE: Mapping[str, Any] = types.MappingProxyType({"json": "omit-if-none"})
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as JSON data, the one way ``--json`` output is made.  A
+    dataclass is an object of its fields in order (but those marked
+    ``NOT_IN_JSON``, and ``OMIT_IF_NONE`` ones while None), then of the
+    properties its class names in ``JSON_PROPERTIES``; a path is its string,
+    an enum its value, a mapping an object, a list or tuple a list, a set a
+    sorted list.  Any other type is a bug (TypeError), never its repr."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if is_dataclass(value) and not isinstance(value, type):
+        data = {}
+        for f in fields(value):
+            item = getattr(value, f.name)
+            shown = f.metadata.get("json")
+            if shown == "never" or (shown == "omit-if-none" and item is None):
+                continue
+            data[f.name] = json_value(item)
+        for name in getattr(value, "JSON_PROPERTIES", ()):
+            data[name] = json_value(getattr(value, name))
+        return data
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return json_value(value.value)
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(json_value(v) for v in value)
+    raise TypeError(f"--json cannot print a {type(value).__name__}: give it a dataclass or plain data")
 
 
 def message(text: str) -> None:

@@ -28,16 +28,25 @@ import typing
 from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hybridiso import json_data, names, safe_files
 from hybridiso.errors import UserError
 from hybridiso.names import agent_name_problem, branch_name_problem
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
-PHASE_CREATING = "creating"
-PHASE_READY = "ready"
+# A record is written ``creating`` before any work starts and ``ready`` last
+# (the journal: docs/faults.md row 9).
+Phase = Literal["creating", "ready"]
+PHASE_CREATING: Phase = "creating"
+PHASE_READY: Phase = "ready"
+
+# What up's probe found of git in a container agent's image (docs/faults.md row 21):
+# "" before it probed
+GitInContainer = Literal["", "ok", "image has no git"]
+GIT_IN_CONTAINER_OK: GitInContainer = "ok"
+GIT_IN_CONTAINER_MISSING: GitInContainer = "image has no git"
 
 
 @dataclass
@@ -94,7 +103,7 @@ class AgentRecord:
     path: str
     base: str
     base_commit: str | None = None
-    phase: str = PHASE_CREATING
+    phase: Phase = PHASE_CREATING
     created_branch: bool = False
     ports: dict[str, int] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
@@ -115,7 +124,25 @@ class AgentRecord:
     # the include: patterns the agent had when it was created: its copies
     # stay precious after it leaves the manifest (issue 11)
     include_patterns: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # the journal (docs/faults.md row 9): the directory at ``path`` is this
+    # record's to remove (set before anything is made there), and a removal
+    # began after the work was judged (a retry finishes it without asking)
+    owns_path: bool = False
+    removing: bool = False
+    # rebuilt from what git shows after the state file was lost (docs/faults.md row 18)
+    adopted: bool = False
+    # this run of up rolled the half-made environment back (up reports it)
+    rolled_back: bool = False
+    # the variables its services' branches gave it (DATABASE_URL, ...), in its env file
+    service_env: dict[str, str] = field(default_factory=dict)
+    # the include files that were copied in when it was made: precious work
+    included: list[str] = field(default_factory=list)
+    # container agents: the image it was made from (down fixes ownership with
+    # it once the manifest forgets the agent); the git identity taken once,
+    # when it was made (None: not taken yet); what up found of git in the image
+    image: str = ""
+    git_identity: dict[str, str] | None = None
+    git_in_container: GitInContainer = ""
     # the worktree the agent was made from (its manifest and include files):
     # for a bare repository with linked worktrees, what a command run from
     # inside the agent's environment uses (project.find_repo, docs/faults.md row 22)
@@ -225,7 +252,8 @@ class StateStore:
         except StateCorrupt as e:
             aside = self._move_aside()
             where = f"moved to {aside}" if aside else "it could not be moved aside (it is replaced on the next save)"
-            return State(rebuilt_from=f"state file was unreadable ({e}); {where} and rebuilt from git")
+            # the file's path in the one message: it is what the user looks at (docs/faults.md rows 18, 30)
+            return State(rebuilt_from=f"state file {self.path} was unreadable ({e}); {where} and rebuilt from git")
 
     def _move_aside(self) -> str | None:
         """Rename state.json to a name of its own (never over an earlier copy),
@@ -266,7 +294,7 @@ class StateStore:
                     print(f"hybridiso: waiting for the repository lock held by {holder}", file=sys.stderr, flush=True)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} (hybridiso {command})\n".encode(), 0)
+            os.pwrite(fd, f"{LockHolder(os.getpid(), command).describe()}\n".encode(), 0)
             yield
         finally:
             with contextlib.suppress(OSError):
@@ -281,7 +309,6 @@ class StateCorrupt(ValueError):
     """The state file is not what hybridiso writes."""
 
 
-PHASES = (PHASE_CREATING, PHASE_READY)
 _COMMIT_RE = re.compile(r"[0-9a-f]{7,64}")
 
 
@@ -294,8 +321,11 @@ def parse_state(raw: bytes) -> State:
         raise StateCorrupt(f"not JSON: {e}") from None
     if not isinstance(data, dict):
         raise StateCorrupt(f"not an object but {type(data).__name__}")
-    if data.get("version") != STATE_VERSION:
-        raise StateCorrupt(f"unknown state version {data.get('version')!r}")
+    version = data.get("version")
+    if version not in (1, STATE_VERSION) or isinstance(version, bool):
+        raise StateCorrupt(f"unknown state version {version!r}")
+    if version == STATE_VERSION:
+        _no_unknown_keys(data, {"version", "agents"}, "the file")
     agents = data.get("agents", {})
     if not isinstance(agents, dict):
         raise StateCorrupt(f"'agents' is {type(agents).__name__}, not an object")
@@ -310,19 +340,28 @@ def parse_state(raw: bytes) -> State:
                 item,
             )
             continue
-        state.agents[name] = read_record(name, item)
+        if version == 1:
+            state.agents[name] = read_record(name, upgrade_v1_record(name, item), strict=False)
+        else:
+            state.agents[name] = read_record(name, item)
     return state
 
 
-def read_record(name: str, data: Any) -> AgentRecord:
+def read_record(name: str, data: Any, *, strict: bool = True) -> AgentRecord:
+    """The record stored under ``name``; ``strict``: a key that is not one of
+    its fields is StateCorrupt (a typo such as ``owns_pth`` would otherwise
+    silently turn rollback off).  Only version 1 files are read leniently,
+    as version 1's reader did."""
     where = f"record {name!r}"
     if not isinstance(data, dict):
         raise StateCorrupt(f"{where} is {type(data).__name__}, not an object")
     hints = _record_hints()
+    if strict:
+        _no_unknown_keys(data, set(hints), where)
     values: dict[str, Any] = {}
     for f in fields(AgentRecord):
         if f.name in data:
-            values[f.name] = _typed(data[f.name], hints[f.name], f"{where}: {f.name}")
+            values[f.name] = _typed(data[f.name], hints[f.name], f"{where}: {f.name}", strict=strict)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise StateCorrupt(f"{where} has no {f.name!r}")
     record = AgentRecord(**values)
@@ -338,23 +377,11 @@ def read_record(name: str, data: Any) -> AgentRecord:
         raise StateCorrupt(f"{where}: base_commit {record.base_commit!r} is not a commit id")
     if record.strategy not in names.STRATEGY_NAMES:
         raise StateCorrupt(f"{where}: unknown strategy {record.strategy!r}")
-    if record.phase not in PHASES:
-        raise StateCorrupt(f"{where}: unknown phase {record.phase!r}")
     if not record.path or "\x00" in record.path or not os.path.isabs(record.path):
         raise StateCorrupt(f"{where}: path {record.path!r} is not an absolute path")
     for port_name, port in record.ports.items():
         if not 1 <= port <= 65535:
             raise StateCorrupt(f"{where}: port {port_name} is {port}")
-    for key, hint in EXTRA_TYPES.items():
-        if key in record.extra:
-            _typed(record.extra[key], hint, f"{where}: extra.{key}")
-    for service, db in record.extra.get("databases", {}).items():
-        if not {"name", "server"} <= db.keys():
-            raise StateCorrupt(f"{where}: database branch of {service!r} has no name or server")
-    # state files before the named field kept database branches in extra
-    old_dbs = record.extra.pop("databases", None)
-    if old_dbs and not record.databases:
-        record.databases = {svc: DatabaseBranch(db["name"], db["server"]) for svc, db in old_dbs.items()}
     for group in record.setup_processes:
         # pid 0, 1 or a negative one would signal far more than one setup,
         # and without its token nothing proves a process is ours: never
@@ -363,21 +390,60 @@ def read_record(name: str, data: Any) -> AgentRecord:
     return record
 
 
-# The keys older code keeps in ``AgentRecord.extra`` (new data gets a named
-# field instead), with the types their readers assume: a tampered value would
-# otherwise crash them (gc reads every record's databases).
-EXTRA_TYPES: dict[str, Any] = {
-    "databases": dict[str, dict[str, str]],
-    "env": dict[str, str],
-    "git_identity": dict[str, str],
-    "git_in_container": str,
-    "image": str,
-    "included": list[str],
-    "owns_path": bool,
-    "removing": bool,
-    "rolled_back": bool,
-    "adopted": bool,
+def _no_unknown_keys(data: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(k for k in data if k not in known)
+    if unknown:
+        raise StateCorrupt(f"{where} has {', '.join(map(repr, unknown))}, which hybridiso does not write")
+
+
+# --- version 1 -------------------------------------------------------------------
+
+# Version 1 kept these in the record's free-form ``extra`` object; version 2
+# has a field for each (the key on the right).
+V1_EXTRA_FIELDS: dict[str, str] = {
+    "owns_path": "owns_path",
+    "removing": "removing",
+    "adopted": "adopted",
+    "rolled_back": "rolled_back",
+    "env": "service_env",
+    "included": "included",
+    "image": "image",
+    "git_identity": "git_identity",
+    "git_in_container": "git_in_container",
+    "databases": "databases",  # before the field of that name (its own shape, below)
 }
+# keys earlier versions wrote and nothing reads any more
+V1_EXTRA_RETIRED = frozenset({"seen_upstream"})
+
+
+def upgrade_v1_record(name: str, data: Any) -> Any:
+    """A version 1 record in version 2's shape: each ``extra`` key becomes
+    its field, type-checked as ``extra.<key>``; a key version 1 never wrote
+    is StateCorrupt."""
+    if not isinstance(data, dict):
+        return data
+    where = f"record {name!r}"
+    hints = _record_hints()
+    record = {k: v for k, v in data.items() if k in hints}
+    extra = data.get("extra", {})
+    if not isinstance(extra, dict):
+        raise StateCorrupt(f"{where}: extra is {_shown(extra)}, not an object")
+    for key, value in extra.items():
+        if key in V1_EXTRA_RETIRED:
+            continue
+        if key not in V1_EXTRA_FIELDS:
+            raise StateCorrupt(f"{where}: extra.{key} is not a key hybridiso wrote")
+        if key == "databases":
+            branches = _typed(value, dict[str, dict[str, Any]], f"{where}: extra.databases", strict=False)
+            for service, db in branches.items():
+                if not isinstance(db.get("name"), str) or not isinstance(db.get("server"), str):
+                    raise StateCorrupt(f"{where}: database branch of {service!r} has no name or server")
+            if not record.get("databases"):
+                record["databases"] = {svc: {"name": db["name"], "server": db["server"]} for svc, db in branches.items()}
+            continue
+        field_name = V1_EXTRA_FIELDS[key]
+        record[field_name] = _typed(value, hints[field_name], f"{where}: extra.{key}", strict=False)
+    return record
 
 
 _HINTS: dict[str, Any] = {}
@@ -389,17 +455,18 @@ def _record_hints() -> dict[str, Any]:
     return _HINTS
 
 
-def _typed(value: Any, hint: Any, where: str) -> Any:
+def _typed(value: Any, hint: Any, where: str, *, strict: bool = True) -> Any:
     """``value`` if it is of type ``hint`` (a JSON view of it: str, int,
     float, bool, None, list, dict with str keys, unions, Literal, Any and
-    dataclasses, recursively), else StateCorrupt."""
+    dataclasses, recursively), else StateCorrupt.  ``strict``: a dataclass
+    read from an object with a key that is not its field is StateCorrupt."""
     origin = typing.get_origin(hint)
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             try:
-                return _typed(value, option, where)
+                return _typed(value, option, where, strict=strict)
             except StateCorrupt:
                 continue
         raise StateCorrupt(f"{where} is {_shown(value)}, not {_hint_name(hint)}")
@@ -425,21 +492,21 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     elif origin is list:
         if isinstance(value, list):
             (item,) = typing.get_args(hint) or (Any,)
-            return [_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+            return [_typed(v, item, f"{where}[{i}]", strict=strict) for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, dict):
             key, item = typing.get_args(hint) or (str, Any)
-            return {_typed(k, key, f"{where} key"): _typed(v, item, f"{where}[{k!r}]") for k, v in value.items()}
+            return {_typed(k, key, f"{where} key", strict=strict): _typed(v, item, f"{where}[{k!r}]", strict=strict) for k, v in value.items()}
     elif origin is tuple:
         if isinstance(value, list):
             args = typing.get_args(hint)
             if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+                return tuple(_typed(v, args[0], f"{where}[{i}]", strict=strict) for i, v in enumerate(value))
             if len(args) == len(value):
-                return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False)))
+                return tuple(_typed(v, a, f"{where}[{i}]", strict=strict) for i, (v, a) in enumerate(zip(value, args, strict=False)))
     elif is_dataclass(hint) and isinstance(hint, type):
         if isinstance(value, dict):
-            return _dataclass(value, hint, where)
+            return _dataclass(value, hint, where, strict=strict)
     else:
         # a field of a type this reader does not know: a bug, found by
         # tests/test_state.py, never taken for a corrupt file
@@ -447,12 +514,14 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     raise StateCorrupt(f"{where} is {_shown(value)}, not {_hint_name(hint)}")
 
 
-def _dataclass(value: dict[str, Any], cls: type, where: str) -> Any:
+def _dataclass(value: dict[str, Any], cls: type, where: str, *, strict: bool) -> Any:
     hints = typing.get_type_hints(cls)
+    if strict:
+        _no_unknown_keys(value, set(hints), where)
     values: dict[str, Any] = {}
     for f in fields(cls):
         if f.name in value:
-            values[f.name] = _typed(value[f.name], hints[f.name], f"{where}.{f.name}")
+            values[f.name] = _typed(value[f.name], hints[f.name], f"{where}.{f.name}", strict=strict)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise StateCorrupt(f"{where} has no {f.name!r}")
     return cls(**values)
@@ -465,6 +534,8 @@ def _shown(value: Any) -> str:
 
 def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
 def _serialise(state: State) -> str:
     """The state as JSON.  Worker threads save their record while others
     still fill theirs in (setup process groups are saved before they are
@@ -497,6 +568,32 @@ def lock_is_free(path: Path) -> bool:
     finally:
         os.close(fd)  # also releases the probe's lock
     return True
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a lock, as its file says: the line ``describe`` wrote
+    there is what a waiting run shows, and what ``read`` reads back."""
+
+    pid: int
+    command: str  # the hybridiso command: up, down, land, ...
+
+    def describe(self) -> str:
+        return f"pid {self.pid} (hybridiso {self.command})"
+
+    @classmethod
+    def read(cls, text: str) -> LockHolder | None:
+        m = _HOLDER_RE.fullmatch(text.strip())
+        return cls(int(m.group(1)), m.group(2)) if m else None
+
+
+_HOLDER_RE = re.compile(r"pid (\d+) \(hybridiso ([a-z-]+)\)")
+
+
+def holder_of(path: Path) -> LockHolder | None:
+    """The hybridiso run that holds the lock at ``path`` now, if its file names one."""
+    holder = lock_holder(path)
+    return LockHolder.read(holder) if holder is not None else None
 
 
 def lock_holder(path: Path) -> str | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridiso.state import DatabaseBranch, AgentRecord, State, StateStore
+from hybridiso.state import STATE_VERSION, DatabaseBranch, AgentRecord, State, StateStore
 
 
 def test_round_trip_and_atomic_file(tmp_path: Path) -> None:
@@ -63,32 +63,44 @@ def _record(**change: object) -> dict[str, object]:
 
 
 _GONE = object()
+V = STATE_VERSION
 
 DAMAGE = {
-    "not UTF-8": b'{"version": 1, "agents": {"a": {"name": "a\xff\xfe"}}}',
-    "not JSON": b'{"version": 1, "agents": [',
+    "not UTF-8": b'{"version": 2, "agents": {"a": {"name": "a\xff\xfe"}}}',
+    "not JSON": b'{"version": 2, "agents": [',
     "a list": b"[1, 2]",
-    "another version": json.dumps({"version": 2, "agents": {}}).encode(),
-    "agents a list": json.dumps({"version": 1, "agents": ["a"]}).encode(),
-    "record a string": json.dumps({"version": 1, "agents": {"a": "worktree"}}).encode(),
-    "path a number": json.dumps({"version": 1, "agents": {"a": _record(path=123)}}).encode(),
-    "ports a string": json.dumps({"version": 1, "agents": {"a": _record(ports="web")}}).encode(),
-    "port not a number": json.dumps({"version": 1, "agents": {"a": _record(ports={"web": "x"})}}).encode(),
-    "port out of range": json.dumps({"version": 1, "agents": {"a": _record(ports={"web": 70000})}}).encode(),
-    "port a bool": json.dumps({"version": 1, "agents": {"a": _record(ports={"web": True})}}).encode(),
-    "missing path": json.dumps({"version": 1, "agents": {"a": _record(path=_GONE)}}).encode(),
-    "missing strategy": json.dumps({"version": 1, "agents": {"a": _record(strategy=_GONE)}}).encode(),
-    "name differs from key": json.dumps({"version": 1, "agents": {"a": _record(name="b")}}).encode(),
-    "unknown phase": json.dumps({"version": 1, "agents": {"a": _record(phase="half")}}).encode(),
-    "relative path": json.dumps({"version": 1, "agents": {"a": _record(path="ws/a")}}).encode(),
-    "created_at NaN": b'{"version": 1, "agents": {"a": {"name": "a", "strategy": "worktree", "branch": "b", "path": "/p", "base": "m", "created_at": NaN}}}',
-    "extra a list": json.dumps({"version": 1, "agents": {"a": _record(extra=[])}}).encode(),
-    "timings of strings": json.dumps({"version": 1, "agents": {"a": _record(timings={"setup": "fast"})}}).encode(),
-    "strategy a number": json.dumps({"version": 1, "agents": {"a": _record(strategy=7)}}).encode(),
+    "another version": json.dumps({"version": 3, "agents": {}}).encode(),
+    "version a bool": json.dumps({"version": True, "agents": {}}).encode(),
+    "agents a list": json.dumps({"version": V, "agents": ["a"]}).encode(),
+    "record a string": json.dumps({"version": V, "agents": {"a": "worktree"}}).encode(),
+    "path a number": json.dumps({"version": V, "agents": {"a": _record(path=123)}}).encode(),
+    "ports a string": json.dumps({"version": V, "agents": {"a": _record(ports="web")}}).encode(),
+    "port not a number": json.dumps({"version": V, "agents": {"a": _record(ports={"web": "x"})}}).encode(),
+    "port out of range": json.dumps({"version": V, "agents": {"a": _record(ports={"web": 70000})}}).encode(),
+    "port a bool": json.dumps({"version": V, "agents": {"a": _record(ports={"web": True})}}).encode(),
+    "missing path": json.dumps({"version": V, "agents": {"a": _record(path=_GONE)}}).encode(),
+    "missing strategy": json.dumps({"version": V, "agents": {"a": _record(strategy=_GONE)}}).encode(),
+    "name differs from key": json.dumps({"version": V, "agents": {"a": _record(name="b")}}).encode(),
+    "unknown phase": json.dumps({"version": V, "agents": {"a": _record(phase="half")}}).encode(),
+    "relative path": json.dumps({"version": V, "agents": {"a": _record(path="ws/a")}}).encode(),
+    "created_at NaN": b'{"version": 2, "agents": {"a": {"name": "a", "strategy": "worktree", "branch": "b", "path": "/p", "base": "m", "created_at": NaN}}}',
+    "extra a list in version 1": json.dumps({"version": 1, "agents": {"a": _record(extra=[])}}).encode(),
+    # version 2 has a field for everything: a key it does not know is
+    # tampering or a typo (`owns_pth` would turn rollback off), never ignored
+    "extra in version 2": json.dumps({"version": V, "agents": {"a": _record(extra={"owns_path": True})}}).encode(),
+    "a field misspelt": json.dumps({"version": V, "agents": {"a": _record(owns_pth=True)}}).encode(),
+    "a key beside agents": json.dumps({"version": V, "agents": {}, "agentz": {}}).encode(),
+    "a key in a database branch": json.dumps(
+        {"version": V, "agents": {"a": _record(databases={"db": {"name": "x", "server": "s", "owner": "me"}})}}
+    ).encode(),
+    "owns_path a string": json.dumps({"version": V, "agents": {"a": _record(owns_path="yes")}}).encode(),
+    "git_in_container another word": json.dumps({"version": V, "agents": {"a": _record(git_in_container="maybe")}}).encode(),
+    "timings of strings": json.dumps({"version": V, "agents": {"a": _record(timings={"setup": "fast"})}}).encode(),
+    "strategy a number": json.dumps({"version": V, "agents": {"a": _record(strategy=7)}}).encode(),
     # what reaches paths and git's argv follows the manifest's rules
-    "name with a path": json.dumps({"version": 1, "agents": {"../x": _record(name="../x")}}).encode(),
-    "branch an option": json.dumps({"version": 1, "agents": {"a": _record(branch="--force")}}).encode(),
-    "base_commit not a commit": json.dumps({"version": 1, "agents": {"a": _record(base_commit="HEAD~1; rm")}}).encode(),
+    "name with a path": json.dumps({"version": V, "agents": {"../x": _record(name="../x")}}).encode(),
+    "branch an option": json.dumps({"version": V, "agents": {"a": _record(branch="--force")}}).encode(),
+    "base_commit not a commit": json.dumps({"version": V, "agents": {"a": _record(base_commit="HEAD~1; rm")}}).encode(),
 }
 
 
@@ -99,6 +111,7 @@ def test_malformed_state_is_moved_aside_and_rebuilt(tmp_path: Path, case: str) -
     store.path.write_bytes(DAMAGE[case])
     state = store.load()
     assert state.agents == {} and state.rebuilt_from and "moved to state.json.corrupt-" in state.rebuilt_from
+    assert f"state file {store.path} was unreadable" in state.rebuilt_from  # the one message names the file
     aside = list(store.dir.glob("state.json.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == DAMAGE[case]  # kept as it was, for the user
     assert not store.path.exists()
@@ -118,7 +131,7 @@ def test_an_unknown_strategy_sets_that_record_aside_and_keeps_it(tmp_path: Path)
     store = StateStore(tmp_path)
     store.dir.mkdir(parents=True)
     future = {"name": "vm1", "strategy": "microvm", "path": "/ws/vm1", "snapshot": {"id": 7}}
-    store.path.write_text(json.dumps({"version": 1, "agents": {"a": GOOD, "vm1": future}}))
+    store.path.write_text(json.dumps({"version": V, "agents": {"a": GOOD, "vm1": future}}))
     state = store.load()
     assert set(state.agents) == {"a"} and state.rebuilt_from is None
     assert set(state.set_aside) == {"vm1"} and state.set_aside["vm1"].path == "/ws/vm1"
@@ -136,7 +149,12 @@ def test_every_record_field_round_trips_through_the_typed_reader(tmp_path: Path)
     store = StateStore(tmp_path)
     record = AgentRecord(name="a", strategy="clone", branch="b", path="/p", base="main", base_commit="0123abcd" * 5, created_branch=True)
     record.timings = {"total": 1.5}
-    record.extra = {"owns_path": True}
+    record.owns_path = record.removing = record.adopted = record.rolled_back = True
+    record.service_env = {"DATABASE_URL": "postgresql://h/x"}
+    record.included = [".env.local"]
+    record.image = "busybox"
+    record.git_identity = {"GIT_AUTHOR_NAME": "A"}
+    record.git_in_container = "image has no git"
     record.databases = {"db": DatabaseBranch("x", "s", {"xid": 5})}
     store.save(State({"a": record}))
     loaded = store.load().agents["a"]
@@ -151,7 +169,7 @@ def test_a_state_file_that_is_a_symlink_is_not_read(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.dir.mkdir(parents=True)
     secret = tmp_path / "elsewhere.json"
-    secret.write_text(json.dumps({"version": 1, "agents": {"a": GOOD}}))
+    secret.write_text(json.dumps({"version": V, "agents": {"a": GOOD}}))
     store.path.symlink_to(secret)
     state = store.load()
     assert state.agents == {} and state.rebuilt_from and "symlink" in state.rebuilt_from
@@ -259,10 +277,13 @@ def test_gc_never_takes_a_set_aside_environment_for_an_orphan(tmp_path: Path) ->
         ({"databases": {"db": {"name": "x"}}}, "has no name or server"),
         ({"env": {"A": 1}}, "extra.env"),
         ({"owns_path": "yes"}, "extra.owns_path"),
+        ({"git_in_container": "maybe"}, "extra.git_in_container"),
+        ({"owns_pth": True}, "extra.owns_pth is not a key hybridiso wrote"),
     ],
 )
 def test_known_extra_keys_are_typed_too(tmp_path: Path, extra: dict[str, object], says: str) -> None:
-    # gc reads every record's database branches: a tampered one was an exit 3
+    # version 1 kept these in `extra`: its reader checks them as their fields'
+    # types (gc reads every record's database branches: a tampered one was an exit 3)
     store = StateStore(tmp_path)
     store.dir.mkdir(parents=True)
     store.path.write_text(json.dumps({"version": 1, "agents": {"a": {**GOOD, "extra": extra}}}))
@@ -277,7 +298,7 @@ def test_database_branches_of_old_state_files_move_to_their_field(tmp_path: Path
     store.path.write_text(json.dumps({"version": 1, "agents": {"a": old}}))
     record = store.load().agents["a"]
     assert record.databases == {"db": DatabaseBranch("hi_x_a_db", "postgresql://h/p")}
-    assert record.extra == {"owns_path": True}
+    assert record.owns_path is True
 
 
 def test_a_process_group_that_would_signal_too_much_is_not_trusted(tmp_path: Path) -> None:
@@ -285,6 +306,24 @@ def test_a_process_group_that_would_signal_too_much_is_not_trusted(tmp_path: Pat
     store.dir.mkdir(parents=True)
     for pgid, token in ((1, "t"), (-5, "t"), (4242, "")):
         group = {"pgid": pgid, "start": 1, "boot_id": "b", "token": token, "command": "sleep 9"}
-        store.path.write_text(json.dumps({"version": 1, "agents": {"a": {**GOOD, "setup_processes": [group]}}}))
+        store.path.write_text(json.dumps({"version": V, "agents": {"a": {**GOOD, "setup_processes": [group]}}}))
         state = store.load()
         assert "a" not in state.agents and state.rebuilt_from, (pgid, token)
+
+
+def test_the_lock_file_names_its_holder_in_words_and_is_read_back_as_a_record(tmp_path: Path) -> None:
+    # status tells an `up` in progress from a creation an earlier run left
+    # by the holder's command, read as a LockHolder, not by a regex over the words
+    from hybridiso.state import LockHolder, holder_of, lock_holder
+
+    store = StateStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    assert holder_of(store.lock_path) is None
+    with store.locked("up", wait_message=False):
+        import os
+
+        assert lock_holder(store.lock_path) == f"pid {os.getpid()} (hybridiso up)"
+        assert holder_of(store.lock_path) == LockHolder(os.getpid(), "up")
+    assert holder_of(store.lock_path) is None
+    assert LockHolder.read("pid 12 (hybridiso land)") == LockHolder(12, "land")
+    assert LockHolder.read("pid 12 (somebody else)") is None

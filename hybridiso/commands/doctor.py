@@ -12,7 +12,8 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Literal
 
 from hybridiso import git, output, planner, ports, strategies
 from hybridiso.report import costs
@@ -39,10 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_json_flag(p)
 
 
+CheckStatus = Literal["ok", "warn", "fail"]
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
-    status: str  # ok | warn | fail
+    status: CheckStatus
     detail: str
     fix: str = ""
 
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         checks += [check_disk(project), check_ports(project, state), *check_databases(project, state), *check_state(project, state)]
         checks += [*check_isolation(containers), *check_leased_ports(project, state)]
     if args.json:
-        output.print_json([asdict(c) for c in checks])
+        output.print_json(checks)
     else:
         rows = [[c.status, c.name, c.detail, c.fix or "-"] for c in checks]
         output.print_table(rows, ["STATUS", "CHECK", "FOUND", "FIX"])
@@ -147,9 +151,9 @@ def check_git() -> list[Check]:
 
 
 def check_docker(needed: bool, compose_needed: bool = False) -> list[Check]:
-    bad = "fail" if needed else "warn"
+    bad: CheckStatus = "fail" if needed else "warn"
     why = "container agents need it" if needed else "only container agents need it"
-    compose_bad = "fail" if compose_needed else "warn"
+    compose_bad: CheckStatus = "fail" if compose_needed else "warn"
     compose_why = "agents with services need it" if compose_needed else "only agents with containerised services need it"
     if not shutil.which("docker"):
         return [Check("docker", bad, f"the docker CLI is not installed ({why})", "install Docker Engine and the compose plugin")]

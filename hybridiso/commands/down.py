@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+from dataclasses import dataclass, field
+from typing import Literal
 
 from hybridiso import output, ports
 from hybridiso.envs import lifecycle
@@ -15,6 +17,41 @@ from hybridiso.state import AgentRecord, State
 from hybridiso.work.inventory import MainRepo, WorkReport
 
 HELP = "remove agents' environments (refuses when work would be lost)"
+
+
+# down --json: one of these per agent (docs/cli.md, "JSON")
+@dataclass(frozen=True)
+class Removed:
+    agent: str
+    action: Literal["removed"] = field(default="removed", kw_only=True)
+    backup_ref: str | None  # the backup --force saved its work to
+    database_dumps: dict[str, str]  # database -> the file its changed data was dumped to
+    restore: str | None = field(default=None, metadata=output.OMIT_IF_NONE)  # the command that brings the backup back
+
+
+@dataclass(frozen=True)
+class Refused:
+    agent: str
+    action: Literal["refused"] = field(default="refused", kw_only=True)
+    reason: str
+
+
+@dataclass(frozen=True)
+class WouldRemove:
+    agent: str
+    action: Literal["would remove"] = field(default="would remove", kw_only=True)
+    work: str | None  # what --force saves first (None: nothing at risk)
+
+
+@dataclass(frozen=True)
+class WouldRefuse:
+    agent: str
+    action: Literal["would refuse"] = field(default="would refuse", kw_only=True)
+    work: str
+    reason: str
+
+
+DownResult = Removed | Refused | WouldRemove | WouldRefuse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     project = project_from_args(args)
-    results: list[dict[str, object]] = []
+    results: list[DownResult] = []
     with project.store.locked("down"):
         state = project.store.load()
         if state.rebuilt_from:
@@ -64,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
                 _notes(name, losing)
                 if losing.empty or (args.force and not losing.force_blocker):
                     saved = f", after saving {losing.describe()} (git work to a backup, databases to dumps)" if not losing.empty else ""
-                    results.append({"agent": name, "action": "would remove", "work": losing.describe() or None})
+                    results.append(WouldRemove(name, losing.describe() or None))
                     output.message(f" - {name}: would remove {ctx.path}{saved}")
                 else:
                     e = lifecycle.refusal(ctx, losing)
                     refused.append((name, e))
-                    results.append({"agent": name, "action": "would refuse", "work": losing.describe(), "reason": e.message})
+                    results.append(WouldRefuse(name, losing.describe(), e.message))
                     output.message(f" - {name}: would refuse: it has {losing.describe()}")
                 continue
             try:
@@ -78,23 +115,21 @@ def run(args: argparse.Namespace) -> int:
                 )
             except UserError as e:
                 refused.append((name, e))
-                results.append({"agent": name, "action": "refused", "reason": e.message})
+                results.append(Refused(name, e.message))
                 continue
             finally:
-                if ctx.record.extra.get("removing"):
+                if ctx.record.removing:
                     main = None  # refs changed (a backup, a deleted branch): read them again
             del state.agents[name]
             project.store.save(state)
             ports.release(project.repo.common_dir, [name])  # the machine-wide lease too (docs/faults.md row 37)
             _notes(name, report, removed=True)
             dumps = {r.name: str(r.dump) for r in released if r.dump}
-            result: dict[str, object] = {"agent": name, "action": "removed", "backup_ref": backup, "database_dumps": dumps}
             line = f" {output.mark(True)} {name}: removed {ctx.path}"
-            if backup:
-                restore = f"hybridiso restore {name} {backup.rsplit('/', 1)[-1]}"
-                result["restore"] = restore
+            restore = f"hybridiso restore {name} {backup.rsplit('/', 1)[-1]}" if backup else None
+            if restore:
                 line += f"; work saved to {backup}; bring it back: {restore}"
-            results.append(result)
+            results.append(Removed(name, backup, dumps, restore))
             output.message(line)
             for r in released:
                 if r.dump:
@@ -102,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                     output.message(f"   database {r.name} changed ({r.change}); dumped to {r.dump} "
                                    f"(restore: createdb NAME && psql -d NAME -f {r.dump})")
                 elif r.left:
-                    later = "" if r.left.startswith("not the branch") else "; `hybridiso gc` drops it once the server is back, unless its data changed"
+                    later = "" if r.foreign else "; `hybridiso gc` drops it once the server is back, unless its data changed"
                     output.warn(f"{name}: database {r.name} was not dropped: {r.left}{later}")
     if args.json:
         output.print_json(results)
@@ -117,7 +152,7 @@ def _removing(project: Project, state: State, record: AgentRecord) -> None:
     """On disk before anything is deleted: a removal that stops half-way
     (files it cannot delete) is finished by the next run, whose work check
     then no longer counts the .git link it already took (lifecycle.work_at_risk)."""
-    record.extra["removing"] = True
+    record.removing = True
     project.store.save(state)
 
 

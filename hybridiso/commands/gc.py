@@ -17,7 +17,7 @@ from hybridiso.errors import UserError
 from hybridiso.gc.finders import BUILTIN_FINDERS
 from hybridiso.gc.leftovers import EARLY_FINDERS
 from hybridiso.gc.leftovers import FINDERS as LEFTOVER_FINDERS
-from hybridiso.gc.rules import Finding, summary
+from hybridiso.gc.rules import Finding, Run, summary
 from hybridiso.envs.reconcile import adopt_from_reality
 
 HELP = "remove merged, deleted and orphaned environments (shows what it would do without --yes)"
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if act:
             apply(findings)
     if args.json:
-        output.print_json({"applied": act, "findings": [f.to_json() for f in findings], "summary": summary(findings, act)})
+        output.print_json(Run(act, findings, summary(findings, act)))
     else:
         show(findings, act)
     output.message(summary(findings, act))

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, project_from_args
@@ -22,8 +21,9 @@ from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.errors import AgentsFailed, UserError
 from hybridiso.process import CommandError
-from hybridiso.state import PHASE_READY, AgentRecord, SetAside, State, lock_holder
-from hybridiso.output import plural
+from hybridiso.state import PHASE_READY, AgentRecord, LockHolder, SetAside, State, holder_of
+from hybridiso.strategies.base import Observation
+from hybridiso.output import NOT_IN_JSON, plural
 
 HELP = "show each agent's environment: strategy, branch, drift, dirty files, ports, disk"
 
@@ -60,13 +60,14 @@ class AgentStatus:
     # what differs from what the manifest asks for (None: nothing); its
     # text is among ``problems`` too.  `status --check` exits 1 on any.
     off: str | None = None
+    land: dict[str, Any] | None = None  # its last `land` result (land/last.json), for --json
+    creating: bool = field(default=False, metadata=NOT_IN_JSON)  # its record is not ready (what ``state`` says in words)
+
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("ok",)
 
     @property
     def ok(self) -> bool:
         return self.off is None
-
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
 
 
 def collect(project: Project, state: State, names: list[str], with_disk: bool = True) -> list[AgentStatus]:
@@ -77,7 +78,7 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
     wanted = [n for n in manifest_names + recorded if not names or n in names]
     # an `up` running now holds the lock: its 'creating' records are in
     # progress, not interrupted, and their directories may not exist yet
-    holder = _creator(lock_holder(project.store.lock_path))
+    holder = _creator(holder_of(project.store.lock_path))
 
     def one(name: str) -> AgentStatus:
         aside = state.set_aside.get(name)
@@ -115,7 +116,7 @@ def _measure_disk(project: Project, rows: list[AgentStatus]) -> None:
     """Unique and shared bytes of every environment git can read, in one
     count with the repository's store: the very figures `report` gives
     (issue 16: a clone's hard-linked objects are shared, not its own)."""
-    measured = [r for r in rows if r.dirty is not None or (r.state.startswith("creating") and Path(r.path).is_dir())]
+    measured = [r for r in rows if r.dirty is not None or (r.creating and Path(r.path).is_dir())]
     if not measured:
         return
     disk = environments_disk(project.repo.common_dir, project.store.dir, {r.agent: Path(r.path) for r in measured})
@@ -147,23 +148,26 @@ _EXIT_MEANINGS = {
 }
 
 
-def _process_problem(name: str, process: str | None) -> str | None:
+def _process_problem(name: str, obs: Observation) -> str | None:
     """What is wrong with a container agent's container, from what Docker
-    says of it (``ContainerInfo.describe``); None when it runs as asked."""
-    if process is None or process in ("running", "running (healthy)", "running (starting)"):
+    says of it; None when it runs as asked, or when the environment runs
+    nothing (``process`` is None: a plain directory)."""
+    if obs.process is None:
         return None
-    if process == "docker unreachable":
+    if not obs.docker_reachable:
         return "Docker is not reachable, so whether its container runs is not known"
-    if process == "no container":
+    info = obs.container
+    if info is None:
         return "its container is gone: `hybridiso up` starts it again"
-    m = re.fullmatch(r"exited \((-?\d+)\)", process)
-    if m:
-        code = int(m.group(1))
+    if info.status == "exited" and info.exit_code is not None:
+        code = info.exit_code
         meaning = _EXIT_MEANINGS.get(code, "its command failed" if code < 128 else f"it was killed by signal {code - 128}")
         return f"its container exited with code {code}: {meaning}; `docker logs` shows its output, `hybridiso up {name}` starts it again"
-    if process == "running (unhealthy)":
+    if info.status == "running" and info.health == "unhealthy":
         return f"its container is unhealthy (its healthcheck fails): `docker inspect` shows the check's runs, `hybridiso up {name}` recreates it"
-    return f"its container is {process}, not running: `hybridiso up {name}` starts it"
+    if info.status == "running":
+        return None
+    return f"its container is {info.describe()}, not running: `hybridiso up {name}` starts it"
 
 
 def _observe(
@@ -175,7 +179,9 @@ def _observe(
     creating = record.phase != PHASE_READY
     if creating and holder is not None:
         # docs/faults.md row 10: being made right now by the run that holds the lock
-        st = AgentStatus(name, record.strategy, f"creating (in progress: {holder})", record.branch, record.path, ports=dict(record.ports), in_manifest=in_manifest)
+        st = AgentStatus(
+            name, record.strategy, f"creating (in progress: {holder})", record.branch, record.path, ports=dict(record.ports), in_manifest=in_manifest, creating=True
+        )
         st.off = f"being created by {holder}"  # not a problem: said by its state
         return st
     obs = strategy.observe(ctx)
@@ -195,7 +201,7 @@ def _observe(
         off=obs.problems[0] if obs.problems else None,
     )
     if creating:
-        st.state = "creating (interrupted or failed; `up` redoes it)"
+        st.state, st.creating = "creating (interrupted or failed; `up` redoes it)", True
         _off(st, "its creation did not finish (interrupted, or it failed): `hybridiso up` makes it again")
         log = log_path(project, name, "setup")
         if log.exists():
@@ -207,7 +213,7 @@ def _observe(
         return st
     if not in_manifest:
         _off(st, f"not in the manifest any more; `hybridiso down {name}` removes it")
-    process_problem = _process_problem(name, obs.process)  # None where nothing runs (obs.process is None)
+    process_problem = _process_problem(name, obs)  # None where nothing runs (obs.process is None)
     if process_problem is not None:
         _off(st, process_problem)
     unreadable = git_link_problem(Path(record.path))
@@ -234,12 +240,11 @@ def _observe(
     return st
 
 
-def _creator(holder: str | None) -> str | None:
+def _creator(holder: LockHolder | None) -> str | None:
     """The running `up` that holds the lock ("hybridiso up, pid N"), if one
     does: only `up` creates environments; under any other holder a
     'creating' record was left by an earlier run."""
-    m = re.fullmatch(r"pid (\d+) \(hybridiso up\)", holder or "")
-    return f"hybridiso up, pid {m.group(1)}" if m else None
+    return f"hybridiso up, pid {holder.pid}" if holder is not None and holder.command == "up" else None
 
 
 def git_link_problem(path: Path) -> str | None:
@@ -302,7 +307,9 @@ def run(args: argparse.Namespace) -> int:
         output.warn(note)
     landed = LandStore(project.store).read_results()  # each agent's last `land` result (land/last.json)
     if args.json:
-        output.print_json([{**r.as_json(), "land": landed.get(r.agent)} for r in rows])
+        for r in rows:
+            r.land = landed.get(r.agent)
+        output.print_json(rows)
         return _verdict(rows, args.check)
     if not rows:
         output.message("no agents in the manifest; add some under `agents:` in hybridiso.yaml")

@@ -29,7 +29,8 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 from hybridiso import git, output, strategies
@@ -62,18 +63,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_json_flag(p)
 
 
+SyncResult = Literal["rebased", "up to date", "merged", "skipped", "conflict", "missing", "failed"]
+SetupRun = Literal["re-ran", "unchanged", "failed", "-"]  # "-": setup was not looked at
+OldBaseFrom = Literal["record", "fork point", "merge base"]  # what said where a branch forked
+
+
 @dataclass
 class Outcome:
     agent: str
     strategy: str
-    result: str  # rebased | up to date | merged | skipped | conflict | missing | failed
+    result: SyncResult
     before: str = ""
     after: str = ""
-    setup: str = "-"  # re-ran | unchanged | failed | -
+    setup: SetupRun = "-"
     seconds: float = 0.0
     detail: str = ""
     old_base: str = ""  # the commit its own commits were replayed from (rebase --onto NEW OLD)
-    old_base_from: str = ""  # record | fork point | merge base
+    old_base_from: OldBaseFrom | Literal[""] = ""
     dropped: int = 0  # commits under the branch that base no longer has, left behind
 
 
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if note:
             output.message(note)
     if args.json:
-        output.print_json({"fetch": fetched, "base": base_note, "base_commit": base_commit, "agents": [asdict(o) for o in outcomes]})
+        output.print_json({"fetch": fetched, "base": base_note, "base_commit": base_commit, "agents": outcomes})
     else:
         rows = [
             [o.agent, o.strategy, o.result, f"{o.before}->{o.after}" if o.after and o.after != o.before else o.before or "-", o.setup, f"{o.seconds:.2f}s", o.detail]
@@ -303,7 +309,7 @@ def _under_way(ctx: EnvContext) -> str:
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
-def old_base(cwd: Path, head: str, recorded: str | None, new_base: str, base_ref: str | None) -> tuple[str | None, str]:
+def old_base(cwd: Path, head: str, recorded: str | None, new_base: str, base_ref: str | None) -> tuple[str | None, OldBaseFrom]:
     """The commit the branch's own commits sit on, and how it was found: the
     latest of the record's (it forked or was last synced there) and base's
     fork point from its reflog (``git merge-base --fork-point``: later than

@@ -28,7 +28,8 @@ import threading
 import time
 from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from hybridiso import git, output, ports, ready_marker, safe_files, strategies
 from hybridiso.envs import branches
@@ -46,7 +47,12 @@ from hybridiso.env_context import EnvContext
 
 HELP = "create or update agents' environments to match the manifest"
 MAX_JOBS = 256
-UP_TO_DATE = "Up to date"
+
+# what up does with an agent: make its environment, or check the one it has
+UpAction = Literal["create", "update"]
+# what it did (the progress line's word, and up --json's "action")
+UpResult = Literal["Created", "Recreated", "Restarted", "Set up", "Updated", "Up to date", "Failed", "Kept", "Cancelled"]
+UP_TO_DATE: UpResult = "Up to date"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -64,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 class Outcome:
     name: str
     strategy: str
-    action: str
+    action: UpResult
     ok: bool
     seconds: float
     error: str | None = None
@@ -72,7 +78,7 @@ class Outcome:
     ports: dict[str, int] | None = None
     note: str = ""  # said on the progress line, e.g. how a clone's objects were made
     why: str = ""  # why the plan gave it its job (Job.why)
-    bug: bool = False  # the error is a bug in hybridiso (its crash log is named): exit 3
+    bug: bool = field(default=False, metadata=output.NOT_IN_JSON)  # the error is a bug in hybridiso (its crash log is named): exit 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             record = state.agents.get(o.name)
             if record is not None:
                 o.path, o.ports = record.path, dict(record.ports)
-        output.print_json([{k: v for k, v in o.__dict__.items() if k != "bug"} for o in outcomes])
+        output.print_json(outcomes)
     failed = [o for o in outcomes if not o.ok]
     if failed:
         error = AgentsFailed("failed", [(o.name, o.error or o.action) for o in failed], len(outcomes))
@@ -201,8 +207,8 @@ def _taken_by_others(project: Project, state: State, selected: list[AgentPlan]) 
     return strategies.ports_taken_by_others(project, leased, {p.agent.name: p.strategy for p in selected})
 
 
-CREATE = "create"
-UPDATE = "update"
+CREATE: UpAction = "create"
+UPDATE: UpAction = "update"
 
 
 @dataclass
@@ -210,7 +216,7 @@ class Job:
     """What ``up`` will do to one agent (``CREATE`` or ``UPDATE``), and why."""
 
     ctx: EnvContext
-    action: str
+    action: UpAction
     why: str
 
 
@@ -282,7 +288,7 @@ def _execute(project: Project, state: State, plan: list[Job], workers: int, widt
                     outcome.why = futures[f].why
                     outcomes.append(outcome)
                     output.progress_line(outcome.ok, outcome.name, outcome.strategy, outcome.action, outcome.seconds, width, outcome.note)
-                    if futures[f].ctx.record.extra.get("rolled_back"):
+                    if futures[f].ctx.record.rolled_back:
                         state.agents.pop(outcome.name, None)
                     if outcome.ok and outcome.action == UP_TO_DATE:
                         # nothing of it changed on disk: one save at the end
@@ -389,13 +395,13 @@ def _prepare_one(
     return Job(ctx, CREATE, why)
 
 
-def _one(ctx: EnvContext, action: str) -> Outcome:
+def _one(ctx: EnvContext, action: UpAction) -> Outcome:
     started = time.monotonic()
     strategy = ctx.record.strategy
     try:
         if action == CREATE:
             lifecycle.create(ctx)
-            verb = "Created"
+            verb: UpResult = "Created"
         else:
             verb = _update(ctx)
         return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started, note=_note(ctx, action))
@@ -412,7 +418,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
             error = "the disk is full (No space left on device)" + (f"; and {error}" if bug else "")
             try:
                 lifecycle.rollback(ctx, check_work=False)  # this run's own, half-made
-                ctx.record.extra["rolled_back"] = True
+                ctx.record.rolled_back = True
                 error += "; what it had made is rolled back"
             except Exception as rollback_error:  # noqa: BLE001 - the record stays marked creating: the next up retries
                 said, rollback_bug = job_problem(rollback_error)
@@ -421,7 +427,7 @@ def _one(ctx: EnvContext, action: str) -> Outcome:
         return Outcome(ctx.name, strategy, "Failed", False, time.monotonic() - started, error, bug=bug)
 
 
-def _note(ctx: EnvContext, action: str) -> str:
+def _note(ctx: EnvContext, action: UpAction) -> str:
     if action == CREATE and ctx.record.clone_objects == git.CLONE_COPIED:
         # docs/faults.md row 36: say it, it costs the whole object store again on disk
         return "objects copied, not hard-linked: the workspace is on another file system than the repository"
@@ -442,7 +448,7 @@ def _space_left(path: Path) -> int:
     return LOW_SPACE
 
 
-def _update(ctx: EnvContext) -> str:
+def _update(ctx: EnvContext) -> UpResult:
     """An existing env: refresh its env file, re-run setup if its inputs
     changed, restart what should run."""
     from hybridiso import envfile

@@ -13,6 +13,7 @@ A network-isolated agent's network has a bridge named for its firewall rules
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from collections.abc import Mapping
 
 from hybridiso import egress, git
@@ -55,26 +56,41 @@ def _git_identity(ctx: EnvContext) -> dict[str, str]:
     return env
 
 
-def network_mode(ctx: EnvContext) -> str:
-    """How the agent's network is shaped: one of the modes above, or
-    ``refused: <why>`` for an isolated agent this machine cannot isolate
-    and whose manifest chose no weaker mode (``up`` fails it then)."""
+def _taken_identity(ctx: EnvContext) -> dict[str, str]:
+    """The identity recorded when the agent was made, taken now if it never was."""
+    if ctx.record.git_identity is None:
+        ctx.record.git_identity = _git_identity(ctx)
+    return ctx.record.git_identity
+
+
+@dataclass(frozen=True)
+class NetworkMode:
+    """How the agent's network is shaped: ``name`` is one of the modes
+    above; ``refused`` says why ``up`` fails an isolated agent this machine
+    cannot isolate and whose manifest chose no weaker mode ("" when it does
+    not; its file keeps the isolated shape then)."""
+
+    name: str
+    refused: str = ""
+
+
+def network_mode(ctx: EnvContext) -> NetworkMode:
     agent = ctx.agent
     assert agent is not None
     if "host-network" in agent.workload.needs:
-        return HOST
+        return NetworkMode(HOST)
     if not agent.network_isolated:
-        return OWN_NETWORK
+        return NetworkMode(OWN_NETWORK)
     if ctx.record.network_guard in (NO_NETWORK, INTERNAL) and ctx.record.network_guard == agent.network_fallback:
-        return ctx.record.network_guard  # the engine's networks were found out of reach before
+        return NetworkMode(ctx.record.network_guard)  # the engine's networks were found out of reach before
     why = netguard.unavailable()
     if why is None:
-        return ISOLATED
+        return NetworkMode(ISOLATED)
     if agent.network_fallback == NO_NETWORK and ctx.project.manifest.runs_services_in_containers(agent):
-        return f"refused: {why}, and network_fallback: none cannot reach its containerised services (internal can)"
+        return NetworkMode(ISOLATED, f"{why}, and network_fallback: none cannot reach its containerised services (internal can)")
     if agent.network_fallback != "refuse":
-        return agent.network_fallback
-    return f"refused: {why}"
+        return NetworkMode(agent.network_fallback)
+    return NetworkMode(ISOLATED, why)
 
 
 def agent_user(ctx: EnvContext) -> tuple[int, int]:
@@ -127,7 +143,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         **service_env,
         # taken once, when the agent is made: a later shell with other
         # GIT_AUTHOR_* must not change the config (and recreate a running agent)
-        **ctx.record.extra.setdefault("git_identity", _git_identity(ctx)),
+        **_taken_identity(ctx),
         "HOME": "/tmp",  # the agent's uid has no home in the image
     }
     if container_user.needs_grants(uid) and "GIT_CONFIG_COUNT" not in env:
@@ -153,7 +169,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
     mode = network_mode(ctx)
     resources = agent.resources
     extra_hosts: tuple[str, ...] = ()
-    if mode == ISOLATED or mode.startswith("refused"):
+    if mode.name == ISOLATED:  # refused too: the file has the isolated shape
         # egress host names, as the host resolved them: DNS itself is outbound traffic
         extra_hosts = tuple(f"{name}:{a}" for name, addresses in sorted(egress_pins(ctx).items()) for a in addresses)
     labels = {
@@ -176,7 +192,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         cpus=resources.cpus if resources else None,
         memory=resources.memory if resources else None,
         pids=resources.pids if resources and resources.pids else DEFAULT_PIDS,
-        network_mode=mode if mode in (HOST, NO_NETWORK) else None,
+        network_mode=mode.name if mode.name in (HOST, NO_NETWORK) else None,
         labels=tuple(sorted(labels.items())),
         services=tuple(services),
         healthcheck=healthcheck,
@@ -185,8 +201,8 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
         read_only=agent.read_only,
         tmpfs=(TMP_TMPFS,) if agent.read_only else (),
         # refused here (no root): the file still has the isolated shape up gives it as root
-        bridge_name=guard_for(ctx).bridge if mode == ISOLATED or mode.startswith("refused") else None,
-        network_internal=mode == INTERNAL,
+        bridge_name=guard_for(ctx).bridge if mode.name == ISOLATED else None,
+        network_internal=mode.name == INTERNAL,
     )
 
 
@@ -202,13 +218,13 @@ def planned_boundary(ctx: EnvContext) -> dict[str, object]:
     assert agent is not None
     uid, gid = agent_user(ctx)
     mode = network_mode(ctx)
-    network = {
+    network = f"up refuses it: {mode.refused}" if mode.refused else {
         HOST: "host network",
         NO_NETWORK: "none network",
         INTERNAL: "internal network (no outside traffic; the host is reachable)",
         OWN_NETWORK: "its own network",
         ISOLATED: f"isolated: no route to the host or outside; egress: {', '.join(agent.egress) or 'nothing'}",
-    }.get(mode, f"up refuses it: {mode.removeprefix('refused: ')}")
+    }[mode.name]
     resources = agent.resources
     return {
         "user": f"{uid}:{gid}",

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from hybridiso.errors import DockerUnavailable, UserError
 
@@ -23,6 +23,33 @@ LABEL_PROJECT = f"{LABEL_PREFIX}.project"  # the repository (a stable id)
 LABEL_AGENT = f"{LABEL_PREFIX}.agent"
 LABEL_ROLE = f"{LABEL_PREFIX}.role"  # agent | service
 LABEL_COMPOSE_PROJECT = f"{LABEL_PREFIX}.compose-project"
+
+# what making a container match its config did (up says Recreated, Restarted)
+StartAction = Literal["created", "recreated", "started", "unchanged"]
+# how waiting for a container to be ready ended: its health, "running" (it
+# has no healthcheck), "exited", "stopped" (any other state Docker gives a
+# container that does not run), or the wait's own end
+WaitResult = Literal["healthy", "unhealthy", "running", "exited", "stopped", "timeout", "cancelled"]
+ResourceKind = Literal["container", "network", "volume"]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    result: WaitResult
+    docker_state: str = ""  # Docker's own word for the container's state (exited, dead, paused, ...)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A container, network or volume Docker has, with its labels."""
+
+    kind: ResourceKind
+    id: str
+    name: str
+    labels: Mapping[str, str]
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}"
 
 
 def docker_host() -> str:
@@ -239,34 +266,35 @@ def stop_container(container_id: str, timeout: int = 3) -> bool:
     return True
 
 
-def remove_labelled(labels: Mapping[str, str]) -> dict[str, int]:
-    """Remove containers, then networks and volumes carrying ``labels``."""
+def remove_labelled(labels: Mapping[str, str]) -> list[Resource]:
+    """Remove containers, then networks and volumes carrying ``labels``;
+    what was removed (one gone meanwhile is not)."""
     from docker.errors import NotFound
 
     filters = {"label": _label_filters(labels)}
-    counts = {"containers": 0, "networks": 0, "volumes": 0}
+    removed: list[Resource] = []
     with api_errors("remove containers"):
         for c in client().containers.list(all=True, ignore_removed=True, filters=filters):
             try:
                 c.remove(force=True, v=True)
-                counts["containers"] += 1
+                removed.append(Resource("container", c.id, c.name, dict(c.labels)))
             except NotFound:
                 pass
     with api_errors("remove networks"):
         for n in client().networks.list(filters=filters):
             try:
                 n.remove()
-                counts["networks"] += 1
+                removed.append(Resource("network", n.id, n.name, dict(n.attrs.get("Labels") or {})))
             except NotFound:
                 pass
     with api_errors("remove volumes"):
         for v in client().volumes.list(filters=filters):
             try:
                 v.remove(force=True)
-                counts["volumes"] += 1
+                removed.append(Resource("volume", v.id, v.name, dict(v.attrs.get("Labels") or {})))
             except NotFound:
                 pass
-    return counts
+    return removed
 
 
 _ANONYMOUS = re.compile(r"^[0-9a-f]{64}$")
@@ -290,16 +318,16 @@ def remove_volumes(names: Sequence[str]) -> None:
             pass
 
 
-def labelled_resources(labels: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:
-    """Containers, networks and volumes carrying ``labels``, for gc."""
+def labelled_resources(labels: Mapping[str, str]) -> list[Resource]:
+    """Containers, then networks, then volumes carrying ``labels``, for gc."""
     filters = {"label": _label_filters(labels)}
     c = client()
     with api_errors("list resources"):
-        return {
-            "containers": [{"id": x.id, "name": x.name, "labels": dict(x.labels)} for x in c.containers.list(all=True, ignore_removed=True, filters=filters)],
-            "networks": [{"id": x.id, "name": x.name, "labels": dict(x.attrs.get("Labels") or {})} for x in c.networks.list(filters=filters)],
-            "volumes": [{"id": x.id, "name": x.name, "labels": dict(x.attrs.get("Labels") or {})} for x in c.volumes.list(filters=filters)],
-        }
+        return [
+            *(Resource("container", x.id, x.name, dict(x.labels)) for x in c.containers.list(all=True, ignore_removed=True, filters=filters)),
+            *(Resource("network", x.id, x.name, dict(x.attrs.get("Labels") or {})) for x in c.networks.list(filters=filters)),
+            *(Resource("volume", x.id, x.name, dict(x.attrs.get("Labels") or {})) for x in c.volumes.list(filters=filters)),
+        ]
 
 
 def logs_tail(container: str, lines: int = 5) -> str:
@@ -481,7 +509,7 @@ class ContainerPlan:
     network_internal: bool = False
 
 
-def apply_container(plan: ContainerPlan) -> str | None:
+def apply_container(plan: ContainerPlan) -> StartAction | None:
     """Make ``plan`` true on its network, which must
     exist: its one container exists with the same config and runs.  Returns what was done
     (created, recreated, started, unchanged), or None where Compose must
@@ -501,7 +529,7 @@ def apply_container(plan: ContainerPlan) -> str | None:
             return None
         # its network is the caller's to make, in the file's shape, before
         # anything starts (strategies/container.py: isolation comes first)
-        action = "recreated" if stale else "created"
+        action: StartAction = "recreated" if stale else "created"
         for c in found:
             if c in stale:
                 api.remove_container(c["Id"], force=True)
@@ -530,11 +558,9 @@ def _holds_volumes(listed: Mapping[str, Any]) -> bool:
     return any(m.get("Type") == "volume" for m in listed.get("Mounts") or [])
 
 
-def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event | None = None) -> str:
+def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event | None = None) -> Readiness:
     """Poll until the container is healthy, unhealthy or stopped (or
-    ``timeout`` passes, or ``cancel`` is set); its final state: healthy,
-    unhealthy, running (no healthcheck), Docker's own state when it stopped
-    (exited, dead, paused, ...), timeout or cancelled."""
+    ``timeout`` passes, or ``cancel`` is set)."""
     import time
 
     api = client().api
@@ -543,14 +569,15 @@ def wait_ready(container_name: str, *, timeout: float, cancel: threading.Event |
     with api_errors(f"inspect container {container_name}"):
         while True:
             state = api.inspect_container(container_name).get("State") or {}
-            if state.get("Status") not in ("running", "created", "restarting"):
-                return str(state.get("Status"))
+            status = str(state.get("Status"))
             health = (state.get("Health") or {}).get("Status")
-            if health in ("healthy", "unhealthy"):
-                return str(health)
+            if status not in ("running", "created", "restarting"):
+                return Readiness("exited" if status == "exited" else "stopped", status)
+            if health == "healthy" or health == "unhealthy":
+                return Readiness(health, status)
             if health is None:
-                return str(state.get("Status"))
+                return Readiness("running" if status == "running" else "stopped", status)
             if time.monotonic() > end:
-                return "timeout"
+                return Readiness("timeout", status)
             if cancel.wait(0.1):
-                return "cancelled"
+                return Readiness("cancelled", status)

@@ -86,7 +86,7 @@ def prepare(ctx: EnvContext, refs: branches.Refs | None = None, carried: AgentRe
     made_now = not start.exists and not start.track
     made_before = carried is not None and carried.created_branch and start.exists
     record.created_branch = strategy.SHARES_REFS and (made_now or made_before)
-    record.extra["owns_path"] = True
+    record.owns_path = True
     if ctx.agent is not None:  # in the journal before any file is copied
         record.include_patterns = includes.patterns_for(ctx.project.checkout, ctx.project.manifest.include_for(ctx.agent))
 
@@ -165,8 +165,8 @@ def rollback(ctx: EnvContext, *, check_work: bool) -> None:
     if not check_work:
         # if this fails half-way, the next run finishes it without asking
         # again: nobody else could have written into it when it was decided
-        ctx.record.extra["removing"] = True
-    elif ctx.record.extra.get("owns_path") and not ctx.record.extra.get("removing"):
+        ctx.record.removing = True
+    elif ctx.record.owns_path and not ctx.record.removing:
         # the branch survives a rollback once it moved (below); a clone's does not
         losing = work_at_risk(ctx, keep_branch=strategy.SHARES_REFS)
         if not losing.empty:
@@ -176,7 +176,7 @@ def rollback(ctx: EnvContext, *, check_work: bool) -> None:
                 hint=f"look in {ctx.path}: `hybridiso down {ctx.name}` names what is there and `--force` saves it to a backup "
                 f"(`hybridiso restore {ctx.name}`), then `hybridiso up {ctx.name}` creates it anew",
             )
-    if ctx.record.extra.get("owns_path"):
+    if ctx.record.owns_path:
         strategy.remove(ctx)
     service_branches.release(ctx)
     if strategy.SHARES_REFS and ctx.record.created_branch:
@@ -207,11 +207,11 @@ def create(ctx: EnvContext) -> None:
     t = time.monotonic()
     service_env = service_branches.provision(ctx)
     if service_env:
-        record.extra["env"] = {**record.extra.get("env", {}), **service_env}
+        record.service_env = {**record.service_env, **service_env}
         record.timings["services"] = round(time.monotonic() - t, 3)
     t = time.monotonic()
     included = includes.copy_includes(project.checkout, ctx.path, project.manifest.include_for(ctx.agent))
-    record.extra["included"] = included.copied
+    record.included = included.copied
     for rel in included.kept:
         output.warn(f"{ctx.name}: include {rel} was not copied: the branch has its own file there, kept as it is")
     envfile.write_env_file(ctx.path, environment_for(project, ctx.agent, record))
@@ -286,7 +286,7 @@ def precious_patterns(project: Project, agent: Agent | None, record: AgentRecord
     if record is not None:
         # a tampered state file must not make this fail (nor make less precious)
         patterns = record.include_patterns if isinstance(record.include_patterns, list) else []
-        copied = record.extra.get("included", [])
+        copied = record.included
         kept = [p for p in patterns if isinstance(p, str)]
         kept += [_literal(rel) for rel in (copied if isinstance(copied, list) else []) if isinstance(rel, str)]
     return includes.patterns_for(project.checkout, list(dict.fromkeys([*manifest_patterns, *kept, *PRECIOUS_DEFAULT])))
@@ -599,7 +599,7 @@ def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | Non
     # a worktree's commits live on in its branch unless we delete the branch,
     # which we only do for a branch we created
     branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
-    if ctx.record.extra.get("removing"):
+    if ctx.record.removing:
         # an earlier removal checked (and saved) the work, then stopped
         # half-way, taking the .git link with it: finish it
         report = report.without("unreadable")
@@ -645,7 +645,7 @@ def remove(
     ``main``: the repository's refs as read before (valid until a removal)."""
     # a removal this record began (and judged) may have taken the marks already
     own_repository = not strategies.get(ctx.record.strategy).SHARES_REFS
-    if not ctx.record.extra.get("removing") and not ctx.project.proves_made(ctx.path, own_repository, ctx.record.phase):
+    if not ctx.record.removing and not ctx.project.proves_made(ctx.path, own_repository, ctx.record.phase):
         # a forged or stale record at somebody's directory: not even --force
         raise UserError(
             f"agent {ctx.name}: nothing shows hybridiso made {ctx.path} (no {envfile.ENV_FILE} of this project, "

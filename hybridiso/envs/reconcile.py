@@ -24,7 +24,7 @@ from hybridiso import envfile, git, ready_marker, strategies
 from hybridiso.services import branches as service_branches
 from hybridiso.names import env_var_for_port
 from hybridiso.project import Project
-from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, DatabaseBranch, State
+from hybridiso.state import PHASE_CREATING, PHASE_READY, AgentRecord, State
 from hybridiso.strategies.base import Strategy
 
 
@@ -61,13 +61,14 @@ def adopt_from_reality(project: Project, state: State) -> list[str]:
             ports=ports,
             setup_hash="",
             # a half-made one is rolled back by the next up: it owns its directory
-            extra={"adopted": True, **({} if finished else {"owns_path": True})},
+            adopted=True,
+            owns_path=not finished,
         )
         # database branch names are deterministic: the record owns them again
         # (so `down` drops them and gc never takes them for leftovers)
         # (their baselines are read back from the databases' comments)
         state.agents[agent.name].databases = {
-            svc: DatabaseBranch(b["name"], b["server"]) for svc, b in service_branches.planned_branches(project, agent).items()
+            svc: b.record() for svc, b in service_branches.planned_branches(project, agent).items()
         }
         adopted.append(agent.name)
     return adopted

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 from hybridiso import output
 from hybridiso.containers import netguard
-from hybridiso.gc.rules import Finding
+from hybridiso.gc.rules import Finding, Kind
 from hybridiso.project import Project
 from hybridiso.state import State
 
-FIREWALL = "firewall"
+FIREWALL: Kind = "firewall"
 
 
 def firewall_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from hybridiso import git, json_data, process_groups, safe_files
-from hybridiso.gc.rules import Finding
+from hybridiso.gc.rules import Finding, Kind
 from hybridiso.project import Project
 from hybridiso.state import ProcessGroup, State, lock_holder
 
-LAND_SCRATCH = "land-scratch"
-LAND_CHECK = "land-check"
-LAND_DATABASE = "land-database"
-LAND_CONTAINER = "land-container"
+LAND_SCRATCH: Kind = "land-scratch"
+LAND_CHECK: Kind = "land-check"
+LAND_DATABASE: Kind = "land-database"
+LAND_CONTAINER: Kind = "land-container"
 CHECK_ROLE = "land-check"  # the dev.hybridiso.role of a container agent's check (land/container_check.py)
 
 

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 
 from hybridiso import output
 from hybridiso.errors import UserError
-from hybridiso.gc.rules import Finder, Finding
+from hybridiso.gc.rules import Finder, Finding, Kind
 from hybridiso.project import Project
 from hybridiso.state import State
 
 if TYPE_CHECKING:
     from hybridiso.services.databases import DumpTarget
 
-DOCKER = "docker"
-DATABASE = "database"
-PROCESS = "process"
+DOCKER: Kind = "docker"
+DATABASE: Kind = "database"
+PROCESS: Kind = "process"
 
 
 def process_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
@@ -94,13 +94,12 @@ def docker_findings(project: Project, state: State, dry_run: bool) -> list[Findi
     repo = {docker_client.LABEL_PROJECT: project.id}
     found = docker_client.labelled_resources(repo)
     by_agent: dict[str, list[str]] = {}
-    for kind, items in found.items():
-        for item in items:
-            agent = item["labels"].get(docker_client.LABEL_AGENT)
-            if item["labels"].get(docker_client.LABEL_ROLE) == CHECK_ROLE:
-                continue  # land's, while no land runs (land_leftovers.py)
-            if agent and agent not in state.agents and agent not in spared:
-                by_agent.setdefault(agent, []).append(f"{kind[:-1]} {item['name']}")
+    for resource in found:
+        agent = resource.labels.get(docker_client.LABEL_AGENT)
+        if resource.labels.get(docker_client.LABEL_ROLE) == CHECK_ROLE:
+            continue  # land's, while no land runs (land_leftovers.py)
+        if agent and agent not in state.agents and agent not in spared:
+            by_agent.setdefault(agent, []).append(resource.describe())
     findings = []
     for agent, things in sorted(by_agent.items()):
         labels = {**repo, docker_client.LABEL_AGENT: agent}
@@ -123,7 +122,7 @@ def _docker_remover(labels: dict[str, str]) -> Callable[[], list[str]]:
 
         docker_client.remove_labelled(labels)
         left = docker_client.labelled_resources(labels)
-        return [f"{kind[:-1]} {item['name']}" for kind, items in left.items() for item in items]
+        return [r.describe() for r in left]
 
     return apply
 
@@ -238,7 +237,7 @@ def compare_findings(project: Project, state: State, dry_run: bool) -> list[Find
 
         if docker_client.reachable()[0]:
             found = docker_client.labelled_resources({compare.COMPARE_LABEL: workdir.name})
-            owns += [f"{kind[:-1]} {item['name']}" for kind, items in found.items() for item in items]
+            owns += [r.describe() for r in found]
         findings.append(
             Finding(DOCKER, f"report --compare leftovers {workdir.name}", True, "a comparison that was killed before it cleaned up", owns, apply=_compare_remover(workdir))
         )

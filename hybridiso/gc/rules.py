@@ -16,28 +16,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 from hybridiso.gc.merged import Verdict
+from hybridiso.output import NOT_IN_JSON
+from hybridiso.state import PHASE_READY, Phase
 
 if TYPE_CHECKING:
     from hybridiso.project import Project
     from hybridiso.state import State
 
-# kinds of finding, in the order the summary lists them
-MERGED = "merged"
-ZOMBIE = "zombie"
-UPSTREAM_GONE = "upstream-gone"
-INTERRUPTED = "interrupted"
-LEFTOVERS = "leftovers"
-ORPHAN = "orphan-dir"
-KEPT = "kept"
+# kinds of finding (each finder module names its own), in the order the summary lists them
+Kind = Literal[
+    "merged", "zombie", "upstream-gone", "interrupted", "leftovers", "orphan-dir", "kept",
+    "docker", "database", "process", "firewall", "land-scratch", "land-check", "land-database", "land-container",
+]
+MERGED: Kind = "merged"
+ZOMBIE: Kind = "zombie"
+UPSTREAM_GONE: Kind = "upstream-gone"
+INTERRUPTED: Kind = "interrupted"
+LEFTOVERS: Kind = "leftovers"
+ORPHAN: Kind = "orphan-dir"
+KEPT: Kind = "kept"
+# what became of a finding after --yes
+Result = Literal["removed", "kept", "failed"]
 
 
 @dataclass(frozen=True)
 class AgentFacts:
     name: str
-    phase: str  # creating | ready
+    phase: Phase
     exists: bool  # the directory is there
     registered: bool  # git knows it (a listed worktree, a clone's .git)
     # everything but the branch's own commits that removal would lose
@@ -55,7 +63,7 @@ class AgentFacts:
 @dataclass(frozen=True)
 class Decision:
     remove: bool
-    kind: str
+    kind: Kind
     reason: str
     delete_branch: bool = False
 
@@ -74,7 +82,7 @@ def decide(f: AgentFacts) -> Decision:
         return Decision(True, LEFTOVERS, "what an earlier removal could not delete", branch_ok)
     if not f.registered:
         return Decision(False, KEPT, "directory exists but git does not know it; look inside, then delete it yourself")
-    if f.phase != "ready":
+    if f.phase != PHASE_READY:
         return Decision(True, INTERRUPTED, "creation never finished (it failed or was interrupted)" + keep_branch_note, branch_ok)
     if f.verdict is None:
         return Decision(False, KEPT, f"branch {f.branch} not found; look at the environment by hand")
@@ -98,26 +106,30 @@ def _describe(v: Verdict | None) -> str:
 class Finding:
     """One thing gc found: removed with ``--yes`` when ``remove``."""
 
-    kind: str
+    kind: Kind
     target: str
-    remove: bool
+    remove: bool = field(metadata=NOT_IN_JSON)  # --json says it as ``action``
     reason: str
     owns: list[str] = field(default_factory=list)
     # does the removal; returns what could not be removed (empty: all gone)
-    apply: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
-    result: str = ""  # removed | kept | failed (after --yes)
+    apply: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False, metadata=NOT_IN_JSON)
+    result: Result | None = None  # after --yes
     left: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "target": self.target,
-            "action": "remove" if self.remove else "keep",
-            "reason": self.reason,
-            "owns": self.owns,
-            "result": self.result or None,
-            "left": self.left,
-        }
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("action",)
+
+    @property
+    def action(self) -> Literal["remove", "keep"]:
+        return "remove" if self.remove else "keep"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What ``gc --json`` prints."""
+
+    applied: bool
+    findings: list[Finding]
+    summary: str
 
 
 class Finder(Protocol):

@@ -35,7 +35,7 @@ def plan(project: Project, agent: Agent) -> list[CheckDatabase]:
     """The databases one check of ``agent`` gets, with new names."""
     planned = []
     for service, b in sorted(branches.planned_branches(project, agent).items()):
-        planned.append(CheckDatabase(service, b["server"], b["template"], branches.land_check_name(project, service)))
+        planned.append(CheckDatabase(service, b.server, b.template, branches.land_check_name(project, service)))
     return planned
 
 

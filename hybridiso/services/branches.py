@@ -63,8 +63,20 @@ def env_var(service: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_URL"
 
 
-def planned_branches(project: Project, agent: Agent) -> dict[str, dict[str, str]]:
-    """service -> {name, server, template} of the branches ``agent`` gets.
+@dataclass(frozen=True)
+class PlannedBranch:
+    """A database branch an agent gets: its name on ``server``, made from ``template``."""
+
+    name: str
+    server: str
+    template: str
+
+    def record(self) -> DatabaseBranch:
+        return DatabaseBranch(self.name, self.server)
+
+
+def planned_branches(project: Project, agent: Agent) -> dict[str, PlannedBranch]:
+    """service -> the branch ``agent`` gets for it.
     Names are deterministic, so a record rebuilt without the state file
     (reconcile) knows its databases again."""
     from hybridiso.services import databases
@@ -74,7 +86,7 @@ def planned_branches(project: Project, agent: Agent) -> dict[str, dict[str, str]
         svc = project.manifest.services.get(service)
         if svc is not None and svc.kind == "postgres" and svc.url and svc.template:
             name = databases.branch_name(project_key(project), agent.name, service)
-            planned[service] = {"name": name, "server": svc.url, "template": svc.template}
+            planned[service] = PlannedBranch(name, svc.url, svc.template)
     return planned
 
 
@@ -91,11 +103,11 @@ def provision(ctx: EnvContext) -> dict[str, str]:
     env: dict[str, str] = {}
     for service, branch in planned.items():
         # in the record, on disk, before it exists: a rollback after a kill finds it
-        owned[service] = DatabaseBranch(branch["name"], branch["server"])
+        owned[service] = branch.record()
         ctx.persist()
-        url = databases.create_branch(branch["server"], branch["template"], branch["name"])
-        baseline = databases.baseline_of(branch["server"], branch["name"])
-        owned[service] = DatabaseBranch(branch["name"], branch["server"], baseline.to_json() if baseline else None)
+        url = databases.create_branch(branch.server, branch.template, branch.name)
+        baseline = databases.baseline_of(branch.server, branch.name)
+        owned[service] = DatabaseBranch(branch.name, branch.server, baseline.to_json() if baseline else None)
         env[env_var(service)] = url
         env.setdefault("DATABASE_URL", url)
     ctx.persist()
@@ -226,6 +238,7 @@ class Released:
     dump: Path | None = None  # a changed branch's data, saved before it was dropped
     change: str = ""
     left: str = ""  # why it is still on its server (not reachable)
+    foreign: bool = False  # not a branch of this agent's (a tampered record): never touched, gc has nothing to do
 
 
 def release(ctx: EnvContext, *, dump: bool = False) -> list[Released]:
@@ -242,7 +255,7 @@ def release(ctx: EnvContext, *, dump: bool = False) -> list[Released]:
     for service in sorted(owned):
         db = owned[service]
         if not ours(ctx, service, db):
-            released.append(Released(db.name, left=f"not the branch agent {ctx.name} gets for service {service}: never touched"))
+            released.append(Released(db.name, left=f"not the branch agent {ctx.name} gets for service {service}: never touched", foreign=True))
             del owned[service]
             continue
         try:

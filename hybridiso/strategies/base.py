@@ -25,6 +25,7 @@ from hybridiso.state import ProcessGroup
 from hybridiso.work.inventory import MainRepo, WorkReport
 
 if TYPE_CHECKING:
+    from hybridiso.containers.docker_client import ContainerInfo, StartAction
     from hybridiso.setup_runner import LogFile
 
 
@@ -40,6 +41,10 @@ class Observation:
     problems: tuple[str, ...] = ()
     # what a container agent gets, read from Docker (user, capabilities, ...): status shows it
     boundary: Mapping[str, Any] | None = None
+    # a container agent's container as Docker lists it (None: none, or Docker
+    # was not asked): what ``process`` says in words, for code to read
+    container: ContainerInfo | None = None
+    docker_reachable: bool = True
 
 
 def host_setup(
@@ -63,7 +68,7 @@ def host_setup(
 # --- the shared defaults a strategy module assigns --------------------------------------
 
 
-def start_nothing(ctx: EnvContext) -> str | None:
+def start_nothing(ctx: EnvContext) -> StartAction | None:
     """A plain directory runs nothing."""
     return None
 
@@ -153,7 +158,7 @@ class Strategy(Protocol):
     # database branches, as `gc` lists it ("worktree metadata", ...)
     REMOVES: tuple[str, ...]
 
-    def start(self, ctx: EnvContext) -> str | None:
+    def start(self, ctx: EnvContext) -> StartAction | None:
         """Make what should run match its config and run (containers): returns
         what it did (created, recreated, started, unchanged); None for plain
         directories, which run nothing (``start_nothing``)."""

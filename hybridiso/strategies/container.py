@@ -34,6 +34,7 @@ from hybridiso.containers import compose_cli
 from hybridiso.containers import git_dir as container_git
 from hybridiso.containers import users as container_user
 from hybridiso.containers import docker_client
+from hybridiso.containers.docker_client import StartAction
 from hybridiso.containers import engine_apply
 from hybridiso.containers import netguard
 from hybridiso.envfile import ENV_FILE
@@ -41,7 +42,7 @@ from hybridiso.errors import Cancelled, UserError
 from hybridiso.process import CommandError
 from hybridiso.manifest import Command
 from hybridiso.project import Project
-from hybridiso.state import PHASE_READY, ProcessGroup
+from hybridiso.state import GIT_IN_CONTAINER_MISSING, GIT_IN_CONTAINER_OK, PHASE_READY, ProcessGroup
 from hybridiso.strategies import worktree
 from hybridiso.setup_runner import LogFile
 from hybridiso.env_context import EnvContext
@@ -156,13 +157,13 @@ def _refuse_if_unguarded(ctx: EnvContext) -> str:
     from hybridiso.containers.build import network_mode
 
     mode = network_mode(ctx)
-    if mode.startswith("refused: "):
+    if mode.refused:
         raise netguard.Unavailable(
             f"agent {ctx.name} needs network isolation ({', '.join(n for n in ctx.agent.workload.needs if n in ('network-isolation', 'untrusted-code')) if ctx.agent else 'network-isolation'}), "
-            f"which hybridiso enforces with firewall rules on the Docker host, and {mode.removeprefix('refused: ')}",
+            f"which hybridiso enforces with firewall rules on the Docker host, and {mode.refused}",
             hint=netguard._HINT,
         )
-    return mode
+    return mode.name
 
 
 _network_maker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hybridiso-network")
@@ -238,13 +239,13 @@ def _await_network(ctx: EnvContext, *, wait_only: bool = False) -> bool:
     return bool(future.result())
 
 
-def start(ctx: EnvContext) -> str:
+def start(ctx: EnvContext) -> StartAction:
     """Render the file and make Docker match it: created, recreated (the
     config changed), started (it had stopped) or unchanged."""
     assert ctx.agent is not None and ctx.agent.image
     docker_client.client()  # Docker unreachable: say so before anything else (docs/faults.md row 12)
     docker_client.ensure_image(ctx.agent.image)
-    ctx.record.extra["image"] = ctx.agent.image  # down fixes ownership with it, even once the manifest forgets the agent
+    ctx.record.image = ctx.agent.image  # down fixes ownership with it, even once the manifest forgets the agent
     spec, path = _prepare(ctx)
     # ready means healthy where anything has a healthcheck: the manifest's,
     # the image's own HEALTHCHECK, or the services'
@@ -293,7 +294,7 @@ def _prepare(ctx: EnvContext) -> tuple[Any, Path]:
         # made by a hybridiso that ran containers as root, or a record rebuilt from reality
         _hand_over(ctx, uid, gid)
     container_git.publish_base(ctx)
-    container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.extra.get("included", [])])
+    container_user.refresh(ctx, uid, gid, [ENV_FILE, *ctx.record.included])
     t = time.monotonic()
     if not _network_ready(ctx, path, mode):
         return _prepare(ctx)  # the engine's networks are out of reach: the manifest's weaker mode, rendered anew
@@ -384,7 +385,7 @@ def ports_taken_by_others(project: Project, leases: Mapping[str, Mapping[str, in
     return taken
 
 
-def _what_compose_did(before: dict[str, str], after: dict[str, str]) -> str:
+def _what_compose_did(before: dict[str, str], after: dict[str, str]) -> StartAction:
     if not before:
         return "created"
     if set(after) != set(before):
@@ -395,7 +396,7 @@ def _what_compose_did(before: dict[str, str], after: dict[str, str]) -> str:
 READY_TIMEOUT = 120  # seconds for every healthcheck to pass
 
 
-def _apply_through_engine(ctx: EnvContext, path: Path, image_id: str, healthchecks: bool) -> str | None:
+def _apply_through_engine(ctx: EnvContext, path: Path, image_id: str, healthchecks: bool) -> StartAction | None:
     """A project of one container starts through the Engine API (see
     engine_apply.py): what was done; None when the file needs Compose."""
     plan = _engine_plan(ctx, path, image_id)
@@ -406,14 +407,14 @@ def _apply_through_engine(ctx: EnvContext, path: Path, image_id: str, healthchec
         return None
     if healthchecks:
         final = docker_client.wait_ready(plan.container_name, timeout=READY_TIMEOUT, cancel=ctx.cancel)
-        if final == "cancelled":
+        if final.result == "cancelled":
             raise Cancelled(ctx.name)
-        if final not in ("healthy", "running", "unhealthy", "exited", "timeout"):
+        if final.result == "stopped":
             raise UserError(
-                f"container {plan.container_name} is {final}, not running",
+                f"container {plan.container_name} is {final.docker_state}, not running",
                 hint=f"`docker inspect {plan.container_name}` and `docker logs {plan.container_name}` show why",
             )
-        if final == "timeout":
+        if final.result == "timeout":
             stopped = docker_client.stop_container(plan.container_name)  # issue 16: not left running unready
             raise UserError(
                 f"container {plan.container_name} was not healthy after {READY_TIMEOUT}s" + ("; hybridiso stopped it (kept, with its logs)" if stopped else ""),
@@ -478,10 +479,10 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
         probe = "command -v git >/dev/null 2>&1 || exit 127; git status --porcelain >/dev/null"
         code, text = docker_client.exec_in(info.id, ["sh", "-c", probe], user=_exec_user(ctx), workdir=str(ctx.path), environment={"HOME": "/tmp"})
     if code == 0:
-        ctx.record.extra["git_in_container"] = "ok"
+        ctx.record.git_in_container = GIT_IN_CONTAINER_OK
         return
     if code in (126, 127):
-        ctx.record.extra["git_in_container"] = "image has no git"
+        ctx.record.git_in_container = GIT_IN_CONTAINER_MISSING
         with _no_git_lock:  # issue 16: said once per image id, not on every up (nor per agent)
             first = not remembered and known not in _no_git_said
             _no_git_said.add(known)
@@ -558,7 +559,7 @@ def remove(ctx: EnvContext) -> None:
                 pass  # labels below catch what compose could not
         docker_client.remove_labelled(agent_labels(ctx))
         docker_client.remove_volumes(inherited)
-        image = ctx.agent.image if ctx.agent is not None else ctx.record.extra.get("image")
+        image = ctx.agent.image if ctx.agent is not None else (ctx.record.image or None)
         fix_ownership(ctx.path, image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
         fix_ownership(container_git.area(ctx), image=image, labels={**ctx.project.manifest.labels, **agent_labels(ctx)})
     elif ctx.path.exists():
@@ -631,7 +632,7 @@ def observe(ctx: EnvContext) -> Observation:
         collect(ctx)  # its branch as the agent left it (status, sync, gc)
     files = worktree.observe(ctx)
     if not ok:
-        return Observation(files.exists, files.registered, files.branch, files.head, "docker unreachable", files.problems)
+        return Observation(files.exists, files.registered, files.branch, files.head, "docker unreachable", files.problems, docker_reachable=False)
     info = _agent_container(ctx)
     process = info.describe() if info is not None else "no container"
     problems = files.problems
@@ -639,37 +640,39 @@ def observe(ctx: EnvContext) -> Observation:
         problems = (*problems, "its container is gone: `hybridiso up` starts it again")
     boundary = None
     if info is not None:
-        boundary = {**info.boundary, "network": _network_observed(ctx, info)}
-        if boundary["network"].startswith("NOT ISOLATED"):
-            problems = (*problems, f"network isolation is not in force ({boundary['network']}): `hybridiso up {ctx.name}` restores it")
-    return Observation(files.exists, files.registered, files.branch, files.head, process, problems, boundary)
+        network, in_force = _network_observed(ctx, info)
+        boundary = {**info.boundary, "network": network}
+        if not in_force:
+            problems = (*problems, f"network isolation is not in force ({network}): `hybridiso up {ctx.name}` restores it")
+    return Observation(files.exists, files.registered, files.branch, files.head, process, problems, boundary, info)
 
 
-def _network_observed(ctx: EnvContext, info: docker_client.ContainerInfo) -> str:
-    """What the container's network is, read from Docker and the firewall."""
+def _network_observed(ctx: EnvContext, info: docker_client.ContainerInfo) -> tuple[str, bool]:
+    """What the container's network is, read from Docker and the firewall,
+    and False when the isolation it was given is not in force."""
     mode = str(info.boundary.get("network_mode", ""))
     if mode in ("host", "none"):
-        return f"{mode} network"
+        return f"{mode} network", True
     if ctx.record.network_guard == "internal":
-        return "internal network (no outside traffic; the host is reachable)"
+        return "internal network (no outside traffic; the host is reachable)", True
     isolated = ctx.record.network_guard == "iptables" or (ctx.agent is not None and ctx.agent.network_isolated)
     if not isolated:
-        return "its own network"
+        return "its own network", True
     from hybridiso.containers.build import guard_for
 
     if netguard.unavailable() is not None:
-        return f"isolated, not verifiable here ({netguard.unavailable()})"
+        return f"isolated, not verifiable here ({netguard.unavailable()})", True
     guard = guard_for(ctx, resolve=False)  # status never waits for DNS
     try:
         table = _firewall_table()
     except netguard.Unavailable as e:
-        return f"isolated, not verifiable here ({e.message})"
+        return f"isolated, not verifiable here ({e.message})", True
     if not netguard.hooked(guard, table):
-        return "NOT ISOLATED: its firewall rules are missing"
+        return "NOT ISOLATED: its firewall rules are missing", False
     allowed = ", ".join(ctx.agent.egress) if ctx.agent and ctx.agent.egress else "nothing"
     if not netguard.in_force(guard, table):
-        return f"isolated, with the egress rules of an earlier manifest (`hybridiso up` applies egress: {allowed})"
-    return f"isolated: no route to the host or outside; egress: {allowed}"
+        return f"isolated, with the egress rules of an earlier manifest (`hybridiso up` applies egress: {allowed})", True
+    return f"isolated: no route to the host or outside; egress: {allowed}", True
 
 
 _table_cache: dict[str, tuple[float, netguard.Table]] = {}
@@ -847,7 +850,7 @@ def rebase_inside(ctx: EnvContext, onto: str, upstream: str | None) -> git.Rebas
     info = _agent_container(ctx)
     if info is None or info.status != "running":
         return git.RebaseResult(False, error=f"its container is not running; `hybridiso up {ctx.name}` starts it, then sync again")
-    if ctx.record.extra.get("git_in_container") == "image has no git":
+    if ctx.record.git_in_container == GIT_IN_CONTAINER_MISSING:
         return git.RebaseResult(False, error="its image has no git, and the host never rebases in the agent's own repository")
     user, where = _exec_user(ctx), str(ctx.path)
     container_git.publish_base(ctx, onto)

@@ -106,7 +106,7 @@ def test_user_story_http_exec_down(web_repo: Path) -> None:
     # made again: what was remembered skips the probe, and is not said again
     remade = hybridiso(repo, "up")
     assert "Created" in remade.stderr and "has no git" not in remade.stderr
-    assert state(repo)["agents"]["web"]["extra"]["git_in_container"] == "image has no git"
+    assert state(repo)["agents"]["web"]["git_in_container"] == "image has no git"
     hybridiso(repo, "down")
 
 
@@ -314,7 +314,7 @@ def test_git_inside_the_container(tmp_path: Path, git_image: str, compose_v2: st
         assert git(repo, "log", "-1", "--format=%s", "hybridiso/dev") == "from the container"
         env = tmp_path / "r.agents" / "dev"
         assert (env / "b.txt").stat().st_uid == int(agent_user(repo, "dev").split(":")[0])
-        assert state(repo)["agents"]["dev"]["extra"]["git_in_container"] == "ok"  # up probed it
+        assert state(repo)["agents"]["dev"]["git_in_container"] == "ok"  # up probed it
     finally:
         hybridiso(repo, "down", "--force", ok=None)
 
@@ -336,7 +336,7 @@ def test_git_inside_works_when_the_hosts_repository_is_one_it_could_not_read(tmp
     write_manifest(repo, dev_agent(git_image))
     try:
         hybridiso(repo, "up")
-        assert state(repo)["agents"]["dev"]["extra"]["git_in_container"] == "ok"
+        assert state(repo)["agents"]["dev"]["git_in_container"] == "ok"
         out = hybridiso(repo, "exec", "dev", "--", "sh", "-c", "git --version; echo b > b.txt && git add b.txt && git commit -qm inside && echo ok").stdout
         assert "git version 2.39" in out and "ok" in out
         assert git(repo, "log", "-1", "--format=%s", "hybridiso/dev") == "inside"
@@ -432,6 +432,6 @@ def test_an_image_without_git_is_said_once_for_all_its_agents(tmp_path: Path, bu
         assert first.stderr.count("has no git") == 1, first.stderr  # two agents, one image (issue 16)
         again = hybridiso(repo, "up")
         assert "has no git" not in again.stderr
-        assert {r["git_in_container"] for r in (a["extra"] for a in state(repo)["agents"].values())} == {"image has no git"}
+        assert {a["git_in_container"] for a in state(repo)["agents"].values()} == {"image has no git"}
     finally:
         hybridiso(repo, "down", "--force", ok=None)

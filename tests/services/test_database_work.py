@@ -390,7 +390,12 @@ def test_a_state_file_from_before_keeps_its_databases(tmp_path: Path, postgres_s
     path = repo / ".git" / "hybridiso" / "state.json"
     data = json.loads(path.read_text())
     record = data["agents"]["api"]
-    record["extra"]["databases"] = {svc: {"name": db["name"], "server": db["server"]} for svc, db in record.pop("databases").items()}
+    data["version"] = 1
+    record["extra"] = {
+        "databases": {svc: {"name": db["name"], "server": db["server"]} for svc, db in record.pop("databases").items()},
+        "env": record.pop("service_env"),
+        "owns_path": record.pop("owns_path"),
+    }
     record.pop("setup_processes")
     path.write_text(json.dumps(data))
     postgres_server.psql("UPDATE items SET label = 'changed'", db=name)
