@@ -8,10 +8,8 @@ import argparse
 from hybridiso import output
 from hybridiso.commands.common import add_json_flag, check_names, project_from_args
 from hybridiso.errors import EXIT_OK, EXIT_USER
-from hybridiso.land import report
-from hybridiso.land.parallel import machine_parallel, speculate
-from hybridiso.land.queue import Options, Train
-from hybridiso.land.store import LandStore
+# only what --help needs: the train itself is imported when `land` runs
+from hybridiso.land.machine import machine_parallel
 
 HELP = "land agents' work on base, each candidate checked on exactly what it lands on"
 
@@ -59,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     project = project_from_args(args)
     state = project.store.load()
     names = check_names(project, args.agents)
+    from hybridiso.land import report
+    from hybridiso.land.parallel import speculate
+    from hybridiso.land.queue import Options, Train
+    from hybridiso.land.store import LandStore
+
     parallel = args.parallel
     if parallel == 0:
         parallel, why = machine_parallel()

@@ -23,7 +23,6 @@ only the checks run in threads, each waiting on its own process group.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -47,36 +46,6 @@ from hybridiso.land.queue import (
     gave_up,
 )
 from hybridiso.state import ProcessGroup
-
-GIB = 1 << 30
-MEMORY_PER_CHECK = GIB  # what one check is assumed to need
-MAX_DEFAULT = 8  # deeper windows mostly redo work when one fails
-
-
-def machine_parallel() -> tuple[int, str]:
-    """K for a bare ``--parallel``: one check per usable core, fewer when
-    MemAvailable gives less than 1 GiB each, at most 8; and why."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    available = _mem_available()
-    by_memory = max(1, available // MEMORY_PER_CHECK) if available is not None else MAX_DEFAULT
-    k = max(1, min(cores, by_memory, MAX_DEFAULT))
-    memory = f"{available / GIB:.1f} GiB available" if available is not None else "memory unknown"
-    return k, f"{cores} usable core{'s' if cores != 1 else ''}, {memory}"
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
 
 class Cancelled(Exception):
     """Raised into a check whose base is no longer what would land."""

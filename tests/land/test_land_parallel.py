@@ -123,7 +123,7 @@ def test_parallel_stop_on_failure_keeps_failed_and_skips_the_rest_as_sequential_
 
 
 def test_bare_parallel_says_what_the_machine_sustains(tmp_path: Path) -> None:
-    from hybridiso.land.parallel import machine_parallel
+    from hybridiso.land.machine import machine_parallel
 
     repo = train_repo(tmp_path, '  check: ["true"]\n', ["a", "b"])
     agent_commit(repo, "a", {"a.txt": "a\n"})
