@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hybridiso.process_groups import boot_id, exec_token, land_token, read_stat
-from hybridiso.project import project_id
+from hybridiso.names import project_id
 from tests.land.trains import agent_commit, land_json, train_repo
 from tests.support.cli import hybridiso
 from tests.support.gitrepo import git
