@@ -90,6 +90,50 @@ def gated(argv: list[str]) -> list[str]:
     return ["/bin/sh", "-c", _GATE, "hybridiso-setup", *argv]
 
 
+@dataclass
+class Gated:
+    """A command started in a session of its own, held at its gate (the
+    leader waits to read "go") until its process group is recorded."""
+
+    proc: subprocess.Popen[bytes]
+    group: ProcessGroup
+    gate: int  # the gate's write end
+
+    def open_gate(self, on_start: Callable[[ProcessGroup], None] | None) -> None:
+        """``on_start(group)`` (on disk before the command runs: a kill -9
+        of this run leaves its trace), then let the command run."""
+        try:
+            if on_start is not None:
+                on_start(self.group)
+            with contextlib.suppress(BrokenPipeError):  # somebody killed it already: the wait says how
+                os.write(self.gate, b"go\n")
+        finally:
+            os.close(self.gate)  # without "go" the leader reads end-of-file and exits
+
+
+def start_gated(argv: list[str], cwd: Path, env: Mapping[str, str], token: str, out: int, shown: str) -> Gated:
+    """Start ``argv`` (stdout and stderr to ``out``) in its own session with
+    ``token`` in its environment, held at its gate; OSError when it cannot
+    start."""
+    gate_r, gate_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            gated(argv),
+            cwd=cwd,
+            env={**env, process_groups.TOKEN_VAR: token},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=gate_r,
+            start_new_session=True,
+        )
+    except OSError:
+        os.close(gate_w)
+        raise
+    finally:
+        os.close(gate_r)
+    return Gated(proc, process_groups.stamp(proc.pid, token, shown), gate_w)
+
+
 def describe(command: Command) -> str:
     return command if isinstance(command, str) else " ".join(command)
 
@@ -150,31 +194,13 @@ def _run_one(
     if missing:
         # the gate's shell would only say it in the log
         raise UserError(f"setup command for agent {agent} could not start: {shown}: {missing}")
-    gate_r, gate_w = os.pipe()
     try:
-        proc = subprocess.Popen(
-            gated(argv),
-            cwd=cwd,
-            env={**env, process_groups.TOKEN_VAR: token},
-            stdout=fd,
-            stderr=subprocess.STDOUT,
-            stdin=gate_r,
-            start_new_session=True,
-        )
+        started_gated = start_gated(argv, cwd, env, token, fd, shown)
     except OSError as e:
-        os.close(gate_w)
         raise UserError(f"setup command for agent {agent} could not start: {shown}: {e.strerror or e}") from None
-    finally:
-        os.close(gate_r)
-    group = process_groups.stamp(proc.pid, token, shown)
+    proc, group = started_gated.proc, started_gated.group
     try:
-        try:
-            if on_start is not None:
-                on_start(group)  # on disk before the command runs: a kill -9 of this run leaves its trace
-            with contextlib.suppress(BrokenPipeError):  # somebody killed it already: _wait says how
-                os.write(gate_w, b"go\n")
-        finally:
-            os.close(gate_w)  # without "go" the leader reads end-of-file and exits
+        started_gated.open_gate(on_start)
         code = _wait(proc, cancel, shown)
     except BaseException:
         # interrupted (cancel, Ctrl-C in this thread), or its record could not

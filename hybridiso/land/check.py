@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from hybridiso import process_groups
 from hybridiso.errors import UserError
 from hybridiso.manifest import Command
-from hybridiso.setup_runner import LogFile, argv_for, describe, gated, open_log, tail
+from hybridiso.setup_runner import LogFile, argv_for, describe, open_log, start_gated, tail
 from hybridiso.state import ProcessGroup
 
 if TYPE_CHECKING:
@@ -121,31 +121,14 @@ def _run_process(
 ) -> tuple[str, int, int]:
     shown = describe(command)
     begin = os.lseek(fd, 0, os.SEEK_END)
-    gate_r, gate_w = os.pipe()
     try:
-        proc = subprocess.Popen(
-            gated(argv),
-            cwd=cwd,
-            env={**env, process_groups.TOKEN_VAR: token},
-            stdout=fd,
-            stderr=subprocess.STDOUT,
-            stdin=gate_r,
-            start_new_session=True,
-        )
+        started_gated = start_gated(argv, cwd, env, token, fd, shown)
     except OSError as e:
-        os.close(gate_w)
         return f"could not start: {e.strerror or e}: {shown}", begin, os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(gate_r)
-    group = process_groups.stamp(proc.pid, token, shown)
+    proc, group = started_gated.proc, started_gated.group
     started = time.monotonic()
     try:
-        try:
-            on_start(group)  # on disk before the command runs
-            with contextlib.suppress(BrokenPipeError):
-                os.write(gate_w, b"go\n")
-        finally:
-            os.close(gate_w)
+        started_gated.open_gate(on_start)  # on disk before the command runs
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
