@@ -282,24 +282,32 @@ class StateStore:
     @contextlib.contextmanager
     def locked(self, command: str, *, wait_message: bool = True) -> Iterator[None]:
         """Hold the repository lock for the duration of a mutating command."""
-        fd = safe_files.open_regular(self.anchor, self.lock_path.relative_to(self.anchor), os.O_RDWR | os.O_CREAT)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if wait_message:
-                    holder = _read_holder(fd)
-                    print(f"hybridiso: waiting for the repository lock held by {holder}", file=sys.stderr, flush=True)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{LockHolder(os.getpid(), command).describe()}\n".encode(), 0)
+        with hold_lock(self.anchor, self.lock_path.relative_to(self.anchor), command, "the repository lock", wait_message=wait_message):
             yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            os.close(fd)  # closing releases the flock
+
+
+@contextlib.contextmanager
+def hold_lock(anchor: Path, rel: str | os.PathLike[str], command: str, what: str, *, wait_message: bool = True) -> Iterator[None]:
+    """Hold the flock on ``anchor/rel`` (made if missing, never through a
+    symlink); a run that must wait says for whom, and the file names this
+    run while it holds it."""
+    fd = safe_files.open_regular(anchor, rel, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if wait_message:
+                print(f"hybridiso: waiting for {what} held by {_read_holder(fd)}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{LockHolder(os.getpid(), command).describe()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing releases the flock
 
 
 # --- reading the file: typed, field by field -------------------------------------
@@ -612,8 +620,11 @@ def lock_holder(path: Path) -> str | None:
 
 
 def _read_holder(fd: int) -> str:
+    """The holder the lock file names, as ``LockHolder`` wrote it; anything
+    else there (planted text, terminal escapes) is never printed."""
     try:
-        text = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip()
+        text = os.pread(fd, 200, 0).decode("utf-8", errors="replace")
     except OSError:
         text = ""
-    return text or "another hybridiso process"
+    holder = LockHolder.read(text)
+    return holder.describe() if holder is not None else "another hybridiso process"

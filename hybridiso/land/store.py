@@ -18,11 +18,7 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
-import os
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
@@ -30,7 +26,7 @@ from typing import Any
 
 from hybridiso import json_data, safe_files
 from hybridiso.errors import UserError
-from hybridiso.state import ProcessGroup, StateStore, atomic_write_text, lock_holder
+from hybridiso.state import ProcessGroup, StateStore, atomic_write_text, hold_lock, lock_holder
 
 LAND_DIR = PurePosixPath("hybridiso", "land")
 RESULT_FIELDS = ("result", "run", "landed", "why")  # of each agent in last.json (report.remember)
@@ -133,23 +129,8 @@ class LandStore:
     @contextlib.contextmanager
     def locked(self, what: str) -> Iterator[None]:
         """One ``land`` at a time; the second says for whom it waits."""
-        fd = safe_files.open_regular(self.anchor, self.rel / "lock", os.O_RDWR | os.O_CREAT)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = lock_holder(self.lock_path) or "another hybridiso land"
-                print(f"hybridiso: waiting for the land lock held by {holder}", file=sys.stderr, flush=True)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} (hybridiso {what})\n".encode(), 0)
+        with hold_lock(self.anchor, self.rel / "lock", what, "the land lock"):
             yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            os.close(fd)
 
     def held_by_other(self) -> str | None:
         """Who holds the land lock now (None when nobody does)."""
