@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import as_plain_user, hybridiso, hybridiso_as_plain_user, state, status_json, write_manifest
-from tests.support.gitrepo import commit_file, git, make_repo
+from tests.support.cli import hybridiso, hybridiso_as_plain_user, no_crash, state, status_json, write_manifest
+from tests.support.gitrepo import commit_file, git, git_ok, make_repo
 
 
 def nothing_created(repo: Path) -> None:
@@ -45,7 +45,6 @@ def test_bad_manifest_creates_nothing(tmp_path: Path, manifest: str, expected: s
     r = hybridiso(repo, "up", ok=False)
     assert r.returncode == 1
     assert expected in r.stderr and str(repo / "hybridiso.yaml") in r.stderr
-    assert "Traceback" not in r.stderr
     nothing_created(repo)
 
 
@@ -53,9 +52,9 @@ def test_manifest_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None
     repo = make_repo(tmp_path / "r")
     (repo / "conf").mkdir()
     r = hybridiso(repo, "-f", "conf", "up", ok=False)
-    assert r.returncode == 1 and "is a directory" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "is a directory" in r.stderr
     write_manifest(repo, "agents: []\n").chmod(0)
-    r = subprocess.run(as_plain_user([sys.executable, "-m", "hybridiso", "plan"]), cwd=repo, capture_output=True, text=True, timeout=60)
+    r = hybridiso_as_plain_user(repo, "plan")
     assert r.returncode == 1 and "cannot read the manifest" in r.stderr and "Permission denied" in r.stderr
     nothing_created(repo)
 
@@ -88,7 +87,7 @@ def test_keep_branch_that_cannot_be_updated_refuses_cleanly(tmp_path: Path) -> N
     assert status_json(repo)["c"]["strategy"] == "clone"
     commit_file(tmp_path / "r.agents" / "c", "work.txt", "w\n", "agent work")
     r = hybridiso(repo, "down", "c", "--keep-branch", ok=False)
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert r.returncode == 1 and "internal error" not in r.stderr
     assert "--keep-branch could not update branch main" in r.stderr and "nothing was removed" in r.stderr
     assert (tmp_path / "r.agents" / "c" / "work.txt").exists() and "c" in status_json(repo)
 
@@ -98,7 +97,7 @@ def test_explicit_worktree_on_a_branch_the_user_has_checked_out_is_named(tmp_pat
     git(repo, "switch", "-q", "-c", "feat")
     write_manifest(repo, "agents:\n  - {name: a, branch: feat, isolation: worktree}\n")
     r = hybridiso(repo, "up", ok=False)
-    assert r.returncode == 1 and "already used by worktree" not in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "already used by worktree" not in r.stderr
     assert f"branch feat is checked out at {repo}" in r.stderr and "switch that checkout" in r.stderr
     assert not (repo.parent / "r.agents").exists() and git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     git(repo, "switch", "-q", "main")
@@ -140,7 +139,7 @@ def test_down_refuses_dirty_and_force_saves_everything(tmp_path: Path) -> None:
         assert git(repo, "show", f"{ref}:new.txt") == "untracked"
         assert git(repo, "show", f"{ref}:.env") == "TOKEN=changed-in-env"
         assert git(repo, "show", f"{ref}:committed.txt") == "commit"
-        assert git(repo, "cat-file", "-e", f"{ref}:build/out.o", check=False) == ""
+        assert not git_ok(repo, "cat-file", "-e", f"{ref}:build/out.o")  # ignored, not precious: not saved
     assert not (ws / "w").exists() and not (ws / "c").exists()
 
 
@@ -173,7 +172,7 @@ def test_down_fixes_permissions_it_can_and_names_what_it_cannot(tmp_path: Path) 
         os.chmod(out, 0o555)
     r = hybridiso_as_plain_user(repo, "down")
     assert r.returncode == 1, r.stderr
-    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert "internal error" not in r.stderr
     for n in ("w", "c"):
         assert f"agent {n}: could not remove all of" in r.stderr
         assert str(ws / n / "out" / "root.bin") in r.stderr and "owned by uid 65534" in r.stderr
@@ -249,7 +248,8 @@ def test_interrupted_up_whose_rollback_fails_keeps_the_record_and_says_so(tmp_pa
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
-        assert "Traceback" not in err and "internal error" not in err
+        no_crash(proc.returncode, err, ["up"])
+        assert "internal error" not in err
         assert "stuck: could not roll back" in err and str(pinned) in err and "`hybridiso up` retries" in err
         assert state(repo)["agents"]["stuck"]["phase"] == "creating"  # kept, never shown ready
         assert status_json(repo)["stuck"]["state"].startswith("creating")
@@ -291,7 +291,7 @@ def test_disk_full_during_up_rolls_back_and_keeps_the_state_valid(small_disk: Pa
     subprocess.run(["mount", "-o", f"remount,size={(used + checkout * 3 // 2) // 1024}k", str(small_disk)], check=True)
     # one at a time, so exactly the first fits in what is left
     r = hybridiso(repo, "up", "-j", "1", ok=False)
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert r.returncode == 1 and "internal error" not in r.stderr
     assert r.stderr.count("the disk is full (No space left on device); what it had made is rolled back") == 2
     agents = json.loads((repo / ".git" / "hybridiso" / "state.json").read_text())["agents"]  # valid JSON
     assert list(agents) == ["a"] and agents["a"]["phase"] == "ready"
@@ -372,7 +372,6 @@ def test_stale_ref_lock_is_reported(tmp_path: Path) -> None:
     os.utime(lock, (old, old))
     r = hybridiso(repo, "up", ok=False)
     assert r.returncode == 1 and str(lock) in r.stderr and "s old" in r.stderr and "delete that file" in r.stderr
-    assert "Traceback" not in r.stderr
 
 
 # row 14: ports
@@ -434,7 +433,7 @@ def test_repo_without_commits(tmp_path: Path) -> None:
     git(repo, "init", "-q", "-b", "main")
     write_manifest(repo, "agents:\n  - name: a\n")
     r = hybridiso(repo, "up", ok=False)
-    assert "no commits yet" in r.stderr and "git commit" in r.stderr and "Traceback" not in r.stderr
+    assert "no commits yet" in r.stderr and "git commit" in r.stderr
 
 
 def test_missing_base_ref(tmp_path: Path) -> None:

@@ -89,7 +89,8 @@ def host_user(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostUs
         "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
     ]
     try:
-        yield HostUser("normal", prefix, {**env, "HOME": str(base)}, PLAIN_UID, base)
+        # and its TMPDIR: the test's own is root's too
+        yield HostUser("normal", prefix, {**env, "HOME": str(base), "TMPDIR": str(base)}, PLAIN_UID, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import hybridiso, state, status_json, write_manifest
-from tests.support.gitrepo import commit_file, git, make_repo
+from tests.support.gitrepo import commit_file, git, git_ok, make_repo
 from tests.gc.test_gc import env, gc_json, make_project
 from tests.commands.test_sync import sync_rows, upstream_commit
 
@@ -50,7 +50,7 @@ def test_clone_ignores_what_the_repository_ignores(tmp_path: Path, via: str) -> 
     for rel in (".env", "secrets/key.pem", "db.local"):
         assert (clone / rel).exists(), rel  # copied in
     assert git(clone, "status", "--porcelain", "--untracked-files=all") == ""  # and not "dirty"
-    assert git(clone, "check-ignore", "-q", ".env", check=False) == ""
+    assert git_ok(clone, "check-ignore", "-q", ".env")
     rows = status_json(repo)
     assert rows["cl"]["dirty"] == rows["wt"]["dirty"] == 0, rows
     # sync does not skip it, gc does not keep it for "changes", down removes it
