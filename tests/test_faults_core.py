@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.cli import hybridiso, hybridiso_as_plain_user, no_crash, state, status_json, write_manifest
 from tests.support.gitrepo import commit_file, git, git_ok, make_repo
+from tests.support import needs
 
 
 def nothing_created(repo: Path) -> None:
@@ -152,8 +153,8 @@ def test_down_of_untouched_env_with_unchanged_include_is_fine(tmp_path: Path) ->
 
 
 # row 8: files the user cannot delete, in both strategies
-@pytest.mark.skipif(os.geteuid() != 0, reason="making files another user owns needs root (a container does it as root)")
 def test_down_fixes_permissions_it_can_and_names_what_it_cannot(tmp_path: Path) -> None:
+    needs.root("making files another user owns (a container does it as root)")
     repo = make_repo(tmp_path / "r", {".gitignore": "build/\nout/\n"})
     write_manifest(repo, "agents:\n  - name: w\n  - {name: c, isolation: clone}\n")
     hybridiso(repo, "up")
@@ -236,8 +237,9 @@ def test_interrupted_up_whose_rollback_fails_keeps_the_record_and_says_so(tmp_pa
     """Ctrl-C, and the half-made environment cannot be removed (an immutable
     file its setup made): up still exits 130 with a message, not a crash,
     and keeps the record so the next up finishes the rollback."""
-    if os.geteuid() != 0 or not shutil.which("chattr") or not _immutable_files_work(tmp_path):
-        pytest.skip("needs root and a filesystem with immutable files (chattr +i)")
+    needs.root("immutable files (chattr +i)")
+    if not shutil.which("chattr") or not _immutable_files_work(tmp_path):
+        needs.cannot_run("needs a filesystem with immutable files (chattr +i)")
     repo = make_repo(tmp_path / "r")
     marker = tmp_path / "setup-started"
     pinned = tmp_path / "r.agents" / "stuck" / "pinned"
@@ -272,7 +274,7 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {r.stderr.strip()}")
+        needs.cannot_run(f"cannot mount a small tmpfs to fill (needs root): {r.stderr.strip()}")
     try:
         yield mnt
     finally:

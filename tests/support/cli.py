@@ -107,9 +107,9 @@ def as_plain_user(argv: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return argv
     if not shutil.which("setpriv"):
-        import pytest
+        from tests.support import needs
 
-        pytest.skip("running as root without setpriv: cannot make permissions bite")
+        needs.cannot_run("running as root without setpriv: cannot make permissions bite")
     caps = "-dac_override,-dac_read_search,-fowner,-chown"
     return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
 
