@@ -135,7 +135,7 @@ class Result:
         return (
             f"{self.target:<10} {total:>4} mutants {c.get('killed', 0):>4} killed {c.get('survived', 0):>4} survived "
             f"{c.get('no test', 0):>4} no test {c.get('timeout', 0):>3} timeout  {score:5.1f}% killed  "
-            f"({self.tests} tests, {self.seconds:.0f}s)"
+            f"({self.tests} test selections, {self.seconds:.0f}s)"
         )
 
 
