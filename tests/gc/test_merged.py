@@ -75,3 +75,34 @@ def test_a_fresh_branch_and_one_whose_commits_cancel_out_are_not_merged(tmp_path
     commit_file(repo, "a.txt", "changed\n", "base makes the same first change")
     commit_file(repo, "a.txt", "a\n", "and undoes it")
     assert _judge(repo, tip, fork) == Verdict(False, "", 2)
+
+
+def test_what_a_verdict_says() -> None:
+    assert Verdict(True, "squash", 2, "main").describe() == "merged into main (squash)"
+    assert Verdict(False, "", 0).describe() == "no commits of its own yet"
+    assert Verdict(False, "", 1).describe() == "1 commit not in base"
+    assert Verdict(False, "", 3).describe() == "3 commits not in base"
+
+
+def test_where_the_branch_left_base_comes_from_the_record_then_the_reflog(tmp_path: Path) -> None:
+    """A fast-forward merge makes the merge base the tip itself: the branch
+    would look like it had no commits of its own (the safe side: kept).
+    The record's start, or the branch's reflog, says where it really began."""
+    repo, fork, tip = _branch_with_two_commits(tmp_path)
+    git(repo, "merge", "-q", "--ff-only", "agent")
+    main = [("main", git(repo, "rev-parse", "main"))]
+    assert verdict(repo, tip, main, fork, "agent") == Verdict(True, "ancestry", 2, "main")  # the record
+    assert verdict(repo, tip, main, None, "agent") == Verdict(True, "ancestry", 2, "main")  # the reflog
+    assert verdict(repo, tip, main, None, None) == Verdict(False, "", 0)  # the merge base: the tip
+    # a record whose start is not below the tip (stale, tampered) is not believed
+    other = commit_file(repo, "x.txt", "x\n", "not under the agent's tip")
+    assert verdict(repo, tip, main, other, "agent") == Verdict(True, "ancestry", 2, "main")
+    assert verdict(repo, tip, main, "0" * 40, None) == Verdict(False, "", 0)
+
+
+def test_the_first_base_that_has_it_is_named(tmp_path: Path) -> None:
+    repo, fork, tip = _branch_with_two_commits(tmp_path)
+    git(repo, "branch", "-q", "upstream", "agent")  # the work reached the upstream only
+    bases = [("main", git(repo, "rev-parse", "main")), ("origin/main", git(repo, "rev-parse", "upstream"))]
+    assert verdict(repo, tip, bases, fork, "agent") == Verdict(True, "ancestry", 2, "origin/main")
+    assert verdict(repo, tip, bases[:1], fork, "agent") == Verdict(False, "", 2)
