@@ -71,7 +71,8 @@ def test_files_written_into_an_unfinished_environment_keep_it(tmp_path: Path, ca
     code, err = up(repo, capsys)
     assert code == 1
     assert "its unfinished environment (an earlier `up` stopped half-way) holds work" in err
-    assert "untracked: new.txt" in err and "modified: README.md" in err and "kept it and its record" in err
+    assert "untracked: new.txt" in err and "modified: README.md" in err and "; kept it and its record\n" in err
+    assert f"next step: look in {env}: `hybridiso down a` names what is there" in err
     assert (env / "new.txt").read_text() == "written after the failed setup\n" and (env / "README.md").read_text() == "edited\n"
     assert phase(repo, "a") == "creating"
 
@@ -84,3 +85,21 @@ def test_commits_in_an_unfinished_clone_are_work_it_keeps(tmp_path: Path, capsys
     code, err = up(repo, capsys)
     assert code == 1 and "holds work" in err and "commit" in err
     assert git(env, "rev-parse", "HEAD") == commit and phase(repo, "a") == "creating"
+
+
+def test_a_branch_hybridiso_did_not_make_is_never_deleted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent works on the user's own branch, which sits where the
+    agent's record says it started: a rollback that deleted it (as it does
+    a branch it made) would lose the user's ref, and up would make it anew
+    at base."""
+    repo = make_repo(tmp_path / "r", {"README.md": "hello\n"})
+    start = git(repo, "rev-parse", "HEAD")
+    git(repo, "branch", "feature")
+    base = commit_file(repo, "later.txt", "later\n", "base moves on")
+    write_manifest(repo, "agents:\n  - name: a\n    branch: feature\n    setup: ['exit 3']\n")
+    assert up(repo, capsys)[0] == 1 and phase(repo, "a") == "creating"
+    write_manifest(repo, "agents:\n  - name: a\n    branch: feature\n")
+    code, err = up(repo, capsys)
+    assert code == 0, err
+    assert git(repo, "rev-parse", "refs/heads/feature") == start != base
+    assert git(tmp_path / "r.agents" / "a", "rev-parse", "HEAD") == start
