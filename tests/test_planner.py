@@ -182,3 +182,20 @@ def test_disk_budget_counts_only_new_clones_and_only_when_over() -> None:
     assert [x.strategy for x in roomy.agents] == ["clone", "clone"] and roomy.warnings == ()
     assert _plan(text.replace("disk_budget: 15m\n", ""), clone_cost_bytes=10 << 20).warnings == ()  # no budget, nothing to say
     assert _plan(text).warnings == ()  # no cost known: nothing to compare
+
+
+def test_compute_bound_agents_are_counted_against_the_cores() -> None:
+    kinds = ("compute", "build", "test", "edit", "io")
+    text = "agents:\n" + "".join(f"  - {{name: {k[:4]}, workload: {{kind: {k}}}}}\n" for k in kinds)
+    assert _plan(text, cores=2).warnings == ("3 compute-bound agents (comp, buil, test) on 2 cores: this machine sustains about 2 at full speed",)
+    assert _plan(text, cores=3).warnings == ()  # as many as the cores: nothing to say
+
+
+def test_each_agents_plan_names_its_branch_and_path() -> None:
+    p = _plan("agents:\n  - {name: a}\n  - {name: b, branch: feature/x}\n")
+    assert [(x.branch, x.path) for x in p.agents] == [("hybridiso/a", "/ws/a"), ("feature/x", "/ws/b")]
+
+
+def test_a_disk_budget_exactly_met_is_not_over() -> None:
+    text = "disk_budget: 20m\nagents:\n  - {name: a, workload: {needs: [own-refs]}}\n  - {name: b, workload: {needs: [own-refs]}}\n"
+    assert [x.strategy for x in _plan(text, clone_cost_bytes=10 << 20).agents] == ["clone", "clone"]

@@ -89,3 +89,8 @@ def test_a_finding_as_json() -> None:
     }
     kept = Finding(kind=KEPT, target="b", remove=False, reason="x", result="kept", left=["/ws/b/f"])
     assert kept.to_json()["action"] == "keep" and kept.to_json()["result"] == "kept" and kept.to_json()["left"] == ["/ws/b/f"]
+
+
+def test_an_environment_whose_branch_is_gone_is_kept() -> None:
+    d = decide(_facts(verdict=None))
+    assert (d.remove, d.kind, d.delete_branch) == (False, KEPT, False)
