@@ -199,3 +199,8 @@ def test_each_agents_plan_names_its_branch_and_path() -> None:
 def test_a_disk_budget_exactly_met_is_not_over() -> None:
     text = "disk_budget: 20m\nagents:\n  - {name: a, workload: {needs: [own-refs]}}\n  - {name: b, workload: {needs: [own-refs]}}\n"
     assert [x.strategy for x in _plan(text, clone_cost_bytes=10 << 20).agents] == ["clone", "clone"]
+
+
+def test_an_existing_agent_of_a_containerised_service_is_judged_with_its_services() -> None:
+    p = _plan(SERVICES + "agents:\n  - {name: a, image: x, services: [pg]}\n", existing={"a": "container"})
+    assert p.agents[0].strategy == "container" and p.agents[0].warnings == ()

@@ -79,6 +79,9 @@ def test_summary_counts_by_kind_and_by_reason() -> None:
         "gc: removed 2 (1 merged, 1 zombie); could not finish 1 (1 merged); kept 3 (2: commits not in base, 1: work gc would lose)"
     )
     assert summary([], applied=True) == "gc: removed 0; kept 0"
+    # a reason without a colon is counted by what comes before its first ';'
+    unknown = [_finding(KEPT, False, "directory exists but git does not know it; look inside, then delete it yourself")]
+    assert summary(unknown, applied=False) == "gc: would remove 0; kept 1 (1: directory exists but git does not know it)"
 
 
 def test_a_finding_as_json() -> None:
