@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import secrets
+import stat
 import subprocess
 import threading
 import time
@@ -30,10 +31,15 @@ from hybridiso.process import CommandError, Result
 
 LOCK_RETRIES = 8
 STALE_LOCK_SECONDS = 600.0
-# Lock contention, and reading another worktree's metadata while a concurrent
-# `worktree add` is still writing it ("failed to read .git/worktrees/x/commondir").
+# Lock contention (another git holds the lock file: "File exists"), and
+# reading another worktree's metadata while a concurrent `worktree add` is
+# still writing it ("failed to read .git/worktrees/x/commondir").  Only that is
+# waited out: "cannot lock ref" also says a ref is not at the expected old
+# value (a compare-and-swap that lost), that 'refs/heads/feat' is in the way of
+# 'feat/x', or that the lock cannot be made at all (permission, read-only or
+# full disk), and none of those goes away by trying again.
 _LOCK_RE = re.compile(
-    r"Unable to create '[^']+\.lock'|cannot lock ref|could not lock config file|index\.lock|\.lock': File exists"
+    r"\.lock': File exists|could not lock config file [^\n]*: File exists"
     r"|failed to read [^\n]*worktrees/[^\n]*(commondir|gitdir)"
 )
 _LOCK_PATH_RE = re.compile(r"Unable to create '(?P<path>[^']+\.lock)'")
@@ -436,6 +442,84 @@ def worktree_forget(common_dir: Path, path: Path) -> bool:
     finally:
         _forget_worktrees()
     return True
+
+
+def remove_scratch_worktree(repo: Path, common_dir: Path, parent: Path, path: Path) -> str:
+    """Remove ``path``, a scratch worktree a hybridiso command made directly
+    in ``parent`` (land's ``scratch/``), and git's record of it; '' when it
+    is gone, else why it was left.  Only what hybridiso made is touched
+    (docs/faults.md rows 28, 31, 41): ``path`` must be exactly one level in
+    ``parent`` and a directory itself (lstat: never a symlink, whose target
+    may be an agent's worktree, nor a FIFO, which would block whoever opens
+    it), registered as a worktree of this repository at that very path with
+    a detached HEAD (scratch worktrees never have a branch), its ``.git``
+    naming that record.  Nothing is opened but those small files, and
+    only this worktree's metadata is forgotten, never a repository-wide
+    ``git worktree prune``."""
+    if not os.path.lexists(path):
+        entry = worktree_entry(common_dir, path)
+        if path.parent == parent and entry is not None and _detached(entry):
+            worktree_forget(common_dir, path)  # its directory was deleted (by a check, by hand): its own record only
+        return ""
+    why = not_scratch_worktree(common_dir, parent, path)
+    if why:
+        return why
+    with contextlib.suppress(CommandError):
+        worktree_remove(repo, path, force=True)
+    if safe_files.is_plain_dir(path):
+        shutil.rmtree(path, ignore_errors=True)  # rmtree never follows a symlink inside
+    worktree_forget(common_dir, path)
+    return f"{path} could not be removed entirely: left as it is" if os.path.lexists(path) else ""
+
+
+def scratch_entries(repo: Path, parent: Path) -> list[Path]:
+    """What is directly in ``parent`` (a scratch dir), and the worktrees git
+    records there whose directory is gone (a check deleted it): everything
+    ``remove_scratch_worktree`` is to be asked about."""
+    found = {parent / name for name in os.listdir(parent)} if safe_files.is_plain_dir(parent) else set()
+    found |= {wt.path for wt in worktree_list(repo) if wt.path.parent == parent}
+    return sorted(found)
+
+
+def not_scratch_worktree(common_dir: Path, parent: Path, path: Path) -> str:
+    """Why ``path`` is not a scratch worktree hybridiso made in ``parent``
+    ('' when it is one; see ``remove_scratch_worktree``)."""
+    if path.parent != parent or path.name in ("", ".", ".."):
+        return f"{path} is not directly in {parent}: left as it is"
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as e:
+        return f"{path} cannot be looked at ({e.strerror}): left as it is"
+    if not stat.S_ISDIR(mode):
+        return f"{path} is {safe_files.kind(mode)}, not a worktree hybridiso made: left as it is (remove it by hand)"
+    entry = worktree_entry(common_dir, path)
+    if entry is None:
+        return f"{path} is not a worktree of this repository: left as it is (remove it by hand if it is no one's)"
+    if not _links_to(path, entry) or not _detached(entry):
+        return f"{path} is not a scratch worktree hybridiso made (its .git or HEAD says otherwise): left as it is"
+    return ""
+
+
+def _links_to(path: Path, entry: Path) -> bool:
+    """``path/.git`` is a regular file naming ``entry`` (read with O_NOFOLLOW)."""
+    try:
+        text = safe_files.read_text(path, ".git", limit=4096)
+    except (OSError, UserError):
+        return False
+    if text is None or not text.startswith("gitdir: "):
+        return False
+    named = Path(text.removeprefix("gitdir: ").strip())
+    if not named.is_absolute():
+        named = path / named
+    return os.path.realpath(named) == os.path.realpath(entry)
+
+
+def _detached(entry: Path) -> bool:
+    try:
+        head = safe_files.read_text(entry, "HEAD", limit=4096)
+    except (OSError, UserError):
+        return False
+    return head is not None and not head.startswith("ref:")
 
 
 def _remove_entry(entry: Path) -> None:
@@ -856,15 +940,17 @@ def git_dir(cwd: Path) -> Path:
 
 
 def add_exclude(common_dir: Path, pattern: str) -> None:
-    """Keep ``pattern`` out of ``git status`` in every worktree sharing this git dir."""
-    exclude = common_dir / "info" / "exclude"
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    lines = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
-    if pattern not in lines:
-        with exclude.open("a", encoding="utf-8") as f:
-            if lines and not exclude.read_text(encoding="utf-8").endswith("\n"):
-                f.write("\n")
-            f.write(pattern + "\n")
+    """Keep ``pattern`` out of ``git status`` in every worktree sharing this
+    git dir.  ``info/exclude`` is never followed if it is a symlink or FIFO:
+    that is an ``UnsafePath`` error naming it (docs/faults.md row 31)."""
+    text = safe_files.read_text(common_dir, "info/exclude") or ""
+    if pattern in text.splitlines():
+        return
+    fd = safe_files.open_regular(common_dir, "info/exclude", os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode=0o644, dir_mode=0o755)
+    try:
+        os.write(fd, (("\n" if text and not text.endswith("\n") else "") + pattern + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def ignored_matches(cwd: Path, patterns: Sequence[str]) -> list[str]:
@@ -1430,7 +1516,7 @@ def create_refs(cwd: Path, creates: dict[str, str], deletes: dict[str, str] | No
     return text[-1].removeprefix("fatal: ") if text else f"git update-ref exit {r.returncode}"
 
 
-# --- a container agent's own repository (strategies/container.py, container_git.py) -----
+# --- a container agent's own repository (strategies/container.py, containers/git_dir.py) -----
 
 
 def fetch_from_shadow(root: Path, shadow: Path, prefix: str) -> None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import signal
 import time
 from collections.abc import Iterable, Sequence
@@ -173,6 +175,21 @@ def exec_token(project_id: str, agent: str) -> str:
     (``TOKEN_VAR``): everything the command starts carries it, so ``down``
     finds what still runs in the environment it would remove."""
     return f"exec:{project_id}:{agent}"
+
+
+def land_token(project_id: str) -> str:
+    """A token for one ``land`` check command: ``land:<project id>:<random>``.
+    Unlike the exec token, nobody can predict it, and the prefix tells land's
+    groups from every other kind: a journal entry naming another token (an
+    agent's ``exec:...``, a setup's) is never one land issued, so land never
+    signals what it names (docs/faults.md row 41)."""
+    return f"land:{project_id}:{secrets.token_hex(16)}"
+
+
+def is_land_token(token: str, project_id: str) -> bool:
+    """``token`` has the shape of one ``land_token(project_id)`` gives."""
+    prefix = f"land:{project_id}:"
+    return token.startswith(prefix) and re.fullmatch(r"[0-9a-f]{32}", token[len(prefix):]) is not None
 
 
 _exec_index: tuple[float, dict[str, list[Proc]]] | None = None

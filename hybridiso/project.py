@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -239,20 +240,30 @@ def workspace_problem(workspace: Path) -> str | None:
 def require_workspace(workspace: Path) -> None:
     """One error naming the path and a fix when environments cannot be made
     in ``workspace``, before any agent is (issue 16: not one bare
-    PermissionError per agent).  Nothing is created."""
+    PermissionError per agent).  Nothing is left made: a directory is
+    tried (and removed) in it, or in the nearest directory
+    above it that exists: permission bits do not tell everything (root in
+    /sys, a read-only mount, a full disk)."""
     why = workspace_problem(workspace)
-    if why is None:
-        return
     at = workspace
     while not os.path.lexists(at) and at.parent != at:
         at = at.parent
-    raise UserError(
-        why,
-        hint=(
+    if why is None:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".hybridiso-probe-", dir=at))
+            return
+        except OSError as e:
+            why = f"the workspace {workspace} cannot be created: {e.strerror or e}"
+    if not at.is_dir():
+        hint = f"set `workspace:` in hybridiso.yaml to a directory you can write, or move {at} (not a directory) out of the way"
+    elif os.access(at, os.W_OK | os.X_OK):
+        hint = f"set `workspace:` in hybridiso.yaml to a directory on a file system you can write (not {at})"
+    else:
+        hint = (
             f"set `workspace:` in hybridiso.yaml to a directory you can write, or let the owner of {at} "
             f"make it yours: mkdir -p '{workspace}' && chown {os.getuid()}:{os.getgid()} '{workspace}'"
-        ),
-    )
+        )
+    raise UserError(why, hint=hint)
 
 
 def find_repo(cwd: Path) -> git.RepoInfo:

@@ -31,6 +31,11 @@ class UnsafePath(UserError):
     """A symlink, FIFO, device or other non-regular file where hybridiso reads or writes."""
 
 
+def kind(mode: int) -> str:
+    """What a file of ``mode`` is, for a message ("a symlink", "a FIFO", ...)."""
+    return _kind(mode)
+
+
 def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISLNK, "a symlink"),

@@ -329,14 +329,28 @@ def test_killed_up_is_never_shown_ready_and_next_up_converges(tmp_path: Path) ->
 
 # row 10: two runs at once
 def test_two_ups_at_once_wait_for_the_lock(tmp_path: Path) -> None:
+    """The first `up` holds the lock until the second has said it waits (no
+    race with a fixed sleep: on a loaded machine the second can take longer
+    to start than any sleep)."""
     repo = make_repo(tmp_path / "r")
-    marker = tmp_path / "first-in-setup"
-    write_manifest(repo, f"agents:\n  - name: a\n    setup: ['touch {marker}; sleep 1.5']\n")
+    marker, release = tmp_path / "first-in-setup", tmp_path / "release"
+    wait_for_release = f"i=0; while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
+    write_manifest(repo, f"agents:\n  - name: a\n    setup: ['touch {marker}; {wait_for_release}']\n")
     first = _start_up(repo)
     _wait_for(marker.exists)
     second = _start_up(repo)
-    out2, err2 = second.communicate(timeout=60)
+    said: list[str] = []
+    assert second.stderr is not None
+    reader = threading.Thread(target=lambda: said.extend(second.stderr or []), daemon=True)
+    reader.start()
+    try:
+        _wait_for(lambda: any("waiting for the repository lock" in line for line in said), timeout=60)
+    finally:
+        release.touch()
     out1, err1 = first.communicate(timeout=60)
+    second.wait(timeout=60)
+    reader.join(timeout=10)
+    err2 = "".join(said)
     assert first.returncode == 0 and second.returncode == 0, (err1, err2)
     assert f"waiting for the repository lock held by pid {first.pid} (hybridiso up)" in err2
     assert "Created" in err1 and "Created" not in err2

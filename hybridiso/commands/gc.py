@@ -5,7 +5,7 @@ environments whose branch was deleted upstream, interrupted creations, orphan
 directories in the workspace and what they own (branch, port leases, database
 branches, containers), and Docker resources and database branches whose agent
 is gone; shows it; removes it only with ``--yes``.  Work that is
-not committed or not merged is never removed (gc_rules.decide).
+not committed or not merged is never removed (gc.rules.decide).
 """
 from __future__ import annotations
 

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 from dataclasses import replace
 from typing import Any
 
-from hybridiso import git, output
+from hybridiso import git, output, ports
+from hybridiso.errors import UserError
 from hybridiso.report import costs
 from hybridiso.envs import branches, programs
-from hybridiso.commands.common import add_json_flag, make_plan, project_from_args
+from hybridiso.commands.common import add_json_flag, make_plan, project_from_args, record_problems
 from hybridiso.planner import AgentPlan
 from hybridiso.project import Project, workspace_problem
 from hybridiso.envs.reconcile import adopt_from_reality
-from hybridiso.state import PHASE_READY, AgentRecord
+from hybridiso.state import PHASE_READY, AgentRecord, State
 
 HELP = "show the strategy each agent will get, the reason, and projected costs"
 
@@ -35,10 +37,13 @@ def _boundary(project: Project, p: AgentPlan, record: AgentRecord | None) -> dic
     return planned_boundary(EnvContext(project, p.agent, record))
 
 
-def up_would_refuse(project: Project, plan_agents: list[AgentPlan], made: set[str]) -> list[str]:
+def up_would_refuse(project: Project, state: State, plan_agents: list[AgentPlan]) -> list[str]:
     """What `up` checks before it makes anything, said by `plan` too (issue
-    16: plan must not accept what up refuses)."""
-    problems = []
+    16: plan must not accept what up refuses): the base, branches, records
+    it must not act on, the workspace (when something is still to be made)
+    and the port range."""
+    made = {n for n, r in state.agents.items() if r.phase == PHASE_READY and os.path.isdir(r.path)}
+    problems = [f"{why} ({name})" for name, why in record_problems(project, state)]
     if not project.repo.has_commits:
         problems.append("the repository has no commits yet: make a first commit")
     elif git.resolve_commit(project.root, project.manifest.base) is None:
@@ -48,6 +53,15 @@ def up_would_refuse(project: Project, plan_agents: list[AgentPlan], made: set[st
         why = workspace_problem(project.workspace)
         if why:
             problems.append(f"{why}: set `workspace:` in hybridiso.yaml to a directory you can write")
+    try:  # the leases up would take, taken nowhere
+        ports.lease(
+            {p.agent.name: p.agent.ports for p in plan_agents},
+            {n: r.ports for n, r in state.agents.items()},
+            project.manifest.ports.bounds(),
+            {port: e.who() for port, e in ports.leased_elsewhere(project.repo.common_dir).items()},
+        )
+    except UserError as e:
+        problems.append(f"{e.message}; {e.hint}" if e.hint else e.message)
     return [f"`up` will refuse: {p}" for p in problems]
 
 
@@ -63,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     adopt_from_reality(project, state)
     plan = make_plan(project, state)
     projection = costs.project_costs(project, state.agents)
-    refused = up_would_refuse(project, list(plan.agents), {n for n, r in state.agents.items() if r.phase == PHASE_READY})
+    refused = up_would_refuse(project, state, list(plan.agents))
     missing: dict[str, list[str]] = {}
     for m in programs.setup_missing(project.manifest):  # docs/faults.md row 40: before `up` fails on it
         missing.setdefault(m.agent, []).append(f"{m.problem()}: install it, or change setup: in hybridiso.yaml")

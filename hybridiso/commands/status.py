@@ -226,6 +226,9 @@ def _observe(
                     st.problems.append(f"{plural(st.behind, 'commit')} behind {base}: `hybridiso sync` rebases it")
         if obs.branch and obs.branch != record.branch:
             _off(st, f"checked out branch is {obs.branch!r}, expected {record.branch!r}")
+        elif obs.head and not obs.branch and record.branch:
+            # its drift above is HEAD's, not the branch's: say so
+            _off(st, f"HEAD is detached at {obs.head[:12]}, expected branch {record.branch!r} (`git switch {record.branch}` in it)")
     if not Path(record.path).is_dir():  # removed while we looked (a concurrent `down`)
         return _gone(st)
     return st

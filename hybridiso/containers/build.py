@@ -1,14 +1,14 @@
 """Build a container agent's ``ContainerSpec`` from the manifest and its record.
 
 Every container agent gets least privilege (issue 12, part 3): an
-unprivileged uid (container_user.py), every capability dropped but what
+unprivileged uid (containers/users.py), every capability dropped but what
 ``cap_add`` names, ``no-new-privileges``, Docker's default seccomp profile
 (never switched off), a pids limit (``resources.pids`` or ``DEFAULT_PIDS``),
 a read-only root file system with a tmpfs ``/tmp`` when ``read_only: true``,
 and no Docker socket (nothing but the worktree, the agent's own git dir and the
-repository's objects, read-only, are mounted: container_git.py).
+repository's objects, read-only, are mounted: containers/git_dir.py).
 A network-isolated agent's network has a bridge named for its firewall rules
-(netguard.py), or the weaker mode its manifest chose.
+(containers/netguard.py), or the weaker mode its manifest chose.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ TMP_TMPFS = "/tmp:rw,nosuid,nodev,exec,mode=1777"
 
 # network modes of a container agent (ContainerSpec and record.network_guard)
 OWN_NETWORK = ""  # its own bridge, Docker's rules only
-ISOLATED = "iptables"  # its own bridge, hybridiso's rules (netguard.py)
+ISOLATED = "iptables"  # its own bridge, hybridiso's rules (containers/netguard.py)
 NO_NETWORK = "none"  # network_fallback: none
 INTERNAL = "internal"  # network_fallback: internal
 HOST = "host"  # needs: host-network
@@ -143,7 +143,7 @@ def build_spec(ctx: EnvContext) -> ContainerSpec:
             tuple(expand_vars(part, env) for part in test), hc.interval, hc.timeout, hc.retries, hc.start_period
         )
     # the worktree, its own git dir, the repository's objects to read, and a
-    # .git that names its own git dir: never the common dir (container_git.py)
+    # .git that names its own git dir: never the common dir (containers/git_dir.py)
     mounts = [
         Mount(str(ctx.path), str(ctx.path)),
         Mount(str(container_git.objects_dir(ctx)), str(container_git.objects_dir(ctx)), read_only=True),

@@ -514,7 +514,7 @@ def collect(ctx: EnvContext, freeze: Callable[[], contextlib.AbstractContextMana
     return moved
 
 
-# --- what the agent's own refs hold, for down / gc (work.py) ---------------------------------
+# --- what the agent's own refs hold, for down / gc (work/inventory.py) ---------------------------------
 
 
 def add_work(ctx: EnvContext, main: MainRepo, report: WorkReport) -> None:

@@ -1,8 +1,8 @@
 """What a container agent's compose project consists of: plain frozen data.
 
 The container strategy builds a ``ContainerSpec`` from the manifest and the
-agent's record (``container_build.py``); ``render.py`` turns it into a compose
-file.  Nothing here imports a library, so both sides test on their own.
+agent's record (``containers/build.py``); ``containers/compose_file.py`` turns it
+into a compose file.  Nothing here imports a library, so both sides test on their own.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ giving it ``rwx`` on every directory, so what the host writes there later
 worktree's top directory and its ``.git`` file stay root's, and the top
 directory gets the sticky bit: git on the host checks that both are its own
 ("dubious ownership").  Inside the container ``.git`` is a read-only mount
-naming the agent's own git dir (container_git.py), which becomes the uid's
+naming the agent's own git dir (containers/git_dir.py), which becomes the uid's
 whole; the common git dir is not mounted at all, so nothing of it is
 granted.
 

@@ -1,7 +1,7 @@
 """What ``hybridiso gc`` looks at in git and the workspace, as ``Finding``s.
 
 Three finders, run under the repository lock:
-- ``agent_findings``: every agent record, judged by ``gc_rules.decide`` from
+- ``agent_findings``: every agent record, judged by ``gc.rules.decide`` from
   facts gathered here (work in the env, merge verdict, upstream gone);
 - ``prunable_findings``: worktrees hybridiso made (an agent's place in the
   workspace) whose directory is gone and that no record owns (e.g. the state

@@ -10,25 +10,32 @@ user's (``--keep-failed``) and is left alone.
 """
 from __future__ import annotations
 
-import contextlib
-import shutil
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hybridiso import git, json_data, process_groups, safe_files
 from hybridiso.gc.rules import Finding
-from hybridiso.process import CommandError
 from hybridiso.project import Project
 from hybridiso.state import ProcessGroup, State, lock_holder
 
 LAND_SCRATCH = "land-scratch"
 LAND_CHECK = "land-check"
 LAND_DATABASE = "land-database"
+LAND_CONTAINER = "land-container"
+CHECK_ROLE = "land-check"  # the dev.hybridiso.role of a container agent's check (land/container_check.py)
 
 
 def land_dir(project: Project) -> Path:
     return project.repo.common_dir / "hybridiso" / "land"
+
+
+def land_running(project: Project) -> bool:
+    """A ``land`` holds the land lock: a check of an agent that has no
+    environment may be using a network (and firewall rules) labelled for it
+    (land/container_check.py), which the Docker and firewall finders then leave."""
+    return safe_files.is_plain_dir(land_dir(project)) and lock_holder(land_dir(project) / "lock") is not None
 
 
 def _journal(project: Project) -> dict[str, Any]:
@@ -41,16 +48,24 @@ def _journal(project: Project) -> dict[str, Any]:
 
 
 def _journal_groups(project: Project) -> list[ProcessGroup]:
+    """The journal's process groups that carry a token land issued: never
+    one a tampered journal names (an agent's ``exec``: docs/faults.md row 41)."""
     groups = _journal(project).get("groups")
-    return [g for g in (ProcessGroup.from_json(x) for x in groups or []) if g is not None]
+    found = [g for g in (ProcessGroup.from_json(x) for x in groups if isinstance(x, dict)) if g is not None] if isinstance(groups, list) else []
+    return [g for g in found if process_groups.is_land_token(g.token, project.id)]
 
 
 def journal_databases(project: Project) -> list[tuple[str, str]]:
     """(server, name) of the scratch databases of a land run's checks:
-    dropped whatever they hold (never an agent's branch), so the general
-    database finder leaves them to this one."""
+    dropped whatever they hold, so the general database finder leaves them
+    to this one.  Only names of land's shape on a server the manifest names
+    count, never an agent's branch a tampered journal names (docs/faults.md row 42)."""
+    from hybridiso.services import branches
+
     dbs = _journal(project).get("databases")
-    return [(str(d["server"]), str(d["name"])) for d in dbs or [] if isinstance(d, dict) and "server" in d and "name" in d]
+    servers = {svc.url for svc in project.manifest.services.values() if svc.kind == "postgres" and svc.url}
+    found = [(d.get("server"), d.get("name")) for d in dbs if isinstance(d, dict)] if isinstance(dbs, list) else []
+    return [(s, n) for s, n in found if isinstance(s, str) and isinstance(n, str) and s in servers and branches.is_land_check_name(project, n)]
 
 
 def land_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
@@ -59,7 +74,7 @@ def land_findings(project: Project, state: State, dry_run: bool) -> list[Finding
         return []
     holder = lock_holder(base / "lock")
     scratch = base / "scratch"
-    entries = sorted(e for e in scratch.iterdir() if safe_files.is_plain_dir(e)) if safe_files.is_plain_dir(scratch) else []
+    entries = git.scratch_entries(project.root, scratch)
     findings = []
     if holder is not None:
         return [Finding(LAND_SCRATCH, str(e), False, f"in use by the land run of {holder}") for e in entries]
@@ -77,11 +92,43 @@ def land_findings(project: Project, state: State, dry_run: bool) -> list[Finding
                 apply=lambda: process_groups.stop(groups),
             )
         )
+    findings += _check_containers(project)  # after its supervisor's group: stopping that removes them too
     for server, name in journal_databases(project):
         findings.append(Finding(LAND_DATABASE, f"database {name}", True, "scratch database of a check of a land run that was killed", [f"database {name}"], apply=_dropper(server, name)))
     for entry in entries:
+        # only what land made, never what was planted there (docs/faults.md row 41)
+        why = git.not_scratch_worktree(project.repo.common_dir, scratch, entry) if os.path.lexists(entry) else ""
+        if why:
+            findings.append(Finding(LAND_SCRATCH, str(entry), False, why))
+            continue
         findings.append(Finding(LAND_SCRATCH, str(entry), True, "scratch worktree of a land run that was killed", [f"worktree {entry}"], apply=_remover(project, entry)))
     return findings
+
+
+def _check_containers(project: Project) -> list[Finding]:
+    """A container agent's check containers whose supervisor is gone."""
+    if not any(a.image for a in project.manifest.agents):
+        return []
+    from hybridiso.containers import docker_client
+
+    if not docker_client.reachable()[0]:
+        return []  # the docker finder says so
+    found = docker_client.containers({docker_client.LABEL_PROJECT: project.id, docker_client.LABEL_ROLE: CHECK_ROLE})
+    return [
+        Finding(LAND_CONTAINER, f"container {c.name}", True, f"check container of agent {c.agent} from a land run that was killed", [f"container {c.name}"], apply=_container_remover(project.id, c.id, c.name))
+        for c in found
+    ]
+
+
+def _container_remover(project_id: str, cid: str, name: str) -> Callable[[], list[str]]:
+    def apply() -> list[str]:
+        from hybridiso.containers import docker_client
+
+        docker_client.remove_container(cid)
+        left = docker_client.containers({docker_client.LABEL_PROJECT: project_id, docker_client.LABEL_ROLE: CHECK_ROLE})
+        return [f"container {name}"] if any(c.id == cid for c in left) else []
+
+    return apply
 
 
 def _dropper(server: str, name: str) -> Callable[[], list[str]]:
@@ -96,12 +143,9 @@ def _dropper(server: str, name: str) -> Callable[[], list[str]]:
 
 def _remover(project: Project, path: Path) -> Callable[[], list[str]]:
     def apply() -> list[str]:
-        with contextlib.suppress(CommandError):
-            git.worktree_remove(project.root, path, force=True)
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-        with contextlib.suppress(CommandError):
-            git.run(project.root, "worktree", "prune")
-        return [str(path)] if path.exists() else []
+        # only a worktree land made, and its own metadata: never a
+        # repository-wide prune (docs/faults.md rows 28 and 41)
+        left = git.remove_scratch_worktree(project.root, project.repo.common_dir, path.parent, path)
+        return [left] if left else []
 
     return apply

@@ -86,13 +86,19 @@ def docker_findings(project: Project, state: State, dry_run: bool) -> list[Findi
         if uses_docker:
             output.warn(f"gc: Docker resources were not checked: {why}")
         return []
+    from hybridiso.gc.land_leftovers import CHECK_ROLE, land_running
+
+    # while a land runs, an agent with no environment may have a check's network
+    spared = {a.name for a in project.manifest.agents} if land_running(project) else set()
     repo = {docker_client.LABEL_PROJECT: project_label(project)}
     found = docker_client.labelled_resources(repo)
     by_agent: dict[str, list[str]] = {}
     for kind, items in found.items():
         for item in items:
             agent = item["labels"].get(docker_client.LABEL_AGENT)
-            if agent and agent not in state.agents:
+            if item["labels"].get(docker_client.LABEL_ROLE) == CHECK_ROLE:
+                continue  # land's, while no land runs (land_leftovers.py)
+            if agent and agent not in state.agents and agent not in spared:
                 by_agent.setdefault(agent, []).append(f"{kind[:-1]} {item['name']}")
     findings = []
     for agent, things in sorted(by_agent.items()):

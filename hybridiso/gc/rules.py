@@ -7,7 +7,7 @@ anything else only the environment holds (docs/faults.md rows 23, 24); only then
 do "gone", "interrupted", "merged" and "deleted upstream" make an environment
 removable.
 
-Finders (``gc_finders`` for git and the workspace, ``gc_leftovers`` for
+Finders (``gc/finders.py`` for git and the workspace, ``gc/leftovers.py`` for
 Docker resources and database branches whose agent is gone) look at the
 project and return ``Finding``s, each with its own ``apply``; gc itself never
 imports docker or a database driver.

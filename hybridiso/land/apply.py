@@ -15,14 +15,11 @@ the candidate's method:
 """
 from __future__ import annotations
 
-import contextlib
 import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from hybridiso import git
-from hybridiso.process import CommandError
 
 SIMULATED_MESSAGE = "hybridiso land --dry-run"
 
@@ -68,16 +65,11 @@ def new_scratch(scratch_dir: Path, agent: str) -> Path:
     return scratch_dir / f"{agent}-{secrets.token_hex(4)}"
 
 
-def remove_scratch(repo: Path, path: Path) -> None:
-    """Remove a scratch worktree and its metadata; what git cannot remove
-    (it was never registered, its metadata is gone) is deleted as a directory
-    under the state dir."""
-    with contextlib.suppress(CommandError):
-        git.worktree_remove(repo, path, force=True)
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(CommandError):
-        git.run(repo, "worktree", "prune")
+def remove_scratch(repo: Path, common_dir: Path, scratch_dir: Path, path: Path) -> str:
+    """Remove a scratch worktree and its own metadata, only when it is one
+    land made ('' when gone, else why it was left; git.remove_scratch_worktree,
+    docs/faults.md row 41)."""
+    return git.remove_scratch_worktree(repo, common_dir, scratch_dir, path)
 
 
 def apply(repo: Path, scratch: Path, method: str, target: str, tip: str, message: str) -> Applied:

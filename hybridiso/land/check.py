@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hybridiso import process_groups
+from hybridiso.errors import UserError
 from hybridiso.manifest import Command
 from hybridiso.setup_runner import LogFile, argv_for, describe, gated, open_log, tail
 from hybridiso.state import ProcessGroup
+
+if TYPE_CHECKING:
+    from hybridiso.land.container_check import ImageCheck
 
 
 @dataclass(frozen=True)
@@ -41,19 +45,33 @@ def run_checks(
     timeout: float,
     *,
     header: str,
+    project_id: str,
     on_start: Callable[[ProcessGroup], None],
     on_end: Callable[[ProcessGroup], None],
+    image: ImageCheck | None = None,
 ) -> CheckResult:
+    """``image``: a container agent's check, each command in its image
+    (land/container_check.py); None: on the host."""
     started = time.monotonic()
     fd = open_log(log)
     try:
-        _write(fd, f"=== {header} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} pid {os.getpid()} ===\n")
+        _write(fd, f"=== {header} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} pid {os.getpid()}{' in ' + image.image if image else ''} ===\n")
+        if image is not None:
+            begin = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                image.prepare(cwd, env, log)
+            except UserError as e:
+                _write(fd, f"hybridiso: {e}\n")
+                why = f"could not start in its image {image.image}: {e.message}" + (f" (next step: {e.hint})" if e.hint else "")
+                return CheckResult(False, time.monotonic() - started, why, tail(fd, begin, os.lseek(fd, 0, os.SEEK_END)))
         for command in commands:
-            why, begin, end = _run_one(command, cwd, {**os.environ, **env}, fd, timeout, on_start, on_end)
+            why, begin, end = _run_one(command, cwd, {**os.environ, **env}, fd, timeout, project_id, on_start, on_end, image)
             if why:
                 return CheckResult(False, time.monotonic() - started, why, tail(fd, begin, end))
         return CheckResult(True, time.monotonic() - started)
     finally:
+        if image is not None:
+            image.finish()
         os.close(fd)
 
 
@@ -63,18 +81,46 @@ def _run_one(
     env: dict[str, str],
     fd: int,
     timeout: float,
+    project_id: str,
     on_start: Callable[[ProcessGroup], None],
     on_end: Callable[[ProcessGroup], None],
+    image: ImageCheck | None = None,
 ) -> tuple[str, int, int]:
     """Why the command failed ('' when it passed) and where its output is."""
     shown = describe(command)
+    # a token only land issues (land:<project>:<random>): the next run and gc
+    # stop a journal's group only when it carries one (docs/faults.md row 41)
+    token = process_groups.land_token(project_id)
+    if image is not None:
+        _write(fd, f"$ {shown}  (in a container of {image.image})\n")
+        argv, extra = image.command(command, token)  # its supervisor, a host process like any check's
+        env = {**env, **extra}
+        try:
+            return _run_process(command, argv, token, cwd, env, fd, timeout, on_start, on_end)
+        finally:
+            image.sweep(token)
     _write(fd, f"$ {shown}\n")
-    begin = os.lseek(fd, 0, os.SEEK_END)
     argv = argv_for(command)
     if "/" not in argv[0] and not shutil.which(argv[0], path=env.get("PATH", os.defpath)):
+        begin = os.lseek(fd, 0, os.SEEK_END)
         _write(fd, f"{argv[0]}: not found on PATH\n")
         return f"could not start: {argv[0]} is not found on PATH: {shown}", begin, os.lseek(fd, 0, os.SEEK_END)
-    token = secrets.token_hex(16)
+    return _run_process(command, argv, token, cwd, env, fd, timeout, on_start, on_end)
+
+
+def _run_process(
+    command: Command,
+    argv: list[str],
+    token: str,
+    cwd: Path,
+    env: dict[str, str],
+    fd: int,
+    timeout: float,
+    on_start: Callable[[ProcessGroup], None],
+    on_end: Callable[[ProcessGroup], None],
+) -> tuple[str, int, int]:
+    shown = describe(command)
+    begin = os.lseek(fd, 0, os.SEEK_END)
     gate_r, gate_w = os.pipe()
     try:
         proc = subprocess.Popen(

@@ -12,8 +12,6 @@ journal: gc/land_leftovers.py).
 """
 from __future__ import annotations
 
-import re
-import secrets
 from dataclasses import dataclass
 
 from hybridiso.manifest import Agent
@@ -37,13 +35,19 @@ def plan(project: Project, agent: Agent) -> list[CheckDatabase]:
     """The databases one check of ``agent`` gets, with new names."""
     planned = []
     for service, b in sorted(branches.planned_branches(project, agent).items()):
-        name = f"{branches.branch_prefix(project)}land_{secrets.token_hex(4)}_{service.lower()}"
-        planned.append(CheckDatabase(service, b["server"], b["template"], _cut(name)))
+        planned.append(CheckDatabase(service, b["server"], b["template"], branches.land_check_name(project, service)))
     return planned
 
 
-def _cut(name: str) -> str:
-    return re.sub(r"[^a-z0-9_]+", "_", name.lower())[:63]  # PostgreSQL's identifier limit
+def servers(project: Project) -> set[str]:
+    """The servers a check database may be on: the manifest's postgres services'."""
+    return {svc.url for svc in project.manifest.services.values() if svc.kind == "postgres" and svc.url}
+
+
+def is_ours(project: Project, server: str, name: str) -> bool:
+    """A journal's database entry is one a check of this repository got:
+    its name has land's shape and its server is one the manifest names."""
+    return server in servers(project) and branches.is_land_check_name(project, name)
 
 
 def create(db: CheckDatabase) -> dict[str, str]:

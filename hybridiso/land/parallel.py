@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hybridiso import git, output, process_groups
-from hybridiso.land import apply as applying
 from hybridiso.land.queue import (
     DONE,
     FAILED,
@@ -261,8 +260,8 @@ class _Speculation:
         self._remove_scratch(slot)
 
     def _remove_scratch(self, slot: Slot) -> None:
-        if slot.build is not None and not slot.outcome.kept and slot.build.scratch.exists():
-            applying.remove_scratch(self.root, slot.build.scratch)
+        if slot.build is not None and not slot.outcome.kept:  # also when a check deleted it: its metadata goes
+            self.train.remove_scratch(slot.build.scratch)
 
     # --- the head -----------------------------------------------------------
 

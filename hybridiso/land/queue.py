@@ -15,14 +15,17 @@ Never lose work, never break the target:
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from hybridiso import git, output, process_groups
+from hybridiso import git, output, process_groups, safe_files
 from hybridiso.process import CommandError
 from hybridiso.errors import UserError
 from hybridiso.land import apply as applying
@@ -265,7 +268,7 @@ class Train:
                     o.result, o.why = EMPTY, "nothing new beyond the target"
                     run.outcomes.append(o)
                 continue
-            why = self._uncommitted(cand)
+            why = self._uncommitted(cand) or self._unrelated(run.target, current, tip)
             if why:
                 o.result, o.why = REFUSED, why
             else:
@@ -273,6 +276,8 @@ class Train:
                 if made is None:
                     o.result, o.paths = CONFLICT, list(conflicts)
                     o.why = f"would conflict in {', '.join(conflicts)}" if conflicts else "git could not merge it"
+                elif blocked := self._target_blocked(run.target, current, made)[0]:
+                    o.result, o.why = REFUSED, blocked  # what land would say at its compare-and-swap
                 else:
                     o.result, current = WOULD_LAND, made
                     checks = self.project.manifest.land_check_for(cand.agent)
@@ -318,7 +323,7 @@ class Train:
                     return
             finally:
                 if not keep:
-                    applying.remove_scratch(self.root, build.scratch)
+                    self.remove_scratch(build.scratch)
             step, value = self.conclude(run, build, ref)
             if step == DONE:
                 return
@@ -345,11 +350,19 @@ class Train:
             if explicit:
                 o.result, o.why = EMPTY, "nothing new beyond the target"
             return None
-        why = self._uncommitted(cand)
+        why = self._uncommitted(cand) or self._unrelated(run_target(self.project), base, tip)
         if why:
             o.result, o.why = REFUSED, why
             return None
         return tip
+
+    def _unrelated(self, target: str, base: str, tip: str) -> str:
+        """A branch with no history in common with the target is refused,
+        by ``land`` and ``--dry-run`` alike (docs/faults.md row 43): the
+        methods disagree on it (rebase replays all of it, merge refuses)."""
+        if git.merge_base(self.root, base, tip) is None:
+            return f"its branch has no history in common with {target} (unrelated histories): nothing of it lands; merge it by hand if that is meant"
+        return ""
 
     def build(self, run: Run, cand: Candidate, base: str, tip: str, o: Outcome) -> Build | None:
         """Predict, then apply ``tip`` onto ``base`` in a new scratch
@@ -366,10 +379,10 @@ class Train:
         try:
             made = applying.apply(self.root, scratch, o.method, base, tip, _message(o.method, name, cand.branch, self.root, base, tip))
         except BaseException:
-            applying.remove_scratch(self.root, scratch)
+            self.remove_scratch(scratch)
             raise
         if made.commit is None:
-            applying.remove_scratch(self.root, scratch)
+            self.remove_scratch(scratch)
             if made.conflicts or made.error:
                 o.result, o.paths = CONFLICT, list(made.conflicts)
                 o.why = f"conflicts with {run.target} in {', '.join(made.conflicts)}" if made.conflicts else f"could not be applied: {made.error}"
@@ -416,7 +429,14 @@ class Train:
             self.journal.landing = None
             self._phase(name, "apply")
             return TARGET_MOVED, moved
-        self._follow_checkouts(run.target, target, new)
+        unfollowed = self._follow_checkouts(run.target, target, new)
+        if unfollowed:
+            back = git.run(self.root, "update-ref", "-m", f"hybridiso land {name}: undone", ref, target, new, check=False).returncode == 0
+            self.journal.landing = None
+            self._phase(name, "apply")
+            o.result = REFUSED
+            o.why = f"the target {run.target}: {unfollowed}; " + (f"{run.target} was moved back to {_short(target)}, nothing landed" if back else f"{run.target} moved on meanwhile and was left as it is")
+            return DONE, ""
         self._move_branch(cand, tip, new, o)
         self.journal.landing = None
         self._phase(name, "landed")
@@ -427,6 +447,13 @@ class Train:
         return DONE, ""
 
     # --- steps ----------------------------------------------------------------
+
+    def remove_scratch(self, path: Path) -> str:
+        """Remove a scratch worktree land made; say what was left instead."""
+        left = applying.remove_scratch(self.root, self.store.anchor, self.store.scratch_dir, path)
+        if left:
+            output.warn(left)
+        return left
 
     def _phase(self, agent: str, phase: str) -> None:
         with self._journal_lock:
@@ -481,6 +508,9 @@ class Train:
             self._group(o.agent, group, True)
 
         o.checks += 1
+        from hybridiso.land import container_check  # a container agent's check runs in its image
+
+        image = container_check.for_candidate(self.project, self.state, cand.agent)
         try:
             result = run_checks(
                 commands,
@@ -489,8 +519,10 @@ class Train:
                 log,
                 timeout,
                 header=f"land {o.agent} {commit}",
+                project_id=self.project.id,
                 on_start=on_start,
                 on_end=lambda g: self._group(o.agent, g, False),
+                image=image,
             )
         finally:
             for group in mine:  # a command timed out or stopped has no on_end: it is stopped now
@@ -536,28 +568,44 @@ class Train:
 
     def _refuse_dirty_target(self, target: str, old: str | None, new: str | None, *, raising: bool = True) -> str:
         """Why the target cannot move under a checkout that has it: changes
-        to tracked files, or untracked files where the landing writes."""
-        changed = git.changed_paths(self.root, old, new) if old and new else None
+        to tracked files; untracked or ignored files (or a file where a
+        directory lands) that the landing would write over; a rebase,
+        merge, cherry-pick or revert in progress on it (docs/faults.md row 43)."""
+        why, fix = self._target_blocked(target, old, new)
+        if not why:
+            return ""
+        if raising:
+            raise UserError(f"{why}; nothing was landed", hint=f"{fix}, then run `hybridiso land` again")
+        return why + f" ({fix}, then run `hybridiso land` again)"
+
+    def _target_blocked(self, target: str, old: str | None, new: str | None) -> tuple[str, str]:
+        """(why, what to do) when the target cannot move; ('', '') when it can."""
+        for path, busy in _operations_on(self.root, self.project.repo.common_dir, target):
+            return f"the target {target} is being worked on at {path}: {busy} in progress", f"finish or abort it in {path}"
         for path in self._target_checkouts(target):
             dirty = git.work_status(path)
             tracked = [p for code, p in dirty if code != "??"]
-            untracked = [p for code, p in dirty if code == "??" and (changed is None or p in changed)] if changed is not None else []
-            if tracked or untracked:
-                files = tracked + untracked
-                shown = ", ".join(files[:10]) + (f" (+{len(files) - 10} more)" if len(files) > 10 else "")
-                why = f"the target {target} is checked out at {path} with uncommitted changes: {shown}"
-                if raising:
-                    raise UserError(why + "; nothing was landed", hint=f"commit or stash them in {path}, then run `hybridiso land` again")
-                return why + " (commit or stash them, then run `hybridiso land` again)"
-        return ""
+            if tracked:
+                return f"the target {target} is checked out at {path} with uncommitted changes: {_shown(tracked)}", f"commit or stash them in {path}"
+            if old and new:
+                lost = in_the_way(self.root, path, old, new)
+                if lost:
+                    return (
+                        f"the target {target} is checked out at {path} with untracked or ignored files the landing would overwrite: {_shown(lost)}",
+                        f"commit, move or remove them in {path}",
+                    )
+        return "", ""
 
-    def _follow_checkouts(self, target: str, old: str, new: str) -> None:
+    def _follow_checkouts(self, target: str, old: str, new: str) -> str:
         """The target moved: the checkouts that have it follow, file by file
-        as a fast-forward would (read-tree refuses to lose a change)."""
+        as a fast-forward would (read-tree refuses to lose a change).  ''
+        when they did, else why not (the caller moves the target back: a
+        HEAD moved with its files old is never left; docs/faults.md row 43)."""
         for path in self._target_checkouts(target):
             r = git.run(path, "read-tree", "-m", "-u", old, new, check=False)
             if r.returncode != 0:
-                output.warn(f"{target} moved to {_short(new)} but the files at {path} could not follow ({(r.stderr or r.stdout).strip()[:300]}); run `git -C {path} reset --keep {new}`")
+                return f"the files at {path} could not follow ({(r.stderr or r.stdout).strip()[:300]})"
+        return ""
 
     def _move_branch(self, cand: Candidate, tip: str, new: str, o: Outcome) -> None:
         """The agent's branch moves to what landed (gc sees it merged), and
@@ -566,6 +614,10 @@ class Train:
         with self.project.store.locked("land", wait_message=True):
             if cand.env is not None and self._uncommitted(cand):
                 o.why = f"its branch was left at {_short(tip)}: {self._uncommitted(cand)}"
+                return
+            lost = in_the_way(self.root, cand.env, tip, new) if cand.env is not None else []
+            if lost:  # ignored files the landing would overwrite are work too (docs/faults.md row 43)
+                o.why = f"its branch was left at {_short(tip)}: untracked or ignored files in {cand.env} would be overwritten: {_shown(lost)}"
                 return
             if cand.where != self.root:  # a clone: bring what landed into it
                 git.run(cand.where, "fetch", "-q", "--no-tags", "--", str(self.root), f"+refs/heads/{self.project.manifest.land_target()}:refs/hybridiso/landed")
@@ -604,10 +656,15 @@ class Train:
 
     def recover(self) -> str:
         """Clean up after a run that was killed: stop its check, finish the
-        landing it was in the middle of, remove its scratch worktrees."""
+        landing it was in the middle of, remove its scratch worktrees.  The
+        journal is checked whole first: one that names what land never
+        made is refused before anything in it is acted on (docs/faults.md row 42)."""
         said = []
         journal = self.store.read_journal()
         if journal is not None:
+            why = check_journal(self.project, self.state, journal)
+            if why:
+                raise self.store.invalid(why)
             if journal.groups:
                 left = process_groups.stop(journal.groups)
                 said.append("its check was stopped" + (f" (still running: {', '.join(left)})" if left else ""))
@@ -624,13 +681,18 @@ class Train:
             if landing is not None:
                 said.append(self._finish(landing))
             said.insert(0, f"the land run of pid {journal.pid} was interrupted ({journal.agent or 'before a candidate'}, {journal.phase or 'starting'})")
-        removed = 0
-        if self.store.scratch_dir.is_dir():
-            for entry in sorted(self.store.scratch_dir.iterdir()):
-                applying.remove_scratch(self.root, entry)
+        removed, left = 0, []
+        scratch = self.store.scratch_dir
+        for entry in git.scratch_entries(self.root, scratch):
+            gone = not os.path.lexists(entry)
+            why = applying.remove_scratch(self.root, self.store.anchor, scratch, entry)
+            if why:
+                left.append(why)
+            elif not gone:
                 removed += 1
         if removed:
             said.append(f"{removed} scratch worktree{'s' if removed != 1 else ''} removed")
+        said.extend(left)
         self.store.clear_journal()
         text = "; ".join(said)
         if text:
@@ -641,11 +703,136 @@ class Train:
         now = git.resolve_commit(self.root, landing.target_ref)
         if now is None or not git.is_ancestor(self.root, landing.landed, now):
             return f"{landing.agent} had not landed: it is a candidate again"
+        # killed between the compare-and-swap and the checkouts' files
+        # following: a checkout still on the landed commit follows now
+        # (read-tree refuses to lose a change; docs/faults.md row 43)
+        target = landing.target_ref.removeprefix("refs/heads/")
+        unfollowed = self._follow_checkouts(target, landing.before, landing.landed) if now == landing.landed else ""
         where = Path(landing.where)
         moved = git.run(where, "update-ref", f"refs/heads/{landing.branch}", landing.landed, landing.tip, check=False).returncode == 0
-        if where == self.root or not moved:
-            pass
-        return f"{landing.agent} had landed; its branch " + ("now points at what landed" if moved else "had moved since, so it was left as it is")
+        said = f"{landing.agent} had landed; its branch " + ("now points at what landed" if moved else "had moved since, so it was left as it is")
+        if unfollowed:
+            said += f"; {unfollowed}: run `git reset --keep {landing.landed}` there"
+        return said
+
+
+def _shown(files: Sequence[str]) -> str:
+    return ", ".join(files[:10]) + (f" (+{len(files) - 10} more)" if len(files) > 10 else "")
+
+
+def in_the_way(repo: Path, checkout: Path, old: str, new: str) -> list[str]:
+    """What is on disk in ``checkout`` (at ``old``) but not tracked there,
+    that moving its files to ``new`` would write over: an untracked or
+    ignored file (``read-tree -m -u`` overwrites ignored ones silently), or a
+    file or symlink where ``new`` has a directory.  Nothing is opened or
+    followed (lstat only).  The commits are read in ``repo``, which has
+    them (a clone's environment gets ``new`` only later), never by running
+    git in the checkout."""
+    changed = git.changed_paths(repo, old, new)
+    if not changed:
+        return []
+    at_old = set(git.run(repo, "ls-tree", "-r", "-z", "--name-only", old, check=False).stdout.split("\0"))
+    found: set[str] = set()
+    for rel in sorted(changed):
+        parts = rel.split("/")
+        for i in range(1, len(parts)):  # a file where a directory lands
+            parent = "/".join(parts[:i])
+            try:
+                mode = os.lstat(checkout / parent).st_mode
+            except OSError:
+                break
+            if not stat.S_ISDIR(mode):
+                if parent not in changed:
+                    found.add(parent)
+                break
+        else:
+            if rel not in at_old and os.path.lexists(checkout / rel):
+                found.add(rel)
+    return sorted(found)
+
+
+_OPERATIONS = (("rebase-merge/head-name", "a rebase"), ("rebase-apply/head-name", "a rebase"))
+_ON_BRANCH = (("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"))
+
+
+def _operations_on(repo: Path, common_dir: Path, target: str) -> list[tuple[Path, str]]:
+    """(worktree, what) for each rebase of ``target``, and each merge,
+    cherry-pick or revert on a checkout of it, in progress: moving
+    the target under them would be overwritten by, or lose, their result.
+    Each worktree's git dir is found from git's records (the first listed is
+    the main one), never by running git in it."""
+    found = []
+    ref = f"refs/heads/{target}"
+    for i, wt in enumerate(git.worktree_list(repo)):
+        if wt.bare or wt.prunable:
+            continue
+        gitdir = common_dir if i == 0 else git.worktree_entry(common_dir, wt.path)
+        if gitdir is None:
+            continue
+        for rel, what in _OPERATIONS:
+            with contextlib.suppress(OSError, UserError):
+                if (safe_files.read_text(gitdir, rel, limit=4096) or "").strip() == ref:
+                    found.append((wt.path, what))
+        if wt.branch == target:
+            found.extend((wt.path, what) for rel, what in _ON_BRANCH if os.path.lexists(gitdir / rel))
+    return found
+
+
+PHASES = ("", "apply", "check", "landing", "landed")
+_RUN = re.compile(r"\d{8}T\d{6}-\d+")
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def check_journal(project: Project, state: State, journal: Journal) -> str:
+    """Why ``journal`` is not one a land run of this repository wrote ('':
+    it may be); the journal is treated like the state file (docs/faults.md
+    row 42): each process group must carry a token land issued, each
+    database a check database's name on a server the manifest names, and
+    a landing must name a manifest agent, its branch, the repository (or
+    the agent's own recorded clone), the configured target and commits
+    that exist."""
+    names = {a.name for a in project.manifest.agents}
+    if not _RUN.fullmatch(journal.run):
+        return f"run {journal.run!r} is not a run id land gives"
+    if journal.agent and journal.agent not in names:
+        return f"agent {journal.agent!r} is not in the manifest"
+    if journal.phase not in PHASES:
+        return f"phase {journal.phase!r} is not one land writes"
+    for group in journal.groups:
+        if not process_groups.is_land_token(group.token, project.id):
+            return f"process group {group.pgid} does not carry a token land issued (land:{project.id}:...): it is not a check of land's"
+    for d in journal.databases:
+        if not check_dbs.is_ours(project, d["server"], d["name"]):
+            return f"database {d['name']!r} is not a check database of this repository on a server its manifest names"
+    landing = journal.landing
+    if landing is None:
+        return ""
+    if landing.agent not in names:
+        return f"its landing names agent {landing.agent!r}, not in the manifest"
+    agent = project.manifest.agent(landing.agent)
+    if landing.branch != agent.branch_name:
+        return f"its landing names branch {landing.branch!r}, not {agent.branch_name} (agent {agent.name}'s)"
+    ref = f"refs/heads/{project.manifest.land_target()}"
+    if landing.target_ref != ref:
+        return f"its landing names target {landing.target_ref!r}, not {ref}"
+    allowed = {str(project.root), *(str(c.where) for c in candidates(project, state, [agent.name]))}
+    if landing.where not in allowed:
+        return f"its landing names {landing.where!r}, neither this repository nor agent {agent.name}'s recorded environment"
+    for key in ("tip", "landed", "before"):
+        sha = getattr(landing, key)
+        if not _SHA.fullmatch(sha) or git.resolve_commit(project.root, sha) != sha:
+            return f"its landing's {key} {sha!r} is not a commit of this repository"
+    # moving the branch from tip to landed must lose nothing: landed is on
+    # top of before and holds tip's changes (a merge of tip into it changes nothing)
+    if not git.is_ancestor(project.root, landing.before, landing.landed):
+        return f"its landing's landed {landing.landed[:10]} is not on top of before {landing.before[:10]}"
+    if git.merge_tree(project.root, landing.landed, landing.tip) != git.tree_of(project.root, landing.landed):
+        return f"its landing's landed {landing.landed[:10]} does not hold tip {landing.tip[:10]}'s changes: moving {landing.branch} there would lose them"
+    return ""
+
+
+def run_target(project: Project) -> str:
+    return project.manifest.land_target()
 
 
 def _describe(command: Command) -> str:

@@ -29,9 +29,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from hybridiso import json_data, safe_files
+from hybridiso.errors import UserError
 from hybridiso.state import ProcessGroup, StateStore, atomic_write_text, lock_holder
 
 LAND_DIR = PurePosixPath("hybridiso", "land")
+RESULT_FIELDS = ("result", "run", "landed", "why")  # of each agent in last.json (report.remember)
+JOURNAL_LIMIT = 1 << 20  # a journal names a few groups and databases: bigger is not land's
 
 
 @dataclass
@@ -58,17 +61,57 @@ class Journal:
     databases: list[dict[str, str]] = field(default_factory=list)  # {server, name}: the checks' scratch databases
 
     @classmethod
-    def from_json(cls, data: Any) -> Journal | None:
+    def parse(cls, data: Any) -> Journal:
+        """The journal in ``data``, every field of the type land writes;
+        ValueError (why) otherwise: a value is never coerced into use.
+        What the fields name is checked against the repository by
+        queue.check_journal before anything is acted on (docs/faults.md row 42)."""
         if not isinstance(data, dict):
-            return None
-        try:
-            groups = [g for g in (ProcessGroup.from_json(x) for x in data.get("groups") or []) if g is not None]
-            raw = data.get("landing")
-            landing = Landing(**{k: str(raw[k]) for k in Landing.__dataclass_fields__}) if isinstance(raw, dict) else None
-            dbs = [{"server": str(d["server"]), "name": str(d["name"])} for d in data.get("databases") or [] if isinstance(d, dict)]
-            return cls(int(data["pid"]), str(data["run"]), str(data.get("agent", "")), str(data.get("phase", "")), groups, landing, dbs)
-        except (KeyError, TypeError, ValueError):
-            return None
+            raise ValueError("it is not a JSON object")
+        pid = data.get("pid")
+        if type(pid) is not int or pid <= 0:
+            raise ValueError(f"pid {pid!r} is no process id")
+        run, agent, phase = _str(data, "run"), _str(data, "agent", ""), _str(data, "phase", "")
+        groups = []
+        for raw in _list(data, "groups"):
+            if not isinstance(raw, dict) or not all(type(raw.get(k)) is int for k in ("pgid", "start")) or not all(
+                isinstance(raw.get(k), str) for k in ("boot_id", "token", "command")
+            ) or type(raw.get("started_at", 0.0)) not in (int, float):
+                raise ValueError(f"groups holds {str(raw)[:80]!r}, not a process group land records")
+            group = ProcessGroup.from_json(raw)
+            if group is None:
+                raise ValueError(f"process group {raw.get('pgid')!r} cannot be one land recorded")
+            groups.append(group)
+        landing = None
+        raw = data.get("landing")
+        if raw is not None:
+            if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in Landing.__dataclass_fields__):
+                raise ValueError("its landing is not one land writes")
+            landing = Landing(**{k: raw[k] for k in Landing.__dataclass_fields__})
+        dbs = []
+        for d in _list(data, "databases"):
+            if not isinstance(d, dict) or not all(isinstance(v, str) for v in d.values()) or not {"server", "name"} <= d.keys():
+                raise ValueError(f"databases holds {str(d)[:80]!r}, not a check database")
+            dbs.append(dict(d))
+        return cls(pid, run, agent, phase, groups, landing, dbs)
+
+
+def _str(data: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{key} {value!r} is not a string")
+    return value
+
+
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is not a list")
+    return value
+
+
+class JournalInvalid(UserError):
+    """land's journal is unreadable or names what land never wrote there."""
 
 
 class LandStore:
@@ -115,16 +158,34 @@ class LandStore:
     # --- journal --------------------------------------------------------------
 
     def read_journal(self) -> Journal | None:
+        """The journal a killed run left (None: there is none).  A journal
+        land could not have written (a symlink, a FIFO, too big, not JSON,
+        a field of the wrong type) is JournalInvalid: one message naming
+        the file, and nothing it says is acted on (docs/faults.md row 42)."""
         try:
-            raw = safe_files.read_text(self.anchor, self.rel / "journal.json")
-        except safe_files.UnsafePath:
-            return None
+            raw = safe_files.read_text(self.anchor, self.rel / "journal.json", limit=JOURNAL_LIMIT)
+        except safe_files.UnsafePath as e:
+            raise self.invalid(e.message) from None
         if raw is None:
             return None
         try:
-            return Journal.from_json(json_data.loads(raw))
-        except ValueError:
-            return None
+            data = json_data.loads(raw)
+        except ValueError as e:
+            raise self.invalid(f"it is not valid JSON ({e})") from None
+        try:
+            return Journal.parse(data)
+        except ValueError as e:
+            raise self.invalid(str(e)) from None
+
+    def invalid(self, why: str) -> JournalInvalid:
+        path = self.journal_path
+        return JournalInvalid(
+            f"land's journal {path} is not one hybridiso land wrote: {why}; nothing in it was acted on",
+            hint=(
+                f"if a `hybridiso land` was killed, stop what its check may have left running, then remove the file "
+                f"(`rm -- '{path}'`) and run `hybridiso land` again"
+            ),
+        )
 
     def write_journal(self, journal: Journal) -> None:
         atomic_write_text(self.journal_path, json.dumps(asdict(journal), indent=1), anchor=self.anchor)
@@ -146,7 +207,14 @@ class LandStore:
             data = json_data.loads(raw) if raw else {}
         except (safe_files.UnsafePath, ValueError):
             return {}
-        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, dict)} if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        # only what report.remember writes, printable: status prints it (docs/faults.md row 42)
+        return {
+            k: {f: v[f] for f in RESULT_FIELDS if isinstance(v.get(f), str) and v[f].isprintable()}
+            for k, v in data.items()
+            if isinstance(k, str) and isinstance(v, dict)
+        }
 
     def run_dir(self, run: str) -> PurePosixPath:
         return self.rel / "runs" / run

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridiso import git, json_data
+from hybridiso import git, json_data, output, safe_files
 from hybridiso.output import plural
 from hybridiso.project import Project
 from hybridiso.state import PHASE_READY, AgentRecord
@@ -220,7 +220,18 @@ class Measured:
 def latest_measurement(project: Project) -> Measured | None:
     path = project.store.dir / "reports" / "latest.json"
     try:
-        data = json_data.loads(path.read_text(encoding="utf-8"))
+        # a FIFO there would hang `plan`, a symlink would make it believe
+        # someone else's figures (docs/faults.md row 31)
+        text = safe_files.read_text(project.store.anchor, path.relative_to(project.store.anchor))
+    except safe_files.UnsafePath as e:
+        output.warn(f"the last measurement is not read: {e}")
+        return None
+    except OSError:
+        return None
+    if text is None:
+        return None
+    try:
+        data = json_data.loads(text)
         when = _dt.datetime.fromisoformat(data["measured_at"])
         rows = data["strategies"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -43,6 +43,22 @@ def branch_prefix(project: Project) -> str:
     return databases.branch_prefix(project_key(project))
 
 
+def land_check_name(project: Project, service: str) -> str:
+    """A new name for a database one ``land`` check gets (land/databases.py):
+    ``hi_<project>_land_<random>_<service>``, never an agent's branch."""
+    import secrets
+
+    name = f"{branch_prefix(project)}land_{secrets.token_hex(4)}_{service.lower()}"
+    return re.sub(r"[^a-z0-9_]+", "_", name.lower())[:63]  # PostgreSQL's identifier limit
+
+
+def is_land_check_name(project: Project, name: str) -> bool:
+    """``name`` has the shape ``land_check_name`` gives: land and gc drop
+    only those from a journal, never a name a tampered journal chose
+    (docs/faults.md row 42)."""
+    return re.fullmatch(re.escape(branch_prefix(project)) + r"land_[0-9a-f]{8}_[a-z0-9_]*", name) is not None
+
+
 def env_var(service: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_URL"
 

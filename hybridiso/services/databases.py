@@ -454,7 +454,7 @@ def _counters_doubt(sessions: list[_Session], reset: Any, started: float, tracki
 
 def _from_counters(server_url: str, name: str, ins: int, upd: int, dele: int) -> str:
     """PostgreSQL's counters, per table where the database can be asked."""
-    total = f"{ins} rows inserted, {upd} updated, {dele} deleted"
+    total = f"{plural(ins, 'row')} inserted, {upd} updated, {dele} deleted"
     try:
         with _connect(server_url, name) as conn, conn.cursor() as cur:
             cur.execute(

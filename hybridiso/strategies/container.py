@@ -1,11 +1,11 @@
 """``container``: the agent's worktree bind-mounted into a Docker container.
 
 The worktree is mounted at its host path with a git dir of the agent's own
-(container_git.py): the repository's objects read-only, never its common git
+(containers/git_dir.py): the repository's objects read-only, never its common git
 dir, so ``git status``/``commit``/``stash``/``rebase`` work inside and nothing
 the host's git reads (config, hooks, refs, the state dir) is in reach; what
 the agent commits is collected into the agent branch by the host.  The
-container runs as an unprivileged uid (container_user.py) with every
+container runs as an unprivileged uid (containers/users.py) with every
 capability dropped, ``no-new-privileges``, a pids limit, its own network
 (firewalled by netguard.py when the agent needs network isolation), limits
 from ``resources:``, leased ports published on 127.0.0.1, and labels
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridiso import git, output, port_holders
+from hybridiso import git, output, port_holders, safe_files
 from hybridiso.containers import compose_cli
 from hybridiso.containers import git_dir as container_git
 from hybridiso.containers import users as container_user
@@ -169,6 +169,40 @@ def _engine_plan(ctx: EnvContext, path: Path, image_id: str = "", *, agent_only:
 
     doc = read_yaml(path.read_text(encoding="utf-8"))
     return (engine_apply.translate_agent if agent_only else engine_apply.translate)(doc, path, image_id)
+
+
+def one_off_plan(ctx: EnvContext, path: Path, reshape: Callable[[Any], Any]) -> docker_client.ContainerPlan:
+    """A one-off container of the agent that is not its setup (land's check,
+    land/container_check.py): the agent's spec changed by ``reshape``, rendered
+    to ``path`` (never the agent's own file), on the agent's own network,
+    isolated as the agent is and checked to be (docs/faults.md row 33), as
+    ``_prepare`` makes it for setup.  The agent's environment (its worktree,
+    git dir, compose file, containers) is not touched: a network of another
+    shape is refused, never made anew; ``ctx.record`` may be a copy."""
+    from hybridiso.containers.build import build_spec
+    from hybridiso.containers.compose_file import write_compose
+
+    assert ctx.agent is not None and ctx.agent.image
+    docker_client.client()  # Docker unreachable: say so first (docs/faults.md row 12)
+    docker_client.ensure_image(ctx.agent.image)  # docs/faults.md row 13
+    while True:
+        mode = _refuse_if_unguarded(ctx)
+        spec = reshape(build_spec(ctx))
+        write_compose(spec, path, ctx.project.store.anchor)
+        shape = _engine_plan(ctx, path, agent_only=True)
+        if shape is not None and shape.network and docker_client.network_differs(shape.network, shape.network_options, shape.network_internal):
+            # up would make it anew, removing the agent's containers: not land's to do
+            raise UserError(
+                f"agent {ctx.name}'s network was made for another isolation than the manifest gives it now",
+                hint=f"`hybridiso up {ctx.name}` makes it anew; then land again",
+            )
+        if _network_ready(ctx, path, mode):
+            break  # else: the engine's networks are out of reach, the manifest's weaker mode is rendered anew
+    image_id, _ = docker_client.image_facts(spec.image)
+    plan = _engine_plan(ctx, path, image_id, agent_only=True)
+    if plan is None:
+        raise UserError(f"agent {ctx.name}'s compose file has settings a one-off container cannot take")
+    return plan
 
 
 def _make_network_early(ctx: EnvContext, path: Path) -> None:
@@ -428,7 +462,7 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
     # fixed content): skip the probe's exec, but still say so
     known = f"{info.image_id} {ctx.project.manifest.env_for(ctx.agent).get('PATH', '') if ctx.agent else ''}"
     without_git = ctx.project.store.images_without_git
-    remembered = known in _read_lines(without_git)
+    remembered = known in _read_lines(ctx.project.store.anchor, without_git)
     if remembered:
         code, text = 127, ""
     else:
@@ -445,9 +479,7 @@ def check_git_inside(ctx: EnvContext, info: docker_client.ContainerInfo | None) 
         if first:
             output.warn(f"{ctx.name}: image {image} has no git; the agent cannot run git inside its container")
         if info.image_id and first:
-            with contextlib.suppress(OSError):  # only a cache
-                with without_git.open("a", encoding="utf-8") as f:
-                    f.write(known + "\n")
+            _remember_line(ctx.project.store.anchor, without_git, known)
         return
     if "unknown repository extension" in text:
         hint = (
@@ -472,11 +504,31 @@ def _exec_user(ctx: EnvContext) -> str:
     return f"{uid}:{gid}"
 
 
-def _read_lines(path: Path) -> set[str]:
+def _read_lines(anchor: Path, path: Path) -> set[str]:
+    """The lines of a cache file under the state dir; nothing when it is
+    missing, unreadable, or not a regular file (never followed: docs/faults.md
+    row 31)."""
     try:
-        return set(path.read_text(encoding="utf-8").splitlines())
-    except (OSError, UnicodeDecodeError):
+        return set((safe_files.read_text(anchor, path.relative_to(anchor)) or "").splitlines())
+    except OSError:  # UnsafePath is a UserError, not an OSError
         return set()
+    except safe_files.UnsafePath:
+        return set()
+
+
+def _remember_line(anchor: Path, path: Path, line: str) -> None:
+    """Append ``line`` to a cache file under the state dir; a symlink or FIFO
+    there is left alone (only a cache: it is asked again next time)."""
+    try:
+        fd = safe_files.open_regular(anchor, path.relative_to(anchor), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except (OSError, safe_files.UnsafePath):
+        return
+    try:
+        os.write(fd, (line + "\n").encode("utf-8"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _agent_container(ctx: EnvContext) -> docker_client.ContainerInfo | None:
@@ -710,9 +762,16 @@ def run_setup(
 
 
 def _setup_config(ctx: EnvContext, plan: docker_client.ContainerPlan, argv: list[str]) -> dict[str, Any]:
+    return one_off_config(plan, argv, "setup")
+
+
+def one_off_config(plan: docker_client.ContainerPlan, argv: list[str], role: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The Engine API body of a one-off container of the agent (setup's,
+    land's check) running ``argv``: the agent's container without its
+    published ports, Compose's labels or healthcheck, labelled ``role``."""
     config = {k: v for k, v in plan.config.items() if k not in ("ExposedPorts", "NetworkingConfig")}
-    labels = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith("com.docker.compose.")}
-    labels[docker_client.LABEL_ROLE] = "setup"
+    own = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith("com.docker.compose.")}
+    labels = {**own, **(labels or {}), docker_client.LABEL_ROLE: role}
     host = {**config["HostConfig"], "PortBindings": {}}  # the agent's own container publishes them
     config.update(Cmd=argv, Entrypoint=[], Labels=labels, HostConfig=host, Healthcheck={"Test": ["NONE"]}, AttachStdout=True, AttachStderr=True)
     if plan.network:

@@ -62,6 +62,53 @@ def test_plan_says_what_up_will_refuse(tmp_path: Path) -> None:
     assert "would shadow remote-tracking branches" in hybridiso(repo, "up", ok=False).stderr
 
 
+def test_plan_says_up_will_refuse_an_exhausted_port_range(tmp_path: Path) -> None:
+    from tests.support.postgres import free_port
+
+    repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
+    port = free_port()
+    write_manifest(repo, f'ports: {{range: "{port}-{port}"}}\nagents:\n  - {{name: a, ports: [web]}}\n  - {{name: b, ports: [web]}}\n')
+    r = hybridiso(repo, "plan")
+    assert f"`up` will refuse: port range {port}-{port} is exhausted: no free port for b.web" in r.stderr, r.stderr
+    assert "is exhausted" in hybridiso(repo, "up", ok=False).stderr
+    assert not (tmp_path / "r.agents").exists(), "plan took nothing and up made nothing"
+    # one port is enough for one agent: plan says nothing then
+    write_manifest(repo, f'ports: {{range: "{port}-{port}"}}\nagents:\n  - {{name: a, ports: [web]}}\n')
+    assert "will refuse" not in hybridiso(repo, "plan").stderr
+
+
+def test_plan_says_up_will_refuse_a_record_it_must_not_act_on(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
+    write_manifest(repo, "agents:\n  - {name: a}\n  - {name: b}\n")
+    hybridiso(repo, "up")
+    path = repo / ".git" / "hybridiso" / "state.json"
+    data = json.loads(path.read_text())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    data["agents"]["b"]["path"] = str(mine)  # a tampered record (docs/faults.md row 30)
+    path.write_text(json.dumps(data))
+    r = hybridiso(repo, "plan")
+    assert "`up` will refuse:" in r.stderr and str(mine) in r.stderr and "(b)" in r.stderr, r.stderr
+    assert "refusing to act on" in hybridiso(repo, "up", ok=False).stderr
+
+
+def test_plan_checks_the_workspace_when_a_made_environment_is_gone(tmp_path: Path) -> None:
+    """A ready record whose directory was deleted by hand is made again by
+    `up`: the workspace must be writable for it."""
+    import shutil
+
+    repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
+    write_manifest(repo, "agents:\n  - {name: a}\n")
+    hybridiso(repo, "up")
+    shutil.rmtree(tmp_path / "r.agents" / "a")
+    (tmp_path / "r.agents").chmod(0o555)
+    try:
+        r = hybridiso_as_plain_user(repo, "plan")
+        assert "`up` will refuse: the workspace" in r.stderr, r.stderr
+    finally:
+        (tmp_path / "r.agents").chmod(0o755)
+
+
 def _read_only_dir(path: Path) -> Path:
     path.mkdir()
     path.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
@@ -96,3 +143,19 @@ def test_a_workspace_that_cannot_be_made_is_one_message_with_the_path_and_a_fix(
         for p in (workspace, locked):
             if p.exists():
                 p.chmod(0o755)
+
+
+@pytest.mark.parametrize("top", ["/sys", "/proc"])
+def test_a_workspace_the_permission_bits_allow_but_the_kernel_refuses(tmp_path: Path, top: str) -> None:
+    """Root may "write" /sys and /proc by the bits; mkdir there fails.  One
+    message naming the workspace, not "the disk is full" per agent."""
+    repo = make_repo(tmp_path / "r", {"a.txt": "a\n"})
+    workspace = Path(top) / f"hybridiso-test-ws-{os.getpid()}"
+    write_manifest(repo, f"workspace: {workspace}\nagents:\n  - {{name: a}}\n  - {{name: b, isolation: clone}}\n")
+    r = hybridiso(repo, "up", ok=False)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith(f"hybridiso: error: the workspace {workspace} cannot be created: "), r.stderr
+    assert len(lines) == 2 and lines[1].startswith("  next step: set `workspace:` in hybridiso.yaml"), r.stderr
+    assert "disk is full" not in r.stderr
+    assert state(repo).get("agents", {}) == {}
+    assert git(repo, "branch", "--list", "hybridiso/*") == ""

@@ -211,3 +211,22 @@ def test_dirty_counts_each_changed_staged_and_untracked_file_not_ignored_ones(tm
     column = header.index("DIRTY")
     by_agent = {line.split()[0]: line.split() for line in table[2:] if line.split()}
     assert by_agent["wt"][column] == by_agent["cl"][column] == "5" and by_agent["clean"][column] == "0", table
+
+
+@pytest.mark.parametrize("isolation", ["worktree", "clone"])
+def test_a_detached_head_is_not_the_branch_the_manifest_asks_for(tmp_path: Path, isolation: str) -> None:
+    """A commit made on a detached HEAD is not on the agent's branch: status
+    must not show it as the branch's drift with all well."""
+    repo = _project(tmp_path, f"agents:\n  - {{name: a, isolation: {isolation}}}\n")
+    hybridiso(repo, "up")
+    where = env(repo, "a")
+    subprocess.run(["git", "-C", str(where), "switch", "-q", "--detach"], check=True)
+    (where / "loose.txt").write_text("x\n")
+    subprocess.run(["git", "-C", str(where), "add", "loose.txt"], check=True)
+    subprocess.run(["git", "-C", str(where), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "loose"], check=True)
+    head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    r = hybridiso(repo, "status", "--check", ok=False)
+    assert r.returncode == 1, r.stderr
+    assert f"a: HEAD is detached at {head[:12]}, expected branch 'hybridiso/a'" in r.stderr, r.stderr
+    row = json.loads(hybridiso(repo, "status", "--json").stdout)[0]
+    assert row["ok"] is False and row["off"].startswith("HEAD is detached")

@@ -6,6 +6,8 @@ Cached by tag: built once per machine, reused by every later run.
 - ``hybridiso-test/busybox-healthcheck:1``: the busybox image with a
   HEALTHCHECK of its own (healthy once ``/tmp/ready`` exists), for "ready
   means healthy" when the manifest names no healthcheck.
+- ``hybridiso-test/busybox-marker:1``: the busybox image with a file of its
+  own (``/etc/hybridiso-marker``), for "this ran in the image".
 - ``hybridiso-test/busybox-volume:1``: the busybox image declaring ``VOLUME
   /data``, for data a recreated container must keep.
 - ``hybridiso-test/debian-git:1``: a minimal Debian rootfs made with
@@ -120,6 +122,14 @@ def _derived_from_busybox(tag: str, dockerfile: str) -> str:
             (Path(ctx) / "Dockerfile").write_text(f"FROM {base}\n{dockerfile}")
             subprocess.run(["docker", "build", "-q", "-t", tag, ctx], check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
     return tag
+
+
+MARKER_IMAGE = "hybridiso-test/busybox-marker:1"  # a file only the image has: /etc/hybridiso-marker
+MARKER_TEXT = "baked into the test image"
+
+
+def ensure_marker_image() -> str:
+    return _derived_from_busybox(MARKER_IMAGE, f"RUN echo '{MARKER_TEXT}' > /etc/hybridiso-marker\n")
 
 
 def ensure_healthcheck_image() -> str:
