@@ -204,3 +204,12 @@ def test_a_disk_budget_exactly_met_is_not_over() -> None:
 def test_an_existing_agent_of_a_containerised_service_is_judged_with_its_services() -> None:
     p = _plan(SERVICES + "agents:\n  - {name: a, image: x, services: [pg]}\n", existing={"a": "container"})
     assert p.agents[0].strategy == "container" and p.agents[0].warnings == ()
+
+
+def test_disk_budget_never_pushes_a_clone_chosen_for_its_branch() -> None:
+    """The clone is there because a worktree cannot have that branch: only
+    a clone chosen for own-refs may become a worktree under the budget."""
+    text = "disk_budget: 1m\nagents:\n  - {name: a, branch: main}\n  - {name: b, isolation: clone, workload: {needs: [own-refs]}}\n"
+    p = _plan(text, clone_cost_bytes=10 << 20, elsewhere={"main": "the main worktree"})
+    assert [x.strategy for x in p.agents] == ["clone", "clone"]
+    assert p.warnings == ("clones would need about 20 MiB, over disk_budget 1m",)
