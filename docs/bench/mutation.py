@@ -1,6 +1,6 @@
 """Mutation testing of hybridiso's pure modules and of lifecycle's rollback.
 
-    python docs/bench/mutation.py                   # every target (some minutes on 2 cores)
+    python docs/bench/mutation.py                   # every target (about 13 min on 2 busy cores)
     python docs/bench/mutation.py names gc-rules    # some of them
     python docs/bench/mutation.py --list            # the targets and the tests each one runs
     python docs/bench/mutation.py --rev 8d17d8c     # the same, on the tree of another commit
@@ -136,6 +136,7 @@ class Result:
             f"{self.target:<10} {total:>4} mutants {c.get('killed', 0):>4} killed {c.get('survived', 0):>4} survived "
             f"{c.get('no test', 0):>4} no test {c.get('timeout', 0):>3} timeout  {score:5.1f}% killed  "
             f"({self.tests} test selections, {self.seconds:.0f}s)"
+            + "".join(f"  {n} {k}" for k, n in sorted(c.items()) if k not in ("killed", "survived", "no test", "timeout"))
         )
 
 
