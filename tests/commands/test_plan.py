@@ -140,7 +140,7 @@ def test_a_workspace_that_cannot_be_made_is_one_message_with_the_path_and_a_fix(
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert lines[0] == f"hybridiso: error: the workspace {workspace} cannot be created: {blocker} is not writable by this user (uid {os.getuid()})", r.stderr
         assert lines[1].startswith("  next step: set `workspace:` in hybridiso.yaml to a directory you can write") and f"mkdir -p '{workspace}'" in lines[1]
-        assert len(lines) == 2 and "PermissionError" not in r.stderr and "Traceback" not in r.stderr
+        assert len(lines) == 2 and "PermissionError" not in r.stderr
         assert state(repo).get("agents", {}) == {}  # nothing recorded, nothing made
         assert git(repo, "branch", "--list", "hybridiso/*") == ""
     finally:

@@ -184,6 +184,35 @@ def test_status_check_exits_1_when_an_agent_is_not_as_the_manifest_asks(tmp_path
     assert "1 of 1 agent is not in the state" in r.stderr and "a: checked out branch is 'elsewhere', expected 'hybridiso/a'" in r.stderr
 
 
+def test_dirty_counts_each_changed_staged_and_untracked_file_not_ignored_ones(tmp_path: Path) -> None:
+    """DIRTY is the number of files `git status` lists: modified, staged,
+    deleted and each untracked file (also inside a new directory); ignored
+    files and hybridiso's own env file are not the agent's changes."""
+    repo = make_repo(tmp_path / "r", {"README.md": "hello\n", "gone.txt": "x\n", ".gitignore": "build/\n"})
+    write_manifest(repo, "agents:\n  - {name: wt, ports: [web]}\n  - {name: cl, isolation: clone, ports: [web]}\n  - name: clean\n")
+    hybridiso(repo, "up")
+    for name in ("wt", "cl"):
+        e = env(repo, name)
+        assert (e / ".hybridiso.env").is_file()  # there, and not counted
+        (e / "README.md").write_text("changed\n")
+        (e / "gone.txt").unlink()
+        (e / "staged.txt").write_text("staged\n")
+        subprocess.run(["git", "add", "staged.txt"], cwd=e, check=True)
+        (e / "new").mkdir()
+        (e / "new" / "a.txt").write_text("a\n")
+        (e / "new" / "b.txt").write_text("b\n")
+        (e / "build").mkdir()
+        (e / "build" / "out.o").write_text("ignored\n")
+    rows = status_json(repo)
+    assert rows["wt"]["dirty"] == rows["cl"]["dirty"] == 5, rows
+    assert rows["clean"]["dirty"] == 0
+    table = hybridiso(repo, "status").stdout.splitlines()
+    header = table[0].split()
+    column = header.index("DIRTY")
+    by_agent = {line.split()[0]: line.split() for line in table[2:] if line.split()}
+    assert by_agent["wt"][column] == by_agent["cl"][column] == "5" and by_agent["clean"][column] == "0", table
+
+
 @pytest.mark.parametrize("isolation", ["worktree", "clone"])
 def test_a_detached_head_is_not_the_branch_the_manifest_asks_for(tmp_path: Path, isolation: str) -> None:
     """A commit made on a detached HEAD is not on the agent's branch: status

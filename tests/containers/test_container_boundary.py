@@ -33,10 +33,16 @@ from tests.support.cli import (
 )
 from tests.support.docker_fixtures import TEST_LABEL, TEST_RUN, agents_repo
 from tests.support.gitrepo import git, make_repo
+from tests.support import needs
 from tests.support.netlab import host_addresses, host_listener, outside
 from tests.support.postgres import free_port
 
-pytestmark = [pytest.mark.docker, pytest.mark.skipif(os.geteuid() != 0, reason="network isolation is enforced with iptables, which needs root")]
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    needs.root("network isolation is enforced with iptables")
 
 
 def docker(*args: str, check: bool = True) -> str:

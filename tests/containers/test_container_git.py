@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import needs
 from tests.support.cli import check_no_crash
 from tests.support.docker_fixtures import TEST_LABEL, TEST_RUN
 
@@ -71,14 +72,14 @@ def host_user(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostUs
     env.update(GIT_AUTHOR_NAME="Host", GIT_AUTHOR_EMAIL="host@example.invalid", GIT_COMMITTER_NAME="Host", GIT_COMMITTER_EMAIL="host@example.invalid")
     if request.param == "root":
         if os.geteuid() != 0:
-            pytest.skip("the root case needs root")
+            needs.root("the root case")
         yield HostUser("root", [], env, 0, tmp_path)
         return
     if os.geteuid() != 0:
         yield HostUser("normal", [], {**env, "HOME": str(tmp_path)}, os.getuid(), tmp_path)
         return
     if not shutil.which("setpriv"):
-        pytest.skip("no setpriv to become a normal user")
+        needs.cannot_run("no setpriv to become a normal user")
     # pytest's own temp dirs are root's 0700: git as another uid refuses a
     # work tree below them, so the normal user's live in a /tmp dir of its own
     base = Path(tempfile.mkdtemp(prefix="hybridiso-plain-"))
@@ -89,7 +90,8 @@ def host_user(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostUs
         "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
     ]
     try:
-        yield HostUser("normal", prefix, {**env, "HOME": str(base)}, PLAIN_UID, base)
+        # and its TMPDIR: the test's own is root's too
+        yield HostUser("normal", prefix, {**env, "HOME": str(base), "TMPDIR": str(base)}, PLAIN_UID, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -191,6 +191,31 @@ def test_ctrl_c_stops_a_setsid_grandchild_too(tmp_path: Path) -> None:
     assert not (tmp_path / "r.agents" / "a").exists()
 
 
+def _running(pid: int) -> bool:
+    """``pid`` is a live process (not a zombie waiting for its reaper)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_failed_setup_leaves_nothing_of_its_group_running(tmp_path: Path) -> None:
+    """The command exits 1 and leaves a child behind in its process group:
+    stopping only the command (its pid, already gone) would leave the child
+    writing into the environment the next ``up`` sets up again (docs/faults.md row 38)."""
+    repo = make_repo(tmp_path / "r")
+    child = tmp_path / "child-pid"
+    write_manifest(repo, f"agents:\n  - name: a\n    setup: ['sleep 300 & echo $! > {child}; exit 1']\n")
+    r = hybridiso(repo, "up", ok=False)
+    assert "setup command failed for agent a (exit 1)" in r.stderr
+    pid = int(child.read_text())
+    try:
+        _wait_for(lambda: not _running(pid), timeout=10)
+    finally:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 # --- logs ------------------------------------------------------------------
 
 

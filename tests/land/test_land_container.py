@@ -18,12 +18,18 @@ import pytest
 
 from tests.land.test_land_faults import _alive
 from tests.land.trains import agent_commit, by_agent, land_json, scratch_entries
-from tests.support import images
+from tests.support import images, needs
 from tests.support.cli import hybridiso, state, write_manifest
 from tests.support.docker_fixtures import TEST_LABEL, TEST_RUN, _built
-from tests.support.gitrepo import git, make_repo
+from tests.support.gitrepo import git, git_ok, make_repo
 from tests.support.netlab import host_addresses, host_listener
 from tests.support.postgres import PostgresServer, free_port
+
+
+@pytest.fixture
+def _root() -> None:
+    needs.root("network isolation is enforced with iptables")
+
 
 pytestmark = [pytest.mark.docker]
 
@@ -134,7 +140,7 @@ def test_a_container_agents_check_runs_in_its_image_with_its_limits_on_the_candi
         down(repo)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="network isolation is enforced with iptables, which needs root")
+@pytest.mark.usefixtures("_root")
 def test_an_isolated_agents_check_reaches_no_host_address_and_an_open_one_does(tmp_path: Path, marker_image: str) -> None:
     with host_listener() as listener:
         probe = (
@@ -301,7 +307,7 @@ def _bridge(repo: Path, agent: str) -> str:
     return bridge_name(load_project(repo).id, agent)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="network isolation is enforced with iptables, which needs root")
+@pytest.mark.usefixtures("_root")
 def test_an_agent_with_no_environment_is_checked_in_its_image_and_leaves_no_network(tmp_path: Path, marker_image: str) -> None:
     """Its branch exists, its environment does not: still the image, never
     the host; the network (and firewall rules) made for the check go with it."""
@@ -337,7 +343,7 @@ def test_without_iptables_an_isolated_agents_check_is_refused_never_run_unisolat
     assert got["why"].startswith(f"check could not start in its image {marker_image}: agent iso needs network isolation"), got["why"]
     assert "iptables-save is not installed" in got["why"]
     assert not (tmp_path / ran).exists() and check_containers() == []
-    assert git(repo, "show", "main:iso.txt", check=False) == ""
+    assert not git_ok(repo, "cat-file", "-e", "main:iso.txt")
 
 
 def test_gc_finds_check_containers_by_the_role_land_gives_them() -> None:
@@ -365,7 +371,7 @@ def test_parallel_stops_a_container_check_whose_base_fell_and_checks_it_again(tm
     assert check_containers() == [] and scratch_entries(repo) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="network isolation is enforced with iptables, which needs root")
+@pytest.mark.usefixtures("_root")
 def test_gc_during_a_check_of_an_agent_with_no_environment_keeps_its_isolation(tmp_path: Path, marker_image: str) -> None:
     """The agent has no record, so its network and rules look like an
     agent's leftovers: while land runs, gc leaves them (a check behind them
@@ -393,7 +399,7 @@ def test_gc_during_a_check_of_an_agent_with_no_environment_keeps_its_isolation(t
     assert docker("network", "ls", "-q", "--filter", "label=dev.hybridiso.agent=iso", "--filter", f"label={TEST_LABEL}={TEST_RUN}") == ""
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="network isolation is enforced with iptables, which needs root")
+@pytest.mark.usefixtures("_root")
 def test_a_check_never_remakes_the_agents_network_under_its_running_container(tmp_path: Path, marker_image: str) -> None:
     """The manifest isolated the agent after `up`: its network has the old
     shape.  `up` would make it anew (removing its container); land refuses

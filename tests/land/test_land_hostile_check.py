@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hybridiso.process_groups import read_stat
 from tests.land.trains import agent_commit, by_agent, first_parents, land_json, scratch_entries, train_repo
-from tests.support.gitrepo import git
+from tests.support.gitrepo import git, git_ok
 
 
 def _alive(pid: int) -> bool:
@@ -46,7 +46,7 @@ def test_a_hostile_check_cannot_land_more_than_was_checked(tmp_path: Path) -> No
     assert got["a"]["result"] == "landed" and got["a"]["landed"] == (out / "checked-a").read_text().strip()
     assert got["b"]["result"] == "landed" and got["b"]["landed"] == (out / "checked-b").read_text().strip()
     assert first_parents(repo)[:3] == ["b: one", "a: file", "manifest"]  # b's two was never checked: never landed
-    assert "evil" not in git(repo, "log", "--format=%s", "main") and git(repo, "cat-file", "-e", "main:evil.txt", check=False) == ""
+    assert "evil" not in git(repo, "log", "--format=%s", "main") and not git_ok(repo, "cat-file", "-e", "main:evil.txt")
     deadline = time.monotonic() + 10
     while any(_alive(int((out / f"child-{n}").read_text())) for n in ("a", "b")):
         assert time.monotonic() < deadline, "a check's setsid child survived its check"

@@ -16,6 +16,7 @@ from tests.support.gitrepo import git, make_repo
 from tests.support.postgres import PostgresServer, free_port
 
 pytestmark = pytest.mark.postgres
+PG_OWN_WAIT = 5.0  # seconds CREATE DATABASE waits for sessions on its template to end
 
 
 def test_branch_names_are_valid_deterministic_and_distinct() -> None:
@@ -52,10 +53,12 @@ def test_create_list_drop(postgres_server: PostgresServer) -> None:
 def test_busy_template_is_retried_until_free(postgres_server: PostgresServer) -> None:
     tpl = postgres_server.make_template("tpl_busy")
     holder = psycopg.connect(postgres_server.url.rsplit("/", 1)[0] + "/" + tpl, application_name="someone-else")
-    threading.Timer(1.0, holder.close).start()
+    # longer than the 5 s that CREATE DATABASE itself waits for the template's
+    # sessions to end: only a retry of ours gets past it
+    threading.Timer(PG_OWN_WAIT + 1.0, holder.close).start()
     t = time.time()
     url = databases.create_branch(postgres_server.url, tpl, "hi_t_busy", attempts=20, delay=0.2)
-    assert time.time() - t >= 0.9
+    assert time.time() - t >= PG_OWN_WAIT + 0.9
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (1,)
 
@@ -160,3 +163,29 @@ def test_gc_drops_database_branches_no_agent_owns_and_only_those(tmp_path: Path,
     left = databases.list_branches(postgres_server.url)
     assert kept not in left and "hi_someone_else_db" in left
     databases.drop_branch(postgres_server.url, "hi_someone_else_db")
+
+
+def test_parallel_creates_of_one_branch_all_get_it(postgres_server: PostgresServer) -> None:
+    """Two runs making the same branch at once (two `up`s racing, a retry
+    beside the first try): serialised on the template's advisory lock, the
+    second finds the branch made and gets its URL, never "already exists"."""
+    tpl = postgres_server.make_template("tpl_same")
+    urls: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def make() -> None:
+        start.wait()
+        try:
+            urls.append(databases.create_branch(postgres_server.url, tpl, "hi_t_same"))
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=make) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(urls) == 6 and len(set(urls)) == 1
+    assert databases.list_branches(postgres_server.url, "hi_t_same") == ["hi_t_same"]
+    assert databases.baseline_of(postgres_server.url, "hi_t_same") is not None  # taken once, by the run that made it

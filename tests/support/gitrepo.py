@@ -54,3 +54,10 @@ def many_files_repo(path: Path, count: int) -> Path:
 
 def env_without_git_vars() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("GIT_DIR")}
+
+
+def git_ok(cwd: Path | str, *args: str) -> bool:
+    """Did ``git ARGS`` succeed?  For the commands that answer with their exit
+    code and print nothing (``merge-base --is-ancestor``, ``cat-file -e``,
+    ``check-ignore -q``): their output says nothing either way."""
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True).returncode == 0

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import pytest
+from tests.support import needs
 
 
 class HostListener:
@@ -106,8 +106,7 @@ def _sh(*argv: str) -> None:
 @contextlib.contextmanager
 def outside(ports: int = 2) -> Iterator[Outside]:
     """A namespace with servers on ``ports`` TCP ports at a 10.x address."""
-    if os.geteuid() != 0:
-        pytest.skip("making a network namespace needs root")
+    needs.root("making a network namespace")
     tag = f"{os.getpid() % 100000}"
     netns, host_if, ns_if = f"hyb-test-{tag}", f"hvo{tag}a", f"hvo{tag}b"
     octet = os.getpid() % 250 + 1
