@@ -165,12 +165,20 @@ class Bench:
             raise SystemExit(f"hybridiso land failed ({r.returncode}):\n{r.stderr}")
         return json.loads(r.stdout)  # type: ignore[no-any-return]
 
-    def loop(self) -> None:
+    def loop(self, fresh: bool = False) -> None:
+        """The hand-written loop; ``fresh``: a new scratch worktree per
+        branch, as land makes one (what reusing one saves)."""
         scratch = self.root / f"loop-scratch{self.n}"
-        sh("git", "worktree", "add", "-q", "--detach", str(scratch), "main", cwd=self.repo)
+        if not fresh:
+            sh("git", "worktree", "add", "-q", "--detach", str(scratch), "main", cwd=self.repo)
         try:
             for a in self.names:
-                sh("git", "checkout", "-q", "--detach", f"hybridiso/{a}", cwd=scratch)
+                if fresh:
+                    if scratch.exists():
+                        sh("git", "worktree", "remove", "--force", str(scratch), cwd=self.repo)
+                    sh("git", "worktree", "add", "-q", "--detach", str(scratch), f"hybridiso/{a}", cwd=self.repo)
+                else:
+                    sh("git", "checkout", "-q", "--detach", f"hybridiso/{a}", cwd=scratch)
                 if sh("git", "rebase", "-q", "main", cwd=scratch, check=False).returncode != 0:
                     sh("git", "rebase", "--abort", cwd=scratch, check=False)
                     continue
@@ -193,6 +201,8 @@ class Bench:
         t = time.perf_counter()
         if way == "loop":
             self.loop()
+        elif way == "loop-fresh":
+            self.loop(fresh=True)
         elif way == "land":
             self.land()
         else:
@@ -204,18 +214,19 @@ class Bench:
 
 
 SCENARIOS = [  # (label, check mode, ways)
-    ("I/O check (sleep)", "sleep", ["loop", "land", "par4"]),
+    ("I/O check (sleep)", "sleep", ["loop", "land", "par4", "loop-fresh"]),
     ("CPU-bound check (busy loop)", "cpu", ["loop", "land", "par4"]),
     ("I/O check, 4th candidate red", "sleep-fail", ["loop", "land", "par4"]),
 ]
 
 
-def run_matrix(b: Bench, rounds: int) -> None:
+def run_matrix(b: Bench, rounds: int, only: set[str]) -> None:
+    scenarios = [sc for sc in SCENARIOS if not only or sc[1] in only]
     results: dict[tuple[str, str], list[float]] = defaultdict(list)
     cpus: dict[tuple[str, str], list[float]] = defaultdict(list)
     counts: dict[tuple[str, str], list[int]] = defaultdict(list)
     for r in range(rounds):
-        for _label, mode, ways in SCENARIOS:
+        for _label, mode, ways in scenarios:
             order = ways if r % 2 == 0 else list(reversed(ways))
             histories = {}
             line = []
@@ -232,7 +243,7 @@ def run_matrix(b: Bench, rounds: int) -> None:
             print(f"round {r + 1} {mode:<10}: " + " | ".join(line) + f"  [landed {len(histories['loop'])}, load {os.getloadavg()[0]:.1f}]", flush=True)
     print(f"\nN={b.n} candidates, check {b.check_seconds:g}s, median of {rounds} rounds, ratios of medians (per-round ratios)")
     print(f"{'scenario':<30} {'loop':>8} {'land':>8} {'ratio':>6} {'par4':>8} {'ratio':>6}   checks loop/land/par4")
-    for label, mode, _ in SCENARIOS:
+    for label, mode, _ in scenarios:
         med = {w: statistics.median(results[(mode, w)]) for w in ("loop", "land", "par4")}
         per = {w: [x / y for x, y in zip(results[(mode, w)], results[(mode, "loop")], strict=True)] for w in ("land", "par4")}
         ch = "/".join(str(statistics.median(counts[(mode, w)])) for w in ("loop", "land", "par4"))
@@ -241,6 +252,10 @@ def run_matrix(b: Bench, rounds: int) -> None:
             f"{med['par4']:>7.2f}s {med['par4'] / med['loop']:>6.2f}   {ch}"
         )
         print(f"{'':<30} per round: land {', '.join(f'{x:.2f}' for x in per['land'])}; par4 {', '.join(f'{x:.2f}' for x in per['par4'])}")
+        if (mode, "loop-fresh") in results:
+            fresh = statistics.median(results[(mode, "loop-fresh")])
+            print(f"{'':<30} the loop with a new scratch worktree per branch (as land makes): {fresh:.2f}s, "
+                  f"{fresh / med['loop']:.2f}x the loop; land / that = {med['land'] / fresh:.2f}")
         cpu = {w: statistics.median(cpus[(mode, w)]) for w in ("loop", "land", "par4")}
         print(f"{'':<30} CPU seconds (all processes): loop {cpu['loop']:.2f}, land {cpu['land']:.2f}, par4 {cpu['par4']:.2f}; "
               f"land - loop = {(cpu['land'] - cpu['loop']) / b.n * 1000:.0f} ms per candidate")
@@ -357,6 +372,7 @@ def main() -> None:
     p.add_argument("--tmpfs", action="store_true", help="work under /dev/shm (tmpfs) instead of $TMPDIR")
     p.add_argument("--scaling", default="", help="e.g. 4,8,16: sequential land vs loop at each N")
     p.add_argument("--profile", action="store_true", help="count the git processes of one sequential land")
+    p.add_argument("--scenarios", default="", help="only these of sleep,cpu,sleep-fail (default: all)")
     p.add_argument("--no-matrix", action="store_true", help="skip the main table (with --scaling/--profile)")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below cleans up
@@ -370,7 +386,7 @@ def main() -> None:
         if not args.no_matrix or args.profile:
             b = Bench(root, args.agents, args.files, args.check_seconds, busy, args.fail_index)
             if not args.no_matrix:
-                run_matrix(b, args.rounds)
+                run_matrix(b, args.rounds, {x for x in args.scenarios.split(",") if x})
             if args.profile:
                 profile(b)
             b.cleanup()
