@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.support.cli import hybridiso, write_manifest
 from tests.support.gitrepo import make_repo
 
-UP = {"name", "strategy", "action", "ok", "seconds", "error", "path", "ports", "note"}
+UP = {"name", "strategy", "action", "ok", "seconds", "error", "path", "ports", "note", "why"}
 STATUS = {
     "agent", "strategy", "state", "branch", "path", "ahead", "behind", "dirty", "ports", "process",
     "disk_bytes", "disk_shared_bytes", "problems", "in_manifest", "boundary", "off", "land", "ok",

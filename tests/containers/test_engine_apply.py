@@ -242,7 +242,8 @@ def test_a_container_that_exits_before_it_is_healthy_is_named(tmp_path: Path, bu
         r = hybridiso(repo, "up", ok=False)
         assert r.returncode == 1
         assert "quitter" in r.stderr and "exited (code 3) before it was healthy" in r.stderr and "docker logs" in r.stderr
-        assert "its last output:\n    cannot start" in r.stderr
+        # under the agent's line (errors.AgentsFailed indents it once more)
+        assert "its last output:\n      cannot start" in r.stderr
     finally:
         hybridiso(repo, "down", "--force", ok=None)
 
