@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hybridiso import cleanup, git
 from hybridiso.process import CommandError
+from hybridiso.output import plural
 from hybridiso.env_context import EnvContext
 from hybridiso.strategies import base
 from hybridiso.strategies.base import Observation
@@ -170,18 +171,41 @@ def _commits(
         branches = sorted(b for b in {branch_ref, head_ref or ""} if b in main.refs)
         entries, branch_reflogs = git.head_and_branch_reflogs(admin, *branches)
     head_reflog = ([head] if head else []) + [e.commit for e in entries]
+    # refs only this worktree has (refs/worktree/*, refs/bisect/*, a
+    # rebase's refs/rewritten/*) live in its admin dir and go with it
+    own_refs = _per_worktree_refs(ctx.path) if report.readable and ctx.path.is_dir() else []
     # every ref but the agent branch (removal may delete it) is safe
     safe = main.safe_tips(branch_ref)
-    graph = git.commits_not_in(ctx.project.root, [*([branch_tip] if branch_tip else []), *head_reflog, *branch_reflogs], safe)
+    tips = [*([branch_tip] if branch_tip else []), *head_reflog, *branch_reflogs, *(r.commit for r in own_refs if r.commit)]
+    graph = git.commits_not_in(ctx.project.root, tips, safe)
     on_branch = closure(graph, branch_tip)
     report.commits = describe_commits(graph, on_branch)
     if on_branch and branch_tip:
         report.tips.append(Tip(branch_ref, branch_tip, None, "commits"))
-    lost = left_on_no_branch(graph, head_reflog, branch_reflogs, on_branch)
+    held = set(on_branch)
+    for r in own_refs:
+        mine = closure(graph, r.commit) - on_branch if r.commit else set()
+        if mine:
+            report.refs.append(f"{ref_label(r.name)} ({plural(len(mine), 'commit')}, only in this worktree)")
+            report.tips.append(Tip(f"worktree/{r.name}", r.oid, None, "refs"))
+            held |= mine
+    lost = left_on_no_branch(graph, head_reflog, branch_reflogs, held)
     report.detached = describe_commits(graph, lost)
     for i, tip in enumerate(newest_tips(graph, lost)):
         report.tips.append(Tip(f"detached/{i}", tip, None, "detached"))
     return entries
+
+
+def _per_worktree_refs(path: Path) -> list[git.RefEntry]:
+    """The refs git keeps for this worktree alone (read in it: the main
+    repository's listing does not show them)."""
+    try:
+        return git.list_refs(path, *PER_WORKTREE_REFS)
+    except CommandError:
+        return []
+
+
+PER_WORKTREE_REFS = ("refs/worktree/", "refs/bisect/", "refs/rewritten/")
 
 
 def _stash_made_here(ctx: EnvContext, main: MainRepo, visited: set[str], head_ref: str | None) -> list[str]:
