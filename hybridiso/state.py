@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -129,6 +130,10 @@ class AgentRecord:
     # began after the work was judged (a retry finishes it without asking)
     owns_path: bool = False
     removing: bool = False
+    # which directory that removal began on ("st_dev:st_ino"): a retry
+    # skips the ownership and work checks only for that very directory, so
+    # a forged or stale ``removing`` never deletes someone else's
+    removing_dir: str = ""
     # rebuilt from what git shows after the state file was lost (docs/faults.md row 18)
     adopted: bool = False
     # this run of up rolled the half-made environment back (up reports it)
@@ -157,12 +162,39 @@ class AgentRecord:
     network_guard: str = ""
     egress_addresses: dict[str, list[str]] = field(default_factory=dict)
 
+    def begin_removal(self, path: Path) -> None:
+        """Mark that removing ``path`` begins (its work was judged): saved
+        before anything is deleted, so a run that stops half-way is finished
+        by the next one."""
+        self.removing = True
+        self.removing_dir = directory_identity(path) or ""
+
+    def removal_begun(self, path: Path) -> bool:
+        """A removal of this very directory began and was judged: true when
+        the record says so for the directory now at ``path`` (or nothing is
+        there any more).  ``removing`` alone, or naming another directory,
+        proves nothing (docs/faults.md row 30)."""
+        if not self.removing or not self.removing_dir:
+            return False
+        here = directory_identity(path)
+        return (here is None and not os.path.lexists(path)) or here == self.removing_dir
+
     @classmethod
     def from_json(cls, name: str, data: Any) -> AgentRecord:
         """The record stored under ``name``, read field by field against the
         annotations (never ``cls(**data)``): a wrong type, a missing field or
         a value out of range is ``StateCorrupt`` (docs/faults.md row 18)."""
         return read_record(name, data)
+
+
+def directory_identity(path: Path) -> str | None:
+    """``st_dev:st_ino`` of the directory at ``path`` itself (never through
+    a symlink); None when there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}" if stat.S_ISDIR(st.st_mode) else None
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,49 @@ def test_hostile_json_in_the_port_registry_is_set_aside_and_rebuilt(tmp_path: Pa
     leases = json.loads(registry.read_text())["leases"]
     assert [lease["agent"] for lease in leases] == ["a"]
     hybridiso(repo, "down")
+
+
+@pytest.mark.parametrize("proof", ["none", "another directory"])
+def test_a_forged_removal_in_progress_never_deletes_a_users_directory(tmp_path: Path, proof: str) -> None:
+    """``removing`` lets a retry skip the ownership and work checks; forged
+    (or naming another directory), it proves nothing: down and gc refuse."""
+    repo = make_repo(tmp_path / "repo")
+    write_manifest(repo, "agents:\n  - name: a\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "repo.agents"
+    mine = ws / "x"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of it\n")
+    path = _state_path(repo)
+    data = json.loads(path.read_text())
+    forged = dict(data["agents"]["a"], name="x", path=str(mine), branch="hybridiso/x", created_branch=False, removing=True)
+    if proof == "another directory":
+        st = os.lstat(ws / "a")
+        forged["removing_dir"] = f"{st.st_dev}:{st.st_ino}"
+    data["agents"]["x"] = forged
+    path.write_text(json.dumps(data))
+    r = hybridiso(repo, "down", "x", ok=False)
+    assert r.returncode == 1 and "nothing shows hybridiso made" in r.stderr, r.stderr
+    hybridiso(repo, "gc", "--yes", ok=None)
+    assert (mine / "thesis.txt").read_text() == "years of it\n"
+    assert (ws / "a").is_dir()
+
+
+def test_a_forged_unfinished_removal_never_wipes_a_live_environments_work(tmp_path: Path) -> None:
+    """phase 'creating' + owns_path + removing on a live environment: the
+    next up rolls it back, and must check its work first."""
+    repo = make_repo(tmp_path / "repo")
+    write_manifest(repo, "agents:\n  - name: a\n  - name: c\n    isolation: clone\n")
+    hybridiso(repo, "up")
+    ws = tmp_path / "repo.agents"
+    (ws / "a" / "notes.txt").write_text("the agent's\n")
+    git(ws / "c", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "mine")
+    mine = git(ws / "c", "rev-parse", "HEAD")
+    path = _state_path(repo)
+    data = json.loads(path.read_text())
+    for name in ("a", "c"):
+        data["agents"][name].update(phase="creating", owns_path=True, removing=True)
+    path.write_text(json.dumps(data))
+    hybridiso(repo, "up", ok=None)
+    assert (ws / "a" / "notes.txt").read_text() == "the agent's\n"
+    assert git(ws / "c", "rev-parse", "HEAD") == mine

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -152,7 +153,7 @@ def _removing(project: Project, state: State, record: AgentRecord) -> None:
     """On disk before anything is deleted: a removal that stops half-way
     (files it cannot delete) is finished by the next run, whose work check
     then no longer counts the .git link it already took (lifecycle.work_at_risk)."""
-    record.removing = True
+    record.begin_removal(Path(record.path))
     project.store.save(state)
 
 

@@ -165,8 +165,8 @@ def rollback(ctx: EnvContext, *, check_work: bool) -> None:
     if not check_work:
         # if this fails half-way, the next run finishes it without asking
         # again: nobody else could have written into it when it was decided
-        ctx.record.removing = True
-    elif ctx.record.owns_path and not ctx.record.removing:
+        ctx.record.begin_removal(ctx.path)
+    elif ctx.record.owns_path and not ctx.record.removal_begun(ctx.path):
         # the branch survives a rollback once it moved (below); a clone's does not
         losing = work_at_risk(ctx, keep_branch=strategy.SHARES_REFS)
         if not losing.empty:
@@ -599,7 +599,7 @@ def work_at_risk(ctx: EnvContext, *, keep_branch: bool, report: WorkReport | Non
     # a worktree's commits live on in its branch unless we delete the branch,
     # which we only do for a branch we created
     branch_kept = keep_branch or (strategies.get(ctx.record.strategy).SHARES_REFS and not ctx.record.created_branch)
-    if ctx.record.removing:
+    if ctx.record.removal_begun(ctx.path):
         # an earlier removal checked (and saved) the work, then stopped
         # half-way, taking the .git link with it: finish it
         report = report.without("unreadable")
@@ -645,7 +645,7 @@ def remove(
     ``main``: the repository's refs as read before (valid until a removal)."""
     # a removal this record began (and judged) may have taken the marks already
     own_repository = not strategies.get(ctx.record.strategy).SHARES_REFS
-    if not ctx.record.removing and not ctx.project.proves_made(ctx.path, own_repository, ctx.record.phase):
+    if not ctx.record.removal_begun(ctx.path) and not ctx.project.proves_made(ctx.path, own_repository, ctx.record.phase):
         # a forged or stale record at somebody's directory: not even --force
         raise UserError(
             f"agent {ctx.name}: nothing shows hybridiso made {ctx.path} (no {envfile.ENV_FILE} of this project, "

@@ -77,7 +77,7 @@ def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]], main: MainRepo | 
         upstream_gone=(up.ref or up.merge).removeprefix("refs/remotes/") if up and up.gone else "",
         owns_branch=strategy.SHARES_REFS and record.created_branch,
         branch=record.branch,
-        removing=record.removing,
+        removing=record.removal_begun(Path(record.path)),
         tip=tip,
     )
 
@@ -87,7 +87,7 @@ def other_work(report: WorkReport, record: AgentRecord) -> WorkReport:
     of the inventory but the branch's own commits (the verdict's job).  What
     an earlier removal left half-deleted was judged before it began."""
     report = report.without("commits")
-    return report.without("unreadable") if record.removing else report
+    return report.without("unreadable") if record.removal_begun(Path(record.path)) else report
 
 
 def _bring_base_into_clone(ctx: EnvContext, bases: list[tuple[str, str]]) -> None:
@@ -133,13 +133,13 @@ def _remover(ctx: EnvContext, state: State, d: Decision, f: AgentFacts):  # type
     def apply() -> list[str]:
         project, record = ctx.project, ctx.record
         strategy = strategies.get(record.strategy)
-        if not record.removing:
+        if not record.removal_begun(ctx.path):
             # the agent may have gone on working since it was judged: look
             # again, right before deleting (the lock keeps hybridiso out, not it)
             now = other_work(lifecycle.inspect_work(ctx), record)
             if not now.empty:
                 raise UserError(f"work appeared in it since gc judged it ({now.describe()}); kept it", hint="run `hybridiso gc` again")
-        record.removing = True  # a failure half-way is retried by the next gc
+        record.begin_removal(ctx.path)  # a failure half-way is retried by the next gc
         project.store.save(state)
         cleanup.make_deletable(ctx.path)
         try:
