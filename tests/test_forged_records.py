@@ -218,3 +218,32 @@ def test_a_forged_unfinished_removal_never_wipes_a_live_environments_work(tmp_pa
     hybridiso(repo, "up", ok=None)
     assert (ws / "a" / "notes.txt").read_text() == "the agent's\n"
     assert git(ws / "c", "rev-parse", "HEAD") == mine
+
+
+def test_sync_never_acts_through_a_git_link_an_agent_rewrote(tmp_path: Path) -> None:
+    """An agent points its worktree's .git at the main repository's git dir:
+    git run there would act on the user's checkout and branch.  status says
+    so, sync refuses it, the user's branch and index stay."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    write_manifest(repo, "agents:\n  - name: w\n")
+    git(repo, "add", "hybridiso.yaml")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "manifest")
+    hybridiso(repo, "up")
+    git(repo, "checkout", "-q", "-b", "userfeat")
+    (repo / "uf.txt").write_text("the user's\n")
+    git(repo, "add", "uf.txt")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "user work")
+    git(repo, "checkout", "-q", "main")
+    (repo / "b.txt").write_text("b\n")
+    git(repo, "add", "b.txt")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "base moves")
+    git(repo, "checkout", "-q", "userfeat")
+    userfeat = git(repo, "rev-parse", "userfeat")
+    env = tmp_path / "repo.agents" / "w"
+    (env / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    r = hybridiso(repo, "sync", "w", ok=None)
+    assert "not at this worktree's own metadata" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert git(repo, "rev-parse", "userfeat") == userfeat
+    assert git(repo, "status", "--porcelain") == ""
+    st = status_json(repo)["w"]
+    assert any("not at this worktree's own metadata" in p for p in st["problems"]), st

@@ -248,7 +248,7 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
     strategy = strategies.get(record.strategy)
     obs = strategy.observe(ctx)
     if not obs.exists or not obs.registered:
-        o.result, o.detail = "missing", "directory is gone or not a git environment; `hybridiso gc` or `up`"
+        o.result, o.detail = "missing", (obs.problems[0] if obs.problems else "directory is gone or not a git environment; `hybridiso gc` or `up`")
         return
     if obs.branch != record.branch:
         o.detail = f"checked out {obs.branch or 'a detached HEAD'}, not {record.branch}" + _under_way(ctx)

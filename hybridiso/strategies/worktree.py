@@ -90,7 +90,19 @@ def observe(ctx: EnvContext) -> Observation:
         problems.append("directory is gone but git still lists the worktree (prunable)")
     if wt is None and exists:
         problems.append("directory exists but git does not know it as a worktree")
-    return Observation(exists, wt is not None, wt.branch if wt else None, wt.head if wt else None, None, tuple(problems))
+    registered = wt is not None
+    if wt is not None and exists:
+        # a .git file an agent rewrote (to the main repository's git dir, to
+        # another worktree's) would make git act there: nothing runs git in
+        # it until it is repaired (docs/faults.md row 24)
+        try:
+            link = _link_problem(ctx.path, git.worktree_admin_dir(ctx.project.repo.common_dir, ctx.path))
+        except git.AmbiguousWorktree as e:
+            link = e.message
+        if link is not None:
+            registered = False
+            problems.append(f"{link}; nothing runs git in it (`git -C '{ctx.project.root}' worktree repair '{ctx.path}'` writes it again)")
+    return Observation(exists, registered, wt.branch if wt else None, wt.head if wt else None, None, tuple(problems))
 
 
 def inventory(ctx: EnvContext, main: MainRepo, *, submodules: bool = True) -> WorkReport:
