@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import hybridiso, status_json, write_manifest
-from tests.support.gitrepo import git, make_repo
+from tests.support.gitrepo import git, git_ok, make_repo
 
 
 def _state_path(repo: Path) -> Path:
@@ -247,3 +247,31 @@ def test_sync_never_acts_through_a_git_link_an_agent_rewrote(tmp_path: Path) -> 
     assert git(repo, "status", "--porcelain") == ""
     st = status_json(repo)["w"]
     assert any("not at this worktree's own metadata" in p for p in st["problems"]), st
+
+
+def test_a_forged_base_commit_never_makes_sync_drop_the_agents_commits(tmp_path: Path) -> None:
+    """A record whose base_commit names the agent's own commit would make
+    sync treat that commit as what base dropped (a force-push) and leave it
+    out; then down would lose it.  Only a commit base really held counts."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    write_manifest(repo, "agents:\n  - name: w\n")
+    git(repo, "add", "hybridiso.yaml")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "manifest")
+    hybridiso(repo, "up")
+    env = tmp_path / "repo.agents" / "w"
+    (env / "mine.txt").write_text("the agent's\n")
+    git(env, "add", "mine.txt")
+    git(env, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "agent work")
+    tip = git(env, "rev-parse", "HEAD")
+    (repo / "b.txt").write_text("b\n")
+    git(repo, "add", "b.txt")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "base moves")
+    path = _state_path(repo)
+    data = json.loads(path.read_text())
+    data["agents"]["w"]["base_commit"] = tip
+    path.write_text(json.dumps(data))
+    hybridiso(repo, "sync", "w", ok=None)
+    head = git(env, "rev-parse", "HEAD")
+    assert git_ok(env, "merge-base", "--is-ancestor", "main", head), "synced onto base"
+    assert (env / "mine.txt").read_text() == "the agent's\n"
+    assert git(env, "log", "--format=%s", "main..HEAD") == "agent work", "its commit is still on its branch"

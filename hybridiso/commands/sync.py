@@ -325,6 +325,12 @@ def old_base(cwd: Path, head: str, recorded: str | None, new_base: str, base_ref
 
     mine = recorded if recorded and _COMMIT_ID.fullmatch(recorded) and git.is_ancestor(cwd, recorded, head) else None
     fork = git.fork_point(cwd, base_ref, head) if base_ref else None
+    # the record's commit counts only where base really was: in the new
+    # base, or under the fork point base's reflog gives (a base rewritten
+    # since).  A record naming a commit of the agent's own would make its
+    # commits look like what base dropped, and leave them out (docs/faults.md row 30)
+    if mine is not None and not git.is_ancestor(cwd, mine, new_base) and not (fork is not None and git.is_ancestor(cwd, mine, fork)):
+        mine = None
     if mine is not None and (fork is None or fork == mine or not git.is_ancestor(cwd, mine, fork)):
         return latest(mine), "record"
     if fork is not None:
