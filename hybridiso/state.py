@@ -187,6 +187,9 @@ class AgentRecord:
         return read_record(name, data)
 
 
+INT_LIMIT = 1 << 63  # no number hybridiso writes is larger (times, ports, pids, sizes)
+
+
 def directory_identity(path: Path) -> str | None:
     """``st_dev:st_ino`` of the directory at ``path`` itself (never through
     a symlink); None when there is none."""
@@ -521,11 +524,14 @@ def _typed(value: Any, hint: Any, where: str, *, strict: bool = True) -> Any:
         if isinstance(value, bool):
             return value
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) < INT_LIMIT:
             return value
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        # a huge integer has no float (OverflowError): out of range like inf
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) < INT_LIMIT:
             return float(value)
+        if isinstance(value, float) and math.isfinite(value):
+            return value
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -568,7 +574,10 @@ def _dataclass(value: dict[str, Any], cls: type, where: str, *, strict: bool) ->
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    try:
+        text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    except ValueError:  # an integer of more digits than Python converts
+        text = "a number too large"
     return text if len(text) <= 40 else text[:37] + "..."
 
 

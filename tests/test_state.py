@@ -101,6 +101,12 @@ DAMAGE = {
     "name with a path": json.dumps({"version": V, "agents": {"../x": _record(name="../x")}}).encode(),
     "branch an option": json.dumps({"version": V, "agents": {"a": _record(branch="--force")}}).encode(),
     "base_commit not a commit": json.dumps({"version": V, "agents": {"a": _record(base_commit="HEAD~1; rm")}}).encode(),
+    # a float field given an integer no float holds (OverflowError: was an exit 3 on every command)
+    "created_at a huge integer": json.dumps({"version": V, "agents": {"a": _record(created_at=10**4000)}}).encode(),
+    "a timing a huge integer": json.dumps({"version": V, "agents": {"a": _record(timings={"x": 10**400})}}).encode(),
+    "a pid a huge integer": json.dumps(
+        {"version": V, "agents": {"a": _record(setup_processes=[{"pgid": 10**30, "start": 1, "boot_id": "b", "token": "t", "command": "c", "started_at": 1.0}])}}
+    ).encode(),
 }
 
 
