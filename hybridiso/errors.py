@@ -13,6 +13,8 @@ import tempfile
 import traceback
 from collections.abc import Iterator, Sequence
 
+from hybridiso.output import printable
+
 EXIT_OK = 0
 EXIT_USER = 1
 EXIT_USAGE = 2
@@ -136,10 +138,10 @@ def error_handler() -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        print(f"hybridiso: error: {e}", file=sys.stderr)
+        print(printable(f"hybridiso: error: {e}"), file=sys.stderr)
         raise SystemExit(EXIT_USER) from None
     except BugsReported as e:
-        print(f"hybridiso: error: {e}", file=sys.stderr)
+        print(printable(f"hybridiso: error: {e}"), file=sys.stderr)
         raise SystemExit(EXIT_BUG) from None
     except KeyboardInterrupt:
         print("hybridiso: interrupted", file=sys.stderr)

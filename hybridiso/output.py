@@ -17,7 +17,8 @@ from typing import Any
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "simple") -> str:
     from tabulate import tabulate  # imported when a table is printed: most runs print none
 
-    return tabulate(rows, headers=list(headers), tablefmt=fmt, disable_numparse=True)
+    shown = [[printable(c) if isinstance(c, str) else c for c in row] for row in rows]
+    return tabulate(shown, headers=list(headers), tablefmt=fmt, disable_numparse=True)
 
 
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
@@ -70,12 +71,21 @@ def json_value(value: Any) -> Any:
     raise TypeError(f"--json cannot print a {type(value).__name__}: give it a dataclass or plain data")
 
 
+def printable(text: str) -> str:
+    """``text`` for the terminal: names an agent chose (a file, a ref, a
+    commit subject) may hold escape sequences or other control characters;
+    they are shown (``\x1b``), never obeyed.  Line breaks and tabs stay."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
 def message(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    print(printable(text), file=sys.stderr, flush=True)
 
 
 def warn(text: str) -> None:
-    print(f"hybridiso: warning: {text}", file=sys.stderr, flush=True)
+    print(printable(f"hybridiso: warning: {text}"), file=sys.stderr, flush=True)
 
 
 def _utf8() -> bool:

@@ -95,8 +95,8 @@ class CommandError(UserError):
 
 
 def _printable(text: str) -> str:
-    """``text`` for the terminal: a name an agent chose (a file, a ref) may
-    hold escape sequences; they are shown, never obeyed."""
+    """One line of a command's output for the terminal (output.printable,
+    with line breaks shown too: the message holds one line)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
