@@ -47,9 +47,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_json_flag(p)
 
 
+MAX_PARALLEL = 64  # scratch worktrees and checks at once; more is a typo
+
+
 def _parallel(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of checks at once (K >= 1; bare --parallel goes after the AGENTs)")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of checks at once (1 <= K <= {MAX_PARALLEL}; bare --parallel goes after the AGENTs)"
+        )
     return int(text)
 
 

@@ -23,6 +23,8 @@ CASES = [
     (("report", "--compare", "1", "--strategies", "vm,clone"), "argument --strategies: unknown strategies: vm"),
     (("report", "--compare", "1", "--strategies", ","), "unknown strategies: (none given)"),
     (("demo", "--files", "0"), "argument --files: 0 is out of range"),
+    (("land", "--parallel", "0"), "'0' is not a number of checks at once (1 <= K <= 64"),
+    (("land", "--parallel", "99999999999999999999"), "is not a number of checks at once"),
 ]
 
 
