@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 
 from hybridiso import git, output, strategies
 from hybridiso.commands.common import add_json_flag, check_names, project_from_args
-from hybridiso.land.store import LandStore
 from hybridiso.env_context import context
 from hybridiso.report.measure import environments_disk
 from hybridiso.envfile import ENV_FILE
@@ -305,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
     rows = collect(project, state, names, with_disk=not args.no_disk)
     for note in notes:
         output.warn(note)
+    from hybridiso.land.store import LandStore  # not at import: building the parser must not load land/
+
     landed = LandStore(project.store).read_results()  # each agent's last `land` result (land/last.json)
     if args.json:
         for r in rows:
