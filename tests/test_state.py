@@ -256,6 +256,10 @@ def test_an_unknown_strategy_does_not_block_status_or_the_other_agents(tmp_path:
     assert plan["b"]["strategy"] == "microvm" and plan["b"]["reason"].startswith("left alone")
     doctor = {c["name"]: c for c in json.loads(hybridiso(repo, "doctor", "--json").stdout)}
     assert doctor["state file"]["status"] == "warn" and "microvm" in doctor["state file"]["detail"]
+    # down of it is refused, not "no environment" with exit 0 (found in a hostile pass)
+    down = hybridiso(repo, "down", "b", ok=False)
+    assert down.returncode == 1 and "agent b: its record is left alone" in down.stderr, down.stderr
+    assert (b_env / "work.txt").read_text() == "mine\n"
 
 
 def test_gc_never_takes_a_set_aside_environment_for_an_orphan(tmp_path: Path) -> None:

@@ -287,7 +287,7 @@ def check_state(project: Project, state: State) -> list[Check]:
         checks.append(Check("state file", "ok", f"{output.plural(len(state.agents), 'agent')} recorded"))
     creating = health.stale_creating(project, state)
     checks.append(
-        Check("interrupted creations", "warn", ", ".join(creating), "`hybridiso up` finishes them, `hybridiso gc --yes` removes them")
+        Check("interrupted creations", "warn", ", ".join(creating), "`hybridiso up` finishes them; `hybridiso gc` lists those it would remove (one that holds work is kept)")
         if creating
         else Check("interrupted creations", "ok", "none")
     )

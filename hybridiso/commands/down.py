@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         main: MainRepo | None = None  # the repository's refs, read once until a removal changes them
         for name in names:
             if name not in state.agents:
+                aside = state.set_aside.get(name)
+                if aside is not None:  # a record this hybridiso cannot act on: never "nothing here"
+                    refused.append((name, UserError(f"agent {name}: its record is left alone: {aside.reason}", hint="use the hybridiso that made it")))
+                    results.append(Refused(name, aside.reason))
+                    continue
                 output.message(f" - {name}: no environment")
                 continue
             ctx = context(project, state, name)
