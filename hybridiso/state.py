@@ -255,7 +255,14 @@ class StateStore:
         self.dir = common_dir / "hybridiso"
         self.path = self.dir / "state.json"
         self.lock_path = self.dir / "lock"
-        self._mutex = threading.Lock()
+        # one save at a time, and the lock's state with it (re-entrant: a
+        # save while unlocked takes the lock for that moment)
+        self._mutex = threading.RLock()
+        self._lock_fd: int | None = None  # the repository lock's, while ``locked``
+        self._held = False  # this run holds it now (not between ``unlocked``)
+        self._command = ""
+        self._was_unlocked = False  # let go since it was taken: saves merge (``save``)
+        self._claims: dict[str, int] = {}  # agent -> its flocked descriptor (``claim``)
 
     @property
     def logs_dir(self) -> Path:
@@ -303,22 +310,201 @@ class StateStore:
 
     def save(self, state: State) -> None:
         """Write atomically; a failed write (disk full) leaves the previous
-        file intact and is one clear error."""
+        file intact and is one clear error.
+
+        Under the repository lock (``locked``) the whole state is written:
+        it was loaded under that same lock.  Without it (``up``'s long steps,
+        ``unlocked``) only the records of the agents this run has claimed
+        are written, into the file as it is now, under the lock taken for
+        that moment: what other runs saved meanwhile stays."""
         with self._mutex:
-            text = _serialise(state)
-            try:
-                atomic_write_text(self.path, text, anchor=self.anchor)
-            except OSError as e:
-                raise UserError(
-                    f"cannot write the state file {self.path}: {e.strerror}",
-                    hint="free some disk space; the previous state file is intact, and the next run reconciles it with git",
-                ) from None
+            if not (self._was_unlocked and self._claims):
+                self._write(state)
+                return
+            # once let go, what this run loaded is stale but for its own agents
+            with contextlib.nullcontext() if self._held else self._briefly():
+                fresh = self.load()
+                for name in self._claims:
+                    record = state.agents.get(name)
+                    if record is None:
+                        fresh.agents.pop(name, None)
+                    else:
+                        fresh.agents[name] = record
+                self._write(fresh)
+
+    def _write(self, state: State) -> None:
+        text = _serialise(state)
+        try:
+            atomic_write_text(self.path, text, anchor=self.anchor)
+        except OSError as e:
+            raise UserError(
+                f"cannot write the state file {self.path}: {e.strerror}",
+                hint="free some disk space; the previous state file is intact, and the next run reconciles it with git",
+            ) from None
 
     @contextlib.contextmanager
     def locked(self, command: str, *, wait_message: bool = True) -> Iterator[None]:
-        """Hold the repository lock for the duration of a mutating command."""
-        with hold_lock(self.anchor, self.lock_path.relative_to(self.anchor), command, "the repository lock", wait_message=wait_message):
+        """Hold the repository lock for the duration of a mutating command
+        (``unlocked`` lets it go for a while); the agents it claims
+        (``claim``) are released when it ends."""
+        if self._lock_fd is not None:
+            raise AssertionError("the repository lock is taken once per run")
+        fd = safe_files.open_regular(self.anchor, self.lock_path.relative_to(self.anchor), os.O_RDWR | os.O_CREAT)
+        self._lock_fd, self._command = fd, command
+        try:
+            _take(fd, command, "the repository lock", wait_message=wait_message)
+            self._held = True
             yield
+        finally:
+            self._held = self._was_unlocked = False
+            self._lock_fd = None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing releases the flock
+            self.release_claims()
+
+    @contextlib.contextmanager
+    def unlocked(self) -> Iterator[None]:
+        """Let the repository lock go while the agents this run claimed are
+        worked on (``up``'s create, includes, setup): other commands go on
+        meanwhile, and never touch a claimed agent (``agent_holder``).
+        Saves in between merge this run's records into the file
+        (``save``).  The lock is taken again at the end."""
+        fd = self._lock_fd
+        if fd is None or not self._held:
+            raise AssertionError("unlocked() inside locked() only")
+        with self._mutex:
+            self._held = False
+            self._was_unlocked = True
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            with self._mutex:
+                _take(fd, self._command, "the repository lock", wait_message=False)
+                self._held = True
+
+    @contextlib.contextmanager
+    def _briefly(self) -> Iterator[None]:
+        """The repository lock for one save while ``unlocked``."""
+        fd = self._lock_fd
+        assert fd is not None
+        _take(fd, self._command, "the repository lock", wait_message=False)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # --- agent claims: which run works on an agent now ----------------------
+
+    def agent_lock_path(self, name: str) -> Path:
+        return self.dir / AGENT_LOCKS / f"{name}.lock"
+
+    def claim(self, names: list[str], *, wait_message: bool = True) -> None:
+        """Claim ``names`` for this run (under the repository lock): an
+        flock per agent, held until the run ends, so no other run acts on
+        them meanwhile -- and a run that dies (kill -9) lets go of them with
+        the kernel, whatever the state file says (a pid in it proves
+        nothing: it may be reused).  An agent another run holds is waited
+        for, with the repository lock let go, saying for whom (docs/faults.md
+        row 10); then the claim is tried again.  Called before the state is
+        loaded: what is loaded after it is current."""
+        if not self._held:
+            raise AssertionError("claim() under the repository lock only")
+        said: set[str] = set()
+        was_unlocked = self._was_unlocked
+        while True:
+            busy = self._try_claim(names)
+            if not busy:
+                self._was_unlocked = was_unlocked  # nothing was loaded while it waited
+                return
+            with self.unlocked():
+                for name, fd in busy.items():
+                    try:
+                        if wait_message and name not in said:
+                            said.add(name)
+                            print(f"hybridiso: waiting for agent {name}, held by {_read_holder(fd)}", file=sys.stderr, flush=True)
+                        fcntl.flock(fd, fcntl.LOCK_SH)  # returns once its holder let go
+                    finally:
+                        os.close(fd)
+
+    def _try_claim(self, names: list[str]) -> dict[str, int]:
+        """Take every free agent lock of ``names``; the busy ones' descriptors
+        (not locked), after letting go of what this call took, or {} when
+        all are now this run's."""
+        taken: list[str] = []
+        busy: dict[str, int] = {}
+        for name in dict.fromkeys(names):
+            if name in self._claims:
+                continue
+            if agent_name_problem(name):  # a name reaches a path: the manifest's rule
+                raise AssertionError(f"claim of agent {name!r}")
+            fd = safe_files.open_regular(self.anchor, self.agent_lock_path(name).relative_to(self.anchor), os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                busy[name] = fd
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{LockHolder(os.getpid(), self._command).describe()}\n".encode(), 0)
+            self._claims[name] = fd
+            taken.append(name)
+        if busy:
+            for name in taken:
+                self._release(name)
+        return busy
+
+    def release_claims(self) -> None:
+        for name in list(self._claims):
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        fd = self._claims.pop(name)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+    def agent_holder(self, name: str) -> LockHolder | None:
+        """The run that has claimed agent ``name`` now (``claim``), if one
+        has; None when none has.  What holds it says who it is; a lock file
+        that is not ours to read (a symlink, a FIFO) is held by "another
+        hybridiso process"."""
+        path = self.agent_lock_path(name)
+        if agent_name_problem(name) or lock_is_free(path):
+            return None
+        return holder_of(path) or LockHolder(0, "")
+
+    def agent_busy(self, name: str) -> str | None:
+        """``agent_holder`` in words ("pid N (hybridiso up)"), or None."""
+        holder = self.agent_holder(name)
+        if holder is None:
+            return None
+        return holder.describe() if holder.pid else "another hybridiso process"
+
+
+AGENT_LOCKS = "agents"  # state dir: agents/<name>.lock, one flock per agent (StateStore.claim)
+
+
+def _take(fd: int, command: str, what: str, *, wait_message: bool) -> None:
+    """flock ``fd``; a run that must wait says for whom; then the file
+    names this run."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        if wait_message:
+            print(f"hybridiso: waiting for {what} held by {_read_holder(fd)}", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{LockHolder(os.getpid(), command).describe()}\n".encode(), 0)
 
 
 @contextlib.contextmanager
@@ -328,16 +514,7 @@ def hold_lock(anchor: Path, rel: str | os.PathLike[str], command: str, what: str
     run while it holds it."""
     fd = safe_files.open_regular(anchor, rel, os.O_RDWR | os.O_CREAT)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            if wait_message:
-                print(f"hybridiso: waiting for {what} held by {_read_holder(fd)}", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{LockHolder(os.getpid(), command).describe()}\n".encode(), 0)
+        _take(fd, command, what, wait_message=wait_message)
         yield
     finally:
         with contextlib.suppress(OSError):
