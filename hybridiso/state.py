@@ -263,6 +263,11 @@ class StateStore:
         self._command = ""
         self._was_unlocked = False  # let go since it was taken: saves merge (``save``)
         self._claims: dict[str, int] = {}  # agent -> its flocked descriptor (``claim``)
+        # saves asked for and written (``save``: one write covers every
+        # save asked for before it began)
+        self._requests = threading.Lock()
+        self._requested = self._saved = 0
+        self._saved_state: State | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -317,6 +322,20 @@ class StateStore:
         ``unlocked``) only the records of the agents this run has claimed
         are written, into the file as it is now, under the lock taken for
         that moment: what other runs saved meanwhile stays."""
+        with self._requests:
+            self._requested += 1
+            mine = self._requested
+        with self._mutex:
+            if self._saved >= mine and self._saved_state is state:
+                # a save that began after this one was asked for wrote it
+                # too (workers finishing together: one write, not one each)
+                return
+            with self._requests:
+                covers = self._requested
+            self._save(state)
+            self._saved, self._saved_state = covers, state
+
+    def _save(self, state: State) -> None:
         with self._mutex:
             if not (self._was_unlocked and self._claims):
                 self._write(state)
