@@ -366,10 +366,16 @@ class StateStore:
         """Hold the repository lock for the duration of a mutating command
         (``unlocked`` lets it go for a while); the agents it claims
         (``claim``) are released when it ends."""
-        if self._lock_fd is not None:
-            raise AssertionError("the repository lock is taken once per run")
-        fd = safe_files.open_regular(self.anchor, self.lock_path.relative_to(self.anchor), os.O_RDWR | os.O_CREAT)
-        self._lock_fd, self._command = fd, command
+        with self._mutex:
+            first = self._lock_fd is None
+            if first:
+                fd = safe_files.open_regular(self.anchor, self.lock_path.relative_to(self.anchor), os.O_RDWR | os.O_CREAT)
+                self._lock_fd, self._command = fd, command
+        if not first:
+            # another thread of this run has it: wait for it as another run would
+            with hold_lock(self.anchor, self.lock_path.relative_to(self.anchor), command, "the repository lock", wait_message=wait_message):
+                yield
+            return
         try:
             _take(fd, command, "the repository lock", wait_message=wait_message)
             self._held = True
@@ -434,6 +440,7 @@ class StateStore:
         loaded: what is loaded after it is current."""
         if not self._held:
             raise AssertionError("claim() under the repository lock only")
+        _room_for(len(names))
         said: set[str] = set()
         was_unlocked = self._was_unlocked
         while True:
@@ -507,6 +514,26 @@ class StateStore:
             return None
         return holder.describe() if holder.pid else "another hybridiso process"
 
+
+def _room_for(claims: int) -> None:
+    """One descriptor per claimed agent stays open for the run: raise the
+    soft limit of open files when they would not fit beside the rest (git
+    pipes, logs), up to the hard limit; past that, one clear error."""
+    import resource
+
+    needed = claims + FILES_BESIDE_CLAIMS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise UserError(
+            f"{claims} agents at once need {needed} open files, and this shell allows {hard} (ulimit -Hn)",
+            hint="name fewer agents (`hybridiso up AGENT...`), or raise the limit",
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+FILES_BESIDE_CLAIMS = 512  # what an up keeps open besides its claims, with room
 
 AGENT_LOCKS = "agents"  # state dir: agents/<name>.lock, one flock per agent (StateStore.claim)
 
