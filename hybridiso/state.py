@@ -26,8 +26,8 @@ import threading
 import time
 import types
 import typing
-from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,7 +224,7 @@ class State:
 
     def to_json(self) -> dict[str, Any]:
         agents: dict[str, Any] = {n: r.raw for n, r in self.set_aside.items() if n not in self.agents}
-        agents.update({n: asdict(r) for n, r in self.agents.items()})
+        agents.update({n: _plain(r) for n, r in self.agents.items()})
         return {"version": STATE_VERSION, "agents": dict(sorted(agents.items()))}
 
     @property
@@ -625,11 +625,15 @@ def read_record(name: str, data: Any, *, strict: bool = True) -> AgentRecord:
     if strict:
         _no_unknown_keys(data, set(hints), where)
     values: dict[str, Any] = {}
-    for f in fields(AgentRecord):
-        if f.name in data:
-            values[f.name] = _typed(data[f.name], hints[f.name], f"{where}: {f.name}", strict=strict)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise StateCorrupt(f"{where} has no {f.name!r}")
+    for f_name, required in _record_fields():
+        if f_name in data:
+            value, hint = data[f_name], hints[f_name]
+            simple = _SIMPLE.get(hint)
+            # most fields are a str, int or bool: checked here, at once
+            # (the load of 200 records was mostly _typed's bookkeeping)
+            values[f_name] = value if simple is not None and simple(value) else _typed(value, hint, f"{where}: {f_name}", strict=strict)
+        elif required:
+            raise StateCorrupt(f"{where} has no {f_name!r}")
     record = AgentRecord(**values)
     if record.name != name:
         raise StateCorrupt(f"{where} is named {record.name!r}")
@@ -713,6 +717,22 @@ def upgrade_v1_record(name: str, data: Any) -> Any:
 
 
 _HINTS: dict[str, Any] = {}
+_FIELDS: list[tuple[str, bool]] = []
+# what _typed accepts as is for these hints (a float field takes an int too,
+# converted: _typed does that)
+_SIMPLE: dict[Any, Callable[[Any], bool]] = {
+    str: lambda v: isinstance(v, str),
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < INT_LIMIT,
+    float: lambda v: isinstance(v, float) and math.isfinite(v),
+}
+
+
+def _record_fields() -> list[tuple[str, bool]]:
+    """(name, required) of each AgentRecord field, in order."""
+    if not _FIELDS:
+        _FIELDS.extend((f.name, f.default is MISSING and f.default_factory is MISSING) for f in fields(AgentRecord))
+    return _FIELDS
 
 
 def _record_hints() -> dict[str, Any]:
@@ -783,8 +803,13 @@ def _typed(value: Any, hint: Any, where: str, *, strict: bool = True) -> Any:
     raise StateCorrupt(f"{where} is {_shown(value)}, not {_hint_name(hint)}")
 
 
+_CLASS_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _dataclass(value: dict[str, Any], cls: type, where: str, *, strict: bool) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _CLASS_HINTS.get(cls)
+    if hints is None:  # once per class: get_type_hints evaluates every annotation
+        hints = _CLASS_HINTS[cls] = typing.get_type_hints(cls)
     if strict:
         _no_unknown_keys(value, set(hints), where)
     values: dict[str, Any] = {}
@@ -808,6 +833,29 @@ def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict`` for what a record holds (JSON values and
+    dataclasses, in dicts and lists), at a fraction of its cost: asdict
+    deep-copies every leaf, which was half of a save at 200 agents
+    (docs/benchmarks.md, issue 15)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        if not is_dataclass(value):
+            raise TypeError(f"the state writer cannot write {kind.__name__}")
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
+    return {n: _plain(getattr(value, n)) for n in names}
+
+
 def _serialise(state: State) -> str:
     """The state as JSON.  Worker threads save their record while others
     still fill theirs in (setup process groups are saved before they are
@@ -815,12 +863,24 @@ def _serialise(state: State) -> str:
     RuntimeError, and copying again a moment later succeeds."""
     for attempt in range(20):
         try:
-            return json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
+            return _layout(state.to_json())
         except RuntimeError:
             if attempt == 19:
                 raise
             time.sleep(0.001)
     raise AssertionError("unreachable")
+
+
+def _layout(data: dict[str, Any]) -> str:
+    """The file's text: one line per agent (json's C encoder writes each;
+    ``indent`` would have run its pure-Python one over the whole file),
+    keys sorted, so a diff shows which agents changed."""
+    agents = data["agents"]
+    lines = [f"  {json.dumps(n)}: {json.dumps(agents[n], sort_keys=True)}" for n in agents]
+    body = "{\n" + ",\n".join(lines) + "\n }" if lines else "{}"
+    rest = {k: v for k, v in data.items() if k != "agents"}
+    head = json.dumps(rest, sort_keys=True)[1:-1]
+    return "{" + '"agents": ' + body + (", " + head if head else "") + "}\n"
 
 
 def lock_is_free(path: Path) -> bool:

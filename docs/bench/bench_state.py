@@ -2,7 +2,7 @@
 """Benchmark: the state file at N agents (issue 15), and what a real `up`
 of N agents writes to it.
 
-    python docs/bench/bench_state.py [--agents 10,50,100,200] [--rounds 7] [--tmpfs] [--no-up]
+    python docs/bench/bench_state.py [--agents 10,50,100,200] [--rounds 7] [--tmpfs] [--no-up] [--lock S] [--tree DIR]
 
 1. Synthetic: a state of N worktree records as `up` writes them (ports,
    timings, include patterns, copied includes).  Prints the file's size
@@ -13,10 +13,17 @@ of N agents writes to it.
    let the lock go (retake the lock, load, merge this run's one record,
    write, let go), each with its ratio to the baseline and per agent.
 2. A real `hybridiso up` of N worktree agents with a one-command setup, run
-   with StateStore._write counted: how many times the whole file was
+   with every write of state.json counted: how many times the whole file was
    written, and the bytes, per agent.  A whole-file save per agent is O(N)
    each, so the bytes written per agent grow with N; batching saves of
    agents that finish together keeps the count below N.
+
+3. ``--lock S``: what waits for a long `up`: `up slow` runs a setup that
+   blocks until the script lets it go, S seconds after it started; meanwhile
+   `status`, `exec` (of a ready agent), `plan`, `up` of another agent,
+   `down` of another agent and `gc` run, and each one's wall time is
+   printed.  A command that waits for the setup takes about S; run it with
+   ``--tree`` of an older hybridiso for the baseline.
 
 Not a test: timings depend on the machine; docs/benchmarks.md has the figures.
 """
@@ -50,12 +57,13 @@ COUNTING = r"""
 import atexit, json, os, sys
 from hybridiso import state
 calls = [0, 0]
-real = state.StateStore._write
-def counted(self, st):
-    calls[0] += 1
-    calls[1] += len(state._serialise(st))
-    real(self, st)
-state.StateStore._write = counted
+real = state.atomic_write_text
+def counted(path, text, **kw):
+    if path.name == "state.json":
+        calls[0] += 1
+        calls[1] += len(text)
+    real(path, text, **kw)
+state.atomic_write_text = counted
 atexit.register(lambda: open(os.environ["BENCH_COUNT"], "w").write(json.dumps(calls)))
 from hybridiso.main import main
 sys.argv[0] = "hybridiso"
@@ -142,12 +150,56 @@ def real_up(root: Path, n: int, tree: Path) -> tuple[int, int, float]:
     return saves, written, seconds
 
 
+def lock_waits(root: Path, tree: Path, hold: float) -> None:
+    import threading
+
+    work = root / "lock"
+    repo = work / "repo"
+    repo.mkdir(parents=True)
+    for argv in (["git", "init", "-q", "-b", "main"], ["git", "commit", "-q", "--allow-empty", "-m", "init"]):
+        subprocess.run(argv, cwd=repo, env=ENV, check=True, capture_output=True)
+    started, release = work / "started", work / "release"
+    (repo / "hybridiso.yaml").write_text(
+        "agents:\n  - name: b\n  - name: c\n  - name: d\n  - name: slow\n"
+        f"    setup: ['touch {started}; i=0; while [ ! -e {release} ] && [ $i -lt 6000 ]; do sleep 0.05; i=$((i+1)); done']\n"
+    )
+    env = {**ENV, "PYTHONPATH": str(tree)}
+    hy = [sys.executable, "-m", "hybridiso"]
+    subprocess.run([*hy, "up", "b", "d"], cwd=repo, env=env, check=True, capture_output=True)
+    t0 = time.perf_counter()
+    slow = subprocess.Popen([*hy, "up", "slow"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not started.exists():
+        time.sleep(0.02)
+    took: dict[str, tuple[float, int]] = {}
+
+    def one(args: list[str]) -> None:
+        t = time.perf_counter()
+        r = subprocess.run([*hy, *args], check=False, cwd=repo, env=env, capture_output=True, text=True)
+        took[" ".join(args)] = (time.perf_counter() - t, r.returncode)
+
+    commands = [["status", "--no-disk"], ["exec", "b", "--", "true"], ["plan"], ["up", "c"], ["down", "d"], ["gc"]]
+    threads = [threading.Thread(target=one, args=(a,)) for a in commands]
+    for th in threads:
+        th.start()
+    time.sleep(max(0.0, hold - (time.perf_counter() - t0)))
+    release.touch()
+    for th in threads:
+        th.join()
+    slow.wait()
+    print(f"\nwhile `up slow` holds its setup {hold:.0f} s ({tree}):")
+    for args in commands:
+        seconds, code = took[" ".join(args)]
+        print(f"  {' '.join(args):24s} {seconds:6.2f} s  exit {code}")
+    shutil.rmtree(work)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", default="10,50,100,200", help="the N to measure, comma-separated (default 10,50,100,200)")
     ap.add_argument("--rounds", type=int, default=7, help="rounds per synthetic figure; the median is printed (default 7)")
     ap.add_argument("--tmpfs", action="store_true", help="work under /dev/shm (the disk's own noise left out)")
     ap.add_argument("--no-up", action="store_true", help="only the synthetic figures (no real `up`)")
+    ap.add_argument("--lock", type=float, default=0, metavar="S", help="also time what waits for an up whose setup blocks S seconds")
     ap.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent.parent), help="the hybridiso source tree the real `up` runs (default: this one)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.agents.split(",")]
@@ -167,6 +219,8 @@ def main() -> int:
             for n in sizes:
                 saves, written, seconds = real_up(root, n, Path(args.tree))
                 print(f"{n:>4} {saves:>6} {saves / n:>12.2f} {written / 1024:>12.0f} {written / 1024 / n:>10.1f} {seconds:>7.1f}")
+        if args.lock:
+            lock_waits(root, Path(args.tree), args.lock)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
