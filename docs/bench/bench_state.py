@@ -41,9 +41,6 @@ import time
 from pathlib import Path
 
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-
-from hybridiso.state import AgentRecord, State, StateStore
 
 ENV = {
     **os.environ,
@@ -71,7 +68,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def record(i: int, root: Path) -> AgentRecord:
+def record(i: int, root: Path):  # type: ignore[no-untyped-def]
+    from hybridiso.state import AgentRecord
+
     name = f"agent{i:03d}"
     return AgentRecord(
         name=name,
@@ -103,6 +102,8 @@ def median_of(fn, rounds: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def synthetic(root: Path, n: int, rounds: int) -> dict[str, float]:
+    from hybridiso.state import State, StateStore
+
     common = root / f"synthetic{n}" / ".git"
     common.mkdir(parents=True)
     store = StateStore(common)
@@ -123,6 +124,10 @@ def synthetic(root: Path, n: int, rounds: int) -> dict[str, float]:
     save = median_of(lambda: store.save(state), rounds)
     base = median_of(baseline, rounds)
     load = median_of(store.load, rounds)
+    merge = float("nan")
+    if not hasattr(store, "claim"):  # a hybridiso from before issue 15: no merge-save
+        shutil.rmtree(common.parent)
+        return {"size": size, "save": save, "plain": base, "load": load, "merge": merge}
     with store.locked("up", wait_message=False):
         store.claim(["agent000"])
         with store.unlocked():
@@ -202,6 +207,7 @@ def main() -> int:
     ap.add_argument("--lock", type=float, default=0, metavar="S", help="also time what waits for an up whose setup blocks S seconds")
     ap.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent.parent), help="the hybridiso source tree the real `up` runs (default: this one)")
     args = ap.parse_args()
+    sys.path.insert(0, args.tree)  # the synthetic figures too are the tree's
     sizes = [int(x) for x in args.agents.split(",")]
     root = Path(tempfile.mkdtemp(prefix="bench-state-", dir="/dev/shm" if args.tmpfs else None))
     try:
