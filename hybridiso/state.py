@@ -6,8 +6,12 @@ worktree of the repository and never committed.
   work starts, so it doubles as the journal: an interrupted ``up`` leaves a
   ``creating`` record that the next ``up`` rolls back; ``ready`` is written last
   (nothing is marked done before it is).
-- ``lock``: one lock per repository (``flock``); a second run says whose it
-  waits for (docs/faults.md row 10).
+- ``lock``: one lock per repository (``flock``), held while the state
+  changes; a second run says whose it waits for (docs/faults.md row 10).
+  ``up`` lets it go for its long steps (``StateStore.unlocked``), holding
+  ``agents/<name>.lock`` for each agent it works on (``StateStore.claim``):
+  the kernel's lock, so a killed run lets go of it whatever a file says.
+  Saves in between merge that run's records into the file as it is.
 - A corrupt or missing state file is moved aside and rebuilt from reality by
   the reconciler; it is never a crash (docs/faults.md row 18).
 """
