@@ -22,7 +22,8 @@ class EnvContext:
     agent: Agent | None  # None for an env whose agent left the manifest
     record: AgentRecord
     cancel: threading.Event = field(default_factory=threading.Event)
-    # saves the state this record is part of (the caller holds the lock):
+    # saves the state this record is part of (under the repository lock; or,
+    # while `up` has let it go, merged into the file: StateStore.save):
     # what must be on disk before a step that can outlive a kill -9 starts
     # (a setup's process group, docs/faults.md row 38)
     persist: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)

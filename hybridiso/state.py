@@ -6,8 +6,12 @@ worktree of the repository and never committed.
   work starts, so it doubles as the journal: an interrupted ``up`` leaves a
   ``creating`` record that the next ``up`` rolls back; ``ready`` is written last
   (nothing is marked done before it is).
-- ``lock``: one lock per repository (``flock``); a second run says whose it
-  waits for (docs/faults.md row 10).
+- ``lock``: one lock per repository (``flock``), held while the state
+  changes; a second run says whose it waits for (docs/faults.md row 10).
+  ``up`` lets it go for its long steps (``StateStore.unlocked``), holding
+  ``agents/<name>.lock`` for each agent it works on (``StateStore.claim``):
+  the kernel's lock, so a killed run lets go of it whatever a file says.
+  Saves in between merge that run's records into the file as it is.
 - A corrupt or missing state file is moved aside and rebuilt from reality by
   the reconciler; it is never a crash (docs/faults.md row 18).
 """
@@ -26,8 +30,8 @@ import threading
 import time
 import types
 import typing
-from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,7 +228,7 @@ class State:
 
     def to_json(self) -> dict[str, Any]:
         agents: dict[str, Any] = {n: r.raw for n, r in self.set_aside.items() if n not in self.agents}
-        agents.update({n: asdict(r) for n, r in self.agents.items()})
+        agents.update({n: _plain(r) for n, r in self.agents.items()})
         return {"version": STATE_VERSION, "agents": dict(sorted(agents.items()))}
 
     @property
@@ -255,7 +259,19 @@ class StateStore:
         self.dir = common_dir / "hybridiso"
         self.path = self.dir / "state.json"
         self.lock_path = self.dir / "lock"
-        self._mutex = threading.Lock()
+        # one save at a time, and the lock's state with it (re-entrant: a
+        # save while unlocked takes the lock for that moment)
+        self._mutex = threading.RLock()
+        self._lock_fd: int | None = None  # the repository lock's, while ``locked``
+        self._held = False  # this run holds it now (not between ``unlocked``)
+        self._command = ""
+        self._was_unlocked = False  # let go since it was taken: saves merge (``save``)
+        self._claims: dict[str, int] = {}  # agent -> its flocked descriptor (``claim``)
+        # saves asked for and written (``save``: one write covers every
+        # save asked for before it began)
+        self._requests = threading.Lock()
+        self._requested = self._saved = 0
+        self._saved_state: State | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -303,22 +319,242 @@ class StateStore:
 
     def save(self, state: State) -> None:
         """Write atomically; a failed write (disk full) leaves the previous
-        file intact and is one clear error."""
+        file intact and is one clear error.
+
+        Under the repository lock (``locked``) the whole state is written:
+        it was loaded under that same lock.  Without it (``up``'s long steps,
+        ``unlocked``) only the records of the agents this run has claimed
+        are written, into the file as it is now, under the lock taken for
+        that moment: what other runs saved meanwhile stays."""
+        with self._requests:
+            self._requested += 1
+            mine = self._requested
         with self._mutex:
-            text = _serialise(state)
-            try:
-                atomic_write_text(self.path, text, anchor=self.anchor)
-            except OSError as e:
-                raise UserError(
-                    f"cannot write the state file {self.path}: {e.strerror}",
-                    hint="free some disk space; the previous state file is intact, and the next run reconciles it with git",
-                ) from None
+            if self._saved >= mine and self._saved_state is state:
+                # a save that began after this one was asked for wrote it
+                # too (workers finishing together: one write, not one each)
+                return
+            with self._requests:
+                covers = self._requested
+            self._save(state)
+            self._saved, self._saved_state = covers, state
+
+    def _save(self, state: State) -> None:
+        with self._mutex:
+            if not (self._was_unlocked and self._claims):
+                self._write(state)
+                return
+            # once let go, what this run loaded is stale but for its own agents
+            with contextlib.nullcontext() if self._held else self._briefly():
+                fresh = self.load()
+                for name in self._claims:
+                    record = state.agents.get(name)
+                    if record is None:
+                        fresh.agents.pop(name, None)
+                    else:
+                        fresh.agents[name] = record
+                self._write(fresh)
+
+    def _write(self, state: State) -> None:
+        text = _serialise(state)
+        try:
+            atomic_write_text(self.path, text, anchor=self.anchor)
+        except OSError as e:
+            raise UserError(
+                f"cannot write the state file {self.path}: {e.strerror}",
+                hint="free some disk space; the previous state file is intact, and the next run reconciles it with git",
+            ) from None
 
     @contextlib.contextmanager
     def locked(self, command: str, *, wait_message: bool = True) -> Iterator[None]:
-        """Hold the repository lock for the duration of a mutating command."""
-        with hold_lock(self.anchor, self.lock_path.relative_to(self.anchor), command, "the repository lock", wait_message=wait_message):
+        """Hold the repository lock for the duration of a mutating command
+        (``unlocked`` lets it go for a while); the agents it claims
+        (``claim``) are released when it ends."""
+        with self._mutex:
+            first = self._lock_fd is None
+            if first:
+                fd = safe_files.open_regular(self.anchor, self.lock_path.relative_to(self.anchor), os.O_RDWR | os.O_CREAT)
+                self._lock_fd, self._command = fd, command
+        if not first:
+            # another thread of this run has it: wait for it as another run would
+            with hold_lock(self.anchor, self.lock_path.relative_to(self.anchor), command, "the repository lock", wait_message=wait_message):
+                yield
+            return
+        try:
+            _take(fd, command, "the repository lock", wait_message=wait_message)
+            self._held = True
             yield
+        finally:
+            self._held = self._was_unlocked = False
+            self._lock_fd = None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing releases the flock
+            self.release_claims()
+
+    @contextlib.contextmanager
+    def unlocked(self) -> Iterator[None]:
+        """Let the repository lock go while the agents this run claimed are
+        worked on (``up``'s create, includes, setup): other commands go on
+        meanwhile, and never touch a claimed agent (``agent_holder``).
+        Saves in between merge this run's records into the file
+        (``save``).  The lock is taken again at the end."""
+        fd = self._lock_fd
+        if fd is None or not self._held:
+            raise AssertionError("unlocked() inside locked() only")
+        with self._mutex:
+            self._held = False
+            self._was_unlocked = True
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            with self._mutex:
+                _take(fd, self._command, "the repository lock", wait_message=False)
+                self._held = True
+
+    @contextlib.contextmanager
+    def _briefly(self) -> Iterator[None]:
+        """The repository lock for one save while ``unlocked``."""
+        fd = self._lock_fd
+        assert fd is not None
+        _take(fd, self._command, "the repository lock", wait_message=False)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # --- agent claims: which run works on an agent now ----------------------
+
+    def agent_lock_path(self, name: str) -> Path:
+        return self.dir / AGENT_LOCKS / f"{name}.lock"
+
+    def claim(self, names: list[str], *, wait_message: bool = True) -> None:
+        """Claim ``names`` for this run (under the repository lock): an
+        flock per agent, held until the run ends, so no other run acts on
+        them meanwhile -- and a run that dies (kill -9) lets go of them with
+        the kernel, whatever the state file says (a pid in it proves
+        nothing: it may be reused).  An agent another run holds is waited
+        for, with the repository lock let go, saying for whom (docs/faults.md
+        row 10); then the claim is tried again.  Called before the state is
+        loaded: what is loaded after it is current."""
+        if not self._held:
+            raise AssertionError("claim() under the repository lock only")
+        _room_for(len(names))
+        said: set[str] = set()
+        was_unlocked = self._was_unlocked
+        while True:
+            busy = self._try_claim(names)
+            if not busy:
+                self._was_unlocked = was_unlocked  # nothing was loaded while it waited
+                return
+            with self.unlocked():
+                for name, fd in busy.items():
+                    try:
+                        if wait_message and name not in said:
+                            said.add(name)
+                            print(f"hybridiso: waiting for agent {name}, held by {_read_holder(fd)}", file=sys.stderr, flush=True)
+                        fcntl.flock(fd, fcntl.LOCK_SH)  # returns once its holder let go
+                    finally:
+                        os.close(fd)
+
+    def _try_claim(self, names: list[str]) -> dict[str, int]:
+        """Take every free agent lock of ``names``; the busy ones' descriptors
+        (not locked), after letting go of what this call took, or {} when
+        all are now this run's."""
+        taken: list[str] = []
+        busy: dict[str, int] = {}
+        for name in dict.fromkeys(names):
+            if name in self._claims:
+                continue
+            if agent_name_problem(name):  # a name reaches a path: the manifest's rule
+                raise AssertionError(f"claim of agent {name!r}")
+            fd = safe_files.open_regular(self.anchor, self.agent_lock_path(name).relative_to(self.anchor), os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                busy[name] = fd
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{LockHolder(os.getpid(), self._command).describe()}\n".encode(), 0)
+            self._claims[name] = fd
+            taken.append(name)
+        if busy:
+            for name in taken:
+                self._release(name)
+        return busy
+
+    def release_claims(self) -> None:
+        for name in list(self._claims):
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        fd = self._claims.pop(name)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+    def agent_holder(self, name: str) -> LockHolder | None:
+        """The run that has claimed agent ``name`` now (``claim``), if one
+        has; None when none has.  What holds it says who it is; a lock file
+        that is not ours to read (a symlink, a FIFO) is held by "another
+        hybridiso process"."""
+        path = self.agent_lock_path(name)
+        if agent_name_problem(name) or lock_is_free(path):
+            return None
+        return holder_of(path) or LockHolder(0, "")
+
+    def agent_busy(self, name: str) -> str | None:
+        """``agent_holder`` in words ("pid N (hybridiso up)"), or None."""
+        holder = self.agent_holder(name)
+        if holder is None:
+            return None
+        return holder.describe() if holder.pid else "another hybridiso process"
+
+
+def _room_for(claims: int) -> None:
+    """One descriptor per claimed agent stays open for the run: raise the
+    soft limit of open files when they would not fit beside the rest (git
+    pipes, logs), up to the hard limit; past that, one clear error."""
+    import resource
+
+    needed = claims + FILES_BESIDE_CLAIMS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise UserError(
+            f"{claims} agents at once need {needed} open files, and this shell allows {hard} (ulimit -Hn)",
+            hint="name fewer agents (`hybridiso up AGENT...`), or raise the limit",
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+FILES_BESIDE_CLAIMS = 512  # what an up keeps open besides its claims, with room
+
+AGENT_LOCKS = "agents"  # state dir: agents/<name>.lock, one flock per agent (StateStore.claim)
+
+
+def _take(fd: int, command: str, what: str, *, wait_message: bool) -> None:
+    """flock ``fd``; a run that must wait says for whom; then the file
+    names this run."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        if wait_message:
+            print(f"hybridiso: waiting for {what} held by {_read_holder(fd)}", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{LockHolder(os.getpid(), command).describe()}\n".encode(), 0)
 
 
 @contextlib.contextmanager
@@ -328,16 +564,7 @@ def hold_lock(anchor: Path, rel: str | os.PathLike[str], command: str, what: str
     run while it holds it."""
     fd = safe_files.open_regular(anchor, rel, os.O_RDWR | os.O_CREAT)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            if wait_message:
-                print(f"hybridiso: waiting for {what} held by {_read_holder(fd)}", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{LockHolder(os.getpid(), command).describe()}\n".encode(), 0)
+        _take(fd, command, what, wait_message=wait_message)
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -402,11 +629,15 @@ def read_record(name: str, data: Any, *, strict: bool = True) -> AgentRecord:
     if strict:
         _no_unknown_keys(data, set(hints), where)
     values: dict[str, Any] = {}
-    for f in fields(AgentRecord):
-        if f.name in data:
-            values[f.name] = _typed(data[f.name], hints[f.name], f"{where}: {f.name}", strict=strict)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise StateCorrupt(f"{where} has no {f.name!r}")
+    for f_name, required in _record_fields():
+        if f_name in data:
+            value, hint = data[f_name], hints[f_name]
+            simple = _SIMPLE.get(hint)
+            # most fields are a str, int or bool: checked here, at once
+            # (the load of 200 records was mostly _typed's bookkeeping)
+            values[f_name] = value if simple is not None and simple(value) else _typed(value, hint, f"{where}: {f_name}", strict=strict)
+        elif required:
+            raise StateCorrupt(f"{where} has no {f_name!r}")
     record = AgentRecord(**values)
     if record.name != name:
         raise StateCorrupt(f"{where} is named {record.name!r}")
@@ -490,6 +721,22 @@ def upgrade_v1_record(name: str, data: Any) -> Any:
 
 
 _HINTS: dict[str, Any] = {}
+_FIELDS: list[tuple[str, bool]] = []
+# what _typed accepts as is for these hints (a float field takes an int too,
+# converted: _typed does that)
+_SIMPLE: dict[Any, Callable[[Any], bool]] = {
+    str: lambda v: isinstance(v, str),
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) < INT_LIMIT,
+    float: lambda v: isinstance(v, float) and math.isfinite(v),
+}
+
+
+def _record_fields() -> list[tuple[str, bool]]:
+    """(name, required) of each AgentRecord field, in order."""
+    if not _FIELDS:
+        _FIELDS.extend((f.name, f.default is MISSING and f.default_factory is MISSING) for f in fields(AgentRecord))
+    return _FIELDS
 
 
 def _record_hints() -> dict[str, Any]:
@@ -560,8 +807,13 @@ def _typed(value: Any, hint: Any, where: str, *, strict: bool = True) -> Any:
     raise StateCorrupt(f"{where} is {_shown(value)}, not {_hint_name(hint)}")
 
 
+_CLASS_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _dataclass(value: dict[str, Any], cls: type, where: str, *, strict: bool) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _CLASS_HINTS.get(cls)
+    if hints is None:  # once per class: get_type_hints evaluates every annotation
+        hints = _CLASS_HINTS[cls] = typing.get_type_hints(cls)
     if strict:
         _no_unknown_keys(value, set(hints), where)
     values: dict[str, Any] = {}
@@ -585,6 +837,29 @@ def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict`` for what a record holds (JSON values and
+    dataclasses, in dicts and lists), at a fraction of its cost: asdict
+    deep-copies every leaf, which was half of a save at 200 agents
+    (docs/benchmarks.md, issue 15)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        if not is_dataclass(value):
+            raise TypeError(f"the state writer cannot write {kind.__name__}")
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
+    return {n: _plain(getattr(value, n)) for n in names}
+
+
 def _serialise(state: State) -> str:
     """The state as JSON.  Worker threads save their record while others
     still fill theirs in (setup process groups are saved before they are
@@ -592,12 +867,24 @@ def _serialise(state: State) -> str:
     RuntimeError, and copying again a moment later succeeds."""
     for attempt in range(20):
         try:
-            return json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
+            return _layout(state.to_json())
         except RuntimeError:
             if attempt == 19:
                 raise
             time.sleep(0.001)
     raise AssertionError("unreachable")
+
+
+def _layout(data: dict[str, Any]) -> str:
+    """The file's text: one line per agent (json's C encoder writes each;
+    ``indent`` would have run its pure-Python one over the whole file),
+    keys sorted, so a diff shows which agents changed."""
+    agents = data["agents"]
+    lines = [f"  {json.dumps(n)}: {json.dumps(agents[n], sort_keys=True)}" for n in agents]
+    body = "{\n" + ",\n".join(lines) + "\n }" if lines else "{}"
+    rest = {k: v for k, v in data.items() if k != "agents"}
+    head = json.dumps(rest, sort_keys=True)[1:-1]
+    return "{" + '"agents": ' + body + (", " + head if head else "") + "}\n"
 
 
 def lock_is_free(path: Path) -> bool:

@@ -344,7 +344,7 @@ def test_two_ups_at_once_wait_for_the_lock(tmp_path: Path) -> None:
     reader = threading.Thread(target=lambda: said.extend(second.stderr or []), daemon=True)
     reader.start()
     try:
-        _wait_for(lambda: any("waiting for the repository lock" in line for line in said), timeout=60)
+        _wait_for(lambda: any("waiting for agent a" in line for line in said), timeout=60)
     finally:
         release.touch()
     out1, err1 = first.communicate(timeout=60)
@@ -352,7 +352,8 @@ def test_two_ups_at_once_wait_for_the_lock(tmp_path: Path) -> None:
     reader.join(timeout=10)
     err2 = "".join(said)
     assert first.returncode == 0 and second.returncode == 0, (err1, err2)
-    assert f"waiting for the repository lock held by pid {first.pid} (hybridiso up)" in err2
+    # the first has let the repository lock go for its setup, but not agent a
+    assert f"waiting for agent a, held by pid {first.pid} (hybridiso up)" in err2
     assert "Created" in err1 and "Created" not in err2
     data = state(repo)
     assert list(data["agents"]) == ["a"] and data["agents"]["a"]["phase"] == "ready"

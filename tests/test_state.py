@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -336,3 +337,88 @@ def test_the_lock_file_names_its_holder_in_words_and_is_read_back_as_a_record(tm
     assert holder_of(store.lock_path) is None
     assert LockHolder.read("pid 12 (hybridiso land)") == LockHolder(12, "land")
     assert LockHolder.read("pid 12 (somebody else)") is None
+
+
+# --- issue 15: the lock let go during up's long steps; claims ----------------------
+
+
+def _rec(name: str, **kw: object) -> AgentRecord:
+    return AgentRecord(name=name, strategy="worktree", branch=f"hybridiso/{name}", path=f"/ws/{name}", base="main", **kw)  # type: ignore[arg-type]
+
+
+def test_a_save_while_unlocked_merges_only_the_claimed_agents_into_the_file(tmp_path: Path) -> None:
+    """Two stores are two runs (two open lock files): what the second saved
+    while the first had let the lock go stays, and the first writes only
+    the records of the agents it claimed."""
+    first, second = StateStore(tmp_path), StateStore(tmp_path)
+    seed = State(agents={"x": _rec("x", phase="ready")})
+    first.save(seed)
+    with first.locked("up", wait_message=False):
+        first.claim(["a"], wait_message=False)
+        mine = first.load()
+        mine.agents["a"] = _rec("a")
+        first.save(mine)  # the journal, under the lock: the whole file
+        with first.unlocked():
+            with second.locked("down", wait_message=False):
+                theirs = second.load()
+                assert theirs.agents["a"].phase == "creating"
+                del theirs.agents["x"]
+                theirs.agents["b"] = _rec("b", phase="ready")
+                second.save(theirs)
+            mine.agents["a"].phase = "ready"
+            mine.agents["x"].ports = {"web": 1}  # not claimed: never written by this run
+            first.save(mine)
+    on_disk = StateStore(tmp_path).load().agents
+    assert sorted(on_disk) == ["a", "b"] and on_disk["a"].phase == "ready"
+
+
+def test_a_claimed_agent_is_held_until_the_run_ends_and_a_dead_claim_is_free(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    probe = StateStore(tmp_path)
+    with store.locked("up", wait_message=False):
+        store.claim(["a"], wait_message=False)
+        with store.unlocked():
+            holder = probe.agent_holder("a")
+            assert holder is not None and holder.command == "up"
+            assert probe.agent_busy("a") == f"pid {holder.pid} (hybridiso up)"
+            assert probe.agent_holder("b") is None
+    assert probe.agent_holder("a") is None
+    # what the lock file says is no claim: only the kernel's lock is
+    probe.agent_lock_path("a").write_text("pid 1 (hybridiso up)\n")
+    assert probe.agent_holder("a") is None and probe.agent_busy("a") is None
+
+
+def test_a_second_claim_of_an_agent_waits_with_the_repository_lock_let_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    said = io.StringIO()
+    monkeypatch.setattr("sys.stderr", said)
+    first, second = StateStore(tmp_path), StateStore(tmp_path)
+    order: list[str] = []
+
+    def other() -> None:
+        with second.locked("up"):
+            second.claim(["b", "a"])
+            order.append("second claimed")
+
+    def gc() -> None:
+        with StateStore(tmp_path).locked("gc", wait_message=False):
+            order.append("lock free while it waits")
+
+    with first.locked("up", wait_message=False):
+        first.claim(["a"], wait_message=False)
+        with first.unlocked():
+            t = threading.Thread(target=other)
+            t.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and "waiting for agent a" not in said.getvalue():
+                time.sleep(0.02)
+            assert f"waiting for agent a, held by pid {os.getpid()} (hybridiso up)" in said.getvalue()
+            assert second.agent_holder("b") is None  # all or none: b is not held while it waits for a
+            g = threading.Thread(target=gc)
+            g.start()
+            g.join(10)  # it would wait for ever if the waiting run held the lock
+            assert order == ["lock free while it waits"]
+            order.append("first done")
+    t.join(10)
+    assert order == ["lock free while it waits", "first done", "second claimed"]

@@ -99,6 +99,14 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 output.message(f" - {name}: no environment")
                 continue
+            busy = project.store.agent_busy(name)
+            if busy is not None:
+                # a running `up` is making or updating it (it claimed it): its
+                # work is not judged half-made, nor removed (docs/faults.md row 10)
+                e = UserError(f"agent {name}: {busy} is working on it now; nothing was removed", hint=f"wait for that run to finish, then `hybridiso down {name}` again")
+                refused.append((name, e))
+                results.append(Refused(name, e.message))
+                continue
             ctx = context(project, state, name)
             main = main or lifecycle.main_repo(project)
             if args.dry_run:

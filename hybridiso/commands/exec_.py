@@ -11,7 +11,7 @@ from hybridiso.env_context import context, environment_for
 from hybridiso.errors import UserError
 from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
-from hybridiso.state import PHASE_READY, AgentRecord, lock_is_free
+from hybridiso.state import PHASE_READY, AgentRecord
 
 HELP = "run a command in an agent's environment (its directory and env vars, or inside its container)"
 
@@ -68,7 +68,7 @@ def refuse_unfinished(project: Project, record: AgentRecord) -> None:
     so nothing may be started in it (docs/faults.md row 25)."""
     if record.phase == PHASE_READY:
         return
-    running = not lock_is_free(project.store.lock_path)
+    running = project.store.agent_holder(record.name) is not None
     why = "a running `hybridiso up` is creating it" if running else "its creation was interrupted (an `up` stopped half-way)"
     raise UserError(
         f"agent {record.name}'s environment is not ready: {why}",

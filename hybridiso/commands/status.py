@@ -20,7 +20,7 @@ from hybridiso.project import Project
 from hybridiso.envs.reconcile import adopt_from_reality
 from hybridiso.errors import AgentsFailed, UserError
 from hybridiso.process import CommandError
-from hybridiso.state import PHASE_READY, AgentRecord, LockHolder, SetAside, State, holder_of
+from hybridiso.state import PHASE_READY, AgentRecord, LockHolder, SetAside, State
 from hybridiso.strategies.base import Observation
 from hybridiso.output import NOT_IN_JSON, plural
 
@@ -75,9 +75,6 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
     manifest_names = [a.name for a in project.manifest.agents]
     recorded = sorted(n for n in {*state.agents, *state.set_aside} if n not in manifest_names)
     wanted = [n for n in manifest_names + recorded if not names or n in names]
-    # an `up` running now holds the lock: its 'creating' records are in
-    # progress, not interrupted, and their directories may not exist yet
-    holder = _creator(holder_of(project.store.lock_path))
 
     def one(name: str) -> AgentStatus:
         aside = state.set_aside.get(name)
@@ -96,6 +93,10 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
                 problems=[problem], in_manifest=name in manifest_names,
             )
             return _off(st, problem)
+        # an `up` running now has claimed the agents it works on: their
+        # 'creating' records are in progress, not interrupted, and their
+        # directories may not exist yet
+        holder = _creator(project.store.agent_holder(name)) if record.phase != PHASE_READY else None
         try:
             return _observe(project, state, record, name in manifest_names, base_commit, holder)
         except (OSError, UserError) as e:  # a CommandError is a UserError
@@ -240,8 +241,8 @@ def _observe(
 
 
 def _creator(holder: LockHolder | None) -> str | None:
-    """The running `up` that holds the lock ("hybridiso up, pid N"), if one
-    does: only `up` creates environments; under any other holder a
+    """The running `up` that has claimed the agent ("hybridiso up, pid N"),
+    if one has: only `up` creates environments; with no such holder a
     'creating' record was left by an earlier run."""
     return f"hybridiso up, pid {holder.pid}" if holder is not None and holder.command == "up" else None
 

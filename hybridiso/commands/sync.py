@@ -242,6 +242,11 @@ def sync_one(ctx: EnvContext, base_commit: str, base_ref: str | None) -> Outcome
 
 def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -> None:
     record = ctx.record
+    busy = ctx.project.store.agent_busy(record.name)
+    if busy is not None:
+        # a running `up` works in it now (it claimed it, docs/faults.md row 10)
+        o.detail = f"{busy} is working on it now; sync it when that run is done"
+        return
     if record.phase != PHASE_READY:
         o.detail = "creation did not finish (it failed or was interrupted); `hybridiso up` retries it"
         return

@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
             hint="make a first commit (git commit --allow-empty -m init works), then run `hybridiso up`",
         )
     with project.store.locked("up"):
+        # the agents this run works on are claimed first: one another run
+        # works on now is waited for, saying for whom (docs/faults.md row 10)
+        project.store.claim(check_names(project, args.agents) or [a.name for a in project.manifest.agents])
         state = project.store.load()
         for note in state.warnings:
             output.warn(note)
@@ -228,8 +231,13 @@ def converge(
     width = max([*(len(j.ctx.name) for j in plan), *(len(o.name) for o in refused)], default=8)
     for o in refused:
         output.progress_line(False, o.name, o.strategy, o.action, None, width)
-    outcomes = refused + _execute(project, state, plan, jobs if jobs > 0 else max(2, os.cpu_count() or 1), width, selected)
-    _release_unrecorded(project, state, selected)
+    # the long steps (create, includes, setup, start) run without the
+    # repository lock: this run's agents are claimed (StateStore.claim), so
+    # status, down/gc and an up of other agents go on meanwhile, and saves
+    # merge this run's records into the file as it is then
+    with project.store.unlocked():
+        outcomes = refused + _execute(project, state, plan, jobs if jobs > 0 else max(2, os.cpu_count() or 1), width, selected)
+        _release_unrecorded(project, state, selected)
     return outcomes
 
 
@@ -283,6 +291,7 @@ def _execute(project: Project, state: State, plan: list[Job], workers: int, widt
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                changed = False
                 for f in done:
                     outcome = f.result()
                     outcome.why = futures[f].why
@@ -296,12 +305,17 @@ def _execute(project: Project, state: State, plan: list[Job], workers: int, widt
                         # whole file N times: a no-op up was O(N^2))
                         unsaved = True
                         continue
-                    try:
-                        store.save(state)
-                    except UserError as e:
-                        # keep going: the others are mid-creation; the last good
-                        # file stays, and their records say "creating" until saved
-                        save_error = e
+                    changed = True
+                if not changed:
+                    continue
+                try:
+                    # one save for the agents that finished together: each
+                    # save writes the whole file (docs/benchmarks.md, issue 15)
+                    store.save(state)
+                except UserError as e:
+                    # keep going: the others are mid-creation; the last good
+                    # file stays, and their records say "creating" until saved
+                    save_error = e
         except KeyboardInterrupt:
             cancel.set()
             _interrupted(project, state, pending, [job.ctx for job in futures.values()], selected)

@@ -34,9 +34,9 @@ def lock_is_free(project: Project) -> bool:
 
 def stale_creating(project: Project, state: State) -> list[str]:
     """Records left in ``creating`` by an interrupted ``up``: stale when no
-    hybridiso command is running (one that is would hold the lock)."""
-    creating = sorted(n for n, r in state.agents.items() if r.phase != PHASE_READY)
-    return creating if creating and lock_is_free(project) else []
+    running ``up`` has claimed the agent (StateStore.claim; one that is
+    killed lets go of it)."""
+    return sorted(n for n, r in state.agents.items() if r.phase != PHASE_READY and project.store.agent_holder(n) is None)
 
 
 def stale_git_locks(project: Project, older_than: float = git.STALE_LOCK_SECONDS) -> list[tuple[Path, int]]:

@@ -52,6 +52,11 @@ def base_refs(project: Project) -> list[tuple[str, str]]:
 
 def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]], main: MainRepo | None = None) -> AgentFacts:
     record, project = ctx.record, ctx.project
+    busy = project.store.agent_busy(record.name)
+    if busy is not None:
+        # a running `up` is making or updating it (it claimed it): judged
+        # by nobody but that run, not even looked into (docs/faults.md row 10)
+        return AgentFacts(name=record.name, phase=record.phase, exists=True, registered=True, work="", verdict=None, branch=record.branch, busy=busy)
     strategy = strategies.get(record.strategy)
     obs = strategy.observe(ctx)
     # the same inventory as down's: the merge verdict below judges the

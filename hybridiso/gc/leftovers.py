@@ -33,11 +33,12 @@ PROCESS: Kind = "process"
 
 def process_findings(project: Project, state: State, dry_run: bool) -> list[Finding]:
     """Setup commands of a run that was killed (docs/faults.md row 38): gc holds the
-    repository lock, so no run of ours is waiting for them.  Only processes
-    proven to be those commands are listed (``process_groups``)."""
+    repository lock, and no running `up` has claimed the agent (a run does
+    its setups without the lock), so no run of ours is waiting for them.
+    Only processes proven to be those commands are listed (``process_groups``)."""
     from hybridiso import process_groups
 
-    recorded = [(r, g) for r in state.agents.values() for g in r.setup_processes]
+    recorded = [(r, g) for r in state.agents.values() if project.store.agent_holder(r.name) is None for g in r.setup_processes]
     alive = process_groups.survivors([g for _, g in recorded])
     findings = []
     for name in sorted({r.name for r, _ in recorded}):

@@ -58,6 +58,7 @@ class AgentFacts:
     branch: str = ""
     removing: bool = False  # an earlier gc/down started removing it and failed
     tip: str | None = None  # the branch's commit when judged
+    busy: str = ""  # the running hybridiso that has claimed it ("pid N (hybridiso up)"), if one has
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ def decide(f: AgentFacts) -> Decision:
     # the branch may go only when nothing on it would be lost
     branch_ok = f.owns_branch and (merged or (f.verdict is not None and own == 0))
     keep_branch_note = "" if branch_ok or not f.owns_branch else f"; branch {f.branch} kept ({_describe(f.verdict)})"
+    if f.busy:
+        return Decision(False, KEPT, f"{f.busy} is working on it now")
     if f.work:
         return Decision(False, KEPT, f"work gc would lose: {f.work}")
     if not f.exists:

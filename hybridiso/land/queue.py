@@ -613,6 +613,12 @@ class Train:
         its environment's files follow when clean; under the repository
         lock, for this moment only."""
         with self.project.store.locked("land", wait_message=True):
+            busy = self.project.store.agent_busy(cand.agent.name)
+            if busy is not None:
+                # a running `up` works in its environment now (it claimed it;
+                # it does so without the repository lock, docs/faults.md row 10)
+                o.why = f"its branch was left at {_short(tip)}: {busy} is working on it now"
+                return
             if cand.env is not None and self._uncommitted(cand):
                 o.why = f"its branch was left at {_short(tip)}: {self._uncommitted(cand)}"
                 return
