@@ -97,6 +97,18 @@ def _execute(cwd: Path | str, args: Sequence[str], env: dict[str, str] | None = 
 
 def run(cwd: Path | str, *args: str, check: bool = True) -> Result:
     """Run ``git ARGS`` in ``cwd``; retry on lock contention."""
+    if args[:1] == ("worktree",) and args[1:2] != ("list",):
+        # any worktree command (a `worktree move` too) changes what the
+        # listing and the admin scan say: neither is believed after it (issue 15)
+        _forget_worktrees()
+        try:
+            return _run(cwd, args, check)
+        finally:
+            _forget_worktrees()
+    return _run(cwd, args, check)
+
+
+def _run(cwd: Path | str, args: Sequence[str], check: bool) -> Result:
     delay = 0.05
     for attempt in range(LOCK_RETRIES + 1):
         result = _execute(cwd, args)

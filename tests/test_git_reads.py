@@ -83,3 +83,16 @@ def test_a_listing_read_while_a_worktree_changed_is_not_kept(tmp_path: Path, mon
     assert len(reads) == 2  # the first answer was used once, then read again
     git.worktree_list(repo)
     assert len(reads) == 2  # the second one was kept
+
+
+def test_any_worktree_command_through_git_run_clears_what_was_read(tmp_path: Path) -> None:
+    """`land --keep-failed` moves a scratch worktree with `git worktree move`:
+    the old place must not be believed after it."""
+    repo = make_repo(tmp_path / "r")
+    old, new = tmp_path / "old", tmp_path / "new"
+    git.worktree_add_detached(repo, old, "HEAD")
+    with git.one_admin_scan():
+        assert git.worktree_at(repo, old) is not None and git.worktree_admin_dir(repo / ".git", old) is not None
+        git.run(repo, "worktree", "move", str(old), str(new))
+        assert git.worktree_at(repo, old) is None and git.worktree_at(repo, new) is not None
+        assert git.worktree_admin_dir(repo / ".git", old) is None and git.worktree_admin_dir(repo / ".git", new) is not None

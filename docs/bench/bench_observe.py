@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,10 +51,25 @@ def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         raise SystemExit(f"{' '.join(argv)} failed in {cwd} ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of ``fn``; the CPU seconds its processes used (user +
+    sys, which a loaded machine stretches far less than wall time) go to
+    ``LAST_CPU``."""
+    global LAST_CPU
+    cpu = _children_cpu()
     t = time.perf_counter()
     fn()
-    return time.perf_counter() - t
+    took = time.perf_counter() - t
+    LAST_CPU = _children_cpu() - cpu
+    return took
+
+
+LAST_CPU = 0.0
 
 
 def hybridiso(code: Path, repo: Path, *args: str) -> Callable[[], None]:
@@ -63,22 +80,27 @@ def git_status(tree: Path) -> None:
     run(["git", "status", "--porcelain=v1", "-z", "--untracked-files=all"], tree)
 
 
-def by_hand(repo: Path, trees: list[Path]) -> dict[str, float]:
+def by_hand(repo: Path, trees: list[Path], cpu: dict[str, float]) -> dict[str, float]:
+    """The plain baselines: wall seconds, and their CPU seconds into ``cpu``."""
+    got: dict[str, float] = {}
+
+    def one(name: str, fn: Callable[[], object]) -> None:
+        got[name] = timed(fn)
+        cpu[name] = LAST_CPU
+
+    one("git status x N", lambda: [git_status(t) for t in trees])
     with ThreadPoolExecutor(CORES) as pool:
-        parallel = timed(lambda: list(pool.map(git_status, trees)))
-    got = {
-        "git status x N": timed(lambda: [git_status(t) for t in trees]),
-        f"git status x N, {CORES} at a time": parallel,
-        "du -s all": timed(lambda: run(["du", "-s", str(repo / ".git"), *map(str, trees)], repo)),
-        "for-each-ref ahead-behind": timed(
-            lambda: run(["git", "for-each-ref", "--format=%(refname) %(ahead-behind:main)", "refs/heads"], repo)
-        ),
-        "rev-list --count x N": timed(
-            lambda: [run(["git", "rev-list", "--left-right", "--count", f"main...hybridiso/{t.name}"], repo) for t in trees]
-        ),
-    }
-    got["by hand (status+du+drift)"] = got[f"git status x N, {CORES} at a time"] + got["du -s all"] + got["for-each-ref ahead-behind"]
+        one(PARALLEL, lambda: list(pool.map(git_status, trees)))
+    one("du -s all", lambda: run(["du", "-s", str(repo / ".git"), *map(str, trees)], repo))
+    one("for-each-ref ahead-behind", lambda: run(["git", "for-each-ref", "--format=%(refname) %(ahead-behind:main)", "refs/heads"], repo))
+    one("rev-list --count x N", lambda: [run(["git", "rev-list", "--left-right", "--count", f"main...hybridiso/{t.name}"], repo) for t in trees])
+    for d in (got, cpu):
+        d[HAND] = d[PARALLEL] + d["du -s all"] + d["for-each-ref ahead-behind"]
     return got
+
+
+PARALLEL = f"git status x N, {CORES} at a time"
+HAND = "by hand (status+du+drift)"
 
 
 def main() -> None:
@@ -90,6 +112,7 @@ def main() -> None:
     p.add_argument("--baseline", help="also time this commit's hybridiso (e.g. af375c2), on the same repositories")
     args = p.parse_args()
     counts = [int(n) for n in args.agents.split(",")]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` still removes the temp dir
     tmp = Path(tempfile.mkdtemp(prefix="hybridiso-bench-observe-", dir="/dev/shm" if args.tmpfs else None))
     try:
         versions = {"this": HERE}
@@ -105,33 +128,37 @@ def main() -> None:
             trees = sorted((repo.parent / "repo.agents").iterdir())
             assert len(trees) == n, trees
             results: dict[str, list[float]] = {}
+            cpus: dict[str, list[float]] = {}
             for r in range(args.rounds):
                 got: dict[str, float] = {}
+                cpu: dict[str, float] = {}
                 order = list(versions) if r % 2 == 0 else list(reversed(versions))
                 for v in order:
                     code = versions[v]
-                    got[f"{v}: status"] = timed(hybridiso(code, repo, "status"))
-                    got[f"{v}: status --no-disk"] = timed(hybridiso(code, repo, "status", "--no-disk"))
-                    got[f"{v}: up (no-op)"] = timed(hybridiso(code, repo, "up"))
-                    got[f"{v}: --version"] = timed(hybridiso(code, repo, "--version"))
-                got.update(by_hand(repo, trees))
+                    for label, argv in (("status", ["status"]), ("status --no-disk", ["status", "--no-disk"]), ("up (no-op)", ["up"]), ("--version", ["--version"])):
+                        got[f"{v}: {label}"] = timed(hybridiso(code, repo, *argv))
+                        cpu[f"{v}: {label}"] = LAST_CPU
+                got.update(by_hand(repo, trees, cpu))
                 for k, s in got.items():
                     results.setdefault(k, []).append(s)
-                print(f"N={n} round {r + 1}: " + ", ".join(f"{k} {s:.2f}s" for k, s in got.items()), flush=True)
+                    cpus.setdefault(k, []).append(cpu[k])
+                print(f"N={n} round {r + 1}: " + ", ".join(f"{k} {s:.2f}s (cpu {cpu[k]:.2f})" for k, s in got.items()), flush=True)
             med = {k: statistics.median(v) for k, v in results.items()}
-            print(f"N={n} medians (load {open('/proc/loadavg').read().split()[:3]}):")
+            mcpu = {k: statistics.median(v) for k, v in cpus.items()}
+            print(f"N={n} medians, wall and CPU (user+sys) seconds (load {open('/proc/loadavg').read().split()[:3]}):")
             for k, s in med.items():
-                print(f"  {k:<34} {s:6.2f}s  per agent {s / n * 1000:5.1f} ms")
-            hand = med["by hand (status+du+drift)"]
-            for v in versions:
-                print(
-                    f"  {v}: status / by hand {med[f'{v}: status'] / hand:4.2f};"
-                    f" status --no-disk / git status x N parallel {med[f'{v}: status --no-disk'] / med[f'git status x N, {CORES} at a time']:4.2f};"
-                    f" no-op up / git status x N parallel {med[f'{v}: up (no-op)'] / med[f'git status x N, {CORES} at a time']:4.2f}"
-                )
-            if "baseline" in versions:
-                for c in ("status", "status --no-disk", "up (no-op)"):
-                    print(f"  {c:<17} this / baseline {med[f'this: {c}'] / med[f'baseline: {c}']:4.2f}")
+                print(f"  {k:<34} {s:6.2f}s  cpu {mcpu[k]:6.2f}s  per agent {s / n * 1000:6.1f} ms")
+            for name, m in (("wall", med), ("cpu", mcpu)):
+                for v in versions:
+                    print(
+                        f"  {name} {v}: status / by hand {m[f'{v}: status'] / m[HAND]:4.2f};"
+                        f" status --no-disk / git status parallel {m[f'{v}: status --no-disk'] / m[PARALLEL]:4.2f};"
+                        f" no-op up / git status parallel {m[f'{v}: up (no-op)'] / m[PARALLEL]:4.2f}"
+                    )
+                if "baseline" in versions:
+                    print(f"  {name} this / baseline: " + "; ".join(
+                        f"{c} {m[f'this: {c}'] / m[f'baseline: {c}']:4.2f}" for c in ("status", "status --no-disk", "up (no-op)")
+                    ))
             shutil.rmtree(repo.parent, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,6 +37,7 @@ def trees(tmp_path: Path) -> tuple[Path, dict[str, Path], list[Path]]:
     os.link(store / "hybridiso" / "d0" / "f0", a / "from-state-dir")  # linked to the excluded dir
     git(tmp_path, "clone", "-q", "--local", str(repo), str(ws / "c"))
     os.symlink(a / "d0", a / "link-to-dir")  # never followed
+    os.mkfifo(a / "d3" / "fifo")  # never opened (it would block whoever reads it)
     return store, {"a": a, "b": b, "c": ws / "c", "gone": ws / "gone"}, [store / "hybridiso"]
 
 
