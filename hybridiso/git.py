@@ -779,13 +779,17 @@ def ahead_behind(cwd: Path, base: str, head: str) -> tuple[int, int]:
     return ahead, behind
 
 
-def ahead_behind_of_branches(cwd: Path, base: str) -> dict[str, tuple[int, int]] | None:
-    """commit -> (ahead, behind) ``base`` of every local branch's tip, in ONE
+def ahead_behind_of_branches(cwd: Path, base: str, branches: Sequence[str] | None = None) -> dict[str, tuple[int, int]] | None:
+    """commit -> (ahead, behind) ``base`` (a commit id) of the tip of each of
+    ``branches`` (short names; default every local branch), in ONE
     ``for-each-ref`` (issue 15: one ``rev-list`` per agent was most of the
     drift's cost).  None when this git has no ``%(ahead-behind)`` (before
-    2.41): ask ``ahead_behind`` per commit then.  A commit no branch is at
-    (a detached HEAD) is not in it."""
-    r = _execute(cwd, ["for-each-ref", f"--format=%(objectname) %(ahead-behind:{base})", "refs/heads/"])
+    2.41): ask ``ahead_behind`` per commit then.  A commit none of them is
+    at (a detached HEAD, another branch) is not in it."""
+    patterns = [f"refs/heads/{b}" for b in dict.fromkeys(branches)] if branches is not None else ["refs/heads/"]
+    if not patterns:
+        return {}
+    r = _execute(cwd, ["for-each-ref", f"--format=%(objectname) %(ahead-behind:{base})", "--", *patterns])
     if r.returncode != 0:
         return None
     found: dict[str, tuple[int, int]] = {}

@@ -32,6 +32,9 @@ def test_drift_of_every_branch_in_one_call_is_rev_lists(tmp_path: Path) -> None:
     assert drift[tips["after-merge"]] == (5, 0) and drift[tips["behind"]] == (0, 1)
     # a commit no branch is at (a detached HEAD) is not guessed
     assert sh(repo, "rev-parse", "main~1") not in drift
+    # asked of some branches only: those, and nothing else is walked
+    assert git.ahead_behind_of_branches(repo, base, ["side", "behind"]) == {tips["side"]: (2, 0), tips["behind"]: (0, 1)}
+    assert git.ahead_behind_of_branches(repo, base, []) == {}
 
 
 def test_drift_without_the_atom_says_none(tmp_path: Path) -> None:

@@ -80,7 +80,9 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
     holder = _creator(holder_of(project.store.lock_path))
     # the drift of every branch from base in one for-each-ref (issue 15);
     # None on a git without %(ahead-behind): one rev-list per agent then
-    drift = git.ahead_behind_of_branches(project.root, base_commit) if base_commit else None
+    # (of the recorded branches only: a repository's thousands of others cost nothing)
+    recorded_branches = [r.branch for r in state.agents.values() if isinstance(r.branch, str) and r.branch]
+    drift = git.ahead_behind_of_branches(project.root, base_commit, recorded_branches) if base_commit else None
 
     def one(name: str) -> AgentStatus:
         aside = state.set_aside.get(name)
