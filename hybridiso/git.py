@@ -24,10 +24,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from hybridiso.errors import UserError
 from hybridiso import process, safe_files
 from hybridiso.process import CommandError, Result
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 LOCK_RETRIES = 8
 STALE_LOCK_SECONDS = 600.0
@@ -93,6 +97,18 @@ def _execute(cwd: Path | str, args: Sequence[str], env: dict[str, str] | None = 
 
 def run(cwd: Path | str, *args: str, check: bool = True) -> Result:
     """Run ``git ARGS`` in ``cwd``; retry on lock contention."""
+    if args[:1] == ("worktree",) and args[1:2] != ("list",):
+        # any worktree command (a `worktree move` too) changes what the
+        # listing and the admin scan say: neither is believed after it (issue 15)
+        _forget_worktrees()
+        try:
+            return _run(cwd, args, check)
+        finally:
+            _forget_worktrees()
+    return _run(cwd, args, check)
+
+
+def _run(cwd: Path | str, args: Sequence[str], check: bool) -> Result:
     delay = 0.05
     for attempt in range(LOCK_RETRIES + 1):
         result = _execute(cwd, args)
@@ -287,21 +303,66 @@ class Worktree:
     prunable: bool = False
 
 
+# What this process read of the repository's worktrees, so a command asks
+# once and not once per agent (issue 15: N agents asking "which worktree is
+# mine?" of a list of N was O(N^2)).  Every call here that adds, removes or
+# forgets a worktree, or moves a branch one has checked out, clears it
+# (``_forget_worktrees``); ``_generation`` counts those, so a listing that
+# was read while one happened (another thread) is used once, never kept.
 _worktree_cache: dict[Path, list[Worktree]] = {}
+_worktree_index: dict[Path, dict[str, Worktree]] = {}
+_admin_cache: dict[str, dict[str, list[Path]]] = {}
+_cache_lock = threading.Lock()
+_generation = 0
+_admin_scopes = 0
 
 
 def _forget_worktrees() -> None:
-    _worktree_cache.clear()
+    global _generation
+    with _cache_lock:
+        _generation += 1
+        _worktree_cache.clear()
+        _worktree_index.clear()
+        _admin_cache.clear()
+
+
+def _keep(cache: dict[_K, _V], key: _K, value: _V, generation: int) -> None:
+    """Keep ``value`` (read while the generation was ``generation``) only
+    when no worktree changed since it was read."""
+    with _cache_lock:
+        if generation == _generation:
+            cache[key] = value
 
 
 def worktree_list(cwd: Path) -> list[Worktree]:
     """``git worktree list``, cached per process until a worktree command here
     changes it (status asks once instead of once per agent)."""
     key = Path(cwd).resolve()
-    cached = _worktree_cache.get(key)
+    return list(_listed(key))
+
+
+def _listed(key: Path) -> list[Worktree]:
+    with _cache_lock:
+        cached, generation = _worktree_cache.get(key), _generation
     if cached is None:
-        cached = _worktree_cache[key] = _worktree_list(key)
-    return list(cached)
+        cached = _worktree_list(key)
+        _keep(_worktree_cache, key, cached, generation)
+    return cached
+
+
+def worktree_at(cwd: Path, path: Path) -> Worktree | None:
+    """The worktree ``git worktree list`` shows at ``path`` (both sides'
+    symlinks resolved), from one listing and one index of it for every
+    agent of a command (issue 15)."""
+    key = Path(cwd).resolve()
+    with _cache_lock:
+        index, generation = _worktree_index.get(key), _generation
+    if index is None:
+        index = {}
+        for wt in _listed(key):
+            index.setdefault(os.path.realpath(wt.path), wt)  # the first, as a scan of the list finds it
+        _keep(_worktree_index, key, index, generation)
+    return index.get(os.path.realpath(path))
 
 
 def _worktree_list(cwd: Path) -> list[Worktree]:
@@ -716,6 +777,27 @@ def ahead_behind(cwd: Path, base: str, head: str) -> tuple[int, int]:
         return (0, 0)
     behind, ahead = (int(x) for x in r.stdout.split())
     return ahead, behind
+
+
+def ahead_behind_of_branches(cwd: Path, base: str, branches: Sequence[str] | None = None) -> dict[str, tuple[int, int]] | None:
+    """commit -> (ahead, behind) ``base`` (a commit id) of the tip of each of
+    ``branches`` (short names; default every local branch), in ONE
+    ``for-each-ref`` (issue 15: one ``rev-list`` per agent was most of the
+    drift's cost).  None when this git has no ``%(ahead-behind)`` (before
+    2.41): ask ``ahead_behind`` per commit then.  A commit none of them is
+    at (a detached HEAD, another branch) is not in it."""
+    patterns = [f"refs/heads/{b}" for b in dict.fromkeys(branches)] if branches is not None else ["refs/heads/"]
+    if not patterns:
+        return {}
+    r = _execute(cwd, ["for-each-ref", f"--format=%(objectname) %(ahead-behind:{base})", "--", *patterns])
+    if r.returncode != 0:
+        return None
+    found: dict[str, tuple[int, int]] = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            found[parts[0]] = (int(parts[1]), int(parts[2]))
+    return found
 
 
 def unique_commits(cwd: Path, base: str, head: str) -> list[str]:
@@ -1267,11 +1349,43 @@ def worktree_admin_dirs(common_dir: Path) -> dict[str, list[Path]]:
     planted there is not ours), and a path's parent is resolved, never a
     ``.git`` symlink.  git writes one entry per path: two mean an edited
     ``gitdir`` (worktree_admin_dir refuses them)."""
+    return {k: list(v) for k, v in _admin_dirs(common_dir).items()}
+
+
+def _admin_dirs(common_dir: Path) -> dict[str, list[Path]]:
+    """``worktree_admin_dirs``, scanned once per ``one_admin_scan`` scope
+    (shared: not for the caller to change)."""
+    key = os.fspath(common_dir)
+    with _cache_lock:
+        cached, generation, scoped = _admin_cache.get(key), _generation, _admin_scopes > 0
+    if cached is not None:
+        return cached
     found: dict[str, list[Path]] = {}
     for wt in linked_worktrees(common_dir):
         if wt.path is not None:
             found.setdefault(_own_dotgit(wt.path), []).append(wt.admin)
+    if scoped:
+        _keep(_admin_cache, key, found, generation)
     return found
+
+
+@contextlib.contextmanager
+def one_admin_scan() -> Iterator[None]:
+    """Within it, every ``worktree_admin_dir`` question is answered from one
+    scan of ``worktrees/*/gitdir`` (issue 15: ``status`` and ``up`` asked it
+    once per agent, each a scan of every agent's entry).  A command that
+    reads, as those two do, opts in; outside, each question scans afresh.
+    A worktree added or removed by this process clears it, like the listing."""
+    global _admin_scopes
+    with _cache_lock:
+        _admin_scopes += 1
+    try:
+        yield
+    finally:
+        with _cache_lock:
+            _admin_scopes -= 1
+            if _admin_scopes == 0:
+                _admin_cache.clear()
 
 
 def _own_dotgit(worktree: Path) -> str:
@@ -1287,7 +1401,7 @@ def worktree_admin_dir(common_dir: Path, env: Path, dirs: dict[str, list[Path]] 
     made before, for many lookups).  Two entries naming it (an edited
     ``gitdir`` file: git never writes that) are refused before anything is
     read or saved, so a user's worktree is never taken for an agent's."""
-    entries = (dirs if dirs is not None else worktree_admin_dirs(common_dir)).get(_own_dotgit(env), [])
+    entries = (dirs if dirs is not None else _admin_dirs(common_dir)).get(_own_dotgit(env), [])
     if len(entries) > 1:
         raise ambiguous_worktree(env, entries)
     return entries[0] if entries else None

@@ -51,13 +51,14 @@ def make_plan(project: Project, state: State) -> planner.Plan:
         from hybridiso.report import costs
 
         clone_cost = costs.project_costs(project, state.agents).for_strategy(planner.BUDGETED).disk_bytes
+    elsewhere, by_agents = _branch_holders(project, state)  # one pass over the records and worktrees for both
     return planner.plan(
         project.manifest,
         paths,
-        checked_out_elsewhere(project, state),
+        elsewhere,
         existing=existing,
         clone_cost_bytes=clone_cost,
-        held_by_agents=checked_out_by_agents(project, state),
+        held_by_agents=by_agents,
     )
 
 

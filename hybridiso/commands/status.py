@@ -75,6 +75,11 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
     manifest_names = [a.name for a in project.manifest.agents]
     recorded = sorted(n for n in {*state.agents, *state.set_aside} if n not in manifest_names)
     wanted = [n for n in manifest_names + recorded if not names or n in names]
+    # the drift of every branch from base in one for-each-ref (issue 15);
+    # None on a git without %(ahead-behind): one rev-list per agent then
+    # (of the recorded branches only: a repository's thousands of others cost nothing)
+    recorded_branches = [r.branch for r in state.agents.values() if isinstance(r.branch, str) and r.branch]
+    drift = git.ahead_behind_of_branches(project.root, base_commit, recorded_branches) if base_commit else None
 
     def one(name: str) -> AgentStatus:
         aside = state.set_aside.get(name)
@@ -98,14 +103,18 @@ def collect(project: Project, state: State, names: list[str], with_disk: bool = 
         # directories may not exist yet
         holder = _creator(project.store.agent_holder(name)) if record.phase != PHASE_READY else None
         try:
-            return _observe(project, state, record, name in manifest_names, base_commit, holder)
+            return _observe(project, state, record, name in manifest_names, base_commit, holder, drift)
         except (OSError, UserError) as e:  # a CommandError is a UserError
             # never exit 3 (nor 1, for every row) for what happens to one
             # environment while we look at it: a concurrent `down` removed it,
             # git cannot read it, Docker failed to answer about its container
             return _unobservable(record, name in manifest_names, e)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    # each agent is mostly a `git status` (a process that keeps a core busy):
+    # as many at once as there are cores, and a second so one waits less
+    # on the other's start (issue 15: eight on two cores only fought)
+    workers = max(2, os.cpu_count() or 1)
+    with git.one_admin_scan(), ThreadPoolExecutor(max_workers=workers) as pool:
         rows = list(pool.map(one, wanted))
     if with_disk:
         _measure_disk(project, rows)
@@ -171,7 +180,13 @@ def _process_problem(name: str, obs: Observation) -> str | None:
 
 
 def _observe(
-    project: Project, state: State, record: AgentRecord, in_manifest: bool, base_commit: str | None, holder: str | None
+    project: Project,
+    state: State,
+    record: AgentRecord,
+    in_manifest: bool,
+    base_commit: str | None,
+    holder: str | None,
+    drift: dict[str, tuple[int, int]] | None = None,
 ) -> AgentStatus:
     name, base = record.name, project.manifest.base
     ctx = context(project, state, name)
@@ -226,10 +241,14 @@ def _observe(
         st.dirty = sum(1 for _, n in git.status_porcelain(ctx.path) if n != ENV_FILE)
         if obs.head and base_commit:
             cwd = project.root if strategy.SHARES_REFS else ctx.path
-            if strategy.SHARES_REFS or git.resolve_commit(ctx.path, base_commit):
+            known = drift.get(obs.head) if drift is not None and strategy.SHARES_REFS else None
+            if known is not None:  # a branch of the repository is at its HEAD: its drift is HEAD's
+                st.ahead, st.behind = known
+            elif strategy.SHARES_REFS or git.resolve_commit(ctx.path, base_commit):
+                # a clone (its own refs), a detached HEAD no branch is at
                 st.ahead, st.behind = git.ahead_behind(cwd, base_commit, obs.head)
-                if st.behind:  # drift from base (issue 5): a note, not a fault
-                    st.problems.append(f"{plural(st.behind, 'commit')} behind {base}: `hybridiso sync` rebases it")
+            if st.behind:  # drift from base (issue 5): a note, not a fault
+                st.problems.append(f"{plural(st.behind, 'commit')} behind {base}: `hybridiso sync` rebases it")
         if obs.branch and obs.branch != record.branch:
             _off(st, f"checked out branch is {obs.branch!r}, expected {record.branch!r}")
         elif obs.head and not obs.branch and record.branch:

@@ -226,15 +226,19 @@ class Job:
 def converge(
     project: Project, state: State, selected: list[AgentPlan], base_commit: str, jobs: int, refs: branches.Refs | None = None
 ) -> list[Outcome]:
-    plan, refused = plan_jobs(project, state, selected, base_commit, refs)
-    project.store.save(state)  # the journal: every creation is on disk before it starts
+    # one scan of the worktrees' admin dirs for every agent's question while
+    # the lock is held (issue 15); each worktree this run adds or removes clears it
+    with git.one_admin_scan():
+        plan, refused = plan_jobs(project, state, selected, base_commit, refs)
+        project.store.save(state)  # the journal: every creation is on disk before it starts
     width = max([*(len(j.ctx.name) for j in plan), *(len(o.name) for o in refused)], default=8)
     for o in refused:
         output.progress_line(False, o.name, o.strategy, o.action, None, width)
     # the long steps (create, includes, setup, start) run without the
     # repository lock: this run's agents are claimed (StateStore.claim), so
     # status, down/gc and an up of other agents go on meanwhile, and saves
-    # merge this run's records into the file as it is then
+    # merge this run's records into the file as it is then. Other runs add
+    # and remove worktrees meanwhile, so no admin-dir scan is kept here.
     with project.store.unlocked():
         outcomes = refused + _execute(project, state, plan, jobs if jobs > 0 else max(2, os.cpu_count() or 1), width, selected)
         _release_unrecorded(project, state, selected)

@@ -33,10 +33,9 @@ REMOVES: tuple[str, ...] = ("worktree metadata",)
 
 
 def _find(ctx: EnvContext) -> git.Worktree | None:
-    for wt in git.worktree_list(ctx.project.root):
-        if wt.path.resolve() == ctx.path.resolve():
-            return wt
-    return None
+    # one listing and one index of it for every agent (issue 15: a scan of the
+    # list, resolving every path, per agent was O(N^2))
+    return git.worktree_at(ctx.project.root, ctx.path)
 
 
 def create(ctx: EnvContext) -> None:

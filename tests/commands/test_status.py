@@ -230,3 +230,25 @@ def test_a_detached_head_is_not_the_branch_the_manifest_asks_for(tmp_path: Path,
     assert f"a: HEAD is detached at {head[:12]}, expected branch 'hybridiso/a'" in r.stderr, r.stderr
     row = json.loads(hybridiso(repo, "status", "--json").stdout)[0]
     assert row["ok"] is False and row["off"].startswith("HEAD is detached")
+
+
+def test_drift_is_heads_whether_a_branch_is_there_or_not(tmp_path: Path) -> None:
+    """Issue 15: the drift of agents on their branch comes from one
+    for-each-ref; a detached HEAD no branch is at, and a clone (its own
+    refs), are asked one by one -- the same figures either way."""
+    from tests.support.gitrepo import commit_file
+
+    repo = _project(tmp_path, "agents:\n  - {name: onb}\n  - {name: det}\n  - {name: cl, isolation: clone}\n")
+    hybridiso(repo, "up")
+    for name in ("onb", "det", "cl"):
+        commit_file(env(repo, name), f"{name}.txt", "x\n")
+    commit_file(env(repo, "onb"), "onb2.txt", "x\n")
+    commit_file(env(repo, "onb"), "onb3.txt", "x\n")  # three ahead, on its branch
+    subprocess.run(["git", "-C", str(env(repo, "det")), "switch", "-q", "--detach"], check=True)
+    commit_file(env(repo, "det"), "more.txt", "x\n")  # two commits ahead, on no branch
+    commit_file(repo, "base.txt", "x\n")  # base moves on: everyone is 1 behind
+    subprocess.run(["git", "-C", str(env(repo, "cl")), "fetch", "-q", "hybridiso-base", "main"], check=True)
+    rows = {r["agent"]: r for r in json.loads(hybridiso(repo, "status", "--json").stdout)}
+    assert (rows["onb"]["ahead"], rows["onb"]["behind"]) == (3, 1)
+    assert (rows["det"]["ahead"], rows["det"]["behind"]) == (2, 1)
+    assert (rows["cl"]["ahead"], rows["cl"]["behind"]) == (1, 1)
