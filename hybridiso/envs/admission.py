@@ -21,16 +21,20 @@ raises ``Cancelled`` before it makes anything more (docs/faults.md row 9).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from hybridiso import machine
+from hybridiso import machine, ports, safe_files
 from hybridiso.env_context import EnvContext, Steps
 from hybridiso.errors import Cancelled
 from hybridiso.manifest import MAX_SETUP_JOBS, Agent, Manifest, parse_size
+from hybridiso import output
 from hybridiso.output import human_bytes, plural
 from hybridiso.state import PHASE_CREATING
 
@@ -80,6 +84,49 @@ def memory_of(agent: Agent | None) -> int:
     return parse_size(agent.resources.memory)
 
 
+SLOTS_DIR = "hybridiso/setup-slots"  # under the user's state home, beside the port registry
+
+
+class MachineSlots:
+    """Compute setup slots every `up` of this user on this machine shares:
+    slot files ``compute-<i>.lock`` under the state home, each held by an
+    ``flock`` while a setup runs.  The kernel lets go of a killed run's
+    locks, so a kill -9 never leaves a slot taken (docs/faults.md row 9).
+    A run whose limit is N uses slots 0..N-1.  Where the files cannot be
+    used (a symlink there, no space), it says so once and counts its own
+    setups only."""
+
+    def __init__(self, anchor: Path | None = None) -> None:
+        self._anchor = anchor
+        self._broken = False
+        self.problem: str | None = None  # said once by the caller, outside its lock
+
+    def take(self, limit: int) -> int | None:
+        """A slot's descriptor, -1 when slots cannot be used, or None when all are held."""
+        if self._broken:
+            return -1
+        anchor = self._anchor or ports.state_home()
+        for i in range(limit):
+            try:
+                anchor.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = safe_files.open_regular(anchor, f"{SLOTS_DIR}/compute-{i}.lock", os.O_RDWR | os.O_CREAT)
+            except (OSError, safe_files.UnsafePath) as e:
+                self._broken = True
+                self.problem = f"compute setups of other `hybridiso up` runs are not counted: {getattr(e, 'message', None) or e}"
+                return -1
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            return fd
+        return None
+
+    def give(self, fd: int | None) -> None:
+        if fd is not None and fd >= 0:
+            os.close(fd)  # the lock goes with it
+
+
 @dataclass
 class Row:
     """One job as the live display shows it."""
@@ -92,8 +139,9 @@ class Row:
 
 
 class Admission:
-    def __init__(self, limits: SetupLimits, work_jobs: int, say: Callable[[str], None]) -> None:
+    def __init__(self, limits: SetupLimits, work_jobs: int, say: Callable[[str], None], slots: MachineSlots | None = None) -> None:
         self.limits = limits
+        self._slots = slots or MachineSlots()
         self.work_jobs = work_jobs
         self._say = say
         self._cond = threading.Condition()
@@ -122,9 +170,11 @@ class Admission:
         waiting = self._queues[queue]
         waiting.append(ctx.name)
         try:
-            while not (waiting[0] == ctx.name and fits()):
-                if ctx.cancel.is_set():
+            while True:
+                if ctx.cancel.is_set():  # also when there is room: Ctrl-C came first
                     raise Cancelled(ctx.name)
+                if waiting[0] == ctx.name and fits():
+                    break
                 self._cond.wait(POLL)
         finally:
             waiting.remove(ctx.name)
@@ -143,29 +193,61 @@ class Admission:
             self._work -= 1
             self._cond.notify_all()
 
-    def take_setup(self, ctx: EnvContext) -> tuple[str, int]:
+    def take_setup(self, ctx: EnvContext) -> tuple[str, int, int | None]:
         kind, need = kind_of(ctx.agent), memory_of(ctx.agent)
         if kind == IO:
             need = 0
-        with self._cond:
-            running = self._running[kind]
-            fits = self._fits(kind, need)
-            if not fits() or self._queues[kind]:
-                why = self._why_full(kind, need)
-                self.rows[ctx.name].step, self.rows[ctx.name].since = f"waits: {why}", time.monotonic()
-                self._say(f"{why}; {ctx.name} waits")
-            self._wait(ctx, kind, fits)
+        running = self._running[kind]
+        fits = self._fits(kind, need)
+        slot: list[int | None] = [None]
+
+        def room() -> bool:
+            if not fits():
+                return False
+            if kind == IO:
+                return True
+            # compute setups also take a slot of the machine's, which every
+            # `up` of this user shares (two at once, or of two repositories)
+            slot[0] = self._slots.take(self.limits.compute)
+            return slot[0] is not None
+
+        def admitted() -> None:  # under the lock, with the room just found
             running.append(ctx.name)
             self._memory += need
             self.max_running[kind] = max(self.max_running[kind], len(running))
             self.rows[ctx.name].step, self.rows[ctx.name].since = "setup", time.monotonic()
-        return kind, need
 
-    def give_setup(self, name: str, kind: str, need: int) -> None:
+        why = None
+        with self._cond:
+            if not self._queues[kind] and room():
+                admitted()
+            else:
+                why = self._why_full(kind, need) if not fits() or self._queues[kind] else self._why_machine()
+                self.rows[ctx.name].step, self.rows[ctx.name].since = f"waits: {why}", time.monotonic()
+        if why is not None:
+            self._say(f"{why}; {ctx.name} waits")  # never under the lock: the drawing takes it too
+            with self._cond:
+                self._wait(ctx, kind, room)
+                admitted()
+        self._said_problem()
+        return kind, need, slot[0]
+
+    def _said_problem(self) -> None:
+        with self._cond:
+            problem, self._slots.problem = self._slots.problem, None
+        if problem:
+            output.warn(problem)
+
+    def give_setup(self, name: str, kind: str, need: int, slot: int | None) -> None:
         with self._cond:
             self._running[kind].remove(name)
             self._memory -= need
+            self._slots.give(slot)
             self._cond.notify_all()
+
+    def _why_machine(self) -> str:
+        mine = len(self._running[COMPUTE])
+        return f"{plural(self.limits.compute, 'compute setup')} running on this machine ({mine} of this run, the others of another `hybridiso up`)"
 
     def _fits(self, kind: str, need: int) -> Callable[[], bool]:
         limit = self.limits.compute if kind == COMPUTE else self.limits.io
@@ -224,10 +306,10 @@ class _AgentSteps(Steps):
         # setup gives its work slot to the others while it waits and runs
         self._a.give_work()
         self._has_work = False
-        kind, need = self._a.take_setup(self._ctx)
+        kind, need, slot = self._a.take_setup(self._ctx)
         try:
             yield
         finally:
-            self._a.give_setup(self._ctx.name, kind, need)
+            self._a.give_setup(self._ctx.name, kind, need, slot)
         self._a.take_work(self._ctx, "after setup")
         self._has_work = True

@@ -283,3 +283,41 @@ def test_admission_counts_memory_that_resources_ask_for() -> None:
     assert most[0] == 1  # 2 GiB each of 3 GiB: one at a time; 1 TiB alone
     assert any("of 3.0 GiB memory" in s and s.endswith(" waits") for s in said), said
     assert board.max_running["compute"] == 1
+
+
+def test_two_ups_at_once_share_the_machines_compute_slots(tmp_path: Path) -> None:
+    """Two repositories' `up`s on one machine: their compute setups together
+    stay within the limit (slot files under the state home, held by flock)."""
+    marks, seen, script = _scripts(tmp_path)
+    script.write_text(BURN)
+    procs = []
+    for n in ("one", "two"):
+        repo = make_repo(tmp_path / n)
+        _manifest(repo, f"{sys.executable} {script} {marks} {seen} 2", [f"{n}1", f"{n}2"], extra="limits: {setup_jobs: 1}\n")
+        procs.append((repo, _start_up(repo, tmp_path / f"{n}.log")))
+    for _, proc in procs:
+        assert proc.wait(180) == 0
+    text = (tmp_path / "one.log").read_text() + (tmp_path / "two.log").read_text()
+    no_crash(0, text, ["up"])
+    assert len(list(seen.iterdir())) == 4
+    assert _max_seen(seen) == 1  # never two at once, whichever run they belong to
+    assert "1 compute setup running on this machine (0 of this run, the others of another `hybridiso up`); " in text
+    # the slots are free again: a kill -9 or an end lets go of them
+    slots = Path(os.environ["HOME"]) / ".local" / "state" / "hybridiso" / "setup-slots"
+    assert [p.name for p in slots.iterdir()] == ["compute-0.lock"]
+
+
+def test_a_symlink_where_a_slot_file_goes_is_never_followed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    marks, seen, script = _scripts(tmp_path)
+    script.write_text(BURN)
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    slots = Path(os.environ["HOME"]) / ".local" / "state" / "hybridiso" / "setup-slots"
+    slots.mkdir(parents=True)
+    (slots / "compute-0.lock").symlink_to(victim)
+    _manifest(repo, f"{sys.executable} {script} {marks} {seen} 0.5", ["a", "b"], extra="limits: {setup_jobs: 1}\n")
+    proc = hybridiso(repo, "up")
+    assert victim.read_text() == "keep\n"
+    assert "compute setups of other `hybridiso up` runs are not counted" in proc.stderr and "symlink" in proc.stderr
+    assert _max_seen(seen) == 1  # its own are still counted
