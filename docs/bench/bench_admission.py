@@ -4,6 +4,7 @@ keeps the machine's load near its core count.
 
     python docs/bench/bench_admission.py [--files 2000] [--agents 100] [--rounds 3]
                                          [--setups 20] [--seconds 5] [--tmpfs] [--only speed|load|io]
+                                         [--compare-with CHECKOUT]
 
 speed: `hybridiso up` of AGENTS worktree agents against plain sequential
   `git worktree add` of as many, in the same run, alternating who goes
@@ -116,33 +117,46 @@ class Sampler:
         self._thread.join()
 
 
-def speed(root: Path, files: int, agents: int, rounds: int) -> None:
+def speed(root: Path, files: int, agents: int, rounds: int, other: str | None = None) -> None:
     repo = make_repo(root, files)
     plain = root / "plain"
     plain.mkdir()
     g: list[float] = []
     h: list[float] = []
+    o: list[float] = []
     for r in range(rounds):
         names = [f"r{r}a{i}" for i in range(agents)]
         manifest = "version: 1\nbase: main\nagents:\n" + "".join(f"  - {{name: {n}, isolation: worktree}}\n" for n in names)
 
-        def git_adds() -> None:
+        def git_adds(names: list[str] = names) -> None:
             for n in names:
                 sh("git", "worktree", "add", "-q", "--no-track", "-b", f"plain/{n}", str(plain / n), "main", cwd=repo)
 
-        def up() -> None:
+        def up(manifest: str = manifest) -> None:
             (repo / "hybridiso.yaml").write_text(manifest)
             sh(*CLI, "up", cwd=repo)
+
+        def other_up(manifest: str = manifest, r: int = r) -> None:  # the same agents under other names, by another checkout's hybridiso
+            (repo / "hybridiso.yaml").write_text(manifest.replace(f"name: r{r}a", f"name: o{r}a"))
+            subprocess.run([*CLI, "up"], cwd=repo, env={**ENV, "PYTHONPATH": str(other)}, check=True, capture_output=True)
 
         if r % 2 == 0:
             g.append(timed(git_adds))
             h.append(timed(up))
+            if other:
+                o.append(timed(other_up))
         else:
+            if other:
+                o.append(timed(other_up))
             h.append(timed(up))
             g.append(timed(git_adds))
-        print(f"  round {r + 1}: git worktree add x{agents} (sequential) {g[-1]:.2f}s | hybridiso up {h[-1]:.2f}s | ratio {h[-1] / g[-1]:.2f}")
+        also = f" | --compare-with's up {o[-1]:.2f}s" if other else ""
+        print(f"  round {r + 1}: git worktree add x{agents} (sequential) {g[-1]:.2f}s | hybridiso up {h[-1]:.2f}s | ratio {h[-1] / g[-1]:.2f}{also}")
     mg, mh = statistics.median(g), statistics.median(h)
     print(f"speed: median git {mg:.2f}s, hybridiso up {mh:.2f}s, ratio up/git = {mh / mg:.2f} (target <= 0.7)")
+    if other:
+        mo = statistics.median(o)
+        print(f"speed: median up of {other} {mo:.2f}s, ratio up/that = {mh / mo:.2f}")
 
 
 def _setup_repo(root: Path, name: str, setups: int, script: str, seconds: float, kind: str | None) -> tuple[Path, Path]:
@@ -192,7 +206,7 @@ def load(root: Path, setups: int, seconds: float) -> None:
 
 def io(root: Path, setups: int, seconds: float) -> None:
     repo, marks = _setup_repo(root, "io", setups, WAIT, seconds, "io")
-    took, s, stderr = _up_sampled(repo, marks)
+    took, s, _ = _up_sampled(repo, marks)
     plan = subprocess.run([*CLI, "plan"], cwd=repo, env=ENV, capture_output=True, text=True, check=True).stderr
     why = next((line for line in plan.splitlines() if line.startswith("setups at once")), "")
     print(f"io, hybridiso up: {setups} setups waiting {seconds:g} s each, kind io: {took:.1f}s, at most {s.most} at once ({why})")
@@ -210,13 +224,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--tmpfs", action="store_true", help="work under /dev/shm")
     ap.add_argument("--only", choices=["speed", "load", "io"])
+    ap.add_argument("--compare-with", metavar="CHECKOUT", help="also time `up` of another hybridiso checkout (e.g. main before issue 15)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hybridiso-bench-admission-", dir="/dev/shm" if args.tmpfs else None))
     git_version = subprocess.run(["git", "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
     print(f"{len(os.sched_getaffinity(0))} usable cores; git {git_version}; under {root}; /proc/loadavg at the start: {Path('/proc/loadavg').read_text().strip()}")
     try:
         if args.only in (None, "speed"):
-            speed(root, args.files, args.agents, args.rounds)
+            speed(root, args.files, args.agents, args.rounds, args.compare_with)
         if args.only in (None, "load"):
             load(root, args.setups, args.seconds)
         if args.only in (None, "io"):

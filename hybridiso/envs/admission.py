@@ -144,7 +144,11 @@ class Admission:
         self._slots = slots or MachineSlots()
         self.work_jobs = work_jobs
         self._say = say
-        self._cond = threading.Condition()
+        self._cond = threading.Lock()
+        # each waiter sleeps on its own condition, and only the head of a
+        # queue is woken when room is given back (100 jobs woken for every
+        # one that finished made a no-op up of 100 agents O(N^2))
+        self._wakers: dict[str, threading.Condition] = {}
         self._work = 0
         self._running: dict[str, list[str]] = {COMPUTE: [], IO: []}
         self._memory = 0
@@ -169,16 +173,26 @@ class Admission:
         ``self._cond`` and takes the room."""
         waiting = self._queues[queue]
         waiting.append(ctx.name)
+        me = self._wakers[ctx.name] = threading.Condition(self._cond)
         try:
             while True:
                 if ctx.cancel.is_set():  # also when there is room: Ctrl-C came first
                     raise Cancelled(ctx.name)
                 if waiting[0] == ctx.name and fits():
                     break
-                self._cond.wait(POLL)
+                me.wait(POLL)  # woken when room is given back; POLL for Ctrl-C and other runs' slots
         finally:
             waiting.remove(ctx.name)
-            self._cond.notify_all()
+            del self._wakers[ctx.name]
+            self._wake(queue)
+
+    def _wake(self, queue: str) -> None:
+        """Wake the first waiter of ``queue`` (the caller holds the lock)."""
+        waiting = self._queues[queue]
+        if waiting:
+            head = self._wakers.get(waiting[0])
+            if head is not None:
+                head.notify()
 
     def take_work(self, ctx: EnvContext, step: str) -> None:
         with self._cond:
@@ -191,7 +205,7 @@ class Admission:
     def give_work(self) -> None:
         with self._cond:
             self._work -= 1
-            self._cond.notify_all()
+            self._wake("work")
 
     def take_setup(self, ctx: EnvContext) -> tuple[str, int, int | None]:
         kind, need = kind_of(ctx.agent), memory_of(ctx.agent)
@@ -243,7 +257,7 @@ class Admission:
             self._running[kind].remove(name)
             self._memory -= need
             self._slots.give(slot)
-            self._cond.notify_all()
+            self._wake(kind)
 
     def _why_machine(self) -> str:
         mine = len(self._running[COMPUTE])
