@@ -4,8 +4,8 @@ setup admission (envs/admission.py), `plan` and `land --parallel` share
 
 Cores are the ones this process may run on (``sched_getaffinity``), fewer
 when a cgroup's ``cpu.max`` gives less (a container, a systemd slice);
-memory is ``/proc/meminfo``'s, less when the cgroup's ``memory.max`` is
-lower.  What cannot be read is left out of the bound, never guessed low.
+memory is ``/proc/meminfo``'s, less when the cgroup's ``memory.max`` (less
+its ``memory.current``) is lower.  What cannot be read is left out of the bound, never guessed low.
 """
 from __future__ import annotations
 
@@ -45,10 +45,11 @@ def capacity(root: str = CGROUP) -> Capacity:
     if quota is not None and quota < cores:
         cores, cores_from = quota, " (cgroup cpu.max)"
     total, available = _meminfo()
-    limit = _memory_max(root)
+    limit, used = _memory_max(root)
     if limit is not None:
+        left = max(0, limit - used)  # what the cgroup may still take
         total = limit if total is None else min(total, limit)
-        available = limit if available is None else min(available, limit)
+        available = left if available is None else min(available, left)
     return Capacity(max(1, cores), total, available, cores_from)
 
 
@@ -84,12 +85,14 @@ def _cpu_max(root: str) -> int | None:
     return None
 
 
-def _memory_max(root: str) -> int | None:
+def _memory_max(root: str) -> tuple[int | None, int]:
+    """The cgroup's ``memory.max`` and its ``memory.current`` (0 unread)."""
     for where in dict.fromkeys((_own_cgroup(root), root)):
         text = (_read(os.path.join(where, "memory.max")) or "").strip()
         if text.isdigit():
-            return int(text)
-    return None
+            used = (_read(os.path.join(where, "memory.current")) or "").strip()
+            return int(text), int(used) if used.isdigit() else 0
+    return None, 0
 
 
 def _meminfo() -> tuple[int | None, int | None]:
