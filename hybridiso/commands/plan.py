@@ -80,7 +80,7 @@ def _parallelism(project: Project, agents: list[AgentPlan]) -> tuple[dict[str, A
     io = [p.agent.name for p in with_setup if admission.kind_of(p.agent) == admission.IO]
     describe = limits.describe()
     if len(compute) > limits.compute:
-        describe += f"; {len(compute)} compute-bound setups: {len(compute) - limits.compute} wait their turn"
+        describe += f"; {len(compute)} agents have compute-bound setups: when they all run, {len(compute) - limits.compute} wait their turn"
     data: dict[str, Any] = {
         "cores": here.cores,
         "memory_total_bytes": here.memory_total,
