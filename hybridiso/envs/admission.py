@@ -12,6 +12,9 @@ Every agent's job has a thread; what it may do at once is admitted here:
   ``resources.memory`` asks for, added up, stays within what is available
   (one runs whatever it asks, alone).  ``kind: io`` setups mostly wait on
   disk and network: four per core, or ``limits.io_setup_jobs``.
+  A compute setup also holds one of the machine's slots (``MachineSlots``:
+  flock'd files under the state home), so two `up`s at once, of one
+  repository or two, never run more than the limit between them.
 
 Who waits is said, with why ("2 compute setups running on 2 cores; api
 waits"), and every job's step and how long it has been at it is kept for
