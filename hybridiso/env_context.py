@@ -4,6 +4,7 @@ record it has checked (docs/faults.md row 30).  Strategies, containers and
 services take an ``EnvContext``; lifecycle and the commands make them."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,19 @@ from hybridiso.errors import UserError
 from hybridiso.manifest import Agent
 from hybridiso.project import Project
 from hybridiso.state import AgentRecord, State
+
+
+class Steps:
+    """Told where one agent's job is (``job``, then ``step("create")``,
+    ``"includes"``, ``"setup"``, ``"start"``): `up`'s admission
+    (envs/admission.py) waits there for room and shows the step (issue 15).
+    Everywhere else, these do nothing."""
+
+    def job(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def step(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 @dataclass
@@ -27,6 +41,7 @@ class EnvContext:
     # what must be on disk before a step that can outlive a kill -9 starts
     # (a setup's process group, docs/faults.md row 38)
     persist: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+    steps: Steps = field(default_factory=Steps, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.record.strategy in names.UNTRUSTED_FILES and self.record.path.startswith("/"):

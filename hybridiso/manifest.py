@@ -236,9 +236,31 @@ class Healthcheck(_Model):
         return v
 
 
+WorkloadKind = Literal["edit", "compute", "io", "build", "test"]
+# the kinds whose setup is compute-bound: admitted one per core (issue 15)
+COMPUTE_KINDS = frozenset({"compute", "build", "test"})
+
+
 class Workload(_Model):
-    kind: Literal["edit", "compute", "io", "build", "test"] = "edit"
+    kind: WorkloadKind = "edit"
     needs: list[Need] = Field(default_factory=list)
+
+    @property
+    def compute_bound(self) -> bool:
+        return self.kind in COMPUTE_KINDS
+
+
+MAX_SETUP_JOBS = 256  # like up -j
+
+
+class Limits(_Model):
+    """How much `up` runs at once (issue 15; docs/manifest.md).  Unset: what
+    the machine sustains (hybridiso.machine)."""
+
+    # compute-bound setups at once; strict: `true` or "2" is not a number
+    setup_jobs: int | None = Field(default=None, ge=1, le=MAX_SETUP_JOBS, strict=True)
+    # setups of agents with workload.kind: io at once
+    io_setup_jobs: int | None = Field(default=None, ge=1, le=MAX_SETUP_JOBS, strict=True)
 
 
 LandMethod = Literal["rebase", "merge", "squash"]
@@ -405,6 +427,7 @@ class Manifest(_Model):
     services: dict[ServiceName, Service] = Field(default_factory=dict)
     agents: list[Agent] = Field(default_factory=list)
     land: Land = Field(default_factory=Land)
+    limits: Limits = Field(default_factory=Limits)
     # where each part is in the file, for problems found later (plan time)
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
 

@@ -89,7 +89,8 @@ def warn(text: str) -> None:
 
 
 def _utf8() -> bool:
-    enc = (getattr(sys.stderr, "encoding", None) or "").lower()
+    # while up draws (output_live.py) stderr is rich's proxy, whose encoding is None
+    enc = (getattr(sys.stderr, "encoding", None) or getattr(sys.__stderr__, "encoding", None) or "").lower()
     return enc.replace("-", "") == "utf8"
 
 

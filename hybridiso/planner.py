@@ -151,7 +151,7 @@ def plan(
                 f"clones would need about {total // (1 << 20)} MiB, over disk_budget {manifest.disk_budget}"
             )
     cores = cores or os.cpu_count() or 1
-    compute = [a.name for a, _, _ in decided if a.workload.kind in ("compute", "build", "test")]
+    compute = [a.name for a, _, _ in decided if a.workload.compute_bound]
     if len(compute) > cores:
         warnings.append(
             f"{len(compute)} compute-bound agents ({', '.join(compute)}) on {cores} cores: "

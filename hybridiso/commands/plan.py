@@ -7,7 +7,8 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from hybridiso import git, output, ports, strategies
+from hybridiso import git, machine, output, ports, strategies
+from hybridiso.envs import admission
 from hybridiso.errors import UserError
 from hybridiso.report import costs
 from hybridiso.envs import branches, programs
@@ -68,6 +69,42 @@ def up_would_refuse(project: Project, state: State, plan_agents: list[AgentPlan]
     return [f"`up` will refuse: {p}" for p in problems]
 
 
+def _parallelism(project: Project, agents: list[AgentPlan]) -> tuple[dict[str, Any], str | None]:
+    """What `up` runs at once on this machine for this manifest (issue 15:
+    envs/admission.py), and a warning when the container agents' memory
+    limits, all running, add up to more than the machine has."""
+    here = machine.capacity()
+    limits = admission.setup_limits(project.manifest, here)
+    with_setup = [p for p in agents if project.manifest.setup_for(p.agent)]
+    compute = [p.agent.name for p in with_setup if admission.kind_of(p.agent) == admission.COMPUTE]
+    io = [p.agent.name for p in with_setup if admission.kind_of(p.agent) == admission.IO]
+    describe = limits.describe()
+    if len(compute) > limits.compute:
+        describe += f"; {len(compute)} agents have compute-bound setups: when they all run, {len(compute) - limits.compute} wait their turn"
+    data: dict[str, Any] = {
+        "cores": here.cores,
+        "memory_total_bytes": here.memory_total,
+        "memory_available_bytes": here.memory_available,
+        "compute_setups": limits.compute,
+        "compute_why": limits.compute_why,
+        "io_setups": limits.io,
+        "io_why": limits.io_why,
+        "compute_agents": compute,
+        "io_agents": io,
+        "describe": describe,
+    }
+    limited = [(p.agent.name, admission.memory_of(p.agent)) for p in agents if strategies.uses_docker(p.strategy)]
+    total = sum(m for _, m in limited)
+    warning = None
+    if here.memory_total is not None and total > here.memory_total:
+        warning = (
+            f"the container agents' memory limits add up to {output.human_bytes(total)} "
+            f"({', '.join(f'{n} {output.human_bytes(m)}' for n, m in limited if m)}), more than this machine's "
+            f"{output.human_bytes(here.memory_total)}: running them all at once can exhaust it"
+        )
+    return data, warning
+
+
 def _shown(value: float | int | None, measured: bool, text: str) -> str:
     if value is None:
         return "unknown"
@@ -122,12 +159,16 @@ def run(args: argparse.Namespace) -> int:
                 "_ports_text": ports,
             }
         )
+    parallelism, memory_warning = _parallelism(project, list(plan.agents))
+    if memory_warning:
+        refused.append(memory_warning)
     if args.json:
         output.print_json(
             {
                 "agents": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
                 "warnings": [*refused, *plan.warnings],
                 "projection": projection.describe({r["strategy"] for r in rows}),
+                "parallelism": parallelism,
             }
         )
         return 0
@@ -150,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         ["AGENT", "STRATEGY", "WHY", "BRANCH", "PORTS", "DISK*", "STARTUP*"],
     )
     output.message(f"* {projection.describe(sorted({r['strategy'] for r in rows}))}")
+    output.message(f"setups at once: {parallelism['describe']}")
     for r in rows:
         boundary = r["boundary"]
         if isinstance(boundary, dict):

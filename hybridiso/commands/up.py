@@ -31,7 +31,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hybridiso import git, output, ports, ready_marker, safe_files, strategies
+from hybridiso import git, output, output_live, ports, ready_marker, safe_files, strategies
+from hybridiso.envs import admission
 from hybridiso.envs import branches
 from hybridiso.envs import lifecycle
 from hybridiso.commands.common import add_json_flag, check_names, check_records, int_in, make_plan, project_from_args
@@ -62,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description=HELP + ". Running it twice changes nothing the second time.",
     )
     p.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents (default: all)")
-    p.add_argument("-j", "--jobs", type=int_in(1, MAX_JOBS), default=0, metavar="N", help=f"environments created at once, 1-{MAX_JOBS} (default: cores, at least 2)")
+    p.add_argument("-j", "--jobs", type=int_in(1, MAX_JOBS), default=0, metavar="N", help=f"environments worked on at once (laying files, includes, starting), 1-{MAX_JOBS} (default: cores, at least 2); setups are admitted by workload.kind and limits: (docs/manifest.md)")
     add_json_flag(p)
 
 
@@ -289,7 +290,15 @@ def _execute(project: Project, state: State, plan: list[Job], workers: int, widt
     unsaved = False
     if any(j.action == CREATE for j in plan):
         output.message(f"[+] {sum(j.action == CREATE for j in plan)} to create, {sum(j.action == UPDATE for j in plan)} to check")
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hybridiso-up") as pool:
+    # issue 15: every job has a thread; admission.py lets `workers` of them
+    # work at once and setups in by their kind, saying who waits
+    drawn = threading.Event()
+    board = admission.Admission(admission.setup_limits(project.manifest), workers, lambda text: None if drawn.is_set() else output.message(f"hybridiso: {text}"))
+    for job in plan:
+        job.ctx.steps = board.steps_for(job.ctx)
+    with output_live.drawing(board.snapshot) as live, ThreadPoolExecutor(max_workers=max(1, min(len(plan), MAX_JOBS)), thread_name_prefix="hybridiso-up") as pool:
+        if live:
+            drawn.set()  # the drawing shows who waits
         futures: dict[Future[Outcome], Job] = {pool.submit(_one, job.ctx, job.action): job for job in plan}
         pending = set(futures)
         try:
@@ -417,11 +426,13 @@ def _one(ctx: EnvContext, action: UpAction) -> Outcome:
     started = time.monotonic()
     strategy = ctx.record.strategy
     try:
-        if action == CREATE:
-            lifecycle.create(ctx)
-            verb: UpResult = "Created"
-        else:
-            verb = _update(ctx)
+        with ctx.steps.job():  # its turn (envs/admission.py)
+            started = time.monotonic()
+            if action == CREATE:
+                lifecycle.create(ctx)
+                verb: UpResult = "Created"
+            else:
+                verb = _update(ctx)
         return Outcome(ctx.name, strategy, verb, True, time.monotonic() - started, note=_note(ctx, action))
     except Cancelled:
         return Outcome(ctx.name, strategy, "Cancelled", False, time.monotonic() - started, "interrupted")

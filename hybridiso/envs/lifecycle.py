@@ -193,34 +193,37 @@ def create(ctx: EnvContext) -> None:
     strategy = strategies.get(record.strategy)
     record.checkout = str(project.checkout)
     t0 = time.monotonic()
-    strategy.create(ctx)
+    with ctx.steps.step("create"):
+        strategy.create(ctx)
     record.timings["create"] = round(time.monotonic() - t0, 3)
     _check(ctx)
     t = time.monotonic()
-    if git.init_submodules(ctx.path):
-        record.timings["submodules"] = round(time.monotonic() - t, 3)
-    if not strategy.SHARES_REFS:  # a repository of its own
-        clone_git_dir = git.git_dir(ctx.path)
-        git.add_exclude(clone_git_dir, ENV_EXCLUDE)
-        # a command run from inside the clone acts on this project (docs/faults.md row 22)
-        write_owner_marker(clone_git_dir, project.repo.common_dir)
-    t = time.monotonic()
-    service_env = service_branches.provision(ctx)
-    if service_env:
-        record.service_env = {**record.service_env, **service_env}
-        record.timings["services"] = round(time.monotonic() - t, 3)
-    t = time.monotonic()
-    included = includes.copy_includes(project.checkout, ctx.path, project.manifest.include_for(ctx.agent))
-    record.included = included.copied
-    for rel in included.kept:
-        output.warn(f"{ctx.name}: include {rel} was not copied: the branch has its own file there, kept as it is")
-    envfile.write_env_file(ctx.path, environment_for(project, ctx.agent, record))
-    record.timings["includes"] = round(time.monotonic() - t, 3)
+    with ctx.steps.step("includes"):
+        if git.init_submodules(ctx.path):
+            record.timings["submodules"] = round(time.monotonic() - t, 3)
+        if not strategy.SHARES_REFS:  # a repository of its own
+            clone_git_dir = git.git_dir(ctx.path)
+            git.add_exclude(clone_git_dir, ENV_EXCLUDE)
+            # a command run from inside the clone acts on this project (docs/faults.md row 22)
+            write_owner_marker(clone_git_dir, project.repo.common_dir)
+        t = time.monotonic()
+        service_env = service_branches.provision(ctx)
+        if service_env:
+            record.service_env = {**record.service_env, **service_env}
+            record.timings["services"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        included = includes.copy_includes(project.checkout, ctx.path, project.manifest.include_for(ctx.agent))
+        record.included = included.copied
+        for rel in included.kept:
+            output.warn(f"{ctx.name}: include {rel} was not copied: the branch has its own file there, kept as it is")
+        envfile.write_env_file(ctx.path, environment_for(project, ctx.agent, record))
+        record.timings["includes"] = round(time.monotonic() - t, 3)
     _check(ctx)
     run_setup(ctx)
     _check(ctx)
     t = time.monotonic()
-    strategy.start(ctx)  # a new environment: whatever it did, it was created
+    with ctx.steps.step("start"):
+        strategy.start(ctx)  # a new environment: whatever it did, it was created
     record.timings["start"] = round(time.monotonic() - t, 3)
     record.timings["total"] = round(time.monotonic() - t0, 3)
     # last: what proves it finished when the state file is lost (issue 11)
@@ -245,15 +248,18 @@ def run_setup(ctx: EnvContext, run_label: str = "up") -> bool:
     if commands:
         quiet = service_branches.settled(ctx)
         try:
-            # where the work runs: on the host, or in the agent's image (issue 12)
-            strategies.get(ctx.record.strategy).run_setup(
-                ctx,
-                commands,
-                environment_for(ctx.project, ctx.agent, ctx.record),
-                log_file(ctx.project, ctx.name, "setup"),
-                run_label=run_label,
-                on_start=lambda group: _started(ctx, group),
-            )
+            # `up` admits it when the machine has room for it (issue 15)
+            with ctx.steps.step("setup"):
+                t = time.monotonic()  # its time, not the wait for room
+                # where the work runs: on the host, or in the agent's image (issue 12)
+                strategies.get(ctx.record.strategy).run_setup(
+                    ctx,
+                    commands,
+                    environment_for(ctx.project, ctx.agent, ctx.record),
+                    log_file(ctx.project, ctx.name, "setup"),
+                    run_label=run_label,
+                    on_start=lambda group: _started(ctx, group),
+                )
         except setup_runner.SetupInterrupted:
             raise Cancelled(ctx.name) from None
         finally:
