@@ -376,8 +376,12 @@ def _files_and_git(ctx: EnvContext, strategy: Strategy, main: MainRepo | None) -
             if name == envfile.ENV_FILE:
                 continue
             (report.untracked if code == "??" else report.modified).append(name)
-        report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record)
-        _sort_ignored(ctx, report)
+        ignored = git.ignored_entries(ctx.path, leave_out=(envfile.ENV_FILE,))
+        # a precious file is an ignored one (git.ignored_entries lists every
+        # ignored path, inside untracked folders too): none ignored, none
+        # precious, and its own listing is not asked for (issue 15)
+        report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record) if ignored else []
+        _sort_ignored(ctx, report, ignored)
         _nested_repositories(ctx, report)
         if ctx.record.phase != PHASE_READY:
             _drop_checkout_leftovers(ctx, report)
@@ -391,7 +395,7 @@ def _files_and_git(ctx: EnvContext, strategy: Strategy, main: MainRepo | None) -
     return report
 
 
-def _sort_ignored(ctx: EnvContext, report: WorkReport) -> None:
+def _sort_ignored(ctx: EnvContext, report: WorkReport, ignored: list[git.Ignored]) -> None:
     """Ignored files are work unless the repository's own rules ignore them
     (docs/lifecycle.md, "Ignored files"): a rule is the repository's when it
     is a ``.gitignore`` with the same content in the commit the environment
@@ -402,7 +406,7 @@ def _sort_ignored(ctx: EnvContext, report: WorkReport) -> None:
     ``info/exclude``, a ``core.excludesFile`` set in its config -- hides
     nothing: what it ignores is ``hidden`` work.  What the repository's rules
     ignore is named (``ignored``) and disposable, unless precious."""
-    entries = [e for e in git.ignored_entries(ctx.path, leave_out=(envfile.ENV_FILE,)) if e.entry not in report.precious]
+    entries = [e for e in ignored if e.entry not in report.precious]
     if not entries:
         return
     rules = _RepoRules(ctx, {e.source for e in entries})
