@@ -63,14 +63,19 @@ def remove(ctx: EnvContext) -> None:
     the metadata of the user's own worktrees that are briefly missing
     (an unmounted disk: docs/faults.md row 28)."""
     repo, path, common = ctx.project.root, ctx.path, ctx.project.repo.common_dir
-    _one_entry(common, path)
-    if path.exists() and git.worktree_entry(common, path) is not None:
+    # one scan of the entries, not three (issue 15: each scan reads every
+    # worktree's gitdir, so a down of N agents read N^2 of them)
+    entries = git.worktree_entries(common, path)
+    if len(entries) > 1:
+        raise git.ambiguous_worktree(path, entries)
+    if path.exists() and entries:
         try:
             git.worktree_remove(repo, path, force=True)
         except CommandError:
             pass  # e.g. files git cannot delete: removed or named below
     cleanup.remove_tree_or_explain(path, f"agent {ctx.name}")
-    git.worktree_forget(common, path)
+    if any(os.path.lexists(e) for e in entries):
+        git.worktree_forget(common, path)  # what git did not remove: this entry, nobody else's
 
 
 def _one_entry(common: Path, path: Path) -> None:
