@@ -118,3 +118,26 @@ def test_two_downs_at_once_remove_each_agent_once(tmp_path: Path) -> None:
     assert sum(o[1].count(": removed ") for o in outs) == 6, outs
     assert not os.listdir(tmp_path / "repo.agents")
     assert state(repo)["agents"] == {}
+
+
+def test_the_batched_reflogs_still_see_a_commit_on_a_detached_head(tmp_path: Path) -> None:
+    """HEADs and reflogs are read for all agents in one git process each:
+    a commit only one agent's HEAD reflog holds is still its work, for
+    down and for gc; and one worktree git cannot batch (an unborn branch
+    checked out) makes each be read on its own, with the same answers."""
+    repo = make_repo(tmp_path / "repo")
+    write_manifest(repo, agents(4))
+    hybridiso(repo, "up")
+    ws = tmp_path / "repo.agents"
+    git(ws / "a1", "checkout", "-q", "--detach")
+    (ws / "a1" / "lost.txt").write_text("x\n")
+    git(ws / "a1", "add", "lost.txt")
+    git(ws / "a1", "commit", "-qm", "on no branch")
+    git(ws / "a1", "checkout", "-q", "hybridiso/a1")
+    gc = hybridiso(repo, "gc", "--yes")
+    assert "a1" in gc.stdout and (ws / "a1").is_dir()
+    git(ws / "a2", "checkout", "-q", "--orphan", "unborn")  # its HEAD names no commit: no batch
+    r = hybridiso(repo, "down", ok=False)
+    assert "agent a1 has work" in r.stderr and "on no branch" in r.stderr, r.stderr
+    assert "agent a2 has work" in r.stderr and "HEAD is on branch unborn" in r.stderr, r.stderr
+    assert sorted(os.listdir(ws)) == ["a1", "a2"]
