@@ -142,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
             project.store.save(state)
             ports.release(project.repo.common_dir, [name])  # the machine-wide lease too (docs/faults.md row 37)
             results.append(_said_removed(ctx, backup, report, released))
+    order = {n: i for i, n in enumerate(names)}
+    refused.sort(key=lambda r: order.get(r[0], len(order)))  # in the order asked, whichever way each went
     if args.json:
         output.print_json(results)
     if len(refused) == 1 and len(names) == 1:
