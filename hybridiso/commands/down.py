@@ -197,7 +197,11 @@ def _remove_clean(project: Project, state: State, names: list[str], args: argpar
     marks = _Marks(project, state)
     branches: list[lifecycle.PendingBranch] = []
 
+    stop = threading.Event()
+
     def one(ctx: EnvContext) -> tuple[EnvContext, tuple[str | None, WorkReport, list[Released]] | UserError | None]:
+        if stop.is_set():
+            return ctx, None  # interrupted: nothing of it was touched
         try:
             return ctx, lifecycle.remove(
                 ctx, force=args.force, keep_branch=args.keep_branch, starting=functools.partial(marks.mark, ctx.record),
@@ -209,8 +213,16 @@ def _remove_clean(project: Project, state: State, names: list[str], args: argpar
             return ctx, e
 
     jobs = min(len(contexts), 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hybridiso-down") as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="hybridiso-down")
+    try:
         outcomes = list(pool.map(one, contexts))
+    except BaseException:
+        # Ctrl-C: the removals under way finish (their marks are saved, so
+        # the next down completes them), no other one starts
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     lifecycle.delete_branches_as_judged(branches)
     done: dict[str, DownResult] = {}
     removed = []
