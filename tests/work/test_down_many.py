@@ -141,3 +141,28 @@ def test_the_batched_reflogs_still_see_a_commit_on_a_detached_head(tmp_path: Pat
     assert "agent a1 has work" in r.stderr and "on no branch" in r.stderr, r.stderr
     assert "agent a2 has work" in r.stderr and "HEAD is on branch unborn" in r.stderr, r.stderr
     assert sorted(os.listdir(ws)) == ["a1", "a2"]
+
+
+def test_ctrl_c_during_a_parallel_down_stops_it_and_the_next_down_finishes(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    for i in range(300):
+        (repo / f"f{i:03d}.txt").write_text(f"{i}\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "files")
+    write_manifest(repo, agents(12))
+    hybridiso(repo, "up")
+    ws = tmp_path / "repo.agents"
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "hybridiso", "down"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(os.listdir(ws)) == 12 and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130), err  # 0: it had finished already
+    assert "Traceback" not in err
+    hybridiso(repo, "down")
+    assert not os.listdir(ws)
+    assert state(repo)["agents"] == {}
+    assert git(repo, "branch", "--list", "hybridiso/*") == ""
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
