@@ -718,9 +718,11 @@ class Ignored:
     pattern: str
 
 
-def ignored_entries(path: Path) -> list[Ignored]:
+def ignored_entries(path: Path, leave_out: Sequence[str] = ()) -> list[Ignored]:
     """Every ignored file under ``path`` -- a wholly ignored directory as one
-    entry -- with the rule that ignores it: two git calls."""
+    entry -- with the rule that ignores it: two git calls.  ``leave_out``:
+    files the caller does not want (the env file): no rule is asked for
+    them, and when nothing else is ignored, no second call is made."""
     r = _execute(path, ["ls-files", "-z", "--others", "--ignored", "--directory", "--exclude-standard"])
     if r.returncode != 0:
         raise CommandError(r, os.fspath(path))
@@ -728,6 +730,7 @@ def ignored_entries(path: Path) -> list[Ignored]:
     for name in (n for n in r.stdout.split("\0") if n):
         if not any(name.startswith(d) for d in entries if d.endswith("/")):
             entries.append(name)
+    entries = [e for e in entries if e not in leave_out]
     if not entries:
         return []
     rules = _ignore_rules(path, entries)
@@ -1632,3 +1635,125 @@ def delete_refs_under(cwd: Path, prefix: str) -> None:
     refs = list_refs(cwd, prefix)
     if refs:
         create_refs(cwd, {}, {r.name: r.oid for r in refs})
+
+
+# --- many environments at once (issue 15: down, gc and sync at scale) -------------
+#
+# What the functions above ask per environment, asked once for all of them
+# from the main repository.  Each answers None when git refuses any part
+# (an unborn branch, a garbage HEAD, a missing reflog): the caller then asks
+# one by one, as before, so a batch never changes an answer.
+
+# worktree ids git makes (a sanitised basename); anything else is asked one by one
+_BATCH_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
+
+
+def batchable_worktree_id(ident: str) -> bool:
+    """An id that ``worktrees/<id>/HEAD`` names as a ref and nothing else
+    (no ``^``, ``:``, ``..``, ``@{``, no ``.lock``)."""
+    return bool(_BATCH_ID_RE.fullmatch(ident)) and not ident.endswith(".lock")
+
+
+def worktree_heads(root: Path, ids: Sequence[str]) -> dict[str, tuple[str | None, str | None]] | None:
+    """``head_of`` of ``common/worktrees/<id>`` for every id, in ONE
+    ``rev-parse`` run in the main repository (``worktrees/<id>/HEAD``)."""
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        return {}
+    if not all(batchable_worktree_id(i) for i in ids):
+        return None
+    refs = [f"worktrees/{i}/HEAD" for i in ids]
+    r = _execute(root, ["rev-parse", *refs, "--symbolic-full-name", *refs])
+    lines = r.stdout.split()
+    if r.returncode != 0 or len(lines) != 2 * len(ids):
+        return None
+    return {i: (lines[n], lines[len(ids) + n] if lines[len(ids) + n].startswith("refs/") else None) for n, i in enumerate(ids)}
+
+
+@dataclass(frozen=True)
+class Reflogs:
+    """What ``head_and_branch_reflogs`` says, for many worktrees and branches."""
+
+    heads: dict[str, list[ReflogEntry]]  # worktree id -> its HEAD reflog, newest first (HEAD@{n})
+    branches: dict[str, list[str]]  # full branch name -> the commits its reflog recorded
+
+
+def worktree_reflogs(root: Path, ids: Sequence[str], branches: Sequence[str]) -> Reflogs | None:
+    """The HEAD reflog of each linked worktree ``ids`` and the reflogs of
+    ``branches`` (full names), in ONE ``log -g`` in the main repository."""
+    ids, branches = list(dict.fromkeys(ids)), list(dict.fromkeys(branches))
+    if not all(batchable_worktree_id(i) for i in ids) or not all(b.startswith("refs/heads/") for b in branches):
+        return None
+    found = Reflogs({i: [] for i in ids}, {b: [] for b in branches})
+    names = [f"worktrees/{i}/HEAD" for i in ids] + branches
+    if not names:
+        return found
+    fmt = "--format=%H%x00%gD%x00%gs%x00%P"
+    r = _execute(root, ["log", "-g", "--no-show-signature", fmt, *names, "--"])
+    if r.returncode != 0:
+        return None
+    for line in r.stdout.splitlines():
+        parts = line.split("\0")
+        if len(parts) != 4:
+            continue
+        ref, at, count = parts[1].rpartition("@{")
+        if not at:
+            return None
+        if ref.startswith("worktrees/") and ref.endswith("/HEAD"):
+            entries = found.heads.get(ref.removeprefix("worktrees/").removesuffix("/HEAD"))
+            if entries is None:
+                return None
+            entries.append(ReflogEntry(parts[0], f"HEAD@{{{count}", parts[2], tuple(parts[3].split())))
+        elif ref in found.branches:
+            found.branches[ref].append(parts[0])
+        else:
+            return None  # a name git spelled otherwise: ask one by one
+    return Reflogs(found.heads, {b: list(dict.fromkeys(c)) for b, c in found.branches.items()})
+
+
+def no_per_worktree_refs(admin: Path, common_dir: Path) -> bool:
+    """True when the linked worktree whose admin dir is ``admin`` provably
+    has no refs of its own (``refs/worktree/``, ``refs/bisect/``,
+    ``refs/rewritten/``): the files backend keeps them loose under
+    ``admin/refs/`` and never packs them.  A reftable repository, or
+    anything at all under ``admin/refs/`` but directories, is no proof."""
+    if os.path.lexists(common_dir / "reftable") or os.path.lexists(admin / "reftable"):
+        return False
+    top = admin / "refs"
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    for here, dirs, files in os.walk(top):
+        if files or any(os.path.islink(os.path.join(here, d)) for d in dirs):
+            return False
+    return True
+
+
+def upstreams(cwd: Path) -> dict[str, Upstream]:
+    """``upstream`` of every local branch that has one, in ONE ``for-each-ref``."""
+    fmt = "%(refname)%00%(upstream)%00%(upstream:track)%00%(upstream:remotename)%00%(upstream:remoteref)"
+    r = _execute(cwd, ["for-each-ref", f"--format={fmt}", "refs/heads/"])
+    if r.returncode != 0:
+        raise CommandError(r, os.fspath(cwd))
+    found = {}
+    for line in r.stdout.splitlines():
+        parts = line.split("\0")
+        if len(parts) != 5 or not (parts[1] or parts[3]):
+            continue
+        found[parts[0].removeprefix("refs/heads/")] = Upstream(parts[1], parts[3], parts[4], "[gone]" in parts[2])
+    return found
+
+
+def delete_refs_if(cwd: Path, refs: dict[str, str]) -> bool:
+    """``delete_ref_if`` for every ref -> expected commit, in ONE
+    transaction (``update-ref --stdin``): all are deleted, or, when any moved
+    since it was judged, none (the caller then deletes them one by one)."""
+    if not refs:
+        return True
+    stdin = "".join(f"delete {ref}\0{old}\0" for ref, old in refs.items())
+    return _execute(cwd, ["update-ref", "-z", "--stdin"], input=stdin).returncode == 0

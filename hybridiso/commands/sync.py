@@ -267,12 +267,20 @@ def _sync(ctx: EnvContext, o: Outcome, base_commit: str, base_ref: str | None) -
     # a repository of its own is read after it took base; the others' HEAD is git's worktree list's
     head = (obs.head if strategy.SHARES_REFS else None) or git.resolve_commit(ctx.path, "HEAD") or ""
     o.before = o.after = head[:8]
-    old, o.old_base_from = old_base(ctx.path, head, record.base_commit, base_commit, env_base_ref)
+    old: str | None
+    if head == base_commit == record.base_commit:
+        # nothing new upstream, and the branch is base as it was last synced
+        # onto: what old_base and the checks below conclude (a commit is its
+        # own ancestor and merge base; none lies between it and itself),
+        # without their seven git processes (issue 15)
+        old, o.old_base_from = head, "record"
+    else:
+        old, o.old_base_from = old_base(ctx.path, head, record.base_commit, base_commit, env_base_ref)
     o.old_base = (old or "")[:8]
     # base dropped commits that lie under this branch (a force-push): they
     # must not stay, even where base's new tip is already in its history
-    o.dropped = git.count_commits(ctx.path, base_commit, old) if old else 0
-    if o.dropped == 0 and git.is_ancestor(ctx.path, base_commit, head):
+    o.dropped = git.count_commits(ctx.path, base_commit, old) if old and old != base_commit else 0
+    if o.dropped == 0 and (head == base_commit or git.is_ancestor(ctx.path, base_commit, head)):
         o.result = "up to date"
     elif o.dropped == 0 and (v := merged.verdict(ctx.path, head, [(ctx.project.manifest.base, base_commit)], record.base_commit, record.branch)).merged:
         # rebasing would drop its commits as already upstream and erase the

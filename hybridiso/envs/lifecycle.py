@@ -326,6 +326,27 @@ def main_repo(project: Project) -> MainRepo:
     return MainRepo.load(project.root, project.repo.common_dir)
 
 
+def prefetch(main: MainRepo, contexts: list[EnvContext]) -> None:
+    """Read what the inventories of ``contexts`` will ask of git about
+    their linked worktrees (HEADs, reflogs) in two processes for all of
+    them (issue 15).  Only environments whose files the host trusts: what
+    an agent's container wrote is read on its own, as before."""
+    admins, branches = [], []
+    for ctx in contexts:
+        strategy = strategies.get(ctx.record.strategy)
+        if not strategy.SHARES_REFS or strategy.UNTRUSTED_FILES:
+            continue
+        try:
+            admin = main.admin_dir(ctx.path)
+        except git.AmbiguousWorktree:
+            continue  # refused by its own inventory
+        if admin is not None:
+            admins.append(admin)
+            branches.append(ctx.record.branch)
+    if admins:
+        main.prefetch(admins, branches)
+
+
 def inspect_work(ctx: EnvContext, main: MainRepo | None = None) -> WorkReport:
     """Everything the environment holds that removing it could lose: its
     strategy's inventory (git: commits, refs, stash, reflog, submodules,
@@ -361,8 +382,12 @@ def _files_and_git(ctx: EnvContext, strategy: Strategy, main: MainRepo | None) -
             if name == envfile.ENV_FILE:
                 continue
             (report.untracked if code == "??" else report.modified).append(name)
-        report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record)
-        _sort_ignored(ctx, report)
+        ignored = git.ignored_entries(ctx.path, leave_out=(envfile.ENV_FILE,))
+        # a precious file is an ignored one (git.ignored_entries lists every
+        # ignored path, inside untracked folders too): none ignored, none
+        # precious, and its own listing is not asked for (issue 15)
+        report.precious = precious_work(ctx.project, ctx.agent, ctx.path, ctx.record) if ignored else []
+        _sort_ignored(ctx, report, ignored)
         _nested_repositories(ctx, report)
         if ctx.record.phase != PHASE_READY:
             _drop_checkout_leftovers(ctx, report)
@@ -376,7 +401,7 @@ def _files_and_git(ctx: EnvContext, strategy: Strategy, main: MainRepo | None) -
     return report
 
 
-def _sort_ignored(ctx: EnvContext, report: WorkReport) -> None:
+def _sort_ignored(ctx: EnvContext, report: WorkReport, ignored: list[git.Ignored]) -> None:
     """Ignored files are work unless the repository's own rules ignore them
     (docs/lifecycle.md, "Ignored files"): a rule is the repository's when it
     is a ``.gitignore`` with the same content in the commit the environment
@@ -387,7 +412,7 @@ def _sort_ignored(ctx: EnvContext, report: WorkReport) -> None:
     ``info/exclude``, a ``core.excludesFile`` set in its config -- hides
     nothing: what it ignores is ``hidden`` work.  What the repository's rules
     ignore is named (``ignored``) and disposable, unless precious."""
-    entries = [e for e in git.ignored_entries(ctx.path) if e.entry != envfile.ENV_FILE and e.entry not in report.precious]
+    entries = [e for e in ignored if e.entry not in report.precious]
     if not entries:
         return
     rules = _RepoRules(ctx, {e.source for e in entries})
@@ -639,8 +664,23 @@ def refusal(ctx: EnvContext, losing: WorkReport) -> UserError:
     return UserError(f"agent {ctx.name} has work that `down` would lose: {losing.describe()}", hint=hint)
 
 
+class HasWork(Exception):
+    """``remove(only_if_clean=True)`` found work: nothing was removed or
+    saved; the caller removes it the one-by-one way (issue 15)."""
+
+
+PendingBranch = tuple[EnvContext, WorkReport]
+
+
 def remove(
-    ctx: EnvContext, *, force: bool, keep_branch: bool, starting: Callable[[], None] | None = None, main: MainRepo | None = None
+    ctx: EnvContext,
+    *,
+    force: bool,
+    keep_branch: bool,
+    starting: Callable[[], None] | None = None,
+    main: MainRepo | None = None,
+    only_if_clean: bool = False,
+    branch_later: list[PendingBranch] | None = None,
 ) -> tuple[str | None, WorkReport, list[service_branches.Released]]:
     """Remove one environment.  Refuses (UserError) when work would be lost,
     unless ``force``, which first saves it to a backup and dumps the
@@ -648,7 +688,11 @@ def remove(
     and what became of the databases.  ``starting`` runs
     once the work is checked (and saved), before anything is deleted: the
     caller records that a removal began (a retry then finishes it).
-    ``main``: the repository's refs as read before (valid until a removal)."""
+    ``main``: the repository's refs as read before (valid until a removal).
+    ``only_if_clean``: raise ``HasWork`` instead of refusing or saving when
+    anything is at risk.  ``branch_later``: the agent branch is not deleted
+    here but appended, for ``delete_branches_as_judged`` (one transaction
+    for many removals)."""
     # a removal this record began (and judged) may have taken the marks already
     own_repository = not strategies.get(ctx.record.strategy).SHARES_REFS
     if not ctx.record.removal_begun(ctx.path) and not ctx.project.proves_made(ctx.path, own_repository, ctx.record.phase):
@@ -665,6 +709,8 @@ def remove(
     losing = work_at_risk(ctx, keep_branch=keep_branch, report=report)
     backup: str | None = None
     if not losing.empty:
+        if only_if_clean:
+            raise HasWork(ctx.name)
         if not force:
             raise refusal(ctx, losing)
         # before anything is removed: --force must be able to dump what changed
@@ -689,8 +735,26 @@ def remove(
     except UserError as e:
         raise UserError(f"agent {ctx.name}: its environment was removed, but {e.message}", hint=e.hint) from None
     if strategy.SHARES_REFS and not keep_branch and ctx.record.created_branch:
-        _delete_branch_as_judged(ctx, report)
+        if branch_later is not None:
+            branch_later.append((ctx, report))
+        else:
+            _delete_branch_as_judged(ctx, report)
     return backup, report, released
+
+
+def delete_branches_as_judged(pending: list[PendingBranch]) -> None:
+    """``_delete_branch_as_judged`` for many removals: ONE ``update-ref``
+    transaction deleting each branch at the commit its work check saw;
+    when any moved since (or is gone), each is done on its own, which keeps
+    and names the moved ones."""
+    if not pending:
+        return
+    root = pending[0][0].project.root
+    judged = {f"refs/heads/{ctx.record.branch}": report.branch_tip for ctx, report in pending}
+    if all(judged.values()) and len(judged) == len(pending) and git.delete_refs_if(root, {r: t for r, t in judged.items() if t}):
+        return
+    for ctx, report in pending:
+        _delete_branch_as_judged(ctx, report)
 
 
 def _delete_branch_as_judged(ctx: EnvContext, report: WorkReport) -> None:

@@ -50,7 +50,12 @@ def base_refs(project: Project) -> list[tuple[str, str]]:
     return refs
 
 
-def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]], main: MainRepo | None = None) -> AgentFacts:
+def agent_facts(
+    ctx: EnvContext, bases: list[tuple[str, str]], main: MainRepo | None = None, upstreams: dict[str, git.Upstream] | None = None
+) -> AgentFacts:
+    """``main`` and ``upstreams`` (git.upstreams of the repository): read
+    once for every agent (issue 15); what they say of a branch is what
+    asking for it alone would."""
     record, project = ctx.record, ctx.project
     busy = project.store.agent_busy(record.name)
     if busy is not None:
@@ -64,14 +69,20 @@ def agent_facts(ctx: EnvContext, bases: list[tuple[str, str]], main: MainRepo | 
     # (stash, other refs, a detached HEAD, submodules, an unreadable env)
     work = other_work(lifecycle.inspect_work(ctx, main), record)
     if strategy.SHARES_REFS:
-        cwd, tip = project.root, git.branch_commit(project.root, record.branch)
+        # the refs were read once for all agents, under the lock (MainRepo)
+        cwd, tip = project.root, main.branch(record.branch) if main is not None else git.branch_commit(project.root, record.branch)
     else:
         cwd = ctx.path
         tip = git.branch_commit(cwd, record.branch) if obs.registered and work.readable else None
         if tip is not None:
             _bring_base_into_clone(ctx, bases)
     verdict = merged.verdict(cwd, tip, bases, record.base_commit, record.branch) if tip else None
-    up = git.upstream(cwd, record.branch) if tip else None
+    if not tip:
+        up = None
+    elif strategy.SHARES_REFS and upstreams is not None:
+        up = upstreams.get(record.branch)
+    else:
+        up = git.upstream(cwd, record.branch)
     return AgentFacts(
         name=record.name,
         phase=record.phase,
@@ -109,8 +120,10 @@ def agent_findings(project: Project, state: State, dry_run: bool) -> list[Findin
     names = sorted(state.agents)
     contexts = [context(project, state, n) for n in names]
     main = lifecycle.main_repo(project)  # one for-each-ref for every agent
+    lifecycle.prefetch(main, contexts)  # their HEADs and reflogs: two git processes for all
+    upstreams = git.upstreams(project.root)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        facts = list(pool.map(lambda c: agent_facts(c, bases, main), contexts))
+        facts = list(pool.map(lambda c: agent_facts(c, bases, main, upstreams), contexts))
     findings = []
     for ctx, f in zip(contexts, facts, strict=False):
         d = decide(f)

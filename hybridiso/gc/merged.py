@@ -41,7 +41,9 @@ def fork_point(cwd: Path, tip: str, base: str, created_from: str | None, branch:
     from per the state record, else per the branch's reflog, when that is an
     ancestor of the tip; else the merge base (which makes a fast-forward
     merged branch look like it has no commits: the safe side)."""
-    if created_from and git.is_ancestor(cwd, created_from, tip):  # fails on a missing object too
+    # a commit is its own ancestor (the tip came from a ref, so it exists):
+    # a fresh agent's branch is not asked about (issue 15)
+    if created_from and (created_from == tip or git.is_ancestor(cwd, created_from, tip)):  # fails on a missing object too
         return created_from
     created = git.branch_created_at(cwd, branch) if branch else None
     if created and git.is_ancestor(cwd, created, tip):

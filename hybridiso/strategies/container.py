@@ -694,7 +694,9 @@ def inventory(ctx: EnvContext, main: MainRepo) -> WorkReport:
     own repository was collected; plus the refs it made there.  Submodules
     are not entered: their git dirs are the agent's."""
     collect(ctx)
-    main = MainRepo.load(main.root, main.common_dir)  # the collected refs
+    # the collected refs; what the caller's refs said will go (down of many
+    # agents at once, issue 15) still holds nothing safe
+    main = MainRepo.load(main.root, main.common_dir).without_refs(set(main.leaving))
     report = worktree.inventory(ctx, main, submodules=False)
     container_git.add_work(ctx, main, report)
     return report

@@ -62,14 +62,19 @@ def remove(ctx: EnvContext) -> None:
     the metadata of the user's own worktrees that are briefly missing
     (an unmounted disk: docs/faults.md row 28)."""
     repo, path, common = ctx.project.root, ctx.path, ctx.project.repo.common_dir
-    _one_entry(common, path)
-    if path.exists() and git.worktree_entry(common, path) is not None:
+    # one scan of the entries, not three (issue 15: each scan reads every
+    # worktree's gitdir, so a down of N agents read N^2 of them)
+    entries = git.worktree_entries(common, path)
+    if len(entries) > 1:
+        raise git.ambiguous_worktree(path, entries)
+    if path.exists() and entries:
         try:
             git.worktree_remove(repo, path, force=True)
         except CommandError:
             pass  # e.g. files git cannot delete: removed or named below
     cleanup.remove_tree_or_explain(path, f"agent {ctx.name}")
-    git.worktree_forget(common, path)
+    if any(os.path.lexists(e) for e in entries):
+        git.worktree_forget(common, path)  # what git did not remove: this entry, nobody else's
 
 
 def _one_entry(common: Path, path: Path) -> None:
@@ -114,7 +119,7 @@ def inventory(ctx: EnvContext, main: MainRepo, *, submodules: bool = True) -> Wo
     report = WorkReport()
     record, path = ctx.record, ctx.path
     admin = main.admin_dir(path)
-    head, head_ref = git.head_of(admin) if admin is not None else (None, None)
+    head, head_ref = main.head(admin) if admin is not None else (None, None)
     branch_tip = report.branch_tip = main.branch(record.branch)
     if path.is_dir():
         problem = _link_problem(path, admin)
@@ -180,15 +185,19 @@ def _commits(
     branch_reflogs: list[str] = []
     if admin is not None:
         branches = sorted(b for b in {branch_ref, head_ref or ""} if b in main.refs)
-        entries, branch_reflogs = git.head_and_branch_reflogs(admin, *branches)
+        entries, branch_reflogs = main.head_and_branch_reflogs(admin, *branches)
     head_reflog = ([head] if head else []) + [e.commit for e in entries]
     # refs only this worktree has (refs/worktree/*, refs/bisect/*, a
     # rebase's refs/rewritten/*) live in its admin dir and go with it
-    own_refs = _per_worktree_refs(ctx.path) if report.readable and ctx.path.is_dir() else []
+    own_refs = _per_worktree_refs(ctx.path, admin, main.common_dir) if report.readable and ctx.path.is_dir() else []
     # every ref but the agent branch (removal may delete it) is safe
     safe = main.safe_tips(branch_ref)
     tips = [*([branch_tip] if branch_tip else []), *head_reflog, *branch_reflogs, *(r.commit for r in own_refs if r.commit)]
-    graph = git.commits_not_in(ctx.project.root, tips, safe)
+    # a tip that is itself a safe ref's commit reaches nothing new: when all
+    # are (a fresh agent, one whose commits are on other refs), rev-list
+    # would print nothing, so it is not asked (issue 15)
+    safe_set = set(safe)
+    graph = {} if all(t in safe_set for t in tips) else git.commits_not_in(ctx.project.root, tips, safe)
     on_branch = closure(graph, branch_tip)
     report.commits = describe_commits(graph, on_branch)
     if on_branch and branch_tip:
@@ -207,9 +216,12 @@ def _commits(
     return entries
 
 
-def _per_worktree_refs(path: Path) -> list[git.RefEntry]:
+def _per_worktree_refs(path: Path, admin: Path | None = None, common_dir: Path | None = None) -> list[git.RefEntry]:
     """The refs git keeps for this worktree alone (read in it: the main
-    repository's listing does not show them)."""
+    repository's listing does not show them).  Not asked when its admin
+    dir provably holds none (git.no_per_worktree_refs: most worktrees)."""
+    if admin is not None and common_dir is not None and git.no_per_worktree_refs(admin, common_dir):
+        return []
     try:
         return git.list_refs(path, *PER_WORKTREE_REFS)
     except CommandError:

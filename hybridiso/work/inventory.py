@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,18 @@ class WorkReport:
 OWN_REFS = "refs/hybridiso/"
 
 
+@dataclass
+class _Batch:
+    """The HEADs and reflogs of many linked worktrees, read in two git
+    processes for all of them (``MainRepo.prefetch``); a worktree not in it
+    is read on its own, as before (issue 15)."""
+
+    heads: dict[Path, tuple[str | None, str | None]] = field(default_factory=dict)
+    head_reflogs: dict[Path, list[git.ReflogEntry]] = field(default_factory=dict)
+    branch_reflogs: dict[str, list[str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 @dataclass(frozen=True)
 class MainRepo:
     root: Path
@@ -162,6 +175,8 @@ class MainRepo:
     ref_tips: tuple[str, ...]  # the commit of every ref: what is safe in the main repository
     stash: tuple[git.ReflogEntry, ...]
     admin_dirs: dict[str, list[Path]]  # linked worktrees' admin dirs, by their .git path
+    batch: _Batch = field(default_factory=_Batch, compare=False, repr=False)
+    leaving: frozenset[str] = frozenset()  # refs that hold nothing safe (without_refs)
 
     @classmethod
     def load(cls, root: Path, common_dir: Path) -> MainRepo:
@@ -173,9 +188,59 @@ class MainRepo:
     def admin_dir(self, env: Path) -> Path | None:
         return git.worktree_admin_dir(self.common_dir, env, self.admin_dirs)
 
+    def without_refs(self, leaving: set[str]) -> MainRepo:
+        """The repository as it will be once the refs ``leaving`` (full
+        names: branches one command is about to delete) are gone: they hold
+        nothing safe.  ``down`` judges many agents at once this way (issue
+        15), so no agent's commits count as safe on a branch another
+        removal of the same run deletes."""
+        if not leaving:
+            return self
+        tips = tuple(dict.fromkeys(r.commit for r in self.refs.values() if r.commit and r.name not in leaving and not r.name.startswith(OWN_REFS)))
+        return dataclasses.replace(self, ref_tips=tips, leaving=frozenset(self.leaving | leaving))
+
+    def prefetch(self, admins: list[Path], branches: list[str]) -> None:
+        """Read the HEAD and HEAD reflog of each linked worktree ``admins``
+        and the reflogs of ``branches`` (short names; those with no ref are
+        left out) for every inventory to come: two git processes instead of
+        two per environment.  Nothing is kept when git refuses any of them
+        (an unborn branch, a broken HEAD): each is then read on its own."""
+        home = os.path.join(self.common_dir, "worktrees")
+        ids = {a.name: a for a in dict.fromkeys(admins) if os.path.dirname(a) == home and git.batchable_worktree_id(a.name)}
+        heads = git.worktree_heads(self.root, list(ids))
+        if heads is None:
+            return
+        # each inventory asks for its agent's branch and the one its HEAD is on
+        wanted = {f"refs/heads/{b}" for b in branches} | {ref for _, ref in heads.values() if ref}
+        full = sorted(b for b in wanted if b in self.refs)
+        logs = git.worktree_reflogs(self.root, list(ids), full)
+        if logs is None:
+            return
+        with self.batch.lock:
+            for ident, admin in ids.items():
+                self.batch.heads[admin] = heads[ident]
+                self.batch.head_reflogs[admin] = logs.heads[ident]
+            self.batch.branch_reflogs.update(logs.branches)
+
+    def head(self, admin: Path) -> tuple[str | None, str | None]:
+        """``git.head_of(admin)``, from the prefetched batch when it has it."""
+        with self.batch.lock:
+            found = self.batch.heads.get(admin)
+        return found if found is not None else git.head_of(admin)
+
+    def head_and_branch_reflogs(self, admin: Path, *branches: str) -> tuple[list[git.ReflogEntry], list[str]]:
+        """``git.head_and_branch_reflogs(admin, *branches)`` (full branch
+        names), from the prefetched batch when it has all of them."""
+        with self.batch.lock:
+            head = self.batch.head_reflogs.get(admin)
+            logs = [self.batch.branch_reflogs.get(b) for b in branches]
+        if head is None or any(log is None for log in logs):
+            return git.head_and_branch_reflogs(admin, *branches)
+        return list(head), list(dict.fromkeys(c for log in logs for c in log or ()))
+
     def safe_tips(self, *but: str) -> list[str]:
         """``ref_tips`` without the refs named in ``but`` (one removal deletes)."""
-        return [r.commit for r in self.refs.values() if r.commit and r.name not in but and not r.name.startswith(OWN_REFS)]
+        return [r.commit for r in self.refs.values() if r.commit and r.name not in but and r.name not in self.leaving and not r.name.startswith(OWN_REFS)]
 
     def branch(self, name: str) -> str | None:
         entry = self.refs.get(f"refs/heads/{name}")
