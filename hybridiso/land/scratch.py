@@ -15,7 +15,8 @@ checked each time it is taken (``_reusable``, then ``_reset``):
   it not land's any more: it is never run in, and removed only if it still
   is land's (else left and said, as before);
 - its own git metadata holds nothing but what git keeps for a detached
-  worktree (HEAD, ORIG_HEAD, index, logs/HEAD, ...): no rebase, merge or
+  worktree (HEAD, ORIG_HEAD, index, logs/HEAD, ..., each a regular file;
+  ``commondir`` naming this repository): no rebase, merge or
   bisect in progress, no per-worktree config (``config.worktree`` could name
   hooks or an fsmonitor), no per-worktree refs, no submodule repositories;
 - no index entry with ``--assume-unchanged`` or ``--skip-worktree``
@@ -37,11 +38,13 @@ has it, so after a ``kill -9`` the next ``land`` or ``gc`` finds it as before.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from hybridiso import git, safe_files
+from hybridiso.errors import UserError
 from hybridiso.land import apply as applying
 from hybridiso.process import CommandError
 
@@ -153,6 +156,15 @@ class Scratches:
         extra = names - _GIT_OWN
         if extra:
             return f"its metadata holds {', '.join(sorted(extra))}"
+        for name in sorted(names - {"logs", "refs"}):  # git's files are regular files: never a FIFO git would block on, nor a symlink
+            if not _regular(entry / name):
+                return f"its metadata's {name} is not a regular file"
+        try:
+            common = (safe_files.read_text(entry, "commondir", limit=4096) or "").strip()
+        except (OSError, UserError):
+            common = ""
+        if not common or os.path.realpath(entry / common) != os.path.realpath(self.common_dir):
+            return "its metadata's commondir does not name this repository"  # git would work in another repository's objects and refs
         for sub, allowed in (("logs", {"HEAD"}), ("refs", set())):
             if sub not in names:
                 continue
@@ -164,6 +176,8 @@ class Scratches:
                 return f"its metadata's {sub} cannot be read ({e.strerror})"
             if inside - allowed:
                 return f"its metadata's {sub} holds {', '.join(sorted(inside - allowed))}"
+            if not all(_regular(entry / sub / n) for n in inside):
+                return f"its metadata's {sub} holds what is not a regular file"
         return ""
 
     def _reset(self, path: Path, commit: str) -> str:
@@ -197,3 +211,10 @@ class Scratches:
         r = git.run(path, "-c", "core.untrackedCache=false", "-c", "core.ignoreStat=false", "status", "--porcelain=v1", "-z",
                     "--untracked-files=all", "--ignored=matching", "--ignore-submodules=all", "--no-renames")
         return [p[3:] for p in r.stdout.split("\0") if p]
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False

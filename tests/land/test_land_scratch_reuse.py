@@ -3,7 +3,8 @@
 reaches the next one's: untracked and ignored files, changed and deleted
 tracked files, a nested repository added as a gitlink, a hook planted in
 the repository's hooks, a stash, index flags that hide files, a ``.git``
-link pointed elsewhere.  Each check fails when it finds any of that, so a
+link pointed elsewhere, a FIFO for an index, a ``commondir`` naming another
+repository.  Each check fails when it finds any of that, so a
 leak is a red candidate."""
 from __future__ import annotations
 
@@ -43,7 +44,13 @@ echo hidden > app.txt && git update-index --assume-unchanged app.txt
 git clone -q --no-checkout "$COMMON" "$OUT/decoy" && git -C "$OUT/decoy" rev-parse HEAD > "$OUT/decoy.head"
 echo "gitdir: $OUT/decoy/.git" > .git
 """,
-    "d": "",
+    "d": r"""
+idx=$(git rev-parse --absolute-git-dir)/index && rm -f "$idx" && mkfifo "$idx"
+""",
+    "e": r"""
+echo "$OUT/decoy/.git" > "$(git rev-parse --absolute-git-dir)/commondir"
+""",
+    "f": "",
 }
 
 
@@ -62,11 +69,13 @@ def test_what_a_check_leaves_in_the_scratch_never_reaches_the_next_check(tmp_pat
         agent_commit(repo, name, {f"{name}.txt": f"{name}\n"})
     data, proc = land_json(repo, ok=True)
     got = by_agent(data)
-    assert [got[n]["result"] for n in JUNK] == ["landed"] * 4, proc.stdout + proc.stderr
+    assert [got[n]["result"] for n in JUNK] == ["landed"] * len(JUNK), proc.stdout + proc.stderr
     pwd = {n: (out / f"{n}.pwd").read_text().strip() for n in JUNK}
     assert pwd["b"] == pwd["a"]  # cleaned and reused after a's junk
     assert pwd["c"] != pwd["b"]  # b's index hid files: a new scratch for c
     assert pwd["d"] != pwd["c"]  # c pointed its .git elsewhere: not land's any more, never run in again
+    assert pwd["e"] != pwd["d"]  # d made its index a FIFO (git would block on it): a new one, and no hang
+    assert pwd["f"] != pwd["e"]  # e pointed its metadata's commondir at another repository
     # c's scratch is left (its .git names another repository) and said; no other
     assert scratch_entries(repo) == [Path(pwd["c"]).name]
     assert f"{pwd['c']} is not a scratch worktree hybridiso made" in proc.stderr
