@@ -278,7 +278,7 @@ class Train:
                     o.result, o.why = EMPTY, "nothing new beyond the target"
                     run.outcomes.append(o)
                 continue
-            why = self._uncommitted(cand) or self._unrelated(run.target, current, tip)
+            why = self._uncommitted(cand) or self._unrelated(run.target, current, tip) or self._no_fresh_services(cand)
             if why:
                 o.result, o.why = REFUSED, why
             else:
@@ -360,11 +360,32 @@ class Train:
             if explicit:
                 o.result, o.why = EMPTY, "nothing new beyond the target"
             return None
-        why = self._uncommitted(cand) or self._unrelated(run_target(self.project), base, tip)
+        why = self._uncommitted(cand) or self._unrelated(run_target(self.project), base, tip) or self._no_fresh_services(cand)
         if why:
             o.result, o.why = REFUSED, why
             return None
         return tip
+
+    def _no_fresh_services(self, cand: Candidate) -> str:
+        """A checked candidate whose agent lists a service that runs in its
+        compose project (a postgres or redis with no server ``url``) is
+        refused: land has no fresh one to give its check (only a postgres
+        server's template makes a database per check), and the agent's own
+        holds the agent's data (never the check's to migrate).  Checking it
+        without would test it against nothing, or fail for want of it."""
+        manifest = self.project.manifest
+        if not manifest.land_check_for(cand.agent):
+            return ""  # lands unchecked: no check to give a service to
+        theirs = sorted(s for s in cand.agent.services if s in manifest.services and manifest.services[s].runs_in_container)
+        if not theirs:
+            return ""
+        listed = ", ".join(f"{s} ({manifest.services[s].kind})" for s in theirs)
+        return (
+            f"its check would get no {'service' if len(theirs) == 1 else 'services'} {listed}: "
+            f"{'it runs' if len(theirs) == 1 else 'they run'} in the agent's compose project, and land gives a check a fresh database "
+            "only from a postgres server (`url:` and `template:`), never the agent's own: give the service a server, "
+            "or land this agent unchecked (its own `land: {check: []}`) or by hand"
+        )
 
     def _unrelated(self, target: str, base: str, tip: str) -> str:
         """A branch with no history in common with the target is refused,

@@ -68,6 +68,9 @@ def test_a_clone_agents_check_runs_in_a_scratch_clone_of_its_own(tmp_path: Path)
         assert not where.exists()  # removed after its check
         env = tmp_path / "repo.agents" / name
         assert git(env, "config", "--get", "agent.secret") == name and git(env, "config", "--get", "check.ran", check=False) == ""
+        # its branch, in its own clone, moved to what landed (fetched from its clone, moved there after)
+        assert git(env, "rev-parse", f"hybridiso/{name}") == got[name]["landed"] == git(env, "rev-parse", "HEAD")
+        assert git(env, "status", "--porcelain") == ""
     assert _clones(repo) == [] and git(repo, "config", "--get", "check.ran", check=False) == ""
     assert not (out / "hook-ran").exists()  # a hook the check planted in its clone never ran from land
     assert [w for w in git(repo, "worktree", "list", "--porcelain").splitlines() if w.startswith("worktree ")] == [f"worktree {repo}"]
