@@ -334,16 +334,17 @@ def _keep(cache: dict[_K, _V], key: _K, value: _V, generation: int) -> None:
             cache[key] = value
 
 
-def worktree_list(cwd: Path) -> list[Worktree]:
+def worktree_list(cwd: Path, *, fresh: bool = False) -> list[Worktree]:
     """``git worktree list``, cached per process until a worktree command here
-    changes it (status asks once instead of once per agent)."""
+    changes it (status asks once instead of once per agent); ``fresh``: asked
+    again (another shell may have changed it)."""
     key = Path(cwd).resolve()
-    return list(_listed(key))
+    return list(_listed(key, fresh))
 
 
-def _listed(key: Path) -> list[Worktree]:
+def _listed(key: Path, fresh: bool = False) -> list[Worktree]:
     with _cache_lock:
-        cached, generation = _worktree_cache.get(key), _generation
+        cached, generation = (None if fresh else _worktree_cache.get(key)), _generation
     if cached is None:
         cached = _worktree_list(key)
         _keep(_worktree_cache, key, cached, generation)
@@ -545,6 +546,50 @@ def scratch_entries(repo: Path, parent: Path) -> list[Path]:
     found = {parent / name for name in os.listdir(parent)} if safe_files.is_plain_dir(parent) else set()
     found |= {wt.path for wt in worktree_list(repo) if wt.path.parent == parent}
     return sorted(found)
+
+
+SCRATCH_CLONE_MARK = "hybridiso-land-clone"  # in a scratch clone's directory, beside its repo/: the project id
+
+
+def not_scratch_clone(parent: Path, path: Path, owner: str) -> str:
+    """Why ``path`` is not a scratch clone hybridiso made in ``parent``
+    (land's ``clones/``; '' when it is one): a directory itself (lstat),
+    directly in ``parent``, holding the mark file (a regular file, read
+    without following a symlink) that names ``owner`` (the project id),
+    beside the clone ``repo/``; or one that is empty, or holds only an
+    empty mark (a run killed while making it)."""
+    if path.parent != parent or path.name in ("", ".", ".."):
+        return f"{path} is not directly in {parent}: left as it is"
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as e:
+        return f"{path} cannot be looked at ({e.strerror}): left as it is"
+    if not stat.S_ISDIR(mode):
+        return f"{path} is {safe_files.kind(mode)}, not a clone hybridiso made: left as it is (remove it by hand)"
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror}): left as it is"
+    try:
+        mark = safe_files.read_text(path, SCRATCH_CLONE_MARK, limit=4096) if SCRATCH_CLONE_MARK in names else None
+    except (OSError, UserError):
+        mark = None  # a symlink, a FIFO, too big: no mark of ours
+    if not names or (mark == "" and names == [SCRATCH_CLONE_MARK]) or (mark is not None and mark.strip() == owner):
+        return ""
+    return f"{path} is not a scratch clone hybridiso made for this repository (no mark naming it): left as it is"
+
+
+def remove_scratch_clone(parent: Path, path: Path, owner: str) -> str:
+    """Remove ``path``, a scratch clone land made (``not_scratch_clone``);
+    '' when it is gone, else why it was left.  rmtree never follows a
+    symlink inside, whatever a check put there."""
+    if not os.path.lexists(path):
+        return ""
+    why = not_scratch_clone(parent, path, owner)
+    if why:
+        return why
+    shutil.rmtree(path, ignore_errors=True)
+    return f"{path} could not be removed entirely: left as it is" if os.path.lexists(path) else ""
 
 
 def not_scratch_worktree(common_dir: Path, parent: Path, path: Path) -> str:
@@ -1255,6 +1300,22 @@ def changed_paths(cwd: Path, a: str, b: str) -> set[str]:
     """Paths whose content differs between commits ``a`` and ``b``."""
     r = _execute(cwd, ["diff", "--name-only", "--no-renames", "-z", a, b])
     return {p for p in r.stdout.split("\0") if p} if r.returncode == 0 else set()
+
+
+def changed_and_added(cwd: Path, a: str, b: str) -> tuple[set[str], set[str]]:
+    """(paths whose content differs between commits ``a`` and ``b``, those of
+    them that ``a`` has no file at): one ``diff --name-status``."""
+    r = _execute(cwd, ["diff", "--name-status", "--no-renames", "-z", a, b])
+    if r.returncode != 0:
+        return set(), set()
+    parts = r.stdout.split("\0")
+    changed, added = set(), set()
+    for status, path in zip(parts[0::2], parts[1::2], strict=False):  # a trailing "" after the last NUL
+        if path:
+            changed.add(path)
+            if status.startswith("A"):
+                added.add(path)
+    return changed, added
 
 
 # --- work inventory and backups (issue 11, docs/faults.md rows 23-27) ---------------------

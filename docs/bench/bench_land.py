@@ -3,7 +3,7 @@
 
     python docs/bench/bench_land.py [--agents 8] [--rounds 3] [--check-seconds 2]
                                     [--files 2000] [--tmpfs] [--scaling 4,8,16]
-                                    [--profile]
+                                    [--profile] [--fresh-loop]
 
 One repository, N worktree agents (`hybridiso up`), each with one commit that
 adds a file of its own (no conflicts).  `land.check` is a shell script outside
@@ -28,6 +28,9 @@ alternates from round to round.  Medians of --rounds, ratios of the medians
 
 --tmpfs puts everything under /dev/shm (a tmpfs) instead of $TMPDIR.
 --scaling N,M,...: sequential land vs loop for each N (I/O check).
+--fresh-loop: also the loop with a new scratch worktree per branch
+(`worktree add` + `worktree remove` around each check: what land did
+before it reused one scratch worktree per run).
 --profile: one sequential land of N with a `git` wrapper first on PATH that
 records every git process it runs (subcommand, wall time): the per-candidate
 costs in docs/benchmarks.md come from it.
@@ -214,14 +217,14 @@ class Bench:
 
 
 SCENARIOS = [  # (label, check mode, ways)
-    ("I/O check (sleep)", "sleep", ["loop", "land", "par4", "loop-fresh"]),
+    ("I/O check (sleep)", "sleep", ["loop", "land", "par4"]),  # --fresh-loop adds loop-fresh
     ("CPU-bound check (busy loop)", "cpu", ["loop", "land", "par4"]),
     ("I/O check, 4th candidate red", "sleep-fail", ["loop", "land", "par4"]),
 ]
 
 
-def run_matrix(b: Bench, rounds: int, only: set[str]) -> None:
-    scenarios = [sc for sc in SCENARIOS if not only or sc[1] in only]
+def run_matrix(b: Bench, rounds: int, only: set[str], fresh_loop: bool = False) -> None:
+    scenarios = [(label, mode, ways + (["loop-fresh"] if fresh_loop and mode == "sleep" else [])) for label, mode, ways in SCENARIOS if not only or mode in only]
     results: dict[tuple[str, str], list[float]] = defaultdict(list)
     cpus: dict[tuple[str, str], list[float]] = defaultdict(list)
     counts: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -254,7 +257,7 @@ def run_matrix(b: Bench, rounds: int, only: set[str]) -> None:
         print(f"{'':<30} per round: land {', '.join(f'{x:.2f}' for x in per['land'])}; par4 {', '.join(f'{x:.2f}' for x in per['par4'])}")
         if (mode, "loop-fresh") in results:
             fresh = statistics.median(results[(mode, "loop-fresh")])
-            print(f"{'':<30} the loop with a new scratch worktree per branch (as land makes): {fresh:.2f}s, "
+            print(f"{'':<30} the loop with a new scratch worktree per branch (as land made before reusing one): {fresh:.2f}s, "
                   f"{fresh / med['loop']:.2f}x the loop; land / that = {med['land'] / fresh:.2f}")
         cpu = {w: statistics.median(cpus[(mode, w)]) for w in ("loop", "land", "par4")}
         print(f"{'':<30} CPU seconds (all processes): loop {cpu['loop']:.2f}, land {cpu['land']:.2f}, par4 {cpu['par4']:.2f}; "
@@ -374,6 +377,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="count the git processes of one sequential land")
     p.add_argument("--scenarios", default="", help="only these of sleep,cpu,sleep-fail (default: all)")
     p.add_argument("--no-matrix", action="store_true", help="skip the main table (with --scaling/--profile)")
+    p.add_argument("--fresh-loop", action="store_true", help="also time the loop with a new scratch worktree per branch (what land did before it reused one)")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below cleans up
     parent = "/dev/shm" if args.tmpfs else None
@@ -386,7 +390,7 @@ def main() -> None:
         if not args.no_matrix or args.profile:
             b = Bench(root, args.agents, args.files, args.check_seconds, busy, args.fail_index)
             if not args.no_matrix:
-                run_matrix(b, args.rounds, {x for x in args.scenarios.split(",") if x})
+                run_matrix(b, args.rounds, {x for x in args.scenarios.split(",") if x}, args.fresh_loop)
             if args.profile:
                 profile(b)
             b.cleanup()

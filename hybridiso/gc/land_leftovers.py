@@ -1,5 +1,5 @@
 """gc's finder for what a killed ``hybridiso land`` left (issue 14 item 4):
-its scratch worktrees under the state dir, the checks it was running and
+its scratch worktrees (and clones) under the state dir, the checks it was running and
 their scratch databases.
 
 gc may not import the land package (they are siblings: pyproject's layers),
@@ -77,7 +77,7 @@ def land_findings(project: Project, state: State, dry_run: bool) -> list[Finding
     entries = git.scratch_entries(project.root, scratch)
     findings = []
     if holder is not None:
-        return [Finding(LAND_SCRATCH, str(e), False, f"in use by the land run of {holder}") for e in entries]
+        return [Finding(LAND_SCRATCH, str(e), False, f"in use by the land run of {holder}") for e in entries + _clones(base)]
     groups = _journal_groups(project)
     alive = process_groups.survivors(groups)
     if alive:
@@ -102,7 +102,26 @@ def land_findings(project: Project, state: State, dry_run: bool) -> list[Finding
             findings.append(Finding(LAND_SCRATCH, str(entry), False, why))
             continue
         findings.append(Finding(LAND_SCRATCH, str(entry), True, "scratch worktree of a land run that was killed", [f"worktree {entry}"], apply=_remover(project, entry)))
+    for entry in _clones(base):  # a clone agent's check's scratch clone: only one land marked (git.not_scratch_clone)
+        why = git.not_scratch_clone(entry.parent, entry, project.id)
+        if why:
+            findings.append(Finding(LAND_SCRATCH, str(entry), False, why))
+        else:
+            findings.append(Finding(LAND_SCRATCH, str(entry), True, "scratch clone of a land run that was killed", [f"clone {entry}"], apply=_clone_remover(project, entry)))
     return findings
+
+
+def _clone_remover(project: Project, path: Path) -> Callable[[], list[str]]:
+    def apply() -> list[str]:
+        left = git.remove_scratch_clone(path.parent, path, project.id)
+        return [left] if left else []
+
+    return apply
+
+
+def _clones(base: Path) -> list[Path]:
+    clones = base / "clones"
+    return sorted(clones / n for n in os.listdir(clones)) if safe_files.is_plain_dir(clones) else []
 
 
 def _check_containers(project: Project) -> list[Finding]:

@@ -2,7 +2,7 @@
 
 ``predict`` asks ``git merge-tree --write-tree`` (objects only, no worktree)
 whether the candidate's changes meet the target's; ``apply`` makes the commit
-that would land in a scratch worktree of its own under the state dir, with
+that would land in a scratch worktree under the state dir (land/scratch.py), with
 the candidate's method:
 
 - ``rebase``: the candidate's commits replayed onto the target (``git
@@ -72,17 +72,21 @@ def remove_scratch(repo: Path, common_dir: Path, scratch_dir: Path, path: Path) 
     return git.remove_scratch_worktree(repo, common_dir, scratch_dir, path)
 
 
-def apply(repo: Path, scratch: Path, method: str, target: str, tip: str, message: str) -> Applied:
-    """Make, in the new scratch worktree ``scratch``, the commit that would
-    land ``tip`` onto ``target`` with ``method``."""
+def start_at(method: str, target: str, tip: str) -> str:
+    """The commit the scratch worktree is at when ``apply`` starts."""
+    return tip if method == "rebase" else target
+
+
+def apply(scratch: Path, method: str, target: str, tip: str, message: str) -> Applied:
+    """Make, in the scratch worktree ``scratch`` (clean, its detached HEAD
+    at ``start_at``: land/scratch.py), the commit that would land ``tip``
+    onto ``target`` with ``method``."""
     if method == "rebase":
-        git.worktree_add_detached(repo, scratch, tip)
         result = git.rebase(scratch, target)
         if not result.ok:
             return Applied(None, result.conflicts, "" if result.conflicts else result.error)
         head = git.out(scratch, "rev-parse", "HEAD")
         return Applied(None if head == target else head)
-    git.worktree_add_detached(repo, scratch, target)
     args = ["merge", "-q", "--no-ff", "--no-edit", "-m", message, tip] if method == "merge" else ["merge", "-q", "--squash", tip]
     r = git.run(scratch, "-c", "core.editor=true", *args, check=False)
     if r.returncode != 0:

@@ -229,8 +229,8 @@ class _Speculation:
         self._remove_scratch(slot)
 
     def _remove_scratch(self, slot: Slot) -> None:
-        if slot.build is not None and not slot.outcome.kept:  # also when a check deleted it: its metadata goes
-            self.train.remove_scratch(slot.build.scratch)
+        if slot.build is not None and not slot.outcome.kept:  # given back once (again: nothing); cleaned or removed when taken
+            self.train.scratches.give_back(slot.build.scratch)
 
     # --- the head -----------------------------------------------------------
 

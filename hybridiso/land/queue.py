@@ -24,13 +24,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from hybridiso import git, output, planner, process_groups, safe_files, strategies
 from hybridiso.process import CommandError
 from hybridiso.errors import UserError
 from hybridiso.land import apply as applying
+from hybridiso.land import clones as scratch_clones
 from hybridiso.land import databases as check_dbs
 from hybridiso.land.check import run_checks
+from hybridiso.land.scratch import Scratches
 from hybridiso.land.store import Journal, LandStore, Landing
 from hybridiso.manifest import Agent, Command
 from hybridiso.project import Project
@@ -38,8 +41,12 @@ from hybridiso.services.branches import env_var as branches_env_var
 from hybridiso.setup_runner import LogFile
 from hybridiso.state import ProcessGroup, State
 
+if TYPE_CHECKING:
+    from hybridiso.land.container_check import ImageCheck
+
 MAX_ATTEMPTS = 3  # applying and checking again after the target or the branch moved
 PUSH_ATTEMPTS = 3
+CLONE = "clone"  # strategies/clone.py's NAME: its agents' checks run in a scratch clone (land/clones.py)
 
 LANDED = "landed"
 EMPTY = "empty"
@@ -180,6 +187,7 @@ class Train:
         self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
         self.journal = Journal(os.getpid(), self.run_id)
         self._journal_lock = threading.Lock()
+        self.scratches = Scratches(self.root, self.store.anchor, self.store.scratch_dir, output.warn)
 
     # --- the run ------------------------------------------------------------
 
@@ -214,6 +222,7 @@ class Train:
                 if self.stops(outcome):
                     stop = True
         finally:
+            self.scratches.close()
             self.store.clear_journal()
             run.after = git.branch_commit(self.root, run.target) or ""
         return run
@@ -264,12 +273,12 @@ class Train:
                 continue
             o.tip = tip
             o.commits = git.count_commits(self.root, current, tip)
-            if o.commits == 0 or git.is_ancestor(self.root, tip, current):
+            if o.commits == 0:  # none beyond the target: its tip is in it
                 if explicit:
                     o.result, o.why = EMPTY, "nothing new beyond the target"
                     run.outcomes.append(o)
                 continue
-            why = self._uncommitted(cand) or self._unrelated(run.target, current, tip)
+            why = self._uncommitted(cand) or self._unrelated(run.target, current, tip) or self._no_fresh_services(cand)
             if why:
                 o.result, o.why = REFUSED, why
             else:
@@ -324,7 +333,7 @@ class Train:
                     return
             finally:
                 if not keep:
-                    self.remove_scratch(build.scratch)
+                    self.scratches.give_back(build.scratch)
             step, value = self.conclude(run, build, ref)
             if step == DONE:
                 return
@@ -347,15 +356,36 @@ class Train:
             return None
         o.tip = tip
         o.commits = git.count_commits(self.root, base, tip)
-        if o.commits == 0 or git.is_ancestor(self.root, tip, base):
+        if o.commits == 0:  # none beyond the target: its tip is in it
             if explicit:
                 o.result, o.why = EMPTY, "nothing new beyond the target"
             return None
-        why = self._uncommitted(cand) or self._unrelated(run_target(self.project), base, tip)
+        why = self._uncommitted(cand) or self._unrelated(run_target(self.project), base, tip) or self._no_fresh_services(cand)
         if why:
             o.result, o.why = REFUSED, why
             return None
         return tip
+
+    def _no_fresh_services(self, cand: Candidate) -> str:
+        """A checked candidate whose agent lists a service that runs in its
+        compose project (a postgres or redis with no server ``url``) is
+        refused: land has no fresh one to give its check (only a postgres
+        server's template makes a database per check), and the agent's own
+        holds the agent's data (never the check's to migrate).  Checking it
+        without would test it against nothing, or fail for want of it."""
+        manifest = self.project.manifest
+        if not manifest.land_check_for(cand.agent):
+            return ""  # lands unchecked: no check to give a service to
+        theirs = sorted(s for s in cand.agent.services if s in manifest.services and manifest.services[s].runs_in_container)
+        if not theirs:
+            return ""
+        listed = ", ".join(f"{s} ({manifest.services[s].kind})" for s in theirs)
+        return (
+            f"its check would get no {'service' if len(theirs) == 1 else 'services'} {listed}: "
+            f"{'it runs' if len(theirs) == 1 else 'they run'} in the agent's compose project, and land gives a check a fresh database "
+            "only from a postgres server (`url:` and `template:`), never the agent's own: give the service a server, "
+            "or land this agent unchecked (its own `land: {check: []}`) or by hand"
+        )
 
     def _unrelated(self, target: str, base: str, tip: str) -> str:
         """A branch with no history in common with the target is refused,
@@ -366,24 +396,24 @@ class Train:
         return ""
 
     def build(self, run: Run, cand: Candidate, base: str, tip: str, o: Outcome) -> Build | None:
-        """Predict, then apply ``tip`` onto ``base`` in a new scratch
-        worktree; None (``o.result`` set) on a conflict or when nothing is
-        new, the scratch worktree then removed."""
+        """Predict, then apply ``tip`` onto ``base`` in a scratch worktree
+        (the run's, reused: land/scratch.py); None (``o.result`` set) on a
+        conflict or when nothing is new, the scratch worktree then given back."""
         name = cand.agent.name
         conflicts = applying.predict(self.root, base, tip)
         if conflicts:
             o.result, o.paths, o.why = CONFLICT, list(conflicts), f"conflicts with {run.target} in {', '.join(conflicts)}"
             return None
-        scratch = applying.new_scratch(self.store.scratch_dir, name)
         self._phase(name, "apply")
         _log(name, "apply", f"{o.method} {o.commits} commit{'s' if o.commits != 1 else ''} onto {run.target} ({_short(base)})")
+        scratch = self.scratches.take(name, applying.start_at(o.method, base, tip))
         try:
-            made = applying.apply(self.root, scratch, o.method, base, tip, _message(o.method, name, cand.branch, self.root, base, tip))
+            made = applying.apply(scratch, o.method, base, tip, _message(o.method, name, cand.branch, self.root, base, tip))
         except BaseException:
-            self.remove_scratch(scratch)
+            self.scratches.remove(scratch)
             raise
         if made.commit is None:
-            self.remove_scratch(scratch)
+            self.scratches.give_back(scratch)
             if made.conflicts or made.error:
                 o.result, o.paths = CONFLICT, list(made.conflicts)
                 o.why = f"conflicts with {run.target} in {', '.join(made.conflicts)}" if made.conflicts else f"could not be applied: {made.error}"
@@ -397,8 +427,9 @@ class Train:
         kept/ (True) instead of being removed."""
         if not self.options.keep_failed:
             return False
-        kept = self.store.kept_dir / build.scratch.name
+        kept = applying.new_scratch(self.store.kept_dir, build.cand.agent.name)  # a reused scratch bears another agent's name
         git.run(self.root, "worktree", "move", str(build.scratch), str(kept))
+        self.scratches.disown(build.scratch)  # the next candidate gets another
         build.outcome.kept = str(kept)
         build.outcome.why += f"; its scratch worktree is kept at {kept}"
         return True
@@ -449,13 +480,6 @@ class Train:
 
     # --- steps ----------------------------------------------------------------
 
-    def remove_scratch(self, path: Path) -> str:
-        """Remove a scratch worktree land made; say what was left instead."""
-        left = applying.remove_scratch(self.root, self.store.anchor, self.store.scratch_dir, path)
-        if left:
-            output.warn(left)
-        return left
-
     def _phase(self, agent: str, phase: str) -> None:
         with self._journal_lock:
             self.journal.agent, self.journal.phase = agent, phase
@@ -494,6 +518,42 @@ class Train:
             "HYBRIDISO_LAND_COMMIT": commit,
         }
 
+        from hybridiso.land import container_check  # a container agent's check runs in its image
+
+        image = container_check.for_candidate(self.project, self.state, cand.agent)
+        if image is not None:
+            self.scratches.taint(scratch)  # its files go to the agent's uid, written from inside: never reused
+        clone = None
+        if image is None and container_check.strategy_of(self.project, self.state, cand.agent) == CLONE:
+            # a clone agent's check: in a clone of its own, as up makes one (land/clones.py)
+            try:
+                clone = scratch_clones.make(self.project, self.state, cand.agent, self.store.clones_dir, commit)
+            except UserError as e:
+                o.result, o.why = FAILED, f"check could not start: {e.message}"
+                return False
+            _log(o.agent, "clone", f"checking in a scratch clone {clone / scratch_clones.REPO}")
+        try:
+            return self._check_in(run, cand, clone / scratch_clones.REPO if clone else scratch, commit, o, env, log, commands, timeout, image, started)
+        finally:
+            if clone is not None:
+                left = scratch_clones.remove(self.project, self.store.clones_dir, clone)
+                if left:
+                    output.warn(left)
+
+    def _check_in(
+        self,
+        run: Run,
+        cand: Candidate,
+        where: Path,
+        commit: str,
+        o: Outcome,
+        env: dict[str, str],
+        log: LogFile,
+        commands: Sequence[Command],
+        timeout: float,
+        image: ImageCheck | None,
+        started: Callable[[ProcessGroup], None] | None,
+    ) -> bool:
         try:
             env.update(self._databases(o, check_dbs.plan(self.project, cand.agent)))
         except UserError as e:
@@ -509,13 +569,10 @@ class Train:
             self._group(o.agent, group, True)
 
         o.checks += 1
-        from hybridiso.land import container_check  # a container agent's check runs in its image
-
-        image = container_check.for_candidate(self.project, self.state, cand.agent)
         try:
             result = run_checks(
                 commands,
-                scratch,
+                where,
                 env,
                 log,
                 timeout,
@@ -581,6 +638,7 @@ class Train:
 
     def _target_blocked(self, target: str, old: str | None, new: str | None) -> tuple[str, str]:
         """(why, what to do) when the target cannot move; ('', '') when it can."""
+        git.worktree_list(self.root, fresh=True)  # another shell may have checked it out since (the rest read this)
         for path, busy in _operations_on(self.root, self.project.repo.common_dir, target):
             return f"the target {target} is being worked on at {path}: {busy} in progress", f"finish or abort it in {path}"
         for path in self._target_checkouts(target):
@@ -612,6 +670,8 @@ class Train:
         """The agent's branch moves to what landed (gc sees it merged), and
         its environment's files follow when clean; under the repository
         lock, for this moment only."""
+        if tip == new and cand.where == self.root:
+            return  # it landed as it is (it was on top of the target): nothing of the agent's moves
         with self.project.store.locked("land", wait_message=True):
             busy = self.project.store.agent_busy(cand.agent.name)
             if busy is not None:
@@ -699,6 +759,15 @@ class Train:
                 removed += 1
         if removed:
             said.append(f"{removed} scratch worktree{'s' if removed != 1 else ''} removed")
+        removed = 0
+        for entry in scratch_clones.entries(self.store.clones_dir):
+            why = scratch_clones.remove(self.project, self.store.clones_dir, entry)
+            if why:
+                left.append(why)
+            else:
+                removed += 1
+        if removed:
+            said.append(f"{removed} scratch clone{'s' if removed != 1 else ''} removed")
         said.extend(left)
         self.store.clear_journal()
         text = "; ".join(said)
@@ -735,10 +804,9 @@ def in_the_way(repo: Path, checkout: Path, old: str, new: str) -> list[str]:
     followed (lstat only).  The commits are read in ``repo``, which has
     them (a clone's environment gets ``new`` only later), never by running
     git in the checkout."""
-    changed = git.changed_paths(repo, old, new)
+    changed, added = git.changed_and_added(repo, old, new)
     if not changed:
         return []
-    at_old = set(git.run(repo, "ls-tree", "-r", "-z", "--name-only", old, check=False).stdout.split("\0"))
     found: set[str] = set()
     for rel in sorted(changed):
         parts = rel.split("/")
@@ -753,7 +821,7 @@ def in_the_way(repo: Path, checkout: Path, old: str, new: str) -> list[str]:
                     found.add(parent)
                 break
         else:
-            if rel not in at_old and os.path.lexists(checkout / rel):
+            if rel in added and os.path.lexists(checkout / rel):  # no file of old's: untracked or ignored
                 found.add(rel)
     return sorted(found)
 
@@ -847,6 +915,8 @@ def _describe(command: Command) -> str:
 
 
 def _message(method: str, agent: str, branch: str, repo: Path, target: str, tip: str) -> str:
+    if method == "rebase":
+        return ""  # the rebased commits keep their own messages
     if method == "merge":
         return f"Land {agent}: merge {branch}"
     subjects = git.run(repo, "log", "--no-merges", "--format=* %s", f"{target}..{tip}", check=False).stdout.strip()

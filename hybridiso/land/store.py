@@ -12,6 +12,8 @@
   run; land/databases.py).  Written atomically before the step it describes.
 - ``scratch/``: the scratch worktrees; everything in it belongs to the run
   holding the lock, so the next run (or ``gc``) removes what a killed run left.
+- ``clones/``: a clone agent's checks' scratch clones (land/clones.py),
+  the same way: the next run (or ``gc``) removes what a killed run left.
 - ``kept/``: scratch worktrees of failed candidates kept by ``--keep-failed``.
 - ``runs/<run>/``: check logs (one per candidate) and the landing report.
 """
@@ -117,13 +119,14 @@ class LandStore:
         self.dir = self.anchor.joinpath(*LAND_DIR.parts)
         self.scratch_dir = self.dir / "scratch"
         self.kept_dir = self.dir / "kept"
+        self.clones_dir = self.dir / "clones"
         self.runs_dir = self.dir / "runs"
         self.lock_path = self.dir / "lock"
         self.journal_path = self.dir / "journal.json"
         self.results_path = self.dir / "last.json"
 
     def ensure(self) -> None:
-        for d in ("scratch", "kept", "runs"):
+        for d in ("scratch", "clones", "kept", "runs"):
             safe_files.ensure_dir(self.anchor, self.rel / d)
 
     @contextlib.contextmanager

@@ -99,3 +99,33 @@ def test_kill_9_during_a_check_leaves_its_database_to_gc_or_the_next_land(tmp_pa
     assert [c["result"] for c in data["candidates"]] == ["landed"]
     assert _land_dbs(postgres_server) == []
     assert not _alive(int(started.read_text()))
+
+
+def test_a_check_that_would_get_no_fresh_compose_service_is_refused_and_dry_run_says_so(tmp_path: Path) -> None:
+    """A service that runs in the agent's compose project (no server url) has
+    no fresh copy for a check: land and --dry-run refuse the candidate with
+    the reason, nothing is applied or checked; unchecked, it lands."""
+    from tests.land.trains import agent_commit, by_agent, land_json
+    from tests.support.cli import write_manifest
+    from tests.support.gitrepo import git, make_repo
+
+    ran = tmp_path / "ran"
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n"})
+    write_manifest(
+        repo,
+        "version: 1\nservices:\n  db: {kind: postgres}\n"
+        f'land:\n  check: ["touch {ran}"]\n'
+        "agents:\n  - name: a\n    image: busybox\n    services: [db]\n  - name: b\n    image: busybox\n    services: [db]\n    land: {check: []}\n",
+    )
+    git(repo, "add", "hybridiso.yaml")
+    git(repo, "commit", "-q", "-m", "manifest")
+    agent_commit(repo, "a", {"a.txt": "a\n"})
+    agent_commit(repo, "b", {"b.txt": "b\n"})
+    before = git(repo, "rev-parse", "main")
+    dry, _ = land_json(repo, "--dry-run", "a", ok=False)
+    assert by_agent(dry)["a"]["result"] == "refused" and "its check would get no service db (postgres)" in by_agent(dry)["a"]["why"]
+    data, proc = land_json(repo, ok=False)
+    got = by_agent(data)
+    assert got["a"]["result"] == "refused" and "runs in the agent's compose project" in got["a"]["why"] and "`url:` and `template:`" in got["a"]["why"]
+    assert got["b"]["result"] == "landed" and "unchecked" in got["b"]["why"]
+    assert not ran.exists() and git(repo, "show", "--name-only", "--format=", "main") == "b.txt" and git(repo, "rev-parse", "main~1") == before
