@@ -30,6 +30,7 @@ from hybridiso.containers.spec import (
 )
 from hybridiso.names import PROJECT_NAME_MAX, PROJECT_NAME_RE
 from hybridiso.names import compose_project_name as project_name
+from hybridiso.manifest import _KEY_RE
 from hybridiso.containers.compose_file import compose_labels, render_compose, write_compose
 from hybridiso.render import expand_vars, render_template
 from hybridiso.resources import compose_dir, templates_dir
@@ -211,7 +212,10 @@ KEYWORDS = st.sampled_from(
 )
 VALUE = st.one_of(NASTY, KEYWORDS)
 ENV_KEY = st.text(alphabet="ABCXYZ_019", max_size=12).map(lambda s: "K" + s)
-LABEL_KEY = VALUE.filter(lambda k: k != "" and not k.startswith("dev.hybridiso"))
+# the keys a manifest lets through (hybridiso/manifest.py _KEY_RE: no
+# whitespace, '=' or '$'); a bare "\n" never reaches the renderer, and the
+# compose schema's ".+" key pattern would refuse it
+LABEL_KEY = VALUE.filter(lambda k: _KEY_RE.fullmatch(k) is not None and not k.startswith("dev.hybridiso"))
 
 
 def nasty_spec(env: dict[str, str], command: list[str], path: str, label: tuple[str, str], image: str, service_env: str) -> ContainerSpec:
