@@ -35,7 +35,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hybridiso import json_data, names, safe_files
+from hybridiso import json_data, names, output, safe_files
 from hybridiso.errors import UserError
 from hybridiso.names import agent_name_problem, branch_name_problem
 
@@ -347,6 +347,12 @@ class StateStore:
             # once let go, what this run loaded is stale but for its own agents
             with contextlib.nullcontext() if self._held else self._briefly():
                 fresh = self.load()
+                if fresh.rebuilt_from:
+                    # another shell left the file unreadable while this run
+                    # had let the lock go: say so, as a load at the start does
+                    # (docs/faults.md row 18); the others' records come back
+                    # from git on the next command
+                    output.warn(fresh.rebuilt_from)
                 for name in self._claims:
                     record = state.agents.get(name)
                     if record is None:

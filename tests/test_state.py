@@ -372,6 +372,25 @@ def test_a_save_while_unlocked_merges_only_the_claimed_agents_into_the_file(tmp_
     assert sorted(on_disk) == ["a", "b"] and on_disk["a"].phase == "ready"
 
 
+def test_a_file_made_unreadable_while_unlocked_is_moved_aside_and_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another shell breaks state.json while `up` has let the lock go: the
+    merged save sets it aside, writes this run's records and warns, as a
+    load at a command's start does (docs/faults.md row 18)."""
+    store = StateStore(tmp_path)
+    with store.locked("up", wait_message=False):
+        store.claim(["a"], wait_message=False)
+        mine = store.load()
+        mine.agents["a"] = _rec("a")
+        store.save(mine)
+        with store.unlocked():
+            store.path.write_text("{garbage")
+            store.save(mine)
+    err = capsys.readouterr().err
+    assert "was unreadable" in err and "moved to state.json.corrupt-" in err
+    assert sorted(StateStore(tmp_path).load().agents) == ["a"]
+    assert any(p.name.startswith("state.json.corrupt-") for p in store.dir.iterdir())
+
+
 def test_a_claimed_agent_is_held_until_the_run_ends_and_a_dead_claim_is_free(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     probe = StateStore(tmp_path)
