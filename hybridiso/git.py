@@ -551,13 +551,10 @@ def scratch_entries(repo: Path, parent: Path) -> list[Path]:
 SCRATCH_CLONE_MARK = "hybridiso-land-clone"  # in a scratch clone's directory, beside its repo/: the project id
 
 
-def not_scratch_clone(parent: Path, path: Path, owner: str) -> str:
-    """Why ``path`` is not a scratch clone hybridiso made in ``parent``
-    (land's ``clones/``; '' when it is one): a directory itself (lstat),
-    directly in ``parent``, holding the mark file (a regular file, read
-    without following a symlink) that names ``owner`` (the project id),
-    beside the clone ``repo/``; or one that is empty, or holds only an
-    empty mark (a run killed while making it)."""
+def _not_own_directory(parent: Path, path: Path, what: str) -> str:
+    """Why ``path`` is not a real directory (lstat: never a symlink's
+    target) directly in ``parent`` that could be ``what`` hybridiso made;
+    '' when it could be."""
     if path.parent != parent or path.name in ("", ".", ".."):
         return f"{path} is not directly in {parent}: left as it is"
     try:
@@ -565,7 +562,20 @@ def not_scratch_clone(parent: Path, path: Path, owner: str) -> str:
     except OSError as e:
         return f"{path} cannot be looked at ({e.strerror}): left as it is"
     if not stat.S_ISDIR(mode):
-        return f"{path} is {safe_files.kind(mode)}, not a clone hybridiso made: left as it is (remove it by hand)"
+        return f"{path} is {safe_files.kind(mode)}, not {what} hybridiso made: left as it is (remove it by hand)"
+    return ""
+
+
+def not_scratch_clone(parent: Path, path: Path, owner: str) -> str:
+    """Why ``path`` is not a scratch clone hybridiso made in ``parent``
+    (land's ``clones/``; '' when it is one): a directory itself (lstat),
+    directly in ``parent``, holding the mark file (a regular file, read
+    without following a symlink) that names ``owner`` (the project id),
+    beside the clone ``repo/``; or one that is empty, or holds only an
+    empty mark (a run killed while making it)."""
+    why = _not_own_directory(parent, path, "a clone")
+    if why:
+        return why
     try:
         names = sorted(os.listdir(path))
     except OSError as e:
@@ -595,14 +605,9 @@ def remove_scratch_clone(parent: Path, path: Path, owner: str) -> str:
 def not_scratch_worktree(common_dir: Path, parent: Path, path: Path) -> str:
     """Why ``path`` is not a scratch worktree hybridiso made in ``parent``
     ('' when it is one; see ``remove_scratch_worktree``)."""
-    if path.parent != parent or path.name in ("", ".", ".."):
-        return f"{path} is not directly in {parent}: left as it is"
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError as e:
-        return f"{path} cannot be looked at ({e.strerror}): left as it is"
-    if not stat.S_ISDIR(mode):
-        return f"{path} is {safe_files.kind(mode)}, not a worktree hybridiso made: left as it is (remove it by hand)"
+    why = _not_own_directory(parent, path, "a worktree")
+    if why:
+        return why
     entry = worktree_entry(common_dir, path)
     if entry is None:
         return f"{path} is not a worktree of this repository: left as it is (remove it by hand if it is no one's)"
